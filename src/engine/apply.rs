@@ -1,0 +1,1 @@
+//! Folding applied decisions into the state.

@@ -1,0 +1,485 @@
+//! The normalized event, `user_change.v1`.
+//!
+//! One event per changed user, holding the user's full state after the change. It is a public
+//! contract (`schemas/user_change.v1.json`, `docs/event-schema.md`): the subscriber and the
+//! webhook receiver produce it, the processor and any other team consume it. Fields are only
+//! ever added, never changed in meaning; a breaking change is a new `schema` value.
+//!
+//! Parsing is strict about what the processor relies on (ids, the schema tag, the ordering
+//! fields) and names the field that is wrong, so a bad record can be dead-lettered with a
+//! reason a person can act on.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::salesforce::id::SalesforceId;
+
+/// The value of the `schema` field and header.
+pub const SCHEMA: &str = "user_change.v1";
+
+/// Where the change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Salesforce,
+    Outreach,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Salesforce => "salesforce",
+            Source::Outreach => "outreach",
+        }
+    }
+}
+
+/// What happened to the user. The processor treats all of them alike because `user` is always
+/// the full state after the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Create,
+    Update,
+    Delete,
+    Undelete,
+    Snapshot,
+}
+
+/// The user's full state after the change. Unknown fields are `null`, never absent.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserState {
+    pub email: Option<String>,
+    pub email_normalized: Option<String>,
+    pub username: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub title: Option<String>,
+    pub is_active: Option<bool>,
+    pub created_date: Option<DateTime<Utc>>,
+    pub last_modified_date: Option<DateTime<Utc>>,
+    /// Outreach events only: whether the Outreach user is locked (Outreach's deactivation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked: Option<bool>,
+}
+
+/// Where the fact came from, for audit and ordering.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// `pubsub`, `cometd`, `rest` (snapshots) or `webhook` (Outreach).
+    pub transport: String,
+    pub topic: Option<String>,
+    /// The opaque replay bytes as lower-case hex (Pub/Sub), or the decimal replay id (CometD).
+    pub replay_id: Option<String>,
+    pub schema_id: Option<String>,
+    pub change_type: Option<String>,
+    pub transaction_key: Option<String>,
+    pub sequence_number: Option<i64>,
+    pub commit_timestamp: Option<DateTime<Utc>>,
+    pub commit_number: Option<i64>,
+    pub commit_user: Option<String>,
+    pub change_origin: Option<String>,
+}
+
+/// One `user_change.v1` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    pub schema: String,
+    pub event_id: String,
+    pub source: Source,
+    pub org_id: Option<String>,
+    pub user_id: String,
+    pub change: ChangeKind,
+    #[serde(default)]
+    pub changed_fields: Vec<String>,
+    pub user: UserState,
+    pub origin: Origin,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// Why an event is not a valid `user_change.v1`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct EventError {
+    /// The JSON path of the offending field, e.g. `user_id` or `user.email_normalized`.
+    pub field: String,
+    pub problem: String,
+}
+
+impl EventError {
+    fn new(field: &str, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Trims and lower-cases an email: the Kafka key and the email group.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// The position of a change in the history of one user: `commit_number`, then
+/// `commit_timestamp`, then the sequence number within the transaction. A snapshot (read through
+/// REST) has no commit number and is placed by its `last_modified_date`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub commit_number: Option<i64>,
+    pub commit_timestamp: DateTime<Utc>,
+    pub sequence_number: Option<i64>,
+}
+
+impl Position {
+    /// Compares two positions of the same user. Commit numbers decide when both have one;
+    /// otherwise timestamps do. Equal positions mean "the same point in the user's history".
+    pub fn compare(&self, other: &Position) -> Ordering {
+        let primary = match (self.commit_number, other.commit_number) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            _ => self.commit_timestamp.cmp(&other.commit_timestamp),
+        };
+        primary.then_with(|| match (self.sequence_number, other.sequence_number) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            _ => Ordering::Equal,
+        })
+    }
+}
+
+impl UserChange {
+    /// Parses and validates one event from JSON bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, EventError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let event: UserChange = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            EventError::new(if path == "." { "(document)" } else { &path }, e.inner().to_string())
+        })?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// Checks what serde cannot: the schema tag, ids, the normalized email, ordering fields.
+    pub fn validate(&self) -> Result<(), EventError> {
+        if self.schema != SCHEMA {
+            return Err(EventError::new(
+                "schema",
+                format!("is {:?}; this consumer reads {SCHEMA:?}", self.schema),
+            ));
+        }
+        if self.event_id.trim().is_empty() {
+            return Err(EventError::new("event_id", "is empty"));
+        }
+        match self.source {
+            Source::Salesforce => {
+                let id = SalesforceId::parse(&self.user_id)
+                    .map_err(|e| EventError::new("user_id", e.to_string()))?;
+                if !id.is_user() {
+                    return Err(EventError::new(
+                        "user_id",
+                        format!("{id} is not a User id (User ids start with 005)"),
+                    ));
+                }
+                if id.as_str() != self.user_id {
+                    return Err(EventError::new(
+                        "user_id",
+                        format!("must be the 18-character form {id}"),
+                    ));
+                }
+                if let Some(org) = &self.org_id {
+                    SalesforceId::parse(org)
+                        .map_err(|e| EventError::new("org_id", e.to_string()))?;
+                }
+                if self.user.is_active.is_none() && self.change != ChangeKind::Delete {
+                    return Err(EventError::new(
+                        "user.is_active",
+                        "is null; a Salesforce event must carry the user's full state",
+                    ));
+                }
+                if self.origin.commit_timestamp.is_none() && self.user.last_modified_date.is_none()
+                {
+                    return Err(EventError::new(
+                        "origin.commit_timestamp",
+                        "is null and so is user.last_modified_date; the event cannot be ordered",
+                    ));
+                }
+            }
+            Source::Outreach => {
+                if self.user_id.parse::<i64>().map(|id| id <= 0).unwrap_or(true) {
+                    return Err(EventError::new(
+                        "user_id",
+                        format!(
+                            "{:?} is not an Outreach user id (a positive decimal integer)",
+                            self.user_id
+                        ),
+                    ));
+                }
+                if self.user.email.is_none() {
+                    return Err(EventError::new("user.email", "is null on an Outreach event"));
+                }
+            }
+        }
+        match (&self.user.email, &self.user.email_normalized) {
+            (Some(email), Some(normalized)) if normalize_email(email) != *normalized => {
+                return Err(EventError::new(
+                    "user.email_normalized",
+                    format!(
+                        "is {normalized:?} but user.email {email:?} normalizes to {:?}",
+                        normalize_email(email)
+                    ),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(EventError::new(
+                    "user.email_normalized",
+                    "is null while user.email is set",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The Kafka record key: the normalized email, or `id:<user id>` for a user with no email.
+    pub fn kafka_key(&self) -> String {
+        match &self.user.email_normalized {
+            Some(email) if !email.is_empty() => email.clone(),
+            _ => format!("id:{}", self.user_id),
+        }
+    }
+
+    /// The position of this change in its user's history.
+    pub fn position(&self) -> Position {
+        let commit_timestamp = self
+            .origin
+            .commit_timestamp
+            .or(self.user.last_modified_date)
+            .unwrap_or(self.observed_at);
+        Position {
+            commit_number: self.origin.commit_number,
+            commit_timestamp,
+            sequence_number: self.origin.sequence_number,
+        }
+    }
+
+    /// The Salesforce user id, for Salesforce events.
+    pub fn salesforce_user_id(&self) -> Option<SalesforceId> {
+        match self.source {
+            Source::Salesforce => SalesforceId::parse(&self.user_id).ok(),
+            Source::Outreach => None,
+        }
+    }
+
+    /// Whether the user is active after this change. Salesforce users cannot be deleted, so a
+    /// `delete` reads as deactivation (decisions.md rule 6).
+    pub fn is_active(&self) -> bool {
+        self.change != ChangeKind::Delete && self.user.is_active.unwrap_or(false)
+    }
+}
+
+impl fmt::Display for UserChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {:?} of {} user {}",
+            self.event_id,
+            self.change,
+            self.source.as_str(),
+            self.user_id
+        )
+    }
+}
+
+/// Builds the `event_id` of a Salesforce change: `sf:<org>:<user>:<transaction>:<sequence>`.
+pub fn salesforce_event_id(
+    org: &str,
+    user: &SalesforceId,
+    transaction_key: &str,
+    sequence: i64,
+) -> String {
+    format!("sf:{org}:{user}:{transaction_key}:{sequence}")
+}
+
+/// Builds the `event_id` of a snapshot read: `sf:<org>:<user>:snapshot:<marker>`.
+pub fn snapshot_event_id(org: &str, user: &SalesforceId, marker: &str) -> String {
+    format!("sf:{org}:{user}:snapshot:{marker}")
+}
+
+/// Builds the `event_id` of an Outreach webhook delivery: `or:<id>:<updatedAt>`.
+pub fn outreach_event_id(outreach_user_id: i64, updated_at: &str) -> String {
+    format!("or:{outreach_user_id}:{updated_at}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const DESIGN_EXAMPLE: &str = r#"{
+      "schema": "user_change.v1",
+      "event_id": "sf:00D5g000004ZbcdEAC:0055f00000GBZR4AAP:0006ad3c-55f1-2bd0-1c2a-7d1e3f9a0b42:1",
+      "source": "salesforce",
+      "org_id": "00D5g000004ZbcdEAC",
+      "user_id": "0055f00000GBZR4AAP",
+      "change": "update",
+      "changed_fields": ["IsActive", "Title", "LastModifiedDate"],
+      "user": {
+        "email": "olga.brown@example.com",
+        "email_normalized": "olga.brown@example.com",
+        "username": "olga.brown@example.com.prod",
+        "first_name": "Olga",
+        "last_name": "Brown",
+        "title": "Former Account Executive",
+        "is_active": false,
+        "created_date": "2024-01-09T17:02:11Z",
+        "last_modified_date": "2024-06-18T11:30:45Z"
+      },
+      "origin": {
+        "transport": "pubsub",
+        "topic": "/data/UserChangeEvent",
+        "replay_id": "000000000114c17d0000",
+        "schema_id": "93etK5psDNYN7fkR6LeDVw",
+        "change_type": "UPDATE",
+        "transaction_key": "0006ad3c-55f1-2bd0-1c2a-7d1e3f9a0b42",
+        "sequence_number": 1,
+        "commit_timestamp": "2024-06-18T11:30:45Z",
+        "commit_number": 1100662289041,
+        "commit_user": "0055f000005mc66AAA",
+        "change_origin": "com/salesforce/api/rest/61.0;client=HRSync"
+      },
+      "observed_at": "2024-06-18T11:30:46.120Z"
+    }"#;
+
+    #[test]
+    fn the_design_example_parses_and_keys_by_email() {
+        let event = UserChange::from_json(DESIGN_EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(event.kafka_key(), "olga.brown@example.com");
+        assert!(!event.is_active());
+        assert_eq!(event.position().commit_number, Some(1100662289041));
+        assert_eq!(
+            event.salesforce_user_id().unwrap().as_str(),
+            "0055f00000GBZR4AAP"
+        );
+    }
+
+    #[test]
+    fn serialization_keeps_nulls_and_omits_locked_on_salesforce_events() {
+        let mut event = UserChange::from_json(DESIGN_EXAMPLE.as_bytes()).unwrap();
+        event.user.title = None;
+        let json: serde_json::Value = serde_json::to_value(&event).unwrap();
+        assert!(json["user"].as_object().unwrap().contains_key("title"));
+        assert!(json["user"]["title"].is_null());
+        assert!(!json["user"].as_object().unwrap().contains_key("locked"));
+    }
+
+    fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<UserChange, EventError> {
+        let mut v: serde_json::Value = serde_json::from_str(DESIGN_EXAMPLE).unwrap();
+        edit(&mut v);
+        UserChange::from_json(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = with(|v| v["user_id"] = "0055f00000GBZR4AAA".into()).unwrap_err();
+        assert_eq!(e.field, "user_id");
+        assert!(e.problem.contains("checksum"), "{e}");
+
+        let e = with(|v| v["user_id"] = "0055f00000GBZR4".into()).unwrap_err();
+        assert_eq!(e.field, "user_id");
+        assert!(e.problem.contains("0055f00000GBZR4AAP"), "{e}");
+
+        let e = with(|v| v["user"]["is_active"] = "yes".into()).unwrap_err();
+        assert_eq!(e.field, "user.is_active");
+
+        let e = with(|v| v["change"] = "merge".into()).unwrap_err();
+        assert_eq!(e.field, "change");
+
+        let e = with(|v| v["schema"] = "user_change.v2".into()).unwrap_err();
+        assert_eq!(e.field, "schema");
+
+        let e = with(|v| v["user"]["email_normalized"] = "Olga.Brown@example.com".into())
+            .unwrap_err();
+        assert_eq!(e.field, "user.email_normalized");
+
+        // An absent key reads as null: still named.
+        let e = with(|v| {
+            v["user"].as_object_mut().unwrap().remove("is_active");
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "user.is_active");
+
+        let e = with(|v| v["user"]["nickname"] = "O".into()).unwrap_err();
+        assert_eq!(e.field, "user");
+        assert!(e.problem.contains("nickname"), "{e}");
+    }
+
+    #[test]
+    fn outreach_events_need_a_numeric_id_and_an_email() {
+        let outreach = |id: &str, email: Option<&str>| {
+            let event = UserChange {
+                schema: SCHEMA.into(),
+                event_id: format!("or:{id}:2025-01-02T03:04:05.000Z"),
+                source: Source::Outreach,
+                org_id: None,
+                user_id: id.into(),
+                change: ChangeKind::Update,
+                changed_fields: vec![],
+                user: UserState {
+                    email: email.map(str::to_string),
+                    email_normalized: email.map(normalize_email),
+                    locked: Some(false),
+                    ..Default::default()
+                },
+                origin: Origin {
+                    transport: "webhook".into(),
+                    ..Default::default()
+                },
+                observed_at: Utc::now(),
+            };
+            event.validate()
+        };
+        assert!(outreach("42", Some("Jane@Acme.com")).is_ok());
+        assert_eq!(outreach("x42", Some("a@b.c")).unwrap_err().field, "user_id");
+        assert_eq!(outreach("0", Some("a@b.c")).unwrap_err().field, "user_id");
+        assert_eq!(outreach("42", None).unwrap_err().field, "user.email");
+    }
+
+    #[test]
+    fn users_without_email_are_keyed_by_id() {
+        let event = with(|v| {
+            v["user"]["email"] = serde_json::Value::Null;
+            v["user"]["email_normalized"] = serde_json::Value::Null;
+        })
+        .unwrap();
+        assert_eq!(event.kafka_key(), "id:0055f00000GBZR4AAP");
+    }
+
+    #[test]
+    fn emails_are_trimmed_and_lower_cased() {
+        assert_eq!(
+            normalize_email("Olga.Brown@Example.com "),
+            "olga.brown@example.com"
+        );
+    }
+
+    #[test]
+    fn positions_order_by_commit_number_then_time() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let p = |n: Option<i64>, ts: &str, seq: Option<i64>| Position {
+            commit_number: n,
+            commit_timestamp: t(ts),
+            sequence_number: seq,
+        };
+        let a = p(Some(10), "2024-01-01T00:00:00Z", Some(1));
+        let b = p(Some(11), "2023-01-01T00:00:00Z", Some(1));
+        assert_eq!(a.compare(&b), Ordering::Less, "commit number wins over time");
+        let snap = p(None, "2024-01-01T00:00:00Z", None);
+        assert_eq!(snap.compare(&a), Ordering::Equal);
+        assert_eq!(snap.compare(&b), Ordering::Greater);
+        let seq2 = p(Some(10), "2024-01-01T00:00:00Z", Some(2));
+        assert_eq!(a.compare(&seq2), Ordering::Less);
+    }
+}

@@ -1,0 +1,24 @@
+//! usersync keeps Outreach users mapped to the right Salesforce users.
+//!
+//! The folders tell the architecture, in the order data flows:
+//!
+//! - [`salesforce`]: what reads Salesforce (ids today; the subscriber comes with its issue).
+//! - [`event`]: the normalized `user_change.v1` event, the contract between the roles.
+//! - [`engine`]: the pure decision engine: settings, the state a decision sees, the rules.
+//! - [`outreach`]: what writes to Outreach: the JSON:API client with its rate limit,
+//!   retries and OAuth.
+//! - [`store`]: durable state (SQLite or PostgreSQL) behind one trait.
+//! - [`scenario`]: `usersync decide`, the engine run offline against the simulator.
+//! - [`sim`]: simulators of the external services, test equipment that speaks the real
+//!   wire formats.
+//! - [`config`]: the configuration file and its environment overrides.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod outreach;
+pub mod salesforce;
+pub mod scenario;
+pub mod sim;
+pub mod store;

@@ -1,0 +1,3 @@
+//! The Salesforce side: ids today; OAuth, Pub/Sub, CometD and normalization with the subscriber.
+
+pub mod id;
