@@ -412,7 +412,7 @@ mod tests {
         assert_eq!(e.field, "user.is_active");
 
         let e = with(|v| v["user"]["nickname"] = "O".into()).unwrap_err();
-        assert_eq!(e.field, "user");
+        assert_eq!(e.field, "user.nickname");
         assert!(e.problem.contains("nickname"), "{e}");
     }
 
