@@ -11,6 +11,12 @@ pub mod decision;
 pub mod settings;
 pub mod state;
 
+#[cfg(test)]
+pub(crate) mod model;
+
+#[cfg(test)]
+mod invariants;
+
 pub use decide::{Outcome, decide};
 pub use decision::{Action, Decision, DecisionRecord, MappingChange, OutreachCall, Reason};
 pub use settings::{Dedupe, SyncSettings};
