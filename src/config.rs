@@ -1,1 +1,323 @@
-//! Configuration.
+//! Configuration: a TOML file, then `USERSYNC_…` environment variables, over the defaults.
+//!
+//! The environment wins so that a container can change one key without a file. A key's path
+//! becomes its variable by upper-casing it and joining the sections with `__`:
+//! `sync.user_mapping.inbound_create` is `USERSYNC_SYNC__USER_MAPPING__INBOUND_CREATE`.
+//! Only variables naming a known section are read, so `USERSYNC_SECRET_KEY` and friends do not
+//! trip the unknown-key check. Unknown keys inside a section are refused (a typo must not pass
+//! silently), and the sync settings are validated with the rules of `decisions.md`; every error
+//! names the key, where it came from, or the rule it broke.
+//!
+//! `docs/settings.md` lists every key with its default and variable.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::engine::settings::{SettingsError, SyncSettings};
+
+/// The sections the environment may set.
+const SECTIONS: [&str; 3] = ["sync", "store", "outreach"];
+
+/// The prefix of every variable.
+pub const ENV_PREFIX: &str = "USERSYNC_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub sync: SyncSettings,
+    pub store: StoreConfig,
+    pub outreach: OutreachConfig,
+}
+
+/// Where durable state lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://path` (the embedded default, created if missing) or `postgres://…`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://usersync.db".into(),
+        }
+    }
+}
+
+/// How to reach Outreach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutreachConfig {
+    pub api_url: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub redirect_uri: String,
+    /// Users per page when loading the index (Outreach's maximum is 1000).
+    pub page_size: u32,
+    /// Retries of a 5xx or network failure before giving up.
+    pub max_retries: usize,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// The longest a request waits for the rate limit before the caller is told to pause.
+    pub max_rate_limit_wait_seconds: u64,
+    /// Requests kept in reserve: pacing starts when the remaining budget reaches this.
+    pub rate_limit_reserve: u32,
+    /// Outreach mints one token per user and app per minute.
+    pub mint_interval_seconds: u64,
+    pub timeout_seconds: u64,
+}
+
+impl Default for OutreachConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.outreach.io/api/v2".into(),
+            token_url: "https://api.outreach.io/oauth/token".into(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            redirect_uri: String::new(),
+            page_size: 1000,
+            max_retries: 5,
+            backoff_min_ms: 200,
+            backoff_max_ms: 30_000,
+            max_rate_limit_wait_seconds: 120,
+            rate_limit_reserve: 0,
+            mint_interval_seconds: 60,
+            timeout_seconds: 30,
+        }
+    }
+}
+
+impl OutreachConfig {
+    pub fn backoff_min(&self) -> Duration {
+        Duration::from_millis(self.backoff_min_ms)
+    }
+    pub fn backoff_max(&self) -> Duration {
+        Duration::from_millis(self.backoff_max_ms)
+    }
+}
+
+/// A secret value: read from configuration, never printed.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl Serialize for Secret {
+    /// Serializes as `***` so a dumped configuration never carries the secret.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    Missing(String),
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration: sync settings break rule {rule}: {source}")]
+    Rule {
+        rule: &'static str,
+        #[source]
+        source: SettingsError,
+    },
+}
+
+impl Config {
+    /// Loads the defaults, then the file (if given), then the environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX))
+    }
+
+    /// Like `load`, with the environment given (tests use `Env::raw` over a jail).
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = env
+            .filter(|key| {
+                // The filter sees the key with the prefix stripped but its case kept.
+                let first = key.as_str().split("__").next().unwrap_or_default();
+                SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
+            })
+            .split("__");
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule the configuration must meet.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.sync.validate().map_err(|source| ConfigError::Rule {
+            rule: source.rule(),
+            source,
+        })?;
+        if self.outreach.page_size == 0 || self.outreach.page_size > 1000 {
+            return Err(ConfigError::Parse(format!(
+                "outreach.page_size must be 1..=1000 (Outreach's maximum), not {}",
+                self.outreach.page_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Flattens figment's error chain into one line per problem, naming the exact environment
+/// variable when one is to blame.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"));
+            if from_env && !e.path.is_empty() {
+                let key = e.path.join(".").to_lowercase();
+                let var = format!("{ENV_PREFIX}{}", e.path.join("__").to_uppercase());
+                format!("{} for key {key} (environment variable {var})", e.kind)
+            } else {
+                e.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::settings::Dedupe;
+    use figment::Jail;
+
+    fn load_in(jail: &Jail, file: Option<&str>) -> Result<Config, ConfigError> {
+        let path = file.map(|f| jail.directory().join(f));
+        Config::load_from(path.as_deref(), Env::prefixed(ENV_PREFIX))
+    }
+
+    #[test]
+    fn defaults_without_file_or_environment() {
+        Jail::expect_with(|jail| {
+            let config = load_in(jail, None).unwrap();
+            assert_eq!(config, Config::default());
+            assert_eq!(config.store.url, "sqlite://usersync.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "usersync.toml",
+                r#"
+                [sync.user_mapping]
+                lock_when_inactive = true
+                mirror_id_field = "custom3"
+                [outreach]
+                client_secret = "s3cr3t"
+                "#,
+            )?;
+            jail.set_env("USERSYNC_SYNC__USER_MAPPING__MIRROR_ID_FIELD", "custom2");
+            jail.set_env("USERSYNC_STORE__URL", "postgres://db/usersync");
+            // Variables outside the known sections are someone else's.
+            jail.set_env("USERSYNC_SECRET_KEY", "not-a-config-key");
+            let config = load_in(jail, Some("usersync.toml")).unwrap();
+            assert!(config.sync.user_mapping.lock_when_inactive);
+            assert_eq!(config.sync.user_mapping.mirror_id_field, "custom2");
+            assert_eq!(config.store.url, "postgres://db/usersync");
+            assert_eq!(config.outreach.client_secret.expose(), "s3cr3t");
+            assert!(!format!("{config:?}").contains("s3cr3t"));
+            assert!(!toml::to_string(&config).unwrap().contains("s3cr3t"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_broken_rule_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "usersync.toml",
+                "[sync.email_field]\ndedupe = \"inbound\"\n",
+            )?;
+            let err = load_in(jail, Some("usersync.toml")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("remap_requires_dedupe_both"), "{text}");
+            assert!(text.contains("inbound"), "{text}");
+
+            jail.set_env("USERSYNC_SYNC__USER_MAPPING__AUTO_REMAP_ON_INACTIVE", "false");
+            let config = load_in(jail, Some("usersync.toml")).unwrap();
+            assert_eq!(config.sync.email_field.dedupe, Dedupe::Inbound);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_name_the_key_and_source() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_SYNC__USER_MAPPING__INBOUND_CREATE", "maybe");
+            let text = load_in(jail, None).unwrap_err().to_string();
+            assert!(text.contains("inbound_create"), "{text}");
+            assert!(text.contains("USERSYNC_SYNC__USER_MAPPING__INBOUND_CREATE"), "{text}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("usersync.toml", "[sync.user_mapping]\ninbound_creat = true\n")?;
+            let text = load_in(jail, Some("usersync.toml")).unwrap_err().to_string();
+            assert!(text.contains("inbound_creat"), "{text}");
+            assert!(text.contains("usersync.toml"), "{text}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            let err = load_in(jail, Some("nowhere.toml")).unwrap_err();
+            assert!(matches!(err, ConfigError::Missing(_)));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn page_size_is_bounded_by_outreach() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_OUTREACH__PAGE_SIZE", "5000");
+            let text = load_in(jail, None).unwrap_err().to_string();
+            assert!(text.contains("outreach.page_size"), "{text}");
+            Ok(())
+        });
+    }
+}
