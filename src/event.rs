@@ -20,6 +20,9 @@ use crate::salesforce::id::SalesforceId;
 /// The value of the `schema` field and header.
 pub const SCHEMA: &str = "user_change.v1";
 
+/// The JSON Schema of the event (`schemas/user_change.v1.json`), the published contract.
+pub const JSON_SCHEMA: &str = include_str!("../schemas/user_change.v1.json");
+
 /// Where the change came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -326,7 +329,7 @@ pub fn outreach_event_id(outreach_user_id: i64, updated_at: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) const DESIGN_EXAMPLE: &str = r#"{
@@ -363,6 +366,42 @@ mod tests {
       },
       "observed_at": "2024-06-18T11:30:46.120Z"
     }"#;
+
+    pub(crate) fn assert_matches_schema(value: &serde_json::Value) {
+        let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+        let errors: Vec<String> = validator
+            .iter_errors(value)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{value}\nbreaks the schema: {errors:#?}");
+    }
+
+    #[test]
+    fn the_design_example_and_built_events_match_the_schema() {
+        assert_matches_schema(&serde_json::from_str(DESIGN_EXAMPLE).unwrap());
+        let event = UserChange::from_json(DESIGN_EXAMPLE.as_bytes()).unwrap();
+        assert_matches_schema(&serde_json::to_value(&event).unwrap());
+        for n in [1, 42] {
+            let built = crate::engine::model::events::created(n, "Ann@Example.com", true, 7);
+            assert_matches_schema(&serde_json::to_value(&built).unwrap());
+        }
+    }
+
+    #[test]
+    fn the_schema_refuses_what_validation_refuses() {
+        let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(DESIGN_EXAMPLE).unwrap();
+        v["user_id"] = "0055f00000GBZR4".into();
+        assert!(!validator.is_valid(&v), "15-character ids are not emitted");
+        let mut v: serde_json::Value = serde_json::from_str(DESIGN_EXAMPLE).unwrap();
+        v["user"].as_object_mut().unwrap().remove("title");
+        assert!(!validator.is_valid(&v), "unknown fields are null, never absent");
+        let mut v: serde_json::Value = serde_json::from_str(DESIGN_EXAMPLE).unwrap();
+        v["change"] = "snapshot".into();
+        assert!(!validator.is_valid(&v), "a snapshot has no changed fields");
+    }
 
     #[test]
     fn the_design_example_parses_and_keys_by_email() {
@@ -453,6 +492,29 @@ mod tests {
             event.validate()
         };
         assert!(outreach("42", Some("Jane@Acme.com")).is_ok());
+        let event = UserChange {
+            schema: SCHEMA.into(),
+            event_id: outreach_event_id(42, "2025-01-02T03:04:05.000Z"),
+            source: Source::Outreach,
+            org_id: None,
+            user_id: "42".into(),
+            change: ChangeKind::Create,
+            changed_fields: vec![],
+            user: UserState {
+                email: Some("Jane@Acme.com".into()),
+                email_normalized: Some("jane@acme.com".into()),
+                locked: Some(false),
+                ..Default::default()
+            },
+            origin: Origin {
+                transport: "webhook".into(),
+                topic: Some("user.created".into()),
+                ..Default::default()
+            },
+            observed_at: Utc::now(),
+        };
+        event.validate().unwrap();
+        assert_matches_schema(&serde_json::to_value(&event).unwrap());
         assert_eq!(outreach("x42", Some("a@b.c")).unwrap_err().field, "user_id");
         assert_eq!(outreach("0", Some("a@b.c")).unwrap_err().field, "user_id");
         assert_eq!(outreach("42", None).unwrap_err().field, "user.email");

@@ -445,6 +445,7 @@ fn the_generator_builds_valid_events_with_rising_commits() {
     assert_eq!(events.len(), 5);
     for (i, e) in events.iter().enumerate() {
         e.validate().unwrap();
+        crate::event::tests::assert_matches_schema(&serde_json::to_value(e).unwrap());
         assert_eq!(e.origin.commit_number, Some(i as i64 + 1));
     }
     assert_eq!(
