@@ -221,6 +221,8 @@ fn describe(error: figment::Error) -> String {
 }
 
 #[cfg(test)]
+// figment's `Jail` closures return `figment::Error` by its own signature.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use crate::engine::settings::Dedupe;
@@ -281,7 +283,10 @@ mod tests {
             assert!(text.contains("remap_requires_dedupe_both"), "{text}");
             assert!(text.contains("inbound"), "{text}");
 
-            jail.set_env("USERSYNC_SYNC__USER_MAPPING__AUTO_REMAP_ON_INACTIVE", "false");
+            jail.set_env(
+                "USERSYNC_SYNC__USER_MAPPING__AUTO_REMAP_ON_INACTIVE",
+                "false",
+            );
             let config = load_in(jail, Some("usersync.toml")).unwrap();
             assert_eq!(config.sync.email_field.dedupe, Dedupe::Inbound);
             Ok(())
@@ -294,12 +299,20 @@ mod tests {
             jail.set_env("USERSYNC_SYNC__USER_MAPPING__INBOUND_CREATE", "maybe");
             let text = load_in(jail, None).unwrap_err().to_string();
             assert!(text.contains("inbound_create"), "{text}");
-            assert!(text.contains("USERSYNC_SYNC__USER_MAPPING__INBOUND_CREATE"), "{text}");
+            assert!(
+                text.contains("USERSYNC_SYNC__USER_MAPPING__INBOUND_CREATE"),
+                "{text}"
+            );
             Ok(())
         });
         Jail::expect_with(|jail| {
-            jail.create_file("usersync.toml", "[sync.user_mapping]\ninbound_creat = true\n")?;
-            let text = load_in(jail, Some("usersync.toml")).unwrap_err().to_string();
+            jail.create_file(
+                "usersync.toml",
+                "[sync.user_mapping]\ninbound_creat = true\n",
+            )?;
+            let text = load_in(jail, Some("usersync.toml"))
+                .unwrap_err()
+                .to_string();
             assert!(text.contains("inbound_creat"), "{text}");
             assert!(text.contains("usersync.toml"), "{text}");
             Ok(())

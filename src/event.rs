@@ -397,7 +397,10 @@ pub(crate) mod tests {
         assert!(!validator.is_valid(&v), "15-character ids are not emitted");
         let mut v: serde_json::Value = serde_json::from_str(DESIGN_EXAMPLE).unwrap();
         v["user"].as_object_mut().unwrap().remove("title");
-        assert!(!validator.is_valid(&v), "unknown fields are null, never absent");
+        assert!(
+            !validator.is_valid(&v),
+            "unknown fields are null, never absent"
+        );
         let mut v: serde_json::Value = serde_json::from_str(DESIGN_EXAMPLE).unwrap();
         v["change"] = "snapshot".into();
         assert!(!validator.is_valid(&v), "a snapshot has no changed fields");

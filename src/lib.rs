@@ -19,6 +19,5 @@ pub mod engine;
 pub mod event;
 pub mod outreach;
 pub mod salesforce;
-pub mod scenario;
 pub mod sim;
 pub mod store;

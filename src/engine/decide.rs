@@ -70,9 +70,10 @@ fn decide_salesforce(settings: &SyncSettings, state: &SyncState, event: &UserCha
         };
     };
     let previous = state.salesforce_user(&id);
-    if let Some(applied) = previous.and_then(|p| p.applied.as_ref()) {
-        if event.position().compare(applied) != Ordering::Greater {
-            let d = Decision::note(
+    if let Some(applied) = previous.and_then(|p| p.applied.as_ref())
+        && event.position().compare(applied) != Ordering::Greater
+    {
+        let d = Decision::note(
                 Action::Skip,
                 Reason::StaleEvent,
                 format!(
@@ -82,12 +83,11 @@ fn decide_salesforce(settings: &SyncSettings, state: &SyncState, event: &UserCha
             )
             .salesforce(&id)
             .email(event.user.email_normalized.as_deref());
-            return Outcome {
-                decisions: vec![d],
-                record_event: true,
-                ..Default::default()
-            };
-        }
+        return Outcome {
+            decisions: vec![d],
+            record_event: true,
+            ..Default::default()
+        };
     }
 
     let mut user = SalesforceUser::from_event(id.clone(), event);
@@ -151,9 +151,10 @@ fn decide_outreach(settings: &SyncSettings, state: &SyncState, event: &UserChang
     };
     let previous = state.outreach_user(id);
     let position = event.position().commit_timestamp;
-    if let Some(updated) = previous.and_then(|p| p.updated_at) {
-        if position <= updated {
-            return Outcome {
+    if let Some(updated) = previous.and_then(|p| p.updated_at)
+        && position <= updated
+    {
+        return Outcome {
                 decisions: vec![
                     Decision::note(
                         Action::Skip,
@@ -168,7 +169,6 @@ fn decide_outreach(settings: &SyncSettings, state: &SyncState, event: &UserChang
                 record_event: true,
                 ..Default::default()
             };
-        }
     }
     // A webhook carries the identity attributes; keep what it does not know (title, custom
     // fields) from the index.
@@ -269,10 +269,10 @@ impl<'a> View<'a> {
             .salesforce_group(email)
             .filter(|u| overridden.is_none_or(|o| o.id != u.id))
             .collect();
-        if let Some(o) = overridden {
-            if o.email_normalized().as_deref() == Some(email) {
-                members.push(o);
-            }
+        if let Some(o) = overridden
+            && o.email_normalized().as_deref() == Some(email)
+        {
+            members.push(o);
         }
         members
     }
@@ -284,10 +284,10 @@ impl<'a> View<'a> {
             .outreach_group(email)
             .filter(|u| overridden.is_none_or(|o| o.id != u.id))
             .collect();
-        if let Some(o) = overridden {
-            if o.email_normalized() == email {
-                members.push(o);
-            }
+        if let Some(o) = overridden
+            && o.email_normalized() == email
+        {
+            members.push(o);
         }
         members
     }
@@ -544,9 +544,10 @@ fn evaluate_mapped(
         }
         // Rule 4: an active, unmapped user of this email meets an Outreach user held by another
         // active user. Re-evaluated with the group, so a later deactivation remaps.
-        if let Trigger::Salesforce(t) = trigger {
-            if let Some(y) = candidates.iter().find(|c| &c.id == t) {
-                out.push(
+        if let Trigger::Salesforce(t) = trigger
+            && let Some(y) = candidates.iter().find(|c| &c.id == t)
+        {
+            out.push(
                     Decision::note(
                         Action::Conflict,
                         Reason::EmailMappedToOtherActiveUser,
@@ -560,7 +561,6 @@ fn evaluate_mapped(
                     .previous(&mapped_id)
                     .email(Some(email)),
                 );
-            }
         }
         return out;
     }

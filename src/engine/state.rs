@@ -89,10 +89,10 @@ impl StateScope {
         if let Some(id) = event.salesforce_user_id() {
             scope.salesforce_user_ids.push(id);
         }
-        if let Ok(id) = event.user_id.parse::<i64>() {
-            if event.source == crate::event::Source::Outreach {
-                scope.outreach_user_ids.push(OutreachUserId(id));
-            }
+        if let Ok(id) = event.user_id.parse::<i64>()
+            && event.source == crate::event::Source::Outreach
+        {
+            scope.outreach_user_ids.push(OutreachUserId(id));
         }
         if let Some(email) = &event.user.email_normalized {
             scope.emails.push(email.clone());
@@ -148,10 +148,10 @@ impl SyncState {
 
     /// Inserts or replaces a last-known Salesforce user, keeping the email index true.
     pub fn put_salesforce_user(&mut self, user: SalesforceUser) {
-        if let Some(old) = self.salesforce.get(&user.id) {
-            if let Some(email) = old.email_normalized() {
-                remove_from_index(&mut self.salesforce_by_email, &email, &user.id);
-            }
+        if let Some(old) = self.salesforce.get(&user.id)
+            && let Some(email) = old.email_normalized()
+        {
+            remove_from_index(&mut self.salesforce_by_email, &email, &user.id);
         }
         if let Some(email) = user.email_normalized() {
             self.salesforce_by_email
@@ -218,21 +218,21 @@ impl SyncState {
     /// Adds a mapping; refuses one that would break 1:1. Replacing the Salesforce side of an
     /// Outreach user is `remap`, not this.
     pub fn map(&mut self, mapping: Mapping) -> Result<(), MappingError> {
-        if let Some(existing) = self.by_outreach.get(&mapping.outreach_user_id) {
-            if existing.salesforce_user_id != mapping.salesforce_user_id {
-                return Err(MappingError::OutreachTaken(
-                    mapping.outreach_user_id,
-                    existing.salesforce_user_id.clone(),
-                ));
-            }
+        if let Some(existing) = self.by_outreach.get(&mapping.outreach_user_id)
+            && existing.salesforce_user_id != mapping.salesforce_user_id
+        {
+            return Err(MappingError::OutreachTaken(
+                mapping.outreach_user_id,
+                existing.salesforce_user_id.clone(),
+            ));
         }
-        if let Some(&other) = self.by_salesforce.get(&mapping.salesforce_user_id) {
-            if other != mapping.outreach_user_id {
-                return Err(MappingError::SalesforceTaken(
-                    mapping.salesforce_user_id.clone(),
-                    other,
-                ));
-            }
+        if let Some(&other) = self.by_salesforce.get(&mapping.salesforce_user_id)
+            && other != mapping.outreach_user_id
+        {
+            return Err(MappingError::SalesforceTaken(
+                mapping.salesforce_user_id.clone(),
+                other,
+            ));
         }
         self.by_salesforce
             .insert(mapping.salesforce_user_id.clone(), mapping.outreach_user_id);
@@ -247,10 +247,10 @@ impl SyncState {
         to: SalesforceId,
         locked_by_usersync: bool,
     ) -> Result<(), MappingError> {
-        if let Some(&other) = self.by_salesforce.get(&to) {
-            if other != outreach_user_id {
-                return Err(MappingError::SalesforceTaken(to, other));
-            }
+        if let Some(&other) = self.by_salesforce.get(&to)
+            && other != outreach_user_id
+        {
+            return Err(MappingError::SalesforceTaken(to, other));
         }
         self.unmap(outreach_user_id);
         self.map(Mapping {
