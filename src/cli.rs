@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "usersync", version, about = "Keeps Outreach users mapped to the right Salesforce users.")]
+#[command(
+    name = "usersync",
+    version,
+    about = "Keeps Outreach users mapped to the right Salesforce users."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -157,7 +157,10 @@ impl UserChange {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let event: UserChange = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            EventError::new(if path == "." { "(document)" } else { &path }, e.inner().to_string())
+            EventError::new(
+                if path == "." { "(document)" } else { &path },
+                e.inner().to_string(),
+            )
         })?;
         event.validate()?;
         Ok(event)
@@ -209,7 +212,12 @@ impl UserChange {
                 }
             }
             Source::Outreach => {
-                if self.user_id.parse::<i64>().map(|id| id <= 0).unwrap_or(true) {
+                if self
+                    .user_id
+                    .parse::<i64>()
+                    .map(|id| id <= 0)
+                    .unwrap_or(true)
+                {
                     return Err(EventError::new(
                         "user_id",
                         format!(
@@ -219,7 +227,10 @@ impl UserChange {
                     ));
                 }
                 if self.user.email.is_none() {
-                    return Err(EventError::new("user.email", "is null on an Outreach event"));
+                    return Err(EventError::new(
+                        "user.email",
+                        "is null on an Outreach event",
+                    ));
                 }
             }
         }
@@ -400,8 +411,8 @@ mod tests {
         let e = with(|v| v["schema"] = "user_change.v2".into()).unwrap_err();
         assert_eq!(e.field, "schema");
 
-        let e = with(|v| v["user"]["email_normalized"] = "Olga.Brown@example.com".into())
-            .unwrap_err();
+        let e =
+            with(|v| v["user"]["email_normalized"] = "Olga.Brown@example.com".into()).unwrap_err();
         assert_eq!(e.field, "user.email_normalized");
 
         // An absent key reads as null: still named.
@@ -475,7 +486,11 @@ mod tests {
         };
         let a = p(Some(10), "2024-01-01T00:00:00Z", Some(1));
         let b = p(Some(11), "2023-01-01T00:00:00Z", Some(1));
-        assert_eq!(a.compare(&b), Ordering::Less, "commit number wins over time");
+        assert_eq!(
+            a.compare(&b),
+            Ordering::Less,
+            "commit number wins over time"
+        );
         let snap = p(None, "2024-01-01T00:00:00Z", None);
         assert_eq!(snap.compare(&a), Ordering::Equal);
         assert_eq!(snap.compare(&b), Ordering::Greater);

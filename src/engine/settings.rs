@@ -131,7 +131,10 @@ impl SyncSettings {
         if field.is_empty() {
             return Ok(None);
         }
-        match field.strip_prefix("custom").and_then(|n| n.parse::<usize>().ok()) {
+        match field
+            .strip_prefix("custom")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n @ 1..=5) if field.len() == 7 => Ok(Some(n - 1)),
             _ => Err(SettingsError::MirrorField(field.to_string())),
         }
@@ -206,8 +209,9 @@ mod tests {
             serde_json::from_str(r#"{"user_mapping": {"lock_when_inactive": true}}"#).unwrap();
         assert!(s.user_mapping.lock_when_inactive);
         assert!(s.user_mapping.inbound_create);
-        let err = serde_json::from_str::<SyncSettings>(r#"{"user_mapping": {"inbound_creat": true}}"#)
-            .unwrap_err();
+        let err =
+            serde_json::from_str::<SyncSettings>(r#"{"user_mapping": {"inbound_creat": true}}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("inbound_creat"));
     }
 }

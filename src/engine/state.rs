@@ -185,7 +185,11 @@ impl SyncState {
     /// Inserts or replaces an Outreach user in the index.
     pub fn put_outreach_user(&mut self, user: OutreachUser) {
         if let Some(old) = self.outreach.get(&user.id) {
-            remove_from_index(&mut self.outreach_by_email, &old.email_normalized(), &user.id);
+            remove_from_index(
+                &mut self.outreach_by_email,
+                &old.email_normalized(),
+                &user.id,
+            );
         }
         self.outreach_by_email
             .entry(user.email_normalized())
@@ -340,7 +344,10 @@ mod tests {
         ));
         state.remap(OutreachUserId(1), y.clone(), false).unwrap();
         assert_eq!(
-            state.mapping_of_outreach(OutreachUserId(1)).unwrap().salesforce_user_id,
+            state
+                .mapping_of_outreach(OutreachUserId(1))
+                .unwrap()
+                .salesforce_user_id,
             y
         );
         assert!(state.mapping_of_salesforce(&x).is_none());

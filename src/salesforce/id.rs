@@ -26,7 +26,9 @@ pub enum SalesforceIdError {
     Length(String, usize),
     #[error("Salesforce id {0:?} contains {1:?}; only letters and digits are allowed")]
     Character(String, char),
-    #[error("Salesforce id {id:?} has checksum suffix {found:?}; its first 15 characters give {expected:?}")]
+    #[error(
+        "Salesforce id {id:?} has checksum suffix {found:?}; its first 15 characters give {expected:?}"
+    )]
     Checksum {
         id: String,
         found: String,
