@@ -14,9 +14,19 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Run a simulator of an external service (test equipment).
+    #[command(subcommand)]
+    Sim(crate::sim::SimCommand),
+}
 
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    tokio::runtime::Runtime::new()?.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Sim(sim) => sim.run().await,
+    }
 }

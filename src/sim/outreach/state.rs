@@ -1,0 +1,81 @@
+//! The simulator's mutable state behind one lock, shared by the handle and the routes.
+//!
+//! One `std::sync::Mutex` over everything keeps each request's view consistent (a token
+//! check, a budget decrement and a directory write happen as one step, as they would in a
+//! transaction) and is never held across an `.await`: handlers lock, compute a response,
+//! and unlock before any sleeping or I/O.
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use chrono::TimeDelta;
+
+use super::credentials::Credentials;
+use super::directory::Directory;
+use super::faults::Faults;
+use super::rate_limit::RateLimiter;
+use super::{SimConfig, SimRequest};
+
+/// Everything the simulator remembers.
+#[derive(Debug)]
+pub struct SimState {
+    pub directory: Directory,
+    pub credentials: Credentials,
+    pub rate_limiter: RateLimiter,
+    pub faults: Faults,
+    pub requests: Vec<SimRequest>,
+}
+
+/// The configuration, the address, and the locked state.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: SimConfig,
+    pub local_addr: SocketAddr,
+    pub base_url: String,
+    state: Mutex<SimState>,
+}
+
+impl Shared {
+    pub fn new(config: SimConfig, local_addr: SocketAddr) -> Shared {
+        let host = if local_addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], local_addr.port()))
+        } else {
+            local_addr
+        };
+        let state = SimState {
+            directory: Directory::new(),
+            credentials: Credentials::new(delta(config.access_token_ttl)),
+            rate_limiter: RateLimiter::new(
+                config.rate_limit_per_window,
+                delta(config.rate_limit_window),
+            ),
+            faults: Faults::default(),
+            requests: Vec::new(),
+        };
+        Shared {
+            config,
+            local_addr,
+            base_url: format!("http://{host}"),
+            state: Mutex::new(state),
+        }
+    }
+
+    /// The state; a panic in another holder does not make it unusable (every mutation
+    /// leaves it consistent).
+    pub fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("{}/api/v2", self.base_url)
+    }
+
+    pub fn mint_throttle(&self) -> TimeDelta {
+        delta(self.config.mint_throttle)
+    }
+}
+
+/// A std duration as chrono's, saturating at chrono's maximum.
+pub fn delta(duration: std::time::Duration) -> TimeDelta {
+    TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
+}
