@@ -538,6 +538,7 @@ impl OutreachClient {
                         "Outreach rate limit hit; waiting before sending again"
                     );
                     tokio::time::sleep(wait).await;
+                    inner.limiter.retry_after_waited();
                 }
                 Err(Failure::Unauthorized { body }) if !refreshed => {
                     refreshed = true;

@@ -169,6 +169,15 @@ impl Budget {
         }
     }
 
+    /// Forgets an exhausted window once its `Retry-After` has been waited out: the server asked
+    /// for exactly that wait, so the next request goes and its answer re-informs the budget.
+    pub fn retry_after_waited(&mut self) {
+        if self.remaining == Some(0) {
+            self.remaining = None;
+            self.reset = None;
+        }
+    }
+
     /// Decides whether a request may go at `now`, keeping `reserve` units unspent, and sets one
     /// unit aside when it may. Once the reset has passed the window is assumed renewed.
     pub fn acquire(&mut self, now: DateTime<Utc>, reserve: u32) -> Pacing {
@@ -282,6 +291,11 @@ impl RateLimiter {
                 }
             }
         }
+    }
+
+    /// A 429's `Retry-After` has been waited out.
+    pub fn retry_after_waited(&self) {
+        self.budget().retry_after_waited();
     }
 
     /// Counts a wait done elsewhere (a 429's `Retry-After`).
@@ -451,6 +465,22 @@ mod tests {
         let mut budget = Budget::default();
         budget.exhausted_until(Some(at(NOW + 5)));
         assert_eq!(budget.acquire(at(NOW), 0), Pacing::WaitUntil(at(NOW + 5)));
+    }
+
+    #[test]
+    fn a_waited_out_retry_after_reopens_the_budget() {
+        let mut budget = Budget::default();
+        budget.exhausted_until(Some(at(NOW + 2)));
+        budget.retry_after_waited();
+        assert_eq!(budget.acquire(at(NOW + 1), 0), Pacing::Go);
+        // A budget that is not exhausted is left alone.
+        let mut open = Budget {
+            limit: Some(10),
+            remaining: Some(3),
+            reset: Some(at(NOW + 60)),
+        };
+        open.retry_after_waited();
+        assert_eq!(open.remaining, Some(3));
     }
 
     #[test]
