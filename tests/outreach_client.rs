@@ -425,6 +425,31 @@ async fn an_expired_access_token_is_refreshed_once_and_persisted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_past_its_expiry_is_refreshed_before_use() {
+    let config = sim_config();
+    let sim = OutreachSim::start(config.clone()).await.expect("sim");
+    let id = seed(&sim, "proactive@acme.test");
+    let issued = sim.issue_tokens(SCOPES);
+    let tokens = OAuthTokens {
+        access_token: issued.access_token,
+        refresh_token: issued.refresh_token,
+        expires_at: Some(chrono::Utc::now() - chrono::TimeDelta::seconds(1)),
+    };
+    let store = Arc::new(MemoryTokenStore::new());
+    let client =
+        OutreachClient::new(client_config(&sim, &config), tokens, store.clone()).expect("client");
+
+    let reply = client.get_user(id).await.expect("read");
+
+    assert_eq!(reply.requests, 2, "refresh, then the read");
+    assert!(served(&sim, 401).is_empty(), "{:?}", sim.requests());
+    assert_eq!(token_requests(&sim).len(), 1);
+    assert_eq!(store.saves(), 1);
+    let fresh = client.tokens().await;
+    assert!(fresh.expires_at.unwrap() > chrono::Utc::now());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_tokens_end_in_a_token_error_after_one_refresh_attempt() {
     let f = fixture().await;
     let id = seed(&f.sim, "revoked@acme.test");
@@ -513,6 +538,8 @@ async fn a_client_can_start_from_an_authorization_code() {
     assert_eq!(store.saves(), 1);
     assert_eq!(client.tokens().await, store.latest().unwrap());
     client.get_user(id).await.expect("the new token works");
+    let stats = client.stats();
+    assert_eq!((stats.requests, stats.token_refreshes), (2, 1));
 
     // A code is single-use.
     let err = OutreachClient::from_authorization_code(

@@ -249,8 +249,17 @@ pub async fn exchange_code(
     code: &str,
 ) -> Result<OAuthTokens, OutreachError> {
     let counters = Counters::default();
-    let tally = Tally::new(&counters);
-    token_request(http, app, Grant::AuthorizationCode(code), &tally)
+    exchange_code_counted(http, app, code, &Tally::new(&counters)).await
+}
+
+/// [`exchange_code`], counting the request in `tally`.
+pub(crate) async fn exchange_code_counted(
+    http: &reqwest::Client,
+    app: &OAuthApp,
+    code: &str,
+    tally: &Tally<'_>,
+) -> Result<OAuthTokens, OutreachError> {
+    token_request(http, app, Grant::AuthorizationCode(code), tally)
         .await
         .map_err(|f| f.into_error(Operation::ExchangeCode))
 }

@@ -33,7 +33,8 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::auth::{
-    AccessToken, KeeperPolicy, OAuthApp, OAuthTokens, TokenKeeper, TokenStore, exchange_code,
+    AccessToken, KeeperPolicy, OAuthApp, OAuthTokens, TokenKeeper, TokenStore,
+    exchange_code_counted,
 };
 use super::error::{Operation, OutreachError, classify};
 use super::jsonapi::{
@@ -209,7 +210,13 @@ impl OutreachClient {
         store: Arc<dyn TokenStore>,
     ) -> Result<Self, OutreachError> {
         let http = build_http(&config)?;
-        Ok(OutreachClient::assemble(http, config, tokens, store))
+        Ok(OutreachClient::assemble(
+            http,
+            config,
+            tokens,
+            store,
+            Counters::default(),
+        ))
     }
 
     /// Completes the authorization-code flow: exchanges `code` for tokens, persists them, and
@@ -220,16 +227,18 @@ impl OutreachClient {
         store: Arc<dyn TokenStore>,
     ) -> Result<Self, OutreachError> {
         let http = build_http(&config)?;
-        let tokens = exchange_code(&http, &config.app(), code).await?;
+        let counters = Counters::default();
+        let tokens =
+            exchange_code_counted(&http, &config.app(), code, &Tally::new(&counters)).await?;
         if let Err(e) = store.save(&tokens).await {
             return Err(OutreachError::Config {
                 operation: Operation::ExchangeCode,
                 detail: e.to_string(),
             });
         }
-        let client = OutreachClient::assemble(http, config, tokens, store);
+        counters.token_refresh();
+        let client = OutreachClient::assemble(http, config, tokens, store, counters);
         client.inner.keeper.record_mint().await;
-        client.inner.counters.token_refresh();
         Ok(client)
     }
 
@@ -238,6 +247,7 @@ impl OutreachClient {
         config: ClientConfig,
         tokens: OAuthTokens,
         store: Arc<dyn TokenStore>,
+        counters: Counters,
     ) -> OutreachClient {
         let keeper = TokenKeeper::new(
             http.clone(),
@@ -257,7 +267,7 @@ impl OutreachClient {
                 config,
                 keeper,
                 limiter,
-                counters: Counters::default(),
+                counters,
             }),
         }
     }
