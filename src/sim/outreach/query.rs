@@ -95,6 +95,8 @@ pub enum TextAttribute {
     LastName,
 }
 
+/// The variants are named after Outreach's attributes, which all end in `At`.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeAttribute {
     CreatedAt,
@@ -288,10 +290,7 @@ fn parse_condition<T>(raw: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Co
         };
         return Some(Condition::Range(low, high));
     }
-    let values = raw
-        .split(',')
-        .map(|value| parse(value))
-        .collect::<Option<Vec<T>>>()?;
+    let values = raw.split(',').map(parse).collect::<Option<Vec<T>>>()?;
     Some(Condition::AnyOf(values))
 }
 

@@ -42,12 +42,14 @@ impl RateStatus {
         retry_after_seconds(now, self.reset)
     }
 
-    /// The `detail` of the 429 `rateLimitExceeded` error.
+    /// The `detail` of the 429 `rateLimitExceeded` error; its instant (UTC, without a zone,
+    /// as documented) is the same second as `X-RateLimit-Reset`.
     pub fn exceeded_detail(&self) -> String {
+        let reset = DateTime::from_timestamp(self.reset_epoch(), 0).unwrap_or(self.reset);
         format!(
             "You have exceeded your permitted rate limit of {}; please try again at {}.",
             thousands(self.limit),
-            self.reset.format("%Y-%m-%dT%H:%M:%S")
+            reset.format("%Y-%m-%dT%H:%M:%S")
         )
     }
 }
@@ -137,7 +139,7 @@ fn thousands(number: u32) -> String {
     let digits = number.to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::cursor;
 use super::directory::DirectoryError;
 use super::document::{
-    WriteError, error, parameter_error, parse_create, parse_update, user_resource,
+    WriteError, error, parameter_error, parse_create, parse_update, pointer_error, user_resource,
     validation_errors,
 };
 use super::http::{json_api, set_header};
@@ -202,7 +202,7 @@ fn directory_error(problem: &DirectoryError) -> Response {
         DirectoryError::EmailBlank | DirectoryError::EmailInvalid | DirectoryError::EmailTaken => {
             json_api(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &super::document::pointer_error(
+                &pointer_error(
                     "validationError",
                     "Validation Error",
                     &problem.to_string(),
@@ -212,7 +212,7 @@ fn directory_error(problem: &DirectoryError) -> Response {
         }
         DirectoryError::IdTaken(_) | DirectoryError::InvalidId(_) => json_api(
             StatusCode::UNPROCESSABLE_ENTITY,
-            &super::document::pointer_error(
+            &pointer_error(
                 "validationError",
                 "Validation Error",
                 &problem.to_string(),
