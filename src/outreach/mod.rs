@@ -1,3 +1,31 @@
-//! The Outreach side: the user model and (with its issue) the JSON:API client.
+//! The Outreach side: the user model and the REST API v2 client.
+//!
+//! Layers, from the wire up:
+//!
+//! - [`jsonapi`]: wire shapes only: JSON:API documents for users, both error-body shapes, and
+//!   conversion to and from [`user::OutreachUser`].
+//! - [`rate_limit`]: the request budget: header parsing, pacing arithmetic, and the shared limiter
+//!   that waits for the reset before the budget runs out.
+//! - [`auth`]: tokens: the OAuth grants, persistence through a [`auth::TokenStore`], the mint
+//!   interval, and one refresh for any number of concurrent 401s.
+//! - `transport` (private): one HTTP attempt's outcome and the jittered retry of transient failures.
+//! - [`client`]: requests and policy: what each operation sends, and how 401, 429 and 5xx are
+//!   handled around it.
+//! - [`error`]: the typed failures callers act on.
+//!
+//! The engine sees only [`OutreachClient`], [`OutreachError`] and the user types.
 
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod jsonapi;
+pub mod rate_limit;
+pub mod stats;
+mod transport;
 pub mod user;
+
+pub use auth::{MemoryTokenStore, OAuthApp, OAuthTokens, TokenStore, TokenStoreError};
+pub use client::{ClientConfig, OutreachClient, Reply, UserPage};
+pub use error::{Operation, OutreachError};
+pub use stats::ClientStats;
+pub use user::{CUSTOM_FIELDS, OutreachUser, OutreachUserId, UserAttributes};
