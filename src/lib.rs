@@ -16,8 +16,10 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod apply;
 pub mod event;
 pub mod outreach;
 pub mod salesforce;
+pub mod scenario;
 pub mod sim;
 pub mod store;

@@ -336,7 +336,7 @@ pub async fn run(scenario: &Scenario) -> Result<Output, RunError> {
             refresh_token: tokens.refresh_token,
             expires_at: Some(Utc::now() + chrono::Duration::seconds(tokens.expires_in as i64)),
         },
-        Arc::new(MemoryTokenStore::default()),
+        Arc::new(MemoryTokenStore::new()),
     )
     .map_err(|e| RunError::Client(e.to_string()))?;
 
@@ -374,19 +374,16 @@ pub async fn run(scenario: &Scenario) -> Result<Output, RunError> {
 fn client_config(sim: &OutreachSim) -> Result<ClientConfig, RunError> {
     let url = |s: String| url::Url::parse(&s).map_err(|e| RunError::Client(e.to_string()));
     let defaults = SimConfig::default();
-    Ok(ClientConfig {
-        api_url: url(sim.api_url())?,
-        token_url: url(sim.token_url())?,
-        client_id: defaults.client_id,
-        client_secret: defaults.client_secret,
-        redirect_uri: defaults.redirect_uri,
-        page_size: 1000,
-        max_retries: 3,
-        backoff_min: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(200),
-        max_rate_limit_wait: Duration::from_secs(5),
-        rate_limit_reserve: 0,
-        mint_interval: Duration::from_secs(60),
-        timeout: Duration::from_secs(30),
-    })
+    let mut config = ClientConfig::new(
+        url(sim.api_url())?,
+        url(sim.token_url())?,
+        defaults.client_id,
+        defaults.client_secret,
+        defaults.redirect_uri,
+    );
+    // The simulator is local and healthy: fail fast instead of backing off for seconds.
+    config.max_retries = 3;
+    config.backoff_min = Duration::from_millis(10);
+    config.backoff_max = Duration::from_millis(200);
+    Ok(config)
 }
