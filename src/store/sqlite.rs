@@ -57,12 +57,12 @@ impl SqliteStore {
                 .connect_with(options)
                 .await
         } else {
-            if let Some(folder) = options.get_filename().parent() {
-                if folder != Path::new("") {
-                    std::fs::create_dir_all(folder).map_err(|e| {
-                        StoreError::url(url, format!("cannot create {}: {e}", folder.display()))
-                    })?;
-                }
+            if let Some(folder) = options.get_filename().parent()
+                && folder != Path::new("")
+            {
+                std::fs::create_dir_all(folder).map_err(|e| {
+                    StoreError::url(url, format!("cannot create {}: {e}", folder.display()))
+                })?;
             }
             SqlitePoolOptions::new()
                 .max_connections(4)
