@@ -112,6 +112,34 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 20] = [
+        Reason::NewActiveUser,
+        Reason::EmailMatch,
+        Reason::MappedUserInactive,
+        Reason::MappedUserChanged,
+        Reason::MappedUserReactivated,
+        Reason::DuplicateEvent,
+        Reason::StaleEvent,
+        Reason::InactiveUser,
+        Reason::InboundCreateDisabled,
+        Reason::EmailDiverged,
+        Reason::UpToDate,
+        Reason::NoActiveReplacement,
+        Reason::InboundUpdateDisabled,
+        Reason::NoEmail,
+        Reason::OutreachEmailTaken,
+        Reason::MultipleActiveSalesforceUsers,
+        Reason::EmailMappedToOtherActiveUser,
+        Reason::AutoRemapDisabled,
+        Reason::MultipleOutreachUsers,
+        Reason::OutreachRefusedCreate,
+    ];
+
+    /// The reason whose code is `s` (the inverse of [`Reason::as_str`]).
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NewActiveUser => "new_active_user",
@@ -251,4 +279,24 @@ pub struct DecisionRecord {
     pub message: String,
     /// HTTP requests made to Outreach to apply it (retries and token refreshes included).
     pub outreach_calls: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_parse_back_and_match_serde() {
+        for reason in Reason::ALL {
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::Value::String(reason.as_str().into())
+            );
+        }
+        for action in Action::ALL {
+            assert_eq!(Action::parse(action.as_str()), Some(action));
+        }
+        assert_eq!(Reason::parse("no_such_reason"), None);
+    }
 }

@@ -1,1 +1,289 @@
 //! Durable state behind one trait.
+//!
+//! Why it exists: every role of usersync owns some state that must survive a restart and, with
+//! several processor replicas, be shared — the subscriber's replay checkpoints and last-known
+//! Salesforce users, the processor's mappings, Outreach user index, applied-event log and
+//! decision log, the admin's settings. The store keeps exactly that and nothing else: it is
+//! never a queue (events travel only through Kafka), and it holds no rules of its own beyond
+//! one: a mapping is 1:1, and the schema itself enforces it (`mappings.outreach_user_id` is the
+//! primary key, `mappings.salesforce_user_id` is unique), so no code path, present or future,
+//! can record an Outreach user mapped twice or a Salesforce user claimed by two Outreach users.
+//!
+//! Two implementations share one trait, [`Store`]: [`SqliteStore`] (a file, the embedded
+//! default) and [`PostgresStore`] (several processor replicas). Each keeps its SQL beside it;
+//! what a multi-statement operation means (which slice of state a decision needs, what
+//! recording an event writes, in which order) is written once, in [`procedures`], over the
+//! small statement vocabulary both backends speak ([`statements`]). [`open`] picks one by URL.
+
+pub mod postgres;
+mod procedures;
+mod rows;
+pub mod sqlite;
+mod statements;
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::engine::decision::{Action, DecisionRecord};
+use crate::engine::settings::SyncSettings;
+use crate::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
+use crate::outreach::user::{OutreachUser, OutreachUserId};
+use crate::salesforce::id::SalesforceId;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// The most decision records one page of the log returns.
+pub const MAX_DECISION_PAGE: u32 = 500;
+
+/// Durable state of the roles. All methods are safe to call from several tasks (and, with
+/// PostgreSQL, several processes) at once.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// The slice of state one decision needs, as a SyncState: every SF user listed by id; every
+    /// SF user whose normalized email equals an email in scope OR the email of any SF user loaded
+    /// by id (so an email change also brings the group the user left); every Outreach user listed
+    /// by id or whose normalized email is in that set of emails; every mapping touching a loaded
+    /// SF or Outreach user, plus the user at the other end of each such mapping (so rule "O is
+    /// mapped to M" sees M even if M's email differs); and, in applied_events, those of
+    /// scope.event_ids already applied. One read transaction.
+    async fn load_state(&self, scope: &StateScope) -> Result<SyncState, StoreError>;
+
+    /// Records the result of applying one event, atomically (one transaction): upsert the SF
+    /// user's last-known state, upsert Outreach users in the index, apply the mapping changes in
+    /// order, insert the applied event id, append the decision records. If the event id is
+    /// already applied, it changes nothing and returns Ok.
+    async fn record(&self, applied: &AppliedEvent) -> Result<(), StoreError>;
+
+    /// The last-known state of one Salesforce user.
+    async fn salesforce_user(
+        &self,
+        id: &SalesforceId,
+    ) -> Result<Option<SalesforceUser>, StoreError>;
+
+    /// Bulk upsert of last-known Salesforce users (initial load, resync), in one transaction.
+    async fn put_salesforce_users(&self, users: &[SalesforceUser]) -> Result<(), StoreError>;
+
+    async fn outreach_user(&self, id: OutreachUserId) -> Result<Option<OutreachUser>, StoreError>;
+
+    /// The Outreach users whose normalized email is this one, by id: normally zero or one, more
+    /// when Outreach broke its own uniqueness rule.
+    async fn outreach_users_by_email(
+        &self,
+        email_normalized: &str,
+    ) -> Result<Vec<OutreachUser>, StoreError>;
+
+    /// Bulk upsert of the Outreach user index (index load), in one transaction.
+    async fn put_outreach_users(&self, users: &[OutreachUser]) -> Result<(), StoreError>;
+
+    /// The mappings matching every set field of the filter, sorted by Outreach id.
+    async fn mappings(&self, filter: &MappingFilter) -> Result<Vec<Mapping>, StoreError>;
+
+    /// Adds a mapping (or updates `locked_by_usersync` of the same pair).
+    /// [`StoreError::MappingConflict`] if either side is mapped elsewhere;
+    /// [`StoreError::UnknownMappedUser`] if either user is not in the store.
+    async fn put_mapping(&self, mapping: &Mapping) -> Result<(), StoreError>;
+
+    /// Removes the mapping of an Outreach user, returning it.
+    async fn remove_mapping(
+        &self,
+        outreach_user_id: OutreachUserId,
+    ) -> Result<Option<Mapping>, StoreError>;
+
+    async fn is_applied(&self, event_id: &str) -> Result<bool, StoreError>;
+
+    /// One page of the decision log, newest first.
+    async fn decisions(&self, query: &DecisionQuery) -> Result<DecisionPage, StoreError>;
+
+    async fn settings(&self) -> Result<Option<SyncSettings>, StoreError>;
+    async fn save_settings(&self, settings: &SyncSettings) -> Result<(), StoreError>;
+
+    async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError>;
+    /// Inserts or overwrites the checkpoint of `checkpoint.topic`.
+    async fn save_checkpoint(&self, checkpoint: &ReplayCheckpoint) -> Result<(), StoreError>;
+}
+
+/// Everything applying one event changed, recorded in one transaction by [`Store::record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEvent {
+    pub event_id: String,
+    /// The Salesforce user's new last-known state (none for Outreach events).
+    pub salesforce_user: Option<SalesforceUser>,
+    /// Outreach users created or changed while applying (their state after the calls).
+    pub outreach_users: Vec<OutreachUser>,
+    /// Applied in order.
+    pub mapping_changes: Vec<MappingWrite>,
+    pub decisions: Vec<DecisionRecord>,
+}
+
+/// One change to the mapping table. A remap is `Remove` then `Put`, in that order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MappingWrite {
+    Put(Mapping),
+    Remove(OutreachUserId),
+}
+
+/// Which mappings [`Store::mappings`] returns: those matching every field that is set; all
+/// `None` means all mappings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MappingFilter {
+    /// Mappings whose Salesforce user or Outreach user has this normalized email.
+    pub email: Option<String>,
+    pub salesforce_user_id: Option<SalesforceId>,
+    pub outreach_user_id: Option<OutreachUserId>,
+}
+
+/// One page request of the decision log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionQuery {
+    /// Cursor: return records older than this sequence (the previous page's `next_after`).
+    pub after: Option<i64>,
+    pub action: Option<Action>,
+    /// The normalized email the decisions are about.
+    pub email: Option<String>,
+    /// Page size, clamped to `1..=MAX_DECISION_PAGE`.
+    pub limit: u32,
+}
+
+impl Default for DecisionQuery {
+    fn default() -> Self {
+        Self {
+            after: None,
+            action: None,
+            email: None,
+            limit: 50,
+        }
+    }
+}
+
+/// One page of the decision log, newest first, each record with its sequence number.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecisionPage {
+    pub records: Vec<(i64, DecisionRecord)>,
+    /// The cursor of the next (older) page; `None` when this page is the last.
+    pub next_after: Option<i64>,
+}
+
+/// Where a subscriber resumes one Salesforce topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayCheckpoint {
+    pub topic: String,
+    /// Opaque Pub/Sub API replay id bytes.
+    pub replay_id: Vec<u8>,
+    pub commit_timestamp: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The mapping would break 1:1: one of its sides is mapped elsewhere.
+    #[error("cannot map Outreach user {} to Salesforce user {}: {}",
+        .wanted.outreach_user_id, .wanted.salesforce_user_id, ConflictHolder(.existing))]
+    MappingConflict {
+        wanted: Mapping,
+        /// The mapping holding a side, when it could be read.
+        existing: Option<Mapping>,
+    },
+    /// A mapping names an Outreach or Salesforce user the store does not hold.
+    #[error(
+        "cannot map Outreach user {outreach_user_id} to Salesforce user {salesforce_user_id}: \
+         one of them is not in the store"
+    )]
+    UnknownMappedUser {
+        outreach_user_id: OutreachUserId,
+        salesforce_user_id: SalesforceId,
+    },
+    /// The database refused or failed; `operation` says what the store was doing.
+    #[error("store could not {operation}: {source}")]
+    Database {
+        operation: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The schema migrations failed.
+    #[error("store could not migrate the {backend} schema: {source}")]
+    Migrate {
+        backend: &'static str,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A stored value does not parse: someone wrote it around the store, or a bug did.
+    #[error("corrupt value in {table}.{column}: {value:?}: {problem}")]
+    Corrupt {
+        table: &'static str,
+        column: &'static str,
+        value: String,
+        problem: String,
+    },
+    /// The store URL or a connection option is not usable.
+    #[error("store URL {url:?}: {problem}")]
+    Url { url: String, problem: String },
+}
+
+/// Formats who holds a side of a refused mapping.
+struct ConflictHolder<'a>(&'a Option<Mapping>);
+
+impl fmt::Display for ConflictHolder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(m) => write!(
+                f,
+                "Outreach user {} is mapped to Salesforce user {}",
+                m.outreach_user_id, m.salesforce_user_id
+            ),
+            None => f.write_str("one side was mapped by a concurrent writer"),
+        }
+    }
+}
+
+impl StoreError {
+    pub(crate) fn url(url: &str, problem: impl fmt::Display) -> Self {
+        StoreError::Url {
+            url: redact_password(url),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+/// A URL with its password (if any) replaced, fit for an error message or a log line.
+pub fn redact_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Adds the operation to a database error.
+pub(crate) trait Context<T> {
+    fn context(self, operation: impl FnOnce() -> String) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for Result<T, sqlx::Error> {
+    fn context(self, operation: impl FnOnce() -> String) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Database {
+            operation: operation(),
+            source,
+        })
+    }
+}
+
+/// Opens the store a URL names and brings its schema up to date: `sqlite://path` (the file is
+/// created if missing), `sqlite::memory:`, or `postgres://…` / `postgresql://…`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url, None).await?))
+    } else {
+        Err(StoreError::url(
+            url,
+            "expected sqlite://PATH, sqlite::memory: or postgres://…",
+        ))
+    }
+}

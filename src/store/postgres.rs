@@ -1,0 +1,450 @@
+//! The PostgreSQL store: shared by several processor replicas.
+//!
+//! Single statements run on a pooled connection; `load_state` reads in one `REPEATABLE READ`
+//! read-only transaction (one snapshot for all its queries); writes run in `READ COMMITTED`
+//! transactions, where the unique keys of `mappings` and `applied_events` settle races between
+//! replicas: a second writer of the same event waits on the first and then finds it applied.
+//! Lists of ids travel as arrays (`= ANY($1)`). With a schema name, the store lives in that
+//! schema — created if missing and put first on every pooled connection's `search_path` — which
+//! is how tests get a fresh store each in one database.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor, Postgres, Transaction};
+
+use super::rows::{CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow};
+use super::statements::{Access, Backend, Statements};
+use super::{Context, ReplayCheckpoint, StoreError, redact_password};
+use crate::engine::decision::DecisionRecord;
+use crate::engine::state::{Mapping, SalesforceUser};
+use crate::outreach::user::OutreachUser;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The store in a PostgreSQL database (or one schema of it).
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `postgres://…`, optionally inside `schema` (created if missing; a lower-case
+    /// SQL identifier), and runs the migrations there.
+    pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::url(url, e))?;
+        let shown = redact_password(url);
+        let mut pool = PgPoolOptions::new().max_connections(8);
+        if let Some(schema) = schema {
+            if !is_plain_identifier(schema) {
+                return Err(StoreError::url(
+                    url,
+                    format!(
+                        "schema {schema:?} must be 1-63 lower-case letters, digits and \
+                         underscores, not starting with a digit"
+                    ),
+                ));
+            }
+            let mut conn = PgConnection::connect_with(&options)
+                .await
+                .context(|| format!("connect to {shown}"))?;
+            conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+                .await
+                .context(|| format!("create schema {schema} in {shown}"))?;
+            conn.close()
+                .await
+                .context(|| format!("disconnect from {shown}"))?;
+            let set_search_path = format!("SET search_path TO \"{schema}\"");
+            pool = pool.after_connect(move |conn, _meta| {
+                let statement = set_search_path.clone();
+                Box::pin(async move { conn.execute(statement.as_str()).await.map(drop) })
+            });
+        }
+        let pool = pool
+            .connect_with(options)
+            .await
+            .context(|| format!("connect to {shown}"))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                backend: "PostgreSQL",
+                source,
+            })?;
+        Ok(Self { pool })
+    }
+
+    /// The connection pool, for tools and tests that need SQL the trait does not offer.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// A name that is safe to quote into SQL as an identifier.
+fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+}
+
+/// One pooled connection, or a transaction on one.
+pub(crate) enum PostgresSession {
+    Single(PoolConnection<Postgres>),
+    Transaction(Transaction<'static, Postgres>),
+}
+
+impl PostgresSession {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            PostgresSession::Single(conn) => conn,
+            PostgresSession::Transaction(tx) => tx,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for PostgresStore {
+    type Session = PostgresSession;
+
+    async fn session(&self, access: Access) -> sqlx::Result<PostgresSession> {
+        Ok(match access {
+            Access::Single => PostgresSession::Single(self.pool.acquire().await?),
+            Access::Read => PostgresSession::Transaction(
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?,
+            ),
+            Access::Write => PostgresSession::Transaction(self.pool.begin().await?),
+        })
+    }
+
+    async fn commit(session: PostgresSession) -> sqlx::Result<()> {
+        match session {
+            PostgresSession::Single(_) => Ok(()),
+            PostgresSession::Transaction(tx) => tx.commit().await,
+        }
+    }
+}
+
+const SALESFORCE_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, \
+     is_active, created_date, last_modified_date, commit_number, commit_timestamp, \
+     sequence_number";
+
+const OUTREACH_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, locked, \
+     custom1, custom2, custom3, custom4, custom5, updated_at";
+
+const DECISION_COLUMNS: &str = "sequence, event_id, at, action, reason, email, \
+     outreach_user_id, salesforce_user_id, previous_salesforce_user_id, message, outreach_calls";
+
+#[async_trait::async_trait]
+impl Statements for PostgresSession {
+    async fn salesforce_users_by_id(
+        &mut self,
+        ids: &[String],
+    ) -> sqlx::Result<Vec<SalesforceUserRow>> {
+        let sql = format!(
+            "SELECT {SALESFORCE_USER_COLUMNS} FROM salesforce_users \
+             WHERE id = ANY($1) ORDER BY id"
+        );
+        sqlx::query_as(&sql).bind(ids).fetch_all(self.conn()).await
+    }
+
+    async fn salesforce_users_by_email(
+        &mut self,
+        emails: &[String],
+    ) -> sqlx::Result<Vec<SalesforceUserRow>> {
+        let sql = format!(
+            "SELECT {SALESFORCE_USER_COLUMNS} FROM salesforce_users \
+             WHERE email_normalized = ANY($1) ORDER BY id"
+        );
+        sqlx::query_as(&sql)
+            .bind(emails)
+            .fetch_all(self.conn())
+            .await
+    }
+
+    async fn outreach_users_by_id(&mut self, ids: &[i64]) -> sqlx::Result<Vec<OutreachUserRow>> {
+        let sql = format!(
+            "SELECT {OUTREACH_USER_COLUMNS} FROM outreach_users \
+             WHERE id = ANY($1) ORDER BY id"
+        );
+        sqlx::query_as(&sql).bind(ids).fetch_all(self.conn()).await
+    }
+
+    async fn outreach_users_by_email(
+        &mut self,
+        emails: &[String],
+    ) -> sqlx::Result<Vec<OutreachUserRow>> {
+        let sql = format!(
+            "SELECT {OUTREACH_USER_COLUMNS} FROM outreach_users \
+             WHERE email_normalized = ANY($1) ORDER BY id"
+        );
+        sqlx::query_as(&sql)
+            .bind(emails)
+            .fetch_all(self.conn())
+            .await
+    }
+
+    async fn mappings_touching(
+        &mut self,
+        outreach_user_ids: &[i64],
+        salesforce_user_ids: &[String],
+    ) -> sqlx::Result<Vec<MappingRow>> {
+        sqlx::query_as(
+            "SELECT outreach_user_id, salesforce_user_id, locked_by_usersync FROM mappings \
+             WHERE outreach_user_id = ANY($1) \
+                OR salesforce_user_id = ANY($2) \
+             ORDER BY outreach_user_id",
+        )
+        .bind(outreach_user_ids)
+        .bind(salesforce_user_ids)
+        .fetch_all(self.conn())
+        .await
+    }
+
+    async fn mappings_matching(
+        &mut self,
+        email: Option<&str>,
+        salesforce_user_id: Option<&str>,
+        outreach_user_id: Option<i64>,
+    ) -> sqlx::Result<Vec<MappingRow>> {
+        sqlx::query_as(
+            "SELECT m.outreach_user_id, m.salesforce_user_id, m.locked_by_usersync \
+             FROM mappings m \
+             WHERE ($1 IS NULL \
+                    OR EXISTS (SELECT 1 FROM salesforce_users s \
+                               WHERE s.id = m.salesforce_user_id AND s.email_normalized = $1) \
+                    OR EXISTS (SELECT 1 FROM outreach_users o \
+                               WHERE o.id = m.outreach_user_id AND o.email_normalized = $1)) \
+               AND ($2 IS NULL OR m.salesforce_user_id = $2) \
+               AND ($3 IS NULL OR m.outreach_user_id = $3) \
+             ORDER BY m.outreach_user_id",
+        )
+        .bind(email)
+        .bind(salesforce_user_id)
+        .bind(outreach_user_id)
+        .fetch_all(self.conn())
+        .await
+    }
+
+    async fn applied_among(&mut self, event_ids: &[String]) -> sqlx::Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT event_id FROM applied_events \
+             WHERE event_id = ANY($1) ORDER BY event_id",
+        )
+        .bind(event_ids)
+        .fetch_all(self.conn())
+        .await
+    }
+
+    async fn decisions_before(
+        &mut self,
+        before: Option<i64>,
+        action: Option<&str>,
+        email: Option<&str>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<DecisionRow>> {
+        let sql = format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions \
+             WHERE ($1 IS NULL OR sequence < $1) \
+               AND ($2 IS NULL OR action = $2) \
+               AND ($3 IS NULL OR email = $3) \
+             ORDER BY sequence DESC LIMIT $4"
+        );
+        sqlx::query_as(&sql)
+            .bind(before)
+            .bind(action)
+            .bind(email)
+            .bind(limit)
+            .fetch_all(self.conn())
+            .await
+    }
+
+    async fn settings_document(&mut self) -> sqlx::Result<Option<String>> {
+        sqlx::query_scalar("SELECT document::text FROM settings WHERE id = 1")
+            .fetch_optional(self.conn())
+            .await
+    }
+
+    async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>> {
+        sqlx::query_as(
+            "SELECT topic, replay_id, commit_timestamp, updated_at FROM replay_checkpoints \
+             WHERE topic = $1",
+        )
+        .bind(topic)
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO salesforce_users (id, email, email_normalized, username, first_name, \
+                 last_name, title, is_active, created_date, last_modified_date, commit_number, \
+                 commit_timestamp, sequence_number) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (id) DO UPDATE SET email = excluded.email, \
+                 email_normalized = excluded.email_normalized, username = excluded.username, \
+                 first_name = excluded.first_name, last_name = excluded.last_name, \
+                 title = excluded.title, is_active = excluded.is_active, \
+                 created_date = excluded.created_date, \
+                 last_modified_date = excluded.last_modified_date, \
+                 commit_number = excluded.commit_number, \
+                 commit_timestamp = excluded.commit_timestamp, \
+                 sequence_number = excluded.sequence_number",
+        )
+        .bind(user.id.as_str())
+        .bind(&user.email)
+        .bind(user.email_normalized())
+        .bind(&user.username)
+        .bind(&user.first_name)
+        .bind(&user.last_name)
+        .bind(&user.title)
+        .bind(user.is_active)
+        .bind(user.created_date)
+        .bind(user.last_modified_date)
+        .bind(user.applied.and_then(|p| p.commit_number))
+        .bind(user.applied.map(|p| p.commit_timestamp))
+        .bind(user.applied.and_then(|p| p.sequence_number))
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn upsert_outreach_user(&mut self, user: &OutreachUser) -> sqlx::Result<()> {
+        let [c1, c2, c3, c4, c5] = &user.custom;
+        sqlx::query(
+            "INSERT INTO outreach_users (id, email, email_normalized, username, first_name, \
+                 last_name, title, locked, custom1, custom2, custom3, custom4, custom5, \
+                 updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (id) DO UPDATE SET email = excluded.email, \
+                 email_normalized = excluded.email_normalized, username = excluded.username, \
+                 first_name = excluded.first_name, last_name = excluded.last_name, \
+                 title = excluded.title, locked = excluded.locked, \
+                 custom1 = excluded.custom1, custom2 = excluded.custom2, \
+                 custom3 = excluded.custom3, custom4 = excluded.custom4, \
+                 custom5 = excluded.custom5, updated_at = excluded.updated_at",
+        )
+        .bind(user.id.0)
+        .bind(&user.email)
+        .bind(user.email_normalized())
+        .bind(&user.username)
+        .bind(&user.first_name)
+        .bind(&user.last_name)
+        .bind(&user.title)
+        .bind(user.locked)
+        .bind(c1)
+        .bind(c2)
+        .bind(c3)
+        .bind(c4)
+        .bind(c5)
+        .bind(user.updated_at)
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn upsert_mapping(&mut self, mapping: &Mapping) -> sqlx::Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO mappings (outreach_user_id, salesforce_user_id, locked_by_usersync) \
+             VALUES ($1, $2, $3) \
+             ON CONFLICT (outreach_user_id) DO UPDATE \
+                 SET locked_by_usersync = excluded.locked_by_usersync \
+                 WHERE mappings.salesforce_user_id = excluded.salesforce_user_id",
+        )
+        .bind(mapping.outreach_user_id.0)
+        .bind(mapping.salesforce_user_id.as_str())
+        .bind(mapping.locked_by_usersync)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_mapping(&mut self, outreach_user_id: i64) -> sqlx::Result<Option<MappingRow>> {
+        sqlx::query_as(
+            "DELETE FROM mappings WHERE outreach_user_id = $1 \
+             RETURNING outreach_user_id, salesforce_user_id, locked_by_usersync",
+        )
+        .bind(outreach_user_id)
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn insert_applied_event(
+        &mut self,
+        event_id: &str,
+        applied_at: DateTime<Utc>,
+    ) -> sqlx::Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO applied_events (event_id, applied_at) VALUES ($1, $2) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(applied_at)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn append_decision(&mut self, record: &DecisionRecord) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO decisions (event_id, at, action, reason, email, outreach_user_id, \
+                 salesforce_user_id, previous_salesforce_user_id, message, outreach_calls) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&record.event_id)
+        .bind(record.at)
+        .bind(record.action.as_str())
+        .bind(record.reason.as_str())
+        .bind(&record.email)
+        .bind(record.outreach_user_id.map(|id| id.0))
+        .bind(record.salesforce_user_id.as_ref().map(|id| id.as_str()))
+        .bind(
+            record
+                .previous_salesforce_user_id
+                .as_ref()
+                .map(|id| id.as_str()),
+        )
+        .bind(&record.message)
+        .bind(i64::from(record.outreach_calls))
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn save_settings_document(
+        &mut self,
+        document: &str,
+        updated_at: DateTime<Utc>,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (id, document, updated_at) VALUES (1, $1::jsonb, $2) \
+             ON CONFLICT (id) DO UPDATE \
+                 SET document = excluded.document, updated_at = excluded.updated_at",
+        )
+        .bind(document)
+        .bind(updated_at)
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO replay_checkpoints (topic, replay_id, commit_timestamp, updated_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (topic) DO UPDATE SET replay_id = excluded.replay_id, \
+                 commit_timestamp = excluded.commit_timestamp, updated_at = excluded.updated_at",
+        )
+        .bind(&checkpoint.topic)
+        .bind(&checkpoint.replay_id)
+        .bind(checkpoint.commit_timestamp)
+        .bind(checkpoint.updated_at)
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+}

@@ -1,0 +1,447 @@
+//! What each store operation means, written once for every backend.
+//!
+//! A backend supplies SQL ([`Statements`]) and sessions ([`Backend`]); this module decides
+//! which statements an operation runs, in which order, in which kind of session, and what a
+//! failure means to the caller. That keeps the two backends from drifting apart on the parts
+//! that matter most: the slice of state a decision sees (`load_state`) and what recording an
+//! applied event writes (`record`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::Utc;
+use sqlx::error::ErrorKind;
+
+use super::statements::{Access, Backend, Statements};
+use super::{
+    AppliedEvent, Context, DecisionPage, DecisionQuery, MAX_DECISION_PAGE, MappingFilter,
+    MappingWrite, ReplayCheckpoint, Store, StoreError,
+};
+use crate::engine::settings::SyncSettings;
+use crate::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
+use crate::event::normalize_email;
+use crate::outreach::user::{OutreachUser, OutreachUserId};
+use crate::salesforce::id::SalesforceId;
+
+#[async_trait::async_trait]
+impl<B: Backend> Store for B {
+    async fn load_state(&self, scope: &StateScope) -> Result<SyncState, StoreError> {
+        let mut session = self
+            .session(Access::Read)
+            .await
+            .context(|| "begin the read of a decision's state".into())?;
+        let state = load_state(&mut session, scope).await?;
+        B::commit(session)
+            .await
+            .context(|| "end the read of a decision's state".into())
+            .map(|()| state)
+    }
+
+    async fn record(&self, applied: &AppliedEvent) -> Result<(), StoreError> {
+        let operation = || format!("record event {}", applied.event_id);
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        record(&mut session, applied).await?;
+        B::commit(session).await.context(operation)
+    }
+
+    async fn salesforce_user(
+        &self,
+        id: &SalesforceId,
+    ) -> Result<Option<SalesforceUser>, StoreError> {
+        let operation = || format!("read Salesforce user {id}");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let rows = session
+            .salesforce_users_by_id(&[id.to_string()])
+            .await
+            .context(operation)?;
+        rows.into_iter()
+            .next()
+            .map(SalesforceUser::try_from)
+            .transpose()
+    }
+
+    async fn put_salesforce_users(&self, users: &[SalesforceUser]) -> Result<(), StoreError> {
+        let operation = || format!("store {} Salesforce users", users.len());
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        for user in users {
+            session
+                .upsert_salesforce_user(user)
+                .await
+                .context(|| format!("store Salesforce user {}", user.id))?;
+        }
+        B::commit(session).await.context(operation)
+    }
+
+    async fn outreach_user(&self, id: OutreachUserId) -> Result<Option<OutreachUser>, StoreError> {
+        let operation = || format!("read Outreach user {id}");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let rows = session
+            .outreach_users_by_id(&[id.0])
+            .await
+            .context(operation)?;
+        Ok(rows.into_iter().next().map(OutreachUser::from))
+    }
+
+    async fn outreach_users_by_email(
+        &self,
+        email_normalized: &str,
+    ) -> Result<Vec<OutreachUser>, StoreError> {
+        let email = normalize_email(email_normalized);
+        let operation = || format!("read the Outreach users with email {email}");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let rows = session
+            .outreach_users_by_email(std::slice::from_ref(&email))
+            .await
+            .context(operation)?;
+        Ok(rows.into_iter().map(OutreachUser::from).collect())
+    }
+
+    async fn put_outreach_users(&self, users: &[OutreachUser]) -> Result<(), StoreError> {
+        let operation = || format!("store {} Outreach users", users.len());
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        for user in users {
+            session
+                .upsert_outreach_user(user)
+                .await
+                .context(|| format!("store Outreach user {}", user.id))?;
+        }
+        B::commit(session).await.context(operation)
+    }
+
+    async fn mappings(&self, filter: &MappingFilter) -> Result<Vec<Mapping>, StoreError> {
+        let operation = || format!("read mappings matching {filter:?}");
+        let email = filter.email.as_deref().map(normalize_email);
+        let salesforce = filter.salesforce_user_id.as_ref().map(SalesforceId::as_str);
+        let outreach = filter.outreach_user_id.map(|id| id.0);
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let rows = session
+            .mappings_matching(email.as_deref(), salesforce, outreach)
+            .await
+            .context(operation)?;
+        rows.into_iter().map(Mapping::try_from).collect()
+    }
+
+    async fn put_mapping(&self, mapping: &Mapping) -> Result<(), StoreError> {
+        let operation = || {
+            format!(
+                "map Outreach user {} to Salesforce user {}",
+                mapping.outreach_user_id, mapping.salesforce_user_id
+            )
+        };
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        put_mapping(&mut session, mapping).await?;
+        B::commit(session).await.context(operation)
+    }
+
+    async fn remove_mapping(
+        &self,
+        outreach_user_id: OutreachUserId,
+    ) -> Result<Option<Mapping>, StoreError> {
+        let operation = || format!("remove the mapping of Outreach user {outreach_user_id}");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let row = session
+            .delete_mapping(outreach_user_id.0)
+            .await
+            .context(operation)?;
+        row.map(Mapping::try_from).transpose()
+    }
+
+    async fn is_applied(&self, event_id: &str) -> Result<bool, StoreError> {
+        let operation = || format!("look up applied event {event_id}");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let found = session
+            .applied_among(&[event_id.to_string()])
+            .await
+            .context(operation)?;
+        Ok(!found.is_empty())
+    }
+
+    async fn decisions(&self, query: &DecisionQuery) -> Result<DecisionPage, StoreError> {
+        let operation = || format!("read the decision log ({query:?})");
+        let limit = query.limit.clamp(1, MAX_DECISION_PAGE);
+        let email = query.email.as_deref().map(normalize_email);
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        // One more than asked tells whether an older page exists.
+        let rows = session
+            .decisions_before(
+                query.after,
+                query.action.map(|a| a.as_str()),
+                email.as_deref(),
+                i64::from(limit) + 1,
+            )
+            .await
+            .context(operation)?;
+        let more = rows.len() > limit as usize;
+        let records = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(<(i64, _)>::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_after = if more {
+            records.last().map(|(sequence, _)| *sequence)
+        } else {
+            None
+        };
+        Ok(DecisionPage {
+            records,
+            next_after,
+        })
+    }
+
+    async fn settings(&self) -> Result<Option<SyncSettings>, StoreError> {
+        let operation = || "read the settings".to_string();
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let document = session.settings_document().await.context(operation)?;
+        document
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    table: "settings",
+                    column: "document",
+                    value: text.clone(),
+                    problem: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    async fn save_settings(&self, settings: &SyncSettings) -> Result<(), StoreError> {
+        let operation = || "save the settings".to_string();
+        let document = serde_json::to_string(settings).expect("settings serialize to JSON");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        session
+            .save_settings_document(&document, Utc::now())
+            .await
+            .context(operation)
+    }
+
+    async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError> {
+        let operation = || format!("read the replay checkpoint of {topic}");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let row = session.checkpoint(topic).await.context(operation)?;
+        Ok(row.map(ReplayCheckpoint::from))
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &ReplayCheckpoint) -> Result<(), StoreError> {
+        let operation = || format!("save the replay checkpoint of {}", checkpoint.topic);
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        session.save_checkpoint(checkpoint).await.context(operation)
+    }
+}
+
+/// Gathers the closure described on [`Store::load_state`].
+async fn load_state<S: Statements + Send>(
+    session: &mut S,
+    scope: &StateScope,
+) -> Result<SyncState, StoreError> {
+    let operation = || format!("load the state of {scope:?}");
+    let mut salesforce: BTreeMap<SalesforceId, SalesforceUser> = BTreeMap::new();
+    let mut outreach: BTreeMap<OutreachUserId, OutreachUser> = BTreeMap::new();
+
+    // The users the event names, and through their stored emails the groups they may leave.
+    let listed: Vec<String> = scope
+        .salesforce_user_ids
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
+    for row in session
+        .salesforce_users_by_id(&listed)
+        .await
+        .context(operation)?
+    {
+        let user = SalesforceUser::try_from(row)?;
+        salesforce.insert(user.id.clone(), user);
+    }
+    let mut emails: BTreeSet<String> = scope.emails.iter().map(|e| normalize_email(e)).collect();
+    emails.extend(
+        salesforce
+            .values()
+            .filter_map(SalesforceUser::email_normalized),
+    );
+    emails.remove("");
+    let emails: Vec<String> = emails.into_iter().collect();
+
+    // Both sides of every email group involved.
+    for row in session
+        .salesforce_users_by_email(&emails)
+        .await
+        .context(operation)?
+    {
+        let user = SalesforceUser::try_from(row)?;
+        salesforce.insert(user.id.clone(), user);
+    }
+    let outreach_ids: Vec<i64> = scope.outreach_user_ids.iter().map(|id| id.0).collect();
+    let mut outreach_rows = session
+        .outreach_users_by_id(&outreach_ids)
+        .await
+        .context(operation)?;
+    outreach_rows.extend(
+        session
+            .outreach_users_by_email(&emails)
+            .await
+            .context(operation)?,
+    );
+    for row in outreach_rows {
+        let user = OutreachUser::from(row);
+        outreach.insert(user.id, user);
+    }
+
+    // The mappings of every loaded user, and whoever is at their other end.
+    let outreach_ids: Vec<i64> = outreach.keys().map(|id| id.0).collect();
+    let salesforce_ids: Vec<String> = salesforce.keys().map(|id| id.to_string()).collect();
+    let mappings = session
+        .mappings_touching(&outreach_ids, &salesforce_ids)
+        .await
+        .context(operation)?
+        .into_iter()
+        .map(Mapping::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let missing_salesforce: Vec<String> = mappings
+        .iter()
+        .filter(|m| !salesforce.contains_key(&m.salesforce_user_id))
+        .map(|m| m.salesforce_user_id.to_string())
+        .collect();
+    let missing_outreach: Vec<i64> = mappings
+        .iter()
+        .filter(|m| !outreach.contains_key(&m.outreach_user_id))
+        .map(|m| m.outreach_user_id.0)
+        .collect();
+    for row in session
+        .salesforce_users_by_id(&missing_salesforce)
+        .await
+        .context(operation)?
+    {
+        let user = SalesforceUser::try_from(row)?;
+        salesforce.insert(user.id.clone(), user);
+    }
+    for row in session
+        .outreach_users_by_id(&missing_outreach)
+        .await
+        .context(operation)?
+    {
+        let user = OutreachUser::from(row);
+        outreach.insert(user.id, user);
+    }
+
+    let applied = session
+        .applied_among(&scope.event_ids)
+        .await
+        .context(operation)?;
+
+    let mut state = SyncState::new();
+    salesforce
+        .into_values()
+        .for_each(|u| state.put_salesforce_user(u));
+    outreach
+        .into_values()
+        .for_each(|u| state.put_outreach_user(u));
+    for mapping in mappings {
+        let described = format!(
+            "{} -> {}",
+            mapping.outreach_user_id, mapping.salesforce_user_id
+        );
+        state.map(mapping).map_err(|e| StoreError::Corrupt {
+            table: "mappings",
+            column: "salesforce_user_id",
+            value: described,
+            problem: e.to_string(),
+        })?;
+    }
+    applied.into_iter().for_each(|id| state.mark_applied(id));
+    Ok(state)
+}
+
+/// Writes one applied event; an event already in the log writes nothing.
+async fn record<S: Statements + Send>(
+    session: &mut S,
+    applied: &AppliedEvent,
+) -> Result<(), StoreError> {
+    let event = &applied.event_id;
+    // First, so that a concurrent writer of the same event waits here and then sees it applied.
+    let first_time = session
+        .insert_applied_event(event, Utc::now())
+        .await
+        .context(|| format!("log event {event} as applied"))?;
+    if !first_time {
+        return Ok(());
+    }
+    if let Some(user) = &applied.salesforce_user {
+        session
+            .upsert_salesforce_user(user)
+            .await
+            .context(|| format!("store Salesforce user {} for event {event}", user.id))?;
+    }
+    for user in &applied.outreach_users {
+        session
+            .upsert_outreach_user(user)
+            .await
+            .context(|| format!("store Outreach user {} for event {event}", user.id))?;
+    }
+    for change in &applied.mapping_changes {
+        match change {
+            MappingWrite::Put(mapping) => put_mapping(session, mapping).await?,
+            MappingWrite::Remove(id) => {
+                session.delete_mapping(id.0).await.context(|| {
+                    format!("remove the mapping of Outreach user {id} for event {event}")
+                })?;
+            }
+        }
+    }
+    for decision in &applied.decisions {
+        session
+            .append_decision(decision)
+            .await
+            .context(|| format!("append a {} decision of event {event}", decision.action))?;
+    }
+    Ok(())
+}
+
+/// Adds a mapping unless one of its sides is mapped elsewhere. The schema has the last word:
+/// a conflict a concurrent writer created after the check is refused by the unique keys.
+async fn put_mapping<S: Statements + Send>(
+    session: &mut S,
+    mapping: &Mapping,
+) -> Result<(), StoreError> {
+    let operation = || {
+        format!(
+            "map Outreach user {} to Salesforce user {}",
+            mapping.outreach_user_id, mapping.salesforce_user_id
+        )
+    };
+    let holders = session
+        .mappings_touching(
+            &[mapping.outreach_user_id.0],
+            &[mapping.salesforce_user_id.to_string()],
+        )
+        .await
+        .context(operation)?;
+    for holder in holders {
+        let holder = Mapping::try_from(holder)?;
+        if holder.outreach_user_id != mapping.outreach_user_id
+            || holder.salesforce_user_id != mapping.salesforce_user_id
+        {
+            return Err(StoreError::MappingConflict {
+                wanted: mapping.clone(),
+                existing: Some(holder),
+            });
+        }
+    }
+    match session.upsert_mapping(mapping).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(StoreError::MappingConflict {
+            wanted: mapping.clone(),
+            existing: None,
+        }),
+        Err(sqlx::Error::Database(e)) if e.kind() == ErrorKind::UniqueViolation => {
+            Err(StoreError::MappingConflict {
+                wanted: mapping.clone(),
+                existing: None,
+            })
+        }
+        Err(sqlx::Error::Database(e)) if e.kind() == ErrorKind::ForeignKeyViolation => {
+            Err(StoreError::UnknownMappedUser {
+                outreach_user_id: mapping.outreach_user_id,
+                salesforce_user_id: mapping.salesforce_user_id.clone(),
+            })
+        }
+        Err(e) => Err(e).context(operation),
+    }
+}

@@ -1,0 +1,456 @@
+//! The SQLite store: one file, the embedded default for a single usersync process.
+//!
+//! The file runs in WAL mode (readers never wait for the writer), with foreign keys on and a
+//! busy timeout so that a second writer waits instead of failing. Write transactions begin
+//! `IMMEDIATE`: they take the write lock up front, so two writers queue on the busy timeout
+//! rather than one failing when it upgrades from reading to writing. Lists of ids travel as
+//! one JSON array parameter, unpacked with `json_each`, so every statement here is static SQL.
+//! Timestamps are stored as RFC 3339 text in UTC.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+};
+use sqlx::{Sqlite, Transaction};
+
+use super::rows::{CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow};
+use super::statements::{Access, Backend, Statements};
+use super::{Context, ReplayCheckpoint, StoreError};
+use crate::engine::decision::DecisionRecord;
+use crate::engine::state::{Mapping, SalesforceUser};
+use crate::outreach::user::OutreachUser;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a writer waits for another one before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The store in one SQLite file (or in memory).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens `sqlite://PATH` (creating the file and its folder if missing) or `sqlite::memory:`,
+    /// and runs the migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::url(url, e))?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool = if in_memory {
+            // Every connection would see its own empty database, and the last one to close
+            // would take the data with it: keep exactly one, forever.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await
+        } else {
+            if let Some(folder) = options.get_filename().parent()
+                && folder != Path::new("")
+            {
+                std::fs::create_dir_all(folder).map_err(|e| {
+                    StoreError::url(url, format!("cannot create {}: {e}", folder.display()))
+                })?;
+            }
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.journal_mode(SqliteJournalMode::Wal))
+                .await
+        }
+        .context(|| format!("open SQLite database {url}"))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                backend: "SQLite",
+                source,
+            })?;
+        Ok(Self { pool })
+    }
+
+    /// The connection pool, for tools and tests that need SQL the trait does not offer.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// One pooled connection, or a transaction on one.
+pub(crate) enum SqliteSession {
+    Single(PoolConnection<Sqlite>),
+    Transaction(Transaction<'static, Sqlite>),
+}
+
+impl SqliteSession {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        match self {
+            SqliteSession::Single(conn) => conn,
+            SqliteSession::Transaction(tx) => tx,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for SqliteStore {
+    type Session = SqliteSession;
+
+    async fn session(&self, access: Access) -> sqlx::Result<SqliteSession> {
+        Ok(match access {
+            Access::Single => SqliteSession::Single(self.pool.acquire().await?),
+            // A deferred transaction reads one snapshot from its first SELECT on.
+            Access::Read => SqliteSession::Transaction(self.pool.begin().await?),
+            Access::Write => {
+                SqliteSession::Transaction(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+            }
+        })
+    }
+
+    async fn commit(session: SqliteSession) -> sqlx::Result<()> {
+        match session {
+            SqliteSession::Single(_) => Ok(()),
+            SqliteSession::Transaction(tx) => tx.commit().await,
+        }
+    }
+}
+
+/// A list of values as the JSON array `json_each` unpacks.
+fn json_list<T: serde::Serialize>(values: &[T]) -> String {
+    serde_json::to_string(values).expect("a list of strings or integers serializes")
+}
+
+const SALESFORCE_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, \
+     is_active, created_date, last_modified_date, commit_number, commit_timestamp, \
+     sequence_number";
+
+const OUTREACH_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, locked, \
+     custom1, custom2, custom3, custom4, custom5, updated_at";
+
+const DECISION_COLUMNS: &str = "sequence, event_id, at, action, reason, email, \
+     outreach_user_id, salesforce_user_id, previous_salesforce_user_id, message, outreach_calls";
+
+#[async_trait::async_trait]
+impl Statements for SqliteSession {
+    async fn salesforce_users_by_id(
+        &mut self,
+        ids: &[String],
+    ) -> sqlx::Result<Vec<SalesforceUserRow>> {
+        let sql = format!(
+            "SELECT {SALESFORCE_USER_COLUMNS} FROM salesforce_users \
+             WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id"
+        );
+        sqlx::query_as(&sql)
+            .bind(json_list(ids))
+            .fetch_all(self.conn())
+            .await
+    }
+
+    async fn salesforce_users_by_email(
+        &mut self,
+        emails: &[String],
+    ) -> sqlx::Result<Vec<SalesforceUserRow>> {
+        let sql = format!(
+            "SELECT {SALESFORCE_USER_COLUMNS} FROM salesforce_users \
+             WHERE email_normalized IN (SELECT value FROM json_each(?1)) ORDER BY id"
+        );
+        sqlx::query_as(&sql)
+            .bind(json_list(emails))
+            .fetch_all(self.conn())
+            .await
+    }
+
+    async fn outreach_users_by_id(&mut self, ids: &[i64]) -> sqlx::Result<Vec<OutreachUserRow>> {
+        let sql = format!(
+            "SELECT {OUTREACH_USER_COLUMNS} FROM outreach_users \
+             WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id"
+        );
+        sqlx::query_as(&sql)
+            .bind(json_list(ids))
+            .fetch_all(self.conn())
+            .await
+    }
+
+    async fn outreach_users_by_email(
+        &mut self,
+        emails: &[String],
+    ) -> sqlx::Result<Vec<OutreachUserRow>> {
+        let sql = format!(
+            "SELECT {OUTREACH_USER_COLUMNS} FROM outreach_users \
+             WHERE email_normalized IN (SELECT value FROM json_each(?1)) ORDER BY id"
+        );
+        sqlx::query_as(&sql)
+            .bind(json_list(emails))
+            .fetch_all(self.conn())
+            .await
+    }
+
+    async fn mappings_touching(
+        &mut self,
+        outreach_user_ids: &[i64],
+        salesforce_user_ids: &[String],
+    ) -> sqlx::Result<Vec<MappingRow>> {
+        sqlx::query_as(
+            "SELECT outreach_user_id, salesforce_user_id, locked_by_usersync FROM mappings \
+             WHERE outreach_user_id IN (SELECT value FROM json_each(?1)) \
+                OR salesforce_user_id IN (SELECT value FROM json_each(?2)) \
+             ORDER BY outreach_user_id",
+        )
+        .bind(json_list(outreach_user_ids))
+        .bind(json_list(salesforce_user_ids))
+        .fetch_all(self.conn())
+        .await
+    }
+
+    async fn mappings_matching(
+        &mut self,
+        email: Option<&str>,
+        salesforce_user_id: Option<&str>,
+        outreach_user_id: Option<i64>,
+    ) -> sqlx::Result<Vec<MappingRow>> {
+        sqlx::query_as(
+            "SELECT m.outreach_user_id, m.salesforce_user_id, m.locked_by_usersync \
+             FROM mappings m \
+             WHERE (?1 IS NULL \
+                    OR EXISTS (SELECT 1 FROM salesforce_users s \
+                               WHERE s.id = m.salesforce_user_id AND s.email_normalized = ?1) \
+                    OR EXISTS (SELECT 1 FROM outreach_users o \
+                               WHERE o.id = m.outreach_user_id AND o.email_normalized = ?1)) \
+               AND (?2 IS NULL OR m.salesforce_user_id = ?2) \
+               AND (?3 IS NULL OR m.outreach_user_id = ?3) \
+             ORDER BY m.outreach_user_id",
+        )
+        .bind(email)
+        .bind(salesforce_user_id)
+        .bind(outreach_user_id)
+        .fetch_all(self.conn())
+        .await
+    }
+
+    async fn applied_among(&mut self, event_ids: &[String]) -> sqlx::Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT event_id FROM applied_events \
+             WHERE event_id IN (SELECT value FROM json_each(?1)) ORDER BY event_id",
+        )
+        .bind(json_list(event_ids))
+        .fetch_all(self.conn())
+        .await
+    }
+
+    async fn decisions_before(
+        &mut self,
+        before: Option<i64>,
+        action: Option<&str>,
+        email: Option<&str>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<DecisionRow>> {
+        let sql = format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions \
+             WHERE (?1 IS NULL OR sequence < ?1) \
+               AND (?2 IS NULL OR action = ?2) \
+               AND (?3 IS NULL OR email = ?3) \
+             ORDER BY sequence DESC LIMIT ?4"
+        );
+        sqlx::query_as(&sql)
+            .bind(before)
+            .bind(action)
+            .bind(email)
+            .bind(limit)
+            .fetch_all(self.conn())
+            .await
+    }
+
+    async fn settings_document(&mut self) -> sqlx::Result<Option<String>> {
+        sqlx::query_scalar("SELECT document FROM settings WHERE id = 1")
+            .fetch_optional(self.conn())
+            .await
+    }
+
+    async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>> {
+        sqlx::query_as(
+            "SELECT topic, replay_id, commit_timestamp, updated_at FROM replay_checkpoints \
+             WHERE topic = ?1",
+        )
+        .bind(topic)
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO salesforce_users (id, email, email_normalized, username, first_name, \
+                 last_name, title, is_active, created_date, last_modified_date, commit_number, \
+                 commit_timestamp, sequence_number) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+             ON CONFLICT (id) DO UPDATE SET email = excluded.email, \
+                 email_normalized = excluded.email_normalized, username = excluded.username, \
+                 first_name = excluded.first_name, last_name = excluded.last_name, \
+                 title = excluded.title, is_active = excluded.is_active, \
+                 created_date = excluded.created_date, \
+                 last_modified_date = excluded.last_modified_date, \
+                 commit_number = excluded.commit_number, \
+                 commit_timestamp = excluded.commit_timestamp, \
+                 sequence_number = excluded.sequence_number",
+        )
+        .bind(user.id.as_str())
+        .bind(&user.email)
+        .bind(user.email_normalized())
+        .bind(&user.username)
+        .bind(&user.first_name)
+        .bind(&user.last_name)
+        .bind(&user.title)
+        .bind(user.is_active)
+        .bind(user.created_date)
+        .bind(user.last_modified_date)
+        .bind(user.applied.and_then(|p| p.commit_number))
+        .bind(user.applied.map(|p| p.commit_timestamp))
+        .bind(user.applied.and_then(|p| p.sequence_number))
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn upsert_outreach_user(&mut self, user: &OutreachUser) -> sqlx::Result<()> {
+        let [c1, c2, c3, c4, c5] = &user.custom;
+        sqlx::query(
+            "INSERT INTO outreach_users (id, email, email_normalized, username, first_name, \
+                 last_name, title, locked, custom1, custom2, custom3, custom4, custom5, \
+                 updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             ON CONFLICT (id) DO UPDATE SET email = excluded.email, \
+                 email_normalized = excluded.email_normalized, username = excluded.username, \
+                 first_name = excluded.first_name, last_name = excluded.last_name, \
+                 title = excluded.title, locked = excluded.locked, \
+                 custom1 = excluded.custom1, custom2 = excluded.custom2, \
+                 custom3 = excluded.custom3, custom4 = excluded.custom4, \
+                 custom5 = excluded.custom5, updated_at = excluded.updated_at",
+        )
+        .bind(user.id.0)
+        .bind(&user.email)
+        .bind(user.email_normalized())
+        .bind(&user.username)
+        .bind(&user.first_name)
+        .bind(&user.last_name)
+        .bind(&user.title)
+        .bind(user.locked)
+        .bind(c1)
+        .bind(c2)
+        .bind(c3)
+        .bind(c4)
+        .bind(c5)
+        .bind(user.updated_at)
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn upsert_mapping(&mut self, mapping: &Mapping) -> sqlx::Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO mappings (outreach_user_id, salesforce_user_id, locked_by_usersync) \
+             VALUES (?1, ?2, ?3) \
+             ON CONFLICT (outreach_user_id) DO UPDATE \
+                 SET locked_by_usersync = excluded.locked_by_usersync \
+                 WHERE mappings.salesforce_user_id = excluded.salesforce_user_id",
+        )
+        .bind(mapping.outreach_user_id.0)
+        .bind(mapping.salesforce_user_id.as_str())
+        .bind(mapping.locked_by_usersync)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_mapping(&mut self, outreach_user_id: i64) -> sqlx::Result<Option<MappingRow>> {
+        sqlx::query_as(
+            "DELETE FROM mappings WHERE outreach_user_id = ?1 \
+             RETURNING outreach_user_id, salesforce_user_id, locked_by_usersync",
+        )
+        .bind(outreach_user_id)
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn insert_applied_event(
+        &mut self,
+        event_id: &str,
+        applied_at: DateTime<Utc>,
+    ) -> sqlx::Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO applied_events (event_id, applied_at) VALUES (?1, ?2) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event_id)
+        .bind(applied_at)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn append_decision(&mut self, record: &DecisionRecord) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO decisions (event_id, at, action, reason, email, outreach_user_id, \
+                 salesforce_user_id, previous_salesforce_user_id, message, outreach_calls) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .bind(&record.event_id)
+        .bind(record.at)
+        .bind(record.action.as_str())
+        .bind(record.reason.as_str())
+        .bind(&record.email)
+        .bind(record.outreach_user_id.map(|id| id.0))
+        .bind(record.salesforce_user_id.as_ref().map(|id| id.as_str()))
+        .bind(
+            record
+                .previous_salesforce_user_id
+                .as_ref()
+                .map(|id| id.as_str()),
+        )
+        .bind(&record.message)
+        .bind(i64::from(record.outreach_calls))
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn save_settings_document(
+        &mut self,
+        document: &str,
+        updated_at: DateTime<Utc>,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (id, document, updated_at) VALUES (1, ?1, ?2) \
+             ON CONFLICT (id) DO UPDATE \
+                 SET document = excluded.document, updated_at = excluded.updated_at",
+        )
+        .bind(document)
+        .bind(updated_at)
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO replay_checkpoints (topic, replay_id, commit_timestamp, updated_at) \
+             VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (topic) DO UPDATE SET replay_id = excluded.replay_id, \
+                 commit_timestamp = excluded.commit_timestamp, updated_at = excluded.updated_at",
+        )
+        .bind(&checkpoint.topic)
+        .bind(&checkpoint.replay_id)
+        .bind(checkpoint.commit_timestamp)
+        .bind(checkpoint.updated_at)
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+}

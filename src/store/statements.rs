@@ -1,0 +1,105 @@
+//! The statement vocabulary each backend speaks, and how a backend hands out sessions.
+//!
+//! Every [`Store`](super::Store) operation is a short sequence of these statements run in one
+//! [`Session`] — a pooled connection for a single statement, or a transaction. The sequences
+//! (what `record` writes and in which order, which rows `load_state` gathers) are written once
+//! in [`procedures`](super::procedures); a backend only supplies SQL in its own dialect.
+//! Statements return raw `sqlx` results; the procedures add which operation failed.
+
+use chrono::{DateTime, Utc};
+
+use super::ReplayCheckpoint;
+use super::rows::{CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow};
+use crate::engine::decision::DecisionRecord;
+use crate::engine::state::{Mapping, SalesforceUser};
+use crate::outreach::user::OutreachUser;
+
+/// What a session will do, so that the backend can begin the right kind of transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// One statement: no transaction needed.
+    Single,
+    /// Several reads that must see one consistent snapshot.
+    Read,
+    /// Reads and writes that commit together or not at all.
+    Write,
+}
+
+/// A store backend: a pool that opens sessions. [`Store`](super::Store) is implemented once for
+/// every backend, in [`procedures`](super::procedures).
+#[async_trait::async_trait]
+pub(crate) trait Backend: Send + Sync {
+    type Session: Statements + Send + 'static;
+
+    async fn session(&self, access: Access) -> sqlx::Result<Self::Session>;
+
+    /// Commits what the session wrote; a session dropped without this rolls back.
+    async fn commit(session: Self::Session) -> sqlx::Result<()>;
+}
+
+/// The SQL one backend runs, on one connection or inside one transaction.
+#[async_trait::async_trait]
+pub(crate) trait Statements {
+    // ----- reads -----
+    async fn salesforce_users_by_id(
+        &mut self,
+        ids: &[String],
+    ) -> sqlx::Result<Vec<SalesforceUserRow>>;
+    async fn salesforce_users_by_email(
+        &mut self,
+        emails: &[String],
+    ) -> sqlx::Result<Vec<SalesforceUserRow>>;
+    async fn outreach_users_by_id(&mut self, ids: &[i64]) -> sqlx::Result<Vec<OutreachUserRow>>;
+    async fn outreach_users_by_email(
+        &mut self,
+        emails: &[String],
+    ) -> sqlx::Result<Vec<OutreachUserRow>>;
+    /// Mappings whose Outreach side is one of `outreach_user_ids` or whose Salesforce side is
+    /// one of `salesforce_user_ids`.
+    async fn mappings_touching(
+        &mut self,
+        outreach_user_ids: &[i64],
+        salesforce_user_ids: &[String],
+    ) -> sqlx::Result<Vec<MappingRow>>;
+    /// Mappings matching every `Some` argument, by Outreach id.
+    async fn mappings_matching(
+        &mut self,
+        email: Option<&str>,
+        salesforce_user_id: Option<&str>,
+        outreach_user_id: Option<i64>,
+    ) -> sqlx::Result<Vec<MappingRow>>;
+    /// Those of `event_ids` that are in the applied-event log.
+    async fn applied_among(&mut self, event_ids: &[String]) -> sqlx::Result<Vec<String>>;
+    /// Up to `limit` decisions older than `before`, matching the filters, newest first.
+    async fn decisions_before(
+        &mut self,
+        before: Option<i64>,
+        action: Option<&str>,
+        email: Option<&str>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<DecisionRow>>;
+    /// The settings JSON document, as text.
+    async fn settings_document(&mut self) -> sqlx::Result<Option<String>>;
+    async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>>;
+
+    // ----- writes -----
+    async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()>;
+    async fn upsert_outreach_user(&mut self, user: &OutreachUser) -> sqlx::Result<()>;
+    /// Inserts the mapping, or sets `locked_by_usersync` when this exact pair exists; false
+    /// when the Outreach user is mapped to another Salesforce user (nothing written).
+    async fn upsert_mapping(&mut self, mapping: &Mapping) -> sqlx::Result<bool>;
+    async fn delete_mapping(&mut self, outreach_user_id: i64) -> sqlx::Result<Option<MappingRow>>;
+    /// Adds the event to the applied-event log; false when it was there already.
+    async fn insert_applied_event(
+        &mut self,
+        event_id: &str,
+        applied_at: DateTime<Utc>,
+    ) -> sqlx::Result<bool>;
+    async fn append_decision(&mut self, record: &DecisionRecord) -> sqlx::Result<()>;
+    async fn save_settings_document(
+        &mut self,
+        document: &str,
+        updated_at: DateTime<Utc>,
+    ) -> sqlx::Result<()>;
+    async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()>;
+}

@@ -1,0 +1,1159 @@
+//! One suite of store behaviours, run against both backends.
+//!
+//! Every check is written once, against `&Harness` (a `dyn Store` plus raw SQL access to the
+//! same database), and `store_suite!` instantiates it twice: `sqlite::<check>` on a file in a
+//! temporary directory and `postgres::<check>` in a fresh schema of the database named by
+//! `USERSYNC_TEST_DATABASE_URL` (see `scripts/postgres.sh`). Without that variable the
+//! PostgreSQL half is skipped with a notice — unless `CI` is set, where it fails: CI must prove
+//! both backends.
+
+use std::io::Write;
+use std::sync::{Arc, Once};
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+use tempfile::TempDir;
+
+use usersync::engine::decision::{Action, DecisionRecord, Reason};
+use usersync::engine::settings::{Dedupe, SyncSettings};
+use usersync::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
+use usersync::event::Position;
+use usersync::outreach::user::{OutreachUser, OutreachUserId};
+use usersync::salesforce::id::SalesforceId;
+use usersync::store::{
+    AppliedEvent, DecisionQuery, MappingFilter, MappingWrite, PostgresStore, ReplayCheckpoint,
+    SqliteStore, Store, StoreError,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+const DATABASE_URL_VAR: &str = "USERSYNC_TEST_DATABASE_URL";
+
+enum Database {
+    Sqlite {
+        url: String,
+        pool: SqlitePool,
+        _dir: TempDir,
+    },
+    Postgres {
+        url: String,
+        schema: String,
+        pool: PgPool,
+    },
+}
+
+/// A store under test, and a way around it for the checks that must prove the schema itself.
+struct Harness {
+    store: Arc<dyn Store>,
+    database: Database,
+}
+
+impl Harness {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("usersync.db").display());
+        let store = SqliteStore::open(&url).await.expect("open SQLite store");
+        let pool = store.pool().clone();
+        Harness {
+            store: Arc::new(store),
+            database: Database::Sqlite {
+                url,
+                pool,
+                _dir: dir,
+            },
+        }
+    }
+
+    /// `None` (after a notice) when no PostgreSQL is configured outside CI.
+    async fn postgres() -> Option<Self> {
+        let url = postgres_url()?;
+        let schema = format!("store_test_{:016x}", rand::random::<u64>());
+        let store = PostgresStore::connect(&url, Some(&schema))
+            .await
+            .unwrap_or_else(|e| panic!("connect to the test PostgreSQL ({DATABASE_URL_VAR}): {e}"));
+        let pool = store.pool().clone();
+        Some(Harness {
+            store: Arc::new(store),
+            database: Database::Postgres { url, schema, pool },
+        })
+    }
+
+    /// A second store on the same database: its migrations run again.
+    async fn reopen(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match &self.database {
+            Database::Sqlite { url, .. } => Arc::new(SqliteStore::open(url).await?),
+            Database::Postgres { url, schema, .. } => {
+                Arc::new(PostgresStore::connect(url, Some(schema)).await?)
+            }
+        })
+    }
+
+    /// Runs SQL around the store (plain SQL both dialects accept).
+    async fn execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        match &self.database {
+            Database::Sqlite { pool, .. } => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Database::Postgres { pool, .. } => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        match &self.database {
+            Database::Sqlite { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+            Database::Postgres { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Drops the test's PostgreSQL schema (a failed test leaves it for inspection).
+    async fn finish(self) {
+        if let Database::Postgres { schema, pool, .. } = &self.database {
+            sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .execute(pool)
+                .await
+                .expect("drop the test schema");
+            pool.close().await;
+        }
+    }
+}
+
+fn postgres_url() -> Option<String> {
+    match std::env::var(DATABASE_URL_VAR) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "{DATABASE_URL_VAR} is not set, but CI is: the PostgreSQL half of the store suite \
+             must run in CI. Start a server first: \
+             `source scripts/postgres.sh && pg_start && cargo test --test store; pg_stop`"
+        ),
+        _ => {
+            static NOTICE: Once = Once::new();
+            NOTICE.call_once(|| {
+                // Straight to stderr: the test harness would swallow eprintln! of a passing test.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "NOTICE: {DATABASE_URL_VAR} is not set: skipping the PostgreSQL half of \
+                     tests/store.rs (source scripts/postgres.sh && pg_start to run it)"
+                );
+            });
+            None
+        }
+    }
+}
+
+/// Instantiates every check once per backend: `sqlite::<check>` and `postgres::<check>`.
+macro_rules! store_suite {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let harness = super::Harness::sqlite().await;
+                    super::$check(&harness).await;
+                    harness.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let Some(harness) = super::Harness::postgres().await else { return };
+                    super::$check(&harness).await;
+                    harness.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    migrations_run_twice_harmlessly,
+    salesforce_users_round_trip,
+    outreach_users_round_trip,
+    mappings_are_one_to_one,
+    concurrent_writers_cannot_break_one_to_one,
+    record_remaps_in_one_transaction,
+    record_is_atomic,
+    record_of_an_applied_event_changes_nothing,
+    load_state_returns_the_closure,
+    decision_log_is_newest_first_with_paging_and_filters,
+    settings_round_trip,
+    checkpoints_round_trip,
+    corrupt_stored_values_are_reported,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+fn at(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .expect("test timestamp")
+        .with_timezone(&Utc)
+}
+
+/// The Salesforce user id number `n` (18-character form).
+fn sf_id(n: u32) -> SalesforceId {
+    SalesforceId::parse(&format!("005{n:012}")).expect("test Salesforce id")
+}
+
+fn sf_user(n: u32, email: &str) -> SalesforceUser {
+    SalesforceUser {
+        id: sf_id(n),
+        email: Some(email.to_string()),
+        username: Some(format!("user{n}@example.org.sandbox")),
+        first_name: Some(format!("First{n}")),
+        last_name: Some(format!("Last{n}")),
+        title: Some("Account Executive".into()),
+        is_active: true,
+        created_date: Some(at("2024-01-02T03:04:05Z")),
+        last_modified_date: Some(at("2025-02-03T04:05:06.123456Z")),
+        applied: Some(Position {
+            commit_number: Some(1000 + i64::from(n)),
+            commit_timestamp: at("2025-02-03T04:05:06.5Z"),
+            sequence_number: Some(1),
+        }),
+    }
+}
+
+fn outreach_user(id: i64, email: &str) -> OutreachUser {
+    OutreachUser {
+        id: OutreachUserId(id),
+        email: email.to_string(),
+        username: None,
+        first_name: Some(format!("Ofirst{id}")),
+        last_name: Some(format!("Olast{id}")),
+        title: None,
+        locked: false,
+        custom: Default::default(),
+        updated_at: Some(at("2025-01-01T00:00:00Z")),
+    }
+}
+
+fn mapping(outreach: i64, salesforce: u32) -> Mapping {
+    Mapping {
+        outreach_user_id: OutreachUserId(outreach),
+        salesforce_user_id: sf_id(salesforce),
+        locked_by_usersync: false,
+    }
+}
+
+fn decision(event_id: &str, action: Action, reason: Reason, email: &str) -> DecisionRecord {
+    DecisionRecord {
+        event_id: event_id.to_string(),
+        at: at("2025-06-01T12:00:00.25Z"),
+        action,
+        reason,
+        email: Some(email.to_string()),
+        outreach_user_id: Some(OutreachUserId(1)),
+        salesforce_user_id: Some(sf_id(2)),
+        previous_salesforce_user_id: Some(sf_id(1)),
+        message: format!("{action} because {reason}"),
+        outreach_calls: 2,
+    }
+}
+
+fn event(event_id: &str) -> AppliedEvent {
+    AppliedEvent {
+        event_id: event_id.to_string(),
+        salesforce_user: None,
+        outreach_users: Vec::new(),
+        mapping_changes: Vec::new(),
+        decisions: Vec::new(),
+    }
+}
+
+async fn all_mappings(store: &dyn Store) -> Vec<Mapping> {
+    store.mappings(&MappingFilter::default()).await.unwrap()
+}
+
+async fn all_decisions(store: &dyn Store) -> Vec<DecisionRecord> {
+    let query = DecisionQuery {
+        limit: 500,
+        ..Default::default()
+    };
+    let page = store.decisions(&query).await.unwrap();
+    page.records.into_iter().map(|(_, r)| r).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+// ---------------------------------------------------------------------------------------------
+
+async fn migrations_run_twice_harmlessly(h: &Harness) {
+    let user = sf_user(1, "ann@example.com");
+    h.store
+        .put_salesforce_users(std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    let again = h.reopen().await.expect("second open runs migrations again");
+    assert_eq!(again.salesforce_user(&user.id).await.unwrap(), Some(user));
+    let third = h.reopen().await.expect("third open");
+    assert!(!third.is_applied("nothing").await.unwrap());
+    assert_eq!(h.count("_sqlx_migrations").await, 1);
+}
+
+async fn salesforce_users_round_trip(h: &Harness) {
+    let full = sf_user(1, "Ann.Lee@Example.com ");
+    // A snapshot's position: no commit number, no sequence number.
+    let mut snapshot = sf_user(2, "bob@example.com");
+    snapshot.applied = Some(Position {
+        commit_number: None,
+        commit_timestamp: at("2025-03-04T05:06:07.000001Z"),
+        sequence_number: None,
+    });
+    // Everything optional absent.
+    let bare = SalesforceUser {
+        id: sf_id(3),
+        email: None,
+        username: None,
+        first_name: None,
+        last_name: None,
+        title: None,
+        is_active: false,
+        created_date: None,
+        last_modified_date: None,
+        applied: None,
+    };
+    let users = [full.clone(), snapshot.clone(), bare.clone()];
+    h.store.put_salesforce_users(&users).await.unwrap();
+    for user in &users {
+        assert_eq!(
+            h.store.salesforce_user(&user.id).await.unwrap().as_ref(),
+            Some(user)
+        );
+    }
+    assert_eq!(h.store.salesforce_user(&sf_id(99)).await.unwrap(), None);
+
+    // Upsert replaces the last-known state, email group included.
+    let mut moved = full.clone();
+    moved.email = Some("ann@new.example.com".into());
+    moved.is_active = false;
+    moved.applied = None;
+    h.store
+        .put_salesforce_users(std::slice::from_ref(&moved))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store.salesforce_user(&full.id).await.unwrap(),
+        Some(moved)
+    );
+    let old_group = StateScope {
+        emails: vec!["ann.lee@example.com".into()],
+        ..Default::default()
+    };
+    let state = h.store.load_state(&old_group).await.unwrap();
+    assert_eq!(state.salesforce_users().count(), 0);
+    assert_eq!(h.count("salesforce_users").await, 3);
+}
+
+async fn outreach_users_round_trip(h: &Harness) {
+    let mut full = outreach_user(10, "Ann@Example.com");
+    full.username = Some("ann".into());
+    full.title = Some("AE".into());
+    full.locked = true;
+    full.custom = [
+        Some("005000000000001AAA".into()),
+        Some("two".into()),
+        None,
+        Some("four".into()),
+        Some("five".into()),
+    ];
+    full.updated_at = Some(at("2025-04-05T06:07:08.654321Z"));
+    let mut bare = outreach_user(11, "bare@example.com");
+    bare.first_name = None;
+    bare.last_name = None;
+    bare.updated_at = None;
+    // Outreach's uniqueness broken: a second user with the same email must be representable.
+    let twin = outreach_user(12, "  ANN@example.COM");
+    h.store
+        .put_outreach_users(&[twin.clone(), full.clone(), bare.clone()])
+        .await
+        .unwrap();
+
+    for user in [&full, &bare, &twin] {
+        assert_eq!(
+            h.store.outreach_user(user.id).await.unwrap().as_ref(),
+            Some(user)
+        );
+    }
+    assert_eq!(
+        h.store.outreach_user(OutreachUserId(99)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        h.store
+            .outreach_users_by_email("ann@example.com")
+            .await
+            .unwrap(),
+        vec![full.clone(), twin.clone()]
+    );
+
+    let mut renamed = twin.clone();
+    renamed.email = "twin@example.com".into();
+    h.store
+        .put_outreach_users(std::slice::from_ref(&renamed))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store
+            .outreach_users_by_email("ann@example.com")
+            .await
+            .unwrap(),
+        vec![full]
+    );
+    assert_eq!(
+        h.store
+            .outreach_users_by_email("twin@example.com")
+            .await
+            .unwrap(),
+        vec![renamed]
+    );
+    assert!(
+        h.store
+            .outreach_users_by_email("nobody@example.com")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn mappings_are_one_to_one(h: &Harness) {
+    h.store
+        .put_salesforce_users(&[sf_user(1, "x@example.com"), sf_user(2, "y@example.com")])
+        .await
+        .unwrap();
+    h.store
+        .put_outreach_users(&[
+            outreach_user(1, "x@example.com"),
+            outreach_user(2, "o2@example.com"),
+        ])
+        .await
+        .unwrap();
+
+    h.store.put_mapping(&mapping(1, 1)).await.unwrap();
+    // The same pair again is fine and may change the lock flag.
+    let locked = Mapping {
+        locked_by_usersync: true,
+        ..mapping(1, 1)
+    };
+    h.store.put_mapping(&locked).await.unwrap();
+    assert_eq!(all_mappings(&*h.store).await, vec![locked.clone()]);
+
+    // A second mapping on either side is refused, naming both sides and the holder.
+    for wanted in [mapping(2, 1), mapping(1, 2)] {
+        match h.store.put_mapping(&wanted).await {
+            Err(StoreError::MappingConflict {
+                wanted: w,
+                existing,
+            }) => {
+                assert_eq!(w, wanted);
+                assert_eq!(existing, Some(locked.clone()));
+            }
+            other => panic!("expected a mapping conflict for {wanted:?}, got {other:?}"),
+        }
+    }
+    let message = h
+        .store
+        .put_mapping(&mapping(2, 1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("Outreach user 2"), "{message}");
+    assert!(message.contains(sf_id(1).as_str()), "{message}");
+    assert!(message.contains("Outreach user 1 is mapped"), "{message}");
+
+    // The schema itself refuses them, whoever writes.
+    let x = sf_id(1);
+    let y = sf_id(2);
+    for sql in [
+        format!(
+            "INSERT INTO mappings (outreach_user_id, salesforce_user_id, locked_by_usersync) VALUES (2, '{x}', FALSE)"
+        ),
+        format!(
+            "INSERT INTO mappings (outreach_user_id, salesforce_user_id, locked_by_usersync) VALUES (1, '{y}', FALSE)"
+        ),
+    ] {
+        let err = h.execute(&sql).await.expect_err(&sql);
+        let db = err.as_database_error().expect("a database error");
+        assert!(db.is_unique_violation(), "{sql}: {db}");
+    }
+    // ... and a mapping of users it does not know.
+    assert!(h
+        .execute(&format!(
+            "INSERT INTO mappings (outreach_user_id, salesforce_user_id, locked_by_usersync) VALUES (77, '{}', FALSE)",
+            sf_id(77)
+        ))
+        .await
+        .is_err());
+    assert!(matches!(
+        h.store.put_mapping(&mapping(77, 77)).await,
+        Err(StoreError::UnknownMappedUser { .. })
+    ));
+    assert_eq!(all_mappings(&*h.store).await, vec![locked.clone()]);
+
+    // Filters; results sorted by Outreach id.
+    h.store.put_mapping(&mapping(2, 2)).await.unwrap();
+    assert_eq!(
+        all_mappings(&*h.store).await,
+        vec![locked.clone(), mapping(2, 2)]
+    );
+    let by = |email: Option<&str>, sf: Option<u32>, o: Option<i64>| MappingFilter {
+        email: email.map(str::to_string),
+        salesforce_user_id: sf.map(sf_id),
+        outreach_user_id: o.map(OutreachUserId),
+    };
+    let cases = [
+        (by(None, Some(2), None), vec![mapping(2, 2)]),
+        (by(None, None, Some(1)), vec![locked.clone()]),
+        (by(Some("x@example.com"), None, None), vec![locked.clone()]),
+        // Through the Salesforce side's email, and through the Outreach side's.
+        (by(Some("y@example.com"), None, None), vec![mapping(2, 2)]),
+        (by(Some("o2@example.com"), None, None), vec![mapping(2, 2)]),
+        (by(Some("nobody@example.com"), None, None), vec![]),
+        (by(Some("x@example.com"), Some(2), None), vec![]),
+        (by(None, Some(1), Some(1)), vec![locked.clone()]),
+    ];
+    for (filter, expected) in cases {
+        assert_eq!(
+            h.store.mappings(&filter).await.unwrap(),
+            expected,
+            "{filter:?}"
+        );
+    }
+
+    // Removing frees both sides.
+    assert_eq!(
+        h.store.remove_mapping(OutreachUserId(1)).await.unwrap(),
+        Some(locked)
+    );
+    assert_eq!(
+        h.store.remove_mapping(OutreachUserId(1)).await.unwrap(),
+        None
+    );
+    h.store.remove_mapping(OutreachUserId(2)).await.unwrap();
+    h.store.put_mapping(&mapping(2, 1)).await.unwrap();
+    h.store.put_mapping(&mapping(1, 2)).await.unwrap();
+    assert_eq!(
+        all_mappings(&*h.store).await,
+        vec![mapping(1, 2), mapping(2, 1)]
+    );
+}
+
+async fn concurrent_writers_cannot_break_one_to_one(h: &Harness) {
+    h.store
+        .put_salesforce_users(&[sf_user(1, "x@example.com")])
+        .await
+        .unwrap();
+    let outreach: Vec<_> = (1..=6).map(|i| outreach_user(i, "x@example.com")).collect();
+    h.store.put_outreach_users(&outreach).await.unwrap();
+    let tasks: Vec<_> = (1..=6)
+        .map(|i| {
+            let store = h.store.clone();
+            tokio::spawn(async move {
+                let mut applied = event(&format!("race-{i}"));
+                applied.mapping_changes = vec![MappingWrite::Put(mapping(i, 1))];
+                store.record(&applied).await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::MappingConflict { .. }) => {}
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(all_mappings(&*h.store).await.len(), 1);
+    assert_eq!(h.count("applied_events").await, 1);
+}
+
+async fn record_remaps_in_one_transaction(h: &Harness) {
+    let mut x = sf_user(1, "abc@def.com");
+    let y = sf_user(2, "abc@def.com");
+    h.store
+        .put_salesforce_users(&[x.clone(), y.clone()])
+        .await
+        .unwrap();
+    let mut o1 = outreach_user(1, "abc@def.com");
+    o1.custom[0] = Some(x.id.to_string());
+    h.store
+        .put_outreach_users(std::slice::from_ref(&o1))
+        .await
+        .unwrap();
+    h.store.put_mapping(&mapping(1, 1)).await.unwrap();
+
+    // X is deactivated; the processor moved Outreach user 1 to Y and mirrored Y's id.
+    x.is_active = false;
+    x.applied = Some(Position {
+        commit_number: Some(5000),
+        commit_timestamp: at("2025-07-01T00:00:00Z"),
+        sequence_number: Some(3),
+    });
+    o1.custom[0] = Some(y.id.to_string());
+    o1.first_name = y.first_name.clone();
+    let remap = DecisionRecord {
+        outreach_calls: 1,
+        ..decision(
+            "ev-remap",
+            Action::Remap,
+            Reason::MappedUserInactive,
+            "abc@def.com",
+        )
+    };
+    let applied = AppliedEvent {
+        event_id: "ev-remap".into(),
+        salesforce_user: Some(x.clone()),
+        outreach_users: vec![o1.clone()],
+        mapping_changes: vec![
+            MappingWrite::Remove(OutreachUserId(1)),
+            MappingWrite::Put(mapping(1, 2)),
+        ],
+        decisions: vec![remap.clone()],
+    };
+    h.store.record(&applied).await.unwrap();
+
+    assert_eq!(all_mappings(&*h.store).await, vec![mapping(1, 2)]);
+    assert_eq!(h.store.salesforce_user(&x.id).await.unwrap(), Some(x));
+    assert_eq!(h.store.outreach_user(o1.id).await.unwrap(), Some(o1));
+    assert!(h.store.is_applied("ev-remap").await.unwrap());
+    assert_eq!(all_decisions(&*h.store).await, vec![remap]);
+
+    // The order matters: a Put before its Remove is a conflict, and nothing is kept.
+    let mut backwards = event("ev-backwards");
+    backwards.mapping_changes = vec![
+        MappingWrite::Put(mapping(1, 1)),
+        MappingWrite::Remove(OutreachUserId(1)),
+    ];
+    assert!(matches!(
+        h.store.record(&backwards).await,
+        Err(StoreError::MappingConflict { .. })
+    ));
+    assert_eq!(all_mappings(&*h.store).await, vec![mapping(1, 2)]);
+    assert!(!h.store.is_applied("ev-backwards").await.unwrap());
+}
+
+async fn record_is_atomic(h: &Harness) {
+    let y = sf_user(2, "y@example.com");
+    h.store
+        .put_salesforce_users(&[sf_user(1, "x@example.com"), y.clone()])
+        .await
+        .unwrap();
+    let o2 = outreach_user(2, "o2@example.com");
+    h.store
+        .put_outreach_users(&[outreach_user(1, "x@example.com"), o2.clone()])
+        .await
+        .unwrap();
+    h.store.put_mapping(&mapping(1, 1)).await.unwrap();
+
+    let mut changed_y = y.clone();
+    changed_y.title = Some("VP".into());
+    let mut changed_o2 = o2.clone();
+    changed_o2.locked = true;
+    let failing = AppliedEvent {
+        event_id: "ev-atomic".into(),
+        salesforce_user: Some(changed_y.clone()),
+        outreach_users: vec![changed_o2.clone(), outreach_user(3, "y@example.com")],
+        mapping_changes: vec![
+            MappingWrite::Put(mapping(3, 2)),
+            // Salesforce user 1 belongs to Outreach user 1: the last change fails.
+            MappingWrite::Put(mapping(2, 1)),
+        ],
+        decisions: vec![decision(
+            "ev-atomic",
+            Action::Link,
+            Reason::EmailMatch,
+            "y@example.com",
+        )],
+    };
+    match h.store.record(&failing).await {
+        Err(StoreError::MappingConflict { wanted, existing }) => {
+            assert_eq!(wanted, mapping(2, 1));
+            assert_eq!(existing, Some(mapping(1, 1)));
+        }
+        other => panic!("expected a mapping conflict, got {other:?}"),
+    }
+
+    // Nothing of it was written.
+    assert_eq!(h.store.salesforce_user(&y.id).await.unwrap(), Some(y));
+    assert_eq!(h.store.outreach_user(o2.id).await.unwrap(), Some(o2));
+    assert_eq!(
+        h.store.outreach_user(OutreachUserId(3)).await.unwrap(),
+        None
+    );
+    assert_eq!(all_mappings(&*h.store).await, vec![mapping(1, 1)]);
+    assert!(!h.store.is_applied("ev-atomic").await.unwrap());
+    assert!(all_decisions(&*h.store).await.is_empty());
+
+    // The event id is not burnt: the corrected result records.
+    let mut fixed = failing.clone();
+    fixed.mapping_changes.pop();
+    h.store.record(&fixed).await.unwrap();
+    assert_eq!(
+        h.store.salesforce_user(&changed_y.id).await.unwrap(),
+        Some(changed_y)
+    );
+    assert_eq!(
+        all_mappings(&*h.store).await,
+        vec![mapping(1, 1), mapping(3, 2)]
+    );
+    assert!(h.store.is_applied("ev-atomic").await.unwrap());
+    assert_eq!(all_decisions(&*h.store).await.len(), 1);
+}
+
+async fn record_of_an_applied_event_changes_nothing(h: &Harness) {
+    let x = sf_user(1, "x@example.com");
+    h.store
+        .put_outreach_users(&[outreach_user(1, "x@example.com")])
+        .await
+        .unwrap();
+    let first = AppliedEvent {
+        salesforce_user: Some(x.clone()),
+        mapping_changes: vec![MappingWrite::Put(mapping(1, 1))],
+        decisions: vec![decision(
+            "ev-1",
+            Action::Link,
+            Reason::EmailMatch,
+            "x@example.com",
+        )],
+        ..event("ev-1")
+    };
+    h.store.record(&first).await.unwrap();
+
+    let mut x_later = x.clone();
+    x_later.is_active = false;
+    let replay = AppliedEvent {
+        salesforce_user: Some(x_later),
+        outreach_users: vec![outreach_user(2, "x@example.com")],
+        mapping_changes: vec![MappingWrite::Remove(OutreachUserId(1))],
+        decisions: vec![decision(
+            "ev-1",
+            Action::Skip,
+            Reason::UpToDate,
+            "x@example.com",
+        )],
+        ..event("ev-1")
+    };
+    h.store.record(&replay).await.unwrap();
+    h.store.record(&first).await.unwrap();
+
+    assert_eq!(h.store.salesforce_user(&x.id).await.unwrap(), Some(x));
+    assert_eq!(
+        h.store.outreach_user(OutreachUserId(2)).await.unwrap(),
+        None
+    );
+    assert_eq!(all_mappings(&*h.store).await, vec![mapping(1, 1)]);
+    assert_eq!(all_decisions(&*h.store).await, first.decisions);
+    assert_eq!(h.count("applied_events").await, 1);
+}
+
+fn salesforce_ids(state: &SyncState) -> Vec<SalesforceId> {
+    state.salesforce_users().map(|u| u.id.clone()).collect()
+}
+
+fn outreach_ids(state: &SyncState) -> Vec<i64> {
+    state.outreach_users().map(|u| u.id.0).collect()
+}
+
+async fn load_state_returns_the_closure(h: &Harness) {
+    // Group a@x: X (mapped to Outreach 1) and Y, one spelled with capitals and spaces.
+    // Z is moving from old@x to new@x (the store still has old@x); W stays in old@x,
+    // mapped to Outreach 2; Outreach 3 has new@x.
+    // Outreach 4 (b@x) is mapped to M, whose email diverged to m@x; N shares m@x.
+    // Outreach 6 is named by id and mapped to V.
+    // U and Outreach 5 (u@x) are unrelated.
+    let (x, y, z, w, m, n, v, u) = (1, 2, 3, 4, 5, 6, 7, 8);
+    let mut upper_y = sf_user(y, " A@X.com");
+    upper_y.is_active = false;
+    h.store
+        .put_salesforce_users(&[
+            sf_user(x, "a@x.com"),
+            upper_y,
+            sf_user(z, "old@x.com"),
+            sf_user(w, "old@x.com"),
+            sf_user(m, "m@x.com"),
+            sf_user(n, "m@x.com"),
+            sf_user(v, "v@x.com"),
+            sf_user(u, "u@x.com"),
+        ])
+        .await
+        .unwrap();
+    h.store
+        .put_outreach_users(&[
+            outreach_user(1, "a@x.com"),
+            outreach_user(2, "OLD@x.com"),
+            outreach_user(3, "new@x.com"),
+            outreach_user(4, "b@x.com"),
+            outreach_user(5, "u@x.com"),
+            outreach_user(6, "o6@x.com"),
+        ])
+        .await
+        .unwrap();
+    for (o, s) in [(1, x), (2, w), (4, m), (5, u), (6, v)] {
+        h.store.put_mapping(&mapping(o, s)).await.unwrap();
+    }
+    let mut applied = event("ev-done");
+    applied.decisions = vec![decision(
+        "ev-done",
+        Action::Skip,
+        Reason::UpToDate,
+        "a@x.com",
+    )];
+    h.store.record(&applied).await.unwrap();
+
+    let scope = StateScope {
+        event_ids: vec!["ev-done".into(), "ev-new".into()],
+        salesforce_user_ids: vec![sf_id(z)],
+        outreach_user_ids: vec![OutreachUserId(6)],
+        emails: vec!["new@x.com".into(), "a@x.com".into(), "b@x.com".into()],
+    };
+    let state = h.store.load_state(&scope).await.unwrap();
+
+    let expected_salesforce: Vec<_> = [x, y, z, w, m, v].into_iter().map(sf_id).collect();
+    assert_eq!(salesforce_ids(&state), expected_salesforce);
+    assert_eq!(outreach_ids(&state), vec![1, 2, 3, 4, 6]);
+    let mappings: Vec<_> = state.mappings().cloned().collect();
+    assert_eq!(
+        mappings,
+        vec![mapping(1, x), mapping(2, w), mapping(4, m), mapping(6, v)]
+    );
+    assert!(state.is_applied("ev-done"));
+    assert!(!state.is_applied("ev-new"));
+
+    // The indexes a decision reads are right: groups by normalized email, both sides.
+    let group = |email: &str| -> Vec<SalesforceId> {
+        state
+            .salesforce_group(email)
+            .map(|u| u.id.clone())
+            .collect()
+    };
+    assert_eq!(group("a@x.com"), vec![sf_id(x), sf_id(y)]);
+    assert_eq!(group("old@x.com"), vec![sf_id(z), sf_id(w)]);
+    assert_eq!(group("m@x.com"), vec![sf_id(m)]);
+    assert_eq!(state.outreach_group("old@x.com").count(), 1);
+    assert_eq!(
+        state
+            .mapping_of_salesforce(&sf_id(m))
+            .unwrap()
+            .outreach_user_id,
+        OutreachUserId(4)
+    );
+    // Full values, not only ids.
+    assert_eq!(
+        state.salesforce_user(&sf_id(x)),
+        h.store.salesforce_user(&sf_id(x)).await.unwrap().as_ref()
+    );
+    assert_eq!(
+        state.outreach_user(OutreachUserId(4)),
+        h.store
+            .outreach_user(OutreachUserId(4))
+            .await
+            .unwrap()
+            .as_ref()
+    );
+
+    // An empty scope loads nothing.
+    let empty = h.store.load_state(&StateScope::default()).await.unwrap();
+    assert_eq!(empty.salesforce_users().count(), 0);
+    assert_eq!(empty.outreach_users().count(), 0);
+    assert_eq!(empty.mappings().count(), 0);
+}
+
+async fn decision_log_is_newest_first_with_paging_and_filters(h: &Harness) {
+    let actions = [
+        Action::Create,
+        Action::Skip,
+        Action::Conflict,
+        Action::Skip,
+        Action::Remap,
+        Action::Skip,
+        Action::Link,
+    ];
+    let mut written = Vec::new();
+    for (i, action) in actions.into_iter().enumerate() {
+        let email = if i % 2 == 0 { "a@x.com" } else { "b@x.com" };
+        let event_id = format!("ev-{i}");
+        let mut record = decision(&event_id, action, Reason::UpToDate, email);
+        record.outreach_calls = i as u32;
+        if i == 3 {
+            record.email = None;
+            record.outreach_user_id = None;
+            record.salesforce_user_id = None;
+            record.previous_salesforce_user_id = None;
+        }
+        let mut applied = event(&event_id);
+        applied.decisions = vec![record.clone()];
+        h.store.record(&applied).await.unwrap();
+        written.push(record);
+    }
+    let newest_first: Vec<_> = written.iter().rev().cloned().collect();
+
+    // Pages of three, following the cursor.
+    let mut query = DecisionQuery {
+        limit: 3,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut sequences = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = h.store.decisions(&query).await.unwrap();
+        pages += 1;
+        assert!(page.records.len() <= 3);
+        for (sequence, record) in page.records {
+            sequences.push(sequence);
+            seen.push(record);
+        }
+        match page.next_after {
+            Some(cursor) => query.after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, newest_first);
+    assert!(sequences.windows(2).all(|w| w[0] > w[1]), "{sequences:?}");
+
+    // Filters, alone and together, with paging.
+    let skips = |q: DecisionQuery| {
+        let store = h.store.clone();
+        async move { store.decisions(&q).await.unwrap() }
+    };
+    let page = skips(DecisionQuery {
+        action: Some(Action::Skip),
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    let ids: Vec<_> = page
+        .records
+        .iter()
+        .map(|(_, r)| r.event_id.as_str())
+        .collect();
+    assert_eq!(ids, ["ev-5", "ev-3"]);
+    let page = skips(DecisionQuery {
+        action: Some(Action::Skip),
+        after: page.next_after,
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    let ids: Vec<_> = page
+        .records
+        .iter()
+        .map(|(_, r)| r.event_id.as_str())
+        .collect();
+    assert_eq!(ids, ["ev-1"]);
+    assert_eq!(page.next_after, None);
+
+    let page = skips(DecisionQuery {
+        email: Some("A@X.com".into()),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    let ids: Vec<_> = page
+        .records
+        .iter()
+        .map(|(_, r)| r.event_id.as_str())
+        .collect();
+    assert_eq!(ids, ["ev-6", "ev-4", "ev-2", "ev-0"]);
+
+    let page = skips(DecisionQuery {
+        email: Some("b@x.com".into()),
+        action: Some(Action::Skip),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    let ids: Vec<_> = page
+        .records
+        .iter()
+        .map(|(_, r)| r.event_id.as_str())
+        .collect();
+    assert_eq!(ids, ["ev-5", "ev-1"]);
+
+    // The limit is clamped to 1..=500.
+    let page = skips(DecisionQuery {
+        limit: 0,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(page.records.len(), 1);
+    assert!(page.next_after.is_some());
+    let page = skips(DecisionQuery {
+        limit: 100_000,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(page.records.len(), 7);
+    assert_eq!(page.next_after, None);
+}
+
+async fn settings_round_trip(h: &Harness) {
+    assert_eq!(h.store.settings().await.unwrap(), None);
+    let mut settings = SyncSettings::default();
+    settings.user_mapping.auto_remap_on_inactive = false;
+    settings.user_mapping.lock_when_inactive = true;
+    settings.user_mapping.mirror_id_field = "custom3".into();
+    settings.email_field.dedupe = Dedupe::Inbound;
+    h.store.save_settings(&settings).await.unwrap();
+    assert_eq!(h.store.settings().await.unwrap(), Some(settings));
+    h.store
+        .save_settings(&SyncSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store.settings().await.unwrap(),
+        Some(SyncSettings::default())
+    );
+    assert_eq!(h.count("settings").await, 1);
+}
+
+async fn checkpoints_round_trip(h: &Harness) {
+    let topic = "/data/UserChangeEvent";
+    assert_eq!(h.store.checkpoint(topic).await.unwrap(), None);
+    let first = ReplayCheckpoint {
+        topic: topic.into(),
+        replay_id: vec![0x00, 0x01, 0x7f, 0x80, 0xff, 0x00, 0x10, 0x20, 0xfe, 0x00],
+        commit_timestamp: Some(at("2025-08-01T10:00:00.123456Z")),
+        updated_at: at("2025-08-01T10:00:01Z"),
+    };
+    h.store.save_checkpoint(&first).await.unwrap();
+    assert_eq!(
+        h.store.checkpoint(topic).await.unwrap(),
+        Some(first.clone())
+    );
+
+    let second = ReplayCheckpoint {
+        topic: topic.into(),
+        replay_id: vec![0xff; 10],
+        commit_timestamp: None,
+        updated_at: at("2025-08-01T11:00:00Z"),
+    };
+    h.store.save_checkpoint(&second).await.unwrap();
+    assert_eq!(
+        h.store.checkpoint(topic).await.unwrap(),
+        Some(second.clone())
+    );
+
+    let other = ReplayCheckpoint {
+        topic: "/event/Other__e".into(),
+        ..first
+    };
+    h.store.save_checkpoint(&other).await.unwrap();
+    assert_eq!(h.store.checkpoint(topic).await.unwrap(), Some(second));
+    assert_eq!(
+        h.store.checkpoint("/event/Other__e").await.unwrap(),
+        Some(other)
+    );
+    assert_eq!(h.count("replay_checkpoints").await, 2);
+}
+
+async fn corrupt_stored_values_are_reported(h: &Harness) {
+    // An 18-character id whose checksum suffix was mangled (the real one is AAA).
+    let mangled = "005000000000001XXX";
+    h.execute(&format!(
+        "INSERT INTO salesforce_users (id, email, email_normalized, is_active) \
+         VALUES ('{mangled}', 'bad@x.com', 'bad@x.com', TRUE)"
+    ))
+    .await
+    .unwrap();
+    let scope = StateScope {
+        emails: vec!["bad@x.com".into()],
+        ..Default::default()
+    };
+    match h.store.load_state(&scope).await {
+        Err(err @ StoreError::Corrupt { .. }) => {
+            let StoreError::Corrupt {
+                table,
+                column,
+                value,
+                ..
+            } = &err
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                (*table, *column, value.as_str()),
+                ("salesforce_users", "id", mangled)
+            );
+            assert!(err.to_string().contains(mangled), "{err}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+
+    h.execute(
+        "INSERT INTO decisions (event_id, at, action, reason, message, outreach_calls) \
+         VALUES ('ev-x', '2025-01-01T00:00:00Z', 'explode', 'up_to_date', 'm', 0)",
+    )
+    .await
+    .unwrap();
+    let err = h
+        .store
+        .decisions(&DecisionQuery::default())
+        .await
+        .expect_err("an unknown action code");
+    assert!(
+        matches!(&err, StoreError::Corrupt { table: "decisions", column: "action", value, .. } if value == "explode"),
+        "{err:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening by URL (no PostgreSQL needed)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn open_picks_the_backend_by_url() {
+    let memory = usersync::store::open("sqlite::memory:").await.unwrap();
+    memory
+        .save_settings(&SyncSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        memory.settings().await.unwrap(),
+        Some(SyncSettings::default())
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("folder").join("usersync.db");
+    let file = usersync::store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    file.put_outreach_users(&[outreach_user(1, "a@x.com")])
+        .await
+        .unwrap();
+    assert!(path.exists());
+    drop(file);
+    let reopened = usersync::store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    assert!(
+        reopened
+            .outreach_user(OutreachUserId(1))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    match usersync::store::open("mysql://admin:hunter2@db.example/usersync").await {
+        Err(err @ StoreError::Url { .. }) => {
+            let message = err.to_string();
+            assert!(message.contains("mysql://"), "{message}");
+            assert!(!message.contains("hunter2"), "password leaked: {message}");
+        }
+        Err(other) => panic!("expected a URL error, got {other}"),
+        Ok(_) => panic!("expected a URL error"),
+    }
+}
