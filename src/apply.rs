@@ -26,19 +26,27 @@ use crate::outreach::user::{OutreachUser, OutreachUserId, UserAttributes};
 /// tests implement it over an in-memory model.
 #[async_trait]
 pub trait OutreachWrites: Send + Sync {
-    async fn create_user(&self, attrs: &UserAttributes) -> Result<Reply<OutreachUser>, OutreachError>;
+    async fn create_user(
+        &self,
+        attrs: &UserAttributes,
+    ) -> Result<Reply<OutreachUser>, OutreachError>;
     async fn update_user(
         &self,
         id: OutreachUserId,
         attrs: &UserAttributes,
     ) -> Result<Reply<OutreachUser>, OutreachError>;
-    async fn find_users_by_email(&self, email: &str)
-    -> Result<Reply<Vec<OutreachUser>>, OutreachError>;
+    async fn find_users_by_email(
+        &self,
+        email: &str,
+    ) -> Result<Reply<Vec<OutreachUser>>, OutreachError>;
 }
 
 #[async_trait]
 impl OutreachWrites for OutreachClient {
-    async fn create_user(&self, attrs: &UserAttributes) -> Result<Reply<OutreachUser>, OutreachError> {
+    async fn create_user(
+        &self,
+        attrs: &UserAttributes,
+    ) -> Result<Reply<OutreachUser>, OutreachError> {
         OutreachClient::create_user(self, attrs).await
     }
     async fn update_user(
@@ -111,18 +119,16 @@ pub async fn apply_event<W: OutreachWrites + ?Sized>(
                     });
                 }
             };
-            let outreach_id = fold_decision(state, decision, reply).map_err(|source| {
-                ApplyError::Mapping {
+            let outreach_id =
+                fold_decision(state, decision, reply).map_err(|source| ApplyError::Mapping {
                     event_id: event.event_id.clone(),
                     source,
-                }
-            })?;
+                })?;
             records.push(record(event, decision, at, outreach_id, calls));
         }
         fold_event(state, &outcome, &event.event_id);
         return Ok(records);
     }
-
 }
 
 /// After a refused create: find the holder of the email.

@@ -1,6 +1,16 @@
 //! The command line: one binary, every role and tool as a subcommand.
+//!
+//! Logs go to standard error (text by default; JSON with `USERSYNC_LOG_FORMAT=json`, as in
+//! containers; the level from `RUST_LOG`), so standard output stays for the command's own
+//! output — `usersync decide` prints exactly one JSON document there, or nothing.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::scenario::{Scenario, run};
 
 #[derive(Parser)]
 #[command(
@@ -15,18 +25,86 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the decision engine offline on a scenario and print the decisions as JSON.
+    ///
+    /// The scenario holds settings, the Outreach users, the last-known Salesforce users and
+    /// the mappings before, and user_change.v1 events in delivery order (see
+    /// docs/decisions.md). The real engine and Outreach client run against an in-process
+    /// Outreach simulator. Exit 0 with the result on stdout; exit 2 with a message naming the
+    /// field (and the event's index) on stderr if the scenario does not parse.
+    Decide {
+        /// The scenario file, or - for standard input.
+        scenario: PathBuf,
+    },
     /// Run a simulator of an external service (test equipment).
     #[command(subcommand)]
     Sim(crate::sim::SimCommand),
 }
 
-pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tokio::runtime::Runtime::new()?.block_on(run(cli.command))
+/// An error with its own exit code (2: the input is wrong).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct InputError {
+    message: String,
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let outcome = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(dispatch(cli.command)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("usersync: {err:#}");
+            if err.downcast_ref::<InputError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let json = std::env::var("USERSYNC_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // A second initialisation (tests) is harmless: the first subscriber stays.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Decide { scenario } => decide(scenario).await,
         Command::Sim(sim) => sim.run().await,
     }
+}
+
+async fn decide(path: PathBuf) -> anyhow::Result<()> {
+    let bytes = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| InputError {
+                message: format!("cannot read the scenario from standard input: {e}"),
+            })?;
+        buf
+    } else {
+        std::fs::read(&path).map_err(|e| InputError {
+            message: format!("cannot read scenario {}: {e}", path.display()),
+        })?
+    };
+    let scenario = Scenario::parse(&bytes).map_err(|e| InputError { message: e.0 })?;
+    let output = run(&scenario).await?;
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
 }

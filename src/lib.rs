@@ -13,10 +13,10 @@
 //!   wire formats.
 //! - [`config`]: the configuration file and its environment overrides.
 
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod engine;
-pub mod apply;
 pub mod event;
 pub mod outreach;
 pub mod salesforce;

@@ -196,7 +196,11 @@ impl Scenario {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let scenario: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let place = if path == "." { "scenario".to_string() } else { path };
+            let place = if path == "." {
+                "scenario".to_string()
+            } else {
+                path
+            };
             ScenarioError(format!("{place}: {}", e.inner()))
         })?;
         scenario.check()?;
@@ -222,7 +226,9 @@ impl Scenario {
                 )));
             }
             if u.email.trim().is_empty() {
-                return Err(ScenarioError(format!("outreach_users[{i}].email: is empty")));
+                return Err(ScenarioError(format!(
+                    "outreach_users[{i}].email: is empty"
+                )));
             }
         }
         let mut sf_ids = BTreeSet::new();
@@ -343,9 +349,15 @@ pub async fn run(scenario: &Scenario) -> Result<Output, RunError> {
     let mut state = scenario.initial_state();
     let mut decisions = Vec::new();
     for (index, event) in scenario.events.iter().enumerate() {
-        let records = apply_event(&scenario.settings, &mut state, &client, event, event.observed_at)
-            .await
-            .map_err(|source| RunError::Apply { index, source })?;
+        let records = apply_event(
+            &scenario.settings,
+            &mut state,
+            &client,
+            event,
+            event.observed_at,
+        )
+        .await
+        .map_err(|source| RunError::Apply { index, source })?;
         decisions.extend(records.into_iter().map(OutputDecision::from));
     }
 
@@ -360,7 +372,14 @@ pub async fn run(scenario: &Scenario) -> Result<Output, RunError> {
         .users()
         .into_iter()
         .map(|u| {
-            ScenarioOutreachUser::from_parts(u.id, u.email, u.first_name, u.last_name, u.locked, u.custom)
+            ScenarioOutreachUser::from_parts(
+                u.id,
+                u.email,
+                u.first_name,
+                u.last_name,
+                u.locked,
+                u.custom,
+            )
         })
         .collect();
     Ok(Output {
