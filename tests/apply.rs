@@ -112,11 +112,20 @@ async fn a_refused_create_with_matching_off_becomes_a_conflict() {
     settings.email_field.dedupe = usersync::engine::Dedupe::Off;
     let mut state = SyncState::new();
 
-    let records = apply_event(&settings, &mut state, &client, &hire("dana@def.com", 4, 1), Utc::now())
-        .await
-        .unwrap();
+    let records = apply_event(
+        &settings,
+        &mut state,
+        &client,
+        &hire("dana@def.com", 4, 1),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
     let last = records.last().unwrap();
-    assert_eq!((last.action, last.reason), (Action::Conflict, Reason::OutreachEmailTaken));
+    assert_eq!(
+        (last.action, last.reason),
+        (Action::Conflict, Reason::OutreachEmailTaken)
+    );
     assert_eq!(state.mappings().count(), 0);
     assert_eq!(sim.users().len(), 1);
 }
@@ -136,6 +145,9 @@ async fn an_outreach_failure_names_the_event_and_what_was_being_done() {
     .await
     .unwrap_err()
     .to_string();
-    assert!(err.contains("sf:00D000000000001EAA:005000000000005AAA:tx1:1"), "{err}");
+    assert!(
+        err.contains("sf:00D000000000001EAA:005000000000005AAA:tx1:1"),
+        "{err}"
+    );
     assert!(err.contains("create"), "{err}");
 }

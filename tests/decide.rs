@@ -21,14 +21,21 @@ fn usersync(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("the binary starts");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
 }
 
 fn example(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -76,7 +83,10 @@ fn assert_remapped_to_y(output: &Value) {
     assert_eq!(remaps[0]["previous_salesforce_user_id"], X);
     assert_eq!(remaps[0]["salesforce_user_id"], Y);
     assert_eq!(remaps[0]["outreach_calls"], 1);
-    assert_eq!(output["outreach_calls"], 1, "a remap costs one Outreach call");
+    assert_eq!(
+        output["outreach_calls"], 1,
+        "a remap costs one Outreach call"
+    );
 }
 
 #[test]
@@ -85,7 +95,10 @@ fn seed_example_remaps_when_y_arrives_first() {
     assert_eq!(
         actions(&output),
         vec![
-            ("conflict".into(), "email_mapped_to_other_active_user".into()),
+            (
+                "conflict".into(),
+                "email_mapped_to_other_active_user".into()
+            ),
             ("remap".into(), "mapped_user_inactive".into())
         ]
     );
@@ -124,7 +137,10 @@ fn output_shape_follows_the_contract() {
     let path = format!("{}/examples/new-hire.json", env!("CARGO_MANIFEST_DIR"));
     let raw = String::from_utf8(usersync(&["decide", &path], None).stdout).unwrap();
     // Top-level keys, in the documented order (two-space indentation marks the top level).
-    let at = |key: &str| raw.find(&format!("\n  \"{key}\":")).unwrap_or_else(|| panic!("{key}"));
+    let at = |key: &str| {
+        raw.find(&format!("\n  \"{key}\":"))
+            .unwrap_or_else(|| panic!("{key}"))
+    };
     assert!(at("decisions") < at("mappings"));
     assert!(at("mappings") < at("outreach_users"));
     assert!(at("outreach_users") < at("outreach_calls"));
@@ -151,7 +167,14 @@ fn output_shape_follows_the_contract() {
     fields.sort();
     assert_eq!(
         fields,
-        vec!["custom1", "email", "first_name", "id", "last_name", "locked"]
+        vec![
+            "custom1",
+            "email",
+            "first_name",
+            "id",
+            "last_name",
+            "locked"
+        ]
     );
 }
 
@@ -239,7 +262,12 @@ fn replaying_all_events_again_calls_nothing_and_changes_nothing() {
 
 fn refused(input: &str) -> String {
     let out = usersync(&["decide", "-"], Some(input));
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty(), "nothing on stdout");
     String::from_utf8(out.stderr).unwrap()
 }
@@ -258,9 +286,15 @@ fn a_scenario_that_does_not_parse_exits_2_naming_the_field() {
     assert!(message.contains("events[0].user.is_active"), "{message}");
 
     let mut missing = example("seed-remap.json");
-    missing["events"][1].as_object_mut().unwrap().remove("event_id");
+    missing["events"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("event_id");
     let message = refused(&missing.to_string());
-    assert!(message.contains("events[1]") && message.contains("event_id"), "{message}");
+    assert!(
+        message.contains("events[1]") && message.contains("event_id"),
+        "{message}"
+    );
 
     let message = refused(r#"{"setings": {}}"#);
     assert!(message.contains("setings"), "{message}");
@@ -271,7 +305,10 @@ fn a_scenario_that_does_not_parse_exits_2_naming_the_field() {
     let message = refused(
         r#"{"mappings": [{"outreach_user_id": 4, "salesforce_user_id": "005000000000001AAA"}]}"#,
     );
-    assert!(message.contains("mappings[0].outreach_user_id"), "{message}");
+    assert!(
+        message.contains("mappings[0].outreach_user_id"),
+        "{message}"
+    );
 
     let message = refused("not json");
     assert!(message.contains("expected"), "{message}");
@@ -296,8 +333,15 @@ fn every_example_parses_and_its_events_match_the_schema() {
         Scenario::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let value: Value = serde_json::from_slice(&bytes).unwrap();
         for (i, event) in value["events"].as_array().unwrap().iter().enumerate() {
-            let errors: Vec<String> = validator.iter_errors(event).map(|e| e.to_string()).collect();
-            assert!(errors.is_empty(), "{} events[{i}]: {errors:?}", path.display());
+            let errors: Vec<String> = validator
+                .iter_errors(event)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{} events[{i}]: {errors:?}",
+                path.display()
+            );
         }
         seen += 1;
     }
