@@ -186,7 +186,7 @@ pub enum RunError {
     Apply {
         index: usize,
         #[source]
-        source: ApplyError,
+        source: Box<ApplyError>,
     },
 }
 
@@ -357,7 +357,10 @@ pub async fn run(scenario: &Scenario) -> Result<Output, RunError> {
             event.observed_at,
         )
         .await
-        .map_err(|source| RunError::Apply { index, source })?;
+        .map_err(|source| RunError::Apply {
+            index,
+            source: Box::new(source),
+        })?;
         decisions.extend(records.into_iter().map(OutputDecision::from));
     }
 
