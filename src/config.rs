@@ -36,11 +36,20 @@ pub struct Config {
 }
 
 /// Where durable state lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite://path` (the embedded default, created if missing) or `postgres://…`.
     pub url: String,
+}
+
+impl fmt::Debug for StoreConfig {
+    /// Prints the URL with any password masked.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &crate::store::redact_password(&self.url))
+            .finish()
+    }
 }
 
 impl Default for StoreConfig {
@@ -188,6 +197,22 @@ impl Config {
             rule: source.rule(),
             source,
         })?;
+        if self.outreach.backoff_min_ms > self.outreach.backoff_max_ms {
+            return Err(ConfigError::Parse(format!(
+                "outreach.backoff_min_ms ({}) must not exceed outreach.backoff_max_ms ({})",
+                self.outreach.backoff_min_ms, self.outreach.backoff_max_ms
+            )));
+        }
+        for (key, value) in [
+            ("outreach.api_url", &self.outreach.api_url),
+            ("outreach.token_url", &self.outreach.token_url),
+        ] {
+            if let Err(e) = url::Url::parse(value) {
+                return Err(ConfigError::Parse(format!(
+                    "{key} {value:?} is not a URL: {e}"
+                )));
+            }
+        }
         if self.outreach.page_size == 0 || self.outreach.page_size > 1000 {
             return Err(ConfigError::Parse(format!(
                 "outreach.page_size must be 1..=1000 (Outreach's maximum), not {}",
@@ -257,13 +282,14 @@ mod tests {
                 "#,
             )?;
             jail.set_env("USERSYNC_SYNC__USER_MAPPING__MIRROR_ID_FIELD", "custom2");
-            jail.set_env("USERSYNC_STORE__URL", "postgres://db/usersync");
+            jail.set_env("USERSYNC_STORE__URL", "postgres://app:pa55word@db/usersync");
             // Variables outside the known sections are someone else's.
             jail.set_env("USERSYNC_SECRET_KEY", "not-a-config-key");
             let config = load_in(jail, Some("usersync.toml")).unwrap();
             assert!(config.sync.user_mapping.lock_when_inactive);
             assert_eq!(config.sync.user_mapping.mirror_id_field, "custom2");
-            assert_eq!(config.store.url, "postgres://db/usersync");
+            assert_eq!(config.store.url, "postgres://app:pa55word@db/usersync");
+            assert!(!format!("{config:?}").contains("pa55word"));
             assert_eq!(config.outreach.client_secret.expose(), "s3cr3t");
             assert!(!format!("{config:?}").contains("s3cr3t"));
             assert!(!toml::to_string(&config).unwrap().contains("s3cr3t"));
@@ -320,6 +346,22 @@ mod tests {
         Jail::expect_with(|jail| {
             let err = load_in(jail, Some("nowhere.toml")).unwrap_err();
             assert!(matches!(err, ConfigError::Missing(_)));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn outreach_urls_and_backoff_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_OUTREACH__API_URL", "not a url");
+            let text = load_in(jail, None).unwrap_err().to_string();
+            assert!(text.contains("outreach.api_url"), "{text}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_OUTREACH__BACKOFF_MIN_MS", "90000");
+            let text = load_in(jail, None).unwrap_err().to_string();
+            assert!(text.contains("outreach.backoff_min_ms"), "{text}");
             Ok(())
         });
     }

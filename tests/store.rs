@@ -771,9 +771,10 @@ async fn load_state_returns_the_closure(h: &Harness) {
     // Z is moving from old@x to new@x (the store still has old@x); W stays in old@x,
     // mapped to Outreach 2; Outreach 3 has new@x.
     // Outreach 4 (b@x) is mapped to M, whose email diverged to m@x; N shares m@x.
-    // Outreach 6 is named by id and mapped to V.
+    // Outreach 6 is named by id and mapped to V; P shares Outreach 6's stored email, the
+    // group an Outreach user leaves when a webhook changes its email.
     // U and Outreach 5 (u@x) are unrelated.
-    let (x, y, z, w, m, n, v, u) = (1, 2, 3, 4, 5, 6, 7, 8);
+    let (x, y, z, w, m, n, v, u, p) = (1, 2, 3, 4, 5, 6, 7, 8, 9);
     let mut upper_y = sf_user(y, " A@X.com");
     upper_y.is_active = false;
     h.store
@@ -786,6 +787,7 @@ async fn load_state_returns_the_closure(h: &Harness) {
             sf_user(n, "m@x.com"),
             sf_user(v, "v@x.com"),
             sf_user(u, "u@x.com"),
+            sf_user(p, "O6@x.com"),
         ])
         .await
         .unwrap();
@@ -820,7 +822,7 @@ async fn load_state_returns_the_closure(h: &Harness) {
     };
     let state = h.store.load_state(&scope).await.unwrap();
 
-    let expected_salesforce: Vec<_> = [x, y, z, w, m, v].into_iter().map(sf_id).collect();
+    let expected_salesforce: Vec<_> = [x, y, z, w, m, v, p].into_iter().map(sf_id).collect();
     assert_eq!(salesforce_ids(&state), expected_salesforce);
     assert_eq!(outreach_ids(&state), vec![1, 2, 3, 4, 6]);
     let mappings: Vec<_> = state.mappings().cloned().collect();

@@ -62,7 +62,7 @@ fn decide_salesforce(settings: &SyncSettings, state: &SyncState, event: &UserCha
         return Outcome {
             decisions: vec![Decision::note(
                 Action::Skip,
-                Reason::NoEmail,
+                Reason::InvalidEvent,
                 format!("Event {} has no valid Salesforce user id.", event.event_id),
             )],
             record_event: true,
@@ -142,7 +142,7 @@ fn decide_outreach(settings: &SyncSettings, state: &SyncState, event: &UserChang
         return Outcome {
             decisions: vec![Decision::note(
                 Action::Skip,
-                Reason::NoEmail,
+                Reason::InvalidEvent,
                 format!("Event {} has no valid Outreach user id.", event.event_id),
             )],
             record_event: true,
@@ -424,18 +424,21 @@ fn evaluate_group(
             return Vec::new();
         };
         if !mapping_settings.inbound_create {
-            return vec![
-                Decision::note(
-                    Action::Skip,
-                    Reason::InboundCreateDisabled,
-                    format!(
-                        "Salesforce user {} ({email}) has no Outreach user, and User <> User Create is off.",
-                        best.id
-                    ),
-                )
-                .salesforce(&best.id)
-                .email(Some(email)),
-            ];
+            return candidates
+                .iter()
+                .map(|y| {
+                    Decision::note(
+                        Action::Skip,
+                        Reason::InboundCreateDisabled,
+                        format!(
+                            "Salesforce user {} ({email}) has no Outreach user, and User <> User Create is off.",
+                            y.id
+                        ),
+                    )
+                    .salesforce(&y.id)
+                    .email(Some(email))
+                })
+                .collect();
         }
         let mut attrs = UserAttributes {
             email: best.email.as_deref().map(|e| e.trim().to_string()),
@@ -509,12 +512,28 @@ fn evaluate_mapped(
     let m = &settings.user_mapping;
     let mapped_id = mapping.salesforce_user_id.clone();
     let mapped = view.salesforce_user(&mapped_id).cloned();
-    let mapped_active = mapped.as_ref().is_some_and(|u| u.is_active);
     let o = outreach.id;
+    let Some(known) = mapped.as_ref() else {
+        // Never move a mapping on a guess: the mapped user's state arrives with its own event,
+        // or with the initial load, and the group is decided again then.
+        return vec![
+            Decision::note(
+                Action::Skip,
+                Reason::MappedUserUnknown,
+                format!(
+                    "Outreach user {o} ({email}) is mapped to Salesforce user {mapped_id}, whose state usersync has not seen yet; nothing moves until it has."
+                ),
+            )
+            .outreach(o)
+            .previous(&mapped_id)
+            .email(Some(email)),
+        ];
+    };
+    let mapped_active = known.is_active;
     let mut out = Vec::new();
 
     if mapped_active {
-        let mapped = mapped.expect("active implies known");
+        let mapped = known.clone();
         let diverged = mapped.email_normalized().as_deref() != Some(email);
         if diverged {
             if trigger.is(&mapped_id) {
@@ -565,7 +584,7 @@ fn evaluate_mapped(
         return out;
     }
 
-    // M is inactive (or unknown to usersync).
+    // M is inactive.
     if m.auto_remap_on_inactive {
         if let Some(y) = candidates.first() {
             let mut attrs = attributes_for(settings, outreach, y, true);
@@ -681,8 +700,10 @@ fn refresh_mapped(
     let o = outreach.id;
     let email = outreach.email_normalized();
     let inbound_update = settings.user_mapping.inbound_update;
-    let mut attrs = if event_is_mapped_users {
-        attributes_for(settings, outreach, mapped, inbound_update)
+    // decisions.md: on M's own event and with inbound_update, O follows M's names, title and
+    // id mirror. (Creates, links and remaps write the mirror whatever inbound_update says.)
+    let mut attrs = if event_is_mapped_users && inbound_update {
+        attributes_for(settings, outreach, mapped, true)
     } else {
         UserAttributes::default()
     };
@@ -1190,6 +1211,61 @@ mod tests {
         let r = sync.apply(&SyncSettings::default(), &created(3, "a@x.com", true, 1));
         assert_eq!(r[0].reason, Reason::MultipleOutreachUsers);
         assert_eq!(sync.outreach.calls, 0);
+    }
+
+    #[test]
+    fn a_mapping_to_an_unseen_user_never_moves_on_a_guess() {
+        let settings = SyncSettings::default();
+        let mut sync = ModelSync::default();
+        sync.seed_outreach_user(outreach_user(1, EMAIL));
+        sync.state
+            .map(Mapping {
+                outreach_user_id: OutreachUserId(1),
+                salesforce_user_id: user_id(1),
+                locked_by_usersync: false,
+            })
+            .unwrap();
+        let r = sync.apply(&settings, &created(2, EMAIL, true, 10));
+        assert_eq!(r[0].reason, Reason::MappedUserUnknown);
+        assert_eq!(mapped_to(&sync, 1), Some(user_id(1)));
+        // Once the mapped user's state is known (inactive), the group is decided again.
+        let r = sync.apply(&settings, &change(1, Some(EMAIL), false, 11));
+        assert_eq!(r[0].action, Action::Remap);
+        assert_eq!(mapped_to(&sync, 1), Some(user_id(2)));
+    }
+
+    #[test]
+    fn with_inbound_update_off_the_mapped_users_events_change_nothing() {
+        let mut settings = SyncSettings::default();
+        settings.user_mapping.inbound_update = false;
+        let mut sync = seed();
+        // The mirror field is empty on the seeded Outreach user; the link wrote it.
+        assert!(sync.outreach.users[&OutreachUserId(1)].custom[0].is_some());
+        sync.outreach
+            .users
+            .get_mut(&OutreachUserId(1))
+            .unwrap()
+            .custom[0] = None;
+        let mut cleared = sync.state.outreach_user(OutreachUserId(1)).unwrap().clone();
+        cleared.custom[0] = None;
+        sync.state.put_outreach_user(cleared);
+        let r = sync.apply(&settings, &change(1, Some(EMAIL), true, 10));
+        assert_eq!(r[0].outreach_calls, 0);
+        assert_eq!(sync.outreach.users[&OutreachUserId(1)].custom[0], None);
+    }
+
+    #[test]
+    fn with_create_off_every_active_candidate_hears_why() {
+        let mut settings = SyncSettings::default();
+        settings.user_mapping.inbound_create = false;
+        settings.user_mapping.auto_remap_on_inactive = false;
+        let mut sync = ModelSync::default();
+        sync.apply(&settings, &created(3, "a@x.com", true, 1));
+        let r = sync.apply(&settings, &created(4, "a@x.com", true, 2));
+        assert!(r.iter().any(|d| d.salesforce_user_id == Some(user_id(3))
+            && d.reason == Reason::InboundCreateDisabled));
+        assert!(r.iter().any(|d| d.salesforce_user_id == Some(user_id(4))
+            && d.reason == Reason::InboundCreateDisabled));
     }
 
     #[test]

@@ -96,6 +96,11 @@ pub enum Reason {
     InboundUpdateDisabled,
     /// The Salesforce user has no email, so it has no email group.
     NoEmail,
+    /// The Outreach user is mapped to a Salesforce user usersync has not seen yet: nothing
+    /// moves until its state is known.
+    MappedUserUnknown,
+    /// The event names no valid user (validation normally refuses it before the engine).
+    InvalidEvent,
     // conflicts
     /// An Outreach user has the email, matching by email is off: a create would collide.
     OutreachEmailTaken,
@@ -107,12 +112,13 @@ pub enum Reason {
     AutoRemapDisabled,
     /// More than one Outreach user has this email (Outreach's uniqueness rule broken).
     MultipleOutreachUsers,
-    /// Outreach refused a create because the email is taken, and the holder is mapped.
+    /// Outreach refused a create because the email is taken (the index was behind); the
+    /// holder is looked up and the event decided again.
     OutreachRefusedCreate,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 22] = [
         Reason::NewActiveUser,
         Reason::EmailMatch,
         Reason::MappedUserInactive,
@@ -127,6 +133,8 @@ impl Reason {
         Reason::NoActiveReplacement,
         Reason::InboundUpdateDisabled,
         Reason::NoEmail,
+        Reason::MappedUserUnknown,
+        Reason::InvalidEvent,
         Reason::OutreachEmailTaken,
         Reason::MultipleActiveSalesforceUsers,
         Reason::EmailMappedToOtherActiveUser,
@@ -156,6 +164,8 @@ impl Reason {
             Reason::NoActiveReplacement => "no_active_replacement",
             Reason::InboundUpdateDisabled => "inbound_update_disabled",
             Reason::NoEmail => "no_email",
+            Reason::MappedUserUnknown => "mapped_user_unknown",
+            Reason::InvalidEvent => "invalid_event",
             Reason::OutreachEmailTaken => "outreach_email_taken",
             Reason::MultipleActiveSalesforceUsers => "multiple_active_salesforce_users",
             Reason::EmailMappedToOtherActiveUser => "email_mapped_to_other_active_user",

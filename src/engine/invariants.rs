@@ -143,6 +143,20 @@ fn settings() -> impl Strategy<Value = SyncSettings> {
         .prop_filter("valid settings", |s| s.validate().is_ok())
 }
 
+/// Settings that allow convergence (create, dedupe both ways, remap), the rest random.
+fn remapping_settings() -> impl Strategy<Value = SyncSettings> {
+    (any::<bool>(), any::<bool>(), 0..6usize).prop_map(|(update, lock, mirror)| {
+        let mut s = SyncSettings::default();
+        s.user_mapping.inbound_update = update;
+        s.user_mapping.lock_when_inactive = lock;
+        s.user_mapping.mirror_id_field = match mirror {
+            0 => String::new(),
+            n => format!("custom{n}"),
+        };
+        s
+    })
+}
+
 fn seeded(history: &History) -> ModelSync {
     let mut sync = ModelSync::default();
     for (i, email) in history.seeded_outreach.iter().enumerate() {
@@ -365,19 +379,19 @@ proptest! {
     /// Outreach user mapped to its only active Salesforce user.
     #[test]
     fn delivery_order_does_not_change_the_end_state(
-        (history, a, b) in history(false)
-            .prop_flat_map(|h| { let e = h.events(); (Just(h), delivery(e.clone()), delivery(e)) })
+        (settings, history, a, b) in (remapping_settings(), history(false))
+            .prop_flat_map(|(s, h)| { let e = h.events(); (Just(s), Just(h), delivery(e.clone()), delivery(e)) })
     ) {
-        check_convergence(&SyncSettings::default(), &history, [&a, &b])?;
+        check_convergence(&settings, &history, [&a, &b])?;
     }
 
     /// Invariant 4 with email changes, outside emails that a kept (diverged) link touches.
     #[test]
     fn delivery_order_does_not_change_the_end_state_with_email_changes(
-        (history, a, b) in history(true)
-            .prop_flat_map(|h| { let e = h.events(); (Just(h), delivery(e.clone()), delivery(e)) })
+        (settings, history, a, b) in (remapping_settings(), history(true))
+            .prop_flat_map(|(s, h)| { let e = h.events(); (Just(s), Just(h), delivery(e.clone()), delivery(e)) })
     ) {
-        check_convergence(&SyncSettings::default(), &history, [&a, &b])?;
+        check_convergence(&settings, &history, [&a, &b])?;
     }
 
     /// Invariant 5: with auto remap off, a mapping never moves to another Salesforce user.

@@ -250,12 +250,23 @@ async fn load_state<S: Statements + Send>(
         let user = SalesforceUser::try_from(row)?;
         salesforce.insert(user.id.clone(), user);
     }
+    // The Outreach users the event names: their stored emails are groups they may leave.
+    let outreach_ids: Vec<i64> = scope.outreach_user_ids.iter().map(|id| id.0).collect();
+    for row in session
+        .outreach_users_by_id(&outreach_ids)
+        .await
+        .context(operation)?
+    {
+        let user = OutreachUser::from(row);
+        outreach.insert(user.id, user);
+    }
     let mut emails: BTreeSet<String> = scope.emails.iter().map(|e| normalize_email(e)).collect();
     emails.extend(
         salesforce
             .values()
             .filter_map(SalesforceUser::email_normalized),
     );
+    emails.extend(outreach.values().map(OutreachUser::email_normalized));
     emails.remove("");
     let emails: Vec<String> = emails.into_iter().collect();
 
@@ -268,18 +279,11 @@ async fn load_state<S: Statements + Send>(
         let user = SalesforceUser::try_from(row)?;
         salesforce.insert(user.id.clone(), user);
     }
-    let outreach_ids: Vec<i64> = scope.outreach_user_ids.iter().map(|id| id.0).collect();
-    let mut outreach_rows = session
-        .outreach_users_by_id(&outreach_ids)
+    for row in session
+        .outreach_users_by_email(&emails)
         .await
-        .context(operation)?;
-    outreach_rows.extend(
-        session
-            .outreach_users_by_email(&emails)
-            .await
-            .context(operation)?,
-    );
-    for row in outreach_rows {
+        .context(operation)?
+    {
         let user = OutreachUser::from(row);
         outreach.insert(user.id, user);
     }
