@@ -28,45 +28,29 @@
 //!   on purpose (a reorganisation day rather than a quiet one): the figure is then an upper
 //!   bound on what the HTTP path costs per event, and the engine bench gives the other end.
 //!
-//! # Why not `scenario::run` itself
+//! # What is measured
 //!
-//! `scenario::run` starts its simulator with `SimConfig::default()`, whose budget is Outreach's
-//! real one: 10 000 requests per hour for the authorizing user. The client paces itself on that
-//! budget; once it is spent it would wait for the window's reset (an hour), which is beyond its
-//! `max_rate_limit_wait`, so the run fails with `RateLimited` after ~10 000 requests. 37 500
-//! requests cannot go through it. The bench therefore runs the same steps as `scenario::run`
-//! (start the simulator, seed it, issue tokens, the same client settings, `apply::apply_event`
-//! for every event in order, collect the records and the simulator's request count) with one
-//! difference: the simulator's budget is raised above the scenario's needs. Nothing is stubbed:
-//! every call is serialized by the client, sent over TCP, parsed and validated by the simulator,
-//! and the reply parsed back. Before measuring, both runners decide the first 10 000 events
-//! (7 500 requests, within the default budget) and the bench checks that they produce the same
-//! decisions, mappings, final Outreach users and request count, so the figure is
-//! `usersync decide`'s.
+//! `usersync::scenario::run` itself — what `usersync decide` runs: the in-process simulator
+//! starts, 9 500 Outreach users are seeded, the engine state is built, and all 50 000 events are
+//! decided and applied with the real client over loopback HTTP. Nothing is stubbed: every call
+//! is serialized by the client, sent over TCP, parsed and validated by the simulator, and the
+//! reply parsed back.
 //!
 //! One iteration is a whole run, as `usersync decide` does it: simulator start, seeding 9 500
-//! Outreach users, building the engine state, 50 000 events, the output. The set-up share is printed once so it can be subtracted.
+//! Outreach users, building the engine state, 50 000 events, the output.
 //! A run takes seconds, so the group uses flat sampling and criterion's minimum of 10 samples.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
-use usersync::apply::apply_event;
-use usersync::engine::{Mapping, SalesforceUser, SyncState};
 use usersync::event::{ChangeKind, Origin, SCHEMA, Source, UserChange, UserState};
-use usersync::outreach::auth::{MemoryTokenStore, OAuthTokens};
-use usersync::outreach::client::{ClientConfig, OutreachClient};
-use usersync::outreach::user::{OutreachUser, OutreachUserId};
 use usersync::salesforce::id::SalesforceId;
 use usersync::scenario::{
-    self, Output, OutputDecision, Scenario, ScenarioMapping, ScenarioOutreachUser,
-    ScenarioSalesforceUser,
+    self, Output, Scenario, ScenarioMapping, ScenarioOutreachUser, ScenarioSalesforceUser,
 };
-use usersync::sim::outreach::{OutreachSim, SimConfig, SimUser};
 
 const ORG: &str = "00D000000000001EAA";
 /// Salesforce users in the state before the events.
@@ -78,8 +62,6 @@ const MAPPED: u32 = 9_500;
 const STABLE: u32 = 4_500;
 const ROUNDS: u32 = 2_500;
 const EVENTS: usize = 50_000;
-/// Events decided by both runners before measuring (they cost 7 500 requests).
-const CHECKED_EVENTS: usize = 10_000;
 
 fn sf_id(n: u32) -> SalesforceId {
     SalesforceId::parse(&format!("005{n:012}")).expect("a valid User id")
@@ -295,176 +277,8 @@ fn scenario() -> Scenario {
     s
 }
 
-/// The engine's state before the events, as `scenario::run` builds it.
-fn initial_state(s: &Scenario) -> SyncState {
-    let mut state = SyncState::new();
-    for u in &s.outreach_users {
-        state.put_outreach_user(OutreachUser {
-            id: OutreachUserId(u.id),
-            email: u.email.clone(),
-            username: None,
-            first_name: u.first_name.clone(),
-            last_name: u.last_name.clone(),
-            title: u.title.clone(),
-            locked: u.locked,
-            custom: [
-                u.custom1.clone(),
-                u.custom2.clone(),
-                u.custom3.clone(),
-                u.custom4.clone(),
-                u.custom5.clone(),
-            ],
-            updated_at: None,
-        });
-    }
-    for u in &s.salesforce_users {
-        state.put_salesforce_user(SalesforceUser {
-            id: u.id.clone(),
-            email: u.email.clone(),
-            username: u.username.clone(),
-            first_name: u.first_name.clone(),
-            last_name: u.last_name.clone(),
-            title: u.title.clone(),
-            is_active: u.is_active,
-            created_date: u.created_date,
-            last_modified_date: None,
-            applied: None,
-        });
-    }
-    for m in &s.mappings {
-        state
-            .map(Mapping {
-                outreach_user_id: OutreachUserId(m.outreach_user_id),
-                salesforce_user_id: m.salesforce_user_id.clone(),
-                locked_by_usersync: false,
-            })
-            .expect("the scenario's mappings are 1:1");
-    }
-    state
-}
-
-/// How long a run spent before its first event.
-struct Timed {
-    output: Output,
-    set_up: Duration,
-}
-
-/// `scenario::run`'s steps, against a simulator whose budget fits the scenario (module doc).
-async fn run(s: &Scenario) -> Timed {
-    let started = Instant::now();
-    let sim = OutreachSim::start(SimConfig {
-        rate_limit_per_window: 1_000_000,
-        ..SimConfig::default()
-    })
-    .await
-    .expect("the simulator starts");
-    for u in &s.outreach_users {
-        let mut user = SimUser::new(u.id, u.email.clone());
-        user.first_name = u.first_name.clone();
-        user.last_name = u.last_name.clone();
-        user.title = u.title.clone();
-        user.locked = u.locked;
-        user.custom = [
-            u.custom1.clone(),
-            u.custom2.clone(),
-            u.custom3.clone(),
-            u.custom4.clone(),
-            u.custom5.clone(),
-        ];
-        sim.seed_user(user);
-    }
-    let tokens = sim.issue_tokens(&["users.all"]);
-    let defaults = SimConfig::default();
-    let mut config = ClientConfig::new(
-        sim.api_url().parse().unwrap(),
-        sim.token_url().parse().unwrap(),
-        defaults.client_id,
-        defaults.client_secret,
-        defaults.redirect_uri,
-    );
-    // As `scenario::run` sets them.
-    config.max_retries = 3;
-    config.backoff_min = Duration::from_millis(10);
-    config.backoff_max = Duration::from_millis(200);
-    let client = OutreachClient::new(
-        config,
-        OAuthTokens {
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-            expires_at: Some(Utc::now() + chrono::Duration::seconds(tokens.expires_in as i64)),
-        },
-        Arc::new(MemoryTokenStore::new()),
-    )
-    .expect("the client builds");
-    let mut state = initial_state(s);
-    let set_up = started.elapsed();
-
-    let mut decisions = Vec::new();
-    for (index, event) in s.events.iter().enumerate() {
-        let records = apply_event(&s.settings, &mut state, &client, event, event.observed_at)
-            .await
-            .unwrap_or_else(|e| panic!("event {index}: {e}"));
-        decisions.extend(records.into_iter().map(OutputDecision::from));
-    }
-    let mappings = state
-        .mappings()
-        .map(|m| ScenarioMapping {
-            outreach_user_id: m.outreach_user_id.0,
-            salesforce_user_id: m.salesforce_user_id.clone(),
-        })
-        .collect();
-    let outreach_users = sim
-        .users()
-        .into_iter()
-        .map(|u| ScenarioOutreachUser {
-            id: u.id,
-            email: u.email,
-            first_name: u.first_name,
-            last_name: u.last_name,
-            locked: u.locked,
-            title: None,
-            custom1: u.custom[0].clone(),
-            custom2: u.custom[1].clone(),
-            custom3: u.custom[2].clone(),
-            custom4: u.custom[3].clone(),
-            custom5: u.custom[4].clone(),
-        })
-        .collect();
-    Timed {
-        output: Output {
-            decisions,
-            mappings,
-            outreach_users,
-            outreach_calls: sim.request_count(),
-        },
-        set_up,
-    }
-}
-
-/// The bench's runner decides what `scenario::run` decides, request for request.
-fn check_against_scenario_run(rt: &tokio::runtime::Runtime, full: &Scenario) {
-    let prefix = Scenario {
-        events: full.events[..CHECKED_EVENTS].to_vec(),
-        ..full.clone()
-    };
-    let reference = rt
-        .block_on(scenario::run(&prefix))
-        .expect("scenario::run decides the first events within the default budget");
-    let ours = rt.block_on(run(&prefix)).output;
-    assert_eq!(ours.decisions, reference.decisions);
-    assert_eq!(ours.mappings, reference.mappings);
-    assert_eq!(ours.outreach_users, reference.outreach_users);
-    assert_eq!(ours.outreach_calls, reference.outreach_calls);
-    println!(
-        "decide: the first {CHECKED_EVENTS} events: same {} decisions and {} Outreach calls as scenario::run",
-        reference.decisions.len(),
-        reference.outreach_calls
-    );
-}
-
 /// What one run costs and decides, printed once so the figure can be read with it.
-fn report(s: &Scenario, timed: &Timed, elapsed: Duration) {
-    let output = &timed.output;
+fn report(output: &Output, elapsed: Duration) {
     let mut by_action: BTreeMap<String, usize> = BTreeMap::new();
     let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
     for d in &output.decisions {
@@ -488,21 +302,17 @@ fn report(s: &Scenario, timed: &Timed, elapsed: Duration) {
     );
     println!("decide: decisions by action: {by_action:?}");
     println!("decide: decisions by reason: {by_reason:?}");
-    println!(
-        "decide: one run took {:.2?}, of which {:.2?} before the first event (simulator start, seeding {} Outreach users, engine state)",
-        elapsed,
-        timed.set_up,
-        s.outreach_users.len()
-    );
+    println!("decide: one run took {elapsed:.2?}");
 }
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let scenario = scenario();
-    check_against_scenario_run(&rt, &scenario);
     let started = Instant::now();
-    let timed = rt.block_on(run(&scenario));
-    report(&scenario, &timed, started.elapsed());
+    let output = rt
+        .block_on(scenario::run(&scenario))
+        .expect("the scenario runs");
+    report(&output, started.elapsed());
 
     let mut group = c.benchmark_group("decide");
     group.throughput(Throughput::Elements(EVENTS as u64));
@@ -514,7 +324,7 @@ fn bench(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(60));
     group.bench_function("scenario_10k_users_50k_events", |b| {
-        b.to_async(&rt).iter(|| run(&scenario))
+        b.to_async(&rt).iter(|| scenario::run(&scenario))
     });
     group.finish();
 }

@@ -328,8 +328,17 @@ fn to_sim_user(u: &ScenarioOutreachUser) -> SimUser {
 }
 
 /// Runs a scenario: the real engine and client against a fresh in-process simulator.
+///
+/// The simulator's hourly request budget is lifted: an offline run answers "what would usersync
+/// decide", not "how long would Outreach's 10 000 requests an hour take", and a scenario of
+/// tens of thousands of events must not stop at the first window. (Pacing and 429 handling are
+/// the client's own tests.)
 pub async fn run(scenario: &Scenario) -> Result<Output, RunError> {
-    let sim = OutreachSim::start(SimConfig::default()).await?;
+    let sim = OutreachSim::start(SimConfig {
+        rate_limit_per_window: u32::MAX,
+        ..SimConfig::default()
+    })
+    .await?;
     for u in &scenario.outreach_users {
         sim.seed_user(to_sim_user(u));
     }

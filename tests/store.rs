@@ -773,8 +773,10 @@ async fn load_state_returns_the_closure(h: &Harness) {
     // Outreach 4 (b@x) is mapped to M, whose email diverged to m@x; N shares m@x.
     // Outreach 6 is named by id and mapped to V; P shares Outreach 6's stored email, the
     // group an Outreach user leaves when a webhook changes its email.
+    // Z is also mapped to Outreach 7 (k@x), kept after an email change; K shares k@x: the
+    // group of a listed user's Outreach user is loaded too.
     // U and Outreach 5 (u@x) are unrelated.
-    let (x, y, z, w, m, n, v, u, p) = (1, 2, 3, 4, 5, 6, 7, 8, 9);
+    let (x, y, z, w, m, n, v, u, p, k) = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
     let mut upper_y = sf_user(y, " A@X.com");
     upper_y.is_active = false;
     h.store
@@ -788,6 +790,7 @@ async fn load_state_returns_the_closure(h: &Harness) {
             sf_user(v, "v@x.com"),
             sf_user(u, "u@x.com"),
             sf_user(p, "O6@x.com"),
+            sf_user(k, "k@x.com"),
         ])
         .await
         .unwrap();
@@ -799,10 +802,11 @@ async fn load_state_returns_the_closure(h: &Harness) {
             outreach_user(4, "b@x.com"),
             outreach_user(5, "u@x.com"),
             outreach_user(6, "o6@x.com"),
+            outreach_user(7, "k@x.com"),
         ])
         .await
         .unwrap();
-    for (o, s) in [(1, x), (2, w), (4, m), (5, u), (6, v)] {
+    for (o, s) in [(1, x), (2, w), (4, m), (5, u), (6, v), (7, z)] {
         h.store.put_mapping(&mapping(o, s)).await.unwrap();
     }
     let mut applied = event("ev-done");
@@ -822,13 +826,19 @@ async fn load_state_returns_the_closure(h: &Harness) {
     };
     let state = h.store.load_state(&scope).await.unwrap();
 
-    let expected_salesforce: Vec<_> = [x, y, z, w, m, v, p].into_iter().map(sf_id).collect();
+    let expected_salesforce: Vec<_> = [x, y, z, w, m, v, p, k].into_iter().map(sf_id).collect();
     assert_eq!(salesforce_ids(&state), expected_salesforce);
-    assert_eq!(outreach_ids(&state), vec![1, 2, 3, 4, 6]);
+    assert_eq!(outreach_ids(&state), vec![1, 2, 3, 4, 6, 7]);
     let mappings: Vec<_> = state.mappings().cloned().collect();
     assert_eq!(
         mappings,
-        vec![mapping(1, x), mapping(2, w), mapping(4, m), mapping(6, v)]
+        vec![
+            mapping(1, x),
+            mapping(2, w),
+            mapping(4, m),
+            mapping(6, v),
+            mapping(7, z)
+        ]
     );
     assert!(state.is_applied("ev-done"));
     assert!(!state.is_applied("ev-new"));

@@ -115,6 +115,16 @@ fn decide_salesforce(settings: &SyncSettings, state: &SyncState, event: &UserCha
     {
         decisions.extend(evaluate_group(settings, &mut view, old, &trigger));
     }
+    // A kept link after an email change: the user's Outreach user is in a third group, which
+    // this event can change too (its deactivation frees the Outreach user for a replacement).
+    let linked_email = state
+        .mapping_of_salesforce(&id)
+        .and_then(|m| state.outreach_user(m.outreach_user_id))
+        .map(OutreachUser::email_normalized)
+        .filter(|e| Some(e) != old_email.as_ref() && Some(e) != new_email.as_ref());
+    if let Some(linked) = linked_email.as_deref() {
+        decisions.extend(evaluate_group(settings, &mut view, linked, &trigger));
+    }
     match new_email.as_deref() {
         Some(email) => decisions.extend(evaluate_group(settings, &mut view, email, &trigger)),
         None => decisions.push(
@@ -1154,6 +1164,25 @@ mod tests {
         // A later active user with the old email meets the kept link.
         let r = sync.apply(&settings, &created(2, EMAIL, true, 11));
         assert_eq!(r[0].reason, Reason::EmailMappedToOtherActiveUser);
+    }
+
+    /// The review's case: M moves from G to H keeping its link, Y arrives in G, M is then
+    /// deactivated. M's deactivation must revisit G (where its Outreach user is) in both orders.
+    #[test]
+    fn a_moved_users_deactivation_frees_its_outreach_user() {
+        let settings = SyncSettings::default();
+        let moved = change(1, Some("h@def.com"), true, 10);
+        let y = created(2, EMAIL, true, 11);
+        let gone = change(1, Some("h@def.com"), false, 12);
+        for order in [[&moved, &y, &gone], [&moved, &gone, &y]] {
+            let mut sync = seed();
+            for e in order {
+                sync.apply(&settings, e);
+            }
+            assert_eq!(mapped_to(&sync, 1), Some(user_id(2)), "{:?}", sync.log);
+            assert_eq!(sync.count(Action::Remap), 1);
+            assert_eq!(sync.count(Action::Create), 0);
+        }
     }
 
     #[test]

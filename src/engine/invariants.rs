@@ -232,11 +232,17 @@ fn sole_active_users(sync: &ModelSync) -> BTreeMap<String, SalesforceId> {
         .collect()
 }
 
-/// Emails touched by a diverged mapping (an Outreach user mapped to a Salesforce user whose
-/// email is now another one).
+/// Emails touched by a kept, diverged link: an Outreach user mapped to an *active* Salesforce
+/// user whose email is now another one. (Once that user is inactive, the link gives way like
+/// any other, and convergence is checked.)
 fn diverged_emails(sync: &ModelSync) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for m in sync.state.mappings() {
+    let active = |id: &SalesforceId| sync.state.salesforce_user(id).is_some_and(|u| u.is_active);
+    for m in sync
+        .state
+        .mappings()
+        .filter(|m| active(&m.salesforce_user_id))
+    {
         let o = sync
             .state
             .outreach_user(m.outreach_user_id)

@@ -250,8 +250,21 @@ async fn load_state<S: Statements + Send>(
         let user = SalesforceUser::try_from(row)?;
         salesforce.insert(user.id.clone(), user);
     }
-    // The Outreach users the event names: their stored emails are groups they may leave.
-    let outreach_ids: Vec<i64> = scope.outreach_user_ids.iter().map(|id| id.0).collect();
+    // The Outreach users the event names: their stored emails are groups they may leave. And
+    // the Outreach users the listed Salesforce users are mapped to: after an email change their
+    // group is a third one the event can change (engine::decide, kept links).
+    let mut outreach_ids: Vec<i64> = scope.outreach_user_ids.iter().map(|id| id.0).collect();
+    outreach_ids.extend(
+        session
+            .mappings_touching(&[], &listed)
+            .await
+            .context(operation)?
+            .into_iter()
+            .map(Mapping::try_from)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .map(|m| m.outreach_user_id.0),
+    );
     for row in session
         .outreach_users_by_id(&outreach_ids)
         .await

@@ -14,7 +14,7 @@
 //! - listings are ordered by id, which is what makes the id-based cursor stable while
 //!   users are added between pages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use thiserror::Error;
@@ -59,10 +59,13 @@ pub struct Page {
     pub has_more: bool,
 }
 
-/// All users, keyed by id.
+/// All users, keyed by id, with an index of emails (trimmed and lower-cased) for the
+/// uniqueness check. Emails never change once a user exists (the API refuses it), so the
+/// index is written on insert only.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     users: BTreeMap<i64, SimUser>,
+    by_email: HashMap<String, i64>,
 }
 
 impl Directory {
@@ -90,6 +93,7 @@ impl Directory {
         } else if self.users.contains_key(&user.id) {
             return Err(DirectoryError::IdTaken(user.id));
         }
+        self.by_email.insert(email_key(&user.email), user.id);
         self.users.insert(user.id, user.clone());
         Ok(user)
     }
@@ -134,10 +138,9 @@ impl Directory {
 
     /// The user holding `email`, compared trimmed and case-insensitively.
     pub fn find_by_email(&self, email: &str) -> Option<&SimUser> {
-        let key = email_key(email);
-        self.users
-            .values()
-            .find(|user| email_key(&user.email) == key)
+        self.by_email
+            .get(&email_key(email))
+            .and_then(|id| self.users.get(id))
     }
 
     /// Every user, ordered by id.
