@@ -97,6 +97,7 @@ pub async fn apply_event<W: OutreachWrites + ?Sized>(
     let mut records = Vec::new();
     let mut attempt = 0;
     'decide: loop {
+        let pass_start = records.len();
         let outcome = decide(settings, state, event);
         for decision in &outcome.decisions {
             let (reply, calls) = match execute(outreach, decision).await {
@@ -104,6 +105,13 @@ pub async fn apply_event<W: OutreachWrites + ?Sized>(
                 Err(err) if err.is_email_taken() && attempt < MAX_REDECIDES => {
                     attempt += 1;
                     let found = learn_existing_user(outreach, decision, event).await?;
+                    // What this pass already did stays recorded; its notes (no call made) are
+                    // decided again with the rest.
+                    let done: Vec<DecisionRecord> = records
+                        .drain(pass_start..)
+                        .filter(|r| r.outreach_calls > 0)
+                        .collect();
+                    records.extend(done);
                     records.push(refused_create_record(event, decision, at, &found));
                     for user in found.value {
                         state.put_outreach_user(user);

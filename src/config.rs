@@ -141,8 +141,32 @@ impl Serialize for Secret {
 }
 
 impl<'de> Deserialize<'de> for Secret {
+    /// Takes a string, or a number (an all-digit environment variable reads as one): an error
+    /// message about a secret's type would print the secret.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        struct SecretVisitor;
+        impl serde::de::Visitor<'_> for SecretVisitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret (a string)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string (value not shown)"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string (value not shown)"))
+            }
+        }
+        d.deserialize_any(SecretVisitor)
     }
 }
 
@@ -364,6 +388,23 @@ mod tests {
             assert!(text.contains("outreach.backoff_min_ms"), "{text}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn an_all_digit_secret_is_taken_and_never_echoed() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_OUTREACH__CLIENT_SECRET", "123456789");
+            let config = load_in(jail, None).unwrap();
+            assert_eq!(config.outreach.client_secret.expose(), "123456789");
+            jail.set_env("USERSYNC_OUTREACH__CLIENT_SECRET", "true");
+            let text = load_in(jail, None).unwrap_err().to_string();
+            assert!(!text.contains("true"), "{text}");
+            Ok(())
+        });
+        let url = "postgres://app@db/usersync?password=pa55word&sslmode=disable";
+        let shown = crate::store::redact_password(url);
+        assert!(!shown.contains("pa55word"), "{shown}");
+        assert!(shown.contains("sslmode=disable"), "{shown}");
     }
 
     #[test]

@@ -93,6 +93,12 @@ pub fn parse_reset(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
+        // Outreach documents Retry-After as an alias of the reset, which may be an instant:
+        // a number this large is epoch seconds, not a delay of decades.
+        if secs >= EPOCH_THRESHOLD as u64 {
+            let instant = DateTime::from_timestamp(secs as i64, 0)?;
+            return Some(until(now, instant));
+        }
         return Some(Duration::from_secs(secs));
     }
     if let Ok(secs) = value.parse::<f64>() {
@@ -311,6 +317,16 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_retry_after_that_is_an_epoch_instant_is_read_as_one() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(
+            parse_retry_after("1700000030", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(parse_retry_after("30", now), Some(Duration::from_secs(30)));
+    }
+
     use super::*;
     use reqwest::header::HeaderValue;
 
