@@ -94,7 +94,7 @@ pub async fn apply_event<W: OutreachWrites + ?Sized>(
     event: &UserChange,
     at: DateTime<Utc>,
 ) -> Result<Vec<DecisionRecord>, ApplyError> {
-    let mut records = Vec::new();
+    let mut records: Vec<DecisionRecord> = Vec::new();
     let mut attempt = 0;
     'decide: loop {
         let pass_start = records.len();

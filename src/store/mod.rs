@@ -261,7 +261,11 @@ pub fn redact_password(url: &str) -> String {
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(k, v)| {
-                let v = if k == "password" { "***".into() } else { v.into_owned() };
+                let v = if k == "password" {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
                 (k.into_owned(), v)
             })
             .collect();
