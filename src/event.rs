@@ -56,14 +56,23 @@ pub enum ChangeKind {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserState {
+    #[serde(deserialize_with = "present")]
     pub email: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub email_normalized: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub username: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub first_name: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub last_name: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub title: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub is_active: Option<bool>,
+    #[serde(deserialize_with = "present")]
     pub created_date: Option<DateTime<Utc>>,
+    #[serde(deserialize_with = "present")]
     pub last_modified_date: Option<DateTime<Utc>>,
     /// Outreach events only: whether the Outreach user is locked (Outreach's deactivation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,16 +85,26 @@ pub struct UserState {
 pub struct Origin {
     /// `pubsub`, `cometd`, `rest` (snapshots) or `webhook` (Outreach).
     pub transport: String,
+    #[serde(deserialize_with = "present")]
     pub topic: Option<String>,
     /// The opaque replay bytes as lower-case hex (Pub/Sub), or the decimal replay id (CometD).
+    #[serde(deserialize_with = "present")]
     pub replay_id: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub schema_id: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub change_type: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub transaction_key: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub sequence_number: Option<i64>,
+    #[serde(deserialize_with = "present")]
     pub commit_timestamp: Option<DateTime<Utc>>,
+    #[serde(deserialize_with = "present")]
     pub commit_number: Option<i64>,
+    #[serde(deserialize_with = "present")]
     pub commit_user: Option<String>,
+    #[serde(deserialize_with = "present")]
     pub change_origin: Option<String>,
 }
 
@@ -96,14 +115,24 @@ pub struct UserChange {
     pub schema: String,
     pub event_id: String,
     pub source: Source,
+    #[serde(deserialize_with = "present")]
     pub org_id: Option<String>,
     pub user_id: String,
     pub change: ChangeKind,
-    #[serde(default)]
     pub changed_fields: Vec<String>,
     pub user: UserState,
     pub origin: Origin,
     pub observed_at: DateTime<Utc>,
+}
+
+/// Reads a nullable field that must be present: "unknown" is `null`, never absent. (serde
+/// would otherwise read a missing `Option` as `None`.)
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d)
 }
 
 /// Why an event is not a valid `user_change.v1`.
@@ -180,6 +209,32 @@ impl UserChange {
         if self.event_id.trim().is_empty() {
             return Err(EventError::new("event_id", "is empty"));
         }
+        if matches!(self.change, ChangeKind::Create | ChangeKind::Snapshot)
+            && !self.changed_fields.is_empty()
+        {
+            return Err(EventError::new(
+                "changed_fields",
+                format!(
+                    "must be empty for a {:?} (the user's full state is the change)",
+                    self.change
+                ),
+            ));
+        }
+        let transports: &[&str] = match self.source {
+            Source::Salesforce => &["pubsub", "cometd", "rest"],
+            Source::Outreach => &["webhook"],
+        };
+        if !transports.contains(&self.origin.transport.as_str()) {
+            return Err(EventError::new(
+                "origin.transport",
+                format!(
+                    "is {:?}; a {} event comes by {}",
+                    self.origin.transport,
+                    self.source.as_str(),
+                    transports.join(", ")
+                ),
+            ));
+        }
         match self.source {
             Source::Salesforce => {
                 let id = SalesforceId::parse(&self.user_id)
@@ -196,9 +251,22 @@ impl UserChange {
                         format!("must be the 18-character form {id}"),
                     ));
                 }
-                if let Some(org) = &self.org_id {
-                    SalesforceId::parse(org)
-                        .map_err(|e| EventError::new("org_id", e.to_string()))?;
+                let org = self.org_id.as_deref().ok_or_else(|| {
+                    EventError::new("org_id", "is null; a Salesforce event names its org")
+                })?;
+                let parsed = SalesforceId::parse(org)
+                    .map_err(|e| EventError::new("org_id", e.to_string()))?;
+                if parsed.key_prefix() != "00D" || parsed.as_str() != org {
+                    return Err(EventError::new(
+                        "org_id",
+                        format!("must be the 18-character org id (00D…), not {org}"),
+                    ));
+                }
+                if self.user.locked.is_some() {
+                    return Err(EventError::new(
+                        "user.locked",
+                        "is set on a Salesforce event; only Outreach events carry it",
+                    ));
                 }
                 if self.user.is_active.is_none() && self.change != ChangeKind::Delete {
                     return Err(EventError::new(
@@ -229,10 +297,26 @@ impl UserChange {
                         ),
                     ));
                 }
+                if self.user_id.parse::<i64>().map(|id| id.to_string()) != Ok(self.user_id.clone())
+                {
+                    return Err(EventError::new(
+                        "user_id",
+                        format!(
+                            "{:?} is not written as a plain decimal number",
+                            self.user_id
+                        ),
+                    ));
+                }
                 if self.user.email.is_none() {
                     return Err(EventError::new(
                         "user.email",
                         "is null on an Outreach event",
+                    ));
+                }
+                if self.user.locked.is_none() {
+                    return Err(EventError::new(
+                        "user.locked",
+                        "is absent on an Outreach event",
                     ));
                 }
             }
@@ -457,12 +541,29 @@ pub(crate) mod tests {
             with(|v| v["user"]["email_normalized"] = "Olga.Brown@example.com".into()).unwrap_err();
         assert_eq!(e.field, "user.email_normalized");
 
-        // An absent key reads as null: still named.
+        // Unknown is null, never absent: an absent key is refused and named.
         let e = with(|v| {
             v["user"].as_object_mut().unwrap().remove("is_active");
         })
         .unwrap_err();
-        assert_eq!(e.field, "user.is_active");
+        assert_eq!(e.field, "user");
+        assert!(e.problem.contains("is_active"), "{e}");
+        let e = with(|v| {
+            v["origin"].as_object_mut().unwrap().remove("replay_id");
+        })
+        .unwrap_err();
+        assert!(e.problem.contains("replay_id"), "{e}");
+
+        let e = with(|v| v["change"] = "create".into()).unwrap_err();
+        assert_eq!(e.field, "changed_fields");
+        let e = with(|v| v["origin"]["transport"] = "webhook".into()).unwrap_err();
+        assert_eq!(e.field, "origin.transport");
+        let e = with(|v| v["org_id"] = serde_json::Value::Null).unwrap_err();
+        assert_eq!(e.field, "org_id");
+        let e = with(|v| v["org_id"] = "0055f00000GBZR4AAP".into()).unwrap_err();
+        assert_eq!(e.field, "org_id");
+        let e = with(|v| v["user"]["locked"] = false.into()).unwrap_err();
+        assert_eq!(e.field, "user.locked");
 
         let e = with(|v| v["user"]["nickname"] = "O".into()).unwrap_err();
         assert_eq!(e.field, "user.nickname");
@@ -520,6 +621,8 @@ pub(crate) mod tests {
         assert_matches_schema(&serde_json::to_value(&event).unwrap());
         assert_eq!(outreach("x42", Some("a@b.c")).unwrap_err().field, "user_id");
         assert_eq!(outreach("0", Some("a@b.c")).unwrap_err().field, "user_id");
+        assert_eq!(outreach("042", Some("a@b.c")).unwrap_err().field, "user_id");
+        assert_eq!(outreach("+42", Some("a@b.c")).unwrap_err().field, "user_id");
         assert_eq!(outreach("42", None).unwrap_err().field, "user.email");
     }
 
