@@ -14,5 +14,6 @@
 //! The I/O around them (OAuth, the gRPC stream, the schema cache, Kafka) comes with the rest
 //! of the subscriber.
 
+pub mod avro;
 pub mod bitmap;
 pub mod id;
