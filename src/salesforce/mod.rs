@@ -17,3 +17,4 @@
 pub mod avro;
 pub mod bitmap;
 pub mod id;
+pub mod normalize;
