@@ -2,7 +2,8 @@
 //!
 //! The folders tell the architecture, in the order data flows:
 //!
-//! - [`salesforce`]: what reads Salesforce (ids today; the subscriber comes with its issue).
+//! - [`salesforce`]: what reads Salesforce: ids, and the pure half of the CDC subscriber
+//!   (bitmap and Avro decoding, normalization); its I/O comes with its issue.
 //! - [`event`]: the normalized `user_change.v1` event, the contract between the roles.
 //! - [`engine`]: the pure decision engine: settings, the state a decision sees, the rules.
 //! - [`outreach`]: what writes to Outreach: the JSON:API client with its rate limit,

@@ -1,3 +1,20 @@
-//! The Salesforce side: ids today; OAuth, Pub/Sub, CometD and normalization with the subscriber.
+//! The Salesforce side: ids, and the pure half of the Change Data Capture subscriber.
+//!
+//! The subscriber (issue 3) reads `UserChangeEvent`s and publishes `user_change.v1`. Its
+//! pure parts live here so they can be tested without a network:
+//!
+//! - [`id`]: Salesforce ids, always emitted in the 18-character form.
+//! - [`bitmap`]: the `changedFields` / `nulledFields` / `diffFields` lists, bitmaps on Pub/Sub
+//!   and names on CometD, decoded to field names against the event's writer schema.
+//! - [`avro`]: one Pub/Sub payload (a raw Avro datum) decoded with its own writer schema into
+//!   a [`avro::ChangeEvent`]: a typed header and a flat map of field values.
+//! - [`normalize`]: one decoded event into normalized events, one per record id, or the
+//!   REST re-read / resync the subscriber must do instead.
+//!
+//! The I/O around them (OAuth, the gRPC stream, the schema cache, Kafka) comes with the rest
+//! of the subscriber.
 
+pub mod avro;
+pub mod bitmap;
 pub mod id;
+pub mod normalize;
