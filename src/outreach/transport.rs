@@ -110,10 +110,13 @@ pub(crate) struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Exponential backoff with jitter, capped at `backoff_max`. backon adds its jitter (up to
+    /// the delay again) after applying its cap, so it is given half of ours.
     fn backoff(&self) -> ExponentialBuilder {
+        let cap = self.backoff_max / 2;
         ExponentialBuilder::default()
-            .with_min_delay(self.backoff_min)
-            .with_max_delay(self.backoff_max)
+            .with_min_delay(self.backoff_min.min(cap))
+            .with_max_delay(cap)
             .with_max_times(self.max_retries)
             .with_jitter()
     }
@@ -170,6 +173,27 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn no_backoff_delay_exceeds_the_cap_even_with_jitter() {
+        use backon::BackoffBuilder;
+        let policy = RetryPolicy {
+            max_retries: 200,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            max_server_wait: Duration::from_secs(1),
+        };
+        let delays: Vec<Duration> = policy.backoff().build().collect();
+        assert_eq!(delays.len(), 200);
+        assert!(
+            delays.iter().all(|d| *d <= policy.backoff_max),
+            "{delays:?}"
+        );
+        assert!(
+            delays.iter().any(|d| *d > policy.backoff_max / 4),
+            "it does grow"
+        );
+    }
 
     fn policy(max_retries: usize) -> RetryPolicy {
         RetryPolicy {
