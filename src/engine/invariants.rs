@@ -277,11 +277,13 @@ fn mapped_user_of_email(sync: &ModelSync, email: &str) -> Option<SalesforceId> {
         .map(|m| m.salesforce_user_id.clone())
 }
 
+/// Checks invariant 4 on one history delivered in two orders; returns how many emails it
+/// checked (none when some email ends with two active users, where nothing is claimed).
 fn check_convergence(
     settings: &SyncSettings,
     history: &History,
     orders: [&[UserChange]; 2],
-) -> Result<(), TestCaseError> {
+) -> Result<usize, TestCaseError> {
     let mut ends = Vec::new();
     for order in orders {
         let mut sync = seeded(history);
@@ -291,7 +293,7 @@ fn check_convergence(
         ends.push(sync);
     }
     if !every_email_has_at_most_one_active_user(&ends[0]) {
-        return Ok(());
+        return Ok(0);
     }
     let expected = sole_active_users(&ends[0]);
     prop_assert_eq!(
@@ -306,7 +308,9 @@ fn check_convergence(
             "divergence without email changes: {excluded:?}"
         );
     }
+    let mut checked = 0;
     for (email, active) in expected.iter().filter(|(e, _)| !excluded.contains(*e)) {
+        checked += 1;
         for end in &ends {
             let held = mapped_user_of_email(end, email);
             prop_assert_eq!(
@@ -317,7 +321,61 @@ fn check_convergence(
             );
         }
     }
-    Ok(())
+    Ok(checked)
+}
+
+/// Runs the convergence property over `strategy`, and fails if too few cases checked an email:
+/// a property that skips almost every case would pass while proving nothing. (Measured: about
+/// half of the cases without email changes and 43 % with them check at least one email; the
+/// floor is 30 %.)
+fn run_convergence<S>(strategy: S, min_share: f64)
+where
+    S: Strategy<Value = (SyncSettings, History, Vec<UserChange>, Vec<UserChange>)>,
+{
+    use std::cell::Cell;
+    let checked_cases = Cell::new(0u32);
+    let mut runner = proptest::test_runner::TestRunner::new(config());
+    let result = runner.run(&strategy, |(settings, history, a, b)| {
+        if check_convergence(&settings, &history, [&a, &b])? > 0 {
+            checked_cases.set(checked_cases.get() + 1);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let share = f64::from(checked_cases.get()) / f64::from(cases());
+    assert!(
+        share >= min_share,
+        "only {:.0}% of the cases checked an email (want at least {:.0}%)",
+        share * 100.0,
+        min_share * 100.0
+    );
+}
+
+/// Invariant 4 without email changes: any two delivery orders end with every email's Outreach
+/// user mapped to its only active Salesforce user.
+#[test]
+fn delivery_order_does_not_change_the_end_state() {
+    run_convergence(
+        (remapping_settings(), history(false)).prop_flat_map(|(s, h)| {
+            let e = h.events();
+            (Just(s), Just(h), delivery(e.clone()), delivery(e))
+        }),
+        0.3,
+    );
+}
+
+/// Invariant 4 with email changes, outside emails that a kept link of an active user touches.
+#[test]
+fn delivery_order_does_not_change_the_end_state_with_email_changes() {
+    run_convergence(
+        (remapping_settings(), history(true)).prop_flat_map(|(s, h)| {
+            let e = h.events();
+            (Just(s), Just(h), delivery(e.clone()), delivery(e))
+        }),
+        0.3,
+    );
 }
 
 proptest! {
@@ -379,25 +437,6 @@ proptest! {
         prop_assert_eq!(mappings, mapping_by_outreach(&sync));
         prop_assert_eq!(users, sync.outreach.users.clone());
         prop_assert_eq!(calls, sync.outreach.calls);
-    }
-
-    /// Invariant 4 without email changes: any two delivery orders end with every email's
-    /// Outreach user mapped to its only active Salesforce user.
-    #[test]
-    fn delivery_order_does_not_change_the_end_state(
-        (settings, history, a, b) in (remapping_settings(), history(false))
-            .prop_flat_map(|(s, h)| { let e = h.events(); (Just(s), Just(h), delivery(e.clone()), delivery(e)) })
-    ) {
-        check_convergence(&settings, &history, [&a, &b])?;
-    }
-
-    /// Invariant 4 with email changes, outside emails that a kept (diverged) link touches.
-    #[test]
-    fn delivery_order_does_not_change_the_end_state_with_email_changes(
-        (settings, history, a, b) in (remapping_settings(), history(true))
-            .prop_flat_map(|(s, h)| { let e = h.events(); (Just(s), Just(h), delivery(e.clone()), delivery(e)) })
-    ) {
-        check_convergence(&settings, &history, [&a, &b])?;
     }
 
     /// Invariant 5: with auto remap off, a mapping never moves to another Salesforce user.
