@@ -1298,6 +1298,53 @@ mod tests {
     }
 
     #[test]
+    fn an_outreach_user_made_by_hand_is_linked_not_duplicated() {
+        use crate::engine::model::events::outreach;
+        let settings = SyncSettings::default();
+        let mut sync = ModelSync::default();
+        // Salesforce user 3 is active, but creating is off for now.
+        let mut no_create = settings.clone();
+        no_create.user_mapping.inbound_create = false;
+        no_create.user_mapping.auto_remap_on_inactive = false;
+        sync.apply(&no_create, &created(3, "dana@def.com", true, 1));
+        assert!(sync.outreach.users.is_empty());
+        // An admin creates Dana in Outreach; its webhook arrives.
+        sync.outreach.seed(outreach_user(9, "Dana@def.com"));
+        let r = sync.apply(&settings, &outreach(9, "Dana@def.com", 5));
+        assert_eq!(
+            (r[0].action, r[0].reason),
+            (Action::Link, Reason::EmailMatch)
+        );
+        assert_eq!(mapped_to(&sync, 9), Some(user_id(3)));
+        assert_eq!(sync.outreach.users.len(), 1, "linked, not duplicated");
+        // The same delivery again is a duplicate; an older one is stale.
+        let r = sync.apply(&settings, &outreach(9, "Dana@def.com", 5));
+        assert_eq!(r[0].reason, Reason::DuplicateEvent);
+        let r = sync.apply(&settings, &outreach(9, "Dana@def.com", 4));
+        assert_eq!(r[0].reason, Reason::StaleEvent);
+    }
+
+    #[test]
+    fn an_outreach_email_change_is_seen_in_both_groups() {
+        use crate::engine::model::events::outreach;
+        let settings = SyncSettings::default();
+        let mut sync = seed();
+        // An admin renames Outreach user 1's email in the UI to that of new hire 4.
+        let r = sync.apply(&settings, &created(4, "new@def.com", true, 10));
+        assert_eq!(r[0].action, Action::Create, "4 gets its own user first");
+        sync.log.clear();
+        let r = sync.apply(&settings, &outreach(1, "other@def.com", 20));
+        // X (user 1) no longer shares its Outreach user's email: the kept link is reported.
+        assert!(r.iter().all(|d| d.outreach_calls == 0), "{r:?}");
+        assert_eq!(mapped_to(&sync, 1), Some(user_id(1)));
+        assert_eq!(
+            sync.state.outreach_user(OutreachUserId(1)).unwrap().email,
+            "other@def.com"
+        );
+        assert_eq!(sync.state.outreach_group(EMAIL).count(), 0);
+    }
+
+    #[test]
     fn users_without_email_are_skipped() {
         let mut sync = ModelSync::default();
         let r = sync.apply(&SyncSettings::default(), &change(3, None, true, 1));

@@ -192,6 +192,39 @@ pub mod events {
         }
     }
 
+    /// An Outreach webhook event: user `id` has `email`, as of `seconds`.
+    pub fn outreach(id: i64, email: &str, seconds: i64) -> UserChange {
+        let updated = at(seconds);
+        UserChange {
+            schema: SCHEMA.into(),
+            event_id: crate::event::outreach_event_id(id, &updated.to_rfc3339()),
+            source: Source::Outreach,
+            org_id: None,
+            user_id: id.to_string(),
+            change: ChangeKind::Update,
+            changed_fields: vec![],
+            user: UserState {
+                email: Some(email.into()),
+                email_normalized: Some(normalize_email(email)),
+                username: None,
+                first_name: Some("Hand".into()),
+                last_name: Some("Made".into()),
+                title: None,
+                is_active: None,
+                created_date: None,
+                last_modified_date: None,
+                locked: Some(false),
+            },
+            origin: Origin {
+                transport: "webhook".into(),
+                topic: Some("user.updated".into()),
+                commit_timestamp: Some(updated),
+                ..Default::default()
+            },
+            observed_at: updated,
+        }
+    }
+
     /// The same event as a `create`.
     pub fn created(n: u32, email: &str, active: bool, commit: i64) -> UserChange {
         let mut e = change(n, Some(email), active, commit);
