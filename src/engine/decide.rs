@@ -598,7 +598,7 @@ fn evaluate_mapped(
     if m.auto_remap_on_inactive {
         if let Some(y) = candidates.first() {
             let mut attrs = attributes_for(settings, outreach, y, true);
-            let unlock = mapping.locked_by_usersync && outreach.locked;
+            let unlock = needs_unlock(outreach, mapping);
             if unlock {
                 attrs.locked = Some(false);
             }
