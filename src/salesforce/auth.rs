@@ -808,6 +808,42 @@ mod tests {
     }
 
     #[test]
+    fn jwt_assertion_carries_the_salesforce_claims() {
+        // Throwaway test keys; see tests/fixtures/salesforce_jwt_keys.md.
+        let private = Secret::new(include_str!(
+            "../../tests/fixtures/salesforce_jwt_test_key.pem"
+        ));
+        let public = include_str!("../../tests/fixtures/salesforce_jwt_test_key_pub.pem");
+        let now = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let token = jwt_assertion(
+            "3MVG9key",
+            "a@x.example",
+            "https://test.salesforce.com/",
+            &private,
+            now,
+        )
+        .expect("signs");
+
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(public.as_bytes()).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::RS256);
+        validation.validate_exp = false;
+        validation.set_audience(&[TEST_LOGIN_URL]);
+        let decoded = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation)
+            .expect("verifies with the public key");
+        assert_eq!(decoded.header.alg, Algorithm::RS256);
+        assert_eq!(
+            decoded.claims,
+            serde_json::json!({
+                "iss": "3MVG9key",
+                "sub": "a@x.example",
+                "aud": TEST_LOGIN_URL,
+                "exp": 2_000_000_180u64,
+            })
+        );
+        assert!(jwt_assertion("k", "u", LOGIN_URL, &Secret::new("not a key"), now).is_err());
+    }
+
+    #[test]
     fn secrets_print_as_fingerprints() {
         let creds = SalesforceCredentials::RefreshToken {
             login_url: LOGIN_URL.to_owned(),
