@@ -11,9 +11,13 @@
 //! - [`normalize`]: one decoded event into normalized events, one per record id, or the
 //!   REST re-read / resync the subscriber must do instead.
 //!
-//! The I/O around them (OAuth, the gRPC stream, the schema cache, Kafka) comes with the rest
+//! - [`auth`]: OAuth (JWT bearer, client credentials, refresh token), userinfo, and the
+//!   table that turns a token refusal into a disconnect reason.
+//!
+//! The rest of the I/O (the gRPC stream, the schema cache, Kafka) comes with the rest
 //! of the subscriber.
 
+pub mod auth;
 pub mod avro;
 pub mod bitmap;
 pub mod id;

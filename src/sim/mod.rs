@@ -11,5 +11,6 @@
 
 pub mod command;
 pub mod outreach;
+pub mod salesforce;
 
 pub use command::SimCommand;

@@ -1,0 +1,366 @@
+//! A simulator of Salesforce, for now its OAuth token and userinfo endpoints.
+//!
+//! Test equipment for `crate::salesforce::auth`: it answers the JWT bearer, client credentials
+//! and refresh token grants with the success and error bodies of
+//! `shared/reference/salesforce.md` §6, verifies JWT signatures with the connected app's public
+//! key, and lets a test deactivate users, revoke approvals, rotate the secret and revoke tokens.
+//! Like the Outreach simulator it is independent of the product's types, so a bug in the
+//! client cannot hide by being shared with its test equipment. It will grow into the Pub/Sub
+//! and CometD simulator; each surface gets its own module next to [`oauth`].
+//!
+//! # Two hosts on one port
+//!
+//! Salesforce answers on two kinds of host: the login hosts (`login.salesforce.com`,
+//! `test.salesforce.com`) and the org's My Domain host, which is also the instance URL. The
+//! client credentials flow works only on the latter. The simulator serves both from one
+//! listener and tells them apart by **path prefix**, not by `Host` header, so that a client
+//! needs no DNS or resolver override:
+//!
+//! - login host: [`SalesforceSim::login_url`] = `http://127.0.0.1:PORT`;
+//! - My Domain host: [`SalesforceSim::my_domain_url`] = `http://127.0.0.1:PORT/my-domain`,
+//!   returned as `instance_url` by every grant.
+//!
+//! Both serve `POST /services/oauth2/token` and `GET /services/oauth2/userinfo`. The JWT
+//! audience accepted is the login URL.
+//!
+//! Every request to those endpoints is logged (method, path, status); see
+//! [`SalesforceSim::requests`].
+
+pub mod oauth;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use oauth::SfSimUser;
+use oauth::{OAuthState, handlers, with_checksum};
+
+/// The org id's 15-character form; the simulator uses the 18-character one.
+pub const DEFAULT_ORG_ID: &str = "00DSIM000000001";
+pub const DEFAULT_CONSUMER_KEY: &str = "3MVG9usersync.sim.consumer.key";
+pub const DEFAULT_CONSUMER_SECRET: &str = "usersync-sim-consumer-secret";
+/// The path prefix that stands for the My Domain host.
+pub const MY_DOMAIN_PREFIX: &str = "/my-domain";
+
+/// Which Salesforce host a request was sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    Login,
+    MyDomain,
+}
+
+/// How a simulator is set up.
+#[derive(Debug, Clone)]
+pub struct SfSimConfig {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// 15 characters, `00D…`.
+    pub org_id: String,
+    /// The connected app's consumer key (its OAuth `client_id`) and secret.
+    pub consumer_key: String,
+    pub consumer_secret: String,
+    /// The public key of the certificate uploaded to the connected app, PEM.
+    pub jwt_public_key_pem: String,
+    /// Unapproved users get `invalid_app_access` instead of "user hasn't approved this
+    /// consumer".
+    pub admin_approved_only: bool,
+}
+
+impl SfSimConfig {
+    /// Defaults on 127.0.0.1:0, verifying assertions with `jwt_public_key_pem`.
+    pub fn new(jwt_public_key_pem: impl Into<String>) -> SfSimConfig {
+        SfSimConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            org_id: DEFAULT_ORG_ID.to_owned(),
+            consumer_key: DEFAULT_CONSUMER_KEY.to_owned(),
+            consumer_secret: DEFAULT_CONSUMER_SECRET.to_owned(),
+            jwt_public_key_pem: jwt_public_key_pem.into(),
+            admin_approved_only: false,
+        }
+    }
+}
+
+/// One request the simulator answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SfSimRequest {
+    pub method: String,
+    /// Path and query exactly as received.
+    pub path: String,
+    pub status: u16,
+}
+
+/// Everything behind the lock.
+struct SimState {
+    oauth: OAuthState,
+    requests: Vec<SfSimRequest>,
+}
+
+/// State shared by the handle and the handlers.
+pub struct Shared {
+    state: Mutex<SimState>,
+    base_url: String,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn my_domain_url(&self) -> String {
+        format!("{}{MY_DOMAIN_PREFIX}", self.base_url)
+    }
+
+    fn host_url(&self, host: Host) -> String {
+        match host {
+            Host::Login => self.base_url.clone(),
+            Host::MyDomain => self.my_domain_url(),
+        }
+    }
+}
+
+/// A running simulator. Cloning is cheap; every clone controls the same simulator. It serves
+/// until the tokio runtime that started it shuts down.
+#[derive(Clone)]
+pub struct SalesforceSim {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for SalesforceSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SalesforceSim")
+            .field("base_url", &self.shared.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SalesforceSim {
+    /// Binds `config.listen` and serves in a tokio task. Fails if the address cannot be bound,
+    /// the org id is not 15 characters, or the public key is not an RSA public key in PEM.
+    pub async fn start(config: SfSimConfig) -> std::io::Result<SalesforceSim> {
+        let invalid =
+            |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+        if config.org_id.len() != 15 || !config.org_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(invalid(format!(
+                "org id {:?} must be 15 letters or digits",
+                config.org_id
+            )));
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let base_url = format!("http://{local_addr}");
+        let mut oauth = OAuthState::new(
+            with_checksum(&config.org_id),
+            config.consumer_key,
+            config.consumer_secret,
+            &config.jwt_public_key_pem,
+            base_url.clone(),
+        )
+        .map_err(|error| invalid(format!("the JWT public key is unusable: {error}")))?;
+        oauth.admin_approved_only = config.admin_approved_only;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(SimState {
+                oauth,
+                requests: Vec::new(),
+            }),
+            base_url,
+        });
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "Salesforce simulator stopped serving");
+            }
+        });
+        Ok(SalesforceSim { shared, local_addr })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// The login host, also the JWT audience: the base URL.
+    pub fn login_url(&self) -> String {
+        self.base_url()
+    }
+
+    /// The My Domain host and instance URL: `{base}/my-domain`.
+    pub fn my_domain_url(&self) -> String {
+        self.shared.my_domain_url()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The org id, 18 characters.
+    pub fn org_id(&self) -> String {
+        self.shared.lock().oauth.org_id.clone()
+    }
+
+    pub fn consumer_key(&self) -> String {
+        self.shared.lock().oauth.consumer_key.clone()
+    }
+
+    /// The current consumer secret.
+    pub fn consumer_secret(&self) -> String {
+        self.shared.lock().oauth.consumer_secret.clone()
+    }
+
+    /// Adds an active, approved user and returns it (the existing one if the username is
+    /// taken).
+    pub fn add_user(&self, username: &str) -> SfSimUser {
+        self.shared.lock().oauth.add_user(username)
+    }
+
+    pub fn user(&self, username: &str) -> Option<SfSimUser> {
+        self.shared.lock().oauth.user(username).cloned()
+    }
+
+    /// Makes `username` the connected app's run-as user for client credentials (`None`:
+    /// no run-as user).
+    pub fn set_run_as_user(&self, username: Option<&str>) {
+        self.shared.lock().oauth.run_as = username.map(str::to_owned);
+    }
+
+    /// A refresh token for `username`, as the web authorization-code flow would leave.
+    pub fn issue_refresh_token(&self, username: &str) -> String {
+        self.shared.lock().oauth.issue_refresh_token(username)
+    }
+
+    /// Fault: deactivates the user and ends their sessions.
+    ///
+    /// # Panics
+    ///
+    /// If there is no such user: a test bug.
+    pub fn deactivate_user(&self, username: &str) {
+        assert!(
+            self.shared.lock().oauth.deactivate_user(username),
+            "no Salesforce sim user {username:?}"
+        );
+    }
+
+    /// Fault: the user is no longer approved for the app; their refresh tokens are revoked.
+    ///
+    /// # Panics
+    ///
+    /// If there is no such user.
+    pub fn revoke_approval(&self, username: &str) {
+        assert!(
+            self.shared.lock().oauth.set_approved(username, false),
+            "no Salesforce sim user {username:?}"
+        );
+    }
+
+    /// Approves the user again.
+    ///
+    /// # Panics
+    ///
+    /// If there is no such user.
+    pub fn approve(&self, username: &str) {
+        assert!(
+            self.shared.lock().oauth.set_approved(username, true),
+            "no Salesforce sim user {username:?}"
+        );
+    }
+
+    /// Fault: the consumer secret changes; returns the new one.
+    pub fn rotate_client_secret(&self) -> String {
+        let secret: String = rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(40)
+            .map(char::from)
+            .collect();
+        self.shared.lock().oauth.consumer_secret = secret.clone();
+        secret
+    }
+
+    /// Fault: every issued access and refresh token stops working.
+    pub fn revoke_tokens(&self) {
+        self.shared.lock().oauth.revoke_tokens();
+    }
+
+    /// How many requests were answered since the last reset.
+    pub fn request_count(&self) -> u64 {
+        self.shared.lock().requests.len() as u64
+    }
+
+    /// Those requests, oldest first.
+    pub fn requests(&self) -> Vec<SfSimRequest> {
+        self.shared.lock().requests.clone()
+    }
+
+    pub fn reset_requests(&self) {
+        self.shared.lock().requests.clear();
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let oauth_routes = |token, userinfo| {
+        Router::new()
+            .route("/services/oauth2/token", token)
+            .route("/services/oauth2/userinfo", userinfo)
+    };
+    let login = oauth_routes(post(handlers::token_login), get(handlers::userinfo_login));
+    let my_domain = oauth_routes(
+        post(handlers::token_my_domain),
+        get(handlers::userinfo_my_domain),
+    );
+    login
+        .nest(MY_DOMAIN_PREFIX, my_domain)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            record_request,
+        ))
+        .with_state(shared)
+}
+
+async fn record_request(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().to_string();
+    let path = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |path| path.as_str().to_owned(),
+    );
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    shared.lock().requests.push(SfSimRequest {
+        method,
+        path,
+        status,
+    });
+    response
+}
+
+async fn not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!([{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]),
+    )
+}
+
+/// A JSON response.
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    response
+}
