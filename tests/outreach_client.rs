@@ -578,3 +578,43 @@ async fn an_undecodable_access_token_is_refreshed_once() {
     assert_eq!(reply.requests, 3);
     assert_eq!(sim.requests()[0].status, 401);
 }
+
+/// Two deployments (or a restarted one) share one Outreach user: the second mint inside the
+/// throttle window gets Outreach's 429, and the client waits it out instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mint_throttled_by_the_token_endpoint_is_waited_out() {
+    let config = sim_config();
+    let sim = OutreachSim::start(config.clone()).await.expect("sim");
+    let id = seed(&sim, "shared@acme.test");
+    let client = |issued: usersync::sim::outreach::SimTokens| {
+        OutreachClient::new(
+            client_config(&sim, &config),
+            OAuthTokens {
+                access_token: issued.access_token,
+                refresh_token: issued.refresh_token,
+                expires_at: None,
+            },
+            Arc::new(MemoryTokenStore::new()),
+        )
+        .expect("client")
+    };
+    let first = client(sim.issue_tokens(SCOPES));
+    let second = client(sim.issue_tokens(SCOPES));
+
+    sim.expire_access_tokens();
+    first
+        .get_user(id)
+        .await
+        .expect("the first client refreshes");
+    second
+        .get_user(id)
+        .await
+        .expect("the second client waits out the throttle, then refreshes");
+
+    let tokens = token_requests(&sim);
+    let statuses: Vec<u16> = tokens.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.first(), Some(&200), "{tokens:?}");
+    assert!(statuses.contains(&429), "the throttle was met: {tokens:?}");
+    assert_eq!(statuses.last(), Some(&200), "{tokens:?}");
+    assert_eq!(second.stats().token_refreshes, 1);
+}
