@@ -11,6 +11,7 @@
 
 pub mod command;
 pub mod outreach;
+pub mod request_log;
 pub mod salesforce;
 
 pub use command::SimCommand;

@@ -10,15 +10,15 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::{Value, json};
 
 use super::state::Shared;
-use super::{SimRequest, api, control, oauth};
+use super::{api, control, oauth};
+use crate::sim::request_log;
 
 /// JSON:API's media type, required on every API request and used on every API response.
 pub const JSON_API: &str = "application/vnd.api+json";
@@ -38,33 +38,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/oauth/{*path}", any(oauth::not_found))
         .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            record_request,
+            shared.requests.clone(),
+            request_log::record,
         ));
     counted
         .merge(control::router())
         .fallback(not_found)
         .with_state(shared)
-}
-
-async fn record_request(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let method = request.method().to_string();
-    let path = request.uri().path_and_query().map_or_else(
-        || request.uri().path().to_owned(),
-        |path| path.as_str().to_owned(),
-    );
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    shared.lock().requests.push(SimRequest {
-        method,
-        path,
-        status,
-    });
-    response
 }
 
 async fn not_found() -> Response {

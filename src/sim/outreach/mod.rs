@@ -116,14 +116,7 @@ pub struct SimTokens {
     pub expires_in: u64,
 }
 
-/// One request the simulator answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SimRequest {
-    pub method: String,
-    /// Path and query exactly as received.
-    pub path: String,
-    pub status: u16,
-}
+pub use crate::sim::request_log::SimRequest;
 
 /// A running simulator. Cloning is cheap; every clone controls the same simulator. It
 /// serves until the tokio runtime that started it shuts down.
@@ -235,16 +228,16 @@ impl OutreachSim {
 
     /// How many requests to `/api/v2/*` and `/oauth/*` were answered since the last reset.
     pub fn request_count(&self) -> u64 {
-        self.shared.lock().requests.len() as u64
+        self.shared.requests.count()
     }
 
     /// Those requests, oldest first.
     pub fn requests(&self) -> Vec<SimRequest> {
-        self.shared.lock().requests.clone()
+        self.shared.requests.all()
     }
 
     pub fn reset_requests(&self) {
-        self.shared.lock().requests.clear();
+        self.shared.requests.clear();
     }
 
     /// The next `n` API requests answer `status` (503 as scheduled maintenance with an

@@ -10,11 +10,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chrono::TimeDelta;
 
+use super::SimConfig;
 use super::credentials::Credentials;
 use super::directory::Directory;
 use super::faults::Faults;
 use super::rate_limit::RateLimiter;
-use super::{SimConfig, SimRequest};
+use crate::sim::request_log::RequestLog;
 
 /// Everything the simulator remembers.
 #[derive(Debug)]
@@ -23,7 +24,6 @@ pub struct SimState {
     pub credentials: Credentials,
     pub rate_limiter: RateLimiter,
     pub faults: Faults,
-    pub requests: Vec<SimRequest>,
 }
 
 /// The configuration, the address, and the locked state.
@@ -32,6 +32,8 @@ pub struct Shared {
     pub config: SimConfig,
     pub local_addr: SocketAddr,
     pub base_url: String,
+    /// Every request to `/api/v2` and `/oauth`, outside the state lock.
+    pub requests: RequestLog,
     state: Mutex<SimState>,
 }
 
@@ -50,12 +52,12 @@ impl Shared {
                 delta(config.rate_limit_window),
             ),
             faults: Faults::default(),
-            requests: Vec::new(),
         };
         Shared {
             config,
             local_addr,
             base_url: format!("http://{host}"),
+            requests: RequestLog::default(),
             state: Mutex::new(state),
         }
     }

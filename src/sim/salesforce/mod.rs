@@ -32,14 +32,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
-use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use oauth::SfSimUser;
@@ -90,25 +88,20 @@ impl SfSimConfig {
     }
 }
 
-/// One request the simulator answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SfSimRequest {
-    pub method: String,
-    /// Path and query exactly as received.
-    pub path: String,
-    pub status: u16,
-}
+pub use crate::sim::request_log::SimRequest;
+use crate::sim::request_log::{self, RequestLog};
 
 /// Everything behind the lock.
 struct SimState {
     oauth: OAuthState,
-    requests: Vec<SfSimRequest>,
 }
 
 /// State shared by the handle and the handlers.
 pub struct Shared {
     state: Mutex<SimState>,
     base_url: String,
+    /// Every request answered, outside the state lock.
+    requests: RequestLog,
 }
 
 impl Shared {
@@ -171,11 +164,9 @@ impl SalesforceSim {
         .map_err(|error| invalid(format!("the JWT public key is unusable: {error}")))?;
         oauth.admin_approved_only = config.admin_approved_only;
         let shared = Arc::new(Shared {
-            state: Mutex::new(SimState {
-                oauth,
-                requests: Vec::new(),
-            }),
+            state: Mutex::new(SimState { oauth }),
             base_url,
+            requests: RequestLog::default(),
         });
         let app = router(shared.clone());
         tokio::spawn(async move {
@@ -294,16 +285,16 @@ impl SalesforceSim {
 
     /// How many requests were answered since the last reset.
     pub fn request_count(&self) -> u64 {
-        self.shared.lock().requests.len() as u64
+        self.shared.requests.count()
     }
 
     /// Those requests, oldest first.
-    pub fn requests(&self) -> Vec<SfSimRequest> {
-        self.shared.lock().requests.clone()
+    pub fn requests(&self) -> Vec<SimRequest> {
+        self.shared.requests.all()
     }
 
     pub fn reset_requests(&self) {
-        self.shared.lock().requests.clear();
+        self.shared.requests.clear();
     }
 }
 
@@ -322,30 +313,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .nest(MY_DOMAIN_PREFIX, my_domain)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            record_request,
+            shared.requests.clone(),
+            request_log::record,
         ))
         .with_state(shared)
-}
-
-async fn record_request(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let method = request.method().to_string();
-    let path = request.uri().path_and_query().map_or_else(
-        || request.uri().path().to_owned(),
-        |path| path.as_str().to_owned(),
-    );
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    shared.lock().requests.push(SfSimRequest {
-        method,
-        path,
-        status,
-    });
-    response
 }
 
 async fn not_found() -> Response {
