@@ -37,7 +37,7 @@
 //! | `DELETE /_sim/faults` | | 204, faults cleared |
 
 mod api;
-mod base64url;
+pub(crate) mod base64url;
 mod control;
 mod credentials;
 mod cursor;

@@ -26,8 +26,13 @@
 //! Every request to those endpoints is logged (method, path, status); see
 //! [`SalesforceSim::requests`].
 
+pub mod cdc;
+pub mod directory;
+pub mod eventbus;
 pub mod oauth;
+pub mod schema;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -40,6 +45,9 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde_json::Value;
 
+pub use directory::{ChangeRecord, UserRecord, Writer};
+use directory::{Directory, OVERFLOW_RECORD_ID};
+use eventbus::EventBus;
 pub use oauth::SfSimUser;
 use oauth::{OAuthState, handlers, with_checksum};
 
@@ -92,23 +100,60 @@ pub use crate::sim::request_log::SimRequest;
 use crate::sim::request_log::{self, RequestLog};
 
 /// Everything behind the lock.
-struct SimState {
-    oauth: OAuthState,
+pub(crate) struct SimState {
+    pub(crate) oauth: OAuthState,
+    pub(crate) directory: Directory,
+    pub(crate) bus: EventBus,
+    /// Usernames whose profile lost View All Users: they may not read `/data/UserChangeEvent`.
+    pub(crate) without_view_all_users: BTreeSet<String>,
+}
+
+impl SimState {
+    /// Publishes each change on the bus.
+    fn publish(&mut self, changes: Vec<ChangeRecord>) -> Vec<u64> {
+        let now = now_ms();
+        changes
+            .into_iter()
+            .map(|change| self.bus.publish(change, now))
+            .collect()
+    }
+}
+
+/// The simulator's clock, epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// State shared by the handle and the handlers.
 pub struct Shared {
     state: Mutex<SimState>,
+    /// The bus's newest position, for streams waiting for events.
+    pub(crate) head: tokio::sync::watch::Sender<u64>,
     base_url: String,
     /// Every request answered, outside the state lock.
     requests: RequestLog,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, SimState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SimState> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `write` on the state, then wakes the streams if the bus moved.
+    pub(crate) fn write<T>(&self, write: impl FnOnce(&mut SimState) -> T) -> T {
+        let (result, head) = {
+            let mut state = self.lock();
+            let result = write(&mut state);
+            (result, state.bus.latest())
+        };
+        self.head.send_if_modified(|seen| {
+            let moved = *seen != head;
+            *seen = head;
+            moved
+        });
+        result
     }
 
     fn my_domain_url(&self) -> String {
@@ -163,8 +208,17 @@ impl SalesforceSim {
         )
         .map_err(|error| invalid(format!("the JWT public key is unusable: {error}")))?;
         oauth.admin_approved_only = config.admin_approved_only;
+        let directory = Directory::new(&config.org_id);
+        let bus = EventBus::default();
+        let (head, _) = tokio::sync::watch::channel(bus.latest());
         let shared = Arc::new(Shared {
-            state: Mutex::new(SimState { oauth }),
+            head,
+            state: Mutex::new(SimState {
+                oauth,
+                directory,
+                bus,
+                without_view_all_users: BTreeSet::new(),
+            }),
             base_url,
             requests: RequestLog::default(),
         });
@@ -283,6 +337,124 @@ impl SalesforceSim {
         self.shared.lock().oauth.revoke_tokens();
     }
 
+    // ---- User records and their change events -------------------------------------------
+
+    /// Creates a User record (flat SOQL field names; `Username` required) and publishes its
+    /// CREATE event. Returns the new 18-character id.
+    pub fn create_user(&self, fields: Value, writer: &Writer) -> Result<String, String> {
+        let fields = object(fields)?;
+        self.shared.write(|state| {
+            let (id, change) = state.directory.create(fields, writer, now_ms())?;
+            state.publish(vec![change]);
+            Ok(id)
+        })
+    }
+
+    /// Changes `ids` in one transaction and publishes the UPDATE event(s): one merged event for
+    /// users changed alike. Returns how many events were published.
+    pub fn update_users(
+        &self,
+        ids: &[String],
+        changes: Value,
+        writer: &Writer,
+    ) -> Result<usize, String> {
+        let changes = object(changes)?;
+        self.shared.write(|state| {
+            let events = state.directory.update(ids, &changes, writer, now_ms())?;
+            Ok(state.publish(events).len())
+        })
+    }
+
+    /// Deactivates a User record (Salesforce users are never deleted).
+    pub fn deactivate(&self, id: &str) -> Result<usize, String> {
+        self.update_users(
+            &[id.to_owned()],
+            serde_json::json!({"IsActive": false}),
+            &Writer::default(),
+        )
+    }
+
+    /// A record as SOQL would return it.
+    pub fn record(&self, id: &str) -> Option<UserRecord> {
+        self.shared.lock().directory.get(id).cloned()
+    }
+
+    /// Every record, by id.
+    pub fn records(&self) -> Vec<UserRecord> {
+        self.shared.lock().directory.all().cloned().collect()
+    }
+
+    /// Fault: `changes` happen to `ids` but only a `GAP_UPDATE` header is published (as for an
+    /// event over 1 MB or a change made directly in the database).
+    pub fn gap_update(&self, ids: &[String], changes: Value) -> Result<(), String> {
+        let changes = object(changes)?;
+        self.shared.write(|state| {
+            state.directory.update_silently(ids, &changes, now_ms());
+            let gap = state.directory.gap("GAP_UPDATE", ids.to_vec(), now_ms());
+            state.publish(vec![gap]);
+            Ok(())
+        })
+    }
+
+    /// Fault: a transaction past 100,000 changes: `changes` happen to `ids` and one
+    /// `GAP_OVERFLOW` event is all that is published.
+    pub fn overflow(&self, ids: &[String], changes: Value) -> Result<(), String> {
+        let changes = object(changes)?;
+        self.shared.write(|state| {
+            state.directory.update_silently(ids, &changes, now_ms());
+            let overflow = state.directory.gap(
+                "GAP_OVERFLOW",
+                vec![OVERFLOW_RECORD_ID.to_owned()],
+                now_ms(),
+            );
+            state.publish(vec![overflow]);
+            Ok(())
+        })
+    }
+
+    /// An admin adds a custom text field to User: later events carry a new schema id.
+    pub fn add_custom_field(&self, name: &str) -> String {
+        self.shared.write(|state| state.bus.add_custom_field(name))
+    }
+
+    /// The id of the schema new events are written with.
+    pub fn current_schema_id(&self) -> String {
+        self.shared.lock().bus.current_schema().id.clone()
+    }
+
+    /// Fault: the retention window passes; every retained replay id becomes unusable.
+    pub fn expire_replay_window(&self) {
+        self.shared.write(|state| state.bus.expire_replay_window());
+    }
+
+    /// How long events are retained (72 hours by default).
+    pub fn set_retention(&self, retention: std::time::Duration) {
+        self.shared.write(|state| {
+            state.bus.retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        });
+    }
+
+    /// Other orgs' traffic moves the stream head (keepalives then report a newer position).
+    pub fn foreign_traffic(&self, positions: u64) {
+        self.shared
+            .write(|state| state.bus.foreign_traffic(positions));
+    }
+
+    /// The stream head as a replay id.
+    pub fn latest_replay_id(&self) -> Vec<u8> {
+        eventbus::replay_bytes(self.shared.lock().bus.latest())
+    }
+
+    /// Fault: the user's profile loses (or regains) View All Users.
+    pub fn set_view_all_users(&self, username: &str, granted: bool) {
+        let mut state = self.shared.lock();
+        if granted {
+            state.without_view_all_users.remove(username);
+        } else {
+            state.without_view_all_users.insert(username.to_owned());
+        }
+    }
+
     /// How many requests were answered since the last reset.
     pub fn request_count(&self) -> u64 {
         self.shared.requests.count()
@@ -324,6 +496,16 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         &serde_json::json!([{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]),
     )
+}
+
+/// The fields of a JSON object.
+fn object(value: Value) -> Result<BTreeMap<String, Value>, String> {
+    match value {
+        Value::Object(map) => Ok(map.into_iter().collect()),
+        other => Err(format!(
+            "expected a JSON object of User fields, got {other}"
+        )),
+    }
 }
 
 /// A JSON response.
