@@ -12,6 +12,7 @@
 //! - [`scenario`]: `usersync decide`, the engine run offline against the simulator.
 //! - [`sim`]: simulators of the external services, test equipment that speaks the real
 //!   wire formats.
+//! - [`proto`]: the Salesforce Pub/Sub API's generated gRPC types.
 //! - [`config`]: the configuration file and its environment overrides.
 
 pub mod apply;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod outreach;
+pub mod proto;
 pub mod salesforce;
 pub mod scenario;
 pub mod sim;

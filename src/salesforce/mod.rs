@@ -22,3 +22,4 @@ pub mod avro;
 pub mod bitmap;
 pub mod id;
 pub mod normalize;
+pub mod pubsub;

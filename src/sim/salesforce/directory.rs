@@ -66,6 +66,9 @@ pub struct ChangeRecord {
     pub body: BTreeMap<String, Value>,
 }
 
+/// What one write changes for one user: (field, new value) pairs.
+type Delta = Vec<(String, Value)>;
+
 /// Who writes, and through which API: becomes `commitUser` and `changeOrigin`.
 #[derive(Debug, Clone, Default)]
 pub struct Writer {
@@ -239,7 +242,7 @@ impl Directory {
         let commit_user = self.commit_user(writer);
         let key = transaction_key();
         // Group users with identical deltas, in first-seen order.
-        let mut groups: Vec<(Vec<String>, Vec<(String, Value)>)> = Vec::new();
+        let mut groups: Vec<(Vec<String>, Delta)> = Vec::new();
         for (id, delta) in deltas {
             match groups.iter_mut().find(|(_, d)| *d == delta) {
                 Some((group, _)) => group.push(id),
@@ -274,11 +277,11 @@ impl Directory {
                 let previous = user
                     .fields
                     .insert("LastModifiedById".into(), commit_user.clone().into());
-                if previous.as_ref().and_then(Value::as_str) != Some(commit_user.as_str()) {
-                    if !changed.iter().any(|f| f == "LastModifiedById") {
-                        changed.push("LastModifiedById".into());
-                        body.insert("LastModifiedById".into(), commit_user.clone().into());
-                    }
+                if previous.as_ref().and_then(Value::as_str) != Some(commit_user.as_str())
+                    && !changed.iter().any(|f| f == "LastModifiedById")
+                {
+                    changed.push("LastModifiedById".into());
+                    body.insert("LastModifiedById".into(), commit_user.clone().into());
                 }
             }
             events.push(ChangeRecord {

@@ -30,6 +30,7 @@ pub mod cdc;
 pub mod directory;
 pub mod eventbus;
 pub mod oauth;
+pub mod pubsub;
 pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -80,6 +81,10 @@ pub struct SfSimConfig {
     /// Unapproved users get `invalid_app_access` instead of "user hasn't approved this
     /// consumer".
     pub admin_approved_only: bool,
+    /// Where the Pub/Sub API (gRPC, plaintext HTTP/2) listens; port 0 picks a free port.
+    pub pubsub_listen: SocketAddr,
+    /// Keepalive and zero-credit timeouts of a subscription.
+    pub stream_timing: pubsub::StreamTiming,
 }
 
 impl SfSimConfig {
@@ -92,6 +97,8 @@ impl SfSimConfig {
             consumer_secret: DEFAULT_CONSUMER_SECRET.to_owned(),
             jwt_public_key_pem: jwt_public_key_pem.into(),
             admin_approved_only: false,
+            pubsub_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stream_timing: pubsub::StreamTiming::default(),
         }
     }
 }
@@ -174,6 +181,8 @@ impl Shared {
 pub struct SalesforceSim {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    pubsub_addr: SocketAddr,
+    faults: tokio::sync::broadcast::Sender<pubsub::StreamFault>,
 }
 
 impl std::fmt::Debug for SalesforceSim {
@@ -228,7 +237,33 @@ impl SalesforceSim {
                 tracing::error!(%error, "Salesforce simulator stopped serving");
             }
         });
-        Ok(SalesforceSim { shared, local_addr })
+        let grpc_listener = tokio::net::TcpListener::bind(config.pubsub_listen).await?;
+        let pubsub_addr = grpc_listener.local_addr()?;
+        let (faults, _) = tokio::sync::broadcast::channel(16);
+        let service = pubsub::PubSubService {
+            shared: shared.clone(),
+            faults: faults.clone(),
+            timing: config.stream_timing,
+        };
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(crate::proto::eventbus::pub_sub_server::PubSubServer::new(
+                    service,
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                    grpc_listener,
+                ))
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "Salesforce Pub/Sub simulator stopped serving");
+            }
+        });
+        Ok(SalesforceSim {
+            shared,
+            local_addr,
+            pubsub_addr,
+            faults,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -248,6 +283,16 @@ impl SalesforceSim {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The Pub/Sub API endpoint, plaintext: `http://127.0.0.1:PORT`.
+    pub fn pubsub_url(&self) -> String {
+        format!("http://{}", self.pubsub_addr)
+    }
+
+    /// Fault: every open Subscribe stream ends with this error.
+    pub fn inject_stream_fault(&self, fault: pubsub::StreamFault) {
+        let _ = self.faults.send(fault);
     }
 
     /// The org id, 18 characters.
