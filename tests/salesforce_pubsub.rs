@@ -176,7 +176,11 @@ async fn user_changes_arrive_as_full_state_events_in_order() {
 
     let x = create(&org.sim, 1, "olga.brown@acme.example");
     org.sim
-        .update_users(std::slice::from_ref(&x), json!({"FirstName": "Olga-Maria"}), &writer())
+        .update_users(
+            std::slice::from_ref(&x),
+            json!({"FirstName": "Olga-Maria"}),
+            &writer(),
+        )
         .unwrap();
     org.sim
         .update_users(std::slice::from_ref(&x), json!({"Title": null}), &writer())

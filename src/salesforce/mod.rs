@@ -23,3 +23,5 @@ pub mod bitmap;
 pub mod id;
 pub mod normalize;
 pub mod pubsub;
+pub mod replay;
+pub mod snapshot;
