@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::engine::settings::{SettingsError, SyncSettings};
 
 /// The sections the environment may set.
-const SECTIONS: [&str; 3] = ["sync", "store", "outreach"];
+const SECTIONS: [&str; 4] = ["sync", "store", "outreach", "salesforce"];
 
 /// The prefix of every variable.
 pub const ENV_PREFIX: &str = "USERSYNC_";
@@ -33,6 +33,7 @@ pub struct Config {
     pub sync: SyncSettings,
     pub store: StoreConfig,
     pub outreach: OutreachConfig,
+    pub salesforce: SalesforceConfig,
 }
 
 /// Where durable state lives.
@@ -110,6 +111,164 @@ impl OutreachConfig {
     }
     pub fn backoff_max(&self) -> Duration {
         Duration::from_millis(self.backoff_max_ms)
+    }
+}
+
+/// How the subscriber reaches Salesforce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SalesforceConfig {
+    /// `jwt_bearer` (production), `client_credentials` (My Domain only) or `refresh_token`.
+    pub auth: SalesforceAuthFlow,
+    /// The login host for JWT bearer and refresh token: `https://login.salesforce.com`, or
+    /// `https://test.salesforce.com` for a sandbox.
+    pub login_url: String,
+    /// The org's My Domain URL, `https://<name>.my.salesforce.com`: the client credentials
+    /// flow's token host. Other flows take the instance URL from the token response.
+    pub my_domain_url: String,
+    /// The connected app's consumer key (its OAuth client id).
+    pub consumer_key: String,
+    /// The consumer secret (client credentials and, when the app requires it, refresh).
+    pub consumer_secret: Secret,
+    /// The authorizing user for the JWT bearer flow.
+    pub username: String,
+    /// A PEM file holding the private key whose certificate the connected app has.
+    pub private_key_file: String,
+    /// A refresh token left by the web authorization-code flow.
+    pub refresh_token: Secret,
+    /// REST and CometD API version, `vNN.N`.
+    pub api_version: String,
+    /// `pubsub` (the Pub/Sub API, gRPC) or `cometd` (the Streaming API).
+    pub transport: Transport,
+    /// The Pub/Sub API endpoint: `https://api.pubsub.salesforce.com:7443` (or `:443`; the EU
+    /// endpoint is `api.deu.pubsub.salesforce.com`), `http://…` only for a local test server.
+    pub pubsub_endpoint: String,
+    /// The change event channel.
+    pub topic: String,
+    /// What to do when the stored replay id is outside the retention window.
+    pub replay_policy: crate::salesforce::replay::ReplayPolicy,
+    /// A resync re-reads users modified since the checkpoint's commit time minus this.
+    pub resync_margin_seconds: u64,
+    /// A stream with nothing at all (not even a keepalive) for this long is resubscribed.
+    pub idle_timeout_seconds: u64,
+    /// HTTP/2 keepalive ping interval on the gRPC channel.
+    pub keepalive_seconds: u64,
+    /// Retries back off exponentially between these bounds.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    pub timeout_seconds: u64,
+}
+
+/// The OAuth flow the subscriber signs in with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SalesforceAuthFlow {
+    #[default]
+    JwtBearer,
+    ClientCredentials,
+    RefreshToken,
+}
+
+/// Which Salesforce streaming API the subscriber reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    #[default]
+    Pubsub,
+    Cometd,
+}
+
+impl Default for SalesforceConfig {
+    fn default() -> Self {
+        Self {
+            auth: SalesforceAuthFlow::JwtBearer,
+            login_url: "https://login.salesforce.com".into(),
+            my_domain_url: String::new(),
+            consumer_key: String::new(),
+            consumer_secret: Secret::default(),
+            username: String::new(),
+            private_key_file: String::new(),
+            refresh_token: Secret::default(),
+            api_version: "v62.0".into(),
+            transport: Transport::Pubsub,
+            pubsub_endpoint: "https://api.pubsub.salesforce.com:7443".into(),
+            topic: "/data/UserChangeEvent".into(),
+            replay_policy: crate::salesforce::replay::ReplayPolicy::Resync,
+            resync_margin_seconds: 300,
+            idle_timeout_seconds: 300,
+            keepalive_seconds: 30,
+            backoff_min_ms: 500,
+            backoff_max_ms: 60_000,
+            timeout_seconds: 30,
+        }
+    }
+}
+
+impl SalesforceConfig {
+    /// Checks what the subscriber needs before it signs in: the URLs parse, the chosen flow
+    /// has its credentials, the API version has the `vNN.N` form.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::Parse(message));
+        for (key, value) in [
+            ("salesforce.login_url", &self.login_url),
+            ("salesforce.pubsub_endpoint", &self.pubsub_endpoint),
+        ] {
+            if let Err(e) = url::Url::parse(value) {
+                return bad(format!("{key} {value:?} is not a URL: {e}"));
+            }
+        }
+        let version = self.api_version.strip_prefix('v').unwrap_or_default();
+        if version.split('.').count() != 2 || version.split('.').any(|p| p.parse::<u32>().is_err())
+        {
+            return bad(format!(
+                "salesforce.api_version {:?} must look like v62.0",
+                self.api_version
+            ));
+        }
+        let missing = |key: &str, flow: &str| {
+            bad(format!(
+                "salesforce.{key} is required with salesforce.auth = \"{flow}\""
+            ))
+        };
+        match self.auth {
+            SalesforceAuthFlow::JwtBearer => {
+                if self.consumer_key.is_empty() {
+                    return missing("consumer_key", "jwt_bearer");
+                }
+                if self.username.is_empty() {
+                    return missing("username", "jwt_bearer");
+                }
+                if self.private_key_file.is_empty() {
+                    return missing("private_key_file", "jwt_bearer");
+                }
+            }
+            SalesforceAuthFlow::ClientCredentials => {
+                if self.my_domain_url.is_empty() {
+                    return missing("my_domain_url", "client_credentials");
+                }
+                if self.consumer_key.is_empty() {
+                    return missing("consumer_key", "client_credentials");
+                }
+                if self.consumer_secret.expose().is_empty() {
+                    return missing("consumer_secret", "client_credentials");
+                }
+            }
+            SalesforceAuthFlow::RefreshToken => {
+                if self.consumer_key.is_empty() {
+                    return missing("consumer_key", "refresh_token");
+                }
+                if self.refresh_token.expose().is_empty() {
+                    return missing("refresh_token", "refresh_token");
+                }
+            }
+        }
+        if self.backoff_min_ms > self.backoff_max_ms {
+            return bad(format!(
+                "salesforce.backoff_min_ms ({}) must not exceed salesforce.backoff_max_ms ({})",
+                self.backoff_min_ms, self.backoff_max_ms
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -280,6 +439,62 @@ mod tests {
     fn load_in(jail: &Jail, file: Option<&str>) -> Result<Config, ConfigError> {
         let path = file.map(|f| jail.directory().join(f));
         Config::load_from(path.as_deref(), Env::prefixed(ENV_PREFIX))
+    }
+
+    #[test]
+    fn the_salesforce_section_reads_from_file_and_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "usersync.toml",
+                r#"
+                [salesforce]
+                consumer_key = "3MVG9key"
+                username = "integration@acme.example"
+                private_key_file = "/run/secrets/sf.pem"
+                transport = "cometd"
+                "#,
+            )?;
+            jail.set_env("USERSYNC_SALESFORCE__REPLAY_POLICY", "latest");
+            jail.set_env(
+                "USERSYNC_SALESFORCE__PUBSUB_ENDPOINT",
+                "http://127.0.0.1:7011",
+            );
+            let config = load_in(jail, Some("usersync.toml")).unwrap();
+            let sf = &config.salesforce;
+            assert_eq!(sf.transport, Transport::Cometd);
+            assert_eq!(
+                sf.replay_policy,
+                crate::salesforce::replay::ReplayPolicy::Latest
+            );
+            assert_eq!(sf.pubsub_endpoint, "http://127.0.0.1:7011");
+            assert_eq!(sf.topic, "/data/UserChangeEvent");
+            sf.validate().unwrap();
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_salesforce_section_names_what_a_flow_is_missing() {
+        let mut sf = SalesforceConfig::default();
+        let err = sf.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("salesforce.consumer_key") && err.contains("jwt_bearer"),
+            "{err}"
+        );
+        sf.auth = SalesforceAuthFlow::ClientCredentials;
+        sf.consumer_key = "k".into();
+        let err = sf.validate().unwrap_err().to_string();
+        assert!(err.contains("salesforce.my_domain_url"), "{err}");
+        sf.my_domain_url = "https://acme.my.salesforce.com".into();
+        sf.consumer_secret = Secret::new("s");
+        sf.validate().unwrap();
+        sf.api_version = "62".into();
+        let err = sf.validate().unwrap_err().to_string();
+        assert!(err.contains("v62.0"), "{err}");
+        sf.api_version = "v62.0".into();
+        sf.pubsub_endpoint = "not a url".into();
+        let err = sf.validate().unwrap_err().to_string();
+        assert!(err.contains("salesforce.pubsub_endpoint"), "{err}");
     }
 
     #[test]
