@@ -1,0 +1,722 @@
+//! The subscriber role: Salesforce change events in, `user_change.v1` events out to Kafka,
+//! and a replay checkpoint that never passes an event Kafka has not confirmed.
+//!
+//! One loop per transport reads the stream; everything after that is shared by
+//! [`Pipeline`]: decode failures become dead letters, decoded events are normalized against
+//! the last-known state of their users, re-reads and resyncs go through REST and come out as
+//! `snapshot` events, and every event is handed to the producer without waiting for its
+//! confirmation. Each stream position is registered with the [`DeliveryFrontier`] together
+//! with the records it produced, so the checkpoint saved in the store is always the newest
+//! position whose records — and every earlier one's — Kafka confirmed. A crash therefore
+//! replays at most the unconfirmed tail, and `event_id` makes those duplicates
+//! recognizable downstream.
+//!
+//! The Pub/Sub loop ([`Subscriber::run`]):
+//!
+//! 1. signs in, checks `GetTopic` (`can_subscribe`), and starts after the stored checkpoint;
+//! 2. with no checkpoint, runs the gap-free initial load: it opens a LATEST subscription
+//!    first, which pins the stream position on the server, then exports every user with
+//!    SOQL as snapshots, then reads the pinned stream;
+//! 3. when a stream ends, waits for every in-flight delivery, saves the checkpoint, drops the
+//!    old stream and follows [`recovery`]: back off and resume after the checkpoint, renew
+//!    the token, apply the replay policy, or stop with the reason.
+//!
+//! The last-known user state the normalizer merges UPDATEs into is held in memory, seeded by
+//! the initial load and by every event and snapshot. After a restart it starts empty: the
+//! first UPDATE of each user is then re-read through REST (the normalizer asks for it), which
+//! is correct and costs one query per burst of unknown users.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::watch;
+
+use super::auth::{SalesforceAuthError, SalesforceSession};
+use super::avro::ChangeEvent;
+use super::id::SalesforceId;
+use super::normalize::{Delivery, Normalized, Replay, normalize};
+use super::pubsub::{
+    Batch, PubSubConnection, PubSubError, PubSubSettings, SchemaCache, StartAt,
+    StreamEnd, Subscription,
+};
+use super::replay::{Recovery, ReplayPolicy, recovery};
+use super::rest::{CredentialsTokenSource, SalesforceRest, SalesforceRestError, TokenSource, UserQuery};
+use super::snapshot::snapshot;
+use crate::engine::state::SalesforceUser;
+use crate::event::UserChange;
+use crate::kafka::{ChangePublisher, DeadLetter, DeliveryFrontier, PendingDelivery, PublishError, RecordId};
+use crate::store::{ReplayCheckpoint, Store, StoreError};
+
+/// A stream position: what the checkpoint stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub replay_id: Vec<u8>,
+    /// The commit time of the event at this position; `None` for a keepalive's position.
+    pub commit_timestamp: Option<DateTime<Utc>>,
+}
+
+/// How the subscriber behaves.
+#[derive(Debug, Clone)]
+pub struct SubscriberSettings {
+    pub topic: String,
+    pub pubsub: PubSubSettings,
+    pub replay_policy: ReplayPolicy,
+    /// A resync reads users modified since the checkpoint's commit time minus this.
+    pub resync_margin: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// How long shutdown waits for Kafka to confirm what is in flight.
+    pub flush_timeout: Duration,
+}
+
+impl Default for SubscriberSettings {
+    fn default() -> Self {
+        SubscriberSettings {
+            topic: "/data/UserChangeEvent".into(),
+            pubsub: PubSubSettings::default(),
+            replay_policy: ReplayPolicy::Resync,
+            resync_margin: Duration::from_secs(300),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            flush_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the subscriber stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriberError {
+    #[error("signing in to Salesforce: {0}")]
+    Auth(#[from] SalesforceAuthError),
+    #[error("Pub/Sub API: {0}")]
+    PubSub(#[from] PubSubError),
+    #[error("the stream cannot go on: {reason}")]
+    Stopped { reason: String },
+    #[error("while {context}: {source}")]
+    Rest {
+        context: String,
+        #[source]
+        source: SalesforceRestError,
+    },
+    #[error("while {context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: PublishError,
+    },
+    #[error("while {context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// What the subscriber counted, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriberStats {
+    pub events_published: u64,
+    pub snapshots_published: u64,
+    pub dead_letters: u64,
+    pub rereads: u64,
+    pub resyncs: u64,
+    pub resubscribes: u64,
+}
+
+/// Everything after the stream: normalize, re-read, publish, track confirmations, checkpoint.
+pub struct Pipeline {
+    topic: String,
+    org_id: SalesforceId,
+    rest: SalesforceRest,
+    publisher: Arc<ChangePublisher>,
+    store: Arc<dyn Store>,
+    known: BTreeMap<SalesforceId, SalesforceUser>,
+    frontier: DeliveryFrontier<StreamPosition>,
+    in_flight: FuturesUnordered<Confirmation>,
+    checkpoint: Option<StreamPosition>,
+    resync_margin: Duration,
+    pub stats: SubscriberStats,
+}
+
+type Confirmation = futures::future::BoxFuture<'static, (RecordId, Result<(), PublishError>)>;
+
+/// A change as a transport delivered it.
+pub struct ReceivedChange<'a> {
+    pub decoded: Result<ChangeEvent, String>,
+    /// The bytes as received, for a dead letter.
+    pub raw: &'a [u8],
+    pub replay: Replay<'a>,
+    pub schema_id: &'a str,
+    pub position: StreamPosition,
+}
+
+impl Pipeline {
+    pub fn new(
+        topic: &str,
+        org_id: SalesforceId,
+        rest: SalesforceRest,
+        publisher: Arc<ChangePublisher>,
+        store: Arc<dyn Store>,
+        resync_margin: Duration,
+    ) -> Pipeline {
+        Pipeline {
+            topic: topic.to_owned(),
+            org_id,
+            rest,
+            publisher,
+            store,
+            known: BTreeMap::new(),
+            frontier: DeliveryFrontier::new(),
+            in_flight: FuturesUnordered::new(),
+            checkpoint: None,
+            resync_margin,
+            stats: SubscriberStats::default(),
+        }
+    }
+
+    /// The stored checkpoint, read once at start.
+    pub async fn load_checkpoint(&mut self) -> Result<Option<StreamPosition>, SubscriberError> {
+        let stored = self
+            .store
+            .checkpoint(&self.topic)
+            .await
+            .map_err(|source| SubscriberError::Store {
+                context: format!("reading the replay checkpoint of {}", self.topic),
+                source,
+            })?;
+        self.checkpoint = stored.map(|c| StreamPosition {
+            replay_id: c.replay_id,
+            commit_timestamp: c.commit_timestamp,
+        });
+        Ok(self.checkpoint.clone())
+    }
+
+    /// The newest saved position.
+    pub fn checkpoint(&self) -> Option<&StreamPosition> {
+        self.checkpoint.as_ref()
+    }
+
+    /// Handles one delivered change event.
+    pub async fn handle(&mut self, delivered: ReceivedChange<'_>) -> Result<(), SubscriberError> {
+        let event = match delivered.decoded {
+            Ok(event) => event,
+            Err(reason) => return self.dead_letter(&delivered, &reason).await,
+        };
+        let delivery = Delivery {
+            org_id: &self.org_id,
+            topic: &self.topic,
+            replay: delivered.replay,
+            schema_id: delivered.schema_id,
+            observed_at: Utc::now(),
+        };
+        let last_known: BTreeMap<SalesforceId, SalesforceUser> = event
+            .header
+            .record_ids
+            .iter()
+            .filter_map(|raw| SalesforceId::parse(raw).ok())
+            .filter_map(|id| self.known.get(&id).map(|u| (id, u.clone())))
+            .collect();
+        let outcome = match normalize(&event, &delivery, &last_known) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                return self.dead_letter(&delivered, &error.to_string()).await;
+            }
+        };
+        let position = delivered.position;
+        match outcome {
+            Normalized::Events(events) => {
+                self.stats.events_published += events.len() as u64;
+                self.publish(position, events).await
+            }
+            Normalized::NeedsReread { user_ids, reason } => {
+                self.stats.rereads += 1;
+                let context = format!(
+                    "re-reading {} user(s) {} after a {} ({reason})",
+                    user_ids.len(),
+                    ids_text(&user_ids),
+                    event.header.change_type
+                );
+                let users = self
+                    .rest
+                    .users_by_ids(&user_ids)
+                    .await
+                    .map_err(|source| SubscriberError::Rest { context, source })?;
+                self.publish_snapshots(position, users).await
+            }
+            Normalized::FullResync { since, reason, .. } => {
+                tracing::warn!(%reason, %since, "resyncing every user changed since the overflow");
+                self.resync(Some(since), position, &reason).await
+            }
+            Normalized::Skipped { reason } => {
+                tracing::info!(%reason, replay_id = %delivered.replay.render(), "change event skipped");
+                self.frontier.register(position, 0);
+                Ok(())
+            }
+        }
+    }
+
+    /// A keepalive's position: saved once everything before it is confirmed.
+    pub fn keepalive(&mut self, replay_id: Vec<u8>) {
+        if replay_id.is_empty() {
+            return;
+        }
+        self.frontier.register(
+            StreamPosition {
+                replay_id,
+                commit_timestamp: None,
+            },
+            0,
+        );
+    }
+
+    /// Re-reads users modified since `since` minus the margin (every user when `None`) and
+    /// publishes them as snapshots at `position`.
+    pub async fn resync(
+        &mut self,
+        since: Option<DateTime<Utc>>,
+        position: StreamPosition,
+        why: &str,
+    ) -> Result<(), SubscriberError> {
+        self.stats.resyncs += 1;
+        let query = match since {
+            Some(since) => UserQuery::ModifiedSince(
+                since - chrono::Duration::from_std(self.resync_margin).unwrap_or_default(),
+            ),
+            None => UserQuery::All,
+        };
+        let context = format!("resyncing users ({why}) with {}", query.soql());
+        let mut pages = Box::pin(self.rest.user_pages(query));
+        let mut users = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|source| SubscriberError::Rest {
+                context: context.clone(),
+                source,
+            })?;
+            users.extend(page.records);
+        }
+        drop(pages);
+        self.publish_snapshots(position, users).await
+    }
+
+    async fn publish_snapshots(
+        &mut self,
+        position: StreamPosition,
+        users: Vec<SalesforceUser>,
+    ) -> Result<(), SubscriberError> {
+        let now = Utc::now();
+        let events: Vec<UserChange> = users
+            .iter()
+            .map(|user| snapshot(user, &self.org_id, now))
+            .collect();
+        self.stats.snapshots_published += events.len() as u64;
+        self.publish(position, events).await
+    }
+
+    async fn publish(
+        &mut self,
+        position: StreamPosition,
+        events: Vec<UserChange>,
+    ) -> Result<(), SubscriberError> {
+        let ids = self.frontier.register(position, events.len());
+        for (id, event) in ids.into_iter().zip(&events) {
+            let pending: PendingDelivery =
+                self.publisher
+                    .publish(event)
+                    .await
+                    .map_err(|source| SubscriberError::Kafka {
+                        context: format!("publishing {}", event.event_id),
+                        source,
+                    })?;
+            self.in_flight.push(Box::pin(async move {
+                (id, pending.await.map(|_| ()))
+            }));
+            if let Some(user_id) = event.salesforce_user_id() {
+                self.known
+                    .insert(user_id.clone(), SalesforceUser::from_event(user_id, event));
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, delivered: &ReceivedChange<'_>, reason: &str) -> Result<(), SubscriberError> {
+        self.stats.dead_letters += 1;
+        let replay_id = delivered.replay.render();
+        tracing::warn!(%reason, %replay_id, schema_id = delivered.schema_id, "change event dead-lettered");
+        let letter = DeadLetter {
+            key: &replay_id,
+            raw: delivered.raw,
+            reason,
+            source: "salesforce",
+            context: vec![
+                ("topic", self.topic.clone()),
+                ("replay_id", replay_id.clone()),
+                ("schema_id", delivered.schema_id.to_owned()),
+            ],
+        };
+        self.publisher
+            .dead_letter(letter)
+            .await
+            .map_err(|source| SubscriberError::Kafka {
+                context: format!("dead-lettering the event at replay id {replay_id}"),
+                source,
+            })?;
+        self.frontier.register(delivered.position.clone(), 0);
+        Ok(())
+    }
+
+    /// Waits for the next confirmation, if any is in flight. Cancel-safe.
+    pub async fn next_confirmation(&mut self) -> Option<(RecordId, Result<(), PublishError>)> {
+        self.in_flight.next().await
+    }
+
+    /// Takes one confirmation into the frontier. A failed delivery is an error: the stream is
+    /// resumed from the checkpoint, which is still before it.
+    pub fn confirmed(&mut self, id: RecordId, result: Result<(), PublishError>) -> Result<(), SubscriberError> {
+        match result {
+            Ok(()) => {
+                let _ = self.frontier.confirm(id);
+                Ok(())
+            }
+            Err(source) => {
+                let _ = self.frontier.fail(id);
+                Err(SubscriberError::Kafka {
+                    context: "waiting for Kafka to confirm an event".into(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Saves the newest fully confirmed position, if it moved.
+    pub async fn save_checkpoint(&mut self) -> Result<(), SubscriberError> {
+        let Some(position) = self.frontier.advance() else {
+            return Ok(());
+        };
+        if position.replay_id.is_empty() {
+            // Snapshots read before the stream's first position: nothing to resume after yet.
+            return Ok(());
+        }
+        let commit_timestamp = position
+            .commit_timestamp
+            .or(self.checkpoint.as_ref().and_then(|c| c.commit_timestamp));
+        let checkpoint = ReplayCheckpoint {
+            topic: self.topic.clone(),
+            replay_id: position.replay_id.clone(),
+            commit_timestamp,
+            updated_at: Utc::now(),
+        };
+        self.store
+            .save_checkpoint(&checkpoint)
+            .await
+            .map_err(|source| SubscriberError::Store {
+                context: format!("saving the replay checkpoint of {}", self.topic),
+                source,
+            })?;
+        self.checkpoint = Some(StreamPosition {
+            replay_id: position.replay_id,
+            commit_timestamp,
+        });
+        Ok(())
+    }
+
+    /// Waits for everything in flight, then saves the checkpoint. The first failed delivery
+    /// is returned after the others were waited for.
+    pub async fn drain(&mut self) -> Result<(), SubscriberError> {
+        let mut first_error = None;
+        while let Some((id, result)) = self.in_flight.next().await {
+            if let Err(error) = self.confirmed(id, result) {
+                first_error.get_or_insert(error);
+            }
+        }
+        self.save_checkpoint().await?;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Forgets registered positions after a failure, so a resumed stream registers afresh.
+    pub fn reset_frontier(&mut self) {
+        self.frontier = DeliveryFrontier::new();
+    }
+
+    pub fn known_users(&self) -> usize {
+        self.known.len()
+    }
+}
+
+fn ids_text(ids: &[SalesforceId]) -> String {
+    let shown: Vec<&str> = ids.iter().take(5).map(SalesforceId::as_str).collect();
+    let more = ids.len().saturating_sub(5);
+    if more > 0 {
+        format!("{} and {more} more", shown.join(","))
+    } else {
+        shown.join(",")
+    }
+}
+
+/// The Pub/Sub subscriber.
+pub struct Subscriber {
+    settings: SubscriberSettings,
+    tokens: Arc<CredentialsTokenSource>,
+    session: SalesforceSession,
+    connection: PubSubConnection,
+    schemas: SchemaCache,
+    pipeline: Pipeline,
+}
+
+impl Subscriber {
+    /// Signs in and builds the channel; nothing is read yet.
+    pub async fn new(
+        settings: SubscriberSettings,
+        tokens: Arc<CredentialsTokenSource>,
+        rest: SalesforceRest,
+        publisher: Arc<ChangePublisher>,
+        store: Arc<dyn Store>,
+    ) -> Result<Subscriber, SubscriberError> {
+        let session = tokens.session().await?;
+        let connection = PubSubConnection::new(settings.pubsub.clone(), &session)?;
+        let pipeline = Pipeline::new(
+            &settings.topic,
+            session.org_id.clone(),
+            rest,
+            publisher,
+            store,
+            settings.resync_margin,
+        );
+        Ok(Subscriber {
+            settings,
+            tokens,
+            session,
+            connection,
+            schemas: SchemaCache::default(),
+            pipeline,
+        })
+    }
+
+    pub fn stats(&self) -> &SubscriberStats {
+        &self.pipeline.stats
+    }
+
+    /// Runs until `shutdown` turns true or a failure only an admin can fix. On shutdown,
+    /// waits for Kafka to confirm what is in flight and saves the checkpoint.
+    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SubscriberError> {
+        self.connection.topic(&self.settings.topic).await?;
+        let mut next = match self.pipeline.load_checkpoint().await? {
+            Some(position) => Start::After(position.replay_id),
+            None => Start::Latest {
+                resync: Resync::All("initial load"),
+            },
+        };
+        let mut backoff = self.backoff();
+        loop {
+            let end = match self.open(next.clone()).await {
+                Ok(mut subscription) => {
+                    let end = self.read(&mut subscription, &mut shutdown, &mut backoff).await;
+                    drop(subscription);
+                    end
+                }
+                Err(error) => Err(error),
+            };
+            let drained = self.pipeline.drain().await;
+            if *shutdown.borrow() {
+                self.pipeline
+                    .publisher
+                    .flush(self.settings.flush_timeout)
+                    .map_err(|source| SubscriberError::Kafka {
+                        context: "flushing the producer at shutdown".into(),
+                        source,
+                    })?;
+                return drained;
+            }
+            let end = match (end, drained) {
+                (Err(SubscriberError::PubSub(PubSubError::Call { failure, .. })), _) => {
+                    StreamEnd::Failed(failure)
+                }
+                (Err(error), _) | (Ok(_), Err(error)) => {
+                    tracing::warn!(%error, "the subscriber resumes from its checkpoint");
+                    StreamEnd::Closed
+                }
+                (Ok(end), Ok(())) => end,
+            };
+            self.pipeline.reset_frontier();
+            self.pipeline.stats.resubscribes += 1;
+            let delay = backoff.next().unwrap_or(self.settings.backoff_max);
+            let step = match &end {
+                StreamEnd::Failed(failure) => recovery(failure, self.settings.replay_policy, delay),
+                StreamEnd::Closed | StreamEnd::Idle(_) => Recovery::Resume { after: delay },
+            };
+            tracing::info!(%end, ?step, "Pub/Sub stream ended");
+            let resume = match self.pipeline.checkpoint() {
+                Some(position) => Start::After(position.replay_id.clone()),
+                // Nothing was ever confirmed: the initial load starts over.
+                None => Start::Latest {
+                    resync: Resync::All("initial load"),
+                },
+            };
+            next = match step {
+                Recovery::Resume { after } => {
+                    tokio::select! {
+                        () = tokio::time::sleep(after) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    resume
+                }
+                Recovery::Reauthenticate => {
+                    self.reauthenticate().await?;
+                    resume
+                }
+                Recovery::StartOver { resync: true } => Start::Latest {
+                    resync: match self.pipeline.checkpoint().and_then(|c| c.commit_timestamp) {
+                        Some(since) => Resync::Since(since),
+                        None => Resync::All("the replay id is unusable and its time unknown"),
+                    },
+                },
+                Recovery::StartOver { resync: false } => {
+                    tracing::warn!(
+                        "replay policy \"latest\": changes between the checkpoint and now are not recovered"
+                    );
+                    Start::Latest {
+                        resync: Resync::Nothing,
+                    }
+                }
+                Recovery::Stop { reason } => return Err(SubscriberError::Stopped { reason }),
+            };
+        }
+    }
+
+    /// Opens the stream `start` asks for. A LATEST subscription is opened *before* any
+    /// resync, which pins the stream position on the server: whatever changes while users are
+    /// read through REST is still delivered after them, so the hand-over has no gap.
+    async fn open(&mut self, start: Start) -> Result<Subscription, SubscriberError> {
+        match start {
+            Start::After(replay_id) => Ok(self
+                .connection
+                .subscribe(&self.settings.topic, StartAt::After(replay_id))
+                .await?),
+            Start::Latest { resync } => {
+                let subscription = self
+                    .connection
+                    .subscribe(&self.settings.topic, StartAt::Latest)
+                    .await?;
+                match resync {
+                    Resync::Nothing => {}
+                    Resync::All(why) => {
+                        tracing::info!(why, "reading every user, stream pinned at LATEST");
+                        self.pipeline.resync(None, unplaced(), why).await?;
+                    }
+                    Resync::Since(since) => {
+                        tracing::info!(%since, "replay id unusable: reading users changed since the checkpoint");
+                        self.pipeline
+                            .resync(Some(since), unplaced(), "the replay id is outside the retention window")
+                            .await?;
+                    }
+                }
+                Ok(subscription)
+            }
+        }
+    }
+
+    /// Reads a stream until it ends or shutdown is asked for.
+    async fn read(
+        &mut self,
+        subscription: &mut Subscription,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut backon::ExponentialBackoff,
+    ) -> Result<StreamEnd, SubscriberError> {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(StreamEnd::Closed),
+                Some((id, result)) = self.pipeline.next_confirmation() => {
+                    self.pipeline.confirmed(id, result)?;
+                    self.pipeline.save_checkpoint().await?;
+                }
+                batch = subscription.next() => match batch {
+                    Ok(batch) => {
+                        *backoff = self.backoff();
+                        self.batch(batch).await?;
+                        self.pipeline.save_checkpoint().await?;
+                    }
+                    Err(end) => return Ok(end),
+                },
+            }
+        }
+    }
+
+    async fn batch(&mut self, batch: Batch) -> Result<(), SubscriberError> {
+        if batch.events.is_empty() {
+            self.pipeline.keepalive(batch.latest_replay_id);
+            return Ok(());
+        }
+        for consumer in batch.events {
+            let Some(event) = consumer.event else {
+                continue;
+            };
+            let decoded = match self.schemas.get(&self.connection, &event.schema_id).await {
+                Ok(schema) => schema.decode(&event.payload).map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            let commit_timestamp = decoded.as_ref().ok().map(|e| e.header.commit_timestamp);
+            self.pipeline
+                .handle(ReceivedChange {
+                    decoded,
+                    raw: &event.payload,
+                    replay: Replay::PubSub(&consumer.replay_id),
+                    schema_id: &event.schema_id,
+                    position: StreamPosition {
+                        replay_id: consumer.replay_id.clone(),
+                        commit_timestamp,
+                    },
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn reauthenticate(&mut self) -> Result<(), SubscriberError> {
+        let token = self.tokens.renew(&self.session.access_token).await?;
+        self.session.access_token = token;
+        self.connection.set_session(&self.session)?;
+        Ok(())
+    }
+
+    /// Jittered exponential delays between the configured bounds, without end; a stream
+    /// that delivers something starts the sequence over.
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.settings.backoff_min)
+            .with_max_delay(self.settings.backoff_max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// Where the next stream starts.
+#[derive(Debug, Clone)]
+enum Start {
+    /// After the checkpoint.
+    After(Vec<u8>),
+    /// At the newest position, after reading users through REST.
+    Latest { resync: Resync },
+}
+
+/// Which users to read through REST before a LATEST stream is read.
+#[derive(Debug, Clone)]
+enum Resync {
+    Nothing,
+    All(&'static str),
+    Since(DateTime<Utc>),
+}
+
+/// The position of snapshots read before the stream's first position is known. An empty
+/// replay id is never saved as a checkpoint.
+fn unplaced() -> StreamPosition {
+    StreamPosition {
+        replay_id: Vec::new(),
+        commit_timestamp: None,
+    }
+}
