@@ -51,7 +51,7 @@ pub enum PublishError {
     Client {
         brokers: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("{record}: cannot encode it as JSON: {source}")]
     Encode {
@@ -64,14 +64,14 @@ pub enum PublishError {
         record: String,
         topic: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("{record}: Kafka did not confirm it on topic {topic}: {source}")]
     Delivery {
         record: String,
         topic: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("{record}: the producer was dropped before Kafka confirmed it on topic {topic}")]
     Abandoned { record: String, topic: String },
@@ -80,7 +80,7 @@ pub enum PublishError {
         in_flight: i32,
         timeout: Duration,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 }
 
@@ -117,7 +117,7 @@ impl Future for PendingDelivery {
             Ok(Err((source, _message))) => Err(PublishError::Delivery {
                 record,
                 topic,
-                source,
+                source: Box::new(source),
             }),
             Err(_canceled) => Err(PublishError::Abandoned { record, topic }),
         })
@@ -153,7 +153,7 @@ impl ChangePublisher {
             .create()
             .map_err(|source| PublishError::Client {
                 brokers: config.brokers.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(Self {
             producer,
@@ -226,7 +226,7 @@ impl ChangePublisher {
             .map_err(|source| PublishError::Flush {
                 in_flight: self.producer.in_flight_count(),
                 timeout,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -325,7 +325,7 @@ pub(super) async fn enqueue(
                 return Err(PublishError::Enqueue {
                     record,
                     topic: topic.to_string(),
-                    source,
+                    source: Box::new(source),
                 });
             }
         }

@@ -82,7 +82,7 @@ impl AdminTopicCreator {
             .create()
             .map_err(|source| TopicError::Client {
                 brokers: config.brokers.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(Self {
             admin,
@@ -124,14 +124,14 @@ pub enum TopicError {
     Client {
         brokers: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("cannot read the metadata of Kafka topic {topic} from brokers {brokers}: {source}")]
     Metadata {
         topic: String,
         brokers: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error(
         "Kafka topic {topic} does not exist on brokers {brokers} and kafka.create_topics is \
@@ -147,7 +147,7 @@ pub enum TopicError {
         topic: String,
         brokers: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 }
 
@@ -184,7 +184,7 @@ pub async fn ensure<C: ClientContext>(
             TopicError::Metadata {
                 topic: spec.name.clone(),
                 brokers: config.brokers.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
         match found {
@@ -212,7 +212,7 @@ pub async fn ensure<C: ClientContext>(
                     .map_err(|source| TopicError::Create {
                         topic: spec.name.clone(),
                         brokers: config.brokers.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 tracing::info!(
                     topic = %spec.name,

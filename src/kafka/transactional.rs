@@ -49,14 +49,14 @@ pub enum TransactionError {
     Client {
         brokers: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("transactional id {transactional_id}: {step} failed: {source}")]
     Step {
         transactional_id: String,
         step: &'static str,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error(
         "batch for {salesforce_topic} aborted: {source}{}",
@@ -82,7 +82,7 @@ pub enum TransactionError {
         topic: String,
         brokers: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error(
         "the checkpoint of {salesforce_topic} at {topic} partition {partition} offset {offset} is not \
@@ -126,7 +126,7 @@ impl TransactionalPublisher {
         let producer: FutureProducer =
             client.create().map_err(|source| TransactionError::Client {
                 brokers: config.brokers.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let publisher = Self {
             producer,
@@ -256,7 +256,7 @@ impl TransactionalPublisher {
         TransactionError::Step {
             transactional_id: self.transactional_id.clone(),
             step,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -267,7 +267,7 @@ impl TransactionalPublisher {
             .map_err(|source| PublishError::Flush {
                 in_flight: self.producer.in_flight_count(),
                 timeout,
-                source,
+                source: Box::new(source),
             })
     }
 }
@@ -302,7 +302,7 @@ fn read_checkpoint_blocking(
         salesforce_topic: salesforce_topic.to_string(),
         topic: topic.clone(),
         brokers: config.brokers.clone(),
-        source,
+        source: Box::new(source),
     };
     let consumer: BaseConsumer = checkpoint_reader_config(config)
         .create()
