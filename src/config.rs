@@ -10,6 +10,7 @@
 //!
 //! `docs/settings.md` lists every key with its default and variable.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::engine::settings::{SettingsError, SyncSettings};
 
 /// The sections the environment may set.
-const SECTIONS: [&str; 4] = ["sync", "store", "outreach", "salesforce"];
+const SECTIONS: [&str; 5] = ["sync", "store", "outreach", "salesforce", "kafka"];
 
 /// The prefix of every variable.
 pub const ENV_PREFIX: &str = "USERSYNC_";
@@ -34,6 +35,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub outreach: OutreachConfig,
     pub salesforce: SalesforceConfig,
+    pub kafka: KafkaConfig,
 }
 
 /// Where durable state lives.
@@ -204,6 +206,68 @@ impl Default for SalesforceConfig {
     }
 }
 
+/// How to reach Kafka and what to create there (`src/kafka/`, `docs/kafka.md`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: a comma-separated `host:port` list.
+    pub brokers: String,
+    /// The topic of `user_change.v1` events.
+    pub topic: String,
+    /// Where records that cannot become events go, with the reason in a header.
+    pub dead_letter_topic: String,
+    /// Partitions of the topic and the dead-letter topic when usersync creates them.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Create missing topics at start; when false, a missing topic stops the start.
+    pub create_topics: bool,
+    /// Set: the transactional producer (events and checkpoint in one transaction).
+    /// Unset: the idempotent producer.
+    pub transactional_id: Option<String>,
+    /// The compacted topic of replay checkpoints, used only in transactional mode.
+    pub checkpoint_topic: String,
+    /// How long librdkafka tries to deliver one record before reporting it failed.
+    pub message_timeout_ms: u64,
+    /// Extra librdkafka settings (`security.protocol`, `sasl.password`, …). Values may be
+    /// secrets: the debug form and serialization mask the sensitive ones.
+    #[serde(
+        serialize_with = "serialize_masked_properties",
+        deserialize_with = "deserialize_properties"
+    )]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The librdkafka settings usersync sets itself, because its delivery promise rests on them;
+/// `properties` may not override them.
+pub const KAFKA_FIXED_PROPERTIES: [(&str, &str); 6] = [
+    ("bootstrap.servers", "kafka.brokers"),
+    ("enable.idempotence", "always true"),
+    ("acks", "always all"),
+    ("message.timeout.ms", "kafka.message_timeout_ms"),
+    ("transactional.id", "kafka.transactional_id"),
+    (
+        "isolation.level",
+        "read_committed where usersync reads checkpoints",
+    ),
+];
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "usersync.user-changes.v1".into(),
+            dead_letter_topic: "usersync.user-changes.dlq".into(),
+            partitions: 12,
+            replication_factor: 1,
+            create_topics: true,
+            transactional_id: None,
+            checkpoint_topic: "usersync.subscriber-checkpoints".into(),
+            message_timeout_ms: 30_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
 impl SalesforceConfig {
     /// Checks what the subscriber needs before it signs in: the URLs parse, the chosen flow
     /// has its credentials, the API version has the `vNN.N` form.
@@ -270,6 +334,174 @@ impl SalesforceConfig {
         }
         Ok(())
     }
+}
+
+impl KafkaConfig {
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_millis(self.message_timeout_ms)
+    }
+
+    /// `properties` with librdkafka's names: an environment variable cannot hold a dot, so
+    /// `USERSYNC_KAFKA__PROPERTIES__SASL_PASSWORD` arrives as `sasl_password`; no librdkafka
+    /// setting has an underscore, so every `_` reads as `.`.
+    pub fn client_properties(&self) -> impl Iterator<Item = (String, &str)> {
+        self.properties
+            .iter()
+            .map(|(k, v)| (k.replace('_', "."), v.as_str()))
+    }
+
+    /// Whether a librdkafka setting's value must never be shown.
+    pub fn is_sensitive(key: &str) -> bool {
+        let key = key.to_ascii_lowercase();
+        ["password", "secret", "key"]
+            .iter()
+            .any(|word| key.contains(word))
+    }
+
+    fn masked_properties(&self) -> BTreeMap<&str, &str> {
+        self.properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if Self::is_sensitive(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |text: String| Err(ConfigError::Parse(text));
+        if self.brokers.trim().is_empty() {
+            return fail("kafka.brokers is empty; name at least one host:port".into());
+        }
+        for (key, value) in [
+            ("kafka.topic", &self.topic),
+            ("kafka.dead_letter_topic", &self.dead_letter_topic),
+            ("kafka.checkpoint_topic", &self.checkpoint_topic),
+        ] {
+            if value.trim().is_empty() {
+                return fail(format!("{key} is empty"));
+            }
+        }
+        if self.topic == self.dead_letter_topic {
+            return fail(format!(
+                "kafka.dead_letter_topic must differ from kafka.topic ({:?})",
+                self.topic
+            ));
+        }
+        if self.partitions < 1 {
+            return fail(format!(
+                "kafka.partitions must be at least 1, not {}",
+                self.partitions
+            ));
+        }
+        if self.replication_factor < 1 {
+            return fail(format!(
+                "kafka.replication_factor must be at least 1, not {}",
+                self.replication_factor
+            ));
+        }
+        if self.message_timeout_ms == 0 {
+            return fail(
+                "kafka.message_timeout_ms must be positive (0 would retry a record forever)".into(),
+            );
+        }
+        if self
+            .transactional_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return fail(
+                "kafka.transactional_id is set but empty; unset it for the idempotent producer"
+                    .into(),
+            );
+        }
+        for (name, _) in self.client_properties() {
+            if let Some((_, instead)) = KAFKA_FIXED_PROPERTIES.iter().find(|(k, _)| *k == name) {
+                return fail(format!(
+                    "kafka.properties may not set {name}: usersync sets it ({instead})"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    /// Prints every setting, with the values of sensitive `properties` masked.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("create_topics", &self.create_topics)
+            .field("transactional_id", &self.transactional_id)
+            .field("checkpoint_topic", &self.checkpoint_topic)
+            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("properties", &self.masked_properties())
+            .finish()
+    }
+}
+
+/// Serializes `kafka.properties` with sensitive values as `***`, like [`Secret`].
+fn serialize_masked_properties<S: Serializer>(
+    properties: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(properties.len()))?;
+    for (k, v) in properties {
+        let shown = if KafkaConfig::is_sensitive(k) {
+            "***"
+        } else {
+            v.as_str()
+        };
+        map.serialize_entry(k, shown)?;
+    }
+    map.end()
+}
+
+/// Reads `kafka.properties`, taking a boolean or a number as its text: librdkafka settings
+/// are all text, while `…=false` or `…=5` in the environment arrive typed. No error here
+/// quotes a value, since values may be secrets.
+fn deserialize_properties<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Text(String);
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct TextVisitor;
+            impl serde::de::Visitor<'_> for TextVisitor {
+                type Value = Text;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a librdkafka setting (text, a number or a boolean)")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+            }
+            d.deserialize_any(TextVisitor)
+        }
+    }
+    let typed = BTreeMap::<String, Text>::deserialize(d)?;
+    Ok(typed.into_iter().map(|(k, Text(v))| (k, v)).collect())
 }
 
 /// A secret value: read from configuration, never printed.
@@ -402,7 +634,7 @@ impl Config {
                 self.outreach.page_size
             )));
         }
-        Ok(())
+        self.kafka.validate()
     }
 }
 
@@ -620,6 +852,85 @@ mod tests {
         let shown = crate::store::redact_password(url);
         assert!(!shown.contains("pa55word"), "{shown}");
         assert!(shown.contains("sslmode=disable"), "{shown}");
+    }
+
+    #[test]
+    fn kafka_section_from_file_and_environment_masks_secrets() {
+        Jail::expect_with(|jail| {
+            let defaults = load_in(jail, None).unwrap().kafka;
+            assert_eq!(defaults, KafkaConfig::default());
+            assert_eq!(defaults.brokers, "127.0.0.1:9092");
+            assert_eq!(defaults.partitions, 12);
+            assert_eq!(defaults.transactional_id, None);
+
+            jail.create_file(
+                "usersync.toml",
+                r#"
+                [kafka]
+                topic = "team.user-changes"
+                partitions = 3
+                [kafka.properties]
+                "security.protocol" = "SASL_SSL"
+                "sasl.password" = "hunter22"
+                "#,
+            )?;
+            jail.set_env("USERSYNC_KAFKA__BROKERS", "kafka-1:9093,kafka-2:9093");
+            jail.set_env(
+                "USERSYNC_KAFKA__TRANSACTIONAL_ID",
+                "usersync-subscriber-org1",
+            );
+            jail.set_env("USERSYNC_KAFKA__PROPERTIES__SSL_KEY_PASSWORD", "k3yp4ss");
+            jail.set_env("USERSYNC_KAFKA__PROPERTIES__LINGER_MS", "5");
+            jail.set_env(
+                "USERSYNC_KAFKA__PROPERTIES__ENABLE_SSL_CERTIFICATE_VERIFICATION",
+                "false",
+            );
+            let kafka = load_in(jail, Some("usersync.toml")).unwrap().kafka;
+            assert_eq!(kafka.brokers, "kafka-1:9093,kafka-2:9093");
+            assert_eq!(kafka.topic, "team.user-changes");
+            assert_eq!(kafka.partitions, 3);
+            assert_eq!(kafka.dead_letter_topic, "usersync.user-changes.dlq");
+            assert_eq!(
+                kafka.transactional_id.as_deref(),
+                Some("usersync-subscriber-org1")
+            );
+            let properties: BTreeMap<String, &str> = kafka.client_properties().collect();
+            assert_eq!(properties["security.protocol"], "SASL_SSL");
+            assert_eq!(properties["sasl.password"], "hunter22");
+            assert_eq!(properties["ssl.key.password"], "k3yp4ss");
+            assert_eq!(properties["linger.ms"], "5");
+            assert_eq!(properties["enable.ssl.certificate.verification"], "false");
+
+            let shown = format!("{kafka:?}");
+            assert!(shown.contains("SASL_SSL"), "{shown}");
+            assert!(!shown.contains("hunter22"), "{shown}");
+            assert!(!shown.contains("k3yp4ss"), "{shown}");
+            let dumped = toml::to_string(&kafka).unwrap();
+            assert!(!dumped.contains("hunter22"), "{dumped}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kafka_settings_the_producer_owns_are_refused() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_KAFKA__PROPERTIES__ENABLE_IDEMPOTENCE", "false");
+            let text = load_in(jail, None).unwrap_err().to_string();
+            assert!(text.contains("enable.idempotence"), "{text}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_KAFKA__PARTITIONS", "0");
+            let text = load_in(jail, None).unwrap_err().to_string();
+            assert!(text.contains("kafka.partitions"), "{text}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_KAFKA__BROKER", "x:9092");
+            let text = load_in(jail, None).unwrap_err().to_string();
+            assert!(text.contains("broker"), "{text}");
+            Ok(())
+        });
     }
 
     #[test]

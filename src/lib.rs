@@ -5,6 +5,8 @@
 //! - [`salesforce`]: what reads Salesforce: ids, and the pure half of the CDC subscriber
 //!   (bitmap and Avro decoding, normalization); its I/O comes with its issue.
 //! - [`event`]: the normalized `user_change.v1` event, the contract between the roles.
+//! - [`kafka`]: the subscriber's producer (events, dead letters, transactional batches) and
+//!   the rule that keeps the replay checkpoint behind Kafka's confirmations.
 //! - [`engine`]: the pure decision engine: settings, the state a decision sees, the rules.
 //! - [`outreach`]: what writes to Outreach: the JSON:API client with its rate limit,
 //!   retries and OAuth.
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod kafka;
 pub mod outreach;
 pub mod proto;
 pub mod salesforce;
