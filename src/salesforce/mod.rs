@@ -13,6 +13,8 @@
 //!
 //! - [`auth`]: OAuth (JWT bearer, client credentials, refresh token), userinfo, and the
 //!   table that turns a token refusal into a disconnect reason.
+//! - [`rest`]: User records over the REST API: the initial load, the re-read of the users a
+//!   gap event names, and the resync after an overflow or an expired replay id.
 //!
 //! The rest of the I/O (the gRPC stream, the schema cache, Kafka) comes with the rest
 //! of the subscriber.
@@ -24,4 +26,5 @@ pub mod id;
 pub mod normalize;
 pub mod pubsub;
 pub mod replay;
+pub mod rest;
 pub mod snapshot;

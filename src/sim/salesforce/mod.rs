@@ -31,6 +31,7 @@ pub mod directory;
 pub mod eventbus;
 pub mod oauth;
 pub mod pubsub;
+pub mod query;
 pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,6 +114,8 @@ pub(crate) struct SimState {
     pub(crate) bus: EventBus,
     /// Usernames whose profile lost View All Users: they may not read `/data/UserChangeEvent`.
     pub(crate) without_view_all_users: BTreeSet<String>,
+    /// The REST data API: query locators, page size, API access, injected failures.
+    pub(crate) rest: query::RestState,
 }
 
 impl SimState {
@@ -227,6 +230,7 @@ impl SalesforceSim {
                 directory,
                 bus,
                 without_view_all_users: BTreeSet::new(),
+                rest: query::RestState::default(),
             }),
             base_url,
             requests: RequestLog::default(),
@@ -382,6 +386,39 @@ impl SalesforceSim {
         self.shared.lock().oauth.revoke_tokens();
     }
 
+    // ---- The REST data API -----------------------------------------------------------------
+
+    /// The page size of query results when the client asks for none (2,000 by default; any
+    /// size from 1, so tests can page through a few users).
+    pub fn set_query_page_size(&self, size: usize) {
+        self.shared.lock().rest.default_page_size = size.max(1);
+    }
+
+    /// Fault: every open query locator expires, as after 15 idle minutes.
+    pub fn expire_query_locators(&self) {
+        self.shared.lock().rest.locators.close_all();
+    }
+
+    /// Fault: the user's REST API access is switched off (`403 API_DISABLED_FOR_ORG`) or on.
+    pub fn set_api_enabled(&self, username: &str, enabled: bool) {
+        let mut state = self.shared.lock();
+        if enabled {
+            state.rest.api_disabled.remove(username);
+        } else {
+            state.rest.api_disabled.insert(username.to_owned());
+        }
+    }
+
+    /// Fault: the next `count` REST data requests fail with `status` (a 5xx, say) before
+    /// anything else is checked.
+    pub fn fail_next_rest_requests(&self, count: usize, status: u16) {
+        let mut state = self.shared.lock();
+        state
+            .rest
+            .failures
+            .extend(std::iter::repeat_n(status, count));
+    }
+
     // ---- User records and their change events -------------------------------------------
 
     /// Creates a User record (flat SOQL field names; `Username` required) and publishes its
@@ -525,7 +562,8 @@ fn router(shared: Arc<Shared>) -> Router {
     let my_domain = oauth_routes(
         post(handlers::token_my_domain),
         get(handlers::userinfo_my_domain),
-    );
+    )
+    .merge(query::routes());
     login
         .nest(MY_DOMAIN_PREFIX, my_domain)
         .fallback(not_found)
