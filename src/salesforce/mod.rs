@@ -28,3 +28,4 @@ pub mod pubsub;
 pub mod replay;
 pub mod rest;
 pub mod snapshot;
+pub mod subscriber;

@@ -40,15 +40,19 @@ use super::avro::ChangeEvent;
 use super::id::SalesforceId;
 use super::normalize::{Delivery, Normalized, Replay, normalize};
 use super::pubsub::{
-    Batch, PubSubConnection, PubSubError, PubSubSettings, SchemaCache, StartAt,
-    StreamEnd, Subscription,
+    Batch, PubSubConnection, PubSubError, PubSubSettings, SchemaCache, StartAt, StreamEnd,
+    Subscription,
 };
 use super::replay::{Recovery, ReplayPolicy, recovery};
-use super::rest::{CredentialsTokenSource, SalesforceRest, SalesforceRestError, TokenSource, UserQuery};
+use super::rest::{
+    CredentialsTokenSource, SalesforceRest, SalesforceRestError, TokenSource, UserQuery,
+};
 use super::snapshot::snapshot;
 use crate::engine::state::SalesforceUser;
 use crate::event::UserChange;
-use crate::kafka::{ChangePublisher, DeadLetter, DeliveryFrontier, PendingDelivery, PublishError, RecordId};
+use crate::kafka::{
+    ChangePublisher, DeadLetter, DeliveryFrontier, PendingDelivery, PublishError, RecordId,
+};
 use crate::store::{ReplayCheckpoint, Store, StoreError};
 
 /// A stream position: what the checkpoint stores.
@@ -154,6 +158,14 @@ pub struct ReceivedChange<'a> {
     pub position: StreamPosition,
 }
 
+/// What a dead letter needs of a refused change.
+struct Refused<'a> {
+    raw: &'a [u8],
+    replay: Replay<'a>,
+    schema_id: &'a str,
+    position: StreamPosition,
+}
+
 impl Pipeline {
     pub fn new(
         topic: &str,
@@ -180,14 +192,14 @@ impl Pipeline {
 
     /// The stored checkpoint, read once at start.
     pub async fn load_checkpoint(&mut self) -> Result<Option<StreamPosition>, SubscriberError> {
-        let stored = self
-            .store
-            .checkpoint(&self.topic)
-            .await
-            .map_err(|source| SubscriberError::Store {
-                context: format!("reading the replay checkpoint of {}", self.topic),
-                source,
-            })?;
+        let stored =
+            self.store
+                .checkpoint(&self.topic)
+                .await
+                .map_err(|source| SubscriberError::Store {
+                    context: format!("reading the replay checkpoint of {}", self.topic),
+                    source,
+                })?;
         self.checkpoint = stored.map(|c| StreamPosition {
             replay_id: c.replay_id,
             commit_timestamp: c.commit_timestamp,
@@ -202,15 +214,28 @@ impl Pipeline {
 
     /// Handles one delivered change event.
     pub async fn handle(&mut self, delivered: ReceivedChange<'_>) -> Result<(), SubscriberError> {
-        let event = match delivered.decoded {
+        let ReceivedChange {
+            decoded,
+            raw,
+            replay,
+            schema_id,
+            position,
+        } = delivered;
+        let refused = Refused {
+            raw,
+            replay,
+            schema_id,
+            position: position.clone(),
+        };
+        let event = match decoded {
             Ok(event) => event,
-            Err(reason) => return self.dead_letter(&delivered, &reason).await,
+            Err(reason) => return self.dead_letter(refused, &reason).await,
         };
         let delivery = Delivery {
             org_id: &self.org_id,
             topic: &self.topic,
-            replay: delivered.replay,
-            schema_id: delivered.schema_id,
+            replay,
+            schema_id,
             observed_at: Utc::now(),
         };
         let last_known: BTreeMap<SalesforceId, SalesforceUser> = event
@@ -223,10 +248,9 @@ impl Pipeline {
         let outcome = match normalize(&event, &delivery, &last_known) {
             Ok(outcome) => outcome,
             Err(error) => {
-                return self.dead_letter(&delivered, &error.to_string()).await;
+                return self.dead_letter(refused, &error.to_string()).await;
             }
         };
-        let position = delivered.position;
         match outcome {
             Normalized::Events(events) => {
                 self.stats.events_published += events.len() as u64;
@@ -252,7 +276,7 @@ impl Pipeline {
                 self.resync(Some(since), position, &reason).await
             }
             Normalized::Skipped { reason } => {
-                tracing::info!(%reason, replay_id = %delivered.replay.render(), "change event skipped");
+                tracing::info!(%reason, replay_id = %replay.render(), "change event skipped");
                 self.frontier.register(position, 0);
                 Ok(())
             }
@@ -331,9 +355,8 @@ impl Pipeline {
                         context: format!("publishing {}", event.event_id),
                         source,
                     })?;
-            self.in_flight.push(Box::pin(async move {
-                (id, pending.await.map(|_| ()))
-            }));
+            self.in_flight
+                .push(Box::pin(async move { (id, pending.await.map(|_| ())) }));
             if let Some(user_id) = event.salesforce_user_id() {
                 self.known
                     .insert(user_id.clone(), SalesforceUser::from_event(user_id, event));
@@ -342,19 +365,23 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn dead_letter(&mut self, delivered: &ReceivedChange<'_>, reason: &str) -> Result<(), SubscriberError> {
+    async fn dead_letter(
+        &mut self,
+        refused: Refused<'_>,
+        reason: &str,
+    ) -> Result<(), SubscriberError> {
         self.stats.dead_letters += 1;
-        let replay_id = delivered.replay.render();
-        tracing::warn!(%reason, %replay_id, schema_id = delivered.schema_id, "change event dead-lettered");
+        let replay_id = refused.replay.render();
+        tracing::warn!(%reason, %replay_id, schema_id = refused.schema_id, "change event dead-lettered");
         let letter = DeadLetter {
             key: &replay_id,
-            raw: delivered.raw,
+            raw: refused.raw,
             reason,
             source: "salesforce",
             context: vec![
                 ("topic", self.topic.clone()),
                 ("replay_id", replay_id.clone()),
-                ("schema_id", delivered.schema_id.to_owned()),
+                ("schema_id", refused.schema_id.to_owned()),
             ],
         };
         self.publisher
@@ -364,7 +391,7 @@ impl Pipeline {
                 context: format!("dead-lettering the event at replay id {replay_id}"),
                 source,
             })?;
-        self.frontier.register(delivered.position.clone(), 0);
+        self.frontier.register(refused.position, 0);
         Ok(())
     }
 
@@ -375,7 +402,11 @@ impl Pipeline {
 
     /// Takes one confirmation into the frontier. A failed delivery is an error: the stream is
     /// resumed from the checkpoint, which is still before it.
-    pub fn confirmed(&mut self, id: RecordId, result: Result<(), PublishError>) -> Result<(), SubscriberError> {
+    pub fn confirmed(
+        &mut self,
+        id: RecordId,
+        result: Result<(), PublishError>,
+    ) -> Result<(), SubscriberError> {
         match result {
             Ok(()) => {
                 let _ = self.frontier.confirm(id);
@@ -501,7 +532,10 @@ impl Subscriber {
 
     /// Runs until `shutdown` turns true or a failure only an admin can fix. On shutdown,
     /// waits for Kafka to confirm what is in flight and saves the checkpoint.
-    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SubscriberError> {
+    pub async fn run(
+        &mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), SubscriberError> {
         self.connection.topic(&self.settings.topic).await?;
         let mut next = match self.pipeline.load_checkpoint().await? {
             Some(position) => Start::After(position.replay_id),
@@ -513,7 +547,9 @@ impl Subscriber {
         loop {
             let end = match self.open(next.clone()).await {
                 Ok(mut subscription) => {
-                    let end = self.read(&mut subscription, &mut shutdown, &mut backoff).await;
+                    let end = self
+                        .read(&mut subscription, &mut shutdown, &mut backoff)
+                        .await;
                     drop(subscription);
                     end
                 }
@@ -609,7 +645,11 @@ impl Subscriber {
                     Resync::Since(since) => {
                         tracing::info!(%since, "replay id unusable: reading users changed since the checkpoint");
                         self.pipeline
-                            .resync(Some(since), unplaced(), "the replay id is outside the retention window")
+                            .resync(
+                                Some(since),
+                                unplaced(),
+                                "the replay id is outside the retention window",
+                            )
                             .await?;
                     }
                 }
