@@ -104,7 +104,7 @@ pub enum SubscriberError {
     Rest {
         context: String,
         #[source]
-        source: SalesforceRestError,
+        source: Box<SalesforceRestError>,
     },
     #[error("while {context}: {source}")]
     Kafka {
@@ -264,11 +264,12 @@ impl Pipeline {
                     ids_text(&user_ids),
                     event.header.change_type
                 );
-                let users = self
-                    .rest
-                    .users_by_ids(&user_ids)
-                    .await
-                    .map_err(|source| SubscriberError::Rest { context, source })?;
+                let users = self.rest.users_by_ids(&user_ids).await.map_err(|source| {
+                    SubscriberError::Rest {
+                        context,
+                        source: Box::new(source),
+                    }
+                })?;
                 self.publish_snapshots(position, users).await
             }
             Normalized::FullResync { since, reason, .. } => {
@@ -318,7 +319,7 @@ impl Pipeline {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|source| SubscriberError::Rest {
                 context: context.clone(),
-                source,
+                source: Box::new(source),
             })?;
             users.extend(page.records);
         }

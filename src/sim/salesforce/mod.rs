@@ -494,6 +494,19 @@ impl SalesforceSim {
         })
     }
 
+    /// Fault: creates a user whose CREATE event reaches subscribers with its Avro payload cut
+    /// in half (undecodable). Returns the new user's id.
+    pub fn create_user_with_corrupt_event(&self, fields: Value) -> Result<String, String> {
+        let fields = object(fields)?;
+        self.shared.write(|state| {
+            let (id, change) = state
+                .directory
+                .create(fields, &Writer::default(), now_ms())?;
+            state.bus.publish_truncated(change, now_ms());
+            Ok(id)
+        })
+    }
+
     /// An admin adds a custom text field to User: later events carry a new schema id.
     pub fn add_custom_field(&self, name: &str) -> String {
         self.shared.write(|state| state.bus.add_custom_field(name))

@@ -1,0 +1,440 @@
+//! The subscriber end to end in one process: the Salesforce simulator over real sockets
+//! (OAuth, Pub/Sub gRPC, REST) → the subscriber → librdkafka's mock cluster, with the replay
+//! checkpoint in a SQLite store. Each test reads back what reached Kafka.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::json;
+use tokio::sync::watch;
+use usersync::event::{ChangeKind, UserChange};
+use usersync::kafka::{ChangePublisher, KafkaConfig};
+use usersync::salesforce::auth::{SalesforceCredentials, Secret};
+use usersync::salesforce::pubsub::PubSubSettings;
+use usersync::salesforce::rest::{CredentialsTokenSource, RestRetry, SalesforceRest};
+use usersync::salesforce::subscriber::{
+    Subscriber, SubscriberError, SubscriberSettings, SubscriberStats,
+};
+use usersync::sim::salesforce::pubsub::StreamFault;
+use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
+use usersync::store::Store;
+
+const PRIVATE_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key.pem");
+const PUBLIC_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key_pub.pem");
+const ADMIN: &str = "integration@acme.example";
+const TOPIC: &str = "/data/UserChangeEvent";
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Rig {
+    sim: SalesforceSim,
+    mock: MockCluster<'static, DefaultProducerContext>,
+    kafka: KafkaConfig,
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig() -> Rig {
+    let sim = SalesforceSim::start(SfSimConfig::new(PUBLIC_KEY))
+        .await
+        .expect("simulator starts");
+    sim.add_user(ADMIN);
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let kafka = KafkaConfig {
+        brokers: mock.bootstrap_servers(),
+        partitions: 3,
+        message_timeout_ms: 5_000,
+        ..KafkaConfig::default()
+    };
+    for topic in [&kafka.topic, &kafka.dead_letter_topic] {
+        mock.create_topic(topic, 3, 1).expect("topic");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("usersync.db").display());
+    let store = usersync::store::open(&url).await.expect("store");
+    Rig {
+        sim,
+        mock,
+        kafka,
+        store,
+        _dir: dir,
+    }
+}
+
+/// A running subscriber and the switch that stops it.
+struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<(Result<(), SubscriberError>, SubscriberStats)>,
+}
+
+impl Running {
+    async fn stop(self) -> SubscriberStats {
+        self.stop.send(true).unwrap();
+        let (outcome, stats) = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("stops in time")
+            .unwrap();
+        outcome.expect("a clean stop");
+        stats
+    }
+}
+
+async fn start(rig: &Rig) -> Running {
+    let creds = SalesforceCredentials::JwtBearer {
+        login_url: rig.sim.login_url(),
+        consumer_key: rig.sim.consumer_key(),
+        username: ADMIN.to_owned(),
+        private_key_pem: Secret::new(PRIVATE_KEY),
+    };
+    let tokens = Arc::new(CredentialsTokenSource::new(reqwest::Client::new(), creds));
+    let session = tokens.session().await.expect("session");
+    let rest = SalesforceRest::new(&session.instance_url, tokens.clone())
+        .unwrap()
+        .with_retry(RestRetry {
+            max_retries: 2,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        });
+    let publisher = Arc::new(ChangePublisher::new(&rig.kafka).expect("producer"));
+    let settings = SubscriberSettings {
+        topic: TOPIC.into(),
+        pubsub: PubSubSettings {
+            endpoint: rig.sim.pubsub_url(),
+            ..PubSubSettings::default()
+        },
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        ..SubscriberSettings::default()
+    };
+    let mut subscriber = Subscriber::new(settings, tokens, rest, publisher, rig.store.clone())
+        .await
+        .expect("subscriber");
+    let (stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let outcome = subscriber.run(shutdown).await;
+        (outcome, subscriber.stats().clone())
+    });
+    Running { stop, task }
+}
+
+/// Reads records of `topic` from the beginning until `count` arrived, then makes sure no more
+/// follow within a second.
+async fn records(rig: &Rig, topic: &str, count: usize) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", rig.mock.bootstrap_servers())
+        .set(
+            "group.id",
+            format!("subscriber-test-{}", rand::random::<u32>()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..3 {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut got = Vec::new();
+    while got.len() < count {
+        match tokio::time::timeout(WAIT, consumer.recv()).await {
+            Ok(message) => got.push(message.unwrap().detach()),
+            Err(_) => panic!("only {} of {count} records arrived on {topic}", got.len()),
+        }
+    }
+    if let Ok(extra) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+        let extra = extra.unwrap().detach();
+        panic!(
+            "more than {count} records on {topic}: {:?}",
+            extra.payload().map(String::from_utf8_lossy)
+        );
+    }
+    got
+}
+
+async fn events(rig: &Rig, count: usize) -> Vec<UserChange> {
+    let mut events: Vec<UserChange> = records(rig, &rig.kafka.topic, count)
+        .await
+        .iter()
+        .map(|m| UserChange::from_json(m.payload().unwrap()).expect("a valid user_change.v1"))
+        .collect();
+    events.sort_by(|a, b| {
+        a.observed_at
+            .cmp(&b.observed_at)
+            .then(a.position().compare(&b.position()))
+    });
+    events
+}
+
+fn create(sim: &SalesforceSim, name: &str, email: &str) -> String {
+    sim.create_user(
+        json!({"Username": format!("{name}@acme.example"), "Email": email,
+               "FirstName": name, "LastName": "Brown", "Title": "AE"}),
+        &Writer::default(),
+    )
+    .expect("create")
+}
+
+/// The newest event per user, by position.
+fn newest(events: &[UserChange]) -> BTreeMap<String, UserChange> {
+    let mut newest: BTreeMap<String, UserChange> = BTreeMap::new();
+    for event in events {
+        let keep = newest
+            .get(&event.user_id)
+            .is_none_or(|held| held.position().compare(&event.position()).is_le());
+        if keep {
+            newest.insert(event.user_id.clone(), event.clone());
+        }
+    }
+    newest
+}
+
+/// Every user of the simulated org (but the admin's) has its current state in Kafka.
+fn assert_converged(rig: &Rig, events: &[UserChange]) {
+    let newest = newest(events);
+    for record in rig.sim.records() {
+        let event = newest
+            .get(&record.id)
+            .unwrap_or_else(|| panic!("no event for {}", record.id));
+        assert_eq!(
+            event.user.email.as_deref(),
+            record.get("Email").as_str(),
+            "{}",
+            record.id
+        );
+        assert_eq!(
+            event.user.title.as_deref(),
+            record.get("Title").as_str(),
+            "{}",
+            record.id
+        );
+        assert_eq!(
+            event.user.is_active,
+            record.get("IsActive").as_bool(),
+            "{}",
+            record.id
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_initial_load_then_every_change_reaches_kafka_with_full_state() {
+    let rig = rig().await;
+    let x = create(&rig.sim, "olga", "olga.brown@acme.example");
+    create(&rig.sim, "ann", "ann@acme.example");
+    let running = start(&rig).await;
+    let loaded = events(&rig, 2).await;
+    assert!(loaded.iter().all(|e| e.change == ChangeKind::Snapshot));
+
+    let y = create(&rig.sim, "olga2", "Olga.Brown@acme.example");
+    rig.sim.deactivate(&x).unwrap();
+    rig.sim
+        .update_users(std::slice::from_ref(&y), json!({"Title": "VP"}), &Writer::default())
+        .unwrap();
+    let all = events(&rig, 5).await;
+    let stats = running.stop().await;
+    assert_eq!(stats.snapshots_published, 2);
+    assert_eq!(stats.events_published, 3);
+
+    let streamed: Vec<&UserChange> = all
+        .iter()
+        .filter(|e| e.change != ChangeKind::Snapshot)
+        .collect();
+    assert_eq!(streamed[0].change, ChangeKind::Create);
+    assert_eq!(streamed[0].user_id, y);
+    // The deactivation is an UPDATE carrying only IsActive; the event has the full state,
+    // merged with what the initial load read.
+    assert_eq!(streamed[1].user_id, x);
+    assert_eq!(streamed[1].user.is_active, Some(false));
+    assert_eq!(streamed[1].user.first_name.as_deref(), Some("olga"));
+    assert_eq!(
+        streamed[1].user.email.as_deref(),
+        Some("olga.brown@acme.example")
+    );
+    assert_eq!(streamed[2].user.title.as_deref(), Some("VP"));
+    // Both users of one email share a key, so one partition orders them.
+    let keyed = records(&rig, &rig.kafka.topic, 5).await;
+    let keys: Vec<String> = keyed
+        .iter()
+        .filter(|m| {
+            let e = UserChange::from_json(m.payload().unwrap()).unwrap();
+            e.user_id == x || e.user_id == y
+        })
+        .map(|m| String::from_utf8_lossy(m.key().unwrap()).into_owned())
+        .collect();
+    assert!(
+        keys.iter().all(|k| k == "olga.brown@acme.example"),
+        "{keys:?}"
+    );
+    let message = &keyed[0];
+    let header_names: Vec<&str> = message.headers().unwrap().iter().map(|h| h.key).collect();
+    assert_eq!(header_names, ["schema", "event_id", "source"]);
+    assert_converged(&rig, &all);
+
+    let checkpoint = rig.store.checkpoint(TOPIC).await.unwrap().expect("saved");
+    assert_eq!(
+        checkpoint.replay_id.len(),
+        10,
+        "the replay bytes as received"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_resumes_after_the_checkpoint_without_repeating_confirmed_events() {
+    let rig = rig().await;
+    let a = create(&rig.sim, "a", "a@acme.example");
+    let running = start(&rig).await;
+    events(&rig, 1).await;
+    // A streamed change gives the subscriber a position to save.
+    create(&rig.sim, "b", "b@acme.example");
+    events(&rig, 2).await;
+    running.stop().await;
+    assert!(rig.store.checkpoint(TOPIC).await.unwrap().is_some());
+
+    // While stopped: two changes.
+    create(&rig.sim, "c", "c@acme.example");
+    rig.sim
+        .update_users(std::slice::from_ref(&a), json!({"Title": "Boss"}), &Writer::default())
+        .unwrap();
+    let running = start(&rig).await;
+    let all = events(&rig, 4).await;
+    let stats = running.stop().await;
+    assert_eq!(stats.resyncs, 0, "a checkpoint exists: no initial load");
+    assert_eq!(
+        stats.rereads, 1,
+        "the title change of a user this process never saw"
+    );
+    let a_events: Vec<&UserChange> = all.iter().filter(|e| e.user_id == a).collect();
+    assert_eq!(a_events.last().unwrap().user.title.as_deref(), Some("Boss"));
+    assert_converged(&rig, &all);
+}
+
+#[tokio::test]
+async fn a_gap_event_is_re_read_and_published_as_a_snapshot() {
+    let rig = rig().await;
+    let a = create(&rig.sim, "a", "a@acme.example");
+    let running = start(&rig).await;
+    events(&rig, 1).await;
+    rig.sim
+        .gap_update(std::slice::from_ref(&a), json!({"Title": "Changed in the database"}))
+        .unwrap();
+    let all = events(&rig, 2).await;
+    let stats = running.stop().await;
+    assert_eq!(stats.rereads, 1);
+    let last = all.last().unwrap();
+    assert_eq!(last.change, ChangeKind::Snapshot);
+    assert_eq!(last.user.title.as_deref(), Some("Changed in the database"));
+}
+
+#[tokio::test]
+async fn an_overflow_resyncs_the_users_it_changed() {
+    let rig = rig().await;
+    let a = create(&rig.sim, "a", "a@acme.example");
+    let b = create(&rig.sim, "b", "b@acme.example");
+    let running = start(&rig).await;
+    events(&rig, 2).await;
+    rig.sim
+        .overflow(
+            &[a.clone(), b.clone()],
+            json!({"Department": "Sales", "Title": "Rep"}),
+        )
+        .unwrap();
+    let all = events(&rig, 4).await;
+    let stats = running.stop().await;
+    assert_eq!(stats.resyncs, 2, "the initial load and the overflow");
+    assert!(
+        all[2..]
+            .iter()
+            .all(|e| e.change == ChangeKind::Snapshot && e.user.title.as_deref() == Some("Rep"))
+    );
+}
+
+#[tokio::test]
+async fn an_expired_replay_id_is_resynced_and_nothing_is_lost() {
+    let rig = rig().await;
+    let a = create(&rig.sim, "a", "a@acme.example");
+    let running = start(&rig).await;
+    events(&rig, 1).await;
+    rig.sim
+        .update_users(std::slice::from_ref(&a), json!({"Title": "One"}), &Writer::default())
+        .unwrap();
+    events(&rig, 2).await;
+    running.stop().await;
+
+    // A long outage: changes, then the retention window passes them.
+    rig.sim
+        .update_users(std::slice::from_ref(&a), json!({"Title": "Two"}), &Writer::default())
+        .unwrap();
+    let b = create(&rig.sim, "b", "b@acme.example");
+    rig.sim.expire_replay_window();
+
+    let running = start(&rig).await;
+    let all = events(&rig, 4).await;
+    let stats = running.stop().await;
+    assert_eq!(stats.resyncs, 1);
+    let newest = newest(&all);
+    assert_eq!(newest[&a].user.title.as_deref(), Some("Two"));
+    assert!(newest.contains_key(&b));
+    assert_converged(&rig, &all);
+}
+
+#[tokio::test]
+async fn a_transient_outage_resumes_from_the_checkpoint_without_loss_or_duplicates() {
+    let rig = rig().await;
+    let running = start(&rig).await;
+    create(&rig.sim, "a", "a@acme.example");
+    events(&rig, 1).await;
+    rig.sim.inject_stream_fault(StreamFault::ServiceUnavailable);
+    create(&rig.sim, "b", "b@acme.example");
+    create(&rig.sim, "c", "c@acme.example");
+    let all = events(&rig, 3).await;
+    let stats = running.stop().await;
+    assert!(stats.resubscribes >= 1);
+    let mut ids: Vec<&str> = all.iter().map(|e| e.event_id.as_str()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+}
+
+#[tokio::test]
+async fn an_undecodable_event_is_dead_lettered_and_the_stream_goes_on() {
+    let rig = rig().await;
+    let running = start(&rig).await;
+    create(&rig.sim, "a", "a@acme.example");
+    events(&rig, 1).await;
+    rig.sim
+        .create_user_with_corrupt_event(
+            json!({"Username": "bad@acme.example", "Email": "bad@acme.example"}),
+        )
+        .unwrap();
+    create(&rig.sim, "c", "c@acme.example");
+    events(&rig, 2).await;
+    let letters = records(&rig, &rig.kafka.dead_letter_topic, 1).await;
+    let stats = running.stop().await;
+    assert_eq!(stats.dead_letters, 1);
+    let letter = &letters[0];
+    let headers: BTreeMap<&str, String> = letter
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h.key,
+                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        headers["reason"].contains("schema"),
+        "{}",
+        headers["reason"]
+    );
+    assert_eq!(headers["source"], "salesforce");
+    assert_eq!(headers["topic"], TOPIC);
+    assert!(!letter.payload().unwrap().is_empty(), "the raw bytes");
+}
