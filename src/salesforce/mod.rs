@@ -26,6 +26,7 @@ pub mod id;
 pub mod normalize;
 pub mod pubsub;
 pub mod replay;
+pub mod role;
 pub mod rest;
 pub mod snapshot;
 pub mod subscriber;
