@@ -282,9 +282,9 @@ impl CometdError {
     pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
         match self {
             CometdError::Token(error) => error.disconnect_reason(),
-            CometdError::Network { .. } | CometdError::Parse { .. } | CometdError::NoReply { .. } => {
-                None
-            }
+            CometdError::Network { .. }
+            | CometdError::Parse { .. }
+            | CometdError::NoReply { .. } => None,
             CometdError::Status { status, .. } => {
                 (*status != 429 && *status < 500).then_some(DisconnectReason::Other)
             }
@@ -726,10 +726,11 @@ impl<T: TokenSource> CometdClient<T> {
                 }
             }
         };
-        let schema = WriterSchema::parse(schema_id, &body).map_err(|error| CometdError::Schema {
-            schema_id: schema_id.to_owned(),
-            detail: error.to_string(),
-        })?;
+        let schema =
+            WriterSchema::parse(schema_id, &body).map_err(|error| CometdError::Schema {
+                schema_id: schema_id.to_owned(),
+                detail: error.to_string(),
+            })?;
         self.stats.schemas_fetched += 1;
         let schema = Arc::new(schema);
         self.schemas.insert(schema_id.to_owned(), schema.clone());

@@ -121,14 +121,13 @@ fn message(index: usize, value: Value) -> Result<Message, CometdParseError> {
             found: kind(&value),
         });
     };
-    let wrong = |field: &'static str, expected: &'static str, found: &Value| {
-        CometdParseError::FieldType {
+    let wrong =
+        |field: &'static str, expected: &'static str, found: &Value| CometdParseError::FieldType {
             index,
             field,
             expected,
             found: kind(found),
-        }
-    };
+        };
     let channel = take_string(&mut fields, index, "channel")?
         .ok_or(CometdParseError::MissingChannel { index })?;
     let id = match fields.remove("id") {
@@ -205,14 +204,13 @@ fn take_string(
 }
 
 fn parse_advice(index: usize, advice: &Map<String, Value>) -> Result<Advice, CometdParseError> {
-    let wrong = |field: &'static str, expected: &'static str, found: &Value| {
-        CometdParseError::FieldType {
+    let wrong =
+        |field: &'static str, expected: &'static str, found: &Value| CometdParseError::FieldType {
             index,
             field,
             expected,
             found: kind(found),
-        }
-    };
+        };
     let reconnect = match advice.get("reconnect") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(Reconnect::parse(s)),
@@ -408,7 +406,7 @@ mod tests {
                 timeout: Some(110_000)
             })
         );
-        assert_eq!(m.ext.unwrap()["replay"], true);
+        assert_eq!(m.ext.as_ref().unwrap()["replay"], true);
         assert!(m.refusal().is_none());
     }
 
@@ -423,7 +421,11 @@ mod tests {
         assert!(!all[0].is_meta());
         assert_eq!(all[0].data.as_ref().unwrap()["event"]["replayId"], 7);
         assert!(all[1].is_meta());
-        assert_eq!(all[1].id.as_deref(), Some("4"), "numeric ids are kept as text");
+        assert_eq!(
+            all[1].id.as_deref(),
+            Some("4"),
+            "numeric ids are kept as text"
+        );
         let single = one(json!({"channel": "/meta/disconnect", "successful": true}));
         assert_eq!(single.channel, "/meta/disconnect");
     }
@@ -436,11 +438,11 @@ mod tests {
             err(b"<html>502 Bad Gateway</html>"),
             CometdParseError::Json { line: 1, .. }
         ));
-        assert!(matches!(err(&[0xff, 0xfe, 0x00]), CometdParseError::Json { .. }));
-        assert_eq!(
-            err(b"42"),
-            CometdParseError::NotAnArray { found: "number" }
-        );
+        assert!(matches!(
+            err(&[0xff, 0xfe, 0x00]),
+            CometdParseError::Json { .. }
+        ));
+        assert_eq!(err(b"42"), CometdParseError::NotAnArray { found: "number" });
         assert_eq!(
             err(br#"[{"channel":"/meta/connect"}, "x"]"#),
             CometdParseError::NotAnObject {
@@ -485,7 +487,10 @@ mod tests {
         ));
         // Deeply nested or truncated input is refused, not a stack overflow or a panic.
         let deep = "[".repeat(10_000);
-        assert!(matches!(err(deep.as_bytes()), CometdParseError::Json { .. }));
+        assert!(matches!(
+            err(deep.as_bytes()),
+            CometdParseError::Json { .. }
+        ));
         assert!(parse_messages(b"[]").unwrap().is_empty());
     }
 
@@ -527,8 +532,10 @@ mod tests {
         );
         for error in ["403::Unknown client", "402::Unknown client"] {
             assert!(matches!(
-                refusal(json!({"channel": "/meta/connect", "successful": false, "error": error,
-                    "advice": {"reconnect": "handshake"}})),
+                refusal(
+                    json!({"channel": "/meta/connect", "successful": false, "error": error,
+                    "advice": {"reconnect": "handshake"}})
+                ),
                 Refusal::UnknownClient { .. }
             ));
         }

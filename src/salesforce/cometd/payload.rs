@@ -125,9 +125,13 @@ pub fn envelope(message: &Message) -> Result<Envelope<'_>, PayloadError> {
         Some(other) => return Err(wrong("data.schema", "a string", other)),
     };
     let replay_id = match data.get("event").and_then(|e| e.get("replayId")) {
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .ok_or_else(|| wrong("data.event.replayId", "an integer", &Value::Number(n.clone())))?,
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
+            wrong(
+                "data.event.replayId",
+                "an integer",
+                &Value::Number(n.clone()),
+            )
+        })?,
         Some(other) => return Err(wrong("data.event.replayId", "an integer", other)),
         None => return Err(missing("data.event.replayId")),
     };
@@ -284,7 +288,9 @@ pub fn to_change_event(
                     };
                     fields.insert(path, value);
                 }
-                for (sub, value) in sent.iter().filter(|(k, _)| !subs.iter().any(|(s, _)| s == *k))
+                for (sub, value) in sent
+                    .iter()
+                    .filter(|(k, _)| !subs.iter().any(|(s, _)| s == *k))
                 {
                     fields.insert(format!("{name}.{sub}"), untyped(value));
                 }
@@ -364,7 +370,9 @@ fn convert(path: &str, value: &Value, kind: &Kind) -> Result<FieldValue, Payload
             Value::String(text) => Ok(FieldValue::String(text.clone())),
             // A long text sent as a unified diff (§3.4): Pub/Sub puts the diff string in the
             // field itself, so the converted event does too.
-            Value::Object(diff) if diff.len() == 1 && diff.get("diff").is_some_and(Value::is_string) => {
+            Value::Object(diff)
+                if diff.len() == 1 && diff.get("diff").is_some_and(Value::is_string) =>
+            {
                 Ok(FieldValue::String(
                     diff["diff"].as_str().unwrap_or_default().to_owned(),
                 ))
@@ -469,9 +477,9 @@ fn read_header(
     };
     let integer = |field: &str| -> Result<i64, PayloadError> {
         match get(field) {
-            Some(value @ Value::Number(n)) => {
-                n.as_i64().ok_or_else(|| wrong(path(field), "an integer", value))
-            }
+            Some(value @ Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| wrong(path(field), "an integer", value)),
             Some(other) => Err(wrong(path(field), "an integer", other)),
             None => Err(missing(path(field))),
         }
@@ -624,7 +632,10 @@ mod tests {
             }),
         );
         let pubsub = schema.change_event_schema().decode(&datum).unwrap();
-        assert_eq!(got.event.header.changed_fields, pubsub.header.changed_fields);
+        assert_eq!(
+            got.event.header.changed_fields,
+            pubsub.header.changed_fields
+        );
         assert_eq!(got.event.fields, pubsub.fields);
         assert_eq!(
             got.event.value("LastModifiedDate"),
@@ -663,7 +674,13 @@ mod tests {
         let layout = writer().layout().clone();
         let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let ordered = in_schema_order(
-            names(&["Zeta__c", "Name.LastName", "Title", "Name.FirstName", "Email"]),
+            names(&[
+                "Zeta__c",
+                "Name.LastName",
+                "Title",
+                "Name.FirstName",
+                "Email",
+            ]),
             &layout,
         );
         let title = layout.top_level.iter().position(|n| n == "Title").unwrap();
@@ -724,7 +741,9 @@ mod tests {
         });
         let event = to_change_event(payload.as_object().unwrap(), &schema).unwrap();
         assert_eq!(event.header.diff_fields.names(), ["Title"]);
-        assert!(matches!(event.value("Title"), Some(FieldValue::String(s)) if s.starts_with("--- ")));
+        assert!(
+            matches!(event.value("Title"), Some(FieldValue::String(s)) if s.starts_with("--- "))
+        );
     }
 
     #[test]

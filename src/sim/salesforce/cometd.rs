@@ -48,7 +48,7 @@ use rand::distr::Alphanumeric;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{SimState, Shared, cdc, json_response};
+use super::{Shared, SimState, cdc, json_response};
 
 /// The only channel served.
 pub const USER_CHANGE_CHANNEL: &str = "/data/UserChangeEvent";
@@ -218,9 +218,7 @@ pub async fn handle(
         );
     }
     let messages = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Array(items)) if items.iter().all(Value::is_object) && !items.is_empty() => {
-            items
-        }
+        Ok(Value::Array(items)) if items.iter().all(Value::is_object) && !items.is_empty() => items,
         Ok(object @ Value::Object(_)) => vec![object],
         _ => {
             return json_response(
@@ -243,7 +241,9 @@ pub async fn handle(
             "/meta/connect" => {
                 replies.extend(connect(&shared, &headers, cookie.as_deref(), message).await);
             }
-            "/meta/subscribe" => replies.push(subscribe(&shared, &headers, cookie.as_deref(), message)),
+            "/meta/subscribe" => {
+                replies.push(subscribe(&shared, &headers, cookie.as_deref(), message))
+            }
             "/meta/unsubscribe" | "/meta/disconnect" => {
                 replies.push(leave(&shared, &headers, cookie.as_deref(), message));
             }
@@ -255,7 +255,8 @@ pub async fn handle(
     }
     let mut response = json_response(StatusCode::OK, &Value::Array(replies));
     if let Some(cookie) = set_cookie
-        && let Ok(value) = HeaderValue::from_str(&format!("{COOKIE_NAME}={cookie}; Path=/; HttpOnly"))
+        && let Ok(value) =
+            HeaderValue::from_str(&format!("{COOKIE_NAME}={cookie}; Path=/; HttpOnly"))
     {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -345,8 +346,13 @@ fn subscribe(shared: &Shared, headers: &HeaderMap, cookie: Option<&str>, message
         Ok(admitted) => admitted,
         Err(reply) => return reply,
     };
-    let subscription = message["subscription"].as_str().unwrap_or_default().to_owned();
-    let replay = message["ext"]["replay"].get(&subscription).and_then(Value::as_i64);
+    let subscription = message["subscription"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let replay = message["ext"]["replay"]
+        .get(&subscription)
+        .and_then(Value::as_i64);
     let outcome = subscribe_position(&state, &username, &subscription, message, replay);
     state.cometd.subscribes.push(SubscribeRecord {
         client_id: client_id.clone(),

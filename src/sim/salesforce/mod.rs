@@ -554,6 +554,21 @@ impl SalesforceSim {
         self.shared.lock().cometd.expire_clients();
     }
 
+    /// The retained events, oldest first, each with its Pub/Sub (Avro) payload: what both
+    /// transports deliver, for tests that compare them.
+    pub fn retained_events(&self) -> Vec<eventbus::BusEvent> {
+        self.shared.lock().bus.after(0, usize::MAX)
+    }
+
+    /// The JSON of writer schema `schema_id`, as `GetSchema` returns it.
+    pub fn schema_json(&self, schema_id: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .bus
+            .schema(schema_id)
+            .map(|v| v.json.clone())
+    }
+
     /// Every CometD subscribe received, oldest first, with the replay id it asked for.
     pub fn cometd_subscribes(&self) -> Vec<cometd::SubscribeRecord> {
         self.shared.lock().cometd.subscribes()
