@@ -162,6 +162,9 @@ impl CometdConfig {
 }
 
 /// One thing a connect delivered.
+// Almost every delivery is an event; boxing it would cost an allocation each to shrink the
+// rare unreadable case.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delivered {
     Event(CdcEvent),
@@ -448,15 +451,15 @@ impl<T: TokenSource> CometdClient<T> {
             self.session = Some(session);
             self.token_refused = false;
         }
-        if self.client_id.is_none() {
-            if let Some(recover) = self.handshake().await? {
-                return Ok(recover);
-            }
+        if self.client_id.is_none()
+            && let Some(recover) = self.handshake().await?
+        {
+            return Ok(recover);
         }
-        if !self.subscribed {
-            if let Some(recover) = self.subscribe().await? {
-                return Ok(recover);
-            }
+        if !self.subscribed
+            && let Some(recover) = self.subscribe().await?
+        {
+            return Ok(recover);
         }
         if let Some(rejected) = self.rejected.take() {
             return Ok(Step::Done(Poll::ReplayRejected(rejected)));
