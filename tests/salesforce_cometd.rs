@@ -22,10 +22,11 @@ use usersync::salesforce::auth::{
 use usersync::salesforce::avro::{ChangeEventSchema, ChangeType, FieldValue};
 use usersync::salesforce::cometd::{
     CdcEvent, CometdClient, CometdConfig, CometdError, CredentialsTokenSource, Delivered, Poll,
-    REPLAY_FROM_EARLIEST, REPLAY_FROM_TIP, ReplayPolicy, TokenSource, USER_CHANGE_CHANNEL,
+    REPLAY_FROM_EARLIEST, REPLAY_FROM_TIP, TokenSource, USER_CHANGE_CHANNEL,
 };
 use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::normalize::{Delivery, Normalized, Replay, normalize};
+use usersync::salesforce::replay::ReplayPolicy;
 use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 
 const PRIVATE_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key.pem");
@@ -502,12 +503,15 @@ async fn a_replay_id_outside_retention_is_reported_and_handled_per_policy() {
         let mut client = client(&sim, policy, stored);
         match client.poll().await.expect("poll") {
             Poll::ReplayRejected(rejected) => {
-                assert_eq!(rejected.replay_id, stored, "{policy}");
+                assert_eq!(rejected.replay_id, stored, "{}", policy.as_str());
                 assert_eq!(rejected.policy, policy);
-                assert_eq!(rejected.resync_needed, resync_needed, "{policy}");
+                assert_eq!(rejected.resync_needed, resync_needed, "{}", policy.as_str());
                 assert_eq!(rejected.channel, USER_CHANGE_CHANNEL);
             }
-            other => panic!("{policy}: expected ReplayRejected, got {other:?}"),
+            other => panic!(
+                "{}: expected ReplayRejected, got {other:?}",
+                policy.as_str()
+            ),
         }
         assert_eq!(client.resume_after(), REPLAY_FROM_TIP);
         let last = sim.cometd_subscribes().into_iter().last().unwrap();
@@ -516,7 +520,7 @@ async fn a_replay_id_outside_retention_is_reported_and_handled_per_policy() {
             (Some(REPLAY_FROM_TIP), true)
         );
         quiet(&mut client).await;
-        let email = format!("after.{policy}@example.com");
+        let email = format!("after.{}@example.com", policy.as_str());
         create(&sim, "After", "Expiry", &email);
         let got = events(&mut client, 1).await;
         assert_eq!(text(&got[0], "Email"), Some(email));

@@ -71,6 +71,7 @@ use super::{REPLAY_FROM_TIP, USER_CHANGE_CHANNEL};
 use crate::salesforce::auth::{
     DisconnectReason, SalesforceAuthError, SalesforceCredentials, SalesforceSession, obtain_token,
 };
+use crate::salesforce::replay::ReplayPolicy;
 
 /// Where sessions come from. The client asks once at the start and again after the server
 /// refused the token; `refused` tells the source not to hand back the one it cached.
@@ -109,27 +110,6 @@ impl TokenSource for CredentialsTokenSource {
     }
 }
 
-/// What to do when Salesforce refuses the stored replay id (outside the 72-hour retention).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayPolicy {
-    /// Resubscribe from the tip and tell the caller to resync every user through REST.
-    Resync,
-    /// Resubscribe from the tip; changes in between are accepted as lost.
-    Latest,
-    /// Stop with [`CometdError::ReplayRejected`].
-    Fail,
-}
-
-impl fmt::Display for ReplayPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ReplayPolicy::Resync => "resync",
-            ReplayPolicy::Latest => "latest",
-            ReplayPolicy::Fail => "fail",
-        })
-    }
-}
-
 /// How the client is set up.
 #[derive(Debug, Clone)]
 pub struct CometdConfig {
@@ -142,6 +122,7 @@ pub struct CometdConfig {
     pub network_delay: Duration,
     /// The hold time assumed until the server advises one (§5.5: 110 s).
     pub default_hold: Duration,
+    /// What to do when the stored replay id is refused (the subscriber's `replay_policy`).
     pub replay_policy: ReplayPolicy,
     /// Recoveries (new token, handshake, resubscribe) in a row without a successful connect
     /// before the client gives up.
@@ -270,7 +251,7 @@ pub enum CometdError {
         operation: &'static str,
         error: String,
     },
-    #[error("replay id {} for {} refused (policy {}): {}", .0.replay_id, .0.channel, .0.policy, .0.error)]
+    #[error("replay id {} for {} refused (policy {}): {}", .0.replay_id, .0.channel, .0.policy.as_str(), .0.error)]
     ReplayRejected(ReplayRejected),
     #[error("the server does not offer the replay extension; durable replay is impossible")]
     ReplayUnsupported,
@@ -624,7 +605,7 @@ impl<T: TokenSource> CometdClient<T> {
                 if policy == ReplayPolicy::Fail || sent == REPLAY_FROM_TIP {
                     return Err(CometdError::ReplayRejected(rejected));
                 }
-                tracing::warn!(%channel, replay_id = sent, %policy, "CometD: replay id refused; resubscribing from the tip");
+                tracing::warn!(%channel, replay_id = sent, policy = policy.as_str(), "CometD: replay id refused; resubscribing from the tip");
                 self.replay.insert(channel, REPLAY_FROM_TIP);
                 self.subscribed = false;
                 let why = format!("{operation}: replay id {sent} refused");

@@ -27,7 +27,7 @@ pub mod payload;
 
 pub use client::{
     ClientStats, CometdClient, CometdConfig, CometdError, CredentialsTokenSource, Delivered, Poll,
-    ReplayPolicy, ReplayRejected, TokenSource, UnreadableEvent,
+    ReplayRejected, TokenSource, UnreadableEvent,
 };
 pub use message::{Advice, CometdParseError, Message, Reconnect, Refusal, parse_messages};
 pub use payload::{CdcEvent, PayloadError};
