@@ -245,7 +245,13 @@ pub enum CometdError {
         operation: &'static str,
         error: String,
     },
-    /// A `403` other than Unknown client: a missing permission (View All Users), a limit.
+    /// A delivery or connection limit, or an overloaded server: back off, then poll again.
+    #[error("CometD {operation} throttled: {error}")]
+    Throttled {
+        operation: &'static str,
+        error: String,
+    },
+    /// A `403` other than Unknown client or a limit: a missing permission (View All Users).
     #[error("CometD {operation} denied: {error}")]
     Denied {
         operation: &'static str,
@@ -268,7 +274,8 @@ impl CometdError {
             CometdError::Token(error) => error.disconnect_reason(),
             CometdError::Network { .. }
             | CometdError::Parse { .. }
-            | CometdError::NoReply { .. } => None,
+            | CometdError::NoReply { .. }
+            | CometdError::Throttled { .. } => None,
             CometdError::Status { status, .. } => {
                 (*status != 429 && *status < 500).then_some(DisconnectReason::Other)
             }
@@ -475,6 +482,12 @@ impl<T: TokenSource> CometdClient<T> {
                     error,
                 });
             }
+            Some(Refusal::Throttled { error }) => {
+                return Err(CometdError::Throttled {
+                    operation: "handshake",
+                    error,
+                });
+            }
             Some(other) => {
                 return Err(CometdError::Refused {
                     operation: "handshake",
@@ -612,6 +625,7 @@ impl<T: TokenSource> CometdClient<T> {
                 self.rejected = Some(rejected);
                 Ok(Step::Recover(why))
             }
+            Refusal::Throttled { error } => Err(CometdError::Throttled { operation, error }),
             Refusal::Denied { error } => Err(CometdError::Denied { operation, error }),
             Refusal::Failed { error } => Err(CometdError::Refused { operation, error }),
         }

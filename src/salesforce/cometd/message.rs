@@ -258,7 +258,10 @@ pub enum Refusal {
         replay_id: Option<i64>,
         error: String,
     },
-    /// Any other `403`: a missing permission, a limit. Retrying the same way will not help.
+    /// A limit (`403::Organization total events daily limit exceeded`, the concurrent-client
+    /// limit, `503::Server is too busy`): back off and try again later.
+    Throttled { error: String },
+    /// Any other `403`: a missing permission. Retrying the same way will not help.
     Denied { error: String },
     /// Anything else that was not successful.
     Failed { error: String },
@@ -271,6 +274,7 @@ impl Refusal {
             Refusal::AuthenticationInvalid { error }
             | Refusal::UnknownClient { error }
             | Refusal::ReplayRejected { error, .. }
+            | Refusal::Throttled { error }
             | Refusal::Denied { error }
             | Refusal::Failed { error } => error,
         }
@@ -350,6 +354,9 @@ impl Message {
                 replay_id: braced_number(parsed.text),
                 error,
             });
+        }
+        if text.contains("limit exceeded") || parsed.code == Some(503) {
+            return Some(Refusal::Throttled { error });
         }
         if parsed.code == Some(403) {
             return Some(Refusal::Denied { error });
@@ -559,9 +566,19 @@ mod tests {
                 "error": "400::The replayId for channel {/data/UserChangeEvent} wasn't found using the provided replay ID map {{}}"})),
             Refusal::Failed { .. }
         ));
+        for limit in [
+            "403::Organization total events daily limit exceeded",
+            "403::Organization concurrent user limit exceeded",
+            "503::Server is too busy",
+        ] {
+            assert!(matches!(
+                refusal(json!({"channel": "/meta/subscribe", "successful": false, "error": limit})),
+                Refusal::Throttled { .. }
+            ));
+        }
         assert!(matches!(
             refusal(json!({"channel": "/meta/subscribe", "successful": false,
-                "error": "403::Organization total events daily limit exceeded"})),
+                "error": "403::Insufficient privileges"})),
             Refusal::Denied { .. }
         ));
         assert_eq!(
