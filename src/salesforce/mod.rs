@@ -29,7 +29,7 @@ pub mod id;
 pub mod normalize;
 pub mod pubsub;
 pub mod replay;
-pub mod role;
 pub mod rest;
+pub mod role;
 pub mod snapshot;
 pub mod subscriber;

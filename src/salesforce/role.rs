@@ -79,10 +79,7 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         .build()
         .context("building the HTTP client")?;
     let tokens = Arc::new(CredentialsTokenSource::new(http, credentials(sf)?));
-    let session = tokens
-        .session()
-        .await
-        .context("signing in to Salesforce")?;
+    let session = tokens.session().await.context("signing in to Salesforce")?;
     tracing::info!(
         org_id = %session.org_id,
         user_id = %session.user_id,
@@ -151,7 +148,10 @@ mod tests {
         config.refresh_token = crate::config::Secret::new("r");
         assert!(matches!(
             credentials(&config).unwrap(),
-            SalesforceCredentials::RefreshToken { client_secret: None, .. }
+            SalesforceCredentials::RefreshToken {
+                client_secret: None,
+                ..
+            }
         ));
     }
 
@@ -164,7 +164,10 @@ mod tests {
         };
         let settings = settings(&config);
         assert_eq!(settings.pubsub.idle_timeout, Duration::from_secs(120));
-        assert_eq!(settings.replay_policy, crate::salesforce::replay::ReplayPolicy::Fail);
+        assert_eq!(
+            settings.replay_policy,
+            crate::salesforce::replay::ReplayPolicy::Fail
+        );
         assert_eq!(settings.topic, "/data/UserChangeEvent");
     }
 }

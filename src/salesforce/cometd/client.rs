@@ -68,10 +68,10 @@ use serde_json::{Value, json};
 use super::message::{CometdParseError, Message, Refusal, parse_messages};
 use super::payload::{CdcEvent, WriterSchema, envelope, to_cdc_event};
 use super::{REPLAY_FROM_TIP, USER_CHANGE_CHANNEL};
-use crate::salesforce::auth::{
-    DisconnectReason, SalesforceAuthError, SalesforceCredentials, SalesforceSession, obtain_token,
-};
+use crate::salesforce::auth::{DisconnectReason, SalesforceAuthError, SalesforceSession};
 use crate::salesforce::replay::ReplayPolicy;
+pub use crate::salesforce::rest::CredentialsTokenSource;
+use crate::salesforce::rest::TokenSource as RestTokens;
 
 /// Where sessions come from. The client asks once at the start and again after the server
 /// refused the token; `refused` tells the source not to hand back the one it cached.
@@ -80,33 +80,24 @@ pub trait TokenSource: Send + Sync {
     async fn session(&self, refused: bool) -> Result<SalesforceSession, SalesforceAuthError>;
 }
 
-/// A [`TokenSource`] that obtains sessions with stored credentials through the token endpoint.
-pub struct CredentialsTokenSource {
-    http: reqwest::Client,
-    credentials: SalesforceCredentials,
-    cached: tokio::sync::Mutex<Option<SalesforceSession>>,
-}
-
-impl CredentialsTokenSource {
-    pub fn new(http: reqwest::Client, credentials: SalesforceCredentials) -> Self {
-        CredentialsTokenSource {
-            http,
-            credentials,
-            cached: tokio::sync::Mutex::new(None),
+/// The subscriber's one token holder serves the CometD client too: a refused token is
+/// replaced once for every client that shares it.
+#[async_trait::async_trait]
+impl TokenSource for CredentialsTokenSource {
+    async fn session(&self, refused: bool) -> Result<SalesforceSession, SalesforceAuthError> {
+        let current = CredentialsTokenSource::session(self).await?;
+        if !refused {
+            return Ok(current);
         }
+        RestTokens::renew(self, &current.access_token).await?;
+        CredentialsTokenSource::session(self).await
     }
 }
 
 #[async_trait::async_trait]
-impl TokenSource for CredentialsTokenSource {
+impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
     async fn session(&self, refused: bool) -> Result<SalesforceSession, SalesforceAuthError> {
-        let mut cached = self.cached.lock().await;
-        if !refused && let Some(session) = cached.as_ref() {
-            return Ok(session.clone());
-        }
-        let session = obtain_token(&self.http, &self.credentials).await?;
-        *cached = Some(session.clone());
-        Ok(session)
+        T::session(self, refused).await
     }
 }
 
@@ -397,9 +388,20 @@ impl<T: TokenSource> CometdClient<T> {
 
     /// Waits for the next events (one long-poll), recovering from what can be recovered.
     pub async fn poll(&mut self) -> Result<Poll, CometdError> {
+        self.run_steps(true).await
+    }
+
+    /// Handshakes and subscribes without waiting for events, so the subscription's position
+    /// is held by the server from now on (the subscriber's initial load reads users through
+    /// REST after this, and the changes made meanwhile are delivered by the next poll).
+    pub async fn open(&mut self) -> Result<Poll, CometdError> {
+        self.run_steps(false).await
+    }
+
+    async fn run_steps(&mut self, connect: bool) -> Result<Poll, CometdError> {
         let mut recoveries = 0;
         loop {
-            match self.step().await? {
+            match self.step(connect).await? {
                 Step::Done(poll) => return Ok(poll),
                 Step::Recover(why) => {
                     recoveries += 1;
@@ -428,7 +430,7 @@ impl<T: TokenSource> CometdClient<T> {
             .map(|_| ())
     }
 
-    async fn step(&mut self) -> Result<Step, CometdError> {
+    async fn step(&mut self, connect: bool) -> Result<Step, CometdError> {
         if self.session.is_none() || self.token_refused {
             let refused = self.token_refused;
             let session = self.tokens.session(refused).await?;
@@ -451,6 +453,9 @@ impl<T: TokenSource> CometdClient<T> {
         }
         if let Some(rejected) = self.rejected.take() {
             return Ok(Step::Done(Poll::ReplayRejected(rejected)));
+        }
+        if !connect {
+            return Ok(Step::Done(Poll::Events(Vec::new())));
         }
         self.connect().await
     }
