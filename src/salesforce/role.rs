@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::auth::{SalesforceCredentials, Secret};
 use super::pubsub::PubSubSettings;
 use super::rest::{CredentialsTokenSource, RestRetry, SalesforceRest, TokenSource};
-use super::subscriber::{Subscriber, SubscriberSettings};
+use super::subscriber::{CometdSubscriber, Subscriber, SubscriberSettings};
 use crate::config::{Config, SalesforceAuthFlow, SalesforceConfig, Transport};
 use crate::kafka::ChangePublisher;
 
@@ -110,10 +110,17 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
             tracing::info!(stats = ?subscriber.stats(), "subscriber stopped");
         }
         Transport::Cometd => {
-            anyhow::bail!(
-                "salesforce.transport = \"cometd\" is not wired into the subscriber role yet; \
-                 use \"pubsub\""
-            );
+            let mut subscriber = CometdSubscriber::new(
+                settings(sf),
+                &sf.api_version,
+                tokens,
+                rest,
+                publisher,
+                store,
+            )
+            .await?;
+            subscriber.run(shutdown).await?;
+            tracing::info!(stats = ?subscriber.stats(), "subscriber stopped");
         }
     }
     Ok(())
