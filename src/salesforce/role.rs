@@ -74,6 +74,12 @@ pub fn settings(config: &SalesforceConfig) -> SubscriberSettings {
 pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let sf = &config.salesforce;
     sf.validate()?;
+    if config.kafka.transactional_id.is_some() {
+        anyhow::bail!(
+            "kafka.transactional_id is set, but the subscriber role does not use transactional \
+             mode yet: unset it to run with the idempotent producer (docs/kafka.md)"
+        );
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(sf.timeout_seconds.max(1)))
         .build()
