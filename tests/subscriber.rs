@@ -235,7 +235,11 @@ async fn the_initial_load_then_every_change_reaches_kafka_with_full_state() {
     let y = create(&rig.sim, "olga2", "Olga.Brown@acme.example");
     rig.sim.deactivate(&x).unwrap();
     rig.sim
-        .update_users(std::slice::from_ref(&y), json!({"Title": "VP"}), &Writer::default())
+        .update_users(
+            std::slice::from_ref(&y),
+            json!({"Title": "VP"}),
+            &Writer::default(),
+        )
         .unwrap();
     let all = events(&rig, 5).await;
     let stats = running.stop().await;
@@ -300,7 +304,11 @@ async fn a_restart_resumes_after_the_checkpoint_without_repeating_confirmed_even
     // While stopped: two changes.
     create(&rig.sim, "c", "c@acme.example");
     rig.sim
-        .update_users(std::slice::from_ref(&a), json!({"Title": "Boss"}), &Writer::default())
+        .update_users(
+            std::slice::from_ref(&a),
+            json!({"Title": "Boss"}),
+            &Writer::default(),
+        )
         .unwrap();
     let running = start(&rig).await;
     let all = events(&rig, 4).await;
@@ -322,7 +330,10 @@ async fn a_gap_event_is_re_read_and_published_as_a_snapshot() {
     let running = start(&rig).await;
     events(&rig, 1).await;
     rig.sim
-        .gap_update(std::slice::from_ref(&a), json!({"Title": "Changed in the database"}))
+        .gap_update(
+            std::slice::from_ref(&a),
+            json!({"Title": "Changed in the database"}),
+        )
         .unwrap();
     let all = events(&rig, 2).await;
     let stats = running.stop().await;
@@ -362,14 +373,22 @@ async fn an_expired_replay_id_is_resynced_and_nothing_is_lost() {
     let running = start(&rig).await;
     events(&rig, 1).await;
     rig.sim
-        .update_users(std::slice::from_ref(&a), json!({"Title": "One"}), &Writer::default())
+        .update_users(
+            std::slice::from_ref(&a),
+            json!({"Title": "One"}),
+            &Writer::default(),
+        )
         .unwrap();
     events(&rig, 2).await;
     running.stop().await;
 
     // A long outage: changes, then the retention window passes them.
     rig.sim
-        .update_users(std::slice::from_ref(&a), json!({"Title": "Two"}), &Writer::default())
+        .update_users(
+            std::slice::from_ref(&a),
+            json!({"Title": "Two"}),
+            &Writer::default(),
+        )
         .unwrap();
     let b = create(&rig.sim, "b", "b@acme.example");
     rig.sim.expire_replay_window();

@@ -27,6 +27,7 @@
 //! [`SalesforceSim::requests`].
 
 pub mod cdc;
+pub mod control;
 pub mod directory;
 pub mod eventbus;
 pub mod oauth;
@@ -235,12 +236,6 @@ impl SalesforceSim {
             base_url,
             requests: RequestLog::default(),
         });
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!(%error, "Salesforce simulator stopped serving");
-            }
-        });
         let grpc_listener = tokio::net::TcpListener::bind(config.pubsub_listen).await?;
         let pubsub_addr = grpc_listener.local_addr()?;
         let (faults, _) = tokio::sync::broadcast::channel(16);
@@ -262,12 +257,20 @@ impl SalesforceSim {
                 tracing::error!(%error, "Salesforce Pub/Sub simulator stopped serving");
             }
         });
-        Ok(SalesforceSim {
-            shared,
+        let sim = SalesforceSim {
+            shared: shared.clone(),
             local_addr,
             pubsub_addr,
             faults,
-        })
+        };
+        // The control API is merged outside the request log's layer: control calls never count.
+        let app = router(shared).merge(control::router(sim.clone()));
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "Salesforce simulator stopped serving");
+            }
+        });
+        Ok(sim)
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -538,6 +541,15 @@ impl SalesforceSim {
     /// The stream head as a replay id.
     pub fn latest_replay_id(&self) -> Vec<u8> {
         eventbus::replay_bytes(self.shared.lock().bus.latest())
+    }
+
+    /// The events a subscriber could replay now, oldest first; those past the retention
+    /// window are dropped first.
+    pub fn retained_events(&self) -> Vec<eventbus::BusEvent> {
+        self.shared.write(|state| {
+            state.bus.purge(now_ms());
+            state.bus.after(0, usize::MAX)
+        })
     }
 
     /// Fault: the user's profile loses (or regains) View All Users.
