@@ -236,8 +236,13 @@ mod tests {
         "/tests/fixtures/salesforce_jwt_test_key_pub.pem"
     );
 
+    /// `usersync sim salesforce --jwt-public-key <the test key> <flags>`.
     fn salesforce(flags: &[&str]) -> SalesforceArgs {
-        let argv = ["x", "salesforce", "--jwt-public-key", PUBLIC_KEY]
+        with_key(PUBLIC_KEY, flags)
+    }
+
+    fn with_key(key: &str, flags: &[&str]) -> SalesforceArgs {
+        let argv = ["x", "salesforce", "--jwt-public-key", key]
             .into_iter()
             .chain(flags.iter().copied());
         let Harness {
@@ -268,10 +273,7 @@ mod tests {
             config.stream_timing.zero_credit_timeout,
             defaults.stream_timing.zero_credit_timeout
         );
-        assert_eq!(
-            Duration::from_secs(args.retention_secs).as_secs(),
-            72 * 3600
-        );
+        assert_eq!(args.retention_secs, 72 * 3600);
         assert!(args.users.is_empty());
         assert!(config.jwt_public_key_pem.contains("BEGIN PUBLIC KEY"));
     }
@@ -283,14 +285,14 @@ mod tests {
             .expect("the key is required");
         assert!(error.to_string().contains("--jwt-public-key"), "{error}");
 
-        let missing = salesforce(&["--jwt-public-key", "/nonexistent/sf.pem"]);
+        let missing = with_key("/nonexistent/sf.pem", &[]);
         let error = format!("{:#}", missing.config().unwrap_err());
         assert!(error.contains("/nonexistent/sf.pem"), "{error}");
 
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), "not a key").unwrap();
         let path = file.path().to_str().unwrap();
-        let garbage = salesforce(&["--jwt-public-key", path]);
+        let garbage = with_key(path, &[]);
         let error = format!("{:#}", garbage.config().unwrap_err());
         assert!(
             error.contains(path) && error.contains("no RSA public key"),

@@ -31,9 +31,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::directory::SYSTEM_FIELDS;
-use super::oauth::with_checksum;
 use super::pubsub::StreamFault;
-use super::{SalesforceSim, SfSimUser, Writer, eventbus, json_response, now_ms, object};
+use super::{SalesforceSim, SfSimUser, Writer, eventbus, json_response, now_ms, object, query};
 
 /// The control routes, with the handle as their state.
 pub fn router(sim: SalesforceSim) -> Router {
@@ -140,16 +139,13 @@ fn writer(query: Option<String>) -> Result<Writer, ControlError> {
     })
 }
 
-/// The 18-character form of a record id given in either form.
+/// The 18-character form of a record id given in either form, as the REST API reads it.
 fn id_form(raw: &str) -> Result<String, ControlError> {
-    let shaped = raw.chars().all(|c| c.is_ascii_alphanumeric());
-    match raw.len() {
-        15 if shaped => Ok(with_checksum(raw)),
-        18 if shaped => Ok(raw.to_owned()),
-        _ => Err(ControlError::Refused(format!(
+    query::normalize_id(raw).ok_or_else(|| {
+        ControlError::Refused(format!(
             "{raw:?} is not a 15- or 18-character Salesforce id"
-        ))),
-    }
+        ))
+    })
 }
 
 /// The 18-character forms of `ids`, each the id of an existing User record.
@@ -535,4 +531,584 @@ async fn rest_failures(State(sim): State<SalesforceSim>, body: Bytes) -> Answer 
 async fn expire_query_locators(State(sim): State<SalesforceSim>) -> Answer {
     sim.expire_query_locators();
     no_content()
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::{Client, Method};
+
+    use super::super::SfSimConfig;
+    use super::*;
+
+    const PUBLIC_KEY: &str =
+        include_str!("../../../tests/fixtures/salesforce_jwt_test_key_pub.pem");
+
+    async fn start() -> (SalesforceSim, Control) {
+        let sim = SalesforceSim::start(SfSimConfig::new(PUBLIC_KEY))
+            .await
+            .unwrap();
+        let control = Control {
+            http: Client::new(),
+            base: sim.base_url(),
+        };
+        (sim, control)
+    }
+
+    /// A client of the control API.
+    struct Control {
+        http: Client,
+        base: String,
+    }
+
+    impl Control {
+        /// Sends `body` (None: no body) and returns the status and the JSON answer (null when
+        /// there is none).
+        async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+            let mut request = self.http.request(method, format!("{}{path}", self.base));
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            let body = if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap()
+            };
+            (status, body)
+        }
+
+        async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+            self.call(Method::POST, path, Some(body)).await
+        }
+
+        async fn create(&self, fields: Value) -> String {
+            let (status, body) = self.post("/_sim/users", fields).await;
+            assert_eq!(status, 201, "{body}");
+            body["id"].as_str().unwrap().to_owned()
+        }
+    }
+
+    fn error_of(body: &Value) -> &str {
+        body["error"].as_str().expect("an error body")
+    }
+
+    #[tokio::test]
+    async fn users_are_created_read_updated_and_deactivated() {
+        let (sim, control) = start().await;
+        let ann = control
+            .create(json!({"Username": "ann@x.test", "Email": "ann@x.test", "FirstName": "Ann"}))
+            .await;
+        let record = sim.record(&ann).expect("the record exists");
+        assert_eq!(record.get("FirstName"), "Ann");
+        let events = sim.retained_events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].change.change_type, "CREATE");
+        assert_eq!(events[0].change.record_ids, [ann.clone()]);
+
+        let (status, listed) = control.call(Method::GET, "/_sim/users", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(listed[0]["Id"], ann.as_str());
+        assert_eq!(listed[0]["Username"], "ann@x.test");
+        let (status, one) = control
+            .call(Method::GET, &format!("/_sim/users/{}", &ann[..15]), None)
+            .await;
+        assert_eq!((status, one["Id"].as_str()), (200, Some(ann.as_str())));
+
+        let (status, body) = control
+            .call(
+                Method::PATCH,
+                &format!("/_sim/users/{ann}?change_origin=com/salesforce/api/rest/61.0"),
+                Some(json!({"Title": "AE"})),
+            )
+            .await;
+        assert_eq!((status, body["events"].as_u64()), (200, Some(1)), "{body}");
+        assert_eq!(sim.record(&ann).unwrap().get("Title"), "AE");
+        let update = sim.retained_events().swap_remove(1).change;
+        assert_eq!(update.change_type, "UPDATE");
+        assert_eq!(update.change_origin, "com/salesforce/api/rest/61.0");
+
+        let bob = control.create(json!({"Username": "bob@x.test"})).await;
+        let (status, body) = control
+            .call(
+                Method::PATCH,
+                "/_sim/users",
+                Some(json!({"ids": [ann, bob], "fields": {"Department": "Sales"}})),
+            )
+            .await;
+        assert_eq!((status, body["events"].as_u64()), (200, Some(1)), "{body}");
+        let merged = sim.retained_events().pop().unwrap().change;
+        assert_eq!(
+            merged.record_ids,
+            [ann.clone(), bob.clone()],
+            "one merged event"
+        );
+
+        let (status, body) = control
+            .call(Method::POST, &format!("/_sim/users/{bob}/deactivate"), None)
+            .await;
+        assert_eq!((status, body["events"].as_u64()), (200, Some(1)), "{body}");
+        assert_eq!(sim.record(&bob).unwrap().get("IsActive"), false);
+        let (_, again) = control
+            .call(Method::POST, &format!("/_sim/users/{bob}/deactivate"), None)
+            .await;
+        assert_eq!(again["events"], 0, "nothing changed, nothing published");
+    }
+
+    #[tokio::test]
+    async fn user_writes_are_refused_with_a_message() {
+        let (sim, control) = start().await;
+        let ann = control.create(json!({"Username": "ann@x.test"})).await;
+
+        let (status, body) = control
+            .post("/_sim/users", json!({"Email": "a@x.test"}))
+            .await;
+        assert_eq!(status, 400);
+        assert!(error_of(&body).contains("Username"), "{body}");
+        let (status, body) = control
+            .post("/_sim/users", json!({"Username": "ann@x.test"}))
+            .await;
+        assert_eq!(status, 400);
+        assert!(error_of(&body).contains("DUPLICATE_USERNAME"), "{body}");
+        let (status, body) = control.post("/_sim/users", json!(["Username"])).await;
+        assert_eq!(status, 400);
+        assert!(error_of(&body).contains("JSON object"), "{body}");
+        let response = control
+            .http
+            .post(format!("{}/_sim/users", control.base))
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        assert!(error_of(&body).starts_with("unreadable body"), "{body}");
+
+        let unknown = "005SIM000000099AAA";
+        let (status, body) = control
+            .call(
+                Method::PATCH,
+                &format!("/_sim/users/{unknown}"),
+                Some(json!({"Title": "X"})),
+            )
+            .await;
+        assert_eq!(status, 404);
+        assert!(error_of(&body).contains(unknown), "{body}");
+        let (status, _) = control
+            .call(
+                Method::POST,
+                &format!("/_sim/users/{unknown}/deactivate"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404);
+        let (status, _) = control
+            .call(Method::GET, &format!("/_sim/users/{unknown}"), None)
+            .await;
+        assert_eq!(status, 404);
+        let (status, body) = control
+            .call(Method::GET, "/_sim/users/not-an-id", None)
+            .await;
+        assert_eq!(status, 400);
+        assert!(error_of(&body).contains("not-an-id"), "{body}");
+
+        let (status, body) = control
+            .call(
+                Method::PATCH,
+                &format!("/_sim/users/{ann}"),
+                Some(json!({"CreatedDate": 1})),
+            )
+            .await;
+        assert_eq!(status, 400);
+        assert!(error_of(&body).contains("CreatedDate"), "{body}");
+        let (status, body) = control
+            .call(
+                Method::PATCH,
+                "/_sim/users",
+                Some(json!({"ids": [], "fields": {}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        let (status, body) = control
+            .call(
+                Method::PATCH,
+                &format!("/_sim/users/{ann}?commit_user=nobody"),
+                Some(json!({"Title": "X"})),
+            )
+            .await;
+        assert_eq!(status, 400);
+        assert!(error_of(&body).contains("nobody"), "{body}");
+        assert_eq!(sim.retained_events().len(), 1, "only the first CREATE");
+    }
+
+    #[tokio::test]
+    async fn state_reports_the_stream_and_the_directory_and_control_calls_are_not_logged() {
+        let (sim, control) = start().await;
+        control.create(json!({"Username": "ann@x.test"})).await;
+        let (status, state) = control.call(Method::GET, "/_sim/state", None).await;
+        assert_eq!(status, 200);
+        let hex: String = sim
+            .latest_replay_id()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(state["latest_replay_id"], hex.as_str());
+        assert_eq!(state["schema_id"], sim.current_schema_id().as_str());
+        assert_eq!(
+            (state["retained_events"].as_u64(), state["users"].as_u64()),
+            (Some(1), Some(1))
+        );
+
+        let (_, log) = control.call(Method::GET, "/_sim/requests", None).await;
+        assert_eq!(log["count"], 0, "{log}");
+        assert_eq!(sim.request_count(), 0);
+        let token_call = control
+            .http
+            .post(format!("{}/services/oauth2/token", control.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(token_call.status().is_client_error());
+        let (_, log) = control.call(Method::GET, "/_sim/requests", None).await;
+        assert_eq!(log["count"], 1);
+        assert_eq!(log["requests"][0]["path"], "/services/oauth2/token");
+        let (status, _) = control.call(Method::DELETE, "/_sim/requests", None).await;
+        assert_eq!((status, sim.request_count()), (204, 0));
+    }
+
+    /// A REST session for `username`, through the refresh-token grant.
+    async fn access_token(
+        sim: &SalesforceSim,
+        control: &Control,
+        username: &str,
+    ) -> reqwest::Response {
+        let refresh = sim.issue_refresh_token(username);
+        control
+            .http
+            .post(format!("{}/services/oauth2/token", control.base))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", sim.consumer_key().as_str()),
+                ("client_secret", sim.consumer_secret().as_str()),
+                ("refresh_token", refresh.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn credential_and_permission_faults_hit_the_authorizing_user() {
+        let (sim, control) = start().await;
+        let (status, user) = control
+            .post("/_sim/login-users", json!({"username": "int@x.test"}))
+            .await;
+        assert_eq!(
+            (status, user["active"].as_bool()),
+            (200, Some(true)),
+            "{user}"
+        );
+        assert_eq!(user["id"], sim.user("int@x.test").unwrap().id.as_str());
+
+        let (status, _) = control
+            .post(
+                "/_sim/faults/view-all-users",
+                json!({"username": "int@x.test", "granted": false}),
+            )
+            .await;
+        assert_eq!(status, 204);
+        assert!(
+            sim.shared
+                .lock()
+                .without_view_all_users
+                .contains("int@x.test")
+        );
+        control
+            .post(
+                "/_sim/faults/view-all-users",
+                json!({"username": "int@x.test", "granted": true}),
+            )
+            .await;
+        assert!(sim.shared.lock().without_view_all_users.is_empty());
+
+        let (status, rotated) = control
+            .call(Method::POST, "/_sim/faults/rotate-client-secret", None)
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(rotated["consumer_secret"], sim.consumer_secret().as_str());
+        assert_ne!(sim.consumer_secret(), super::super::DEFAULT_CONSUMER_SECRET);
+
+        let refresh = sim.issue_refresh_token("int@x.test");
+        let (status, _) = control
+            .call(Method::POST, "/_sim/faults/revoke-tokens", None)
+            .await;
+        assert_eq!(status, 204);
+        let refused = control
+            .http
+            .post(format!("{}/services/oauth2/token", control.base))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", sim.consumer_key().as_str()),
+                ("client_secret", sim.consumer_secret().as_str()),
+                ("refresh_token", refresh.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "a revoked refresh token");
+        assert_eq!(
+            access_token(&sim, &control, "int@x.test").await.status(),
+            200,
+            "a new one works"
+        );
+
+        let (status, _) = control
+            .post(
+                "/_sim/faults/revoke-approval",
+                json!({"username": "int@x.test"}),
+            )
+            .await;
+        assert_eq!(status, 204);
+        assert!(!sim.user("int@x.test").unwrap().approved);
+        let (status, _) = control
+            .post(
+                "/_sim/faults/deactivate-login-user",
+                json!({"username": "int@x.test"}),
+            )
+            .await;
+        assert_eq!(status, 204);
+        assert!(!sim.user("int@x.test").unwrap().active);
+
+        let (status, body) = control
+            .post(
+                "/_sim/faults/view-all-users",
+                json!({"username": "ghost@x.test", "granted": false}),
+            )
+            .await;
+        assert_eq!(status, 404, "{body}");
+        assert!(error_of(&body).contains("ghost@x.test"), "{body}");
+        for path in [
+            "/_sim/faults/revoke-approval",
+            "/_sim/faults/deactivate-login-user",
+        ] {
+            let (status, body) = control
+                .post(path, json!({"username": "ghost@x.test"}))
+                .await;
+            assert_eq!(status, 404, "{path}: {body}");
+            assert!(error_of(&body).contains("ghost@x.test"), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn gap_and_overflow_change_records_but_publish_only_a_header() {
+        let (sim, control) = start().await;
+        let ann = control.create(json!({"Username": "ann@x.test"})).await;
+        let (status, body) = control
+            .post(
+                "/_sim/faults/gap",
+                json!({"ids": [ann], "fields": {"Title": "Boss"}}),
+            )
+            .await;
+        assert_eq!(status, 204, "{body}");
+        assert_eq!(sim.record(&ann).unwrap().get("Title"), "Boss");
+        let gap = sim.retained_events().pop().unwrap().change;
+        assert_eq!(gap.change_type, "GAP_UPDATE");
+        assert_eq!(gap.record_ids, [ann.clone()]);
+        assert!(gap.body.is_empty(), "a header only");
+
+        let (status, _) = control
+            .post(
+                "/_sim/faults/overflow",
+                json!({"ids": [ann], "fields": {"Title": "CEO"}}),
+            )
+            .await;
+        assert_eq!(status, 204);
+        assert_eq!(sim.record(&ann).unwrap().get("Title"), "CEO");
+        let overflow = sim.retained_events().pop().unwrap().change;
+        assert_eq!(overflow.change_type, "GAP_OVERFLOW");
+
+        let (status, body) = control
+            .post("/_sim/faults/gap", json!({"ids": ["005SIM000000099AAA"]}))
+            .await;
+        assert_eq!(status, 404, "{body}");
+        let (status, body) = control
+            .post(
+                "/_sim/faults/gap",
+                json!({"ids": [ann], "fields": {"LastModifiedById": "x"}}),
+            )
+            .await;
+        assert_eq!(status, 400);
+        assert!(error_of(&body).contains("LastModifiedById"), "{body}");
+        assert_eq!(sim.retained_events().len(), 3, "refusals publish nothing");
+    }
+
+    #[tokio::test]
+    async fn stream_faults_reach_the_streams() {
+        let (sim, control) = start().await;
+        let mut faults = sim.faults.subscribe();
+        let (status, _) = control
+            .post("/_sim/faults/stream", json!({"fault": "reset_stream"}))
+            .await;
+        assert_eq!(status, 204);
+        assert_eq!(faults.recv().await.unwrap(), StreamFault::ResetStream);
+        for (name, fault) in [
+            ("service_unavailable", StreamFault::ServiceUnavailable),
+            ("throttled", StreamFault::Throttled),
+            ("delivery_limit", StreamFault::DeliveryLimit),
+        ] {
+            control
+                .post("/_sim/faults/stream", json!({"fault": name}))
+                .await;
+            assert_eq!(faults.recv().await.unwrap(), fault);
+        }
+        let (status, body) = control
+            .post("/_sim/faults/stream", json!({"fault": "meteor"}))
+            .await;
+        assert_eq!(status, 400);
+        assert!(error_of(&body).contains("meteor"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn schema_replay_and_corruption_faults() {
+        let (sim, control) = start().await;
+        let before = sim.current_schema_id();
+        let (status, body) = control
+            .post("/_sim/faults/custom-field", json!({"name": "Badge__c"}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["schema_id"], sim.current_schema_id().as_str());
+        assert_ne!(sim.current_schema_id(), before);
+        for bad in ["Badge__c", "Badge", "1st__c", "A__b__c", "Bad-name__c"] {
+            let (status, body) = control
+                .post("/_sim/faults/custom-field", json!({"name": bad}))
+                .await;
+            assert_eq!(status, 400, "{bad}: {body}");
+            assert!(error_of(&body).contains(bad), "{body}");
+        }
+
+        let (status, body) = control
+            .post(
+                "/_sim/faults/corrupt-event",
+                json!({"Username": "bad@x.test"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let id = body["id"].as_str().unwrap();
+        assert!(sim.record(id).is_some());
+        let corrupt = sim.retained_events().pop().unwrap();
+        assert_eq!(corrupt.change.change_type, "CREATE");
+        let schema = sim
+            .shared
+            .lock()
+            .bus
+            .schema(&corrupt.schema_id)
+            .unwrap()
+            .schema
+            .clone();
+        assert!(
+            apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+                .build()
+                .unwrap()
+                .read_value(&mut corrupt.avro.as_slice())
+                .is_err(),
+            "the payload does not decode"
+        );
+
+        let head = sim.shared.lock().bus.latest();
+        let (status, _) = control
+            .post("/_sim/faults/foreign-traffic", json!({"positions": 7}))
+            .await;
+        assert_eq!(status, 204);
+        assert_eq!(sim.shared.lock().bus.latest(), head + 7);
+
+        let (status, _) = control
+            .post("/_sim/faults/retention", json!({"seconds": 3600}))
+            .await;
+        assert_eq!(status, 204);
+        assert_eq!(sim.shared.lock().bus.retention_ms, 3_600_000);
+        let (status, _) = control
+            .call(Method::POST, "/_sim/faults/expire-replay-window", None)
+            .await;
+        assert_eq!(status, 204);
+        assert!(sim.retained_events().is_empty());
+        let (_, state) = control.call(Method::GET, "/_sim/state", None).await;
+        assert_eq!(state["retained_events"], 0);
+        let (status, body) = control
+            .post("/_sim/faults/retention", json!({"seconds": -1}))
+            .await;
+        assert_eq!(status, 400, "{body}");
+    }
+
+    #[tokio::test]
+    async fn rest_faults_fail_requests_and_expire_locators() {
+        let (sim, control) = start().await;
+        sim.add_user("int@x.test");
+        for n in 0..2 {
+            control
+                .create(json!({"Username": format!("u{n}@x.test")}))
+                .await;
+        }
+        let token: Value = access_token(&sim, &control, "int@x.test")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+        let query = format!(
+            "{}/services/data/v64.0/query?q=SELECT+Id+FROM+User",
+            sim.my_domain_url()
+        );
+
+        let (status, body) = control
+            .post(
+                "/_sim/faults/rest-failures",
+                json!({"count": 1, "status": 503}),
+            )
+            .await;
+        assert_eq!(status, 204, "{body}");
+        let failed = control
+            .http
+            .get(&query)
+            .header("Authorization", &bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(failed.status(), 503);
+        let (status, body) = control
+            .post(
+                "/_sim/faults/rest-failures",
+                json!({"count": 1, "status": 200}),
+            )
+            .await;
+        assert_eq!(status, 400);
+        assert!(error_of(&body).contains("200"), "{body}");
+
+        sim.set_query_page_size(1);
+        let first: Value = control
+            .http
+            .get(&query)
+            .header("Authorization", &bearer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let next = first["nextRecordsUrl"].as_str().expect("a second page");
+        let (status, _) = control
+            .call(Method::POST, "/_sim/faults/expire-query-locators", None)
+            .await;
+        assert_eq!(status, 204);
+        let expired = control
+            .http
+            .get(format!("{}{next}", sim.my_domain_url()))
+            .header("Authorization", &bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(expired.status(), 400);
+        let body: Value = expired.json().await.unwrap();
+        assert_eq!(body[0]["errorCode"], "INVALID_QUERY_LOCATOR");
+    }
 }
