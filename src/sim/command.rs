@@ -105,6 +105,9 @@ pub struct SalesforceArgs {
     /// An authorizing user (active, approved) to add at start; repeatable.
     #[arg(long = "user", value_name = "USERNAME")]
     pub users: Vec<String>,
+    /// The connected app's run-as user for the client credentials flow (added like --user).
+    #[arg(long, value_name = "USERNAME")]
+    pub run_as: Option<String>,
 }
 
 /// The event bus's retention, in seconds.
@@ -146,9 +149,10 @@ impl SalesforceArgs {
             .await
             .context("cannot start the Salesforce simulator")?;
         sim.set_retention(Duration::from_secs(self.retention_secs));
-        for username in &self.users {
+        for username in self.users.iter().chain(&self.run_as) {
             sim.add_user(username);
         }
+        sim.set_run_as_user(self.run_as.as_deref());
         Ok(sim)
     }
 }
@@ -353,12 +357,26 @@ mod tests {
             "127.0.0.1:0",
             "--user",
             "integration@x.test",
+            "--run-as",
+            "robot@x.test",
             "--retention-secs",
             "0",
         ]);
         let sim = args.start().await.unwrap();
         let user = sim.user("integration@x.test").expect("added with --user");
         assert!(user.active && user.approved);
+        assert!(sim.user("robot@x.test").is_some(), "the run-as user exists");
+        let granted = reqwest::Client::new()
+            .post(format!("{}/services/oauth2/token", sim.my_domain_url()))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", sim.consumer_key().as_str()),
+                ("client_secret", sim.consumer_secret().as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(granted.status(), 200, "client credentials run as --run-as");
         sim.create_user(
             serde_json::json!({"Username": "a@x.test"}),
             &salesforce::Writer::default(),

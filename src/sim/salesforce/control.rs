@@ -4,8 +4,10 @@
 //!
 //! A scenario run or a person with `curl` needs the same levers a Rust test has — write User
 //! records so change events flow, break the connected app's credentials, cut the stream — and
-//! must pull them without linking the crate. Each route calls one handle method, so the HTTP
-//! surface adds no behaviour of its own that tests in process would miss.
+//! must pull them without linking the crate. Each route is a thin wrapper over one handle
+//! method, so the HTTP surface adds no behaviour that tests in process would miss; where the
+//! handle would panic or accept input that breaks the simulator (an unknown user, a custom
+//! field name Avro cannot take), the route checks first and answers with an error instead.
 //!
 //! Conventions, the Outreach simulator's: plain JSON in and out (not Salesforce's error
 //! arrays: this is test equipment, not Salesforce); control calls are never logged or
@@ -271,12 +273,25 @@ fn login_user_json(user: &SfSimUser) -> Value {
     })
 }
 
+/// `POST /_sim/login-users`: an authorizing user, optionally the run-as user.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginUser {
+    username: String,
+    #[serde(default)]
+    run_as: bool,
+}
+
 async fn add_login_user(State(sim): State<SalesforceSim>, body: Bytes) -> Answer {
-    let Username { username } = read(&body)?;
+    let LoginUser { username, run_as } = read(&body)?;
     if username.trim().is_empty() {
         return Err(ControlError::Refused("username must not be blank".into()));
     }
-    ok(StatusCode::OK, &login_user_json(&sim.add_user(&username)))
+    let user = sim.add_user(&username);
+    if run_as {
+        sim.set_run_as_user(Some(&username));
+    }
+    ok(StatusCode::OK, &login_user_json(&user))
 }
 
 async fn requests(State(sim): State<SalesforceSim>) -> Answer {
@@ -810,6 +825,16 @@ mod tests {
             "{user}"
         );
         assert_eq!(user["id"], sim.user("int@x.test").unwrap().id.as_str());
+        control
+            .post(
+                "/_sim/login-users",
+                json!({"username": "robot@x.test", "run_as": true}),
+            )
+            .await;
+        assert_eq!(
+            sim.shared.lock().oauth.run_as.as_deref(),
+            Some("robot@x.test")
+        );
 
         let (status, _) = control
             .post(
