@@ -21,7 +21,7 @@ pub enum SimCommand {
     /// Outreach REST API v2 (users) and OAuth; control API under /_sim/.
     Outreach(OutreachArgs),
     /// Salesforce OAuth, Pub/Sub API (gRPC), REST query; control API under /_sim/.
-    Salesforce(SalesforceArgs),
+    Salesforce(Box<SalesforceArgs>),
 }
 
 /// Settings of the Outreach simulator.
@@ -255,7 +255,7 @@ mod tests {
         else {
             panic!("not the salesforce command")
         };
-        args
+        *args
     }
 
     #[test]

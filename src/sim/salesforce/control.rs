@@ -620,7 +620,7 @@ mod tests {
         let events = sim.retained_events();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].change.change_type, "CREATE");
-        assert_eq!(events[0].change.record_ids, [ann.clone()]);
+        assert_eq!(events[0].change.record_ids, std::slice::from_ref(&ann));
 
         let (status, listed) = control.call(Method::GET, "/_sim/users", None).await;
         assert_eq!(status, 200);
@@ -939,7 +939,7 @@ mod tests {
         assert_eq!(sim.record(&ann).unwrap().get("Title"), "Boss");
         let gap = sim.retained_events().pop().unwrap().change;
         assert_eq!(gap.change_type, "GAP_UPDATE");
-        assert_eq!(gap.record_ids, [ann.clone()]);
+        assert_eq!(gap.record_ids, std::slice::from_ref(&ann));
         assert!(gap.body.is_empty(), "a header only");
 
         let (status, _) = control
