@@ -8,6 +8,7 @@
 #
 #   scripts/test.sh                 # everything
 #   PROPTEST_CASES=100000 scripts/test.sh   # longer property runs
+#   FUZZ_SECONDS=300 scripts/test.sh         # longer fuzz runs (docs/fuzzing.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,5 +32,22 @@ cargo test --locked
 
 step "benchmarks compile"
 cargo bench --locked --no-run
+
+step "fuzz targets (libFuzzer, ${FUZZ_SECONDS:-20}s each; docs/fuzzing.md)"
+# cargo-fuzz on the stable toolchain: `--sanitizer none` needs no nightly flag. The build is
+# cached in fuzz/target, the corpus grows in fuzz/corpus (both git-ignored); a crash or a
+# hang (-timeout) fails the script, its input saved under fuzz/artifacts/<target>/.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+# cargo fuzz has no --locked: check here that fuzz/Cargo.lock is current.
+cargo metadata --manifest-path fuzz/Cargo.toml --locked --format-version 1 >/dev/null
+cargo fuzz build --sanitizer none
+for target in $(cargo fuzz list); do
+    step "fuzz $target"
+    USERSYNC_FUZZ_SEEDS="fuzz/corpus/$target" \
+        cargo fuzz run --sanitizer none "$target" -- \
+        -max_total_time="${FUZZ_SECONDS:-20}" -timeout=10 -print_final_stats=1
+done
 
 step "done"

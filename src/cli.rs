@@ -36,6 +36,20 @@ enum Command {
         /// The scenario file, or - for standard input.
         scenario: PathBuf,
     },
+    /// Run the Salesforce subscriber: Change Data Capture events of User in, one
+    /// user_change.v1 event per changed user out to Kafka.
+    ///
+    /// Reads the configuration file (if given) and USERSYNC_… variables (docs/settings.md):
+    /// [salesforce] for the org and the stream, [kafka] for the brokers and topics, [store] for
+    /// the replay checkpoint. Without a checkpoint it first exports every user as snapshots.
+    /// Stops on SIGINT or SIGTERM after Kafka confirmed what was in flight and the checkpoint
+    /// was saved; exits non-zero with the reason when only an admin can fix the problem
+    /// (for example View All Users removed).
+    Subscriber {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Run a simulator of an external service (test equipment).
     #[command(subcommand)]
     Sim(crate::sim::SimCommand),
@@ -85,8 +99,42 @@ fn init_tracing() {
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Decide { scenario } => decide(scenario).await,
+        Command::Subscriber { config } => {
+            let config = crate::config::Config::load(config.as_deref())?;
+            crate::salesforce::role::run(&config, shutdown_signal()).await
+        }
         Command::Sim(sim) => sim.run().await,
     }
+}
+
+/// Turns true on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut terminate =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(signal) => signal,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot listen for SIGTERM");
+                        let _ = interrupt.await;
+                        let _ = tx.send(true);
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = interrupt.await;
+        tracing::info!("shutting down: finishing in-flight work");
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 async fn decide(path: PathBuf) -> anyhow::Result<()> {

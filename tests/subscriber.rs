@@ -13,11 +13,13 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::sync::watch;
+use usersync::config::Transport;
 use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{ChangePublisher, KafkaConfig};
 use usersync::salesforce::auth::{SalesforceCredentials, Secret};
 use usersync::salesforce::pubsub::PubSubSettings;
 use usersync::salesforce::rest::{CredentialsTokenSource, RestRetry, SalesforceRest};
+use usersync::salesforce::subscriber::CometdSubscriber;
 use usersync::salesforce::subscriber::{
     Subscriber, SubscriberError, SubscriberSettings, SubscriberStats,
 };
@@ -85,6 +87,10 @@ impl Running {
 }
 
 async fn start(rig: &Rig) -> Running {
+    start_with(rig, Transport::Pubsub).await
+}
+
+async fn start_with(rig: &Rig, transport: Transport) -> Running {
     let creds = SalesforceCredentials::JwtBearer {
         login_url: rig.sim.login_url(),
         consumer_key: rig.sim.consumer_key(),
@@ -111,14 +117,38 @@ async fn start(rig: &Rig) -> Running {
         backoff_max: Duration::from_millis(50),
         ..SubscriberSettings::default()
     };
-    let mut subscriber = Subscriber::new(settings, tokens, rest, publisher, rig.store.clone())
-        .await
-        .expect("subscriber");
     let (stop, shutdown) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        let outcome = subscriber.run(shutdown).await;
-        (outcome, subscriber.stats().clone())
-    });
+    let task = match transport {
+        Transport::Pubsub => {
+            let mut subscriber =
+                Subscriber::new(settings, tokens, rest, publisher, rig.store.clone())
+                    .await
+                    .expect("subscriber");
+            tokio::spawn(async move {
+                let outcome = subscriber.run(shutdown).await;
+                (outcome, subscriber.stats().clone())
+            })
+        }
+        Transport::Cometd => {
+            let mut subscriber = CometdSubscriber::new(
+                settings,
+                "v62.0",
+                tokens,
+                rest,
+                publisher,
+                rig.store.clone(),
+            )
+            .await
+            .expect("subscriber");
+            tokio::spawn(async move {
+                let outcome = subscriber.run(shutdown).await;
+                if let Err(error) = &outcome {
+                    eprintln!("the CometD subscriber failed: {error}");
+                }
+                (outcome, subscriber.stats().clone())
+            })
+        }
+    };
     Running { stop, task }
 }
 
@@ -456,4 +486,52 @@ async fn an_undecodable_event_is_dead_lettered_and_the_stream_goes_on() {
     assert_eq!(headers["source"], "salesforce");
     assert_eq!(headers["topic"], TOPIC);
     assert!(!letter.payload().unwrap().is_empty(), "the raw bytes");
+}
+
+#[tokio::test]
+async fn the_cometd_transport_loads_streams_and_resumes_after_its_own_checkpoint() {
+    let rig = rig().await;
+    rig.sim.set_cometd_hold(Duration::from_millis(300));
+    let a = create(&rig.sim, "a", "a@acme.example");
+    let running = start_with(&rig, Transport::Cometd).await;
+    let loaded = events(&rig, 1).await;
+    assert_eq!(loaded[0].change, ChangeKind::Snapshot);
+    let b = create(&rig.sim, "b", "b@acme.example");
+    rig.sim.deactivate(&a).unwrap();
+    let streamed = events(&rig, 3).await;
+    running.stop().await;
+    let deactivation = streamed
+        .iter()
+        .find(|e| e.user_id == a && e.change == ChangeKind::Update);
+    let deactivation = deactivation.expect("the deactivation");
+    assert_eq!(deactivation.origin.transport, "cometd");
+    assert_eq!(deactivation.user.is_active, Some(false));
+    assert_eq!(
+        deactivation.user.email.as_deref(),
+        Some("a@acme.example"),
+        "merged"
+    );
+    let saved = rig
+        .store
+        .checkpoint("cometd:/data/UserChangeEvent")
+        .await
+        .unwrap();
+    assert!(saved.is_some(), "CometD keeps its own checkpoint");
+    assert!(rig.store.checkpoint(TOPIC).await.unwrap().is_none());
+
+    rig.sim
+        .update_users(
+            std::slice::from_ref(&b),
+            json!({"Title": "VP"}),
+            &Writer::default(),
+        )
+        .unwrap();
+    let running = start_with(&rig, Transport::Cometd).await;
+    let all = events(&rig, 4).await;
+    let stats = running.stop().await;
+    assert_eq!(
+        stats.resyncs, 0,
+        "resumed after the checkpoint, no initial load"
+    );
+    assert_converged(&rig, &all);
 }

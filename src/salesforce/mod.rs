@@ -11,6 +11,8 @@
 //! - [`normalize`]: one decoded event into normalized events, one per record id, or the
 //!   REST re-read / resync the subscriber must do instead.
 //!
+//! - [`cometd`]: the Streaming API (CometD) client, the legacy transport, delivering the same
+//!   [`avro::ChangeEvent`] as the Pub/Sub path.
 //! - [`auth`]: OAuth (JWT bearer, client credentials, refresh token), userinfo, and the
 //!   table that turns a token refusal into a disconnect reason.
 //! - [`rest`]: User records over the REST API: the initial load, the re-read of the users a
@@ -22,10 +24,12 @@
 pub mod auth;
 pub mod avro;
 pub mod bitmap;
+pub mod cometd;
 pub mod id;
 pub mod normalize;
 pub mod pubsub;
 pub mod replay;
 pub mod rest;
+pub mod role;
 pub mod snapshot;
 pub mod subscriber;

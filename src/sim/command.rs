@@ -377,15 +377,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(granted.status(), 200, "client credentials run as --run-as");
-        sim.create_user(
-            serde_json::json!({"Username": "a@x.test"}),
-            &salesforce::Writer::default(),
-        )
-        .unwrap();
-        assert_eq!(sim.records().len(), 1);
-        assert!(
-            sim.retained_events().is_empty(),
-            "a retention of 0 s keeps nothing"
+        for username in ["a@x.test", "b@x.test"] {
+            sim.create_user(
+                serde_json::json!({ "Username": username }),
+                &salesforce::Writer::default(),
+            )
+            .unwrap();
+        }
+        assert_eq!(sim.records().len(), 2);
+        assert_eq!(
+            sim.retained_events().len(),
+            1,
+            "with a retention of 0 s each publish purges the events before it"
         );
         assert_ne!(sim.base_url(), sim.pubsub_url());
     }

@@ -275,6 +275,7 @@ impl PubSubConnection {
             requests,
             responses,
             credit,
+            unsent_credit: 0,
             idle_timeout: self.settings.idle_timeout,
         })
     }
@@ -315,11 +316,13 @@ pub struct Subscription {
     requests: mpsc::Sender<FetchRequest>,
     responses: Streaming<FetchResponse>,
     credit: Credit,
+    /// Credit asked for but not yet handed to the request stream (it was full).
+    unsent_credit: i32,
     idle_timeout: Duration,
 }
 
 impl Subscription {
-    /// The next response. Credit is topped up before it is returned.
+    /// The next response. Credit is topped up before it is returned. Cancel-safe.
     pub async fn next(&mut self) -> Result<Batch, StreamEnd> {
         let message = tokio::time::timeout(self.idle_timeout, self.responses.message())
             .await
@@ -330,13 +333,20 @@ impl Subscription {
             Err(status) => return Err(StreamEnd::Failed(classify(&status))),
         };
         if let Some(more) = self.credit.on_response(response.pending_num_requested) {
+            self.unsent_credit += more;
+        }
+        // Never awaits after a response was taken off the stream, so dropping this future
+        // (a `select!` that picked another branch) cannot lose the response.
+        if self.unsent_credit > 0 {
             let top_up = FetchRequest {
                 topic_name: self.topic.clone(),
-                num_requested: more,
+                num_requested: self.unsent_credit,
                 ..FetchRequest::default()
             };
-            if self.requests.send(top_up).await.is_err() {
-                return Err(StreamEnd::Closed);
+            match self.requests.try_send(top_up) {
+                Ok(()) => self.unsent_credit = 0,
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(StreamEnd::Closed),
             }
         }
         Ok(Batch {

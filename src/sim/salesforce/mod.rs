@@ -27,6 +27,7 @@
 //! [`SalesforceSim::requests`].
 
 pub mod cdc;
+pub mod cometd;
 pub mod control;
 pub mod directory;
 pub mod eventbus;
@@ -117,6 +118,8 @@ pub(crate) struct SimState {
     pub(crate) without_view_all_users: BTreeSet<String>,
     /// The REST data API: query locators, page size, API access, injected failures.
     pub(crate) rest: query::RestState,
+    /// The Streaming API's Bayeux clients.
+    pub(crate) cometd: cometd::CometdState,
 }
 
 impl SimState {
@@ -232,6 +235,7 @@ impl SalesforceSim {
                 bus,
                 without_view_all_users: BTreeSet::new(),
                 rest: query::RestState::default(),
+                cometd: cometd::CometdState::default(),
             }),
             base_url,
             requests: RequestLog::default(),
@@ -543,15 +547,6 @@ impl SalesforceSim {
         eventbus::replay_bytes(self.shared.lock().bus.latest())
     }
 
-    /// The events a subscriber could replay now, oldest first; those past the retention
-    /// window are dropped first.
-    pub fn retained_events(&self) -> Vec<eventbus::BusEvent> {
-        self.shared.write(|state| {
-            state.bus.purge(now_ms());
-            state.bus.after(0, usize::MAX)
-        })
-    }
-
     /// Fault: the user's profile loses (or regains) View All Users.
     pub fn set_view_all_users(&self, username: &str, granted: bool) {
         let mut state = self.shared.lock();
@@ -560,6 +555,39 @@ impl SalesforceSim {
         } else {
             state.without_view_all_users.insert(username.to_owned());
         }
+    }
+
+    // ---- Streaming API (CometD) ---------------------------------------------------------
+
+    /// How long a CometD connect is held when no event arrives (110 s by default).
+    pub fn set_cometd_hold(&self, hold: std::time::Duration) {
+        self.shared.lock().cometd.hold = hold;
+    }
+
+    /// Fault: the CometD server forgets every client; their next message gets
+    /// `403::Unknown client`. Held connects answer when the bus next moves.
+    pub fn expire_cometd_clients(&self) {
+        self.shared.lock().cometd.expire_clients();
+    }
+
+    /// The retained events, oldest first, each with its Pub/Sub (Avro) payload: what both
+    /// transports deliver, for tests that compare them.
+    pub fn retained_events(&self) -> Vec<eventbus::BusEvent> {
+        self.shared.lock().bus.after(0, usize::MAX)
+    }
+
+    /// The JSON of writer schema `schema_id`, as `GetSchema` returns it.
+    pub fn schema_json(&self, schema_id: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .bus
+            .schema(schema_id)
+            .map(|v| v.json.clone())
+    }
+
+    /// Every CometD subscribe received, oldest first, with the replay id it asked for.
+    pub fn cometd_subscribes(&self) -> Vec<cometd::SubscribeRecord> {
+        self.shared.lock().cometd.subscribes()
     }
 
     /// How many requests were answered since the last reset.
@@ -588,7 +616,12 @@ fn router(shared: Arc<Shared>) -> Router {
         post(handlers::token_my_domain),
         get(handlers::userinfo_my_domain),
     )
-    .merge(query::routes());
+    .merge(query::routes())
+    .route("/cometd/{version}", post(cometd::handle))
+    .route(
+        "/services/data/{version}/event/eventSchema/{schema_id}",
+        get(cometd::event_schema),
+    );
     login
         .nest(MY_DOMAIN_PREFIX, my_domain)
         .fallback(not_found)

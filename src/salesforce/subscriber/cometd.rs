@@ -1,0 +1,233 @@
+//! The Streaming API (CometD) loop of the subscriber: the legacy transport, for orgs or
+//! networks where the Pub/Sub API cannot be used.
+//!
+//! It shares everything after the stream with the Pub/Sub loop ([`Pipeline`]). What differs:
+//!
+//! - the checkpoint is the numeric replay id (stored as 8 big-endian bytes) under the key
+//!   `cometd:<topic>`, so switching transports never resumes one with the other's ids;
+//! - a long-poll is never abandoned for other work, because the events of an abandoned
+//!   connect are lost for this Bayeux session: confirmations from Kafka are taken between
+//!   polls, and the checkpoint is saved after each poll;
+//! - the client recovers `401::Authentication invalid` and `403::Unknown client` by itself,
+//!   resubscribing with the acknowledged replay map; when it cannot recover, or Kafka fails
+//!   a delivery, the loop waits for what is in flight, backs off, and starts a new client
+//!   from the stored checkpoint (nothing after it was confirmed);
+//! - an invalid replay id is handled by the client per the replay policy; with `resync` the
+//!   loop then re-reads the users changed since the checkpoint's commit time.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use tokio::sync::watch;
+
+use super::{
+    Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, unplaced,
+};
+use crate::kafka::ChangePublisher;
+use crate::salesforce::cometd::{
+    CometdClient, CometdConfig, CredentialsTokenSource, Delivered, Poll, REPLAY_FROM_TIP,
+};
+use crate::salesforce::normalize::Replay;
+use crate::salesforce::rest::SalesforceRest;
+use crate::store::Store;
+
+/// The CometD subscriber.
+pub struct CometdSubscriber {
+    settings: SubscriberSettings,
+    api_version: String,
+    tokens: Arc<CredentialsTokenSource>,
+    pipeline: Pipeline,
+}
+
+/// The replay id of a CometD checkpoint.
+fn replay_of(position: &StreamPosition) -> Option<i64> {
+    Some(i64::from_be_bytes(
+        position.replay_id.as_slice().try_into().ok()?,
+    ))
+}
+
+impl CometdSubscriber {
+    pub async fn new(
+        settings: SubscriberSettings,
+        api_version: &str,
+        tokens: Arc<CredentialsTokenSource>,
+        rest: SalesforceRest,
+        publisher: Arc<ChangePublisher>,
+        store: Arc<dyn Store>,
+    ) -> Result<CometdSubscriber, SubscriberError> {
+        let session = tokens.session().await?;
+        let pipeline = Pipeline::new(
+            &settings.topic,
+            session.org_id.clone(),
+            rest,
+            publisher,
+            store,
+            settings.resync_margin,
+        )
+        .with_checkpoint_key(format!("cometd:{}", settings.topic));
+        Ok(CometdSubscriber {
+            settings,
+            // REST paths say `v62.0`; the CometD path says `62.0`.
+            api_version: api_version.trim_start_matches('v').to_owned(),
+            tokens,
+            pipeline,
+        })
+    }
+
+    pub fn stats(&self) -> &super::SubscriberStats {
+        &self.pipeline.stats
+    }
+
+    /// Runs until `shutdown` turns true or a failure only an admin can fix.
+    pub async fn run(
+        &mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), SubscriberError> {
+        let mut backoff = self.backoff();
+        loop {
+            let stored = self.pipeline.load_checkpoint().await?;
+            let resume = stored.as_ref().and_then(replay_of);
+            let config = CometdConfig::new(self.api_version.clone(), self.settings.replay_policy);
+            let mut client = CometdClient::new(
+                config,
+                self.tokens.clone(),
+                resume.unwrap_or(REPLAY_FROM_TIP),
+            )
+            .map_err(Box::new)?;
+            let outcome = self
+                .serve(&mut client, resume.is_none(), &mut shutdown, &mut backoff)
+                .await;
+            let drained = self.pipeline.drain().await;
+            if *shutdown.borrow() {
+                let _ = client.disconnect().await;
+                self.pipeline
+                    .publisher
+                    .flush(self.settings.flush_timeout)
+                    .map_err(|source| SubscriberError::Kafka {
+                        context: "flushing the producer at shutdown".into(),
+                        source,
+                    })?;
+                return outcome.and(drained);
+            }
+            match outcome.and(drained) {
+                Err(SubscriberError::Cometd(error)) if error.disconnect_reason().is_some() => {
+                    return Err(SubscriberError::Cometd(error));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "CometD subscriber restarts from its checkpoint")
+                }
+                Ok(()) => {}
+            }
+            self.pipeline.reset_frontier();
+            self.pipeline.stats.resubscribes += 1;
+            let delay = backoff.next().unwrap_or(self.settings.backoff_max);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        client: &mut CometdClient<Arc<CredentialsTokenSource>>,
+        initial_load: bool,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut backon::ExponentialBackoff,
+    ) -> Result<(), SubscriberError> {
+        if initial_load {
+            // Subscribed before the export: changes made during it are delivered after it.
+            client.open().await.map_err(Box::new)?;
+            self.pipeline
+                .resync(None, unplaced(), "initial load")
+                .await?;
+        }
+        loop {
+            let polled = tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(()),
+                polled = client.poll() => polled.map_err(Box::new)?,
+            };
+            *backoff = self.backoff();
+            match polled {
+                Poll::Events(batch) => {
+                    for delivered in batch {
+                        self.handle(client, delivered).await?;
+                    }
+                }
+                Poll::ReplayRejected(rejected) => {
+                    tracing::warn!(error = %rejected.error, policy = rejected.policy.as_str(), "CometD replay id rejected");
+                    if rejected.resync_needed {
+                        let since = self.pipeline.checkpoint().and_then(|c| c.commit_timestamp);
+                        self.pipeline
+                            .resync(
+                                since,
+                                unplaced(),
+                                "the replay id is outside the retention window",
+                            )
+                            .await?;
+                    }
+                }
+            }
+            while let Some(Some((id, result))) = self.pipeline.next_confirmation().now_or_never() {
+                self.pipeline.confirmed(id, result)?;
+            }
+            self.pipeline.save_checkpoint().await?;
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        client: &mut CometdClient<Arc<CredentialsTokenSource>>,
+        delivered: Delivered,
+    ) -> Result<(), SubscriberError> {
+        match delivered {
+            Delivered::Event(cdc) => {
+                let position = StreamPosition {
+                    replay_id: cdc.replay_id.to_be_bytes().to_vec(),
+                    commit_timestamp: Some(cdc.event.header.commit_timestamp),
+                };
+                self.pipeline
+                    .handle(ReceivedChange {
+                        decoded: Ok(cdc.event),
+                        raw: &[],
+                        replay: Replay::CometD(cdc.replay_id),
+                        schema_id: &cdc.schema_id,
+                        position,
+                    })
+                    .await?;
+                client.acknowledge(cdc.replay_id);
+            }
+            Delivered::Unreadable(bad) => {
+                let replay_id = bad.replay_id.unwrap_or_default();
+                let position = StreamPosition {
+                    replay_id: replay_id.to_be_bytes().to_vec(),
+                    commit_timestamp: None,
+                };
+                self.pipeline
+                    .handle(ReceivedChange {
+                        decoded: Err(bad.error.clone()),
+                        raw: bad.raw.as_bytes(),
+                        replay: Replay::CometD(replay_id),
+                        schema_id: bad.schema_id.as_deref().unwrap_or_default(),
+                        position,
+                    })
+                    .await?;
+                if let Some(id) = bad.replay_id {
+                    client.acknowledge(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.settings.backoff_min)
+            .with_max_delay(self.settings.backoff_max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}

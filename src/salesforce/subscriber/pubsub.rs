@@ -1,0 +1,285 @@
+//! The Pub/Sub API loop of the subscriber (see the parent module for what is shared).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::{
+    Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, SubscriberStats,
+    unplaced,
+};
+use crate::kafka::ChangePublisher;
+use crate::salesforce::auth::SalesforceSession;
+use crate::salesforce::normalize::Replay;
+use crate::salesforce::pubsub::{
+    Batch, PubSubConnection, PubSubError, SchemaCache, StartAt, StreamEnd, Subscription,
+};
+use crate::salesforce::replay::{Recovery, recovery};
+use crate::salesforce::rest::{CredentialsTokenSource, SalesforceRest, TokenSource};
+use crate::store::Store;
+
+/// The Pub/Sub subscriber.
+pub struct Subscriber {
+    settings: SubscriberSettings,
+    tokens: Arc<CredentialsTokenSource>,
+    session: SalesforceSession,
+    connection: PubSubConnection,
+    schemas: SchemaCache,
+    pipeline: Pipeline,
+}
+
+impl Subscriber {
+    /// Signs in and builds the channel; nothing is read yet.
+    pub async fn new(
+        settings: SubscriberSettings,
+        tokens: Arc<CredentialsTokenSource>,
+        rest: SalesforceRest,
+        publisher: Arc<ChangePublisher>,
+        store: Arc<dyn Store>,
+    ) -> Result<Subscriber, SubscriberError> {
+        let session = tokens.session().await?;
+        let connection = PubSubConnection::new(settings.pubsub.clone(), &session)?;
+        let pipeline = Pipeline::new(
+            &settings.topic,
+            session.org_id.clone(),
+            rest,
+            publisher,
+            store,
+            settings.resync_margin,
+        );
+        Ok(Subscriber {
+            settings,
+            tokens,
+            session,
+            connection,
+            schemas: SchemaCache::default(),
+            pipeline,
+        })
+    }
+
+    pub fn stats(&self) -> &SubscriberStats {
+        &self.pipeline.stats
+    }
+
+    /// Runs until `shutdown` turns true or a failure only an admin can fix. On shutdown,
+    /// waits for Kafka to confirm what is in flight and saves the checkpoint.
+    pub async fn run(
+        &mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), SubscriberError> {
+        self.connection.topic(&self.settings.topic).await?;
+        let mut next = match self.pipeline.load_checkpoint().await? {
+            Some(position) => Start::After(position.replay_id),
+            None => Start::Latest {
+                resync: Resync::All("initial load"),
+            },
+        };
+        let mut backoff = self.backoff();
+        loop {
+            let end = match self.open(next.clone()).await {
+                Ok(mut subscription) => {
+                    let end = self
+                        .read(&mut subscription, &mut shutdown, &mut backoff)
+                        .await;
+                    drop(subscription);
+                    end
+                }
+                Err(error) => Err(error),
+            };
+            let drained = self.pipeline.drain().await;
+            if *shutdown.borrow() {
+                self.pipeline
+                    .publisher
+                    .flush(self.settings.flush_timeout)
+                    .map_err(|source| SubscriberError::Kafka {
+                        context: "flushing the producer at shutdown".into(),
+                        source,
+                    })?;
+                return drained;
+            }
+            let end = match (end, drained) {
+                (Err(SubscriberError::PubSub(PubSubError::Call { failure, .. })), _) => {
+                    StreamEnd::Failed(failure)
+                }
+                (Err(error), _) | (Ok(_), Err(error)) => {
+                    tracing::warn!(%error, "the subscriber resumes from its checkpoint");
+                    StreamEnd::Closed
+                }
+                (Ok(end), Ok(())) => end,
+            };
+            self.pipeline.reset_frontier();
+            self.pipeline.stats.resubscribes += 1;
+            let delay = backoff.next().unwrap_or(self.settings.backoff_max);
+            let step = match &end {
+                StreamEnd::Failed(failure) => recovery(failure, self.settings.replay_policy, delay),
+                StreamEnd::Closed | StreamEnd::Idle(_) => Recovery::Resume { after: delay },
+            };
+            tracing::info!(%end, ?step, "Pub/Sub stream ended");
+            let resume = match self.pipeline.checkpoint() {
+                Some(position) => Start::After(position.replay_id.clone()),
+                // Nothing was ever confirmed: the initial load starts over.
+                None => Start::Latest {
+                    resync: Resync::All("initial load"),
+                },
+            };
+            next = match step {
+                Recovery::Resume { after } => {
+                    tokio::select! {
+                        () = tokio::time::sleep(after) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    resume
+                }
+                Recovery::Reauthenticate => {
+                    self.reauthenticate().await?;
+                    resume
+                }
+                Recovery::StartOver { resync: true } => Start::Latest {
+                    resync: match self.pipeline.checkpoint().and_then(|c| c.commit_timestamp) {
+                        Some(since) => Resync::Since(since),
+                        None => Resync::All("the replay id is unusable and its time unknown"),
+                    },
+                },
+                Recovery::StartOver { resync: false } => {
+                    tracing::warn!(
+                        "replay policy \"latest\": changes between the checkpoint and now are not recovered"
+                    );
+                    Start::Latest {
+                        resync: Resync::Nothing,
+                    }
+                }
+                Recovery::Stop { reason } => return Err(SubscriberError::Stopped { reason }),
+            };
+        }
+    }
+
+    /// Opens the stream `start` asks for. A LATEST subscription is opened *before* any
+    /// resync, which pins the stream position on the server: whatever changes while users are
+    /// read through REST is still delivered after them, so the hand-over has no gap.
+    async fn open(&mut self, start: Start) -> Result<Subscription, SubscriberError> {
+        match start {
+            Start::After(replay_id) => Ok(self
+                .connection
+                .subscribe(&self.settings.topic, StartAt::After(replay_id))
+                .await?),
+            Start::Latest { resync } => {
+                let subscription = self
+                    .connection
+                    .subscribe(&self.settings.topic, StartAt::Latest)
+                    .await?;
+                match resync {
+                    Resync::Nothing => {}
+                    Resync::All(why) => {
+                        tracing::info!(why, "reading every user, stream pinned at LATEST");
+                        self.pipeline.resync(None, unplaced(), why).await?;
+                    }
+                    Resync::Since(since) => {
+                        tracing::info!(%since, "replay id unusable: reading users changed since the checkpoint");
+                        self.pipeline
+                            .resync(
+                                Some(since),
+                                unplaced(),
+                                "the replay id is outside the retention window",
+                            )
+                            .await?;
+                    }
+                }
+                Ok(subscription)
+            }
+        }
+    }
+
+    /// Reads a stream until it ends or shutdown is asked for.
+    async fn read(
+        &mut self,
+        subscription: &mut Subscription,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut backon::ExponentialBackoff,
+    ) -> Result<StreamEnd, SubscriberError> {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Ok(StreamEnd::Closed),
+                Some((id, result)) = self.pipeline.next_confirmation() => {
+                    self.pipeline.confirmed(id, result)?;
+                    self.pipeline.save_checkpoint().await?;
+                }
+                batch = subscription.next() => match batch {
+                    Ok(batch) => {
+                        *backoff = self.backoff();
+                        self.batch(batch).await?;
+                        self.pipeline.save_checkpoint().await?;
+                    }
+                    Err(end) => return Ok(end),
+                },
+            }
+        }
+    }
+
+    async fn batch(&mut self, batch: Batch) -> Result<(), SubscriberError> {
+        if batch.events.is_empty() {
+            self.pipeline.keepalive(batch.latest_replay_id);
+            return Ok(());
+        }
+        for consumer in batch.events {
+            let Some(event) = consumer.event else {
+                continue;
+            };
+            let decoded = match self.schemas.get(&self.connection, &event.schema_id).await {
+                Ok(schema) => schema.decode(&event.payload).map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            let commit_timestamp = decoded.as_ref().ok().map(|e| e.header.commit_timestamp);
+            self.pipeline
+                .handle(ReceivedChange {
+                    decoded,
+                    raw: &event.payload,
+                    replay: Replay::PubSub(&consumer.replay_id),
+                    schema_id: &event.schema_id,
+                    position: StreamPosition {
+                        replay_id: consumer.replay_id.clone(),
+                        commit_timestamp,
+                    },
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn reauthenticate(&mut self) -> Result<(), SubscriberError> {
+        let token = self.tokens.renew(&self.session.access_token).await?;
+        self.session.access_token = token;
+        self.connection.set_session(&self.session)?;
+        Ok(())
+    }
+
+    /// Jittered exponential delays between the configured bounds, without end; a stream
+    /// that delivers something starts the sequence over.
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.settings.backoff_min)
+            .with_max_delay(self.settings.backoff_max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// Where the next stream starts.
+#[derive(Debug, Clone)]
+enum Start {
+    /// After the checkpoint.
+    After(Vec<u8>),
+    /// At the newest position, after reading users through REST.
+    Latest { resync: Resync },
+}
+
+/// Which users to read through REST before a LATEST stream is read.
+#[derive(Debug, Clone)]
+enum Resync {
+    Nothing,
+    All(&'static str),
+    Since(DateTime<Utc>),
+}
