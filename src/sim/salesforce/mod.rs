@@ -28,6 +28,7 @@
 
 pub mod cdc;
 pub mod cometd;
+pub mod control;
 pub mod directory;
 pub mod eventbus;
 pub mod oauth;
@@ -239,12 +240,6 @@ impl SalesforceSim {
             base_url,
             requests: RequestLog::default(),
         });
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!(%error, "Salesforce simulator stopped serving");
-            }
-        });
         let grpc_listener = tokio::net::TcpListener::bind(config.pubsub_listen).await?;
         let pubsub_addr = grpc_listener.local_addr()?;
         let (faults, _) = tokio::sync::broadcast::channel(16);
@@ -266,12 +261,20 @@ impl SalesforceSim {
                 tracing::error!(%error, "Salesforce Pub/Sub simulator stopped serving");
             }
         });
-        Ok(SalesforceSim {
-            shared,
+        let sim = SalesforceSim {
+            shared: shared.clone(),
             local_addr,
             pubsub_addr,
             faults,
-        })
+        };
+        // The control API is merged outside the request log's layer: control calls never count.
+        let app = router(shared).merge(control::router(sim.clone()));
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "Salesforce simulator stopped serving");
+            }
+        });
+        Ok(sim)
     }
 
     /// `http://127.0.0.1:PORT`.
