@@ -1,12 +1,21 @@
-//! A simulator of Salesforce, for now its OAuth token and userinfo endpoints.
+//! A simulator of one Salesforce org, for the subscriber's tests and for running beside it.
 //!
-//! Test equipment for `crate::salesforce::auth`: it answers the JWT bearer, client credentials
-//! and refresh token grants with the success and error bodies of
-//! `shared/reference/salesforce.md` §6, verifies JWT signatures with the connected app's public
-//! key, and lets a test deactivate users, revoke approvals, rotate the secret and revoke tokens.
-//! Like the Outreach simulator it is independent of the product's types, so a bug in the
-//! client cannot hide by being shared with its test equipment. It will grow into the Pub/Sub
-//! and CometD simulator; each surface gets its own module next to [`oauth`].
+//! Every surface the subscriber uses, each in its own module, all over one shared state:
+//!
+//! - [`oauth`]: the token endpoint (JWT bearer with signature checks, client credentials,
+//!   refresh token) with the real error bodies of `shared/reference/salesforce.md` §6, and
+//!   userinfo;
+//! - [`directory`]: the org's User records; every write produces the change records
+//!   Salesforce would publish, which [`eventbus`] retains with replay ids, encoded by [`cdc`]
+//!   with the writer schemas of [`schema`];
+//! - [`pubsub`]: the Pub/Sub API over gRPC; [`cometd`]: the Streaming API; [`query`]: the REST
+//!   data API (SOQL subset, paging);
+//! - [`control`]: the control API under `/_sim/` for a standalone simulator (`usersync sim
+//!   salesforce`), with the fault switches.
+//!
+//! Like the Outreach simulator it is independent of the product's types (it shares only the
+//! generated Pub/Sub wire types, which are the protocol itself), so a bug in a client cannot
+//! hide by being shared with its test equipment.
 //!
 //! # Two hosts on one port
 //!
