@@ -189,6 +189,10 @@ store_suite!(
     settings_round_trip,
     checkpoints_round_trip,
     corrupt_stored_values_are_reported,
+    last_known_users_round_trip,
+    last_known_users_batch_read_returns_only_known_ids,
+    last_known_users_never_go_back_to_an_older_position,
+    last_known_users_are_separate_per_org,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -223,6 +227,44 @@ fn sf_user(n: u32, email: &str) -> SalesforceUser {
             sequence_number: Some(1),
         }),
     }
+}
+
+/// The Salesforce org id number `n` (18-character form).
+fn org_id(n: u32) -> SalesforceId {
+    SalesforceId::parse(&format!("00D{n:012}")).expect("test org id")
+}
+
+/// A position of a change: with a commit number (CDC) or without (a snapshot).
+fn position(commit_number: Option<i64>, commit_timestamp: &str) -> Position {
+    Position {
+        commit_number,
+        commit_timestamp: at(commit_timestamp),
+        sequence_number: None,
+    }
+}
+
+/// A user as the subscriber reads it back: its own state never carries `applied`.
+fn without_applied(user: &SalesforceUser) -> SalesforceUser {
+    SalesforceUser {
+        applied: None,
+        ..user.clone()
+    }
+}
+
+/// The title of the subscriber's stored state of one user, which the tests vary to tell states
+/// apart.
+async fn last_known_title(h: &Harness, org: &SalesforceId, id: &SalesforceId) -> Option<String> {
+    let users = h
+        .store
+        .last_known_users(org, std::slice::from_ref(id))
+        .await
+        .unwrap();
+    assert_eq!(
+        users.len(),
+        1,
+        "exactly one stored state of {id}: {users:?}"
+    );
+    users.into_iter().next().unwrap().title
 }
 
 fn outreach_user(id: i64, email: &str) -> OutreachUser {
@@ -299,7 +341,8 @@ async fn migrations_run_twice_harmlessly(h: &Harness) {
     assert_eq!(again.salesforce_user(&user.id).await.unwrap(), Some(user));
     let third = h.reopen().await.expect("third open");
     assert!(!third.is_applied("nothing").await.unwrap());
-    assert_eq!(h.count("_sqlx_migrations").await, 1);
+    // 0001_initial and 0002_subscriber_users, each recorded once.
+    assert_eq!(h.count("_sqlx_migrations").await, 2);
 }
 
 async fn salesforce_users_round_trip(h: &Harness) {
@@ -1120,6 +1163,345 @@ async fn corrupt_stored_values_are_reported(h: &Harness) {
         matches!(&err, StoreError::Corrupt { table: "decisions", column: "action", value, .. } if value == "explode"),
         "{err:?}"
     );
+}
+
+async fn last_known_users_round_trip(h: &Harness) {
+    let org = org_id(1);
+    let full = sf_user(1, "Ann.Lee@Example.com ");
+    let snapshot = sf_user(2, "bob@example.com");
+    let bare = SalesforceUser {
+        id: sf_id(3),
+        email: None,
+        username: None,
+        first_name: None,
+        last_name: None,
+        title: None,
+        is_active: false,
+        created_date: None,
+        last_modified_date: None,
+        applied: None,
+    };
+    let cdc = position(Some(42), "2025-05-06T07:08:09.123Z");
+    let snapshot_position = position(None, "2025-05-06T07:08:10.000001Z");
+    h.store
+        .put_last_known_users(
+            &org,
+            &[
+                (full.clone(), Some(cdc)),
+                (snapshot.clone(), Some(snapshot_position)),
+                (bare.clone(), None),
+            ],
+        )
+        .await
+        .unwrap();
+    let ids = [full.id.clone(), snapshot.id.clone(), bare.id.clone()];
+    assert_eq!(
+        h.store.last_known_users(&org, &ids).await.unwrap(),
+        vec![
+            without_applied(&full),
+            without_applied(&snapshot),
+            bare.clone()
+        ]
+    );
+    // The positions are stored beside the state, not taken from `applied`.
+    assert_eq!(
+        h.count("subscriber_users WHERE commit_number = 42 AND commit_timestamp IS NOT NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        h.count("subscriber_users WHERE commit_number IS NULL AND commit_timestamp IS NOT NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        h.count("subscriber_users WHERE commit_timestamp IS NULL")
+            .await,
+        1
+    );
+
+    // A newer state replaces the stored one, every field included.
+    let mut changed = full.clone();
+    changed.email = Some("ann@new.example.com".into());
+    changed.title = None;
+    changed.is_active = false;
+    changed.last_modified_date = Some(at("2025-05-06T07:08:09.123Z"));
+    h.store
+        .put_last_known_users(
+            &org,
+            &[(
+                changed.clone(),
+                Some(position(Some(43), "2025-05-06T07:08:09.123Z")),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store
+            .last_known_users(&org, std::slice::from_ref(&full.id))
+            .await
+            .unwrap(),
+        vec![without_applied(&changed)]
+    );
+    assert_eq!(h.count("subscriber_users").await, 3);
+
+    // The subscriber's rows and the processor's never meet: neither write shows in the other's
+    // read, and the processor's applied position stays what the processor wrote.
+    assert_eq!(h.count("salesforce_users").await, 0);
+    assert_eq!(h.store.salesforce_user(&full.id).await.unwrap(), None);
+    let processor = sf_user(1, "ann.lee@example.com");
+    h.store
+        .put_salesforce_users(std::slice::from_ref(&processor))
+        .await
+        .unwrap();
+    h.store
+        .put_last_known_users(
+            &org,
+            &[(
+                full.clone(),
+                Some(position(Some(99_999), "2030-01-01T00:00:00Z")),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store.salesforce_user(&full.id).await.unwrap(),
+        Some(processor)
+    );
+    let other = sf_user(4, "dan@example.com");
+    h.store
+        .put_salesforce_users(std::slice::from_ref(&other))
+        .await
+        .unwrap();
+    assert!(
+        h.store
+            .last_known_users(&org, std::slice::from_ref(&other.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn last_known_users_batch_read_returns_only_known_ids(h: &Harness) {
+    let org = org_id(1);
+    let known: Vec<SalesforceUser> = (1..=3)
+        .map(|n| sf_user(n, &format!("user{n}@example.com")))
+        .collect();
+    let batch: Vec<(SalesforceUser, Option<Position>)> = known
+        .iter()
+        .map(|u| (u.clone(), Some(position(Some(7), "2025-01-01T00:00:00Z"))))
+        .collect();
+    h.store.put_last_known_users(&org, &batch).await.unwrap();
+
+    // Unknown ids are absent, a repeated id comes once, and the result is in id order.
+    let asked = [sf_id(3), sf_id(99), sf_id(1), sf_id(98), sf_id(1)];
+    assert_eq!(
+        h.store.last_known_users(&org, &asked).await.unwrap(),
+        vec![without_applied(&known[0]), without_applied(&known[2])]
+    );
+    assert!(
+        h.store
+            .last_known_users(&org, &[sf_id(97), sf_id(96)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        h.store
+            .last_known_users(&org, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An empty batch writes nothing and is not an error.
+    h.store.put_last_known_users(&org, &[]).await.unwrap();
+    assert_eq!(h.count("subscriber_users").await, 3);
+}
+
+async fn last_known_users_never_go_back_to_an_older_position(h: &Harness) {
+    let org = org_id(1);
+    let id = sf_id(1);
+    let state = |title: &str| SalesforceUser {
+        title: Some(title.to_string()),
+        ..sf_user(1, "ann@example.com")
+    };
+    let put = |title: &'static str, at: Option<Position>| {
+        let user = state(title);
+        let org = org.clone();
+        async move {
+            h.store
+                .put_last_known_users(&org, &[(user, at)])
+                .await
+                .unwrap()
+        }
+    };
+
+    // Commit numbers on both sides decide, whatever the timestamps say.
+    put("cn10", Some(position(Some(10), "2025-01-01T00:00:10Z"))).await;
+    put(
+        "cn9-later-time",
+        Some(position(Some(9), "2025-01-01T00:00:59Z")),
+    )
+    .await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("cn10")
+    );
+    put(
+        "cn11-earlier-time",
+        Some(position(Some(11), "2025-01-01T00:00:01Z")),
+    )
+    .await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("cn11-earlier-time")
+    );
+    // An equal position is not older: a later change of the same transaction writes.
+    put(
+        "cn11-again",
+        Some(position(Some(11), "2025-01-01T00:00:01Z")),
+    )
+    .await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("cn11-again")
+    );
+
+    // Without a commit number on one side, timestamps decide, to the microsecond and across
+    // different numbers of fraction digits.
+    put("snap-half", Some(position(None, "2025-01-01T00:00:05.5Z"))).await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("snap-half")
+    );
+    put(
+        "cn50-older-time",
+        Some(position(Some(50), "2025-01-01T00:00:05.123456Z")),
+    )
+    .await;
+    put(
+        "snap-whole-second",
+        Some(position(None, "2025-01-01T00:00:05Z")),
+    )
+    .await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("snap-half")
+    );
+    put(
+        "snap-1us-newer",
+        Some(position(None, "2025-01-01T00:00:05.500001Z")),
+    )
+    .await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("snap-1us-newer")
+    );
+
+    // No position always writes, and a stored state without one is replaced by any.
+    put("no-position", None).await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("no-position")
+    );
+    put("ancient", Some(position(Some(1), "2000-01-01T00:00:00Z"))).await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("ancient")
+    );
+
+    // Within one batch the guard holds entry by entry: the older entry after the newer one is
+    // refused, and the other user of the batch is written all the same.
+    let second = sf_user(2, "bob@example.com");
+    h.store
+        .put_last_known_users(
+            &org,
+            &[
+                (
+                    state("batch-newer"),
+                    Some(position(Some(5), "2000-01-01T00:00:05Z")),
+                ),
+                (
+                    second.clone(),
+                    Some(position(Some(1), "2000-01-01T00:00:00Z")),
+                ),
+                (
+                    state("batch-older"),
+                    Some(position(Some(4), "2000-01-01T00:00:04Z")),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("batch-newer")
+    );
+    assert_eq!(
+        h.store
+            .last_known_users(&org, std::slice::from_ref(&second.id))
+            .await
+            .unwrap(),
+        vec![without_applied(&second)]
+    );
+    assert_eq!(h.count("subscriber_users WHERE commit_number = 5").await, 1);
+}
+
+async fn last_known_users_are_separate_per_org(h: &Harness) {
+    let (org_a, org_b) = (org_id(1), org_id(2));
+    let id = sf_id(1);
+    let in_a = SalesforceUser {
+        title: Some("in A".into()),
+        ..sf_user(1, "ann@a.example.com")
+    };
+    let in_b = SalesforceUser {
+        title: Some("in B".into()),
+        ..sf_user(1, "ann@b.example.com")
+    };
+    let only_in_a = sf_user(2, "bob@a.example.com");
+    h.store
+        .put_last_known_users(
+            &org_a,
+            &[
+                (
+                    in_a.clone(),
+                    Some(position(Some(100), "2025-01-01T00:00:00Z")),
+                ),
+                (only_in_a.clone(), None),
+            ],
+        )
+        .await
+        .unwrap();
+    // The same user id in another org: an older position there is no reason to refuse it, and
+    // writing it leaves org A's row alone.
+    h.store
+        .put_last_known_users(
+            &org_b,
+            &[(
+                in_b.clone(),
+                Some(position(Some(1), "2024-01-01T00:00:00Z")),
+            )],
+        )
+        .await
+        .unwrap();
+
+    let both = [id.clone(), only_in_a.id.clone()];
+    assert_eq!(
+        h.store.last_known_users(&org_a, &both).await.unwrap(),
+        vec![without_applied(&in_a), without_applied(&only_in_a)]
+    );
+    assert_eq!(
+        h.store.last_known_users(&org_b, &both).await.unwrap(),
+        vec![without_applied(&in_b)]
+    );
+    assert!(
+        h.store
+            .last_known_users(&org_id(3), &both)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(h.count("subscriber_users").await, 3);
 }
 
 // ---------------------------------------------------------------------------------------------

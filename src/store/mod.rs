@@ -1,13 +1,16 @@
 //! Durable state behind one trait.
 //!
 //! Why it exists: every role of usersync owns some state that must survive a restart and, with
-//! several processor replicas, be shared — the subscriber's replay checkpoints and last-known
-//! Salesforce users, the processor's mappings, Outreach user index, applied-event log and
-//! decision log, the admin's settings. The store keeps exactly that and nothing else: it is
-//! never a queue (events travel only through Kafka), and it holds no rules of its own beyond
-//! one: a mapping is 1:1, and the schema itself enforces it (`mappings.outreach_user_id` is the
-//! primary key, `mappings.salesforce_user_id` is unique), so no code path, present or future,
-//! can record an Outreach user mapped twice or a Salesforce user claimed by two Outreach users.
+//! several processor replicas, be shared — the subscriber's replay checkpoints and its own
+//! last-known Salesforce users (what it merges partial updates into), the processor's
+//! last-known Salesforce users, mappings, Outreach user index, applied-event log and decision
+//! log, the admin's settings. Each role's state is its own: the subscriber's users are kept
+//! apart from the processor's because each carries the position of a different role. The store
+//! keeps exactly that and nothing else: it is never a queue (events travel only through Kafka),
+//! and it holds no rules of its own beyond one: a mapping is 1:1, and the schema itself
+//! enforces it (`mappings.outreach_user_id` is the primary key, `mappings.salesforce_user_id`
+//! is unique), so no code path, present or future, can record an Outreach user mapped twice or
+//! a Salesforce user claimed by two Outreach users.
 //!
 //! Two implementations share one trait, [`Store`]: [`SqliteStore`] (a file, the embedded
 //! default) and [`PostgresStore`] (several processor replicas). Each keeps its SQL beside it;
@@ -29,6 +32,7 @@ use chrono::{DateTime, Utc};
 use crate::engine::decision::{Action, DecisionRecord};
 use crate::engine::settings::SyncSettings;
 use crate::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
+use crate::event::Position;
 use crate::outreach::user::{OutreachUser, OutreachUserId};
 use crate::salesforce::id::SalesforceId;
 
@@ -103,6 +107,28 @@ pub trait Store: Send + Sync {
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError>;
     /// Inserts or overwrites the checkpoint of `checkpoint.topic`.
     async fn save_checkpoint(&self, checkpoint: &ReplayCheckpoint) -> Result<(), StoreError>;
+
+    /// The subscriber's last-known state of those of `ids` it holds for `org_id`, by id, read
+    /// in one query; an id it does not hold is simply absent. These are the subscriber's own
+    /// rows, never the processor's [`salesforce_user`](Store::salesforce_user)s, so `applied`
+    /// is always `None`.
+    async fn last_known_users(
+        &self,
+        org_id: &SalesforceId,
+        ids: &[SalesforceId],
+    ) -> Result<Vec<SalesforceUser>, StoreError>;
+
+    /// Upserts the subscriber's last-known state of users of `org_id`, each with the position
+    /// of the change that produced it, in one transaction. A user whose stored state has a
+    /// newer position keeps it ([`Position::compare`]: commit
+    /// numbers when both have one, else commit timestamps; sequence numbers are not kept, so
+    /// an equal position writes). A `None` position, or a stored row without one, always
+    /// writes. The users' `applied` is not stored: the position beside each user is.
+    async fn put_last_known_users(
+        &self,
+        org_id: &SalesforceId,
+        users: &[(SalesforceUser, Option<Position>)],
+    ) -> Result<(), StoreError>;
 }
 
 /// Everything applying one event changed, recorded in one transaction by [`Store::record`].

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::engine::settings::SyncSettings;
 use crate::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
-use crate::event::normalize_email;
+use crate::event::{Position, normalize_email};
 use crate::outreach::user::{OutreachUser, OutreachUserId};
 use crate::salesforce::id::SalesforceId;
 
@@ -224,6 +224,61 @@ impl<B: Backend> Store for B {
         let operation = || format!("save the replay checkpoint of {}", checkpoint.topic);
         let mut session = self.session(Access::Single).await.context(operation)?;
         session.save_checkpoint(checkpoint).await.context(operation)
+    }
+
+    async fn last_known_users(
+        &self,
+        org_id: &SalesforceId,
+        ids: &[SalesforceId],
+    ) -> Result<Vec<SalesforceUser>, StoreError> {
+        let operation = || {
+            format!(
+                "read the subscriber's last-known state of {} users of org {org_id}",
+                ids.len()
+            )
+        };
+        let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let rows = session
+            .subscriber_users_by_id(org_id.as_str(), &ids)
+            .await
+            .context(operation)?;
+        rows.into_iter().map(SalesforceUser::try_from).collect()
+    }
+
+    async fn put_last_known_users(
+        &self,
+        org_id: &SalesforceId,
+        users: &[(SalesforceUser, Option<Position>)],
+    ) -> Result<(), StoreError> {
+        let operation = || {
+            format!(
+                "store the subscriber's last-known state of {} users of org {org_id}",
+                users.len()
+            )
+        };
+        let now = Utc::now();
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        for (user, position) in users {
+            let written = session
+                .upsert_subscriber_user(org_id.as_str(), user, position.as_ref(), now)
+                .await
+                .context(|| {
+                    format!(
+                        "store the subscriber's last-known state of user {} of org {org_id}",
+                        user.id
+                    )
+                })?;
+            if !written {
+                tracing::debug!(
+                    org = %org_id,
+                    user = %user.id,
+                    ?position,
+                    "kept the subscriber's stored state of a user: its position is newer"
+                );
+            }
+        }
+        B::commit(session).await.context(operation)
     }
 }
 

@@ -92,6 +92,42 @@ impl TryFrom<SalesforceUserRow> for SalesforceUser {
     }
 }
 
+/// A row of `subscriber_users`, without its key's org (the query names it) and without the
+/// position, which only the store's write guard reads.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SubscriberUserRow {
+    pub user_id: String,
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub title: Option<String>,
+    pub is_active: bool,
+    pub created_date: Option<DateTime<Utc>>,
+    pub last_modified_date: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<SubscriberUserRow> for SalesforceUser {
+    type Error = StoreError;
+
+    /// The subscriber's state carries no `applied`: that is the processor's position, and this
+    /// row never held it.
+    fn try_from(row: SubscriberUserRow) -> Result<Self, StoreError> {
+        Ok(SalesforceUser {
+            id: salesforce_id("subscriber_users", "user_id", &row.user_id)?,
+            email: row.email,
+            username: row.username,
+            first_name: row.first_name,
+            last_name: row.last_name,
+            title: row.title,
+            is_active: row.is_active,
+            created_date: row.created_date,
+            last_modified_date: row.last_modified_date,
+            applied: None,
+        })
+    }
+}
+
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct OutreachUserRow {
     pub id: i64,

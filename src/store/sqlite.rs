@@ -18,11 +18,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use super::rows::{CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow};
+use super::rows::{
+    CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow, SubscriberUserRow,
+};
 use super::statements::{Access, Backend, Statements};
 use super::{Context, ReplayCheckpoint, StoreError};
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
+use crate::event::Position;
 use crate::outreach::user::OutreachUser;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -135,6 +138,9 @@ const SALESFORCE_USER_COLUMNS: &str = "id, email, username, first_name, last_nam
 
 const OUTREACH_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, locked, \
      custom1, custom2, custom3, custom4, custom5, updated_at";
+
+const SUBSCRIBER_USER_COLUMNS: &str = "user_id, email, username, first_name, last_name, title, \
+     is_active, created_date, last_modified_date";
 
 const DECISION_COLUMNS: &str = "sequence, event_id, at, action, reason, email, \
      outreach_user_id, salesforce_user_id, previous_salesforce_user_id, message, outreach_calls";
@@ -283,6 +289,22 @@ impl Statements for SqliteSession {
         .bind(topic)
         .fetch_optional(self.conn())
         .await
+    }
+
+    async fn subscriber_users_by_id(
+        &mut self,
+        org_id: &str,
+        user_ids: &[String],
+    ) -> sqlx::Result<Vec<SubscriberUserRow>> {
+        let sql = format!(
+            "SELECT {SUBSCRIBER_USER_COLUMNS} FROM subscriber_users \
+             WHERE org_id = ?1 AND user_id IN (SELECT value FROM json_each(?2)) ORDER BY user_id"
+        );
+        sqlx::query_as(&sql)
+            .bind(org_id)
+            .bind(json_list(user_ids))
+            .fetch_all(self.conn())
+            .await
     }
 
     async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()> {
@@ -452,5 +474,53 @@ impl Statements for SqliteSession {
         .execute(self.conn())
         .await
         .map(drop)
+    }
+
+    async fn upsert_subscriber_user(
+        &mut self,
+        org_id: &str,
+        user: &SalesforceUser,
+        position: Option<&Position>,
+        updated_at: DateTime<Utc>,
+    ) -> sqlx::Result<bool> {
+        // Timestamps compare as text: sqlx writes them in UTC with 0, 3, 6 or 9 fraction digits
+        // and a `+00:00` suffix, and '+' sorts below '.' and every digit, so text order is time
+        // order down to the nanosecond.
+        let done = sqlx::query(
+            "INSERT INTO subscriber_users (org_id, user_id, email, username, first_name, \
+                 last_name, title, is_active, created_date, last_modified_date, commit_number, \
+                 commit_timestamp, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+             ON CONFLICT (org_id, user_id) DO UPDATE SET email = excluded.email, \
+                 username = excluded.username, first_name = excluded.first_name, \
+                 last_name = excluded.last_name, title = excluded.title, \
+                 is_active = excluded.is_active, created_date = excluded.created_date, \
+                 last_modified_date = excluded.last_modified_date, \
+                 commit_number = excluded.commit_number, \
+                 commit_timestamp = excluded.commit_timestamp, updated_at = excluded.updated_at \
+             WHERE excluded.commit_timestamp IS NULL \
+                OR subscriber_users.commit_timestamp IS NULL \
+                OR CASE WHEN excluded.commit_number IS NOT NULL \
+                             AND subscriber_users.commit_number IS NOT NULL \
+                        THEN excluded.commit_number >= subscriber_users.commit_number \
+                        ELSE excluded.commit_timestamp >= subscriber_users.commit_timestamp \
+                   END",
+        )
+        .bind(org_id)
+        .bind(user.id.as_str())
+        .bind(&user.email)
+        .bind(&user.username)
+        .bind(&user.first_name)
+        .bind(&user.last_name)
+        .bind(&user.title)
+        .bind(user.is_active)
+        .bind(user.created_date)
+        .bind(user.last_modified_date)
+        .bind(position.and_then(|p| p.commit_number))
+        .bind(position.map(|p| p.commit_timestamp))
+        .bind(updated_at)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

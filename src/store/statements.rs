@@ -9,9 +9,12 @@
 use chrono::{DateTime, Utc};
 
 use super::ReplayCheckpoint;
-use super::rows::{CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow};
+use super::rows::{
+    CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow, SubscriberUserRow,
+};
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
+use crate::event::Position;
 use crate::outreach::user::OutreachUser;
 
 /// What a session will do, so that the backend can begin the right kind of transaction.
@@ -81,6 +84,12 @@ pub(crate) trait Statements {
     /// The settings JSON document, as text.
     async fn settings_document(&mut self) -> sqlx::Result<Option<String>>;
     async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>>;
+    /// The subscriber's last-known users of one org among `user_ids`, by user id.
+    async fn subscriber_users_by_id(
+        &mut self,
+        org_id: &str,
+        user_ids: &[String],
+    ) -> sqlx::Result<Vec<SubscriberUserRow>>;
 
     // ----- writes -----
     async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()>;
@@ -102,4 +111,16 @@ pub(crate) trait Statements {
         updated_at: DateTime<Utc>,
     ) -> sqlx::Result<()>;
     async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()>;
+    /// Inserts or replaces the subscriber's last-known state of one user of one org (its
+    /// `applied` is not stored), unless the stored row has a position and `position` is older
+    /// than it: with commit numbers on both sides those decide, otherwise commit timestamps.
+    /// An equal position writes (a later change of the same transaction). False when the
+    /// stored row was kept.
+    async fn upsert_subscriber_user(
+        &mut self,
+        org_id: &str,
+        user: &SalesforceUser,
+        position: Option<&Position>,
+        updated_at: DateTime<Utc>,
+    ) -> sqlx::Result<bool>;
 }
