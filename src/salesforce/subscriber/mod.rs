@@ -21,10 +21,13 @@
 //!    old stream and follows [`recovery`]: back off and resume after the checkpoint, renew
 //!    the token, apply the replay policy, or stop with the reason.
 //!
-//! The last-known user state the normalizer merges UPDATEs into is held in memory, seeded by
-//! the initial load and by every event and snapshot. After a restart it starts empty: the
-//! first UPDATE of each user is then re-read through REST (the normalizer asks for it), which
-//! is correct and costs one query per burst of unknown users.
+//! The last-known user state the normalizer merges UPDATEs into is kept in the store (table
+//! `subscriber_users`, the subscriber's own, apart from the processor's users) and cached in
+//! memory: written with every event and snapshot published, read back for users this process
+//! has not seen yet, so a restart does not re-read every user through REST. It is written when
+//! an event is handed to Kafka, not when Kafka confirms it; an event replayed after a failed
+//! delivery is then merged into a state that may already include it, and the next event of
+//! that user restores the exact state.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,7 +46,7 @@ use super::replay::ReplayPolicy;
 use super::rest::{SalesforceRest, SalesforceRestError, UserQuery};
 use super::snapshot::snapshot;
 use crate::engine::state::SalesforceUser;
-use crate::event::UserChange;
+use crate::event::{Position, UserChange};
 use crate::kafka::{
     ChangePublisher, DeadLetter, DeliveryFrontier, PendingDelivery, PublishError, RecordId,
 };
@@ -237,6 +240,13 @@ impl Pipeline {
             Ok(event) => event,
             Err(reason) => return self.dead_letter(refused, &reason).await,
         };
+        let ids: Vec<SalesforceId> = event
+            .header
+            .record_ids
+            .iter()
+            .filter_map(|raw| SalesforceId::parse(raw).ok())
+            .collect();
+        self.recall(&ids).await?;
         let delivery = Delivery {
             org_id: &self.org_id,
             topic: &self.topic,
@@ -244,11 +254,8 @@ impl Pipeline {
             schema_id,
             observed_at: Utc::now(),
         };
-        let last_known: BTreeMap<SalesforceId, SalesforceUser> = event
-            .header
-            .record_ids
-            .iter()
-            .filter_map(|raw| SalesforceId::parse(raw).ok())
+        let last_known: BTreeMap<SalesforceId, SalesforceUser> = ids
+            .into_iter()
             .filter_map(|id| self.known.get(&id).map(|u| (id, u.clone())))
             .collect();
         let outcome = match normalize(&event, &delivery, &last_known) {
@@ -347,6 +354,30 @@ impl Pipeline {
         self.publish(position, events).await
     }
 
+    /// Loads the stored last-known state of the users among `ids` this process has not seen.
+    async fn recall(&mut self, ids: &[SalesforceId]) -> Result<(), SubscriberError> {
+        let missing: Vec<SalesforceId> = ids
+            .iter()
+            .filter(|id| !self.known.contains_key(*id))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let users = self
+            .store
+            .last_known_users(&self.org_id, &missing)
+            .await
+            .map_err(|source| SubscriberError::Store {
+                context: format!("reading the last-known state of {}", ids_text(&missing)),
+                source,
+            })?;
+        for user in users {
+            self.known.insert(user.id.clone(), user);
+        }
+        Ok(())
+    }
+
     async fn publish(
         &mut self,
         position: StreamPosition,
@@ -368,6 +399,25 @@ impl Pipeline {
                 self.known
                     .insert(user_id.clone(), SalesforceUser::from_event(user_id, event));
             }
+        }
+        let states: Vec<(SalesforceUser, Option<Position>)> = events
+            .iter()
+            .filter_map(|event| {
+                let id = event.salesforce_user_id()?;
+                Some((
+                    SalesforceUser::from_event(id, event),
+                    Some(event.position()),
+                ))
+            })
+            .collect();
+        if !states.is_empty() {
+            self.store
+                .put_last_known_users(&self.org_id, &states)
+                .await
+                .map_err(|source| SubscriberError::Store {
+                    context: format!("saving the last-known state of {} user(s)", states.len()),
+                    source,
+                })?;
         }
         Ok(())
     }
