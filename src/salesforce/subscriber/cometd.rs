@@ -21,7 +21,8 @@ use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::{
-    Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, unplaced,
+    Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, retry_delays,
+    unplaced,
 };
 use crate::kafka::ChangePublisher;
 use crate::salesforce::cometd::{
@@ -83,7 +84,7 @@ impl CometdSubscriber {
         &mut self,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), SubscriberError> {
-        let mut backoff = self.backoff();
+        let mut backoff = retry_delays(&self.settings);
         loop {
             let stored = self.pipeline.load_checkpoint().await?;
             let resume = stored.as_ref().and_then(replay_of);
@@ -148,7 +149,7 @@ impl CometdSubscriber {
                 _ = shutdown.changed() => return Ok(()),
                 polled = client.poll() => polled.map_err(Box::new)?,
             };
-            *backoff = self.backoff();
+            *backoff = retry_delays(&self.settings);
             match polled {
                 Poll::Events(batch) => {
                     for delivered in batch {
@@ -219,15 +220,5 @@ impl CometdSubscriber {
             }
         }
         Ok(())
-    }
-
-    fn backoff(&self) -> backon::ExponentialBackoff {
-        use backon::BackoffBuilder;
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.settings.backoff_min)
-            .with_max_delay(self.settings.backoff_max)
-            .with_jitter()
-            .without_max_times()
-            .build()
     }
 }

@@ -558,3 +558,15 @@ fn unplaced() -> StreamPosition {
         commit_timestamp: None,
     }
 }
+
+/// Jittered exponential delays between the configured bounds, without end; a stream that
+/// delivers something starts the sequence over.
+fn retry_delays(settings: &SubscriberSettings) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(settings.backoff_min)
+        .with_max_delay(settings.backoff_max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

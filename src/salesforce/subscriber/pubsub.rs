@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::{
     Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, SubscriberStats,
-    unplaced,
+    retry_delays, unplaced,
 };
 use crate::kafka::ChangePublisher;
 use crate::salesforce::auth::SalesforceSession;
@@ -75,7 +75,7 @@ impl Subscriber {
                 resync: Resync::All("initial load"),
             },
         };
-        let mut backoff = self.backoff();
+        let mut backoff = retry_delays(&self.settings);
         loop {
             let end = match self.open(next.clone()).await {
                 Ok(mut subscription) => {
@@ -207,7 +207,7 @@ impl Subscriber {
                 }
                 batch = subscription.next() => match batch {
                     Ok(batch) => {
-                        *backoff = self.backoff();
+                        *backoff = retry_delays(&self.settings);
                         self.batch(batch).await?;
                         self.pipeline.save_checkpoint().await?;
                     }
@@ -252,18 +252,6 @@ impl Subscriber {
         self.session.access_token = token;
         self.connection.set_session(&self.session)?;
         Ok(())
-    }
-
-    /// Jittered exponential delays between the configured bounds, without end; a stream
-    /// that delivers something starts the sequence over.
-    fn backoff(&self) -> backon::ExponentialBackoff {
-        use backon::BackoffBuilder;
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.settings.backoff_min)
-            .with_max_delay(self.settings.backoff_max)
-            .with_jitter()
-            .without_max_times()
-            .build()
     }
 }
 

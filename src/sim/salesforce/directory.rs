@@ -362,6 +362,11 @@ pub const OVERFLOW_RECORD_ID: &str = "000000000000000AAA";
 
 /// A UUID-shaped transaction key.
 fn transaction_key() -> String {
+    uuid_like()
+}
+
+/// A random UUID-shaped string (transaction keys, rpc ids).
+pub(crate) fn uuid_like() -> String {
     let bytes: [u8; 16] = rand::rng().random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!(

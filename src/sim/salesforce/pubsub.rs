@@ -132,16 +132,7 @@ fn failure(code: tonic::Code, message: &str, error_code: Option<&str>) -> Status
 }
 
 fn rpc_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    super::directory::uuid_like()
 }
 
 fn unauthenticated() -> Status {
