@@ -302,6 +302,11 @@ async fn the_initial_load_then_every_change_reaches_kafka_with_full_state() {
         })
         .map(|m| String::from_utf8_lossy(m.key().unwrap()).into_owned())
         .collect();
+    assert_eq!(
+        keys.len(),
+        4,
+        "X's snapshot and deactivation, Y's create and update"
+    );
     assert!(
         keys.iter().all(|k| k == "olga.brown@acme.example"),
         "{keys:?}"

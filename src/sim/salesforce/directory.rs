@@ -504,18 +504,36 @@ mod tests {
             )
             .unwrap();
         assert_eq!(events.len(), 1, "same delta: both change Title to CEO");
+        directory
+            .update(
+                &ids[1..],
+                &fields(json!({"Department": "Sales"})),
+                &Writer::default(),
+                4,
+            )
+            .unwrap();
         let events = directory
             .update(
                 &ids,
-                &fields(json!({"Title": "CEO", "Department": "Sales"})),
+                &fields(json!({"Title": "CTO", "Department": "Sales"})),
                 &Writer {
                     user_id: ids[0].clone(),
                     change_origin: String::new(),
                 },
-                4,
+                5,
             )
             .unwrap();
-        assert_eq!(events.len(), 1);
+        // The first user gains a department; the second already had it: two deltas.
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].record_ids, ids[..1]);
+        assert_eq!(events[1].record_ids, ids[1..]);
+        assert_eq!(
+            (events[0].sequence_number, events[1].sequence_number),
+            (1, 2)
+        );
+        assert_eq!(events[0].transaction_key, events[1].transaction_key);
+        assert_eq!(events[0].commit_number, events[1].commit_number);
+        assert!(events[0].changed.contains(&"Department".to_owned()));
         assert!(events[0].changed.contains(&"LastModifiedById".to_owned()));
     }
 
