@@ -469,7 +469,7 @@ async fn a_committed_batch_is_visible_with_its_checkpoint() {
         commit_timestamp: Some("2024-06-18T11:30:45Z".parse().unwrap()),
     };
     let delivered = publisher
-        .publish_batch("/data/UserChangeEvent", &events, &first)
+        .publish_batch("/data/UserChangeEvent", &events, Some(&first))
         .await
         .unwrap();
     assert_eq!(delivered.len(), 2);
@@ -478,7 +478,7 @@ async fn a_committed_batch_is_visible_with_its_checkpoint() {
         commit_timestamp: None,
     };
     publisher
-        .publish_batch("/data/UserChangeEvent", &[], &second)
+        .publish_batch("/data/UserChangeEvent", &[], Some(&second))
         .await
         .unwrap();
     let other = Checkpoint {
@@ -486,14 +486,20 @@ async fn a_committed_batch_is_visible_with_its_checkpoint() {
         commit_timestamp: None,
     };
     publisher
-        .publish_batch("/event/Other__e", &[], &other)
+        .publish_batch("/event/Other__e", &[], Some(&other))
+        .await
+        .unwrap();
+    // Events without a position (an initial load's snapshots) leave the checkpoint alone.
+    let unplaced = [change(3, "c@example.com")];
+    publisher
+        .publish_batch("/data/UserChangeEvent", &unplaced, None)
         .await
         .unwrap();
 
     let got = read(
         &config.brokers,
         &config.topic,
-        2,
+        3,
         &[("isolation.level", "read_committed")],
     )
     .await;
@@ -509,6 +515,7 @@ async fn a_committed_batch_is_visible_with_its_checkpoint() {
         ids,
         events
             .iter()
+            .chain(&unplaced)
             .map(|e| e.event_id.clone())
             .collect::<HashSet<_>>()
     );
@@ -558,7 +565,7 @@ async fn an_aborted_batch_fails_and_the_next_one_commits() {
         .publish_batch(
             "/data/UserChangeEvent",
             &[change(1, "a@example.com")],
-            &refused,
+            Some(&refused),
         )
         .await
         .unwrap_err();
@@ -581,7 +588,7 @@ async fn an_aborted_batch_fails_and_the_next_one_commits() {
         .publish_batch(
             "/data/UserChangeEvent",
             &[change(2, "b@example.com")],
-            &next,
+            Some(&next),
         )
         .await
         .expect("the producer is usable after an abort");

@@ -10,12 +10,13 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::sync::watch;
 use usersync::config::Transport;
 use usersync::event::{ChangeKind, UserChange};
-use usersync::kafka::{ChangePublisher, KafkaConfig};
+use usersync::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher, read_checkpoint};
 use usersync::salesforce::auth::{SalesforceCredentials, Secret};
 use usersync::salesforce::pubsub::PubSubSettings;
 use usersync::salesforce::rest::{CredentialsTokenSource, RestRetry, SalesforceRest};
@@ -56,6 +57,8 @@ async fn rig() -> Rig {
     for topic in [&kafka.topic, &kafka.dead_letter_topic] {
         mock.create_topic(topic, 3, 1).expect("topic");
     }
+    mock.create_topic(&kafka.checkpoint_topic, 1, 1)
+        .expect("checkpoint topic");
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("usersync.db").display());
     let store = usersync::store::open(&url).await.expect("store");
@@ -91,6 +94,15 @@ async fn start(rig: &Rig) -> Running {
 }
 
 async fn start_with(rig: &Rig, transport: Transport) -> Running {
+    launch(rig, transport, None).await
+}
+
+/// Starts a subscriber in transactional mode with `transactional_id`.
+async fn start_transactional(rig: &Rig, transactional_id: &str) -> Running {
+    launch(rig, Transport::Pubsub, Some(transactional_id)).await
+}
+
+async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>) -> Running {
     let creds = SalesforceCredentials::JwtBearer {
         login_url: rig.sim.login_url(),
         consumer_key: rig.sim.consumer_key(),
@@ -117,6 +129,19 @@ async fn start_with(rig: &Rig, transport: Transport) -> Running {
         backoff_max: Duration::from_millis(50),
         ..SubscriberSettings::default()
     };
+    let transactions = match transactional_id {
+        Some(id) => {
+            let kafka = KafkaConfig {
+                transactional_id: Some(id.to_owned()),
+                ..rig.kafka.clone()
+            };
+            let publisher = TransactionalPublisher::start(&kafka)
+                .await
+                .expect("transactional producer");
+            Some((Arc::new(publisher), kafka))
+        }
+        None => None,
+    };
     let (stop, shutdown) = watch::channel(false);
     let task = match transport {
         Transport::Pubsub => {
@@ -124,6 +149,9 @@ async fn start_with(rig: &Rig, transport: Transport) -> Running {
                 Subscriber::new(settings, tokens, rest, publisher, rig.store.clone())
                     .await
                     .expect("subscriber");
+            if let Some((publisher, kafka)) = transactions {
+                subscriber = subscriber.with_transactions(publisher, kafka);
+            }
             tokio::spawn(async move {
                 let outcome = subscriber.run(shutdown).await;
                 (outcome, subscriber.stats().clone())
@@ -546,4 +574,129 @@ async fn the_cometd_transport_loads_streams_and_resumes_after_its_own_checkpoint
         "resumed after the checkpoint, no initial load"
     );
     assert_converged(&rig, &all);
+}
+
+#[tokio::test]
+async fn in_transactional_mode_a_restart_resumes_from_the_checkpoint_committed_in_kafka() {
+    let mut rig = rig().await;
+    let a = create(&rig.sim, "a", "a@acme.example");
+    let running = start_transactional(&rig, "usersync-subscriber-test").await;
+    events(&rig, 1).await;
+    create(&rig.sim, "b", "b@acme.example");
+    events(&rig, 2).await;
+    running.stop().await;
+    let committed = read_checkpoint(&rig.kafka, TOPIC, WAIT)
+        .await
+        .expect("the checkpoint topic reads")
+        .expect("a checkpoint was committed with the events");
+    assert_eq!(
+        committed.replay_id.len(),
+        10,
+        "the replay bytes as received"
+    );
+    assert!(committed.commit_timestamp.is_some());
+    let mirrored = rig
+        .store
+        .checkpoint(TOPIC)
+        .await
+        .unwrap()
+        .expect("mirrored");
+    assert_eq!(mirrored.replay_id, committed.replay_id);
+
+    // A new, empty store: the position can only come from Kafka.
+    let url = format!("sqlite://{}", rig._dir.path().join("second.db").display());
+    rig.store = usersync::store::open(&url).await.expect("store");
+    create(&rig.sim, "c", "c@acme.example");
+    rig.sim
+        .update_users(
+            std::slice::from_ref(&a),
+            json!({"Title": "Boss"}),
+            &Writer::default(),
+        )
+        .unwrap();
+    let running = start_transactional(&rig, "usersync-subscriber-test").await;
+    let all = events(&rig, 4).await;
+    let stats = running.stop().await;
+    assert_eq!(
+        stats.resyncs, 0,
+        "resumed from Kafka's checkpoint: no initial load"
+    );
+    assert_eq!(
+        stats.rereads, 1,
+        "a's update is merged into a state the new store does not have, so a is re-read"
+    );
+    let a_events: Vec<&UserChange> = all.iter().filter(|e| e.user_id == a).collect();
+    assert_eq!(a_events.last().unwrap().user.title.as_deref(), Some("Boss"));
+    assert_converged(&rig, &all);
+    let moved = read_checkpoint(&rig.kafka, TOPIC, WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        moved.replay_id, committed.replay_id,
+        "the second run committed its own"
+    );
+}
+
+#[tokio::test]
+async fn in_transactional_mode_a_refused_commit_is_read_again_from_the_checkpoint() {
+    let rig = rig().await;
+    create(&rig.sim, "a", "a@acme.example");
+    let running = start_transactional(&rig, "usersync-subscriber-refused").await;
+    events(&rig, 1).await;
+    create(&rig.sim, "b", "b@acme.example");
+    events(&rig, 2).await;
+    let before = read_checkpoint(&rig.kafka, TOPIC, WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The coordinator refuses the next commit: that batch is aborted, the stream is read
+    // again from the checkpoint, and the change arrives in the next transaction.
+    rig.mock.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN],
+    );
+    let c = create(&rig.sim, "c", "c@acme.example");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let after = loop {
+        let now = read_checkpoint(&rig.kafka, TOPIC, WAIT)
+            .await
+            .unwrap()
+            .unwrap();
+        if now != before {
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no commit after the refused one"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stats = running.stop().await;
+    assert!(
+        stats.resubscribes >= 1,
+        "the refused commit restarted the stream"
+    );
+    assert_eq!(after.replay_id.len(), 10);
+    // The mock cluster shows aborted records to read_committed consumers, so c's create may
+    // appear twice here; what matters is that it was committed after the refusal.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", rig.mock.bootstrap_servers())
+        .set("group.id", "subscriber-test-refused")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&rig.kafka.topic]).unwrap();
+    loop {
+        let message = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .expect("c's create arrives")
+            .unwrap();
+        let event = UserChange::from_json(message.payload().unwrap()).unwrap();
+        if event.user_id == c {
+            assert_eq!(event.change, ChangeKind::Create);
+            break;
+        }
+    }
 }

@@ -104,6 +104,26 @@ pub enum TransactionError {
     },
 }
 
+impl TransactionError {
+    /// Whether the producer can never commit again: another producer with the same
+    /// `transactional_id` fenced it, or librdkafka raised a fatal error. Retrying is pointless;
+    /// the process must stop and an operator must look.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            TransactionError::Step { source, .. } => match source.as_ref() {
+                KafkaError::Transaction(error) => error.is_fatal(),
+                _ => false,
+            },
+            TransactionError::Aborted {
+                source,
+                abort_failure,
+                ..
+            } => source.is_fatal() || abort_failure.as_ref().is_some_and(|e| e.is_fatal()),
+            _ => false,
+        }
+    }
+}
+
 /// The transactional producer: events and checkpoint in one Kafka transaction per batch.
 pub struct TransactionalPublisher {
     producer: FutureProducer,
@@ -157,11 +177,16 @@ impl TransactionalPublisher {
     /// Publishes `events` and then `checkpoint` under the key `salesforce_topic`, and commits;
     /// on any failure the transaction is aborted and neither is visible to `read_committed`
     /// consumers. Returns where each event landed, in order.
+    ///
+    /// `checkpoint` is `None` for events that have no stream position yet (the snapshots of an
+    /// initial load read before the stream's first event) or that are only part of one
+    /// position's events (a resync committed in slices): the stored checkpoint stays where it
+    /// was, and a crash replays from there.
     pub async fn publish_batch(
         &self,
         salesforce_topic: &str,
         events: &[UserChange],
-        checkpoint: &Checkpoint,
+        checkpoint: Option<&Checkpoint>,
     ) -> Result<Vec<Delivered>, TransactionError> {
         let _one_at_a_time = self.batch.lock().await;
         self.producer
@@ -190,7 +215,7 @@ impl TransactionalPublisher {
         &self,
         salesforce_topic: &str,
         events: &[UserChange],
-        checkpoint: &Checkpoint,
+        checkpoint: Option<&Checkpoint>,
     ) -> Result<Vec<Delivered>, TransactionError> {
         let timeout = self.config.message_timeout();
         let mut pending = Vec::with_capacity(events.len());
@@ -213,26 +238,36 @@ impl TransactionalPublisher {
                 .await?,
             );
         }
-        let record = format!("checkpoint of {salesforce_topic}");
-        let value = serde_json::to_vec(checkpoint).map_err(|source| PublishError::Encode {
-            record: record.clone(),
-            source,
-        })?;
-        let checkpoint_delivery = producer::enqueue(
-            &self.producer,
-            &self.config.checkpoint_topic,
-            salesforce_topic,
-            &value,
-            OwnedHeaders::new(),
-            record,
-            timeout,
-        )
-        .await?;
+        let checkpoint_delivery = match checkpoint {
+            Some(checkpoint) => {
+                let record = format!("checkpoint of {salesforce_topic}");
+                let value =
+                    serde_json::to_vec(checkpoint).map_err(|source| PublishError::Encode {
+                        record: record.clone(),
+                        source,
+                    })?;
+                Some(
+                    producer::enqueue(
+                        &self.producer,
+                        &self.config.checkpoint_topic,
+                        salesforce_topic,
+                        &value,
+                        OwnedHeaders::new(),
+                        record,
+                        timeout,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
         let mut delivered = Vec::with_capacity(pending.len());
         for delivery in pending {
             delivered.push(delivery.await?);
         }
-        checkpoint_delivery.await?;
+        if let Some(delivery) = checkpoint_delivery {
+            delivery.await?;
+        }
         self.blocking("commit_transaction", move |p| p.commit_transaction(timeout))
             .await?;
         Ok(delivered)

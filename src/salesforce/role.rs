@@ -16,7 +16,7 @@ use super::pubsub::PubSubSettings;
 use super::rest::{CredentialsTokenSource, RestRetry, SalesforceRest, TokenSource};
 use super::subscriber::{CometdSubscriber, Subscriber, SubscriberSettings};
 use crate::config::{Config, SalesforceAuthFlow, SalesforceConfig, Transport};
-use crate::kafka::ChangePublisher;
+use crate::kafka::{ChangePublisher, TransactionalPublisher};
 
 /// The credentials of the configured flow. Reads the private key file for JWT bearer.
 pub fn credentials(config: &SalesforceConfig) -> anyhow::Result<SalesforceCredentials> {
@@ -74,12 +74,6 @@ pub fn settings(config: &SalesforceConfig) -> SubscriberSettings {
 pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let sf = &config.salesforce;
     sf.validate()?;
-    if config.kafka.transactional_id.is_some() {
-        anyhow::bail!(
-            "kafka.transactional_id is set, but the subscriber role does not use transactional \
-             mode yet: unset it to run with the idempotent producer (docs/kafka.md)"
-        );
-    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(sf.timeout_seconds.max(1)))
         .build()
@@ -104,14 +98,35 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         .await
         .context("opening the store")?;
     let publisher = Arc::new(ChangePublisher::new(&config.kafka)?);
-    publisher
-        .ensure_topics()
-        .await
-        .context("setting up the Kafka topics")?;
+    // With a transactional id, events and checkpoint go through one transactional producer;
+    // the idempotent one still sends dead letters.
+    let transactions = match &config.kafka.transactional_id {
+        Some(id) => {
+            let transactional = TransactionalPublisher::start(&config.kafka)
+                .await
+                .with_context(|| format!("starting the transactional producer {id}"))?;
+            transactional
+                .ensure_topics()
+                .await
+                .context("setting up the Kafka topics")?;
+            tracing::info!(transactional_id = %id, "transactional mode: checkpoints live in Kafka");
+            Some(Arc::new(transactional))
+        }
+        None => {
+            publisher
+                .ensure_topics()
+                .await
+                .context("setting up the Kafka topics")?;
+            None
+        }
+    };
     match sf.transport {
         Transport::Pubsub => {
             let mut subscriber =
                 Subscriber::new(settings(sf), tokens, rest, publisher, store).await?;
+            if let Some(transactional) = transactions {
+                subscriber = subscriber.with_transactions(transactional, config.kafka.clone());
+            }
             subscriber.run(shutdown).await?;
             tracing::info!(stats = ?subscriber.stats(), "subscriber stopped");
         }
@@ -125,6 +140,9 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
                 store,
             )
             .await?;
+            if let Some(transactional) = transactions {
+                subscriber = subscriber.with_transactions(transactional, config.kafka.clone());
+            }
             subscriber.run(shutdown).await?;
             tracing::info!(stats = ?subscriber.stats(), "subscriber stopped");
         }

@@ -24,7 +24,7 @@ use super::{
     Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, retry_delays,
     unplaced,
 };
-use crate::kafka::ChangePublisher;
+use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
 use crate::salesforce::cometd::{
     CometdClient, CometdConfig, CredentialsTokenSource, Delivered, Poll, REPLAY_FROM_TIP,
 };
@@ -75,6 +75,18 @@ impl CometdSubscriber {
         })
     }
 
+    /// Transactional mode (see [`Pipeline::with_transactions`]).
+    pub fn with_transactions(
+        self,
+        publisher: Arc<TransactionalPublisher>,
+        kafka: KafkaConfig,
+    ) -> CometdSubscriber {
+        CometdSubscriber {
+            pipeline: self.pipeline.with_transactions(publisher, kafka),
+            ..self
+        }
+    }
+
     pub fn stats(&self) -> &super::SubscriberStats {
         &self.pipeline.stats
     }
@@ -111,6 +123,7 @@ impl CometdSubscriber {
                 return outcome.and(drained);
             }
             match outcome.and(drained) {
+                Err(stop @ SubscriberError::Stopped { .. }) => return Err(stop),
                 Err(SubscriberError::Cometd(error)) if error.disconnect_reason().is_some() => {
                     return Err(SubscriberError::Cometd(error));
                 }

@@ -48,9 +48,11 @@ use super::snapshot::snapshot;
 use crate::engine::state::SalesforceUser;
 use crate::event::{Position, UserChange};
 use crate::kafka::{
-    ChangePublisher, DeadLetter, DeliveryFrontier, PendingDelivery, PublishError, RecordId,
+    ChangePublisher, Checkpoint, DeadLetter, DeliveryFrontier, KafkaConfig, PendingDelivery,
+    PublishError, RecordId, TransactionError, TransactionalPublisher,
 };
 use crate::store::{ReplayCheckpoint, Store, StoreError};
+use transaction::{PendingTransaction, Slice};
 
 /// A stream position: what the checkpoint stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,12 @@ pub enum SubscriberError {
         source: PublishError,
     },
     #[error("while {context}: {source}")]
+    Transaction {
+        context: String,
+        #[source]
+        source: TransactionError,
+    },
+    #[error("while {context}: {source}")]
     Store {
         context: String,
         #[source]
@@ -145,8 +153,20 @@ pub struct Pipeline {
     in_flight: FuturesUnordered<Confirmation>,
     checkpoint: Option<StreamPosition>,
     resync_margin: Duration,
+    /// Set in transactional mode: events wait here for the end of their stream batch.
+    transactions: Option<Transactions>,
     pub stats: SubscriberStats,
 }
+
+/// Transactional mode: the producer, and what waits for its next commit.
+struct Transactions {
+    publisher: Arc<TransactionalPublisher>,
+    kafka: KafkaConfig,
+    pending: PendingTransaction,
+}
+
+/// The most events one transaction holds; a larger resync is committed in slices.
+const TRANSACTION_EVENTS: usize = 1_000;
 
 type Confirmation = futures::future::BoxFuture<'static, (RecordId, Result<(), PublishError>)>;
 
@@ -189,8 +209,26 @@ impl Pipeline {
             in_flight: FuturesUnordered::new(),
             checkpoint: None,
             resync_margin,
+            transactions: None,
             stats: SubscriberStats::default(),
         }
+    }
+
+    /// Transactional mode: events are sent by `publisher`, one Kafka transaction per stream
+    /// batch together with the position after it, and the checkpoint is read back from
+    /// Kafka's checkpoint topic at start. The idempotent publisher given to
+    /// [`Pipeline::new`] still sends dead letters, which are confirmed one by one.
+    pub fn with_transactions(
+        mut self,
+        publisher: Arc<TransactionalPublisher>,
+        kafka: KafkaConfig,
+    ) -> Pipeline {
+        self.transactions = Some(Transactions {
+            publisher,
+            kafka,
+            pending: PendingTransaction::new(TRANSACTION_EVENTS),
+        });
+        self
     }
 
     /// Stores the checkpoint under `key` instead of the topic name.
@@ -199,8 +237,28 @@ impl Pipeline {
         self
     }
 
-    /// The stored checkpoint, read once at start.
+    /// The stored checkpoint, read once at start: from the store, or in transactional mode
+    /// from Kafka's checkpoint topic (`read_committed`), where it was committed with its
+    /// events.
     pub async fn load_checkpoint(&mut self) -> Result<Option<StreamPosition>, SubscriberError> {
+        if let Some(transactions) = &self.transactions {
+            let timeout = transactions.kafka.message_timeout() * 2;
+            let committed =
+                crate::kafka::read_checkpoint(&transactions.kafka, &self.checkpoint_key, timeout)
+                    .await
+                    .map_err(|source| SubscriberError::Transaction {
+                        context: format!(
+                            "reading the replay checkpoint of {} from Kafka",
+                            self.checkpoint_key
+                        ),
+                        source,
+                    })?;
+            self.checkpoint = committed.map(|c| StreamPosition {
+                replay_id: c.replay_id,
+                commit_timestamp: c.commit_timestamp,
+            });
+            return Ok(self.checkpoint.clone());
+        }
         let stored = self
             .store
             .checkpoint(&self.checkpoint_key)
@@ -291,7 +349,7 @@ impl Pipeline {
             }
             Normalized::Skipped { reason } => {
                 tracing::info!(%reason, replay_id = %replay.render(), "change event skipped");
-                self.frontier.register(position, 0);
+                self.passed(position);
                 Ok(())
             }
         }
@@ -302,13 +360,20 @@ impl Pipeline {
         if replay_id.is_empty() {
             return;
         }
-        self.frontier.register(
-            StreamPosition {
-                replay_id,
-                commit_timestamp: None,
-            },
-            0,
-        );
+        self.passed(StreamPosition {
+            replay_id,
+            commit_timestamp: None,
+        });
+    }
+
+    /// A position that produced no event: it may be checkpointed once everything before it is.
+    fn passed(&mut self, position: StreamPosition) {
+        match &mut self.transactions {
+            Some(transactions) => transactions.pending.passed(position),
+            None => {
+                self.frontier.register(position, 0);
+            }
+        }
     }
 
     /// Re-reads users modified since `since` minus the margin (every user when `None`) and
@@ -337,7 +402,10 @@ impl Pipeline {
             users.extend(page.records);
         }
         drop(pages);
-        self.publish_snapshots(position, users).await
+        self.publish_snapshots(position, users).await?;
+        // A resync may come before any stream event (the initial load): in transactional mode
+        // its snapshots must not wait for the stream's first batch to be committed.
+        self.save_checkpoint().await
     }
 
     async fn publish_snapshots(
@@ -383,6 +451,9 @@ impl Pipeline {
         position: StreamPosition,
         events: Vec<UserChange>,
     ) -> Result<(), SubscriberError> {
+        if self.transactions.is_some() {
+            return self.publish_in_transaction(position, events).await;
+        }
         let ids = self.frontier.register(position, events.len());
         for (id, event) in ids.into_iter().zip(&events) {
             let pending: PendingDelivery =
@@ -395,6 +466,33 @@ impl Pipeline {
                     })?;
             self.in_flight
                 .push(Box::pin(async move { (id, pending.await.map(|_| ())) }));
+        }
+        self.remember(&events).await
+    }
+
+    /// Transactional mode: the events join the pending transaction; slices that reached the
+    /// limit are committed now, without a checkpoint.
+    async fn publish_in_transaction(
+        &mut self,
+        position: StreamPosition,
+        events: Vec<UserChange>,
+    ) -> Result<(), SubscriberError> {
+        self.remember(&events).await?;
+        let Some(transactions) = &mut self.transactions else {
+            return Ok(());
+        };
+        let full = transactions.pending.add(events);
+        transactions.pending.passed(position);
+        for slice in full {
+            self.commit(slice).await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the state each event carries as its user's last-known state, in memory and in
+    /// the store.
+    async fn remember(&mut self, events: &[UserChange]) -> Result<(), SubscriberError> {
+        for event in events {
             if let Some(user_id) = event.salesforce_user_id() {
                 self.known
                     .insert(user_id.clone(), SalesforceUser::from_event(user_id, event));
@@ -448,7 +546,7 @@ impl Pipeline {
                 context: format!("dead-lettering the event at replay id {replay_id}"),
                 source,
             })?;
-        self.frontier.register(refused.position, 0);
+        self.passed(refused.position);
         Ok(())
     }
 
@@ -479,8 +577,15 @@ impl Pipeline {
         }
     }
 
-    /// Saves the newest fully confirmed position, if it moved.
+    /// Saves the newest fully confirmed position, if it moved. In transactional mode, commits
+    /// what waits, with the newest position it completes.
     pub async fn save_checkpoint(&mut self) -> Result<(), SubscriberError> {
+        if let Some(transactions) = &mut self.transactions {
+            return match transactions.pending.take() {
+                Some(slice) => self.commit(slice).await,
+                None => Ok(()),
+            };
+        }
         let Some(position) = self.frontier.advance() else {
             return Ok(());
         };
@@ -488,6 +593,55 @@ impl Pipeline {
             // Snapshots read before the stream's first position: nothing to resume after yet.
             return Ok(());
         }
+        self.record_checkpoint(position).await
+    }
+
+    /// Commits one slice of the pending transaction. A commit that fails leaves the
+    /// checkpoint where it was and forgets what waits, so the stream is read again from there;
+    /// a producer that can never commit again (fenced by another one with the same
+    /// `transactional_id`) stops the subscriber.
+    async fn commit(&mut self, slice: Slice) -> Result<(), SubscriberError> {
+        let Some(transactions) = &mut self.transactions else {
+            return Ok(());
+        };
+        let checkpoint = slice.position.as_ref().map(|position| Checkpoint {
+            replay_id: position.replay_id.clone(),
+            commit_timestamp: position
+                .commit_timestamp
+                .or(self.checkpoint.as_ref().and_then(|c| c.commit_timestamp)),
+        });
+        let committed = transactions
+            .publisher
+            .publish_batch(&self.checkpoint_key, &slice.events, checkpoint.as_ref())
+            .await;
+        if let Err(source) = committed {
+            transactions.pending.clear();
+            if source.is_fatal() {
+                return Err(SubscriberError::Stopped {
+                    reason: format!(
+                        "the transactional producer can no longer commit ({source}); is another \
+                         subscriber running with the same kafka.transactional_id?"
+                    ),
+                });
+            }
+            return Err(SubscriberError::Transaction {
+                context: format!(
+                    "committing {} event(s) of {} in one transaction",
+                    slice.events.len(),
+                    self.checkpoint_key
+                ),
+                source,
+            });
+        }
+        match slice.position {
+            Some(position) => self.record_checkpoint(position).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Saves `position` as the checkpoint in the store. In transactional mode this copy is for
+    /// status only; the subscriber resumes from the one committed in Kafka.
+    async fn record_checkpoint(&mut self, position: StreamPosition) -> Result<(), SubscriberError> {
         let commit_timestamp = position
             .commit_timestamp
             .or(self.checkpoint.as_ref().and_then(|c| c.commit_timestamp));
@@ -524,9 +678,13 @@ impl Pipeline {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Forgets registered positions after a failure, so a resumed stream registers afresh.
+    /// Forgets registered positions (and, in transactional mode, uncommitted events) after a
+    /// failure, so a resumed stream registers afresh.
     pub fn reset_frontier(&mut self) {
         self.frontier = DeliveryFrontier::new();
+        if let Some(transactions) = &mut self.transactions {
+            transactions.pending.clear();
+        }
     }
 
     pub fn known_users(&self) -> usize {
@@ -546,6 +704,7 @@ fn ids_text(ids: &[SalesforceId]) -> String {
 
 mod cometd;
 mod pubsub;
+mod transaction;
 
 pub use cometd::CometdSubscriber;
 pub use pubsub::Subscriber;

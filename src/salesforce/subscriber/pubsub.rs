@@ -9,7 +9,7 @@ use super::{
     Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, SubscriberStats,
     retry_delays, unplaced,
 };
-use crate::kafka::ChangePublisher;
+use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
 use crate::salesforce::auth::SalesforceSession;
 use crate::salesforce::normalize::Replay;
 use crate::salesforce::pubsub::{
@@ -58,6 +58,18 @@ impl Subscriber {
         })
     }
 
+    /// Transactional mode (see [`Pipeline::with_transactions`]).
+    pub fn with_transactions(
+        self,
+        publisher: Arc<TransactionalPublisher>,
+        kafka: KafkaConfig,
+    ) -> Subscriber {
+        Subscriber {
+            pipeline: self.pipeline.with_transactions(publisher, kafka),
+            ..self
+        }
+    }
+
     pub fn stats(&self) -> &SubscriberStats {
         &self.pipeline.stats
     }
@@ -99,6 +111,8 @@ impl Subscriber {
                 return drained;
             }
             let end = match (end, drained) {
+                (Err(stop @ SubscriberError::Stopped { .. }), _)
+                | (_, Err(stop @ SubscriberError::Stopped { .. })) => return Err(stop),
                 (Err(SubscriberError::PubSub(PubSubError::Call { failure, .. })), _) => {
                     StreamEnd::Failed(failure)
                 }
