@@ -22,7 +22,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::engine::settings::{SettingsError, SyncSettings};
 
 /// The sections the environment may set.
-const SECTIONS: [&str; 5] = ["sync", "store", "outreach", "salesforce", "kafka"];
+const SECTIONS: [&str; 6] = [
+    "sync",
+    "store",
+    "outreach",
+    "salesforce",
+    "kafka",
+    "processor",
+];
 
 /// The prefix of every variable.
 pub const ENV_PREFIX: &str = "USERSYNC_";
@@ -36,6 +43,34 @@ pub struct Config {
     pub outreach: OutreachConfig,
     pub salesforce: SalesforceConfig,
     pub kafka: KafkaConfig,
+    pub processor: ProcessorConfig,
+}
+
+/// How the processor consumes events and keeps the Outreach user index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// The Kafka consumer group; every replica of one deployment uses the same.
+    pub group_id: String,
+    /// How often the whole Outreach user index is read again (0: only at start).
+    pub reconcile_interval_seconds: u64,
+    /// The first and the longest wait before an event Outreach could not take is tried again.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long a shutdown may take to finish the event in flight and commit offsets.
+    pub shutdown_timeout_seconds: u64,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            group_id: "usersync-processor".into(),
+            reconcile_interval_seconds: 3600,
+            retry_min_ms: 1_000,
+            retry_max_ms: 60_000,
+            shutdown_timeout_seconds: 30,
+        }
+    }
 }
 
 /// Where durable state lives.
@@ -85,6 +120,12 @@ pub struct OutreachConfig {
     /// Outreach mints one token per user and app per minute.
     pub mint_interval_seconds: u64,
     pub timeout_seconds: u64,
+    /// A refresh token to start with (from the authorization-code flow); the processor mints
+    /// an access token from it.
+    pub refresh_token: Secret,
+    /// Where the newest tokens are kept across restarts (Outreach rotates refresh tokens);
+    /// read first when it exists, written with mode 0600 after every mint. Empty: memory only.
+    pub token_file: String,
 }
 
 impl Default for OutreachConfig {
@@ -103,6 +144,8 @@ impl Default for OutreachConfig {
             rate_limit_reserve: 0,
             mint_interval_seconds: 60,
             timeout_seconds: 30,
+            refresh_token: Secret::default(),
+            token_file: String::new(),
         }
     }
 }
@@ -627,6 +670,17 @@ impl Config {
                     "{key} {value:?} is not a URL: {e}"
                 )));
             }
+        }
+        if self.processor.group_id.trim().is_empty() {
+            return Err(ConfigError::Parse(
+                "processor.group_id must not be empty".into(),
+            ));
+        }
+        if self.processor.retry_min_ms > self.processor.retry_max_ms {
+            return Err(ConfigError::Parse(format!(
+                "processor.retry_min_ms ({}) must not exceed processor.retry_max_ms ({})",
+                self.processor.retry_min_ms, self.processor.retry_max_ms
+            )));
         }
         if self.outreach.page_size == 0 || self.outreach.page_size > 1000 {
             return Err(ConfigError::Parse(format!(

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod event;
 pub mod kafka;
 pub mod outreach;
+pub mod processor;
 pub mod proto;
 pub mod salesforce;
 pub mod scenario;

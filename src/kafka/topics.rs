@@ -228,7 +228,7 @@ pub async fn ensure<C: ClientContext>(
 }
 
 /// Options shared by every client usersync makes: the brokers and the extra properties.
-pub(super) fn base_client_config(config: &KafkaConfig) -> ClientConfig {
+pub(crate) fn base_client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     for (key, value) in config.client_properties() {
         client.set(key, value);

@@ -21,6 +21,7 @@ pub mod error;
 pub mod jsonapi;
 pub mod rate_limit;
 pub mod stats;
+pub mod token_file;
 mod transport;
 pub mod user;
 

@@ -1,0 +1,681 @@
+//! The processor role: `user_change.v1` events in from Kafka, decisions applied to Outreach,
+//! and the result recorded — in that order, one event at a time.
+//!
+//! For each record: decode it (an undecodable one goes to the dead-letter topic and its
+//! offset is stored, so a bad record never stops a partition); load the event's email group
+//! from the store in one read transaction; decide and call Outreach
+//! ([`crate::apply::apply_event`]); record the decisions, mappings, Outreach users, the
+//! Salesforce user's new state and the event id in one store transaction
+//! ([`changes::applied_event`]); only then store the offset ([`offsets::store_processed`]),
+//! which librdkafka commits in the background and, synchronously, at shutdown.
+//!
+//! What that gives, per event:
+//! - A crash before the record re-delivers the event. If its Outreach call had gone through,
+//!   deciding again sees the same state and calls nothing new — except a create, whose second
+//!   attempt Outreach refuses (emails are unique), which [`crate::apply`] turns into a lookup
+//!   and a link: never a second Outreach user.
+//! - A crash after the record but before the commit re-delivers an event whose id is in the
+//!   applied-event log: `skip`, no call.
+//! - So Outreach sees each change in effect once, while Kafka delivers at least once.
+//!
+//! The loop never polls Kafka while an event is in flight, so a rebalance (which librdkafka
+//! runs inside a poll) always finds nothing in flight, and the stored offsets it commits are
+//! exactly those of finished events. When Outreach cannot take an event for now (rate limit,
+//! server or network trouble, a revoked authorization) or the store is down, the event's
+//! partition is paused and rewound to it, the loop keeps polling the others (so the group never
+//! evicts this member), and the event is tried again after a backoff. An event Outreach
+//! refuses for good (a validation error on this user, say) is dead-lettered with the reason and
+//! the partition goes on.
+
+pub mod changes;
+pub mod index;
+pub mod offsets;
+pub mod role;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::ClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::apply::{ApplyError, apply_event};
+use crate::engine::decision::{Action, DecisionRecord, Reason};
+use crate::engine::settings::SyncSettings;
+use crate::engine::state::StateScope;
+use crate::event::UserChange;
+use crate::kafka::{ChangePublisher, DeadLetter, KafkaConfig, PublishError};
+use crate::outreach::client::OutreachClient;
+use crate::store::{Store, StoreError};
+
+/// How the processor behaves.
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    pub group_id: String,
+    /// The first and the longest wait before an event is tried again.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// How often the Outreach user index is read again; `None`: only at start.
+    pub reconcile_every: Option<Duration>,
+    /// How long shutdown waits for the event in flight.
+    pub shutdown_timeout: Duration,
+    /// The settings used until an admin saves others in the store.
+    pub sync: SyncSettings,
+}
+
+impl Default for ProcessorSettings {
+    fn default() -> Self {
+        ProcessorSettings {
+            group_id: "usersync-processor".into(),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            reconcile_every: Some(Duration::from_secs(3600)),
+            shutdown_timeout: Duration::from_secs(30),
+            sync: SyncSettings::default(),
+        }
+    }
+}
+
+/// Why the processor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error("cannot create the Kafka consumer of group {group_id} on brokers {brokers}: {source}")]
+    Consumer {
+        group_id: String,
+        brokers: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("while {context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("while {context}: {source}")]
+    DeadLetter {
+        context: String,
+        #[source]
+        source: Box<PublishError>,
+    },
+    #[error("while {context}: {source}")]
+    Index {
+        context: String,
+        #[source]
+        source: Box<index::IndexError>,
+    },
+    #[error("while {context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: Box<StoreError>,
+    },
+}
+
+/// What the processor counted, for logs, tests and the load harness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessorStats {
+    /// Records read from Kafka (redeliveries after a pause included).
+    pub records: u64,
+    /// Events whose decisions were recorded.
+    pub applied: u64,
+    /// Events already in the applied-event log: skipped without a call.
+    pub duplicates: u64,
+    pub dead_letters: u64,
+    /// Times an event was put back to be tried again.
+    pub retries: u64,
+    pub outreach_calls: u64,
+}
+
+/// The consumer's context: tells the loop which partitions a rebalance took away, so it
+/// forgets events it was holding for them (their new owner reads them again).
+pub struct GroupContext {
+    revoked: mpsc::UnboundedSender<Vec<i32>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions revoked");
+                let _ = self.revoked.send(partitions);
+            }
+            Rebalance::Assign(list) => {
+                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions assigned");
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}
+
+/// An event put back to be tried again.
+#[derive(Debug, Clone)]
+struct Held {
+    offset: i64,
+    until: Instant,
+    attempt: u32,
+}
+
+/// What became of one record.
+enum Outcome {
+    Applied {
+        duplicate: bool,
+    },
+    DeadLettered,
+    /// Not now: pause the partition and try again after the wait.
+    Later {
+        wait: Option<Duration>,
+        why: String,
+    },
+}
+
+/// The processor.
+pub struct Processor {
+    consumer: StreamConsumer<GroupContext>,
+    revoked: mpsc::UnboundedReceiver<Vec<i32>>,
+    topic: String,
+    store: Arc<dyn Store>,
+    outreach: OutreachClient,
+    dead_letters: Arc<ChangePublisher>,
+    settings: ProcessorSettings,
+    held: BTreeMap<i32, Held>,
+    /// Per partition, the event last put back and how often: a second failure of the same
+    /// event waits longer.
+    attempts: BTreeMap<i32, (i64, u32)>,
+    decisions: broadcast::Sender<DecisionRecord>,
+    pub stats: ProcessorStats,
+}
+
+impl Processor {
+    /// Joins the consumer group (nothing is read yet).
+    pub fn new(
+        kafka: &KafkaConfig,
+        settings: ProcessorSettings,
+        store: Arc<dyn Store>,
+        outreach: OutreachClient,
+        dead_letters: Arc<ChangePublisher>,
+    ) -> Result<Processor, ProcessorError> {
+        let (revoked_tx, revoked) = mpsc::unbounded_channel();
+        let consumer: StreamConsumer<GroupContext> = consumer_config(kafka, &settings.group_id)
+            .create_with_context(GroupContext {
+                revoked: revoked_tx,
+            })
+            .map_err(|source| ProcessorError::Consumer {
+                group_id: settings.group_id.clone(),
+                brokers: kafka.brokers.clone(),
+                source: Box::new(source),
+            })?;
+        consumer
+            .subscribe(&[&kafka.topic])
+            .map_err(|source| ProcessorError::Kafka {
+                context: format!("subscribing to {}", kafka.topic),
+                source: Box::new(source),
+            })?;
+        let (decisions, _) = broadcast::channel(1024);
+        Ok(Processor {
+            consumer,
+            revoked,
+            topic: kafka.topic.clone(),
+            store,
+            outreach,
+            dead_letters,
+            settings,
+            held: BTreeMap::new(),
+            attempts: BTreeMap::new(),
+            decisions,
+            stats: ProcessorStats::default(),
+        })
+    }
+
+    /// Every decision as it is recorded (a slow receiver misses the oldest ones, never slows
+    /// the processor).
+    pub fn decisions(&self) -> broadcast::Receiver<DecisionRecord> {
+        self.decisions.subscribe()
+    }
+
+    /// Loads the Outreach user index, then processes events until `shutdown` turns true; then
+    /// commits what was processed.
+    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
+        // Decisions need the index: without it every create would be a guess. Until Outreach
+        // answers (rate limit, outage, a connection an admin must renew), wait and try again.
+        let mut attempt = 0;
+        while let Err(error) = self.reconcile().await {
+            attempt += 1;
+            let wait = self.backoff(attempt);
+            tracing::warn!(%error, ?wait, attempt, "the Outreach user index could not be loaded; trying again");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return self.finish(),
+            }
+        }
+        let mut reconcile = self.settings.reconcile_every.map(|every| {
+            let mut timer = tokio::time::interval_at(Instant::now() + every, every);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer
+        });
+        while !*shutdown.borrow() {
+            while let Ok(partitions) = self.revoked.try_recv() {
+                for partition in partitions {
+                    self.held.remove(&partition);
+                }
+            }
+            let due = self.held.values().map(|h| h.until).min();
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {}
+                () = sleep_until(due) => self.release_due()?,
+                _ = tick(&mut reconcile) => {
+                    if let Err(error) = self.reconcile().await {
+                        tracing::warn!(%error, "the Outreach user index could not be read again; the next reconcile tries again");
+                    }
+                }
+                message = self.consumer.recv() => match message {
+                    Ok(message) => {
+                        let (partition, offset) = (message.partition(), message.offset());
+                        let payload = message.payload().unwrap_or_default().to_vec();
+                        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                        drop(message);
+                        self.take(partition, offset, key, payload, &shutdown).await?;
+                    }
+                    Err(error) => tracing::warn!(%error, "Kafka consumer error; polling on"),
+                },
+            }
+        }
+        self.finish()
+    }
+
+    /// Handles one record and stores its offset, or holds it for later.
+    async fn take(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<String>,
+        payload: Vec<u8>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), ProcessorError> {
+        self.stats.records += 1;
+        if self.held.contains_key(&partition) {
+            // Fetched before the pause took effect: read again after the held event.
+            return Ok(());
+        }
+        let outcome = self
+            .handle_bounded(partition, offset, key.as_deref(), &payload, shutdown)
+            .await?;
+        match outcome {
+            Outcome::Applied { duplicate } => {
+                self.attempts.remove(&partition);
+                if duplicate {
+                    self.stats.duplicates += 1;
+                } else {
+                    self.stats.applied += 1;
+                }
+                self.store_offset(partition, offset)
+            }
+            Outcome::DeadLettered => {
+                self.attempts.remove(&partition);
+                self.stats.dead_letters += 1;
+                self.store_offset(partition, offset)
+            }
+            Outcome::Later { wait, why } => {
+                self.stats.retries += 1;
+                let attempt = match self.attempts.get(&partition) {
+                    Some((held, attempt)) if *held == offset => attempt + 1,
+                    _ => 1,
+                };
+                self.attempts.insert(partition, (offset, attempt));
+                let wait = wait.unwrap_or_else(|| self.backoff(attempt));
+                tracing::warn!(partition, offset, %why, ?wait, "event put back; its partition waits");
+                self.hold(partition, offset, wait, attempt)
+            }
+        }
+    }
+
+    /// [`Processor::handle`], abandoned when shutdown was asked for and the event is still not
+    /// done after the shutdown timeout (it is then read again at the next start).
+    async fn handle_bounded(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&str>,
+        payload: &[u8],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Outcome, ProcessorError> {
+        let mut shutdown = shutdown.clone();
+        let timeout = self.settings.shutdown_timeout;
+        let deadline = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            tokio::time::sleep(timeout).await;
+        };
+        tokio::select! {
+            outcome = self.handle(partition, offset, key, payload) => outcome,
+            () = deadline => Ok(Outcome::Later {
+                wait: None,
+                why: "shutdown timeout reached with the event in flight".into(),
+            }),
+        }
+    }
+
+    /// Decodes, decides, applies and records one record.
+    async fn handle(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&str>,
+        payload: &[u8],
+    ) -> Result<Outcome, ProcessorError> {
+        let event = match UserChange::from_json(payload) {
+            Ok(event) => event,
+            Err(error) => {
+                let reason = format!("not a valid user_change.v1 event: {error}");
+                self.dead_letter(partition, offset, key, payload, &reason)
+                    .await?;
+                return Ok(Outcome::DeadLettered);
+            }
+        };
+        let settings = match self.store.settings().await {
+            Ok(saved) => saved.unwrap_or_else(|| self.settings.sync.clone()),
+            Err(error) => {
+                return Ok(Outcome::Later {
+                    wait: None,
+                    why: format!("reading the settings for event {}: {error}", event.event_id),
+                });
+            }
+        };
+        let scope = StateScope::of_event(&event);
+        let before = match self.store.load_state(&scope).await {
+            Ok(state) => state,
+            Err(error) => {
+                return Ok(Outcome::Later {
+                    wait: None,
+                    why: format!(
+                        "loading the email group of event {} ({}): {error}",
+                        event.event_id,
+                        event.user.email_normalized.as_deref().unwrap_or("no email")
+                    ),
+                });
+            }
+        };
+        let mut after = before.clone();
+        let records =
+            match apply_event(&settings, &mut after, &self.outreach, &event, Utc::now()).await {
+                Ok(records) => records,
+                Err(error) => return self.refused(partition, offset, key, payload, error).await,
+            };
+        let duplicate = records
+            .iter()
+            .all(|r| r.action == Action::Skip && r.reason == Reason::DuplicateEvent);
+        if duplicate {
+            tracing::debug!(event_id = %event.event_id, "already applied: skipped");
+            return Ok(Outcome::Applied { duplicate: true });
+        }
+        let calls: u64 = records.iter().map(|r| u64::from(r.outreach_calls)).sum();
+        let applied = changes::applied_event(&before, &after, &event, records.clone());
+        if let Err(error) = self.store.record(&applied).await {
+            return Ok(Outcome::Later {
+                wait: None,
+                why: format!("recording event {}: {error}", event.event_id),
+            });
+        }
+        self.stats.outreach_calls += calls;
+        for record in records {
+            tracing::info!(
+                event_id = %record.event_id,
+                action = %record.action,
+                reason = %record.reason,
+                outreach_user_id = ?record.outreach_user_id.map(|id| id.0),
+                salesforce_user_id = ?record.salesforce_user_id.as_ref().map(|id| id.as_str().to_owned()),
+                message = %record.message,
+                "decision"
+            );
+            let _ = self.decisions.send(record);
+        }
+        Ok(Outcome::Applied { duplicate: false })
+    }
+
+    /// An event Outreach or the mapping rules would not take: later, or never.
+    async fn refused(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&str>,
+        payload: &[u8],
+        error: ApplyError,
+    ) -> Result<Outcome, ProcessorError> {
+        if let ApplyError::Outreach { source, .. } = &error {
+            if source.is_retryable() {
+                let wait = match source {
+                    crate::outreach::error::OutreachError::RateLimited { retry_after, .. } => {
+                        Some(*retry_after)
+                    }
+                    _ => None,
+                };
+                return Ok(Outcome::Later {
+                    wait,
+                    why: error.to_string(),
+                });
+            }
+            if source.needs_reauthorization() {
+                // Only an admin can fix this; the events wait in Kafka meanwhile.
+                return Ok(Outcome::Later {
+                    wait: Some(self.settings.retry_max),
+                    why: format!("the Outreach connection needs a new authorization: {error}"),
+                });
+            }
+        }
+        let reason = error.to_string();
+        self.dead_letter(partition, offset, key, payload, &reason)
+            .await?;
+        Ok(Outcome::DeadLettered)
+    }
+
+    async fn dead_letter(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&str>,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<(), ProcessorError> {
+        tracing::warn!(partition, offset, %reason, "record dead-lettered");
+        let stable_key = format!("{}:{partition}:{offset}", self.topic);
+        let letter = DeadLetter {
+            key: key.unwrap_or(&stable_key),
+            raw: payload,
+            reason,
+            source: "processor",
+            context: vec![
+                ("topic", self.topic.clone()),
+                ("partition", partition.to_string()),
+                ("offset", offset.to_string()),
+            ],
+        };
+        self.dead_letters
+            .dead_letter(letter)
+            .await
+            .map_err(|source| ProcessorError::DeadLetter {
+                context: format!(
+                    "dead-lettering {} partition {partition} offset {offset}",
+                    self.topic
+                ),
+                source: Box::new(source),
+            })?;
+        Ok(())
+    }
+
+    fn store_offset(&self, partition: i32, offset: i64) -> Result<(), ProcessorError> {
+        offsets::store_processed(&self.consumer, &self.topic, partition, offset).map_err(|source| {
+            ProcessorError::Kafka {
+                context: format!(
+                    "storing the offset after {} partition {partition} offset {offset}",
+                    self.topic
+                ),
+                source: Box::new(source),
+            }
+        })
+    }
+
+    /// Pauses `partition` with its reading position back at `offset`, for `wait`.
+    fn hold(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        wait: Duration,
+        attempt: u32,
+    ) -> Result<(), ProcessorError> {
+        let list = self.partition_list(partition)?;
+        self.consumer
+            .pause(&list)
+            .map_err(|source| ProcessorError::Kafka {
+                context: format!("pausing {} partition {partition}", self.topic),
+                source: Box::new(source),
+            })?;
+        self.held.insert(
+            partition,
+            Held {
+                offset,
+                until: Instant::now() + wait,
+                attempt,
+            },
+        );
+        Ok(())
+    }
+
+    /// Resumes every held partition whose wait is over, reading again from the held event.
+    fn release_due(&mut self) -> Result<(), ProcessorError> {
+        let now = Instant::now();
+        let due: Vec<(i32, Held)> = self
+            .held
+            .iter()
+            .filter(|(_, held)| held.until <= now)
+            .map(|(p, h)| (*p, h.clone()))
+            .collect();
+        for (partition, held) in due {
+            self.held.remove(&partition);
+            let list = self.partition_list(partition)?;
+            self.consumer
+                .resume(&list)
+                .map_err(|source| ProcessorError::Kafka {
+                    context: format!("resuming {} partition {partition}", self.topic),
+                    source: Box::new(source),
+                })?;
+            if let Err(source) = self.consumer.seek(
+                &self.topic,
+                partition,
+                Offset::Offset(held.offset),
+                Duration::from_secs(10),
+            ) {
+                // Without the rewind the partition would skip the held event: hold it again.
+                tracing::warn!(%source, partition, "cannot rewind to the held event; waiting again");
+                let wait = self.backoff(held.attempt + 1);
+                self.hold(partition, held.offset, wait, held.attempt + 1)?;
+            }
+            tracing::info!(
+                partition,
+                offset = held.offset,
+                attempt = held.attempt,
+                "trying the held event again"
+            );
+        }
+        Ok(())
+    }
+
+    /// The wait before attempt `attempt` (1-based): doubling from the minimum to the maximum.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        (self.settings.retry_min * factor).min(self.settings.retry_max)
+    }
+
+    fn partition_list(&self, partition: i32) -> Result<TopicPartitionList, ProcessorError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, partition);
+        Ok(list)
+    }
+
+    /// Loads the whole Outreach user index into the store.
+    async fn reconcile(&mut self) -> Result<(), ProcessorError> {
+        let loaded = index::load(&self.outreach, self.store.as_ref())
+            .await
+            .map_err(|source| ProcessorError::Index {
+                context: "loading the Outreach user index".into(),
+                source: Box::new(source),
+            })?;
+        self.stats.outreach_calls += u64::from(loaded.requests);
+        tracing::info!(
+            users = loaded.users,
+            requests = loaded.requests,
+            "Outreach user index loaded"
+        );
+        Ok(())
+    }
+
+    /// Commits the stored offsets and flushes the dead-letter producer.
+    fn finish(&mut self) -> Result<(), ProcessorError> {
+        match self
+            .consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        {
+            // Nothing stored since the last commit.
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
+            Err(source) => {
+                return Err(ProcessorError::Kafka {
+                    context: "committing offsets at shutdown".into(),
+                    source: Box::new(source),
+                });
+            }
+        }
+        self.dead_letters
+            .flush(self.settings.shutdown_timeout)
+            .map_err(|source| ProcessorError::DeadLetter {
+                context: "flushing dead letters at shutdown".into(),
+                source: Box::new(source),
+            })?;
+        tracing::info!(stats = ?self.stats, "processor stopped");
+        Ok(())
+    }
+}
+
+/// The consumer's settings: offsets stored by the processor after each event and committed in
+/// the background, reading from the earliest record when the group has no offset.
+fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> rdkafka::ClientConfig {
+    let mut client = crate::kafka::topics::base_client_config(kafka);
+    client
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+    client
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,129 @@
+//! `usersync processor`: the role assembled from the configuration.
+//!
+//! Wiring only — the Outreach client and its tokens, the store, the dead-letter producer, the
+//! consumer group — so that a misconfiguration is reported at start and names the key. The
+//! loop is [`super::Processor`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use super::{Processor, ProcessorSettings};
+use crate::config::{Config, OutreachConfig};
+use crate::kafka::ChangePublisher;
+use crate::outreach::token_file::TokenFile;
+use crate::outreach::{ClientConfig, MemoryTokenStore, OAuthTokens, OutreachClient, TokenStore};
+
+/// The loop's settings from the configuration.
+pub fn settings(config: &Config) -> ProcessorSettings {
+    let processor = &config.processor;
+    ProcessorSettings {
+        group_id: processor.group_id.clone(),
+        retry_min: Duration::from_millis(processor.retry_min_ms),
+        retry_max: Duration::from_millis(processor.retry_max_ms),
+        reconcile_every: Some(Duration::from_secs(processor.reconcile_interval_seconds))
+            .filter(|every| !every.is_zero()),
+        shutdown_timeout: Duration::from_secs(processor.shutdown_timeout_seconds),
+        sync: config.sync.clone(),
+    }
+}
+
+/// The Outreach client of the configuration: tokens from `outreach.token_file` when it holds
+/// some, else a first mint from `outreach.refresh_token`.
+pub fn outreach_client(config: &OutreachConfig) -> anyhow::Result<OutreachClient> {
+    let url = |key: &str, value: &str| {
+        url::Url::parse(value).with_context(|| format!("outreach.{key} {value:?} is not a URL"))
+    };
+    let mut client = ClientConfig::new(
+        url("api_url", &config.api_url)?,
+        url("token_url", &config.token_url)?,
+        config.client_id.clone(),
+        config.client_secret.expose(),
+        config.redirect_uri.clone(),
+    );
+    client.page_size = config.page_size;
+    client.max_retries = config.max_retries;
+    client.backoff_min = config.backoff_min();
+    client.backoff_max = config.backoff_max();
+    client.max_rate_limit_wait = Duration::from_secs(config.max_rate_limit_wait_seconds);
+    client.rate_limit_reserve = config.rate_limit_reserve;
+    client.mint_interval = Duration::from_secs(config.mint_interval_seconds);
+    client.timeout = Duration::from_secs(config.timeout_seconds.max(1));
+
+    let (saved, store): (Option<OAuthTokens>, Arc<dyn TokenStore>) = if config.token_file.is_empty()
+    {
+        (None, Arc::new(MemoryTokenStore::new()))
+    } else {
+        let file = TokenFile::new(&config.token_file);
+        (
+            file.load()
+                .map_err(|e| anyhow::anyhow!("outreach.token_file: {}", e.0))?,
+            Arc::new(file),
+        )
+    };
+    let tokens = match saved {
+        Some(tokens) => tokens,
+        None if !config.refresh_token.expose().is_empty() => OAuthTokens {
+            access_token: String::new(),
+            refresh_token: config.refresh_token.expose().to_owned(),
+            // Expired: the first call mints an access token.
+            expires_at: Some(chrono::DateTime::UNIX_EPOCH),
+        },
+        None => anyhow::bail!(
+            "no Outreach authorization: set outreach.refresh_token (USERSYNC_OUTREACH__REFRESH_TOKEN) \
+             or point outreach.token_file at saved tokens"
+        ),
+    };
+    OutreachClient::new(client, tokens, store).context("building the Outreach client")
+}
+
+/// Runs the processor until `shutdown` turns true.
+pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let outreach = outreach_client(&config.outreach)?;
+    let store = crate::store::open(&config.store.url)
+        .await
+        .context("opening the store")?;
+    let dead_letters = Arc::new(ChangePublisher::new(&config.kafka)?);
+    dead_letters
+        .ensure_topics()
+        .await
+        .context("setting up the Kafka topics")?;
+    let mut processor = Processor::new(
+        &config.kafka,
+        settings(config),
+        store,
+        outreach,
+        dead_letters,
+    )?;
+    processor.run(shutdown).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_any_authorization_the_error_names_the_keys() {
+        let error = outreach_client(&OutreachConfig::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("outreach.refresh_token"), "{error}");
+        assert!(error.contains("outreach.token_file"), "{error}");
+    }
+
+    #[test]
+    fn a_reconcile_interval_of_zero_means_only_at_start() {
+        let mut config = Config::default();
+        config.processor.reconcile_interval_seconds = 0;
+        assert_eq!(settings(&config).reconcile_every, None);
+        config.processor.reconcile_interval_seconds = 60;
+        assert_eq!(
+            settings(&config).reconcile_every,
+            Some(Duration::from_secs(60))
+        );
+    }
+}
