@@ -50,6 +50,39 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run the processor: user_change.v1 events in from Kafka, create / link / remap / update
+    /// decisions applied to Outreach.
+    ///
+    /// Reads [kafka] for the brokers and topic, [processor] for the consumer group, [outreach]
+    /// for the API and its authorization (refresh_token or token_file), [store] for mappings
+    /// and the decision log, [sync] for the settings used until an admin saves others. Loads
+    /// the Outreach user index first. Stops on SIGINT or SIGTERM after the event in flight is
+    /// recorded and offsets are committed.
+    Processor {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run every role in one process: the subscriber, the processor and the admin server.
+    ///
+    /// The same configuration as the roles on their own (docs/settings.md); the admin server
+    /// listens on [admin] listen. Stops on SIGINT or SIGTERM, each role as it does alone.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Show the pipeline on embedded defaults: Kafka's in-process mock cluster, both
+    /// simulators on loopback, SQLite in a temporary folder.
+    ///
+    /// Seeds Outreach user 1 mapped to Salesforce user X, creates Y with X's email,
+    /// deactivates X, and prints each decision as it happens, the final mapping and the admin
+    /// address; then runs until Ctrl-C.
+    Demo {
+        /// Exit after the final mapping: 0 if Outreach user 1 was remapped to Y, 1 otherwise.
+        #[arg(long)]
+        once: bool,
+    },
     /// Run a simulator of an external service (test equipment).
     #[command(subcommand)]
     Sim(crate::sim::SimCommand),
@@ -102,6 +135,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Subscriber { config } => {
             let config = crate::config::Config::load(config.as_deref())?;
             crate::salesforce::role::run(&config, shutdown_signal()).await
+        }
+        Command::Processor { config } => {
+            let config = crate::config::Config::load(config.as_deref())?;
+            crate::processor::role::run(&config, shutdown_signal()).await
+        }
+        Command::Run { config } => {
+            let config = crate::config::Config::load(config.as_deref())?;
+            crate::run::run(&config, shutdown_signal()).await
+        }
+        Command::Demo { once } => {
+            if crate::demo::run(once, shutdown_signal()).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("the remap did not happen (see the decisions above)")
+            }
         }
         Command::Sim(sim) => sim.run().await,
     }

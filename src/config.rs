@@ -22,13 +22,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::engine::settings::{SettingsError, SyncSettings};
 
 /// The sections the environment may set.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "sync",
     "store",
     "outreach",
     "salesforce",
     "kafka",
     "processor",
+    "admin",
 ];
 
 /// The prefix of every variable.
@@ -44,6 +45,24 @@ pub struct Config {
     pub salesforce: SalesforceConfig,
     pub kafka: KafkaConfig,
     pub processor: ProcessorConfig,
+    pub admin: AdminConfig,
+}
+
+/// The admin HTTP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` of the admin server (health, mappings, decisions, webhooks); loopback only
+    /// until the admin token exists. Empty: no admin server.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:8700".into(),
+        }
+    }
 }
 
 /// How the processor consumes events and keeps the Outreach user index.

@@ -17,15 +17,18 @@
 //! - [`proto`]: the Salesforce Pub/Sub API's generated gRPC types.
 //! - [`config`]: the configuration file and its environment overrides.
 
+pub mod admin;
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod event;
 pub mod kafka;
 pub mod outreach;
 pub mod processor;
 pub mod proto;
+pub mod run;
 pub mod salesforce;
 pub mod scenario;
 pub mod sim;

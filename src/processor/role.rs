@@ -79,24 +79,40 @@ pub fn outreach_client(config: &OutreachConfig) -> anyhow::Result<OutreachClient
     OutreachClient::new(client, tokens, store).context("building the Outreach client")
 }
 
-/// Runs the processor until `shutdown` turns true.
-pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// The processor of the configuration: the Outreach client, the store, the dead-letter
+/// producer and the topics checked, the consumer group joined.
+pub async fn build(config: &Config) -> anyhow::Result<Processor> {
     let outreach = outreach_client(&config.outreach)?;
     let store = crate::store::open(&config.store.url)
         .await
         .context("opening the store")?;
+    build_with(config, store, outreach).await
+}
+
+/// [`build`] with the store and the Outreach client given (the demo and `usersync run` share
+/// one store between roles).
+pub async fn build_with(
+    config: &Config,
+    store: Arc<dyn crate::store::Store>,
+    outreach: OutreachClient,
+) -> anyhow::Result<Processor> {
     let dead_letters = Arc::new(ChangePublisher::new(&config.kafka)?);
     dead_letters
         .ensure_topics()
         .await
         .context("setting up the Kafka topics")?;
-    let mut processor = Processor::new(
+    Ok(Processor::new(
         &config.kafka,
         settings(config),
         store,
         outreach,
         dead_letters,
-    )?;
+    )?)
+}
+
+/// Runs the processor until `shutdown` turns true.
+pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut processor = build(config).await?;
     processor.run(shutdown).await?;
     Ok(())
 }

@@ -95,8 +95,9 @@ pub struct OAuthState {
     /// The consumer key, which is also the OAuth `client_id`.
     pub consumer_key: String,
     pub consumer_secret: String,
-    /// Verifies assertions: the public half of the certificate uploaded to the app.
-    jwt_key: DecodingKey,
+    /// Verifies assertions: the public half of the certificate uploaded to the app; `None`
+    /// for an app without a certificate, which refuses every JWT bearer assertion.
+    jwt_key: Option<DecodingKey>,
     /// The JWT audience accepted: the login URL.
     pub audience: String,
     /// The client credentials flow's run-as user.
@@ -114,7 +115,8 @@ pub struct OAuthState {
 pub type Granted = Result<String, Refusal>;
 
 impl OAuthState {
-    /// Fails when `jwt_public_key_pem` is not an RSA public key in PEM.
+    /// Fails when `jwt_public_key_pem` is not an RSA public key in PEM; an empty one means the
+    /// app has no certificate (client credentials and refresh tokens only).
     pub fn new(
         org_id: String,
         consumer_key: String,
@@ -126,7 +128,10 @@ impl OAuthState {
             org_id,
             consumer_key,
             consumer_secret,
-            jwt_key: DecodingKey::from_rsa_pem(jwt_public_key_pem.as_bytes())?,
+            jwt_key: match jwt_public_key_pem.trim() {
+                "" => None,
+                pem => Some(DecodingKey::from_rsa_pem(pem.as_bytes())?),
+            },
             audience,
             run_as: None,
             admin_approved_only: false,
@@ -231,7 +236,8 @@ impl OAuthState {
         validation.leeway = JWT_LEEWAY_SECS;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-        let claims = jsonwebtoken::decode::<Claims>(assertion, &self.jwt_key, &validation)
+        let key = self.jwt_key.as_ref().ok_or(INVALID_ASSERTION)?;
+        let claims = jsonwebtoken::decode::<Claims>(assertion, key, &validation)
             .map_err(|_| INVALID_ASSERTION)?
             .claims;
         if claims.iss != self.consumer_key {
@@ -475,6 +481,19 @@ mod tests {
             json!({"iss": "key", "sub": "a@x.example", "aud": AUDIENCE, "exp": now + exp_offset});
         let key = EncodingKey::from_rsa_pem(PRIVATE_KEY.as_bytes()).unwrap();
         jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn an_app_without_a_certificate_refuses_every_assertion() {
+        let state = OAuthState::new(
+            "00D000000000001".into(),
+            "key".into(),
+            "secret".into(),
+            "",
+            AUDIENCE.into(),
+        )
+        .unwrap();
+        assert_eq!(state.jwt_bearer(&assertion(120)), Err(INVALID_ASSERTION));
     }
 
     #[test]
