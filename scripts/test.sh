@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one.
 #
-# It installs and starts what the tests need (a throwaway PostgreSQL under target/pg), checks
+# It installs and starts what the tests need (a throwaway PostgreSQL under target/pg, a tansu
+# Kafka-protocol broker under target/tansu for the end-to-end tests), checks
 # formatting and lints, runs every test (unit, property, integration, end to end), and stops
 # what it started, whatever happens. Under CI (CI set), a test whose component is missing
 # fails instead of skipping.
@@ -16,10 +17,15 @@ step() { printf '\n== %s\n' "$*" >&2; }
 
 # shellcheck source=scripts/postgres.sh
 source scripts/postgres.sh
-trap pg_stop EXIT
+# shellcheck source=scripts/tansu.sh
+source scripts/tansu.sh
+trap 'tansu_stop; pg_stop' EXIT
 
 step "PostgreSQL for the store tests"
 pg_start
+
+step "tansu (Kafka-protocol broker) for the end-to-end tests"
+tansu_start
 
 step "formatting"
 cargo fmt --all -- --check
