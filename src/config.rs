@@ -746,6 +746,46 @@ mod tests {
         Config::load_from(path.as_deref(), Env::prefixed(ENV_PREFIX))
     }
 
+    /// Every leaf key of `value`, as `section.key` paths.
+    fn leaf_paths(prefix: &str, value: &serde_json::Value, paths: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) if !prefix.ends_with("properties") => {
+                for (key, inner) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    leaf_paths(&path, inner, paths);
+                }
+            }
+            _ => paths.push(prefix.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_example_file_names_every_key_and_holds_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/usersync.example.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        let mut paths = Vec::new();
+        leaf_paths(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut paths,
+        );
+        assert!(paths.len() > 50, "{paths:?}");
+        for path in paths {
+            let variable = format!("USERSYNC_{}", path.to_uppercase().replace('.', "__"));
+            assert!(
+                text.contains(&variable),
+                "config/usersync.example.toml does not document {path} ({variable})"
+            );
+        }
+        // No environment: the file alone.
+        let loaded = Config::load_from(Some(Path::new(example)), Env::raw().only(&[])).unwrap();
+        assert_eq!(loaded, Config::default(), "the example shows the defaults");
+    }
+
     #[test]
     fn the_salesforce_section_reads_from_file_and_environment() {
         Jail::expect_with(|jail| {
