@@ -148,7 +148,7 @@ impl PayloadError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delivery {
     /// `user.created` or `user.updated`.
-    User(UserDelivery),
+    User(Box<UserDelivery>),
     /// Another resource or another action: acknowledged and dropped.
     Ignored {
         /// `meta.eventName` as sent.
@@ -315,7 +315,7 @@ pub fn parse_delivery(body: &[u8]) -> Result<Delivery, PayloadError> {
             Some(attributes_sent(&attributes, "beforeUpdate.attributes")?)
         }
     };
-    Ok(Delivery::User(UserDelivery {
+    Ok(Delivery::User(Box::new(UserDelivery {
         event_name,
         action,
         id,
@@ -323,7 +323,7 @@ pub fn parse_delivery(body: &[u8]) -> Result<Delivery, PayloadError> {
         attributes: sent,
         before,
         changed: changed.into_iter().collect(),
-    }))
+    })))
 }
 
 impl UserDelivery {
@@ -564,7 +564,7 @@ mod tests {
 
     fn user_delivery(value: Value) -> UserDelivery {
         match parse(value).expect("parses") {
-            Delivery::User(delivery) => delivery,
+            Delivery::User(delivery) => *delivery,
             other => panic!("not a user delivery: {other:?}"),
         }
     }
@@ -824,7 +824,8 @@ mod tests {
     /// Each broken payload and the member its error must name.
     #[test]
     fn errors_name_the_member_that_is_wrong() {
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|v| *v = json!([])), "(document)"),
             (
                 Box::new(|v| {

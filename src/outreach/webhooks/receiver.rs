@@ -304,7 +304,7 @@ impl WebhookReceiver {
     async fn process(&self, body: &[u8]) -> Outcome {
         let observed_at = Utc::now();
         let delivery = match parse_delivery(body) {
-            Ok(Delivery::User(delivery)) => delivery,
+            Ok(Delivery::User(delivery)) => *delivery,
             Ok(Delivery::Ignored { event_name, reason }) => {
                 tracing::debug!(event_name, reason, "ignored an Outreach webhook delivery");
                 return Outcome::Ignored { event_name, reason };
@@ -463,10 +463,13 @@ mod tests {
 
     const SECRET: &str = "whsec-unit";
 
+    /// Key, raw body, reason, event name.
+    type Refused = (String, Vec<u8>, String, Option<String>);
+
     #[derive(Default)]
     struct Recorder {
         accepted: Mutex<Vec<UserChange>>,
-        refused: Mutex<Vec<(String, Vec<u8>, String, Option<String>)>>,
+        refused: Mutex<Vec<Refused>>,
         fail_accept: bool,
         fail_refuse: bool,
     }
