@@ -126,6 +126,12 @@ pub struct OutreachConfig {
     pub client_id: String,
     pub client_secret: Secret,
     pub redirect_uri: String,
+    /// The secret Outreach signs webhook deliveries with (`Outreach-Webhook-Signature`, HMAC-SHA256
+    /// of the body); the receiver refuses to start without one.
+    pub webhook_secret: Secret,
+    /// The public URL of `POST /webhooks/outreach` to register with Outreach; empty: register
+    /// nothing (the webhook is managed by hand).
+    pub webhook_url: String,
     /// Users per page when loading the index (Outreach's maximum is 1000).
     pub page_size: u32,
     /// Retries of a 5xx or network failure before giving up.
@@ -155,6 +161,8 @@ impl Default for OutreachConfig {
             client_id: String::new(),
             client_secret: Secret::default(),
             redirect_uri: String::new(),
+            webhook_secret: Secret::default(),
+            webhook_url: String::new(),
             page_size: 1000,
             max_retries: 5,
             backoff_min_ms: 200,
@@ -707,6 +715,14 @@ impl Config {
                 self.outreach.page_size
             )));
         }
+        if !self.outreach.webhook_url.is_empty()
+            && let Err(e) = url::Url::parse(&self.outreach.webhook_url)
+        {
+            return Err(ConfigError::Parse(format!(
+                "outreach.webhook_url {:?} is not a URL: {e}",
+                self.outreach.webhook_url
+            )));
+        }
         self.kafka.validate()
     }
 }
@@ -946,6 +962,31 @@ mod tests {
             jail.set_env("USERSYNC_OUTREACH__BACKOFF_MIN_MS", "90000");
             let text = load_in(jail, None).unwrap_err().to_string();
             assert!(text.contains("outreach.backoff_min_ms"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn webhook_keys_come_from_the_environment_and_the_url_is_checked() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_OUTREACH__WEBHOOK_SECRET", "wh-s3cret");
+            jail.set_env(
+                "USERSYNC_OUTREACH__WEBHOOK_URL",
+                "https://usersync.example.com/webhooks/outreach",
+            );
+            let config = load_in(jail, None).unwrap();
+            assert_eq!(config.outreach.webhook_secret.expose(), "wh-s3cret");
+            assert!(!format!("{config:?}").contains("wh-s3cret"));
+            assert_eq!(
+                config.outreach.webhook_url,
+                "https://usersync.example.com/webhooks/outreach"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_OUTREACH__WEBHOOK_URL", "not a url");
+            let text = load_in(jail, None).unwrap_err().to_string();
+            assert!(text.contains("outreach.webhook_url"), "{text}");
             Ok(())
         });
     }

@@ -46,6 +46,9 @@ use super::rate_limit::{
 use super::stats::{ClientStats, Counters, Tally};
 use super::transport::{Failure, RetryPolicy, retry_after};
 use super::user::{OutreachUser, OutreachUserId, UserAttributes};
+use super::webhooks::registration::{
+    NewWebhook, Registration, Webhook, WebhookResource, find_registered,
+};
 
 /// The largest `page[size]` Outreach serves.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -369,11 +372,15 @@ impl OutreachClient {
     }
 
     fn users_url(&self, segments: &[&str]) -> Url {
+        self.resource_url("users", segments)
+    }
+
+    fn resource_url(&self, collection: &str, segments: &[&str]) -> Url {
         let mut url = self.inner.config.api_url.clone();
         {
             // Checked in `validate`: the API URL can be a base.
             let mut path = url.path_segments_mut().expect("api_url can be a base URL");
-            path.pop_if_empty().push("users");
+            path.pop_if_empty().push(collection);
             for segment in segments {
                 path.push(segment);
             }
@@ -631,6 +638,135 @@ impl OutreachClient {
                 retry_after: retry_after(&headers),
             },
             _ => Failure::Final(classify(operation.clone(), status, &error_body, None)),
+        })
+    }
+}
+
+/// Webhook registration (`/webhooks`), for the receiver of `outreach::webhooks`. The same loop
+/// as every user operation: token, pacing, retries, 429 waits and the 401 refresh.
+impl OutreachClient {
+    /// `GET /webhooks`, every page. Needs the `webhooks.read` (or `webhooks.all`) scope.
+    pub async fn list_webhooks(&self) -> Result<Reply<Vec<Webhook>>, OutreachError> {
+        let operation = Operation::ListWebhooks;
+        let tally = Tally::new(&self.inner.counters);
+        let mut first = self.resource_url("webhooks", &[]);
+        first
+            .query_pairs_mut()
+            .append_pair("page[size]", &self.inner.config.page_size.to_string())
+            .append_pair("count", "false");
+        let mut webhooks: Vec<Webhook> = Vec::new();
+        let mut visited = HashSet::new();
+        let mut next = Some(first);
+        while let Some(url) = next.take() {
+            if !visited.insert(url.clone()) {
+                return Err(OutreachError::Decode {
+                    operation,
+                    detail: format!("pagination loops back to {url}"),
+                });
+            }
+            let request = ApiRequest {
+                method: Method::GET,
+                url,
+                body: None,
+                operation: operation.clone(),
+            };
+            let body = self.execute(&request, &tally).await?;
+            let document: Document<Vec<WebhookResource>> = decode(&body, &operation)?;
+            for resource in document.data.unwrap_or_default() {
+                let webhook = resource
+                    .into_webhook()
+                    .map_err(|detail| OutreachError::Decode {
+                        operation: operation.clone(),
+                        detail,
+                    })?;
+                if !webhooks.iter().any(|w| w.id == webhook.id) {
+                    webhooks.push(webhook);
+                }
+            }
+            if let Some(link) = document.links.and_then(|l| l.next) {
+                let url = request.url.join(&link).map_err(|e| OutreachError::Decode {
+                    operation: operation.clone(),
+                    detail: format!("links.next {link:?} is not a URL: {e}"),
+                })?;
+                next = Some(self.check_same_origin(&url, &operation)?);
+            }
+        }
+        Ok(Reply {
+            value: webhooks,
+            requests: tally.requests(),
+        })
+    }
+
+    /// `POST /webhooks`: creates a webhook; Outreach answers 201. Needs `webhooks.write` (or
+    /// `webhooks.all`). The request carries the secret, which no log line or error repeats.
+    pub async fn create_webhook(&self, new: &NewWebhook) -> Result<Reply<Webhook>, OutreachError> {
+        let operation = Operation::CreateWebhook {
+            url: new.url.to_string(),
+        };
+        let request = ApiRequest {
+            method: Method::POST,
+            url: self.resource_url("webhooks", &[]),
+            body: Some(json_body(&new.document())),
+            operation,
+        };
+        let tally = Tally::new(&self.inner.counters);
+        let body = self.execute(&request, &tally).await?;
+        let operation = &request.operation;
+        let document: Document<WebhookResource> = decode(&body, operation)?;
+        let webhook = document
+            .data
+            .ok_or_else(|| "response has no data".to_owned())
+            .and_then(WebhookResource::into_webhook)
+            .map_err(|detail| OutreachError::Decode {
+                operation: operation.clone(),
+                detail,
+            })?;
+        Ok(Reply {
+            value: webhook,
+            requests: tally.requests(),
+        })
+    }
+
+    /// Registers `new` unless a webhook already sends user events to its URL
+    /// ([`find_registered`]): safe to call at every start. A found webhook that is inactive or
+    /// covers only some user actions is kept and reported in a warning, not replaced.
+    pub async fn ensure_webhook(
+        &self,
+        new: &NewWebhook,
+    ) -> Result<Reply<Registration>, OutreachError> {
+        let listed = self.list_webhooks().await?;
+        if let Some(found) = find_registered(&listed.value, &new.url) {
+            if found.active == Some(false) || !found.covers_user_events() {
+                tracing::warn!(
+                    webhook_id = found.id,
+                    url = %new.url,
+                    active = ?found.active,
+                    resource = ?found.resource,
+                    action = ?found.action,
+                    "an Outreach webhook for this URL exists but is inactive or does not cover \
+                     every user action; keeping it (fix or delete it in Outreach)"
+                );
+            }
+            return Ok(Reply {
+                value: Registration {
+                    webhook: found.clone(),
+                    created: false,
+                },
+                requests: listed.requests,
+            });
+        }
+        let created = self.create_webhook(new).await?;
+        tracing::info!(
+            webhook_id = created.value.id,
+            url = %new.url,
+            "registered the Outreach webhook"
+        );
+        Ok(Reply {
+            value: Registration {
+                webhook: created.value,
+                created: true,
+            },
+            requests: listed.requests + created.requests,
         })
     }
 }

@@ -30,6 +30,8 @@ pub enum Operation {
     GetUser { id: OutreachUserId },
     FindUsersByEmail { email: String },
     ListUsers,
+    ListWebhooks,
+    CreateWebhook { url: String },
     RefreshToken,
     ExchangeCode,
     Configure,
@@ -48,6 +50,10 @@ impl fmt::Display for Operation {
                 write!(f, "looking up Outreach users by email {email}")
             }
             Operation::ListUsers => f.write_str("listing Outreach users"),
+            Operation::ListWebhooks => f.write_str("listing Outreach webhooks"),
+            Operation::CreateWebhook { url } => {
+                write!(f, "registering an Outreach webhook for {url}")
+            }
             Operation::RefreshToken => f.write_str("refreshing the Outreach access token"),
             Operation::ExchangeCode => {
                 f.write_str("exchanging an Outreach authorization code for tokens")

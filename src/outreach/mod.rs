@@ -12,6 +12,8 @@
 //! - [`client`]: requests and policy: what each operation sends, and how 401, 429 and 5xx are
 //!   handled around it.
 //! - [`error`]: the typed failures callers act on.
+//! - [`webhooks`]: what Outreach POSTs when a user changes: the signature, the payloads, the
+//!   HTTP receiver that turns them into `user_change.v1` events, and the webhook's registration.
 //!
 //! The engine sees only [`OutreachClient`], [`OutreachError`] and the user types.
 
@@ -24,6 +26,7 @@ pub mod stats;
 pub mod token_file;
 mod transport;
 pub mod user;
+pub mod webhooks;
 
 pub use auth::{MemoryTokenStore, OAuthApp, OAuthTokens, TokenStore, TokenStoreError};
 pub use client::{ClientConfig, OutreachClient, Reply, UserPage};

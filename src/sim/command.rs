@@ -64,6 +64,7 @@ impl From<OutreachArgs> for SimConfig {
             rate_limit_window: Duration::from_secs(args.rate_limit_window_secs),
             access_token_ttl: Duration::from_secs(args.access_token_ttl_secs),
             mint_throttle: Duration::from_secs(args.mint_throttle_secs),
+            ..SimConfig::default()
         }
     }
 }

@@ -14,9 +14,10 @@
 //!    included, and (as JSON:API 1.0 requires) without media-type parameters — else 415
 //!    with the documented `details` key.
 //! 6. **Route**: unknown paths 404, unsupported methods 405 (users cannot be deleted).
-//! 7. **Scope**: reads need `users.read` or `users.all`, writes `users.write` or
-//!    `users.all`; scopes are not additive. Else 403 `unauthorizedOauthScope`.
-//! 8. **Handler** (`users.rs`).
+//! 7. **Scope**: reads need `<resource>.read` or `<resource>.all`, writes `<resource>.write`
+//!    or `<resource>.all` (`users.*`, `webhooks.*`); scopes are not additive. Else 403
+//!    `unauthorizedOauthScope`.
+//! 8. **Handler** (`users.rs`, `webhook_routes.rs`).
 //!
 //! Configured latency is added after the response is computed, to every API response.
 
@@ -36,6 +37,7 @@ use super::http::{JSON_API, json_api, plain_json, set_header};
 use super::rate_limit::RateStatus;
 use super::state::Shared;
 use super::users;
+use super::webhook_routes;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
@@ -101,7 +103,7 @@ async fn authorized(
         Err(response) => return *response,
     };
     let scope = route.required_scope();
-    let all = "users.all";
+    let all = route.all_scope();
     if !grant.has_scope(scope) && !grant.has_scope(all) {
         return json_api(
             StatusCode::FORBIDDEN,
@@ -141,15 +143,19 @@ async fn authorized(
         Route::Get(id) => users::get(&state, &id, &pairs, &api_url),
         Route::Create => users::create(&mut state, &body, &pairs, &api_url, now),
         Route::Update(id) => users::update(&mut state, &id, &body, &pairs, &api_url, now),
+        Route::ListWebhooks => webhook_routes::list(&state, &pairs, &api_url),
+        Route::CreateWebhook => webhook_routes::create(&mut state, &body, &api_url, now),
     }
 }
 
-/// The user endpoints.
+/// The user and webhook endpoints.
 enum Route {
     List,
     Create,
     Get(String),
     Update(String),
+    ListWebhooks,
+    CreateWebhook,
 }
 
 impl Route {
@@ -166,6 +172,11 @@ impl Route {
                 Method::PATCH => Ok(Route::Update(id.to_owned())),
                 _ => Err(Box::new(method_not_allowed(method, path, "GET, PATCH"))),
             },
+            ["webhooks"] => match *method {
+                Method::GET => Ok(Route::ListWebhooks),
+                Method::POST => Ok(Route::CreateWebhook),
+                _ => Err(Box::new(method_not_allowed(method, path, "GET, POST"))),
+            },
             _ => Err(Box::new(json_api(
                 StatusCode::NOT_FOUND,
                 &error(
@@ -181,6 +192,15 @@ impl Route {
         match self {
             Route::List | Route::Get(_) => "users.read",
             Route::Create | Route::Update(_) => "users.write",
+            Route::ListWebhooks => "webhooks.read",
+            Route::CreateWebhook => "webhooks.write",
+        }
+    }
+
+    fn all_scope(&self) -> &'static str {
+        match self {
+            Route::List | Route::Get(_) | Route::Create | Route::Update(_) => "users.all",
+            Route::ListWebhooks | Route::CreateWebhook => "webhooks.all",
         }
     }
 }
@@ -383,6 +403,18 @@ mod tests {
             Some(StatusCode::NOT_FOUND)
         );
         assert_eq!(status(Method::GET, "/users/"), Some(StatusCode::NOT_FOUND));
+        assert!(matches!(
+            Route::resolve(&Method::POST, "/webhooks"),
+            Ok(Route::CreateWebhook)
+        ));
+        assert!(matches!(
+            Route::resolve(&Method::GET, "/webhooks"),
+            Ok(Route::ListWebhooks)
+        ));
+        assert_eq!(
+            status(Method::DELETE, "/webhooks"),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
         assert_eq!(
             status(Method::GET, "/users/7/extra"),
             Some(StatusCode::NOT_FOUND)

@@ -11,22 +11,30 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::directory::{DirectoryError, UserChanges};
 use super::http::plain_json;
 use super::state::Shared;
+use super::webhooks::NewSimWebhook;
 use super::{OutreachSim, SimUser};
 
 pub fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/_sim/users", post(seed_user).get(list_users))
+        .route("/_sim/users/{id}", patch(update_user))
+        .route("/_sim/webhooks", post(add_webhook).get(list_webhooks))
+        .route(
+            "/_sim/webhook-deliveries",
+            get(webhook_deliveries).delete(clear_webhook_deliveries),
+        )
         .route("/_sim/tokens", post(issue_tokens))
         .route("/_sim/authorization-codes", post(issue_authorization_code))
         .route("/_sim/requests", get(requests).delete(reset_requests))
@@ -73,6 +81,75 @@ impl From<SeedUser> for SimUser {
     }
 }
 
+/// A change made "by hand": each field left out stays as it is; `null` clears it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateUser {
+    #[serde(default, deserialize_with = "present")]
+    username: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    last_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    title: Option<Option<String>>,
+    #[serde(default)]
+    locked: Option<bool>,
+    #[serde(default)]
+    custom: Option<[Option<String>; 5]>,
+}
+
+/// A present field, `null` included, as `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl From<UpdateUser> for UserChanges {
+    fn from(update: UpdateUser) -> UserChanges {
+        UserChanges {
+            username: update.username,
+            first_name: update.first_name,
+            last_name: update.last_name,
+            title: update.title,
+            locked: update.locked,
+            custom: update
+                .custom
+                .map_or_else(Default::default, |custom| custom.map(Some)),
+        }
+    }
+}
+
+/// A webhook to register.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddWebhook {
+    url: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default = "one")]
+    payload_version: i64,
+    #[serde(default = "user")]
+    resource: String,
+    #[serde(default = "star")]
+    action: String,
+}
+
+fn one() -> i64 {
+    1
+}
+
+fn user() -> String {
+    "user".to_owned()
+}
+
+fn star() -> String {
+    "*".to_owned()
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScopesRequest {
@@ -100,6 +177,7 @@ struct FaultsRequest {
     exhaust_rate_limit: bool,
     #[serde(default)]
     expire_access_tokens: bool,
+    corrupt_webhook_signatures: Option<u32>,
 }
 
 async fn seed_user(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -121,6 +199,69 @@ async fn list_users(State(shared): State<Arc<Shared>>) -> Response {
         StatusCode::OK,
         &json!(OutreachSim::from_shared(shared).users()),
     )
+}
+
+async fn update_user(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Response {
+    let update: UpdateUser = match read(&body) {
+        Ok(update) => update,
+        Err(response) => return response,
+    };
+    match OutreachSim::from_shared(shared).update_user(id, update.into()) {
+        Ok(user) => plain_json(StatusCode::OK, &json!(user)),
+        Err(problem @ DirectoryError::NotFound(_)) => plain_json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": problem.to_string()}),
+        ),
+        Err(problem) => plain_json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"error": problem.to_string()}),
+        ),
+    }
+}
+
+async fn add_webhook(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let add: AddWebhook = match read(&body) {
+        Ok(add) => add,
+        Err(response) => return response,
+    };
+    if !matches!(add.payload_version, 1 | 2) {
+        return plain_json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"error": format!("payload_version must be 1 or 2, not {}", add.payload_version)}),
+        );
+    }
+    let hook = OutreachSim::from_shared(shared).add_webhook(NewSimWebhook {
+        url: add.url,
+        resource: add.resource,
+        action: add.action,
+        secret: add.secret,
+        payload_version: add.payload_version,
+        active: true,
+    });
+    plain_json(StatusCode::CREATED, &json!(hook))
+}
+
+async fn list_webhooks(State(shared): State<Arc<Shared>>) -> Response {
+    plain_json(
+        StatusCode::OK,
+        &json!(OutreachSim::from_shared(shared).webhooks()),
+    )
+}
+
+async fn webhook_deliveries(State(shared): State<Arc<Shared>>) -> Response {
+    plain_json(
+        StatusCode::OK,
+        &json!(OutreachSim::from_shared(shared).webhook_deliveries()),
+    )
+}
+
+async fn clear_webhook_deliveries(State(shared): State<Arc<Shared>>) -> Response {
+    OutreachSim::from_shared(shared).clear_webhook_deliveries();
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn issue_tokens(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -196,6 +337,9 @@ async fn set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
     if request.expire_access_tokens {
         sim.expire_access_tokens();
     }
+    if let Some(n) = request.corrupt_webhook_signatures {
+        sim.corrupt_webhook_signatures(n);
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -235,6 +379,18 @@ mod tests {
         let user = SimUser::from(serde_json::from_str::<SeedUser>(&full).unwrap());
         assert_eq!(user.id, 9);
         assert!(serde_json::from_str::<SeedUser>(r#"{"email":"a@x.test","salary":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_hand_update_tells_absent_from_null() {
+        let update: UpdateUser =
+            serde_json::from_str(r#"{"title":null,"locked":true,"first_name":"Ann"}"#).unwrap();
+        let changes = UserChanges::from(update);
+        assert_eq!(changes.title, Some(None));
+        assert_eq!(changes.first_name, Some(Some("Ann".into())));
+        assert_eq!(changes.last_name, None);
+        assert_eq!(changes.locked, Some(true));
+        assert!(serde_json::from_str::<UpdateUser>(r#"{"email":"x@y.z"}"#).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - `email` never changes after create (the API cannot update it), which the
 //!   [`UserChanges`] type enforces by not having the field;
 //! - users are never deleted;
+//! - `updatedAt` moves on every real change, strictly forward;
 //! - listings are ordered by id, which is what makes the id-based cursor stable while
 //!   users are added between pages.
 
@@ -98,7 +99,9 @@ impl Directory {
         Ok(user)
     }
 
-    /// Applies `changes`; `updated_at` moves to `now` only when something actually changed.
+    /// Applies `changes`; `updated_at` moves to `now` only when something actually changed, and
+    /// then always forward by at least a millisecond, so each change has its own `updatedAt`
+    /// (which names its webhook event) even when two land in the same millisecond.
     pub fn update(
         &mut self,
         id: i64,
@@ -127,7 +130,7 @@ impl Directory {
             apply(field, change);
         }
         if *user != before {
-            user.updated_at = now;
+            user.updated_at = now.max(before.updated_at + chrono::TimeDelta::milliseconds(1));
         }
         Ok(user.clone())
     }

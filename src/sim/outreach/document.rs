@@ -41,24 +41,8 @@ const READ_ONLY: &[&str] = &[
 /// Renders one user. `fields` is the `fields[user]` sparse fieldset, if given.
 pub fn user_resource(user: &SimUser, api_url: &str, fields: Option<&[String]>) -> Value {
     let wanted = |name: &str| fields.is_none_or(|fields| fields.iter().any(|f| f == name));
-    let mut attributes = Map::new();
-    let mut put = |name: &str, value: Value| {
-        if wanted(name) {
-            attributes.insert(name.to_owned(), value);
-        }
-    };
-    put("email", json!(user.email));
-    put("username", json!(user.username));
-    put("firstName", json!(user.first_name));
-    put("lastName", json!(user.last_name));
-    put("name", json!(user.name()));
-    put("title", json!(user.title));
-    put("locked", json!(user.locked));
-    for (index, value) in user.custom.iter().enumerate() {
-        put(&format!("custom{}", index + 1), json!(value));
-    }
-    put("createdAt", json!(timestamp(user.created_at)));
-    put("updatedAt", json!(timestamp(user.updated_at)));
+    let mut attributes = user_attributes(user);
+    attributes.retain(|name, _| wanted(name));
 
     let mut resource = json!({
         "type": "user",
@@ -72,6 +56,27 @@ pub fn user_resource(user: &SimUser, api_url: &str, fields: Option<&[String]>) -
         });
     }
     resource
+}
+
+/// Every attribute of a user, as the API renders it (also the source of webhook payloads).
+pub fn user_attributes(user: &SimUser) -> Map<String, Value> {
+    let mut attributes = Map::new();
+    let mut put = |name: &str, value: Value| {
+        attributes.insert(name.to_owned(), value);
+    };
+    put("email", json!(user.email));
+    put("username", json!(user.username));
+    put("firstName", json!(user.first_name));
+    put("lastName", json!(user.last_name));
+    put("name", json!(user.name()));
+    put("title", json!(user.title));
+    put("locked", json!(user.locked));
+    for (index, value) in user.custom.iter().enumerate() {
+        put(&format!("custom{}", index + 1), json!(value));
+    }
+    put("createdAt", json!(timestamp(user.created_at)));
+    put("updatedAt", json!(timestamp(user.updated_at)));
+    attributes
 }
 
 /// The wire form of a timestamp: `2025-01-02T03:04:05.000Z`.
@@ -102,7 +107,7 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    fn new(pointer: &str, detail: impl Into<String>) -> Invalid {
+    pub fn new(pointer: &str, detail: impl Into<String>) -> Invalid {
         Invalid {
             pointer: pointer.to_owned(),
             detail: detail.into(),
@@ -202,7 +207,7 @@ pub fn parse_update(body: &[u8], url_id: i64) -> Result<UserChanges, WriteError>
     }
 }
 
-fn parse_data(body: &[u8]) -> Result<Map<String, Value>, WriteError> {
+pub fn parse_data(body: &[u8]) -> Result<Map<String, Value>, WriteError> {
     let document: Value = serde_json::from_slice(body).map_err(|error| {
         WriteError::Malformed(format!("The request body is not valid JSON: {error}."))
     })?;

@@ -1,4 +1,4 @@
-//! A simulator of Outreach's REST API v2 (users) and its OAuth endpoints.
+//! A simulator of Outreach's REST API v2 (users, webhooks) and its OAuth endpoints.
 //!
 //! Test equipment for usersync's Outreach client: it speaks Outreach's wire format (JSON:API
 //! with integer ids, the documented error documents, OAuth à la Doorkeeper, per-user rate
@@ -16,6 +16,8 @@
 //! - `credentials` / `oauth`: token state and the `/oauth` endpoints;
 //! - `rate_limit` / `faults`: per-user budgets and injected failures, both pure;
 //! - `http` / `api` / `users`: the router, the `/api/v2` pipeline, the user handlers;
+//! - `webhooks` / `webhook_routes` / `delivery`: the webhook resource and the payloads a user
+//!   change causes (pure), its handlers, and the background sender with its record;
 //! - `control`: the test control API;
 //! - `state`: the shared, locked state.
 //!
@@ -27,13 +29,18 @@
 //!
 //! | Method and path | Body | Answer |
 //! |---|---|---|
-//! | `POST /_sim/users` | a [`SimUser`] in JSON; only `email` is required (`id` 0 or absent = next id) | 201 the stored user; 422 `{"error"}` if a rule refuses it |
+//! | `POST /_sim/users` | a [`SimUser`] in JSON; only `email` is required (`id` 0 or absent = next id) | 201 the stored user (and a `user.created` delivery); 422 `{"error"}` if a rule refuses it |
+//! | `PATCH /_sim/users/{id}` | any of `username`, `first_name`, `last_name`, `title` (string or null), `locked`, `custom` (five strings or nulls) | 200 the user (and a `user.updated` delivery if something changed); 404 |
+//! | `POST /_sim/webhooks` | `{"url", "secret"?, "payload_version"? (1), "resource"? ("user"), "action"? ("*")}` | 201 the webhook |
+//! | `GET /_sim/webhooks` | | 200 the webhooks (secrets left out) |
+//! | `GET /_sim/webhook-deliveries` | | 200 every finished delivery ([`SimDelivery`]), oldest first |
+//! | `DELETE /_sim/webhook-deliveries` | | 204, record cleared |
 //! | `GET /_sim/users` | | 200 all users, by id |
 //! | `POST /_sim/tokens` | `{"scopes":["users.all"]}` | 200 [`SimTokens`] |
 //! | `POST /_sim/authorization-codes` | `{"scopes":[…]}` | 200 `{"code":"…"}` |
 //! | `GET /_sim/requests` | | 200 `{"count":N,"requests":[{"method","path","status"}]}` |
 //! | `DELETE /_sim/requests` | | 204, log cleared |
-//! | `POST /_sim/faults` | any of `fail_next: {n, status}`, `error_ratio`, `latency_ms`, `revoke_tokens: true`, `remove_scope: "…"`, `rate_limit_storm: n`, `exhaust_rate_limit: true`, `expire_access_tokens: true` | 204 |
+//! | `POST /_sim/faults` | any of `fail_next: {n, status}`, `error_ratio`, `latency_ms`, `revoke_tokens: true`, `remove_scope: "…"`, `rate_limit_storm: n`, `exhaust_rate_limit: true`, `expire_access_tokens: true`, `corrupt_webhook_signatures: n` | 204 |
 //! | `DELETE /_sim/faults` | | 204, faults cleared |
 
 mod api;
@@ -41,6 +48,7 @@ pub(crate) mod base64url;
 mod control;
 mod credentials;
 mod cursor;
+mod delivery;
 mod directory;
 mod document;
 mod faults;
@@ -51,16 +59,23 @@ mod rate_limit;
 mod state;
 mod user;
 mod users;
+mod webhook_routes;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use directory::DirectoryError;
+pub use delivery::{MAX_ATTEMPTS as WEBHOOK_MAX_ATTEMPTS, SimDelivery};
+pub use directory::{DirectoryError, UserChanges};
 pub use user::SimUser;
+pub use webhooks::{NewSimWebhook, SimWebhook};
+
+use delivery::{Deliveries, DeliveryPolicy};
+use webhooks::UserEvent;
 
 use credentials::Grant;
 use state::Shared;
@@ -91,6 +106,10 @@ pub struct SimConfig {
     pub access_token_ttl: Duration,
     /// One token mint per (user, client) per this long, else 429; zero disables.
     pub mint_throttle: Duration,
+    /// How long a webhook delivery waits for an answer (Outreach: 5 s).
+    pub webhook_timeout: Duration,
+    /// The pause before a delivery that failed on the network is tried again (Outreach: ~1 s).
+    pub webhook_retry_interval: Duration,
 }
 
 impl Default for SimConfig {
@@ -104,6 +123,8 @@ impl Default for SimConfig {
             rate_limit_window: Duration::from_secs(DEFAULT_RATE_LIMIT_WINDOW_SECS),
             access_token_ttl: Duration::from_secs(DEFAULT_ACCESS_TOKEN_TTL_SECS),
             mint_throttle: Duration::from_secs(DEFAULT_MINT_THROTTLE_SECS),
+            webhook_timeout: Duration::from_secs(5),
+            webhook_retry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -137,7 +158,11 @@ impl OutreachSim {
             ));
         }
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        let shared = Arc::new(Shared::new(config, listener.local_addr()?));
+        let deliveries = Deliveries::start(DeliveryPolicy {
+            timeout: config.webhook_timeout,
+            retry_interval: config.webhook_retry_interval,
+        });
+        let shared = Arc::new(Shared::new(config, listener.local_addr()?, deliveries));
         let app = http::router(shared.clone());
         tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
@@ -189,9 +214,68 @@ impl OutreachSim {
         }
     }
 
-    /// Adds a user (id 0 = the next id) and returns it as stored.
+    /// Adds a user (id 0 = the next id) and returns it as stored. Like a create through the
+    /// API, it sends `user.created` to the registered webhooks.
     pub fn try_seed_user(&self, user: SimUser) -> Result<SimUser, DirectoryError> {
-        self.shared.lock().directory.insert(user)
+        let mut state = self.shared.lock();
+        let user = state.directory.insert(user)?;
+        state.announce(UserEvent::Created(&user), Utc::now());
+        Ok(user)
+    }
+
+    /// Changes a user as an admin would in Outreach's UI (not counted as a request); sends
+    /// `user.updated` to the registered webhooks when something changed.
+    pub fn update_user(&self, id: i64, changes: UserChanges) -> Result<SimUser, DirectoryError> {
+        let now = Utc::now();
+        let mut state = self.shared.lock();
+        let before = state
+            .directory
+            .get(id)
+            .cloned()
+            .ok_or(DirectoryError::NotFound(id))?;
+        let after = state.directory.update(id, changes, now.trunc_subsecs(3))?;
+        state.announce(
+            UserEvent::Updated {
+                before: &before,
+                after: &after,
+            },
+            now,
+        );
+        Ok(after)
+    }
+
+    /// Registers a webhook as `POST /webhooks` would, without a request.
+    pub fn add_webhook(&self, new: NewSimWebhook) -> SimWebhook {
+        let now = user::now_millis();
+        self.shared.lock().webhooks.create(new, now)
+    }
+
+    /// Every registered webhook, by id (each with its secret, for tests).
+    pub fn webhooks(&self) -> Vec<SimWebhook> {
+        self.shared.lock().webhooks.all().cloned().collect()
+    }
+
+    /// Every finished webhook delivery, oldest first.
+    pub fn webhook_deliveries(&self) -> Vec<SimDelivery> {
+        self.shared.deliveries.all()
+    }
+
+    /// Waits until at least `n` deliveries have finished, or `timeout` passed; returns them all.
+    pub async fn wait_for_webhook_deliveries(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<SimDelivery> {
+        self.shared.deliveries.wait_for(n, timeout).await
+    }
+
+    pub fn clear_webhook_deliveries(&self) {
+        self.shared.deliveries.clear();
+    }
+
+    /// The next `n` signed deliveries carry a signature made with the wrong key.
+    pub fn corrupt_webhook_signatures(&self, n: u32) {
+        self.shared.lock().webhooks.corrupt_signatures(n);
     }
 
     /// Every user, sorted by id.
@@ -306,6 +390,7 @@ impl OutreachSim {
     pub fn clear_faults(&self) {
         let mut state = self.shared.lock();
         state.faults.clear();
+        state.webhooks.clear_faults();
         state.rate_limiter.reset();
     }
 

@@ -10,11 +10,15 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chrono::TimeDelta;
 
+use chrono::{DateTime, Utc};
+
 use super::SimConfig;
 use super::credentials::Credentials;
+use super::delivery::Deliveries;
 use super::directory::Directory;
 use super::faults::Faults;
 use super::rate_limit::RateLimiter;
+use super::webhooks::{UserEvent, Webhooks};
 use crate::sim::request_log::RequestLog;
 
 /// Everything the simulator remembers.
@@ -24,6 +28,18 @@ pub struct SimState {
     pub credentials: Credentials,
     pub rate_limiter: RateLimiter,
     pub faults: Faults,
+    pub webhooks: Webhooks,
+    /// The background sender of webhook deliveries (never blocks).
+    pub deliveries: Deliveries,
+}
+
+impl SimState {
+    /// Queues the webhook deliveries a user change causes.
+    pub fn announce(&mut self, event: UserEvent<'_>, now: DateTime<Utc>) {
+        for outbound in self.webhooks.outbound(event, now) {
+            self.deliveries.send(outbound);
+        }
+    }
 }
 
 /// The configuration, the address, and the locked state.
@@ -34,11 +50,13 @@ pub struct Shared {
     pub base_url: String,
     /// Every request to `/api/v2` and `/oauth`, outside the state lock.
     pub requests: RequestLog,
+    /// The webhook deliveries and their record, outside the state lock.
+    pub deliveries: Deliveries,
     state: Mutex<SimState>,
 }
 
 impl Shared {
-    pub fn new(config: SimConfig, local_addr: SocketAddr) -> Shared {
+    pub fn new(config: SimConfig, local_addr: SocketAddr, deliveries: Deliveries) -> Shared {
         let host = if local_addr.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], local_addr.port()))
         } else {
@@ -52,12 +70,15 @@ impl Shared {
                 delta(config.rate_limit_window),
             ),
             faults: Faults::default(),
+            webhooks: Webhooks::default(),
+            deliveries: deliveries.clone(),
         };
         Shared {
             config,
             local_addr,
             base_url: format!("http://{host}"),
             requests: RequestLog::default(),
+            deliveries,
             state: Mutex::new(state),
         }
     }

@@ -1,5 +1,6 @@
 //! The user endpoints: list, get, create, update. Each runs under the state lock, after the
-//! pipeline in `api.rs` has authenticated, counted and authorized the request.
+//! pipeline in `api.rs` has authenticated, counted and authorized the request. A create or an
+//! update that changed something queues its webhook deliveries (`webhooks.rs`).
 //!
 //! Collections are ordered by id and paged with an opaque id cursor. Top-level `links` holds
 //! full URLs: `first` (the query without a cursor, with the effective `page[size]` spelled
@@ -22,6 +23,7 @@ use super::document::{
 use super::http::{json_api, set_header};
 use super::query::{self, QueryError};
 use super::state::SimState;
+use super::webhooks::UserEvent;
 
 /// `GET /users`.
 pub fn list(state: &SimState, pairs: &[(String, String)], api_url: &str) -> Response {
@@ -93,6 +95,7 @@ pub fn create(
     user.updated_at = user.created_at;
     match state.directory.insert(user) {
         Ok(user) => {
+            state.announce(UserEvent::Created(&user), now);
             let mut response = json_api(
                 StatusCode::CREATED,
                 &json!({ "data": user_resource(&user, api_url, fields.as_deref()) }),
@@ -132,14 +135,26 @@ pub fn update(
         Ok(changes) => changes,
         Err(problem) => return write_error(problem),
     };
+    let before = state.directory.get(user_id).cloned();
     match state
         .directory
         .update(user_id, changes, now.trunc_subsecs(3))
     {
-        Ok(user) => json_api(
-            StatusCode::OK,
-            &json!({ "data": user_resource(&user, api_url, fields.as_deref()) }),
-        ),
+        Ok(user) => {
+            if let Some(before) = &before {
+                state.announce(
+                    UserEvent::Updated {
+                        before,
+                        after: &user,
+                    },
+                    now,
+                );
+            }
+            json_api(
+                StatusCode::OK,
+                &json!({ "data": user_resource(&user, api_url, fields.as_deref()) }),
+            )
+        }
         Err(problem) => directory_error(&problem),
     }
 }
