@@ -14,6 +14,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
     let (stop, stopped) = watch::channel(false);
     let store = crate::store::open(&config.store.url).await?;
     let outreach = crate::processor::role::outreach_client(&config.outreach)?;
+    let webhooks = webhook_routes(config, &outreach).await?;
     let mut processor = crate::processor::role::build_with(config, store.clone(), outreach).await?;
     let admin = match config.admin.listen.trim() {
         "" => None,
@@ -48,7 +49,10 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
         });
     }
     if let Some(admin) = admin {
-        let router = crate::admin::router(crate::admin::AdminState { store });
+        let mut router = crate::admin::router(crate::admin::AdminState { store });
+        if let Some(webhooks) = webhooks {
+            router = router.merge(webhooks);
+        }
         let stopped = stopped.clone();
         roles.spawn(async move {
             (
@@ -89,4 +93,41 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The Outreach webhook receiver, when `outreach.webhook_secret` is set: its events go to the
+/// event topic, its refusals to the dead-letter topic. With `outreach.webhook_url` set too, the
+/// webhook is registered with Outreach (once: a registration to that URL is kept).
+async fn webhook_routes(
+    config: &Config,
+    outreach: &crate::outreach::OutreachClient,
+) -> anyhow::Result<Option<axum::Router>> {
+    use std::sync::Arc;
+
+    use crate::outreach::webhooks::receiver::{KafkaSink, WebhookReceiver};
+    use crate::outreach::webhooks::registration::NewWebhook;
+
+    let secret = &config.outreach.webhook_secret;
+    if secret.expose().is_empty() {
+        return Ok(None);
+    }
+    let publisher = Arc::new(crate::kafka::ChangePublisher::new(&config.kafka)?);
+    let receiver = WebhookReceiver::new(
+        secret.clone(),
+        Arc::new(KafkaSink::new(publisher)),
+        Arc::new(outreach.clone()),
+    )?;
+    if !config.outreach.webhook_url.is_empty() {
+        let url = url::Url::parse(&config.outreach.webhook_url)?;
+        let registered = outreach
+            .ensure_webhook(&NewWebhook::users(url, secret.clone()))
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the Outreach webhook: {e}"))?;
+        tracing::info!(
+            created = registered.value.created,
+            url = %config.outreach.webhook_url,
+            "Outreach webhook registered"
+        );
+    }
+    Ok(Some(receiver.router()))
 }
