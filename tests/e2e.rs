@@ -304,6 +304,19 @@ impl World {
         created["id"].as_str().unwrap().to_owned()
     }
 
+    /// Creates users `{prefix}{n}` with their own emails, for each `n` of `range`.
+    async fn create_users(&self, prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
+        let mut ids = Vec::new();
+        for n in range {
+            let name = format!("{prefix}{n}");
+            ids.push(
+                self.create_salesforce_user(&name, &format!("{name}@acme.example"))
+                    .await,
+            );
+        }
+        ids
+    }
+
     async fn deactivate(&self, id: &str) {
         self.call(
             reqwest::Method::POST,
@@ -506,14 +519,7 @@ async fn a_processor_killed_mid_run_resumes_with_no_duplicate_outreach_user() {
     let world = World::start(&brokers).await;
     let subscriber = world.role("subscriber");
     let processor = world.role("processor");
-    let mut ids = Vec::new();
-    for n in 0..40 {
-        ids.push(
-            world
-                .create_salesforce_user(&format!("u{n}"), &format!("u{n}@acme.example"))
-                .await,
-        );
-    }
+    let ids = world.create_users("u", 0..40).await;
     until(&world, "some users are created in Outreach", || async {
         world.outreach_users().await.len() >= 5
     })
@@ -536,27 +542,14 @@ async fn a_subscriber_killed_mid_run_resumes_and_nothing_is_lost() {
     let world = World::start(&brokers).await;
     let subscriber = world.role("subscriber");
     let processor = world.role("processor");
-    let mut ids = Vec::new();
-    for n in 0..20 {
-        ids.push(
-            world
-                .create_salesforce_user(&format!("a{n}"), &format!("a{n}@acme.example"))
-                .await,
-        );
-    }
+    let mut ids = world.create_users("a", 0..20).await;
     until(&world, "some users are mapped", || async {
         !world.mappings().await.is_empty()
     })
     .await;
     subscriber.kill_hard();
     // Changes while the subscriber is down are replayed from its checkpoint.
-    for n in 20..40 {
-        ids.push(
-            world
-                .create_salesforce_user(&format!("a{n}"), &format!("a{n}@acme.example"))
-                .await,
-        );
-    }
+    ids.extend(world.create_users("a", 20..40).await);
     let subscriber = world.role("subscriber");
     until(&world, "every user is mapped", || async {
         world.mappings().await.len() >= ids.len()

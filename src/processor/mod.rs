@@ -162,12 +162,13 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// An event put back to be tried again.
+/// An event put back to be tried again, and how often it was.
 #[derive(Debug, Clone)]
-struct Held {
+struct Retry {
     offset: i64,
-    until: Instant,
     attempt: u32,
+    /// `Some` while its partition is paused, until then; `None` once it is being read again.
+    until: Option<Instant>,
 }
 
 /// What became of one record.
@@ -192,10 +193,9 @@ pub struct Processor {
     outreach: OutreachClient,
     dead_letters: Arc<ChangePublisher>,
     settings: ProcessorSettings,
-    held: BTreeMap<i32, Held>,
-    /// Per partition, the event last put back and how often: a second failure of the same
-    /// event waits longer.
-    attempts: BTreeMap<i32, (i64, u32)>,
+    /// Per partition, the event put back last; a second failure of the same event waits
+    /// longer. Cleared when the event is done or the partition is taken away.
+    retries: BTreeMap<i32, Retry>,
     decisions: broadcast::Sender<DecisionRecord>,
     pub stats: ProcessorStats,
 }
@@ -234,8 +234,7 @@ impl Processor {
             outreach,
             dead_letters,
             settings,
-            held: BTreeMap::new(),
-            attempts: BTreeMap::new(),
+            retries: BTreeMap::new(),
             decisions,
             stats: ProcessorStats::default(),
         })
@@ -270,10 +269,10 @@ impl Processor {
         while !*shutdown.borrow() {
             while let Ok(partitions) = self.revoked.try_recv() {
                 for partition in partitions {
-                    self.held.remove(&partition);
+                    self.retries.remove(&partition);
                 }
             }
-            let due = self.held.values().map(|h| h.until).min();
+            let due = self.retries.values().filter_map(|r| r.until).min();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {}
@@ -308,7 +307,7 @@ impl Processor {
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), ProcessorError> {
         self.stats.records += 1;
-        if self.held.contains_key(&partition) {
+        if self.is_paused(partition) {
             // Fetched before the pause took effect: read again after the held event.
             return Ok(());
         }
@@ -317,7 +316,7 @@ impl Processor {
             .await?;
         match outcome {
             Outcome::Applied { duplicate } => {
-                self.attempts.remove(&partition);
+                self.retries.remove(&partition);
                 if duplicate {
                     self.stats.duplicates += 1;
                 } else {
@@ -326,19 +325,18 @@ impl Processor {
                 self.store_offset(partition, offset)
             }
             Outcome::DeadLettered => {
-                self.attempts.remove(&partition);
+                self.retries.remove(&partition);
                 self.stats.dead_letters += 1;
                 self.store_offset(partition, offset)
             }
             Outcome::Later { wait, why } => {
                 self.stats.retries += 1;
-                let attempt = match self.attempts.get(&partition) {
-                    Some((held, attempt)) if *held == offset => attempt + 1,
+                let attempt = match self.retries.get(&partition) {
+                    Some(retry) if retry.offset == offset => retry.attempt + 1,
                     _ => 1,
                 };
-                self.attempts.insert(partition, (offset, attempt));
                 let wait = wait.unwrap_or_else(|| self.backoff(attempt));
-                tracing::warn!(partition, offset, %why, ?wait, "event put back; its partition waits");
+                tracing::warn!(partition, offset, %why, ?wait, attempt, "event put back; its partition waits");
                 self.hold(partition, offset, wait, attempt)
             }
         }
@@ -415,10 +413,7 @@ impl Processor {
                 Ok(records) => records,
                 Err(error) => return self.refused(partition, offset, key, payload, error).await,
             };
-        let duplicate = records
-            .iter()
-            .all(|r| r.action == Action::Skip && r.reason == Reason::DuplicateEvent);
-        if duplicate {
+        if is_duplicate(&records) {
             tracing::debug!(event_id = %event.event_id, "already applied: skipped");
             return Ok(Outcome::Applied { duplicate: true });
         }
@@ -536,38 +531,41 @@ impl Processor {
         wait: Duration,
         attempt: u32,
     ) -> Result<(), ProcessorError> {
-        let list = self.partition_list(partition)?;
         self.consumer
-            .pause(&list)
+            .pause(&self.partition_list(partition))
             .map_err(|source| ProcessorError::Kafka {
                 context: format!("pausing {} partition {partition}", self.topic),
                 source: Box::new(source),
             })?;
-        self.held.insert(
+        self.retries.insert(
             partition,
-            Held {
+            Retry {
                 offset,
-                until: Instant::now() + wait,
                 attempt,
+                until: Some(Instant::now() + wait),
             },
         );
         Ok(())
     }
 
+    fn is_paused(&self, partition: i32) -> bool {
+        self.retries
+            .get(&partition)
+            .is_some_and(|retry| retry.until.is_some())
+    }
+
     /// Resumes every held partition whose wait is over, reading again from the held event.
     fn release_due(&mut self) -> Result<(), ProcessorError> {
         let now = Instant::now();
-        let due: Vec<(i32, Held)> = self
-            .held
+        let due: Vec<(i32, Retry)> = self
+            .retries
             .iter()
-            .filter(|(_, held)| held.until <= now)
-            .map(|(p, h)| (*p, h.clone()))
+            .filter(|(_, retry)| retry.until.is_some_and(|until| until <= now))
+            .map(|(p, retry)| (*p, retry.clone()))
             .collect();
-        for (partition, held) in due {
-            self.held.remove(&partition);
-            let list = self.partition_list(partition)?;
+        for (partition, retry) in due {
             self.consumer
-                .resume(&list)
+                .resume(&self.partition_list(partition))
                 .map_err(|source| ProcessorError::Kafka {
                     context: format!("resuming {} partition {partition}", self.topic),
                     source: Box::new(source),
@@ -575,19 +573,27 @@ impl Processor {
             if let Err(source) = self.consumer.seek(
                 &self.topic,
                 partition,
-                Offset::Offset(held.offset),
+                Offset::Offset(retry.offset),
                 Duration::from_secs(10),
             ) {
                 // Without the rewind the partition would skip the held event: hold it again.
                 tracing::warn!(%source, partition, "cannot rewind to the held event; waiting again");
-                let wait = self.backoff(held.attempt + 1);
-                self.hold(partition, held.offset, wait, held.attempt + 1)?;
+                let wait = self.backoff(retry.attempt + 1);
+                self.hold(partition, retry.offset, wait, retry.attempt + 1)?;
+                continue;
             }
             tracing::info!(
                 partition,
-                offset = held.offset,
-                attempt = held.attempt,
+                offset = retry.offset,
+                attempt = retry.attempt,
                 "trying the held event again"
+            );
+            self.retries.insert(
+                partition,
+                Retry {
+                    until: None,
+                    ..retry
+                },
             );
         }
         Ok(())
@@ -599,10 +605,10 @@ impl Processor {
         (self.settings.retry_min * factor).min(self.settings.retry_max)
     }
 
-    fn partition_list(&self, partition: i32) -> Result<TopicPartitionList, ProcessorError> {
+    fn partition_list(&self, partition: i32) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.topic, partition);
-        Ok(list)
+        list
     }
 
     /// Loads the whole Outreach user index into the store.
@@ -664,6 +670,15 @@ fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> rdkafka::ClientConfig
     client
 }
 
+/// Whether the decisions say the event was already applied, so there is nothing to record.
+/// No decision at all is not a duplicate: the event's new state must still be recorded.
+fn is_duplicate(records: &[DecisionRecord]) -> bool {
+    !records.is_empty()
+        && records
+            .iter()
+            .all(|r| r.action == Action::Skip && r.reason == Reason::DuplicateEvent)
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -677,5 +692,42 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
             timer.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(action: Action, reason: Reason) -> DecisionRecord {
+        DecisionRecord {
+            event_id: "sf:org:user:1".into(),
+            at: Utc::now(),
+            action,
+            reason,
+            email: None,
+            outreach_user_id: None,
+            salesforce_user_id: None,
+            previous_salesforce_user_id: None,
+            message: String::new(),
+            outreach_calls: 0,
+        }
+    }
+
+    #[test]
+    fn only_a_duplicate_skip_makes_an_event_a_duplicate() {
+        assert!(is_duplicate(&[record(
+            Action::Skip,
+            Reason::DuplicateEvent
+        )]));
+        assert!(
+            !is_duplicate(&[]),
+            "no decision: the new state is still recorded"
+        );
+        assert!(!is_duplicate(&[record(Action::Skip, Reason::StaleEvent)]));
+        assert!(!is_duplicate(&[
+            record(Action::Skip, Reason::DuplicateEvent),
+            record(Action::Conflict, Reason::DuplicateEvent),
+        ]));
     }
 }
