@@ -46,6 +46,23 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub processor: ProcessorConfig,
     pub admin: AdminConfig,
+    pub run: RunConfig,
+}
+
+/// `usersync run`: all roles in one process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// How long SIGTERM waits for every role together; a role still busy then is abandoned.
+    pub shutdown_timeout_seconds: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            shutdown_timeout_seconds: 60,
+        }
+    }
 }
 
 /// The admin HTTP server.
@@ -708,6 +725,11 @@ impl Config {
                 "processor.retry_min_ms ({}) must not exceed processor.retry_max_ms ({})",
                 self.processor.retry_min_ms, self.processor.retry_max_ms
             )));
+        }
+        if self.run.shutdown_timeout_seconds == 0 {
+            return Err(ConfigError::Parse(
+                "run.shutdown_timeout_seconds must be at least 1".into(),
+            ));
         }
         if self.outreach.page_size == 0 || self.outreach.page_size > 1000 {
             return Err(ConfigError::Parse(format!(

@@ -91,24 +91,29 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
     let (stop, stopped) = watch::channel(false);
     let mut processor = crate::processor::role::build_with(&config, store.clone(), client).await?;
     let mut story = processor.decisions();
-    let processor_task = tokio::spawn({
+    let mut roles = crate::run::Roles::default();
+    roles.spawn("processor", {
         let stopped = stopped.clone();
-        async move { processor.run(stopped).await }
+        async move { processor.run(stopped).await.map_err(anyhow::Error::from) }
     });
-    let subscriber_task = tokio::spawn({
+    roles.spawn("subscriber", {
         let config = config.clone();
         let stopped = stopped.clone();
         async move { crate::salesforce::role::run(&config, stopped).await }
     });
     let admin = crate::admin::bind("127.0.0.1:0".parse()?).await?;
     let admin_url = format!("http://{}", admin.local_addr()?);
-    let admin_task = tokio::spawn(crate::admin::serve(
-        admin,
-        crate::admin::router(crate::admin::AdminState {
+    roles.spawn("admin server", {
+        let router = crate::admin::router(crate::admin::AdminState {
             store: store.clone(),
-        }),
-        stopped.clone(),
-    ));
+        });
+        let stopped = stopped.clone();
+        async move {
+            crate::admin::serve(admin, router, stopped)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
 
     println!("usersync demo: every part runs in this process");
     println!(
@@ -187,23 +192,9 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         printer.abort();
     }
     let _ = stop.send(true);
-    let bound = Duration::from_secs(30);
-    let processor_result = tokio::time::timeout(bound, processor_task).await;
-    let subscriber_result = tokio::time::timeout(bound, subscriber_task).await;
-    let _ = tokio::time::timeout(bound, admin_task).await;
-    for (role, result) in [
-        (
-            "processor",
-            processor_result.map(|r| r.map(|r| r.map_err(anyhow::Error::from))),
-        ),
-        ("subscriber", subscriber_result),
-    ] {
-        match result {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => eprintln!("usersync demo: the {role} stopped with: {error:#}"),
-            Ok(Err(panic)) => eprintln!("usersync demo: the {role} failed: {panic}"),
-            Err(_) => eprintln!("usersync demo: the {role} did not stop within {bound:?}"),
-        }
+    let bound = Duration::from_secs(config.run.shutdown_timeout_seconds);
+    if let Err(error) = roles.stop_within(bound).await {
+        eprintln!("usersync demo: {error:#}");
     }
     drop(mock);
     remapped

@@ -3,9 +3,16 @@
 //! The subscriber, the processor and the admin server share the shutdown signal and the
 //! store; each behaves as it does alone (`docs/subscriber.md`, `docs/processor.md`). When one
 //! role stops with an error the others are stopped too, and the error is reported: a process
-//! that runs only half of the pipeline would look healthy while changes pile up.
+//! that runs only half of the pipeline would look healthy while changes pile up. After the
+//! stop signal every role gets `run.shutdown_timeout_seconds` in all; one still busy then is
+//! abandoned and named, and the process exits 1 — an orchestrator's SIGKILL would come anyway,
+//! and this way the log says which role held the shutdown up.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::config::Config;
 
@@ -28,71 +35,122 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
     if let Some(admin) = &admin {
         tracing::info!(address = %admin.local_addr()?, "admin server listening");
     }
-    let mut roles = tokio::task::JoinSet::new();
-    {
+    let mut roles = Roles::default();
+    roles.spawn("processor", {
         let stopped = stopped.clone();
-        roles.spawn(async move {
-            (
-                "processor",
-                processor.run(stopped).await.map_err(anyhow::Error::from),
-            )
-        });
-    }
-    {
+        async move { processor.run(stopped).await.map_err(anyhow::Error::from) }
+    });
+    roles.spawn("subscriber", {
         let config = config.clone();
         let stopped = stopped.clone();
-        roles.spawn(async move {
-            (
-                "subscriber",
-                crate::salesforce::role::run(&config, stopped).await,
-            )
-        });
-    }
+        async move { crate::salesforce::role::run(&config, stopped).await }
+    });
     if let Some(admin) = admin {
         let mut router = crate::admin::router(crate::admin::AdminState { store });
         if let Some(webhooks) = webhooks {
             router = router.merge(webhooks);
         }
         let stopped = stopped.clone();
-        roles.spawn(async move {
-            (
-                "admin server",
-                crate::admin::serve(admin, router, stopped)
-                    .await
-                    .map_err(anyhow::Error::from),
-            )
+        roles.spawn("admin server", async move {
+            crate::admin::serve(admin, router, stopped)
+                .await
+                .map_err(anyhow::Error::from)
         });
     }
-    let mut first_error = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => {
-                let _ = stop.send(true);
-                break;
-            }
-            finished = roles.join_next() => match finished {
-                None => break,
-                Some(Ok((role, Ok(())))) => tracing::info!(role, "role stopped"),
-                Some(Ok((role, Err(error)))) => {
-                    tracing::error!(role, error = %format!("{error:#}"), "role failed; stopping the others");
-                    first_error.get_or_insert(error.context(format!("the {role} failed")));
-                    let _ = stop.send(true);
-                    break;
-                }
-                Some(Err(panic)) => {
-                    first_error.get_or_insert(anyhow::anyhow!("a role panicked: {panic}"));
-                    let _ = stop.send(true);
-                    break;
+    let failure = roles.first_failure(&mut shutdown).await;
+    let _ = stop.send(true);
+    let bound = Duration::from_secs(config.run.shutdown_timeout_seconds);
+    let stopping = roles.stop_within(bound).await;
+    match failure {
+        Some(failure) => Err(failure),
+        None => stopping,
+    }
+}
+
+/// The roles of one process, each named, so a failure or a role that will not stop is
+/// reported by name.
+#[derive(Default)]
+pub(crate) struct Roles {
+    tasks: JoinSet<anyhow::Result<()>>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Roles {
+    pub(crate) fn spawn<F>(&mut self, name: &'static str, role: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let handle = self.tasks.spawn(role);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits until `shutdown` turns true or a role fails (an error or a panic); returns the
+    /// failure. A role that ends cleanly on its own is logged and the others go on.
+    pub(crate) async fn first_failure(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<anyhow::Error> {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return None,
+                finished = self.tasks.join_next_with_id() => {
+                    let (name, result) = match finished {
+                        None => return None,
+                        Some(Ok((id, result))) => (self.take_name(id), result),
+                        Some(Err(panic)) => (
+                            self.take_name(panic.id()),
+                            Err(anyhow::anyhow!("it panicked: {panic}")),
+                        ),
+                    };
+                    match result {
+                        Ok(()) => tracing::info!(role = name, "role stopped"),
+                        Err(error) => {
+                            tracing::error!(role = name, error = %format!("{error:#}"), "role failed; stopping the others");
+                            return Some(error.context(format!("the {name} failed")));
+                        }
+                    }
                 }
             }
         }
     }
-    while let Some(finished) = roles.join_next().await {
-        if let Ok((role, Err(error))) = finished {
-            first_error.get_or_insert(error.context(format!("the {role} failed")));
+
+    /// Waits for every role to end (they have been told to stop), at most `bound` in all. A
+    /// role still running at the bound is aborted: the error names it.
+    pub(crate) async fn stop_within(mut self, bound: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut first_error = None;
+        loop {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
+                Ok(None) => break,
+                Ok(Some(Ok((id, result)))) => {
+                    let name = self.take_name(id);
+                    if let Err(error) = result {
+                        first_error.get_or_insert(error.context(format!("the {name} failed")));
+                    }
+                }
+                Ok(Some(Err(panic))) => {
+                    let name = self.take_name(panic.id());
+                    first_error.get_or_insert(anyhow::anyhow!("the {name} panicked: {panic}"));
+                }
+                Err(_) => {
+                    let mut busy: Vec<&str> = self.names.values().copied().collect();
+                    busy.sort_unstable();
+                    tracing::error!(roles = ?busy, ?bound, "roles did not stop in time; abandoning them");
+                    self.tasks.abort_all();
+                    return Err(anyhow::anyhow!(
+                        "{} did not stop within {bound:?} (run.shutdown_timeout_seconds); what \
+                         was not committed is read again at the next start",
+                        busy.join(", "),
+                    ));
+                }
+            }
         }
+        first_error.map_or(Ok(()), Err)
     }
-    first_error.map_or(Ok(()), Err)
+
+    fn take_name(&mut self, id: tokio::task::Id) -> &'static str {
+        self.names.remove(&id).unwrap_or("role")
+    }
 }
 
 /// The Outreach webhook receiver, when `outreach.webhook_secret` is set: its events go to the
@@ -130,4 +188,70 @@ async fn webhook_routes(
         );
     }
     Ok(Some(receiver.router()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn roles_that_stop_when_told_end_cleanly() {
+        let (stop, stopped) = watch::channel(false);
+        let mut roles = Roles::default();
+        for name in ["one", "two"] {
+            let mut stopped = stopped.clone();
+            roles.spawn(name, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+                Ok(())
+            });
+        }
+        let (shutdown_tx, mut shutdown) = watch::channel(false);
+        shutdown_tx.send(true).unwrap();
+        assert!(roles.first_failure(&mut shutdown).await.is_none());
+        stop.send(true).unwrap();
+        roles.stop_within(Duration::from_secs(5)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failing_role_is_reported_by_name() {
+        let mut roles = Roles::default();
+        roles.spawn("processor", async {
+            Err(anyhow::anyhow!("Outreach is gone"))
+        });
+        roles.spawn("subscriber", std::future::pending());
+        let (_shutdown_tx, mut shutdown) = watch::channel(false);
+        let failure = roles.first_failure(&mut shutdown).await.unwrap();
+        assert_eq!(
+            format!("{failure:#}"),
+            "the processor failed: Outreach is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_role_that_will_not_stop_is_abandoned_at_the_bound_and_named() {
+        let mut roles = Roles::default();
+        roles.spawn("admin server", async { Ok(()) });
+        roles.spawn("subscriber", std::future::pending());
+        let error = roles
+            .stop_within(Duration::from_millis(200))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("subscriber did not stop within 200ms"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_role_that_panics_while_stopping_is_an_error() {
+        let mut roles = Roles::default();
+        roles.spawn("processor", async { panic!("boom") });
+        let error = roles
+            .stop_within(Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("the processor panicked"), "{error}");
+    }
 }
