@@ -21,6 +21,7 @@ pub mod admin;
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod engine;
 pub mod event;

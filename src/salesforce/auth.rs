@@ -167,62 +167,7 @@ pub struct Identity {
     pub active: bool,
 }
 
-/// Why a connection is `disconnected`: the stable codes of `connections.md`, each with what
-/// the admin should do about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DisconnectReason {
-    PermissionsChanged,
-    CredentialsChanged,
-    UserInactive,
-    NotApproved,
-    Manual,
-    Other,
-}
-
-impl DisconnectReason {
-    /// The stable code, for the API, metrics and the decision log.
-    pub fn code(self) -> &'static str {
-        match self {
-            DisconnectReason::PermissionsChanged => "permissions_changed",
-            DisconnectReason::CredentialsChanged => "credentials_changed",
-            DisconnectReason::UserInactive => "user_inactive",
-            DisconnectReason::NotApproved => "not_approved",
-            DisconnectReason::Manual => "manual",
-            DisconnectReason::Other => "other",
-        }
-    }
-
-    /// One sentence telling the admin what to do.
-    pub fn advice(self) -> &'static str {
-        match self {
-            DisconnectReason::PermissionsChanged => {
-                "The authorizing user lost a permission usersync needs; restore it (or reconnect as a user who has it) and test the connection."
-            }
-            DisconnectReason::CredentialsChanged => {
-                "The stored credentials no longer work (key, secret or token changed, expired or revoked); reconnect with current credentials."
-            }
-            DisconnectReason::UserInactive => {
-                "The authorizing user was deactivated; reconnect as an active user."
-            }
-            DisconnectReason::NotApproved => {
-                "The authorizing user is not approved for the connected app; pre-authorize them (profile or permission set) or reconnect as an approved user."
-            }
-            DisconnectReason::Manual => {
-                "An admin disconnected this side; reconnect when it should run again."
-            }
-            DisconnectReason::Other => {
-                "Salesforce refused for a reason usersync does not recognise; read the upstream error, fix the setup, and reconnect."
-            }
-        }
-    }
-}
-
-impl fmt::Display for DisconnectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
+pub use crate::connection::DisconnectReason;
 
 /// What the client was doing when something failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -545,7 +490,11 @@ pub async fn obtain_token(
 }
 
 /// A refusal from the token endpoint, classified when it carries an OAuth error body.
-fn token_failure(operation: AuthOperation, status: StatusCode, body: &str) -> SalesforceAuthError {
+pub(crate) fn token_failure(
+    operation: AuthOperation,
+    status: StatusCode,
+    body: &str,
+) -> SalesforceAuthError {
     match serde_json::from_str::<OAuthErrorBody>(body) {
         Ok(oauth) => {
             let row = classify(&oauth.error, &oauth.error_description);
@@ -788,23 +737,6 @@ mod tests {
         assert_eq!(org.as_str().len(), 18);
         assert!(ids_from_identity_url("https://login.salesforce.com/id/00D5e000000Abcd").is_err());
         assert!(ids_from_identity_url("https://x/id/not-an-id/0055e000001XyzQ").is_err());
-    }
-
-    #[test]
-    fn reasons_have_stable_codes_and_advice() {
-        let all = [
-            DisconnectReason::PermissionsChanged,
-            DisconnectReason::CredentialsChanged,
-            DisconnectReason::UserInactive,
-            DisconnectReason::NotApproved,
-            DisconnectReason::Manual,
-            DisconnectReason::Other,
-        ];
-        for reason in all {
-            let json = serde_json::to_string(&reason).unwrap();
-            assert_eq!(json, format!("\"{}\"", reason.code()));
-            assert!(reason.advice().ends_with('.'));
-        }
     }
 
     #[test]

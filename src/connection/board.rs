@@ -1,0 +1,374 @@
+//! [`Connections`]: the live state of both sides, written by the roles that make the calls and
+//! read by status, metrics and the live feed.
+//!
+//! The roles report what happened (a sign-in with its identity, a call that worked, a failure)
+//! and the board turns it into the state of `connections.md`. A transition is logged once;
+//! a failing call that leaves the state and reason as they were is not logged again here (the
+//! role logs its own retries at debug), so an outage is one warning and one recovery line, not
+//! a line per attempt.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::{broadcast, watch};
+
+use super::{
+    AuthorizedIdentity, Connection, ConnectionFailure, ConnectionState, DisconnectReason, Side,
+    Verdict,
+};
+
+/// How many transitions a slow watcher of [`Connections::changes`] may fall behind.
+const CHANGE_BACKLOG: usize = 64;
+
+/// Both sides' connection state; cheap to clone, shared by every role of a process.
+#[derive(Clone)]
+pub struct Connections {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    salesforce: watch::Sender<Connection>,
+    outreach: watch::Sender<Connection>,
+    changes: broadcast::Sender<Connection>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections::new()
+    }
+}
+
+impl Connections {
+    /// Both sides `not_configured`.
+    pub fn new() -> Connections {
+        Connections {
+            inner: Arc::new(Inner {
+                salesforce: watch::channel(Connection::not_configured(Side::Salesforce)).0,
+                outreach: watch::channel(Connection::not_configured(Side::Outreach)).0,
+                changes: broadcast::channel(CHANGE_BACKLOG).0,
+            }),
+        }
+    }
+
+    fn side(&self, side: Side) -> &watch::Sender<Connection> {
+        match side {
+            Side::Salesforce => &self.inner.salesforce,
+            Side::Outreach => &self.inner.outreach,
+        }
+    }
+
+    /// The side's connection now.
+    pub fn get(&self, side: Side) -> Connection {
+        self.side(side).borrow().clone()
+    }
+
+    /// Follows one side (the latest state; intermediate ones may be skipped).
+    pub fn watch(&self, side: Side) -> watch::Receiver<Connection> {
+        self.side(side).subscribe()
+    }
+
+    /// Every transition of either side, in order (for the live feed).
+    pub fn changes(&self) -> broadcast::Receiver<Connection> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Signing in, reconnecting or testing has begun.
+    pub fn connecting(&self, side: Side) {
+        self.transition(side, |now| {
+            let mut next = fresh(now, ConnectionState::Connecting);
+            next.identity = now.identity.clone();
+            next.permissions_checked_at = now.permissions_checked_at;
+            Some(next)
+        });
+    }
+
+    /// Signed in and checked: `identity` is who the authorization belongs to now (a reconnect
+    /// as another user shows the new one at once).
+    pub fn connected(&self, side: Side, identity: AuthorizedIdentity) {
+        self.transition(side, |now| {
+            let mut next = fresh(now, ConnectionState::Connected);
+            if now.state == ConnectionState::Connected && now.identity.as_ref() == Some(&identity) {
+                next.since = now.since;
+            }
+            next.identity = Some(identity);
+            next.permissions_checked_at = Some(Utc::now());
+            Some(next)
+        });
+    }
+
+    /// A call worked: a degraded or connecting side is connected again. A disconnected side
+    /// stays disconnected until it is connected with [`connected`](Self::connected): one call
+    /// that slips through proves nothing about the permissions.
+    pub fn succeeded(&self, side: Side) {
+        self.transition(side, |now| match now.state {
+            ConnectionState::Degraded | ConnectionState::Connecting => {
+                let mut next = fresh(now, ConnectionState::Connected);
+                next.identity = now.identity.clone();
+                next.permissions_checked_at = now.permissions_checked_at;
+                Some(next)
+            }
+            _ => None,
+        });
+    }
+
+    /// A call failed: the failure's [`Verdict`] decides. Returns it, so the caller can stop
+    /// (disconnected) or retry (degraded) accordingly.
+    pub fn failed(&self, side: Side, failure: &dyn ConnectionFailure) -> Verdict {
+        let verdict = failure.verdict();
+        match verdict {
+            Verdict::Unaffected => {}
+            Verdict::Degraded => self.degraded(side, failure.to_string()),
+            Verdict::Disconnected(reason) => self.disconnected(side, reason, failure.to_string()),
+        }
+        verdict
+    }
+
+    /// Transient trouble, described by `error`.
+    pub fn degraded(&self, side: Side, error: String) {
+        self.transition(side, |now| {
+            if now.state == ConnectionState::Disconnected {
+                // A disconnected side waits for an admin; transient noise does not hide why.
+                return None;
+            }
+            let mut next = fresh(now, ConnectionState::Degraded);
+            if now.state == ConnectionState::Degraded {
+                next.since = now.since;
+            }
+            next.identity = now.identity.clone();
+            next.permissions_checked_at = now.permissions_checked_at;
+            next.upstream_error = Some(error);
+            Some(next)
+        });
+    }
+
+    /// Only an admin can fix it. The identity stays, so the admin sees whose authorization broke.
+    pub fn disconnected(&self, side: Side, reason: DisconnectReason, error: String) {
+        self.transition(side, |now| {
+            let mut next = fresh(now, ConnectionState::Disconnected);
+            next.identity = now.identity.clone();
+            next.permissions_checked_at = now.permissions_checked_at;
+            next.reason = Some(reason);
+            next.advice = Some(reason.advice(side).to_owned());
+            next.upstream_error = Some(error);
+            Some(next)
+        });
+    }
+
+    /// No authorization is stored for the side (never configured, or removed).
+    pub fn not_configured(&self, side: Side) {
+        self.transition(side, |now| {
+            (now.state != ConnectionState::NotConfigured).then(|| Connection::not_configured(side))
+        });
+    }
+
+    /// Applies `change` to the side's connection; logs and announces it when the state, the
+    /// reason or the identity changed. An unchanged upstream error text is not a transition.
+    fn transition(&self, side: Side, change: impl FnOnce(&Connection) -> Option<Connection>) {
+        let mut announced = None;
+        self.side(side).send_if_modified(|current| {
+            let Some(next) = change(current) else {
+                return false;
+            };
+            let meaningful = next.state != current.state
+                || next.reason != current.reason
+                || next.identity != current.identity;
+            let modified = next != *current;
+            if meaningful {
+                announced = Some(next.clone());
+            }
+            *current = next;
+            modified
+        });
+        if let Some(connection) = announced {
+            log(&connection);
+            let _ = self.inner.changes.send(connection);
+        }
+    }
+}
+
+/// A connection in `state` since now, carrying nothing over.
+fn fresh(now: &Connection, state: ConnectionState) -> Connection {
+    let mut next = Connection::not_configured(now.side);
+    next.state = state;
+    next
+}
+
+fn log(connection: &Connection) {
+    let side = connection.side.as_str();
+    let state = connection.state.as_str();
+    let user = connection.identity.as_ref().map(|i| i.username.as_str());
+    let error = connection.upstream_error.as_deref();
+    match connection.state {
+        ConnectionState::Disconnected => tracing::error!(
+            side,
+            state,
+            reason = connection.reason.map(DisconnectReason::code),
+            user,
+            error,
+            advice = connection.advice.as_deref(),
+            "connection disconnected"
+        ),
+        ConnectionState::Degraded => {
+            tracing::warn!(side, state, user, error, "connection degraded; retrying")
+        }
+        _ => tracing::info!(side, state, user, "connection {state}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann() -> AuthorizedIdentity {
+        AuthorizedIdentity {
+            user_id: "005000000000001AAA".into(),
+            username: "ann@acme.example".into(),
+            org_id: Some("00D000000000001EAA".into()),
+        }
+    }
+
+    fn bob() -> AuthorizedIdentity {
+        AuthorizedIdentity {
+            user_id: "005000000000002AAA".into(),
+            username: "bob@acme.example".into(),
+            org_id: Some("00D000000000001EAA".into()),
+        }
+    }
+
+    /// A failure with a fixed verdict, standing in for a protocol error.
+    struct Failure(Verdict, &'static str);
+
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.1)
+        }
+    }
+
+    impl ConnectionFailure for Failure {
+        fn verdict(&self) -> Verdict {
+            self.0
+        }
+    }
+
+    fn drain(changes: &mut broadcast::Receiver<Connection>) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(change) = changes.try_recv() {
+            seen.push(change.summary());
+        }
+        seen
+    }
+
+    #[test]
+    fn an_outage_is_one_transition_each_way_however_many_calls_fail() {
+        let board = Connections::new();
+        let mut changes = board.changes();
+        board.connecting(Side::Salesforce);
+        board.connected(Side::Salesforce, ann());
+        for _ in 0..5 {
+            let verdict = board.failed(
+                Side::Salesforce,
+                &Failure(Verdict::Degraded, "UNAVAILABLE: RST_STREAM"),
+            );
+            assert_eq!(verdict, Verdict::Degraded);
+        }
+        board.succeeded(Side::Salesforce);
+        board.succeeded(Side::Salesforce);
+        assert_eq!(
+            drain(&mut changes),
+            [
+                "salesforce: connecting",
+                "salesforce: connected as ann@acme.example",
+                "salesforce: degraded as ann@acme.example: UNAVAILABLE: RST_STREAM",
+                "salesforce: connected as ann@acme.example",
+            ]
+        );
+        assert_eq!(
+            board.get(Side::Outreach).state,
+            ConnectionState::NotConfigured,
+            "the other side is untouched"
+        );
+    }
+
+    #[test]
+    fn a_disconnect_carries_reason_advice_error_and_whose_authorization_broke() {
+        let board = Connections::new();
+        board.connected(Side::Salesforce, ann());
+        let verdict = board.failed(
+            Side::Salesforce,
+            &Failure(
+                Verdict::Disconnected(DisconnectReason::UserInactive),
+                "invalid_grant: inactive user",
+            ),
+        );
+        assert_eq!(
+            verdict,
+            Verdict::Disconnected(DisconnectReason::UserInactive)
+        );
+        let now = board.get(Side::Salesforce);
+        assert_eq!(now.state, ConnectionState::Disconnected);
+        assert_eq!(now.reason, Some(DisconnectReason::UserInactive));
+        assert_eq!(
+            now.advice.as_deref(),
+            Some(DisconnectReason::UserInactive.advice(Side::Salesforce))
+        );
+        assert_eq!(now.identity, Some(ann()));
+
+        // Transient noise and stray successes do not hide why it is disconnected.
+        board.degraded(Side::Salesforce, "timeout".into());
+        board.succeeded(Side::Salesforce);
+        assert_eq!(
+            board.get(Side::Salesforce).reason,
+            Some(DisconnectReason::UserInactive)
+        );
+    }
+
+    #[test]
+    fn reconnecting_as_another_user_shows_the_new_user_at_once() {
+        let board = Connections::new();
+        let mut watch = board.watch(Side::Salesforce);
+        board.connected(Side::Salesforce, ann());
+        board.disconnected(
+            Side::Salesforce,
+            DisconnectReason::PermissionsChanged,
+            "PERMISSION_DENIED".into(),
+        );
+        board.connecting(Side::Salesforce);
+        board.connected(Side::Salesforce, bob());
+        let now = watch.borrow_and_update().clone();
+        assert_eq!(now.state, ConnectionState::Connected);
+        assert_eq!(now.identity, Some(bob()));
+        assert_eq!(
+            (now.reason, now.advice, now.upstream_error),
+            (None, None, None)
+        );
+        assert!(now.permissions_checked_at.is_some());
+    }
+
+    #[test]
+    fn a_failure_unrelated_to_the_connection_changes_nothing() {
+        let board = Connections::new();
+        board.connected(Side::Outreach, ann());
+        let mut changes = board.changes();
+        let before = board.get(Side::Outreach);
+        board.failed(
+            Side::Outreach,
+            &Failure(Verdict::Unaffected, "422 Email has already been taken"),
+        );
+        assert_eq!(board.get(Side::Outreach), before);
+        assert!(drain(&mut changes).is_empty());
+    }
+
+    #[test]
+    fn a_new_upstream_error_while_degraded_updates_the_state_without_a_new_transition() {
+        let board = Connections::new();
+        board.connected(Side::Outreach, ann());
+        board.degraded(Side::Outreach, "429".into());
+        let since = board.get(Side::Outreach).since;
+        let mut changes = board.changes();
+        board.degraded(Side::Outreach, "503".into());
+        let now = board.get(Side::Outreach);
+        assert_eq!(now.upstream_error.as_deref(), Some("503"));
+        assert_eq!(now.since, since, "still the same outage");
+        assert!(drain(&mut changes).is_empty());
+    }
+}
