@@ -89,7 +89,10 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         .await?;
 
     let (stop, stopped) = watch::channel(false);
-    let mut processor = crate::processor::role::build_with(&config, store.clone(), client).await?;
+    let connections = crate::connection::Connections::new();
+    let mut processor = crate::processor::role::build_with(&config, store.clone(), client)
+        .await?
+        .with_connections(connections.clone());
     let mut story = processor.decisions();
     let mut roles = crate::run::Roles::default();
     roles.spawn("processor", {
@@ -98,14 +101,16 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
     });
     roles.spawn("subscriber", {
         let config = config.clone();
+        let connections = connections.clone();
         let stopped = stopped.clone();
-        async move { crate::salesforce::role::run(&config, stopped).await }
+        async move { crate::salesforce::role::run_with(&config, &connections, stopped).await }
     });
     let admin = crate::admin::bind("127.0.0.1:0".parse()?).await?;
     let admin_url = format!("http://{}", admin.local_addr()?);
     roles.spawn("admin server", {
         let router = crate::admin::router(crate::admin::AdminState {
             store: store.clone(),
+            connections,
         });
         let stopped = stopped.clone();
         async move {

@@ -1,7 +1,8 @@
 //! `usersync run`: every role in one process.
 //!
-//! The subscriber, the processor and the admin server share the shutdown signal and the
-//! store; each behaves as it does alone (`docs/subscriber.md`, `docs/processor.md`). When one
+//! The subscriber, the processor and the admin server share the shutdown signal, the store
+//! and the connections' board (the roles report, the admin server shows and asks for
+//! reconnects); each behaves as it does alone (`docs/subscriber.md`, `docs/processor.md`). When one
 //! role stops with an error the others are stopped too, and the error is reported: a process
 //! that runs only half of the pipeline would look healthy while changes pile up. After the
 //! stop signal every role gets `run.shutdown_timeout_seconds` in all; one still busy then is
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::connection::Connections;
 
 /// Runs every role until `shutdown` turns true or one of them fails.
 pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -22,7 +24,10 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
     let store = crate::store::open(&config.store.url).await?;
     let outreach = crate::processor::role::outreach_client(&config.outreach)?;
     let webhooks = webhook_routes(config, &outreach).await?;
-    let mut processor = crate::processor::role::build_with(config, store.clone(), outreach).await?;
+    let connections = Connections::new();
+    let mut processor = crate::processor::role::build_with(config, store.clone(), outreach)
+        .await?
+        .with_connections(connections.clone());
     let admin = match config.admin.listen.trim() {
         "" => None,
         listen => {
@@ -42,11 +47,12 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
     });
     roles.spawn("subscriber", {
         let config = config.clone();
+        let connections = connections.clone();
         let stopped = stopped.clone();
-        async move { crate::salesforce::role::run(&config, stopped).await }
+        async move { crate::salesforce::role::run_with(&config, &connections, stopped).await }
     });
     if let Some(admin) = admin {
-        let mut router = crate::admin::router(crate::admin::AdminState { store });
+        let mut router = crate::admin::router(crate::admin::AdminState { store, connections });
         if let Some(webhooks) = webhooks {
             router = router.merge(webhooks);
         }

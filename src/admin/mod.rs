@@ -1,10 +1,13 @@
 //! The admin HTTP server: what an operator or admin reads while usersync runs.
 //!
-//! This is the read-only core of `admin.md`'s surface — health, readiness, mapping lookup and
-//! the decision log — served in every role that keeps state. It binds to loopback by default:
+//! This is the core of `admin.md`'s surface — health, readiness, mapping lookup, the decision
+//! log, and the connections' status with reconnect and disconnect (`connections`) — served in
+//! every role that keeps state. It binds to loopback by default:
 //! the bearer-token protection that would allow another address comes with the rest of the
 //! admin API (settings, connections, the page and the live feed). Errors are JSON
 //! `{"error": {"code", "message"}}`, and a query parameter that does not parse is named.
+
+mod connections;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,12 +15,13 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::connection::Connections;
 use crate::engine::decision::Action;
 use crate::outreach::OutreachUserId;
 use crate::salesforce::id::SalesforceId;
@@ -27,6 +31,8 @@ use crate::store::{DecisionQuery, MappingFilter, Store};
 #[derive(Clone)]
 pub struct AdminState {
     pub store: Arc<dyn Store>,
+    /// Both connections, shared with the roles that report them.
+    pub connections: Connections,
 }
 
 /// The routes of the admin server. Other parts (the webhook receiver) merge theirs into it.
@@ -36,6 +42,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(ready))
         .route("/api/v1/mappings", get(mappings))
         .route("/api/v1/decisions", get(decisions))
+        .route("/api/v1/status", get(connections::status))
+        .route(
+            "/api/v1/connections/{side}/reconnect",
+            post(connections::reconnect),
+        )
+        .route(
+            "/api/v1/connections/{side}/disconnect",
+            post(connections::disconnect),
+        )
         .with_state(state)
 }
 
@@ -202,7 +217,11 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, shutdown) = watch::channel(false);
-        tokio::spawn(serve(listener, router(AdminState { store }), shutdown));
+        let state = AdminState {
+            store,
+            connections: Connections::new(),
+        };
+        tokio::spawn(serve(listener, router(state), shutdown));
         (url, stop)
     }
 
@@ -242,6 +261,54 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn status_shows_both_sides_and_a_manual_disconnect_then_a_reconnect() {
+        let (url, _stop) = serve_test().await;
+        let http = reqwest::Client::new();
+        let status: serde_json::Value = http
+            .get(format!("{url}/api/v1/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            status["connections"]["salesforce"]["state"],
+            "not_configured"
+        );
+        assert_eq!(status["connections"]["outreach"]["state"], "not_configured");
+
+        let disconnected = http
+            .post(format!("{url}/api/v1/connections/outreach/disconnect"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(disconnected.status(), 200);
+        let body: serde_json::Value = disconnected.json().await.unwrap();
+        assert_eq!(body["connection"]["state"], "disconnected");
+        assert_eq!(body["connection"]["reason"], "manual");
+
+        let reconnecting = http
+            .post(format!("{url}/api/v1/connections/outreach/reconnect"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reconnecting.status(), 202);
+        let body: serde_json::Value = reconnecting.json().await.unwrap();
+        assert_eq!(body["connection"]["state"], "connecting");
+        assert_eq!(body["connection"]["reason"], serde_json::Value::Null);
+
+        let unknown = http
+            .post(format!("{url}/api/v1/connections/hubspot/reconnect"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.status(), 404);
+        let body: serde_json::Value = unknown.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unknown_side");
     }
 
     #[tokio::test]

@@ -30,6 +30,8 @@ struct Inner {
     salesforce: watch::Sender<Connection>,
     outreach: watch::Sender<Connection>,
     changes: broadcast::Sender<Connection>,
+    /// Per side, a counter an admin's "Reconnect" bumps; a parked role waits for it.
+    reconnects: [watch::Sender<u64>; 2],
 }
 
 impl Default for Connections {
@@ -46,6 +48,7 @@ impl Connections {
                 salesforce: watch::channel(Connection::not_configured(Side::Salesforce)).0,
                 outreach: watch::channel(Connection::not_configured(Side::Outreach)).0,
                 changes: broadcast::channel(CHANGE_BACKLOG).0,
+                reconnects: [watch::channel(0).0, watch::channel(0).0],
             }),
         }
     }
@@ -72,6 +75,26 @@ impl Connections {
         self.inner.changes.subscribe()
     }
 
+    /// Asks the side's role to sign in again (after an admin fixed what broke, or stored a new
+    /// authorization).
+    pub fn request_reconnect(&self, side: Side) {
+        self.inner.reconnects[side as usize].send_modify(|n| *n += 1);
+    }
+
+    /// Follows the side's reconnect requests: `changed()` resolves at the next one.
+    pub fn reconnect_requests(&self, side: Side) -> watch::Receiver<u64> {
+        self.inner.reconnects[side as usize].subscribe()
+    }
+
+    /// An admin disconnected the side: it stops until a reconnect.
+    pub fn disconnect_manually(&self, side: Side) {
+        self.disconnected(
+            side,
+            DisconnectReason::Manual,
+            "disconnected by an admin".into(),
+        );
+    }
+
     /// Signing in, reconnecting or testing has begun.
     pub fn connecting(&self, side: Side) {
         self.transition(side, |now| {
@@ -83,14 +106,15 @@ impl Connections {
     }
 
     /// Signed in and checked: `identity` is who the authorization belongs to now (a reconnect
-    /// as another user shows the new one at once).
-    pub fn connected(&self, side: Side, identity: AuthorizedIdentity) {
+    /// as another user shows the new one at once); `None` when the provider does not say
+    /// (Outreach's token names no user).
+    pub fn connected(&self, side: Side, identity: Option<AuthorizedIdentity>) {
         self.transition(side, |now| {
             let mut next = fresh(now, ConnectionState::Connected);
-            if now.state == ConnectionState::Connected && now.identity.as_ref() == Some(&identity) {
+            if now.state == ConnectionState::Connected && now.identity == identity {
                 next.since = now.since;
             }
-            next.identity = Some(identity);
+            next.identity = identity;
             next.permissions_checked_at = Some(Utc::now());
             Some(next)
         });
@@ -263,7 +287,7 @@ mod tests {
         let board = Connections::new();
         let mut changes = board.changes();
         board.connecting(Side::Salesforce);
-        board.connected(Side::Salesforce, ann());
+        board.connected(Side::Salesforce, Some(ann()));
         for _ in 0..5 {
             let verdict = board.failed(
                 Side::Salesforce,
@@ -292,7 +316,7 @@ mod tests {
     #[test]
     fn a_disconnect_carries_reason_advice_error_and_whose_authorization_broke() {
         let board = Connections::new();
-        board.connected(Side::Salesforce, ann());
+        board.connected(Side::Salesforce, Some(ann()));
         let verdict = board.failed(
             Side::Salesforce,
             &Failure(
@@ -326,14 +350,14 @@ mod tests {
     fn reconnecting_as_another_user_shows_the_new_user_at_once() {
         let board = Connections::new();
         let mut watch = board.watch(Side::Salesforce);
-        board.connected(Side::Salesforce, ann());
+        board.connected(Side::Salesforce, Some(ann()));
         board.disconnected(
             Side::Salesforce,
             DisconnectReason::PermissionsChanged,
             "PERMISSION_DENIED".into(),
         );
         board.connecting(Side::Salesforce);
-        board.connected(Side::Salesforce, bob());
+        board.connected(Side::Salesforce, Some(bob()));
         let now = watch.borrow_and_update().clone();
         assert_eq!(now.state, ConnectionState::Connected);
         assert_eq!(now.identity, Some(bob()));
@@ -344,10 +368,33 @@ mod tests {
         assert!(now.permissions_checked_at.is_some());
     }
 
+    #[tokio::test]
+    async fn a_reconnect_request_wakes_the_sides_role_only() {
+        let board = Connections::new();
+        let mut salesforce = board.reconnect_requests(Side::Salesforce);
+        let outreach = board.reconnect_requests(Side::Outreach);
+        board.request_reconnect(Side::Salesforce);
+        salesforce.changed().await.unwrap();
+        assert!(!outreach.has_changed().unwrap());
+        board.disconnect_manually(Side::Outreach);
+        let now = board.get(Side::Outreach);
+        assert_eq!(
+            (now.state, now.reason),
+            (
+                ConnectionState::Disconnected,
+                Some(DisconnectReason::Manual)
+            )
+        );
+        assert!(
+            !outreach.has_changed().unwrap(),
+            "a disconnect is not a reconnect"
+        );
+    }
+
     #[test]
     fn a_failure_unrelated_to_the_connection_changes_nothing() {
         let board = Connections::new();
-        board.connected(Side::Outreach, ann());
+        board.connected(Side::Outreach, Some(ann()));
         let mut changes = board.changes();
         let before = board.get(Side::Outreach);
         board.failed(
@@ -361,7 +408,7 @@ mod tests {
     #[test]
     fn a_new_upstream_error_while_degraded_updates_the_state_without_a_new_transition() {
         let board = Connections::new();
-        board.connected(Side::Outreach, ann());
+        board.connected(Side::Outreach, Some(ann()));
         board.degraded(Side::Outreach, "429".into());
         let since = board.get(Side::Outreach).since;
         let mut changes = board.changes();

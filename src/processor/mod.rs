@@ -46,6 +46,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::apply::{ApplyError, apply_event};
+use crate::connection::{ConnectionState, Connections, DisconnectReason, Side};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
 use crate::engine::settings::SyncSettings;
 use crate::engine::state::StateScope;
@@ -197,6 +198,10 @@ pub struct Processor {
     /// longer. Cleared when the event is done or the partition is taken away.
     retries: BTreeMap<i32, Retry>,
     decisions: broadcast::Sender<DecisionRecord>,
+    /// Where the Outreach connection's state is reported.
+    connections: Connections,
+    /// An admin's reconnect requests for Outreach.
+    reconnects: watch::Receiver<u64>,
     pub stats: ProcessorStats,
 }
 
@@ -236,8 +241,18 @@ impl Processor {
             settings,
             retries: BTreeMap::new(),
             decisions,
+            reconnects: Connections::new().reconnect_requests(Side::Outreach),
+            connections: Connections::new(),
             stats: ProcessorStats::default(),
         })
+    }
+
+    /// Reports the Outreach connection on `connections` (shared with the admin surface)
+    /// instead of a board of its own.
+    pub fn with_connections(mut self, connections: Connections) -> Processor {
+        self.reconnects = connections.reconnect_requests(Side::Outreach);
+        self.connections = connections;
+        self
     }
 
     /// Every decision as it is recorded (a slow receiver misses the oldest ones, never slows
@@ -277,6 +292,22 @@ impl Processor {
                 biased;
                 _ = shutdown.changed() => {}
                 () = sleep_until(due) => self.release_due()?,
+                Ok(()) = self.reconnects.changed() => {
+                    // An admin reconnected Outreach: read the index again (the connection test
+                    // of the processor) and try every held event now rather than at its time.
+                    self.reconnects.borrow_and_update();
+                    tracing::info!("reconnect requested: reading the Outreach index and retrying held events");
+                    if let Err(error) = self.reconcile().await {
+                        tracing::warn!(%error, "Outreach still refuses after the reconnect");
+                    }
+                    let now = Instant::now();
+                    for retry in self.retries.values_mut() {
+                        if retry.until.is_some() {
+                            retry.until = Some(now);
+                        }
+                    }
+                    self.release_due()?;
+                }
                 _ = tick(&mut reconcile) => {
                     if let Err(error) = self.reconcile().await {
                         tracing::warn!(%error, "the Outreach user index could not be read again; the next reconcile tries again");
@@ -375,6 +406,14 @@ impl Processor {
         key: Option<&str>,
         payload: &[u8],
     ) -> Result<Outcome, ProcessorError> {
+        let outreach = self.connections.get(Side::Outreach);
+        if outreach.reason == Some(DisconnectReason::Manual) {
+            // Nothing is applied until an admin reconnects; the events wait in Kafka.
+            return Ok(Outcome::Later {
+                wait: Some(self.settings.retry_max),
+                why: "Outreach was disconnected by an admin".into(),
+            });
+        }
         let event = match UserChange::from_json(payload) {
             Ok(event) => event,
             Err(error) => {
@@ -418,6 +457,9 @@ impl Processor {
             return Ok(Outcome::Applied { duplicate: true });
         }
         let calls: u64 = records.iter().map(|r| u64::from(r.outreach_calls)).sum();
+        if calls > 0 {
+            self.outreach_worked();
+        }
         let applied = changes::applied_event(&before, &after, &event, records.clone());
         if let Err(error) = self.store.record(&applied).await {
             return Ok(Outcome::Later {
@@ -451,6 +493,7 @@ impl Processor {
         error: ApplyError,
     ) -> Result<Outcome, ProcessorError> {
         if let ApplyError::Outreach { source, .. } = &error {
+            self.connections.failed(Side::Outreach, source);
             if source.is_retryable() {
                 let wait = match source {
                     crate::outreach::error::OutreachError::RateLimited { retry_after, .. } => {
@@ -611,14 +654,35 @@ impl Processor {
         list
     }
 
+    /// Outreach took a call: the connection works. A side an admin disconnected stays so; one
+    /// that broke on its own (a token since renewed, a scope given back) is connected again.
+    fn outreach_worked(&self) {
+        let now = self.connections.get(Side::Outreach);
+        match (now.state, now.reason) {
+            (ConnectionState::Connected, _) => {}
+            (ConnectionState::Disconnected, Some(DisconnectReason::Manual)) => {}
+            (ConnectionState::Disconnected, _) | (ConnectionState::NotConfigured, _) => {
+                self.connections.connected(Side::Outreach, now.identity)
+            }
+            _ => self.connections.succeeded(Side::Outreach),
+        }
+    }
+
     /// Loads the whole Outreach user index into the store.
     async fn reconcile(&mut self) -> Result<(), ProcessorError> {
-        let loaded = index::load(&self.outreach, self.store.as_ref())
-            .await
-            .map_err(|source| ProcessorError::Index {
-                context: "loading the Outreach user index".into(),
-                source: Box::new(source),
-            })?;
+        let loaded = match index::load(&self.outreach, self.store.as_ref()).await {
+            Ok(loaded) => loaded,
+            Err(source) => {
+                if let index::IndexError::Outreach(error) = &source {
+                    self.connections.failed(Side::Outreach, error);
+                }
+                return Err(ProcessorError::Index {
+                    context: "loading the Outreach user index".into(),
+                    source: Box::new(source),
+                });
+            }
+        };
+        self.outreach_worked();
         self.stats.outreach_calls += u64::from(loaded.requests);
         tracing::info!(
             users = loaded.users,

@@ -4,6 +4,15 @@
 //! flow, opening the store, setting up the Kafka topics — so that a misconfiguration is
 //! reported at start, naming the key, before anything is read from Salesforce. The loop
 //! itself is [`super::subscriber::Subscriber`].
+//!
+//! Around it sits the supervision of the Salesforce connection ([`run_with`]): sign in, read
+//! who the authorization belongs to, stream; on a failure decide by its
+//! [`Verdict`](crate::connection::Verdict). Transient trouble is retried with backoff while the
+//! state says `degraded`; a failure only an admin can fix marks the side `disconnected` with its
+//! reason and parks the role until an admin asks for a reconnect — the rest of the process goes
+//! on, and the stream resumes from its checkpoint, so nothing changed meanwhile is lost. Run
+//! alone ([`run`]), with no admin surface to ask for a reconnect, the subscriber exits with the
+//! reason instead, for the orchestrator to report.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +20,15 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::auth::{SalesforceCredentials, Secret};
+use super::auth::{SalesforceAuthError, SalesforceCredentials, Secret};
 use super::pubsub::PubSubSettings;
 use super::rest::{CredentialsTokenSource, RestRetry, SalesforceRest, TokenSource};
-use super::subscriber::{CometdSubscriber, Subscriber, SubscriberSettings};
+use super::subscriber::{CometdSubscriber, Subscriber, SubscriberError, SubscriberSettings};
 use crate::config::{Config, SalesforceAuthFlow, SalesforceConfig, Transport};
+use crate::connection::{
+    AuthorizedIdentity, ConnectionFailure, ConnectionState, Connections, DisconnectReason, Side,
+    Verdict,
+};
 use crate::kafka::{ChangePublisher, TransactionalPublisher};
 
 /// The credentials of the configured flow. Reads the private key file for JWT bearer.
@@ -70,21 +83,161 @@ pub fn settings(config: &SalesforceConfig) -> SubscriberSettings {
     }
 }
 
-/// Runs the subscriber until `shutdown` turns true.
+/// Runs the subscriber alone until `shutdown` turns true; a failure only an admin can fix
+/// ends it with the reason.
 pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    supervise(config, &Connections::new(), false, shutdown).await
+}
+
+/// Runs the subscriber until `shutdown` turns true, reporting the Salesforce connection on
+/// `connections` and waiting there for a reconnect when only an admin can help.
+pub async fn run_with(
+    config: &Config,
+    connections: &Connections,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    supervise(config, connections, true, shutdown).await
+}
+
+async fn supervise(
+    config: &Config,
+    connections: &Connections,
+    park: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let sf = &config.salesforce;
     sf.validate()?;
+    let mut reconnects = connections.reconnect_requests(Side::Salesforce);
+    let mut delays = retry_delays(sf);
+    loop {
+        // Requests from before this attempt are answered by it; one made while it runs (or
+        // while it stops) reconnects at once.
+        reconnects.borrow_and_update();
+        connections.connecting(Side::Salesforce);
+        let (stop, stopping) = stop_signal(connections, shutdown.clone());
+        let result = stream(config, connections, stopping).await;
+        stop.abort();
+        if *shutdown.borrow() {
+            return result;
+        }
+        let disconnected = match result {
+            // The stream only ends on its own when an admin disconnected Salesforce.
+            Ok(()) => {
+                tracing::info!("Salesforce disconnected by an admin: the subscriber waits");
+                true
+            }
+            Err(error) => match verdict_of(&error) {
+                Verdict::Unaffected => return Err(error),
+                Verdict::Degraded => {
+                    connections.degraded(Side::Salesforce, format!("{error:#}"));
+                    let delay = delays
+                        .next()
+                        .unwrap_or(Duration::from_millis(sf.backoff_max_ms));
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                    }
+                    false
+                }
+                Verdict::Disconnected(reason) => {
+                    connections.disconnected(Side::Salesforce, reason, format!("{error:#}"));
+                    if !park {
+                        return Err(error.context(format!(
+                            "Salesforce is disconnected ({reason}): {}",
+                            reason.advice(Side::Salesforce)
+                        )));
+                    }
+                    true
+                }
+            },
+        };
+        if disconnected {
+            tokio::select! {
+                changed = reconnects.changed() => if changed.is_err() { return Ok(()) },
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            }
+            tracing::info!("reconnecting to Salesforce; the stream resumes from its checkpoint");
+            delays = retry_delays(sf);
+        }
+    }
+}
+
+/// Waits between attempts after transient failures: capped exponential with jitter.
+fn retry_delays(sf: &SalesforceConfig) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(sf.backoff_min_ms))
+        .with_max_delay(Duration::from_millis(sf.backoff_max_ms))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// A stop signal for one attempt: true at shutdown, or when an admin disconnects Salesforce.
+fn stop_signal(
+    connections: &Connections,
+    mut shutdown: watch::Receiver<bool>,
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<bool>) {
+    let (tx, rx) = watch::channel(false);
+    let mut side = connections.watch(Side::Salesforce);
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => {}
+            _ = side.wait_for(|c| c.state == ConnectionState::Disconnected
+                && c.reason == Some(DisconnectReason::Manual)) => {}
+        }
+        let _ = tx.send(true);
+    });
+    (task, rx)
+}
+
+/// What an attempt's error means for the Salesforce connection.
+fn verdict_of(error: &anyhow::Error) -> Verdict {
+    if let Some(error) = error.downcast_ref::<SubscriberError>() {
+        return error.verdict();
+    }
+    if let Some(error) = error.downcast_ref::<SalesforceAuthError>() {
+        return error.verdict();
+    }
+    if let Some(error) = error.downcast_ref::<super::rest::SalesforceRestError>() {
+        return error.verdict();
+    }
+    if let Some(error) = error.downcast_ref::<super::pubsub::PubSubError>() {
+        return error.verdict();
+    }
+    Verdict::Unaffected
+}
+
+/// One attempt: sign in, report who the authorization belongs to, stream until `shutdown`.
+async fn stream(
+    config: &Config,
+    connections: &Connections,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let sf = &config.salesforce;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(sf.timeout_seconds.max(1)))
         .build()
         .context("building the HTTP client")?;
-    let tokens = Arc::new(CredentialsTokenSource::new(http, credentials(sf)?));
+    let tokens = Arc::new(CredentialsTokenSource::new(http.clone(), credentials(sf)?));
     let session = tokens.session().await.context("signing in to Salesforce")?;
+    let identity = super::auth::userinfo(&http, &session)
+        .await
+        .context("reading who the Salesforce authorization belongs to")?;
     tracing::info!(
         org_id = %session.org_id,
         user_id = %session.user_id,
+        username = %identity.preferred_username,
         instance_url = %session.instance_url,
         "signed in to Salesforce"
+    );
+    connections.connected(
+        Side::Salesforce,
+        Some(AuthorizedIdentity {
+            user_id: identity.user_id.as_str().to_owned(),
+            username: identity.preferred_username.clone(),
+            org_id: Some(identity.organization_id.as_str().to_owned()),
+        }),
     );
     let rest_tokens: Arc<dyn TokenSource> = tokens.clone();
     let rest = SalesforceRest::new(&session.instance_url, rest_tokens)?

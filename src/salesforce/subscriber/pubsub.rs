@@ -13,7 +13,8 @@ use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
 use crate::salesforce::auth::SalesforceSession;
 use crate::salesforce::normalize::Replay;
 use crate::salesforce::pubsub::{
-    Batch, PubSubConnection, PubSubError, SchemaCache, StartAt, StreamEnd, Subscription,
+    Batch, FailureKind, PubSubConnection, PubSubError, SchemaCache, StartAt, StreamEnd,
+    Subscription,
 };
 use crate::salesforce::replay::{Recovery, recovery};
 use crate::salesforce::rest::{CredentialsTokenSource, SalesforceRest, TokenSource};
@@ -163,7 +164,21 @@ impl Subscriber {
                         resync: Resync::Nothing,
                     }
                 }
-                Recovery::Stop { reason } => return Err(SubscriberError::Stopped { reason }),
+                Recovery::Stop { reason } => {
+                    return Err(match end {
+                        // Salesforce refused: the failure itself says what it means for the
+                        // connection (permissions changed, topic missing).
+                        StreamEnd::Failed(failure)
+                            if failure.kind != FailureKind::ReplayUnusable =>
+                        {
+                            SubscriberError::PubSub(PubSubError::Call {
+                                operation: "reading the Subscribe stream".into(),
+                                failure,
+                            })
+                        }
+                        _ => SubscriberError::Stopped { reason },
+                    });
+                }
             };
         }
     }

@@ -1,0 +1,161 @@
+//! Connection drills on the whole process (`usersync run` in process): a side disconnects for
+//! real, users change while it is down, an admin reconnects through the admin API, and every
+//! change arrives — while the other side goes on. The status API must say why, and whose
+//! authorization broke, in the words of `connections.md`.
+
+mod support;
+
+use reqwest::Method;
+use support::{INTEGRATION_USER, Parts, until};
+use usersync::sim::salesforce::pubsub::StreamFault;
+
+async fn state_is(parts: &Parts, side: &str, state: &str) -> bool {
+    parts.connection(side).await["state"] == state
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn salesforce_permissions_changed_then_reconnect_loses_nothing() {
+    let parts = Parts::new().await;
+    let running = parts.start().await;
+    parts.create_salesforce_user("before");
+    until("the pipeline is live", || async {
+        parts.in_outreach("before@acme.example")
+    })
+    .await;
+    let connected = parts.connection("salesforce").await;
+    assert_eq!(connected["state"], "connected");
+    assert_eq!(connected["identity"]["username"], INTEGRATION_USER);
+
+    // The authorizing user loses View All Users; the next subscribe is refused.
+    parts.salesforce.set_view_all_users(INTEGRATION_USER, false);
+    parts
+        .salesforce
+        .inject_stream_fault(StreamFault::ResetStream);
+    until("Salesforce is disconnected", || {
+        state_is(&parts, "salesforce", "disconnected")
+    })
+    .await;
+    let down = parts.connection("salesforce").await;
+    assert_eq!(down["reason"], "permissions_changed", "{down}");
+    assert_eq!(
+        down["identity"]["username"], INTEGRATION_USER,
+        "whose authorization broke"
+    );
+    assert!(
+        down["advice"].as_str().unwrap().contains("View All Users"),
+        "{down}"
+    );
+    assert!(
+        down["upstream_error"]
+            .as_str()
+            .unwrap()
+            .contains("PermissionDenied"),
+        "{down}"
+    );
+
+    // Users change while Salesforce is disconnected; Outreach is untouched by it.
+    let during: Vec<String> = (0..3)
+        .map(|n| parts.create_salesforce_user(&format!("during{n}")))
+        .collect();
+    assert_eq!(parts.connection("outreach").await["state"], "connected");
+
+    // The admin gives the permission back and reconnects.
+    parts.salesforce.set_view_all_users(INTEGRATION_USER, true);
+    let (status, body) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/reconnect")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    until("Salesforce is connected again", || {
+        state_is(&parts, "salesforce", "connected")
+    })
+    .await;
+    until(
+        "every change made while disconnected is applied",
+        || async {
+            (0..during.len()).all(|n| parts.in_outreach(&format!("during{n}@acme.example")))
+        },
+    )
+    .await;
+    let users = parts.outreach.users();
+    assert_eq!(
+        users.len(),
+        4,
+        "one Outreach user each, none twice: {users:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it() {
+    let parts = Parts::new().await;
+    let running = parts.start().await;
+    parts.create_salesforce_user("first");
+    until("the pipeline is live", || async {
+        parts.in_outreach("first@acme.example")
+    })
+    .await;
+
+    // Salesforce, by hand: the stream stops; changes wait in Salesforce's event bus.
+    let (status, body) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/disconnect")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["connection"]["reason"], "manual");
+    parts.create_salesforce_user("while.salesforce.off");
+    let (status, _) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/reconnect")
+        .await;
+    assert_eq!(status, 202);
+    until(
+        "the change made while Salesforce was off arrives",
+        || async { parts.in_outreach("while.salesforce.off@acme.example") },
+    )
+    .await;
+    assert_eq!(parts.connection("salesforce").await["state"], "connected");
+
+    // Outreach, by hand: the processor applies nothing; events wait in Kafka.
+    let (status, body) = parts
+        .admin(Method::POST, "/api/v1/connections/outreach/disconnect")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    parts.create_salesforce_user("while.outreach.off");
+    // The subscriber still runs: the event reaches Kafka (its checkpoint passes it) and the
+    // processor holds it there.
+    let store = usersync::store::open(&parts.config.store.url)
+        .await
+        .unwrap();
+    let latest = parts.salesforce.latest_replay_id();
+    until("the subscriber has published the change", || async {
+        store
+            .checkpoint("/data/UserChangeEvent")
+            .await
+            .unwrap()
+            .is_some_and(|c| c.replay_id == latest)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !parts.in_outreach("while.outreach.off@acme.example"),
+        "nothing is applied while Outreach is disconnected"
+    );
+    assert_eq!(parts.connection("salesforce").await["state"], "connected");
+    let down = parts.connection("outreach").await;
+    assert_eq!(
+        (down["state"].as_str(), down["reason"].as_str()),
+        (Some("disconnected"), Some("manual"))
+    );
+    let (status, _) = parts
+        .admin(Method::POST, "/api/v1/connections/outreach/reconnect")
+        .await;
+    assert_eq!(status, 202);
+    until("the change made while Outreach was off arrives", || async {
+        parts.in_outreach("while.outreach.off@acme.example")
+    })
+    .await;
+    until("Outreach is connected again", || {
+        state_is(&parts, "outreach", "connected")
+    })
+    .await;
+    assert_eq!(parts.outreach.users().len(), 3, "none twice");
+    running.stop().await;
+}

@@ -1,0 +1,184 @@
+//! The whole process in one test: `usersync run` on librdkafka's mock cluster, both simulators
+//! on loopback, SQLite in a temporary folder, and the admin server on a known loopback port.
+//! Shared by the tests that need every role at once (`run.rs`, `connections.rs`).
+
+#![allow(dead_code)] // each test file uses its own part of it
+
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use usersync::config::{Config, SalesforceAuthFlow, Secret};
+use usersync::sim::outreach::{OutreachSim, SimConfig};
+use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+/// The Salesforce user whose authorization the subscriber uses.
+pub const INTEGRATION_USER: &str = "integration@acme.example";
+
+/// Everything `usersync run` talks to, and its configuration (change it before [`start`]).
+///
+/// [`start`]: Parts::start
+pub struct Parts {
+    pub mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub salesforce: SalesforceSim,
+    pub outreach: OutreachSim,
+    pub config: Config,
+    /// `http://127.0.0.1:<port>` of the admin server once started.
+    pub admin_url: String,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// A loopback port nothing listens on now (bound, then released): the admin address must be
+/// known before `run` starts.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Parts {
+    pub async fn new() -> Parts {
+        let mock = MockCluster::new(1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.kafka.brokers = mock.bootstrap_servers();
+        for topic in [&config.kafka.topic, &config.kafka.dead_letter_topic] {
+            mock.create_topic(topic, config.kafka.partitions, 1)
+                .unwrap();
+        }
+
+        let salesforce = SalesforceSim::start(SfSimConfig::new("")).await.unwrap();
+        salesforce.add_user(INTEGRATION_USER);
+        salesforce.set_run_as_user(Some(INTEGRATION_USER));
+        config.salesforce.auth = SalesforceAuthFlow::ClientCredentials;
+        config.salesforce.login_url = salesforce.login_url();
+        config.salesforce.my_domain_url = salesforce.my_domain_url();
+        config.salesforce.consumer_key = salesforce.consumer_key();
+        config.salesforce.consumer_secret = Secret::new(salesforce.consumer_secret());
+        config.salesforce.pubsub_endpoint = salesforce.pubsub_url();
+        config.salesforce.backoff_min_ms = 50;
+        config.salesforce.backoff_max_ms = 500;
+
+        let outreach = OutreachSim::start(SimConfig {
+            mint_throttle: Duration::ZERO,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let defaults = SimConfig::default();
+        config.outreach.api_url = outreach.api_url();
+        config.outreach.token_url = outreach.token_url();
+        config.outreach.client_id = defaults.client_id;
+        config.outreach.client_secret = Secret::new(defaults.client_secret);
+        config.outreach.redirect_uri = defaults.redirect_uri;
+        config.outreach.refresh_token = Secret::new(
+            outreach
+                .issue_tokens(&["users.all", "webhooks.all"])
+                .refresh_token,
+        );
+        config.processor.retry_min_ms = 50;
+        config.processor.retry_max_ms = 1_000;
+
+        let admin = format!("127.0.0.1:{}", free_port());
+        config.admin.listen = admin.clone();
+        config.store.url = format!("sqlite://{}", dir.path().join("usersync.db").display());
+        Parts {
+            mock,
+            salesforce,
+            outreach,
+            config,
+            admin_url: format!("http://{admin}"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Starts `usersync run` and waits until its admin server answers.
+    pub async fn start(&self) -> Running {
+        self.config.validate().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let handle = tokio::spawn({
+            let config = self.config.clone();
+            async move { usersync::run::run(&config, shutdown).await }
+        });
+        until("the admin server answers", || async {
+            self.http
+                .get(format!("{}/healthz", self.admin_url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Running { stop, handle }
+    }
+
+    /// Creates a Salesforce user `{name}@acme.example`; returns its id.
+    pub fn create_salesforce_user(&self, name: &str) -> String {
+        let email = format!("{name}@acme.example");
+        self.salesforce
+            .create_user(
+                json!({"Username": email, "Email": email, "FirstName": name, "LastName": "Lee"}),
+                &Writer::default(),
+            )
+            .unwrap()
+    }
+
+    /// Whether Outreach has a user with `email`.
+    pub fn in_outreach(&self, email: &str) -> bool {
+        self.outreach.users().iter().any(|u| u.email == email)
+    }
+
+    /// `GET` or `POST` on the admin API; the status and the JSON body.
+    pub async fn admin(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.admin_url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// One side's connection from `GET /api/v1/status`.
+    pub async fn connection(&self, side: &str) -> Value {
+        let (status, body) = self.admin(reqwest::Method::GET, "/api/v1/status").await;
+        assert_eq!(status, 200, "{body}");
+        body["connections"][side].clone()
+    }
+}
+
+/// `usersync run`, started.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Sends the stop signal; `run` must end cleanly.
+    pub async fn stop(self) {
+        self.stop.send(true).unwrap();
+        let result = tokio::time::timeout(WAIT, self.handle)
+            .await
+            .expect("run stops after the signal")
+            .unwrap();
+        result.unwrap();
+    }
+}
+
+pub async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
