@@ -159,3 +159,48 @@ async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it(
     assert_eq!(parts.outreach.users().len(), 3, "none twice");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_authorizing_user_leaves_and_a_reconnect_as_another_user_shows_them_at_once() {
+    const SUCCESSOR: &str = "successor@acme.example";
+    let parts = Parts::new().await;
+    let running = parts.start().await;
+    parts.create_salesforce_user("before");
+    until("the pipeline is live", || async {
+        parts.in_outreach("before@acme.example")
+    })
+    .await;
+
+    // The integration user leaves the company: deactivated, its sessions end.
+    parts.salesforce.deactivate_user(INTEGRATION_USER);
+    parts
+        .salesforce
+        .inject_stream_fault(StreamFault::ResetStream);
+    until("Salesforce is disconnected", || {
+        state_is(&parts, "salesforce", "disconnected")
+    })
+    .await;
+    let down = parts.connection("salesforce").await;
+    assert_eq!(down["reason"], "user_inactive", "{down}");
+    assert_eq!(down["identity"]["username"], INTEGRATION_USER);
+    parts.create_salesforce_user("during");
+
+    // The Salesforce admin makes another user the app's run-as user; the Outreach admin
+    // reconnects. The status names the new authorizing user at once.
+    parts.salesforce.add_user(SUCCESSOR);
+    parts.salesforce.set_run_as_user(Some(SUCCESSOR));
+    let (status, _) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/reconnect")
+        .await;
+    assert_eq!(status, 202);
+    until("Salesforce is connected as the successor", || async {
+        let now = parts.connection("salesforce").await;
+        now["state"] == "connected" && now["identity"]["username"] == SUCCESSOR
+    })
+    .await;
+    until("the change made while disconnected arrives", || async {
+        parts.in_outreach("during@acme.example")
+    })
+    .await;
+    running.stop().await;
+}
