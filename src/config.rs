@@ -22,7 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::engine::settings::{SettingsError, SyncSettings};
 
 /// The sections the environment may set.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "sync",
     "store",
     "outreach",
@@ -30,6 +30,7 @@ const SECTIONS: [&str; 7] = [
     "kafka",
     "processor",
     "admin",
+    "run",
 ];
 
 /// The prefix of every variable.
@@ -878,6 +879,28 @@ mod tests {
         sf.pubsub_endpoint = "not a url".into();
         let err = sf.validate().unwrap_err().to_string();
         assert!(err.contains("salesforce.pubsub_endpoint"), "{err}");
+    }
+
+    #[test]
+    fn every_section_is_read_from_the_environment() {
+        // A section missing from SECTIONS would have its variables ignored without a word.
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut sections: Vec<&str> = defaults
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        sections.sort_unstable();
+        let mut known = SECTIONS.to_vec();
+        known.sort_unstable();
+        assert_eq!(sections, known);
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_RUN__SHUTDOWN_TIMEOUT_SECONDS", "7");
+            let config = load_in(jail, None).unwrap();
+            assert_eq!(config.run.shutdown_timeout_seconds, 7);
+            Ok(())
+        });
     }
 
     #[test]
