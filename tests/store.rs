@@ -188,6 +188,7 @@ store_suite!(
     decision_log_is_newest_first_with_paging_and_filters,
     settings_round_trip,
     checkpoints_round_trip,
+    authorizations_round_trip_and_are_replaced,
     corrupt_stored_values_are_reported,
     last_known_users_round_trip,
     last_known_users_batch_read_returns_only_known_ids,
@@ -1073,6 +1074,33 @@ async fn settings_round_trip(h: &Harness) {
         Some(SyncSettings::default())
     );
     assert_eq!(h.count("settings").await, 1);
+}
+
+async fn authorizations_round_trip_and_are_replaced(h: &Harness) {
+    assert_eq!(h.store.authorization("salesforce").await.unwrap(), None);
+    h.store
+        .save_authorization("salesforce", &[1, 2, 3, 0, 255], "00aa11bb22cc33dd")
+        .await
+        .unwrap();
+    h.store
+        .save_authorization("salesforce", &[9, 9], "44ee55ff66aa77bb")
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store.authorization("salesforce").await.unwrap(),
+        Some(vec![9, 9])
+    );
+    assert_eq!(h.store.authorization("outreach").await.unwrap(), None);
+    let refused = h
+        .store
+        .save_authorization("hubspot", &[1], "00")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("save the hubspot authorization"),
+        "{refused}"
+    );
 }
 
 async fn checkpoints_round_trip(h: &Harness) {

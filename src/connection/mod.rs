@@ -21,6 +21,7 @@
 
 mod board;
 mod reason;
+pub mod vault;
 mod verdict;
 
 use std::fmt;

@@ -104,6 +104,17 @@ pub trait Store: Send + Sync {
     async fn settings(&self) -> Result<Option<SyncSettings>, StoreError>;
     async fn save_settings(&self, settings: &SyncSettings) -> Result<(), StoreError>;
 
+    /// The sealed authorization a reconnect stored for `side` (`salesforce`, `outreach`); the
+    /// store never sees it in the clear (`connection::vault`).
+    async fn authorization(&self, side: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores (or replaces) the side's sealed authorization and the fingerprint of its key.
+    async fn save_authorization(
+        &self,
+        side: &str,
+        sealed: &[u8],
+        key_fingerprint: &str,
+    ) -> Result<(), StoreError>;
+
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError>;
     /// Inserts or overwrites the checkpoint of `checkpoint.topic`.
     async fn save_checkpoint(&self, checkpoint: &ReplayCheckpoint) -> Result<(), StoreError>;

@@ -213,6 +213,26 @@ impl<B: Backend> Store for B {
             .context(operation)
     }
 
+    async fn authorization(&self, side: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let operation = || format!("read the stored {side} authorization");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        session.authorization(side).await.context(operation)
+    }
+
+    async fn save_authorization(
+        &self,
+        side: &str,
+        sealed: &[u8],
+        key_fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        let operation = || format!("save the {side} authorization");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        session
+            .save_authorization(side, sealed, key_fingerprint, Utc::now())
+            .await
+            .context(operation)
+    }
+
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError> {
         let operation = || format!("read the replay checkpoint of {topic}");
         let mut session = self.session(Access::Single).await.context(operation)?;

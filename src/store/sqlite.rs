@@ -281,6 +281,13 @@ impl Statements for SqliteSession {
             .await
     }
 
+    async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT sealed FROM authorizations WHERE side = ?1")
+            .bind(side)
+            .fetch_optional(self.conn())
+            .await
+    }
+
     async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>> {
         sqlx::query_as(
             "SELECT topic, replay_id, commit_timestamp, updated_at FROM replay_checkpoints \
@@ -454,6 +461,28 @@ impl Statements for SqliteSession {
                  SET document = excluded.document, updated_at = excluded.updated_at",
         )
         .bind(document)
+        .bind(updated_at)
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn save_authorization(
+        &mut self,
+        side: &str,
+        sealed: &[u8],
+        key_fingerprint: &str,
+        updated_at: DateTime<Utc>,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO authorizations (side, sealed, key_fingerprint, updated_at) \
+             VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (side) DO UPDATE SET sealed = excluded.sealed, \
+                 key_fingerprint = excluded.key_fingerprint, updated_at = excluded.updated_at",
+        )
+        .bind(side)
+        .bind(sealed)
+        .bind(key_fingerprint)
         .bind(updated_at)
         .execute(self.conn())
         .await

@@ -83,6 +83,8 @@ pub(crate) trait Statements {
     ) -> sqlx::Result<Vec<DecisionRow>>;
     /// The settings JSON document, as text.
     async fn settings_document(&mut self) -> sqlx::Result<Option<String>>;
+    /// The sealed authorization of a side.
+    async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<Vec<u8>>>;
     async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>>;
     /// The subscriber's last-known users of one org among `user_ids`, by user id.
     async fn subscriber_users_by_id(
@@ -111,6 +113,13 @@ pub(crate) trait Statements {
         updated_at: DateTime<Utc>,
     ) -> sqlx::Result<()>;
     async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()>;
+    async fn save_authorization(
+        &mut self,
+        side: &str,
+        sealed: &[u8],
+        key_fingerprint: &str,
+        updated_at: DateTime<Utc>,
+    ) -> sqlx::Result<()>;
     /// Inserts or replaces the subscriber's last-known state of one user of one org (its
     /// `applied` is not stored), unless the stored row has a position and `position` is older
     /// than it: with commit numbers on both sides those decide, otherwise commit timestamps.

@@ -1,0 +1,264 @@
+//! Authorizations at rest: sealed with an AEAD before they reach the store, opened only in the
+//! role that signs in with them.
+//!
+//! A reconnect hands usersync new credentials (a client secret, a JWT username and key, a
+//! refresh token). They must survive a restart, and a copy of the database must not give them
+//! away, so the store only ever sees them sealed: XChaCha20-Poly1305 (the RustCrypto
+//! `chacha20poly1305` crate) under a 256-bit key that lives outside the database —
+//! `USERSYNC_SECRET_KEY` or `secrets.key_file`, base64 of 32 random bytes
+//! (`openssl rand -base64 32`). Each seal draws a fresh 192-bit nonce (random nonces are safe
+//! at that size), and the side's name is the associated data, so a Salesforce blob cannot be
+//! passed off as Outreach's. The blob is `version (1) ‖ nonce (24) ‖ ciphertext and tag`.
+//!
+//! Nothing here prints a secret: [`SecretKey`]'s `Debug` and every error name the key only by
+//! its [`fingerprint`](SecretKey::fingerprint).
+
+use std::fmt;
+use std::path::Path;
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+
+use super::Side;
+
+/// The environment variable holding the key.
+pub const SECRET_KEY_VAR: &str = "USERSYNC_SECRET_KEY";
+
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+
+/// Why sealing or opening failed, or the key could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VaultError {
+    #[error(
+        "no secret key: set {SECRET_KEY_VAR} or secrets.key_file to base64 of 32 random bytes \
+         (openssl rand -base64 32); stored credentials are encrypted with it"
+    )]
+    NoKey,
+    #[error("the secret key from {source_name} is not base64 of exactly 32 bytes: {problem}")]
+    BadKey {
+        source_name: String,
+        problem: String,
+    },
+    #[error("cannot read the secret key file {path}: {problem}")]
+    KeyFile { path: String, problem: String },
+    #[error(
+        "the stored {side} credentials cannot be opened with key {fingerprint} (another key \
+         sealed them, or they were altered); reconnect to store them again"
+    )]
+    Open { side: Side, fingerprint: String },
+    #[error("the stored {side} credentials are not in a format this version knows")]
+    Format { side: Side },
+}
+
+/// The 256-bit key credentials are sealed with.
+#[derive(Clone)]
+pub struct SecretKey([u8; 32]);
+
+impl SecretKey {
+    /// Reads base64 text (surrounding whitespace ignored); `source_name` names where it came
+    /// from in the error.
+    pub fn from_base64(text: &str, source_name: &str) -> Result<SecretKey, VaultError> {
+        let bad = |problem: String| VaultError::BadKey {
+            source_name: source_name.to_owned(),
+            problem,
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| bad(e.to_string()))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| bad(format!("{} bytes", b.len())))?;
+        Ok(SecretKey(key))
+    }
+
+    /// The key from `USERSYNC_SECRET_KEY` (`env`), else from `key_file` (empty: none); `None`
+    /// when neither is set.
+    pub fn find(env: Option<String>, key_file: &str) -> Result<Option<SecretKey>, VaultError> {
+        if let Some(text) = env.filter(|t| !t.trim().is_empty()) {
+            return SecretKey::from_base64(&text, SECRET_KEY_VAR).map(Some);
+        }
+        if key_file.is_empty() {
+            return Ok(None);
+        }
+        let text =
+            std::fs::read_to_string(Path::new(key_file)).map_err(|e| VaultError::KeyFile {
+                path: key_file.to_owned(),
+                problem: e.to_string(),
+            })?;
+        SecretKey::from_base64(&text, key_file).map(Some)
+    }
+
+    /// The first 8 bytes of the key's SHA-256, as hex: names the key without revealing it.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&Sha256::digest(self.0)[..8])
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey({})", self.fingerprint())
+    }
+}
+
+/// Seals and opens credentials with one key.
+#[derive(Clone)]
+pub struct Vault {
+    key: SecretKey,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Vault({})", self.key.fingerprint())
+    }
+}
+
+fn associated_data(side: Side) -> Vec<u8> {
+    format!("usersync:authorization:{side}").into_bytes()
+}
+
+impl Vault {
+    pub fn new(key: SecretKey) -> Vault {
+        Vault { key }
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.key.fingerprint()
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&self.key.0).into())
+    }
+
+    /// Seals `plaintext` for `side`.
+    pub fn seal(&self, side: Side, plaintext: &[u8]) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let aad = associated_data(side);
+        let sealed = self
+            .cipher()
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+        let mut blob = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        blob.push(VERSION);
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(&sealed);
+        blob
+    }
+
+    /// Opens what [`seal`](Self::seal) made for `side`.
+    pub fn open(&self, side: Side, blob: &[u8]) -> Result<Vec<u8>, VaultError> {
+        if blob.len() < 1 + NONCE_LEN || blob[0] != VERSION {
+            return Err(VaultError::Format { side });
+        }
+        let (nonce, sealed) = blob[1..].split_at(NONCE_LEN);
+        let aad = associated_data(side);
+        self.cipher()
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| VaultError::Open {
+                side,
+                fingerprint: self.fingerprint(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+
+    fn vault() -> Vault {
+        Vault::new(SecretKey::from_base64(KEY, "test").unwrap())
+    }
+
+    #[test]
+    fn what_is_sealed_opens_with_the_same_key_and_side_only() {
+        let vault = vault();
+        let blob = vault.seal(Side::Salesforce, b"client secret 123");
+        assert!(
+            !blob.windows(6).any(|w| w == b"secret"),
+            "the plaintext does not show through"
+        );
+        assert_eq!(
+            vault.open(Side::Salesforce, &blob).unwrap(),
+            b"client secret 123"
+        );
+        assert!(matches!(
+            vault.open(Side::Outreach, &blob),
+            Err(VaultError::Open {
+                side: Side::Outreach,
+                ..
+            })
+        ));
+        let other = Vault::new(SecretKey([7; 32]));
+        assert!(matches!(
+            other.open(Side::Salesforce, &blob),
+            Err(VaultError::Open { .. })
+        ));
+        let mut altered = blob.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert!(vault.open(Side::Salesforce, &altered).is_err());
+        assert_eq!(
+            vault.open(Side::Salesforce, &[2, 0, 0]),
+            Err(VaultError::Format {
+                side: Side::Salesforce
+            })
+        );
+    }
+
+    #[test]
+    fn each_seal_uses_a_fresh_nonce() {
+        let vault = vault();
+        assert_ne!(
+            vault.seal(Side::Outreach, b"same"),
+            vault.seal(Side::Outreach, b"same")
+        );
+    }
+
+    #[test]
+    fn the_key_comes_from_the_variable_then_the_file_and_bad_keys_are_named() {
+        assert_eq!(SecretKey::find(None, "").unwrap().map(|k| k.0), None);
+        let from_env = SecretKey::find(Some(format!(" {KEY}\n")), "/nonexistent").unwrap();
+        assert!(from_env.is_some(), "the variable wins over the file");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, format!("{KEY}\n")).unwrap();
+        let from_file = SecretKey::find(None, file.to_str().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(from_file.fingerprint(), from_env.unwrap().fingerprint());
+
+        let short = SecretKey::find(Some("c2hvcnQ=".into()), "").unwrap_err();
+        assert_eq!(
+            short.to_string(),
+            "the secret key from USERSYNC_SECRET_KEY is not base64 of exactly 32 bytes: 5 bytes"
+        );
+        let missing = SecretKey::find(None, "/nonexistent/key").unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/key"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn the_key_is_never_printed() {
+        let key = SecretKey::from_base64(KEY, "test").unwrap();
+        let shown = format!("{key:?} {:?}", Vault::new(key.clone()));
+        assert!(!shown.contains(KEY) && !shown.contains("q83v"), "{shown}");
+        assert!(shown.contains(&key.fingerprint()));
+    }
+}
