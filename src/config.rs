@@ -22,7 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::engine::settings::{SettingsError, SyncSettings};
 
 /// The sections the environment may set.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "sync",
     "store",
     "outreach",
@@ -31,6 +31,7 @@ const SECTIONS: [&str; 8] = [
     "processor",
     "admin",
     "run",
+    "secrets",
 ];
 
 /// The prefix of every variable.
@@ -48,6 +49,15 @@ pub struct Config {
     pub processor: ProcessorConfig,
     pub admin: AdminConfig,
     pub run: RunConfig,
+    pub secrets: SecretsConfig,
+}
+
+/// Where the key that seals stored credentials comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// A file holding the key (base64 of 32 bytes); `USERSYNC_SECRET_KEY` wins when set.
+    pub key_file: String,
 }
 
 /// `usersync run`: all roles in one process.

@@ -103,7 +103,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         let config = config.clone();
         let connections = connections.clone();
         let stopped = stopped.clone();
-        async move { crate::salesforce::role::run_with(&config, &connections, stopped).await }
+        async move { crate::salesforce::role::run_with(&config, &connections, None, stopped).await }
     });
     let admin = crate::admin::bind("127.0.0.1:0".parse()?).await?;
     let admin_url = format!("http://{}", admin.local_addr()?);
@@ -111,6 +111,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         let router = crate::admin::router(crate::admin::AdminState {
             store: store.clone(),
             connections,
+            authorizations: None,
         });
         let stopped = stopped.clone();
         async move {

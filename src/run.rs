@@ -16,18 +16,28 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::connection::Connections;
+use anyhow::Context;
+
+use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
+use crate::connection::{Connections, Side};
 
 /// Runs every role until `shutdown` turns true or one of them fails.
 pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let store = crate::store::open(&config.store.url).await?;
-    let outreach = crate::processor::role::outreach_client(&config.outreach)?;
+    let authorizations = StoredAuthorizations::from_config(store.clone(), &config.secrets)?;
+    let stored_outreach = authorizations
+        .load::<OutreachAuthorization>(Side::Outreach)
+        .await
+        .context("reading the Outreach authorization a reconnect stored")?
+        .map(|stored| (authorizations.clone(), stored));
+    let outreach = crate::processor::role::outreach_client_with(&config.outreach, stored_outreach)?;
     let webhooks = webhook_routes(config, &outreach).await?;
     let connections = Connections::new();
     let mut processor = crate::processor::role::build_with(config, store.clone(), outreach)
         .await?
-        .with_connections(connections.clone());
+        .with_connections(connections.clone())
+        .with_authorizations(authorizations.clone());
     let admin = match config.admin.listen.trim() {
         "" => None,
         listen => {
@@ -48,11 +58,19 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
     roles.spawn("subscriber", {
         let config = config.clone();
         let connections = connections.clone();
+        let authorizations = authorizations.clone();
         let stopped = stopped.clone();
-        async move { crate::salesforce::role::run_with(&config, &connections, stopped).await }
+        async move {
+            crate::salesforce::role::run_with(&config, &connections, Some(&authorizations), stopped)
+                .await
+        }
     });
     if let Some(admin) = admin {
-        let mut router = crate::admin::router(crate::admin::AdminState { store, connections });
+        let mut router = crate::admin::router(crate::admin::AdminState {
+            store,
+            connections,
+            authorizations: Some(authorizations),
+        });
         if let Some(webhooks) = webhooks {
             router = router.merge(webhooks);
         }

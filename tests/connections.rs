@@ -6,6 +6,7 @@
 mod support;
 
 use reqwest::Method;
+use serde_json::json;
 use support::{INTEGRATION_USER, Parts, until};
 use usersync::sim::salesforce::pubsub::StreamFault;
 
@@ -202,5 +203,165 @@ async fn the_authorizing_user_leaves_and_a_reconnect_as_another_user_shows_them_
         parts.in_outreach("during@acme.example")
     })
     .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn salesforce_credentials_changed_then_reconnect_with_the_new_secret() {
+    let parts = Parts::new().await;
+    let running = parts.start().await;
+    parts.create_salesforce_user("before");
+    until("the pipeline is live", || async {
+        parts.in_outreach("before@acme.example")
+    })
+    .await;
+
+    // The consumer secret is rotated and the sessions revoked: signing in again is refused.
+    let new_secret = parts.salesforce.rotate_client_secret();
+    parts.salesforce.revoke_tokens();
+    parts
+        .salesforce
+        .inject_stream_fault(StreamFault::ResetStream);
+    until("Salesforce is disconnected", || {
+        state_is(&parts, "salesforce", "disconnected")
+    })
+    .await;
+    assert_eq!(
+        parts.connection("salesforce").await["reason"],
+        "credentials_changed"
+    );
+    parts.create_salesforce_user("during");
+
+    // A reconnect with a malformed body is refused naming the field; nothing is stored.
+    let (status, body) = parts
+        .admin_post(
+            "/api/v1/connections/salesforce/reconnect",
+            &json!({"flow": "client_credentials", "consumer_secret": 7}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("consumer_secret"), "{body}");
+
+    let (status, body) = parts
+        .admin_post(
+            "/api/v1/connections/salesforce/reconnect",
+            &json!({"flow": "client_credentials", "consumer_secret": new_secret}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        !body.contains(&new_secret),
+        "the secret is never returned: {body}"
+    );
+    until("Salesforce is connected again", || {
+        state_is(&parts, "salesforce", "connected")
+    })
+    .await;
+    until("the change made while disconnected arrives", || async {
+        parts.in_outreach("during@acme.example")
+    })
+    .await;
+    let (_, status) = parts.admin(Method::GET, "/api/v1/status").await;
+    assert!(!status.to_string().contains(&new_secret));
+    running.stop().await;
+
+    // The new secret is sealed in the store and survives a restart.
+    let store = usersync::store::open(&parts.config.store.url)
+        .await
+        .unwrap();
+    let sealed = store.authorization("salesforce").await.unwrap().unwrap();
+    assert!(
+        !sealed
+            .windows(new_secret.len())
+            .any(|w| w == new_secret.as_bytes())
+    );
+    let running = parts.start().await;
+    until(
+        "Salesforce connects with the stored secret after a restart",
+        || state_is(&parts, "salesforce", "connected"),
+    )
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outreach_refresh_token_revoked_then_reconnect_with_a_new_one() {
+    let parts = Parts::new().await;
+    let running = parts.start().await;
+    parts.create_salesforce_user("before");
+    until("the pipeline is live", || async {
+        parts.in_outreach("before@acme.example")
+    })
+    .await;
+
+    // Outreach revokes every token; the next write cannot be authorized.
+    parts.outreach.revoke_tokens();
+    parts.create_salesforce_user("during");
+    until("Outreach is disconnected", || {
+        state_is(&parts, "outreach", "disconnected")
+    })
+    .await;
+    let down = parts.connection("outreach").await;
+    assert_eq!(down["reason"], "credentials_changed", "{down}");
+    assert_eq!(parts.connection("salesforce").await["state"], "connected");
+    assert!(!parts.in_outreach("during@acme.example"));
+
+    let fresh = parts.outreach.issue_tokens(&["users.all"]).refresh_token;
+    let (status, body) = parts
+        .admin_post(
+            "/api/v1/connections/outreach/reconnect",
+            &json!({"refresh_token": fresh}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(!body.contains(&fresh), "{body}");
+    until("the change made while disconnected arrives", || async {
+        parts.in_outreach("during@acme.example")
+    })
+    .await;
+    until("Outreach is connected again", || {
+        state_is(&parts, "outreach", "connected")
+    })
+    .await;
+    assert_eq!(parts.outreach.users().len(), 2, "none twice");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outreach_scope_removed_then_reconnect_with_the_scope() {
+    let parts = Parts::new().await;
+    let running = parts.start().await;
+    parts.create_salesforce_user("before");
+    until("the pipeline is live", || async {
+        parts.in_outreach("before@acme.example")
+    })
+    .await;
+
+    parts.outreach.remove_scope("users.all");
+    parts.create_salesforce_user("during");
+    until("Outreach is disconnected", || {
+        state_is(&parts, "outreach", "disconnected")
+    })
+    .await;
+    let down = parts.connection("outreach").await;
+    assert_eq!(down["reason"], "permissions_changed", "{down}");
+    assert!(
+        down["advice"].as_str().unwrap().contains("users.all"),
+        "{down}"
+    );
+
+    let fresh = parts.outreach.issue_tokens(&["users.all"]).refresh_token;
+    let (status, body) = parts
+        .admin_post(
+            "/api/v1/connections/outreach/reconnect",
+            &json!({"refresh_token": fresh}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    until("the change made while disconnected arrives", || async {
+        parts.in_outreach("during@acme.example")
+    })
+    .await;
+    assert_eq!(parts.outreach.users().len(), 2, "none twice");
     running.stop().await;
 }

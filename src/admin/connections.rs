@@ -1,8 +1,10 @@
 //! The connection routes of `admin.md`: `GET /api/v1/status` and, per side,
 //! `POST /api/v1/connections/{side}/reconnect` and `…/disconnect`.
 //!
-//! They only talk to the [`Connections`] board: a reconnect asks the side's role to sign in
-//! again (it was parked, or the admin wants the new identity and permissions read at once),
+//! They talk to the [`Connections`](crate::connection::Connections) board: a reconnect asks the
+//! side's role to sign in again (it was parked, or the admin wants the new identity and
+//! permissions read at once) — with a body, after sealing and storing the new authorization
+//! it carries (a secret in the body is never echoed, logged or returned);
 //! a disconnect marks the side `disconnected` with reason `manual`, which stops it: the
 //! subscriber ends its stream, the processor applies nothing. Both keep the checkpoint and the
 //! mappings, so a later reconnect resumes where the side stopped. The answer is the side's
@@ -10,12 +12,18 @@
 //! the live feed) when the role acts.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{AdminState, ApiError};
 use crate::connection::Side;
+use crate::connection::authorization::{
+    AuthorizationError, OutreachAuthorization, SalesforceAuthorization,
+};
+use crate::connection::vault::VaultError;
 
 fn side_of(raw: &str) -> Result<Side, ApiError> {
     raw.parse::<Side>().map_err(|message| ApiError {
@@ -36,18 +44,82 @@ pub(super) async fn status(State(state): State<AdminState>) -> Json<Value> {
     }))
 }
 
+/// Asks the side to sign in again. A JSON body is a new authorization (the side's type in
+/// `connection::authorization`): it is sealed and stored first, and the sign-in uses it.
 pub(super) async fn reconnect(
     State(state): State<AdminState>,
     Path(side): Path<String>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let side = side_of(&side)?;
+    let mut stored_with_key = None;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let authorizations = state
+            .authorizations
+            .as_ref()
+            .ok_or_else(|| no_key(VaultError::NoKey))?;
+        let saved = match side {
+            Side::Salesforce => {
+                let new: SalesforceAuthorization = parse(&body)?;
+                authorizations.save(side, &new).await
+            }
+            Side::Outreach => {
+                let new: OutreachAuthorization = parse(&body)?;
+                authorizations.save(side, &new).await
+            }
+        };
+        match saved {
+            Ok(()) => stored_with_key = authorizations.key_fingerprint(),
+            Err(AuthorizationError::Vault(error)) => return Err(no_key(error)),
+            Err(error) => {
+                return Err(ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "store_unavailable",
+                    message: error.to_string(),
+                });
+            }
+        }
+    }
     state.connections.connecting(side);
     state.connections.request_reconnect(side);
-    tracing::info!(%side, "reconnect requested by an admin");
+    tracing::info!(%side, new_authorization = stored_with_key.is_some(), "reconnect requested by an admin");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"connection": state.connections.get(side)})),
+        Json(json!({
+            "connection": state.connections.get(side),
+            "stored_with_key": stored_with_key,
+        })),
     ))
+}
+
+/// A reconnect body, read strictly: the error names the field (never its value, which may be
+/// a secret).
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let problem = if inner.is_syntax() || inner.is_eof() {
+            "the body is not JSON".to_owned()
+        } else {
+            let text = inner.to_string();
+            // serde names the field and the expected type before " at line"; keep that part.
+            text.split(" at line").next().unwrap_or(&text).to_owned()
+        };
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_authorization",
+            message: format!("{path}: {problem}"),
+        }
+    })
+}
+
+fn no_key(error: VaultError) -> ApiError {
+    ApiError {
+        status: StatusCode::CONFLICT,
+        code: "no_secret_key",
+        message: error.to_string(),
+    }
 }
 
 pub(super) async fn disconnect(

@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::connection::Connections;
+use crate::connection::authorization::StoredAuthorizations;
 use crate::engine::decision::Action;
 use crate::outreach::OutreachUserId;
 use crate::salesforce::id::SalesforceId;
@@ -33,6 +34,9 @@ pub struct AdminState {
     pub store: Arc<dyn Store>,
     /// Both connections, shared with the roles that report them.
     pub connections: Connections,
+    /// Where a reconnect with new credentials stores them; `None`: reconnects retry the
+    /// configured credentials only.
+    pub authorizations: Option<StoredAuthorizations>,
 }
 
 /// The routes of the admin server. Other parts (the webhook receiver) merge theirs into it.
@@ -220,6 +224,7 @@ mod tests {
         let state = AdminState {
             store,
             connections: Connections::new(),
+            authorizations: None,
         };
         tokio::spawn(serve(listener, router(state), shutdown));
         (url, stop)

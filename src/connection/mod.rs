@@ -19,6 +19,7 @@
 //! The states are `not_configured`, `connecting`, `connected`, `degraded` and `disconnected`.
 //! A side that is disconnected stops; the other side goes on.
 
+pub mod authorization;
 mod board;
 mod reason;
 pub mod vault;

@@ -356,6 +356,18 @@ impl TokenKeeper {
         )
     }
 
+    /// Takes a new authorization (a reconnect): the next request mints an access token from
+    /// `refresh_token`, and any request still holding the old token retries with the new one.
+    pub(crate) fn replace_refresh_token(&self, refresh_token: String) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        current.tokens = OAuthTokens {
+            access_token: String::new(),
+            refresh_token,
+            expires_at: Some(chrono::DateTime::UNIX_EPOCH),
+        };
+        current.generation += 1;
+    }
+
     /// Notes a mint made outside the keeper (the authorization-code exchange), so the next
     /// refresh respects the mint interval.
     pub(crate) async fn record_mint(&self) {

@@ -366,6 +366,12 @@ impl OutreachClient {
         self.inner.counters.snapshot(self.inner.limiter.waits())
     }
 
+    /// Switches to a new authorization (an admin reconnected with a new refresh token): the
+    /// next request mints an access token with it.
+    pub fn replace_refresh_token(&self, refresh_token: String) {
+        self.inner.keeper.replace_refresh_token(refresh_token);
+    }
+
     /// The tokens in use (the newest refresh token included).
     pub async fn tokens(&self) -> OAuthTokens {
         self.inner.keeper.tokens()

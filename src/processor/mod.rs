@@ -46,6 +46,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::apply::{ApplyError, apply_event};
+use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
 use crate::connection::{ConnectionState, Connections, DisconnectReason, Side};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
 use crate::engine::settings::SyncSettings;
@@ -202,6 +203,8 @@ pub struct Processor {
     connections: Connections,
     /// An admin's reconnect requests for Outreach.
     reconnects: watch::Receiver<u64>,
+    /// Where a reconnect with a new Outreach authorization left it.
+    authorizations: Option<StoredAuthorizations>,
     pub stats: ProcessorStats,
 }
 
@@ -242,6 +245,7 @@ impl Processor {
             retries: BTreeMap::new(),
             decisions,
             reconnects: Connections::new().reconnect_requests(Side::Outreach),
+            authorizations: None,
             connections: Connections::new(),
             stats: ProcessorStats::default(),
         })
@@ -253,6 +257,34 @@ impl Processor {
         self.reconnects = connections.reconnect_requests(Side::Outreach);
         self.connections = connections;
         self
+    }
+
+    /// Reads a new Outreach authorization from `authorizations` when an admin reconnects.
+    pub fn with_authorizations(mut self, authorizations: StoredAuthorizations) -> Processor {
+        self.authorizations = Some(authorizations);
+        self
+    }
+
+    /// Takes the authorization a reconnect stored, when it is not the one in use.
+    async fn take_stored_authorization(&self) {
+        let Some(authorizations) = &self.authorizations else {
+            return;
+        };
+        match authorizations
+            .load::<OutreachAuthorization>(Side::Outreach)
+            .await
+        {
+            Ok(Some(stored)) => {
+                if self.outreach.tokens().await.refresh_token != stored.refresh_token {
+                    tracing::info!(authorization = ?stored, "using the Outreach authorization of the reconnect");
+                    self.outreach.replace_refresh_token(stored.refresh_token);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "the Outreach authorization of the reconnect cannot be read")
+            }
+        }
     }
 
     /// Every decision as it is recorded (a slow receiver misses the oldest ones, never slows
@@ -273,6 +305,10 @@ impl Processor {
             tracing::warn!(%error, ?wait, attempt, "the Outreach user index could not be loaded; trying again");
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                Ok(()) = self.reconnects.changed() => {
+                    self.reconnects.borrow_and_update();
+                    self.take_stored_authorization().await;
+                }
                 _ = shutdown.changed() => return self.finish(),
             }
         }
@@ -297,6 +333,7 @@ impl Processor {
                     // of the processor) and try every held event now rather than at its time.
                     self.reconnects.borrow_and_update();
                     tracing::info!("reconnect requested: reading the Outreach index and retrying held events");
+                    self.take_stored_authorization().await;
                     if let Err(error) = self.reconcile().await {
                         tracing::warn!(%error, "Outreach still refuses after the reconnect");
                     }

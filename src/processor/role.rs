@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::{Processor, ProcessorSettings};
 use crate::config::{Config, OutreachConfig};
+use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
 use crate::kafka::ChangePublisher;
 use crate::outreach::token_file::TokenFile;
 use crate::outreach::{ClientConfig, MemoryTokenStore, OAuthTokens, OutreachClient, TokenStore};
@@ -33,6 +34,16 @@ pub fn settings(config: &Config) -> ProcessorSettings {
 /// The Outreach client of the configuration: tokens from `outreach.token_file` when it holds
 /// some, else a first mint from `outreach.refresh_token`.
 pub fn outreach_client(config: &OutreachConfig) -> anyhow::Result<OutreachClient> {
+    outreach_client_with(config, None)
+}
+
+/// [`outreach_client`], starting from what a reconnect stored when there is something: its
+/// refresh token wins over the token file and the configuration, and the tokens minted later
+/// are kept in the vault too.
+pub fn outreach_client_with(
+    config: &OutreachConfig,
+    stored: Option<(StoredAuthorizations, OutreachAuthorization)>,
+) -> anyhow::Result<OutreachClient> {
     let url = |key: &str, value: &str| {
         url::Url::parse(value).with_context(|| format!("outreach.{key} {value:?} is not a URL"))
     };
@@ -52,17 +63,24 @@ pub fn outreach_client(config: &OutreachConfig) -> anyhow::Result<OutreachClient
     client.mint_interval = Duration::from_secs(config.mint_interval_seconds);
     client.timeout = Duration::from_secs(config.timeout_seconds.max(1));
 
-    let (saved, store): (Option<OAuthTokens>, Arc<dyn TokenStore>) = if config.token_file.is_empty()
-    {
-        (None, Arc::new(MemoryTokenStore::new()))
-    } else {
-        let file = TokenFile::new(&config.token_file);
-        (
-            file.load()
-                .map_err(|e| anyhow::anyhow!("outreach.token_file: {}", e.0))?,
-            Arc::new(file),
-        )
-    };
+    let (saved, store): (Option<OAuthTokens>, Arc<dyn TokenStore>) =
+        if let Some((vault, stored)) = stored {
+            let tokens = OAuthTokens {
+                access_token: String::new(),
+                refresh_token: stored.refresh_token,
+                expires_at: Some(chrono::DateTime::UNIX_EPOCH),
+            };
+            (Some(tokens), Arc::new(vault))
+        } else if config.token_file.is_empty() {
+            (None, Arc::new(MemoryTokenStore::new()))
+        } else {
+            let file = TokenFile::new(&config.token_file);
+            (
+                file.load()
+                    .map_err(|e| anyhow::anyhow!("outreach.token_file: {}", e.0))?,
+                Arc::new(file),
+            )
+        };
     let tokens = match saved {
         Some(tokens) => tokens,
         None if !config.refresh_token.expose().is_empty() => OAuthTokens {

@@ -25,11 +25,46 @@ use super::pubsub::PubSubSettings;
 use super::rest::{CredentialsTokenSource, RestRetry, SalesforceRest, TokenSource};
 use super::subscriber::{CometdSubscriber, Subscriber, SubscriberError, SubscriberSettings};
 use crate::config::{Config, SalesforceAuthFlow, SalesforceConfig, Transport};
+use crate::connection::authorization::{SalesforceAuthorization, StoredAuthorizations};
 use crate::connection::{
     AuthorizedIdentity, ConnectionFailure, ConnectionState, Connections, DisconnectReason, Side,
     Verdict,
 };
 use crate::kafka::{ChangePublisher, TransactionalPublisher};
+
+/// The credentials to sign in with: the configured ones, with what a reconnect stored laid
+/// over them (a new secret, another username, a key given as PEM, a refresh token).
+pub fn credentials_with(
+    config: &SalesforceConfig,
+    stored: Option<&SalesforceAuthorization>,
+) -> anyhow::Result<SalesforceCredentials> {
+    let Some(stored) = stored else {
+        return credentials(config);
+    };
+    let mut sf = config.clone();
+    sf.auth = stored.flow;
+    if let Some(key) = &stored.consumer_key {
+        sf.consumer_key = key.clone();
+    }
+    if let Some(secret) = &stored.consumer_secret {
+        sf.consumer_secret = crate::config::Secret::new(secret.clone());
+    }
+    if let Some(username) = &stored.username {
+        sf.username = username.clone();
+    }
+    if let Some(token) = &stored.refresh_token {
+        sf.refresh_token = crate::config::Secret::new(token.clone());
+    }
+    match (&stored.private_key_pem, sf.auth) {
+        (Some(pem), SalesforceAuthFlow::JwtBearer) => Ok(SalesforceCredentials::JwtBearer {
+            login_url: sf.login_url.clone(),
+            consumer_key: sf.consumer_key.clone(),
+            username: sf.username.clone(),
+            private_key_pem: Secret::new(pem.clone()),
+        }),
+        _ => credentials(&sf),
+    }
+}
 
 /// The credentials of the configured flow. Reads the private key file for JWT bearer.
 pub fn credentials(config: &SalesforceConfig) -> anyhow::Result<SalesforceCredentials> {
@@ -86,22 +121,25 @@ pub fn settings(config: &SalesforceConfig) -> SubscriberSettings {
 /// Runs the subscriber alone until `shutdown` turns true; a failure only an admin can fix
 /// ends it with the reason.
 pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    supervise(config, &Connections::new(), false, shutdown).await
+    supervise(config, &Connections::new(), None, false, shutdown).await
 }
 
 /// Runs the subscriber until `shutdown` turns true, reporting the Salesforce connection on
-/// `connections` and waiting there for a reconnect when only an admin can help.
+/// `connections` and waiting there for a reconnect when only an admin can help. Each sign-in
+/// uses what the last reconnect stored in `authorizations`, if anything.
 pub async fn run_with(
     config: &Config,
     connections: &Connections,
+    authorizations: Option<&StoredAuthorizations>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    supervise(config, connections, true, shutdown).await
+    supervise(config, connections, authorizations, true, shutdown).await
 }
 
 async fn supervise(
     config: &Config,
     connections: &Connections,
+    authorizations: Option<&StoredAuthorizations>,
     park: bool,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -115,7 +153,7 @@ async fn supervise(
         reconnects.borrow_and_update();
         connections.connecting(Side::Salesforce);
         let (stop, stopping) = stop_signal(connections, shutdown.clone());
-        let result = stream(config, connections, stopping).await;
+        let result = stream(config, connections, authorizations, stopping).await;
         stop.abort();
         if *shutdown.borrow() {
             return result;
@@ -212,14 +250,25 @@ fn verdict_of(error: &anyhow::Error) -> Verdict {
 async fn stream(
     config: &Config,
     connections: &Connections,
+    authorizations: Option<&StoredAuthorizations>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sf = &config.salesforce;
+    let stored = match authorizations {
+        Some(authorizations) => authorizations
+            .load::<SalesforceAuthorization>(Side::Salesforce)
+            .await
+            .context("reading the Salesforce authorization a reconnect stored")?,
+        None => None,
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(sf.timeout_seconds.max(1)))
         .build()
         .context("building the HTTP client")?;
-    let tokens = Arc::new(CredentialsTokenSource::new(http.clone(), credentials(sf)?));
+    let tokens = Arc::new(CredentialsTokenSource::new(
+        http.clone(),
+        credentials_with(sf, stored.as_ref())?,
+    ));
     let session = tokens.session().await.context("signing in to Salesforce")?;
     let identity = super::auth::userinfo(&http, &session)
         .await

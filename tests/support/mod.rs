@@ -81,12 +81,18 @@ impl Parts {
                 .issue_tokens(&["users.all", "webhooks.all"])
                 .refresh_token,
         );
+        // The simulator does not throttle minting, so the client need not space its mints.
+        config.outreach.mint_interval_seconds = 0;
         config.processor.retry_min_ms = 50;
         config.processor.retry_max_ms = 1_000;
 
         let admin = format!("127.0.0.1:{}", free_port());
         config.admin.listen = admin.clone();
         config.store.url = format!("sqlite://{}", dir.path().join("usersync.db").display());
+        // A key for the credentials a reconnect stores (32 bytes, base64).
+        let key_file = dir.path().join("secret.key");
+        std::fs::write(&key_file, "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\n").unwrap();
+        config.secrets.key_file = key_file.display().to_string();
         Parts {
             mock,
             salesforce,
@@ -143,6 +149,19 @@ impl Parts {
             .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST` with a JSON body on the admin API; the status and the raw body.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, String) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.admin_url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
     }
 
     /// One side's connection from `GET /api/v1/status`.
