@@ -83,9 +83,79 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Show both connections of a running usersync: state, reason, who is authorized, and
+    /// what to do when a side is disconnected (docs/operations.md).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Ask a side to sign in again, optionally with new credentials (stored sealed; the
+    /// server needs USERSYNC_SECRET_KEY or secrets.key_file for that).
+    ///
+    /// Without credentials the stored ones are tried again: for a reason fixed on the
+    /// provider's side (a permission given back, a run-as user changed, a manual disconnect).
+    /// A value of - reads that secret from standard input, keeping it out of the process list.
+    Reconnect {
+        /// salesforce or outreach.
+        side: crate::connection::Side,
+        /// Outreach or Salesforce: a new refresh token.
+        #[arg(long)]
+        refresh_token: Option<String>,
+        /// Salesforce: the flow to sign in with (jwt_bearer, client_credentials, refresh_token).
+        #[arg(long)]
+        flow: Option<String>,
+        /// Salesforce: a new consumer secret.
+        #[arg(long)]
+        consumer_secret: Option<String>,
+        /// Salesforce JWT bearer: the authorizing user (switches who is authorized).
+        #[arg(long)]
+        username: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Disconnect a side by hand: it stops, keeping its checkpoint and mappings, until a
+    /// reconnect.
+    Disconnect {
+        /// salesforce or outreach.
+        side: crate::connection::Side,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Follow the live feed: decisions and connection changes as they happen.
+    Tail {
+        /// Print each message as the JSON the feed sends.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run a simulator of an external service (test equipment).
     #[command(subcommand)]
     Sim(crate::sim::SimCommand),
+}
+
+/// Where the admin API of a running usersync is.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API's base URL.
+    #[arg(long, env = "USERSYNC_ADMIN_URL", default_value = crate::admin::client::DEFAULT_ADMIN_URL)]
+    admin_url: String,
+}
+
+/// A secret from the command line; `-` reads it from standard input.
+fn secret_argument(value: Option<String>) -> anyhow::Result<Option<String>> {
+    match value.as_deref() {
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| InputError {
+                    message: format!("cannot read the secret from standard input: {e}"),
+                })?;
+            Ok(Some(text.trim().to_owned()))
+        }
+        _ => Ok(value),
+    }
 }
 
 /// An error with its own exit code (2: the input is wrong).
@@ -132,6 +202,54 @@ fn init_tracing() {
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Decide { scenario } => decide(scenario).await,
+        Command::Status { admin } => crate::admin::client::status(&admin.admin_url).await,
+        Command::Reconnect {
+            side,
+            refresh_token,
+            flow,
+            consumer_secret,
+            username,
+            admin,
+        } => {
+            let refresh_token = secret_argument(refresh_token)?;
+            let consumer_secret = secret_argument(consumer_secret)?;
+            let authorization = match side {
+                crate::connection::Side::Outreach => {
+                    refresh_token.map(|token| serde_json::json!({"refresh_token": token}))
+                }
+                crate::connection::Side::Salesforce => {
+                    let given = [&refresh_token, &consumer_secret, &username, &flow]
+                        .iter()
+                        .any(|v| v.is_some());
+                    if given && flow.is_none() {
+                        return Err(InputError {
+                            message: "--flow is needed with new Salesforce credentials \
+                                      (jwt_bearer, client_credentials or refresh_token)"
+                                .into(),
+                        }
+                        .into());
+                    }
+                    given.then(|| {
+                        let mut body = serde_json::json!({"flow": flow});
+                        for (key, value) in [
+                            ("refresh_token", &refresh_token),
+                            ("consumer_secret", &consumer_secret),
+                            ("username", &username),
+                        ] {
+                            if let Some(value) = value {
+                                body[key] = serde_json::Value::String(value.clone());
+                            }
+                        }
+                        body
+                    })
+                }
+            };
+            crate::admin::client::reconnect(&admin.admin_url, side, authorization).await
+        }
+        Command::Disconnect { side, admin } => {
+            crate::admin::client::disconnect(&admin.admin_url, side).await
+        }
+        Command::Tail { json, admin } => crate::admin::client::tail(&admin.admin_url, json).await,
         Command::Subscriber { config } => {
             let config = crate::config::Config::load(config.as_deref())?;
             crate::salesforce::role::run(&config, shutdown_signal()).await

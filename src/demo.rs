@@ -94,6 +94,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         .await?
         .with_connections(connections.clone());
     let mut story = processor.decisions();
+    let decisions = processor.decision_feed();
     let mut roles = crate::run::Roles::default();
     roles.spawn("processor", {
         let stopped = stopped.clone();
@@ -112,6 +113,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
             store: store.clone(),
             connections,
             authorizations: None,
+            decisions: Some(decisions),
         });
         let stopped = stopped.clone();
         async move {

@@ -50,6 +50,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
     if let Some(admin) = &admin {
         tracing::info!(address = %admin.local_addr()?, "admin server listening");
     }
+    let decisions = processor.decision_feed();
     let mut roles = Roles::default();
     roles.spawn("processor", {
         let stopped = stopped.clone();
@@ -70,6 +71,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
             store,
             connections,
             authorizations: Some(authorizations),
+            decisions: Some(decisions),
         });
         if let Some(webhooks) = webhooks {
             router = router.merge(webhooks);

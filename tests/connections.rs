@@ -365,3 +365,93 @@ async fn outreach_scope_removed_then_reconnect_with_the_scope() {
     assert_eq!(parts.outreach.users().len(), 2, "none twice");
     running.stop().await;
 }
+
+/// The CLI verbs against the running process: what an admin types.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_shows_status_disconnects_reconnects_and_tails_the_feed() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let parts = Parts::new().await;
+    let running = parts.start().await;
+    parts.create_salesforce_user("before");
+    until("the pipeline is live", || async {
+        parts.in_outreach("before@acme.example")
+    })
+    .await;
+    let usersync = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_usersync"))
+            .args(args)
+            .env("USERSYNC_ADMIN_URL", &parts.admin_url)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (ok, out, err) = usersync(&["status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("salesforce: connected as {INTEGRATION_USER}")),
+        "{out}"
+    );
+    assert!(out.contains("outreach: connected"), "{out}");
+
+    // The feed, followed by `usersync tail --json` in the background.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .args(["tail", "--json"])
+        .env("USERSYNC_ADMIN_URL", &parts.admin_url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    for _ in 0..2 {
+        let line: serde_json::Value =
+            serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(line["type"], "connection", "the current state comes first");
+    }
+
+    let (ok, out, err) = usersync(&["disconnect", "outreach"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("outreach: disconnected (manual)"), "{out}");
+    assert!(
+        out.contains("what to do: An admin disconnected this side"),
+        "{out}"
+    );
+
+    let (ok, out, err) = usersync(&["reconnect", "outreach"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("outreach: connecting"), "{out}");
+    let (ok, _, err) = usersync(&["reconnect", "salesforce", "--consumer-secret", "x"]);
+    assert!(!ok);
+    assert!(err.contains("--flow is needed"), "{err}");
+
+    parts.create_salesforce_user("followed");
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut kinds = Vec::new();
+        for line in lines.by_ref() {
+            let line: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            let done = line["decision"]["email"] == "followed@acme.example";
+            kinds.push(line["type"].as_str().unwrap_or("?").to_owned());
+            if done {
+                break;
+            }
+        }
+        kinds
+    });
+    let kinds = tokio::time::timeout(support::WAIT, seen)
+        .await
+        .expect("the decision reaches the feed")
+        .unwrap();
+    assert!(
+        kinds.contains(&"connection".to_owned()),
+        "the disconnect was on the feed: {kinds:?}"
+    );
+    assert_eq!(kinds.last().map(String::as_str), Some("decision"));
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    running.stop().await;
+}

@@ -7,7 +7,9 @@
 //! admin API (settings, connections, the page and the live feed). Errors are JSON
 //! `{"error": {"code", "message"}}`, and a query parameter that does not parse is named.
 
+pub mod client;
 mod connections;
+pub mod feed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +39,9 @@ pub struct AdminState {
     /// Where a reconnect with new credentials stores them; `None`: reconnects retry the
     /// configured credentials only.
     pub authorizations: Option<StoredAuthorizations>,
+    /// The processor's decisions as they are recorded, for the live feed (`None`: no
+    /// processor in this process).
+    pub decisions: Option<tokio::sync::broadcast::Sender<crate::engine::decision::DecisionRecord>>,
 }
 
 /// The routes of the admin server. Other parts (the webhook receiver) merge theirs into it.
@@ -47,6 +52,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/mappings", get(mappings))
         .route("/api/v1/decisions", get(decisions))
         .route("/api/v1/status", get(connections::status))
+        .route("/api/v1/feed", get(feed::feed))
         .route(
             "/api/v1/connections/{side}/reconnect",
             post(connections::reconnect),
@@ -225,6 +231,7 @@ mod tests {
             store,
             connections: Connections::new(),
             authorizations: None,
+            decisions: None,
         };
         tokio::spawn(serve(listener, router(state), shutdown));
         (url, stop)

@@ -233,7 +233,7 @@ impl Processor {
                 context: format!("subscribing to {}", kafka.topic),
                 source: Box::new(source),
             })?;
-        let (decisions, _) = broadcast::channel(1024);
+        let (decisions, _) = broadcast::channel(crate::admin::feed::FEED_BACKLOG);
         Ok(Processor {
             consumer,
             revoked,
@@ -291,6 +291,12 @@ impl Processor {
     /// the processor).
     pub fn decisions(&self) -> broadcast::Receiver<DecisionRecord> {
         self.decisions.subscribe()
+    }
+
+    /// The sender behind [`decisions`](Self::decisions), for watchers that subscribe later
+    /// (each client of the live feed).
+    pub fn decision_feed(&self) -> broadcast::Sender<DecisionRecord> {
+        self.decisions.clone()
     }
 
     /// Loads the Outreach user index, then processes events until `shutdown` turns true; then

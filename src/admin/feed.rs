@@ -1,0 +1,229 @@
+//! `GET /api/v1/feed`: the live feed — decisions and connection changes as they happen, one
+//! JSON text message each, over WebSocket.
+//!
+//! Messages: `{"type": "decision", "decision": {…}}` (the decision record, as the decision log
+//! shows it) and `{"type": "connection", "connection": {…}}` (as `GET /api/v1/status` shows it).
+//! On connect the client first gets both connections' current state, so a page or `usersync
+//! tail` starts from the truth rather than from the next change.
+//!
+//! The processor never waits for a watcher: it publishes into a bounded broadcast channel and
+//! moves on. A client that falls more than [`FEED_BACKLOG`] messages behind has missed some,
+//! so it is closed with code 1008 and the reason `too slow: N messages missed; reconnect and
+//! read /api/v1/decisions for what was missed` — better a clear close than a feed that silently
+//! skips.
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::AdminState;
+use crate::connection::{Connection, Side};
+use crate::engine::decision::DecisionRecord;
+
+/// How many messages a client may fall behind before it is closed.
+pub const FEED_BACKLOG: usize = 1024;
+
+/// The close code for a client that cannot keep up (policy violation).
+pub const TOO_SLOW: u16 = 1008;
+
+pub(super) async fn feed(State(state): State<AdminState>, upgrade: WebSocketUpgrade) -> Response {
+    let decisions = state.decisions.as_ref().map(broadcast::Sender::subscribe);
+    let connections = state.connections.changes();
+    let current: Vec<Connection> = Side::ALL
+        .iter()
+        .map(|side| state.connections.get(*side))
+        .collect();
+    upgrade.on_upgrade(move |socket| follow(socket, current, decisions, connections))
+}
+
+fn decision_message(record: &DecisionRecord) -> Value {
+    json!({"type": "decision", "decision": record})
+}
+
+fn connection_message(connection: &Connection) -> Value {
+    json!({"type": "connection", "connection": connection})
+}
+
+async fn send(socket: &mut WebSocket, message: Value) -> bool {
+    socket
+        .send(Message::Text(message.to_string().into()))
+        .await
+        .is_ok()
+}
+
+async fn close_too_slow(mut socket: WebSocket, missed: u64) {
+    tracing::warn!(missed, "live feed client too slow; closing it");
+    let reason = format!(
+        "too slow: {missed} messages missed; reconnect and read /api/v1/decisions for what was missed"
+    );
+    let close = socket.send(Message::Close(Some(CloseFrame {
+        code: TOO_SLOW,
+        reason: Utf8Bytes::from(reason),
+    })));
+    // A client that reads nothing would hold the close frame too: give up on it.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), close).await;
+}
+
+/// Waits for the next decision; never resolves when there is no decision source.
+async fn next_decision(
+    decisions: &mut Option<broadcast::Receiver<DecisionRecord>>,
+) -> Result<DecisionRecord, broadcast::error::RecvError> {
+    match decisions {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn follow(
+    mut socket: WebSocket,
+    current: Vec<Connection>,
+    mut decisions: Option<broadcast::Receiver<DecisionRecord>>,
+    mut connections: broadcast::Receiver<Connection>,
+) {
+    for connection in &current {
+        if !send(&mut socket, connection_message(connection)).await {
+            return;
+        }
+    }
+    loop {
+        let message = tokio::select! {
+            decision = next_decision(&mut decisions) => match decision {
+                Ok(record) => decision_message(&record),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    return close_too_slow(socket, missed).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            connection = connections.recv() => match connection {
+                Ok(connection) => connection_message(&connection),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    return close_too_slow(socket, missed).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            incoming = socket.recv() => match incoming {
+                // The client closed, or went away.
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                // Pings are answered by axum; anything else a client sends is ignored.
+                Some(Ok(_)) => continue,
+            },
+        };
+        if !send(&mut socket, message).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite;
+
+    use super::*;
+    use crate::connection::{Connections, DisconnectReason};
+    use crate::engine::decision::{Action, Reason};
+
+    fn record(n: usize) -> DecisionRecord {
+        DecisionRecord {
+            event_id: format!("sf:00D000000000001EAA:005000000000001AAA:tx-{n}:1"),
+            at: chrono::Utc::now(),
+            action: Action::Create,
+            reason: Reason::NewActiveUser,
+            email: Some(format!("u{n}@acme.example")),
+            outreach_user_id: None,
+            salesforce_user_id: None,
+            previous_salesforce_user_id: None,
+            message: format!(
+                "created Outreach user for u{n}@acme.example, padded {}",
+                "x".repeat(400)
+            ),
+            outreach_calls: 1,
+        }
+    }
+
+    async fn serve() -> (String, broadcast::Sender<DecisionRecord>, Connections) {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let (decisions, _) = broadcast::channel(FEED_BACKLOG);
+        let connections = Connections::new();
+        let state = AdminState {
+            store,
+            connections: connections.clone(),
+            authorizations: None,
+            decisions: Some(decisions.clone()),
+        };
+        let listener = super::super::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let url = format!("ws://{}/api/v1/feed", listener.local_addr().unwrap());
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _keep = _stop;
+            super::super::serve(listener, super::super::router(state), shutdown).await
+        });
+        (url, decisions, connections)
+    }
+
+    async fn next_json(
+        socket: &mut (impl StreamExt<Item = Result<tungstenite::Message, tungstenite::Error>> + Unpin),
+    ) -> Value {
+        loop {
+            match socket.next().await.unwrap().unwrap() {
+                tungstenite::Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                tungstenite::Message::Close(frame) => panic!("closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_gets_the_current_state_then_decisions_and_connection_changes() {
+        let (url, decisions, connections) = serve().await;
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let first = next_json(&mut socket).await;
+        let second = next_json(&mut socket).await;
+        assert_eq!(
+            (
+                first["connection"]["side"].as_str(),
+                second["connection"]["side"].as_str()
+            ),
+            (Some("salesforce"), Some("outreach"))
+        );
+        decisions.send(record(1)).unwrap();
+        let decision = next_json(&mut socket).await;
+        assert_eq!(decision["type"], "decision");
+        assert_eq!(decision["decision"]["email"], "u1@acme.example");
+        connections.disconnect_manually(Side::Outreach);
+        let change = next_json(&mut socket).await;
+        assert_eq!(change["type"], "connection");
+        assert_eq!(
+            change["connection"]["reason"],
+            DisconnectReason::Manual.code()
+        );
+        socket.close(None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_cannot_keep_up_is_closed_with_the_reason_and_the_sender_never_waits() {
+        let (url, decisions, _connections) = serve().await;
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        next_json(&mut socket).await;
+        next_json(&mut socket).await;
+        // The client reads nothing while far more than the backlog is published; publishing
+        // never blocks (a broadcast send only fails without receivers).
+        for n in 0..40 * FEED_BACKLOG {
+            let _ = decisions.send(record(n));
+        }
+        let close = loop {
+            match socket.next().await {
+                Some(Ok(tungstenite::Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("the feed ended without a close frame: {other:?}"),
+            }
+        };
+        let frame = close.expect("a close frame with a reason");
+        assert_eq!(u16::from(frame.code), TOO_SLOW);
+        assert!(frame.reason.starts_with("too slow: "), "{}", frame.reason);
+    }
+}
