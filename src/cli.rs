@@ -113,6 +113,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Test a side's connection now: each step of the checklist (docs/operations.md) passed or
+    /// failed with the provider's error. Exits 1 when a step failed.
+    TestConnection {
+        /// salesforce or outreach.
+        side: crate::connection::Side,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Disconnect a side by hand: it stops, keeping its checkpoint and mappings, until a
     /// reconnect.
     Disconnect {
@@ -245,6 +253,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 }
             };
             crate::admin::client::reconnect(&admin.admin_url, side, authorization).await
+        }
+        Command::TestConnection { side, admin } => {
+            crate::admin::client::test_connection(&admin.admin_url, side).await
         }
         Command::Disconnect { side, admin } => {
             crate::admin::client::disconnect(&admin.admin_url, side).await

@@ -114,6 +114,8 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
             connections,
             authorizations: None,
             decisions: Some(decisions),
+            config: Some(Arc::new(config.clone())),
+            outreach: None,
         });
         let stopped = stopped.clone();
         async move {

@@ -34,6 +34,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
     let outreach = crate::processor::role::outreach_client_with(&config.outreach, stored_outreach)?;
     let webhooks = webhook_routes(config, &outreach).await?;
     let connections = Connections::new();
+    let outreach_for_tests = outreach.clone();
     let mut processor = crate::processor::role::build_with(config, store.clone(), outreach)
         .await?
         .with_connections(connections.clone())
@@ -72,6 +73,8 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
             connections,
             authorizations: Some(authorizations),
             decisions: Some(decisions),
+            config: Some(std::sync::Arc::new(config.clone())),
+            outreach: Some(outreach_for_tests),
         });
         if let Some(webhooks) = webhooks {
             router = router.merge(webhooks);

@@ -455,3 +455,69 @@ async fn the_cli_shows_status_disconnects_reconnects_and_tails_the_feed() {
     tail.wait().unwrap();
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_connection_passes_on_a_healthy_pipeline_and_names_the_step_that_breaks() {
+    let parts = Parts::new().await;
+    let running = parts.start().await;
+    parts.create_salesforce_user("before");
+    until("the pipeline is live", || async {
+        parts.in_outreach("before@acme.example")
+    })
+    .await;
+    let test = |side: &'static str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
+            .args(["test-connection", side])
+            .env("USERSYNC_ADMIN_URL", &parts.admin_url)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    for side in ["salesforce", "outreach"] {
+        let (ok, out) = test(side);
+        assert!(ok, "{out}");
+        assert!(
+            out.contains(&format!("{side}: every check passed")),
+            "{out}"
+        );
+    }
+    let (_, out) = test("salesforce");
+    assert!(
+        out.contains(&format!("signed in as {INTEGRATION_USER}")),
+        "{out}"
+    );
+
+    parts.salesforce.set_view_all_users(INTEGRATION_USER, false);
+    let (status, body) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/test")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let steps: Vec<(String, String)> = body["checklist"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_owned(),
+                s["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let outcome = |name: &str| {
+        steps
+            .iter()
+            .find(|(s, _)| s == name)
+            .map(|(_, o)| o.as_str())
+    };
+    assert_eq!(body["checklist"]["passed"], false);
+    assert_eq!(outcome("token"), Some("passed"));
+    assert_eq!(outcome("identity"), Some("passed"));
+    assert_eq!(outcome("can_subscribe"), Some("failed"), "{body}");
+    let (ok, out) = test("salesforce");
+    assert!(!ok);
+    assert!(out.contains("FAIL  can_subscribe"), "{out}");
+    running.stop().await;
+}

@@ -85,6 +85,26 @@ pub async fn reconnect(
     Ok(())
 }
 
+/// `usersync test-connection <side>`: every step; an error when one failed.
+pub async fn test_connection(admin: &str, side: Side) -> anyhow::Result<()> {
+    let response = reqwest::Client::new()
+        .post(format!("{admin}/api/v1/connections/{side}/test"))
+        .send()
+        .await
+        .with_context(|| format!("reaching the admin API at {admin}"))?;
+    let body = answer(response, &format!("testing {side}")).await?;
+    let checklist: crate::connection::checklist::Checklist =
+        serde_json::from_value(body["checklist"].clone()).context("reading the checklist")?;
+    for line in checklist.lines() {
+        println!("{line}");
+    }
+    if !checklist.passed {
+        anyhow::bail!("the {side} connection test failed");
+    }
+    println!("{side}: every check passed");
+    Ok(())
+}
+
 /// `usersync disconnect <side>`.
 pub async fn disconnect(admin: &str, side: Side) -> anyhow::Result<()> {
     let response = reqwest::Client::new()

@@ -122,6 +122,55 @@ fn no_key(error: VaultError) -> ApiError {
     }
 }
 
+/// Runs the side's checklist now and answers with every step.
+pub(super) async fn test(
+    State(state): State<AdminState>,
+    Path(side): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let side = side_of(&side)?;
+    let untestable = |what: &str| ApiError {
+        status: StatusCode::CONFLICT,
+        code: "not_testable",
+        message: format!("{side} cannot be tested from this process: {what}"),
+    };
+    let checklist = match side {
+        Side::Salesforce => {
+            let config = state
+                .config
+                .as_ref()
+                .ok_or_else(|| untestable("no configuration"))?;
+            let stored = match &state.authorizations {
+                Some(authorizations) => authorizations
+                    .load::<SalesforceAuthorization>(side)
+                    .await
+                    .map_err(|error| ApiError {
+                        status: StatusCode::CONFLICT,
+                        code: "stored_authorization",
+                        message: error.to_string(),
+                    })?,
+                None => None,
+            };
+            crate::salesforce::role::test_connection(config, stored.as_ref(), state.store.as_ref())
+                .await
+        }
+        Side::Outreach => {
+            let config = state
+                .config
+                .as_ref()
+                .ok_or_else(|| untestable("no configuration"))?;
+            let client = state
+                .outreach
+                .as_ref()
+                .ok_or_else(|| untestable("no processor"))?;
+            crate::processor::role::test_outreach(client, &config.outreach).await
+        }
+    };
+    for line in checklist.lines() {
+        tracing::info!(%side, "test connection: {line}");
+    }
+    Ok(Json(json!({ "checklist": checklist })))
+}
+
 pub(super) async fn disconnect(
     State(state): State<AdminState>,
     Path(side): Path<String>,

@@ -152,6 +152,8 @@ mod tests {
             connections: connections.clone(),
             authorizations: None,
             decisions: Some(decisions.clone()),
+            config: None,
+            outreach: None,
         };
         let listener = super::super::bind("127.0.0.1:0".parse().unwrap())
             .await

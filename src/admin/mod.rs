@@ -42,6 +42,10 @@ pub struct AdminState {
     /// The processor's decisions as they are recorded, for the live feed (`None`: no
     /// processor in this process).
     pub decisions: Option<tokio::sync::broadcast::Sender<crate::engine::decision::DecisionRecord>>,
+    /// What "test connection" needs: the configuration and the processor's Outreach client
+    /// (`None`: that side cannot be tested from this process).
+    pub config: Option<Arc<crate::config::Config>>,
+    pub outreach: Option<crate::outreach::OutreachClient>,
 }
 
 /// The routes of the admin server. Other parts (the webhook receiver) merge theirs into it.
@@ -61,6 +65,7 @@ pub fn router(state: AdminState) -> Router {
             "/api/v1/connections/{side}/disconnect",
             post(connections::disconnect),
         )
+        .route("/api/v1/connections/{side}/test", post(connections::test))
         .with_state(state)
 }
 
@@ -232,6 +237,8 @@ mod tests {
             connections: Connections::new(),
             authorizations: None,
             decisions: None,
+            config: None,
+            outreach: None,
         };
         tokio::spawn(serve(listener, router(state), shutdown));
         (url, stop)

@@ -21,6 +21,7 @@
 
 pub mod authorization;
 mod board;
+pub mod checklist;
 mod reason;
 pub mod vault;
 mod verdict;
