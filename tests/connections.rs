@@ -14,29 +14,50 @@ async fn state_is(parts: &Parts, side: &str, state: &str) -> bool {
     parts.connection(side).await["state"] == state
 }
 
+/// Cuts the running Pub/Sub stream (as a network blip would): the subscriber resubscribes,
+/// meets the fault just set up, and Salesforce ends up disconnected; returns its connection.
+async fn stream_cut_until_disconnected(parts: &Parts) -> serde_json::Value {
+    parts
+        .salesforce
+        .inject_stream_fault(StreamFault::ResetStream);
+    until("Salesforce is disconnected", || {
+        state_is(parts, "salesforce", "disconnected")
+    })
+    .await;
+    parts.connection("salesforce").await
+}
+
+/// After a reconnect: the change made while `side` was down (the user with `email`) arrives,
+/// the side is connected again, and Outreach holds `users` users — every change applied, none
+/// twice.
+async fn resumed(parts: &Parts, side: &str, email: &str, users: usize) {
+    until("the change made while disconnected arrives", || async {
+        parts.in_outreach(email)
+    })
+    .await;
+    until("the side is connected again", || {
+        state_is(parts, side, "connected")
+    })
+    .await;
+    let all = parts.outreach.users();
+    assert_eq!(
+        all.len(),
+        users,
+        "one Outreach user each, none twice: {all:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn salesforce_permissions_changed_then_reconnect_loses_nothing() {
     let parts = Parts::new().await;
-    let running = parts.start().await;
-    parts.create_salesforce_user("before");
-    until("the pipeline is live", || async {
-        parts.in_outreach("before@acme.example")
-    })
-    .await;
+    let running = parts.start_live().await;
     let connected = parts.connection("salesforce").await;
     assert_eq!(connected["state"], "connected");
     assert_eq!(connected["identity"]["username"], INTEGRATION_USER);
 
     // The authorizing user loses View All Users; the next subscribe is refused.
     parts.salesforce.set_view_all_users(INTEGRATION_USER, false);
-    parts
-        .salesforce
-        .inject_stream_fault(StreamFault::ResetStream);
-    until("Salesforce is disconnected", || {
-        state_is(&parts, "salesforce", "disconnected")
-    })
-    .await;
-    let down = parts.connection("salesforce").await;
+    let down = stream_cut_until_disconnected(&parts).await;
     assert_eq!(down["reason"], "permissions_changed", "{down}");
     assert_eq!(
         down["identity"]["username"], INTEGRATION_USER,
@@ -89,12 +110,7 @@ async fn salesforce_permissions_changed_then_reconnect_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it() {
     let parts = Parts::new().await;
-    let running = parts.start().await;
-    parts.create_salesforce_user("first");
-    until("the pipeline is live", || async {
-        parts.in_outreach("first@acme.example")
-    })
-    .await;
+    let running = parts.start_live().await;
 
     // Salesforce, by hand: the stream stops; changes wait in Salesforce's event bus.
     let (status, body) = parts
@@ -149,15 +165,7 @@ async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it(
         .admin(Method::POST, "/api/v1/connections/outreach/reconnect")
         .await;
     assert_eq!(status, 202);
-    until("the change made while Outreach was off arrives", || async {
-        parts.in_outreach("while.outreach.off@acme.example")
-    })
-    .await;
-    until("Outreach is connected again", || {
-        state_is(&parts, "outreach", "connected")
-    })
-    .await;
-    assert_eq!(parts.outreach.users().len(), 3, "none twice");
+    resumed(&parts, "outreach", "while.outreach.off@acme.example", 3).await;
     running.stop().await;
 }
 
@@ -165,23 +173,11 @@ async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it(
 async fn the_authorizing_user_leaves_and_a_reconnect_as_another_user_shows_them_at_once() {
     const SUCCESSOR: &str = "successor@acme.example";
     let parts = Parts::new().await;
-    let running = parts.start().await;
-    parts.create_salesforce_user("before");
-    until("the pipeline is live", || async {
-        parts.in_outreach("before@acme.example")
-    })
-    .await;
+    let running = parts.start_live().await;
 
     // The integration user leaves the company: deactivated, its sessions end.
     parts.salesforce.deactivate_user(INTEGRATION_USER);
-    parts
-        .salesforce
-        .inject_stream_fault(StreamFault::ResetStream);
-    until("Salesforce is disconnected", || {
-        state_is(&parts, "salesforce", "disconnected")
-    })
-    .await;
-    let down = parts.connection("salesforce").await;
+    let down = stream_cut_until_disconnected(&parts).await;
     assert_eq!(down["reason"], "user_inactive", "{down}");
     assert_eq!(down["identity"]["username"], INTEGRATION_USER);
     parts.create_salesforce_user("during");
@@ -209,12 +205,7 @@ async fn the_authorizing_user_leaves_and_a_reconnect_as_another_user_shows_them_
 #[tokio::test(flavor = "multi_thread")]
 async fn salesforce_credentials_changed_then_reconnect_with_the_new_secret() {
     let parts = Parts::new().await;
-    let running = parts.start().await;
-    parts.create_salesforce_user("before");
-    until("the pipeline is live", || async {
-        parts.in_outreach("before@acme.example")
-    })
-    .await;
+    let running = parts.start_live().await;
 
     // The consumer secret is rotated and the sessions revoked: signing in again is refused.
     let new_secret = parts.salesforce.rotate_client_secret();
@@ -287,12 +278,7 @@ async fn salesforce_credentials_changed_then_reconnect_with_the_new_secret() {
 #[tokio::test(flavor = "multi_thread")]
 async fn outreach_refresh_token_revoked_then_reconnect_with_a_new_one() {
     let parts = Parts::new().await;
-    let running = parts.start().await;
-    parts.create_salesforce_user("before");
-    until("the pipeline is live", || async {
-        parts.in_outreach("before@acme.example")
-    })
-    .await;
+    let running = parts.start_live().await;
 
     // Outreach revokes every token; the next write cannot be authorized.
     parts.outreach.revoke_tokens();
@@ -315,27 +301,14 @@ async fn outreach_refresh_token_revoked_then_reconnect_with_a_new_one() {
         .await;
     assert_eq!(status, 202, "{body}");
     assert!(!body.contains(&fresh), "{body}");
-    until("the change made while disconnected arrives", || async {
-        parts.in_outreach("during@acme.example")
-    })
-    .await;
-    until("Outreach is connected again", || {
-        state_is(&parts, "outreach", "connected")
-    })
-    .await;
-    assert_eq!(parts.outreach.users().len(), 2, "none twice");
+    resumed(&parts, "outreach", "during@acme.example", 2).await;
     running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn outreach_scope_removed_then_reconnect_with_the_scope() {
     let parts = Parts::new().await;
-    let running = parts.start().await;
-    parts.create_salesforce_user("before");
-    until("the pipeline is live", || async {
-        parts.in_outreach("before@acme.example")
-    })
-    .await;
+    let running = parts.start_live().await;
 
     parts.outreach.remove_scope("users.all");
     parts.create_salesforce_user("during");
@@ -358,11 +331,7 @@ async fn outreach_scope_removed_then_reconnect_with_the_scope() {
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    until("the change made while disconnected arrives", || async {
-        parts.in_outreach("during@acme.example")
-    })
-    .await;
-    assert_eq!(parts.outreach.users().len(), 2, "none twice");
+    resumed(&parts, "outreach", "during@acme.example", 2).await;
     running.stop().await;
 }
 
@@ -373,12 +342,7 @@ async fn the_cli_shows_status_disconnects_reconnects_and_tails_the_feed() {
     use std::process::{Command, Stdio};
 
     let parts = Parts::new().await;
-    let running = parts.start().await;
-    parts.create_salesforce_user("before");
-    until("the pipeline is live", || async {
-        parts.in_outreach("before@acme.example")
-    })
-    .await;
+    let running = parts.start_live().await;
     let usersync = |args: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_usersync"))
             .args(args)
@@ -459,12 +423,7 @@ async fn the_cli_shows_status_disconnects_reconnects_and_tails_the_feed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn test_connection_passes_on_a_healthy_pipeline_and_names_the_step_that_breaks() {
     let parts = Parts::new().await;
-    let running = parts.start().await;
-    parts.create_salesforce_user("before");
-    until("the pipeline is live", || async {
-        parts.in_outreach("before@acme.example")
-    })
-    .await;
+    let running = parts.start_live().await;
     let test = |side: &'static str| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
             .args(["test-connection", side])

@@ -123,6 +123,18 @@ impl Parts {
         Running { stop, handle }
     }
 
+    /// Starts `usersync run` and waits until a first change (user `before`) went all the way
+    /// through: the stream is live on both sides.
+    pub async fn start_live(&self) -> Running {
+        let running = self.start().await;
+        self.create_salesforce_user("before");
+        until("the pipeline is live", || async {
+            self.in_outreach("before@acme.example")
+        })
+        .await;
+        running
+    }
+
     /// Creates a Salesforce user `{name}@acme.example`; returns its id.
     pub fn create_salesforce_user(&self, name: &str) -> String {
         let email = format!("{name}@acme.example");
