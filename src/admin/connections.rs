@@ -150,8 +150,12 @@ pub(super) async fn test(
                     })?,
                 None => None,
             };
-            crate::salesforce::role::test_connection(config, stored.as_ref(), state.store.as_ref())
-                .await
+            crate::salesforce::checklist::test_connection(
+                config,
+                stored.as_ref(),
+                state.store.as_ref(),
+            )
+            .await
         }
         Side::Outreach => {
             let config = state
@@ -162,7 +166,7 @@ pub(super) async fn test(
                 .outreach
                 .as_ref()
                 .ok_or_else(|| untestable("no processor"))?;
-            crate::processor::role::test_outreach(client, &config.outreach).await
+            crate::processor::checklist::test_outreach(client, &config.outreach).await
         }
     };
     for line in checklist.lines() {

@@ -28,6 +28,7 @@
 //! the partition goes on.
 
 pub mod changes;
+pub mod checklist;
 pub mod index;
 pub mod offsets;
 pub mod role;

@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod avro;
 pub mod bitmap;
+pub mod checklist;
 pub mod cometd;
 pub mod id;
 pub mod normalize;
