@@ -342,8 +342,8 @@ async fn migrations_run_twice_harmlessly(h: &Harness) {
     assert_eq!(again.salesforce_user(&user.id).await.unwrap(), Some(user));
     let third = h.reopen().await.expect("third open");
     assert!(!third.is_applied("nothing").await.unwrap());
-    // 0001_initial and 0002_subscriber_users, each recorded once.
-    assert_eq!(h.count("_sqlx_migrations").await, 2);
+    // 0001_initial, 0002_subscriber_users and 0003_authorizations, each recorded once.
+    assert_eq!(h.count("_sqlx_migrations").await, 3);
 }
 
 async fn salesforce_users_round_trip(h: &Harness) {
