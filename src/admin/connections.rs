@@ -103,8 +103,13 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             "the body is not JSON".to_owned()
         } else {
             let text = inner.to_string();
-            // serde names the field and the expected type before " at line"; keep that part.
-            text.split(" at line").next().unwrap_or(&text).to_owned()
+            let text = text.split(" at line").next().unwrap_or(&text);
+            // "invalid type: string \"…\", expected …" quotes the value: keep only what was
+            // expected. Unknown and missing fields name only the field.
+            match text.find("expected") {
+                Some(at) if text.starts_with("invalid") => format!("wrong value, {}", &text[at..]),
+                _ => text.to_owned(),
+            }
         };
         ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -182,4 +187,33 @@ pub(super) async fn disconnect(
     let side = side_of(&side)?;
     state.connections.disconnect_manually(side);
     Ok(Json(json!({"connection": state.connections.get(side)})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_body_names_the_field_but_never_the_value() {
+        let error = parse::<OutreachAuthorization>(br#"{"refresh_token": 271828}"#).unwrap_err();
+        assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            error.message.starts_with("refresh_token: "),
+            "{}",
+            error.message
+        );
+        assert!(!error.message.contains("271828"), "{}", error.message);
+        let unknown = parse::<OutreachAuthorization>(br#"{"refresh_tokn": "x"}"#).unwrap_err();
+        assert!(
+            unknown.message.contains("unknown field `refresh_tokn`"),
+            "{}",
+            unknown.message
+        );
+        let garbage = parse::<OutreachAuthorization>(b"{not json").unwrap_err();
+        assert!(
+            garbage.message.ends_with("the body is not JSON"),
+            "{}",
+            garbage.message
+        );
+    }
 }
