@@ -71,10 +71,10 @@
 //!   the broker's disk syncs, and anyone else's. **Peak RSS** is `VmHWM` of this process and
 //!   of the broker at the end.
 //! - **raw rdkafka records/s**: records ÷ (last consumed − first produced), with the product
-//!   producer's settings (idempotent, `acks=all`, murmur2) and the processor consumer's
-//!   (`read_committed`); then a second consumer reads them all again once they are in, which
-//!   is the broker's bare fetch speed. The **ratio** pipeline ÷ raw is the share of the
-//!   broker's bare speed the pipeline reaches.
+//!   producer's settings (idempotent, `acks=all`, murmur2; at most [`RAW_IN_FLIGHT`] records
+//!   unconfirmed at a time) and the processor consumer's (`read_committed`); then a second
+//!   consumer reads them all again once they are in, which is the broker's bare fetch speed.
+//!   The **ratio** pipeline ÷ raw is the share of the broker's bare speed the pipeline reaches.
 //!
 //! Two knobs help to find where the time goes: `--store-dir /dev/shm` puts the SQLite store on
 //! tmpfs (its commits then cost no disk sync), and `--kafka-property KEY=VALUE` passes a
@@ -1087,7 +1087,7 @@ async fn raw_kafka(
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let expected = records.len();
-    let reader = tokio::spawn(async move {
+    let mut reader = AbortOnDrop(tokio::spawn(async move {
         let mut seen = 0usize;
         let mut last = Instant::now();
         while seen < expected {
@@ -1096,12 +1096,17 @@ async fn raw_kafka(
             last = Instant::now();
         }
         Ok::<Instant, KafkaError>(last)
-    });
+    }));
 
     let usage_before = UsageSample::now(broker_pid);
     let start = Instant::now();
-    let mut deliveries = Vec::with_capacity(expected);
+    let mut deliveries = std::collections::VecDeque::with_capacity(RAW_IN_FLIGHT);
     for record in records {
+        if deliveries.len() >= RAW_IN_FLIGHT
+            && let Some(oldest) = deliveries.pop_front()
+        {
+            confirmed(oldest).await?;
+        }
         let mut next = FutureRecord::<[u8], [u8]>::to(&topic)
             .key(record.key().unwrap_or_default())
             .payload(record.payload().unwrap_or_default());
@@ -1111,7 +1116,7 @@ async fn raw_kafka(
         loop {
             match producer.send_result(next) {
                 Ok(delivery) => {
-                    deliveries.push(delivery);
+                    deliveries.push_back(delivery);
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -1122,15 +1127,11 @@ async fn raw_kafka(
             }
         }
     }
-    for delivery in futures::future::join_all(deliveries).await {
-        match delivery {
-            Ok(Ok(_)) => {}
-            Ok(Err((error, _))) => return Err(error).context("a raw record was not delivered"),
-            Err(_) => bail!("the raw producer dropped a delivery"),
-        }
+    for delivery in deliveries {
+        confirmed(delivery).await?;
     }
     let produced = start.elapsed();
-    let last = tokio::time::timeout(timeout, reader)
+    let last = tokio::time::timeout(timeout, &mut reader.0)
         .await
         .with_context(|| format!("the raw consumer did not read {expected} records in time"))?
         .context("the raw consumer panicked")?
@@ -1173,6 +1174,28 @@ async fn raw_kafka(
         consumed_per_second: count / consumed.as_secs_f64(),
         consumed_usage,
     })
+}
+
+/// Raw records sent and not yet confirmed, at most: enough to keep the broker busy, few enough
+/// that none waits in librdkafka's queue past `kafka.message_timeout_ms` on a slow broker.
+const RAW_IN_FLIGHT: usize = 1000;
+
+async fn confirmed(delivery: rdkafka::producer::DeliveryFuture) -> anyhow::Result<()> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((error, _))) => Err(error).context("a raw record was not delivered"),
+        Err(_) => bail!("the raw producer dropped a delivery"),
+    }
+}
+
+/// A task that is stopped when the harness lets go of it (on an error, say), so it never
+/// outlives the broker it reads from.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn header_bytes(headers: &OwnedHeaders) -> usize {
