@@ -102,7 +102,8 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use usersync::config::{Config, KafkaConfig, SalesforceAuthFlow, Secret};
+use usersync::config::{Config, KafkaConfig};
+use usersync::demo::{connect_outreach_sim, connect_salesforce_sim};
 use usersync::engine::decision::DecisionRecord;
 use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{AdminTopicCreator, TopicCreator, TopicSpec};
@@ -523,19 +524,11 @@ impl Pipeline {
         let salesforce = SalesforceSim::start(SfSimConfig::new(""))
             .await
             .context("starting the Salesforce simulator")?;
-        salesforce.add_user(INTEGRATION_USER);
-        salesforce.set_run_as_user(Some(INTEGRATION_USER));
-        config.salesforce.auth = SalesforceAuthFlow::ClientCredentials;
-        config.salesforce.login_url = salesforce.login_url();
-        config.salesforce.my_domain_url = salesforce.my_domain_url();
-        config.salesforce.consumer_key = salesforce.consumer_key();
-        config.salesforce.consumer_secret = Secret::new(salesforce.consumer_secret());
-        config.salesforce.pubsub_endpoint = salesforce.pubsub_url();
+        connect_salesforce_sim(&mut config.salesforce, &salesforce, INTEGRATION_USER);
         config.salesforce.backoff_min_ms = 100;
         config.salesforce.backoff_max_ms = 1_000;
 
         // Outreach's hourly budget is not what is measured: lift it far above any run.
-        let outreach_defaults = SimConfig::default();
         let outreach = OutreachSim::start(SimConfig {
             mint_throttle: Duration::ZERO,
             rate_limit_per_window: u32::MAX / 2,
@@ -543,13 +536,7 @@ impl Pipeline {
         })
         .await
         .context("starting the Outreach simulator")?;
-        let tokens = outreach.issue_tokens(&["users.all"]);
-        config.outreach.api_url = outreach.api_url();
-        config.outreach.token_url = outreach.token_url();
-        config.outreach.client_id = outreach_defaults.client_id;
-        config.outreach.client_secret = Secret::new(outreach_defaults.client_secret);
-        config.outreach.redirect_uri = outreach_defaults.redirect_uri;
-        config.outreach.refresh_token = Secret::new(tokens.refresh_token);
+        connect_outreach_sim(&mut config.outreach, &outreach, &["users.all"]);
 
         config.store.url = format!("sqlite://{}", store_dir.join("usersync.db").display());
         config.validate().context("the harness's configuration")?;

@@ -20,7 +20,7 @@ use rdkafka::mocking::MockCluster;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
-use crate::config::{Config, SalesforceAuthFlow, Secret};
+use crate::config::{Config, OutreachConfig, SalesforceAuthFlow, SalesforceConfig, Secret};
 use crate::engine::decision::{Action, DecisionRecord};
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::outreach::OutreachUserId;
@@ -210,6 +210,32 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
     remapped
 }
 
+/// Points `config` at a running Salesforce simulator: its connected app, signing in with client
+/// credentials as `run_as` (added to the org and made the app's run-as user). The demo, the
+/// in-process tests and the load harness all wire the simulator this way.
+pub fn connect_salesforce_sim(config: &mut SalesforceConfig, sim: &SalesforceSim, run_as: &str) {
+    sim.add_user(run_as);
+    sim.set_run_as_user(Some(run_as));
+    config.auth = SalesforceAuthFlow::ClientCredentials;
+    config.login_url = sim.login_url();
+    config.my_domain_url = sim.my_domain_url();
+    config.consumer_key = sim.consumer_key();
+    config.consumer_secret = Secret::new(sim.consumer_secret());
+    config.pubsub_endpoint = sim.pubsub_url();
+}
+
+/// Points `config` at a running Outreach simulator (its default app), authorized with a refresh
+/// token the simulator issues now for `scopes`.
+pub fn connect_outreach_sim(config: &mut OutreachConfig, sim: &OutreachSim, scopes: &[&str]) {
+    let defaults = SimConfig::default();
+    config.api_url = sim.api_url();
+    config.token_url = sim.token_url();
+    config.client_id = defaults.client_id;
+    config.client_secret = Secret::new(defaults.client_secret);
+    config.redirect_uri = defaults.redirect_uri;
+    config.refresh_token = Secret::new(sim.issue_tokens(scopes).refresh_token);
+}
+
 /// The demo's external parts, started.
 struct Parts {
     mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
@@ -233,14 +259,7 @@ impl Parts {
         let salesforce = SalesforceSim::start(SfSimConfig::new(""))
             .await
             .context("starting the Salesforce simulator")?;
-        salesforce.add_user(INTEGRATION_USER);
-        salesforce.set_run_as_user(Some(INTEGRATION_USER));
-        config.salesforce.auth = SalesforceAuthFlow::ClientCredentials;
-        config.salesforce.login_url = salesforce.login_url();
-        config.salesforce.my_domain_url = salesforce.my_domain_url();
-        config.salesforce.consumer_key = salesforce.consumer_key();
-        config.salesforce.consumer_secret = Secret::new(salesforce.consumer_secret());
-        config.salesforce.pubsub_endpoint = salesforce.pubsub_url();
+        connect_salesforce_sim(&mut config.salesforce, &salesforce, INTEGRATION_USER);
 
         let outreach = OutreachSim::start(SimConfig {
             mint_throttle: Duration::ZERO,
@@ -248,14 +267,7 @@ impl Parts {
         })
         .await
         .context("starting the Outreach simulator")?;
-        let defaults = SimConfig::default();
-        let tokens = outreach.issue_tokens(&["users.all"]);
-        config.outreach.api_url = outreach.api_url();
-        config.outreach.token_url = outreach.token_url();
-        config.outreach.client_id = defaults.client_id;
-        config.outreach.client_secret = Secret::new(defaults.client_secret);
-        config.outreach.redirect_uri = defaults.redirect_uri;
-        config.outreach.refresh_token = Secret::new(tokens.refresh_token);
+        connect_outreach_sim(&mut config.outreach, &outreach, &["users.all"]);
 
         config.store.url = format!("sqlite://{}", dir.path().join("usersync.db").display());
         let store = crate::store::open(&config.store.url)

@@ -65,6 +65,12 @@ impl Connections {
         self.side(side).borrow().clone()
     }
 
+    /// The side's state and reason now, without copying the rest (for per-event checks).
+    pub fn state(&self, side: Side) -> (ConnectionState, Option<DisconnectReason>) {
+        let now = self.side(side).borrow();
+        (now.state, now.reason)
+    }
+
     /// Follows one side (the latest state; intermediate ones may be skipped).
     pub fn watch(&self, side: Side) -> watch::Receiver<Connection> {
         self.side(side).subscribe()

@@ -450,8 +450,7 @@ impl Processor {
         key: Option<&str>,
         payload: &[u8],
     ) -> Result<Outcome, ProcessorError> {
-        let outreach = self.connections.get(Side::Outreach);
-        if outreach.reason == Some(DisconnectReason::Manual) {
+        if self.connections.state(Side::Outreach).1 == Some(DisconnectReason::Manual) {
             // Nothing is applied until an admin reconnects; the events wait in Kafka.
             return Ok(Outcome::Later {
                 wait: Some(self.settings.retry_max),
@@ -701,12 +700,12 @@ impl Processor {
     /// Outreach took a call: the connection works. A side an admin disconnected stays so; one
     /// that broke on its own (a token since renewed, a scope given back) is connected again.
     fn outreach_worked(&self) {
-        let now = self.connections.get(Side::Outreach);
-        match (now.state, now.reason) {
+        match self.connections.state(Side::Outreach) {
             (ConnectionState::Connected, _) => {}
             (ConnectionState::Disconnected, Some(DisconnectReason::Manual)) => {}
             (ConnectionState::Disconnected, _) | (ConnectionState::NotConfigured, _) => {
-                self.connections.connected(Side::Outreach, now.identity)
+                let identity = self.connections.get(Side::Outreach).identity;
+                self.connections.connected(Side::Outreach, identity)
             }
             _ => self.connections.succeeded(Side::Outreach),
         }

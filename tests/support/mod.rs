@@ -9,7 +9,8 @@ use std::time::Duration;
 use rdkafka::mocking::MockCluster;
 use serde_json::{Value, json};
 use tokio::sync::watch;
-use usersync::config::{Config, SalesforceAuthFlow, Secret};
+use usersync::config::Config;
+use usersync::demo::{connect_outreach_sim, connect_salesforce_sim};
 use usersync::sim::outreach::{OutreachSim, SimConfig};
 use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 
@@ -53,14 +54,7 @@ impl Parts {
         }
 
         let salesforce = SalesforceSim::start(SfSimConfig::new("")).await.unwrap();
-        salesforce.add_user(INTEGRATION_USER);
-        salesforce.set_run_as_user(Some(INTEGRATION_USER));
-        config.salesforce.auth = SalesforceAuthFlow::ClientCredentials;
-        config.salesforce.login_url = salesforce.login_url();
-        config.salesforce.my_domain_url = salesforce.my_domain_url();
-        config.salesforce.consumer_key = salesforce.consumer_key();
-        config.salesforce.consumer_secret = Secret::new(salesforce.consumer_secret());
-        config.salesforce.pubsub_endpoint = salesforce.pubsub_url();
+        connect_salesforce_sim(&mut config.salesforce, &salesforce, INTEGRATION_USER);
         config.salesforce.backoff_min_ms = 50;
         config.salesforce.backoff_max_ms = 500;
 
@@ -70,16 +64,10 @@ impl Parts {
         })
         .await
         .unwrap();
-        let defaults = SimConfig::default();
-        config.outreach.api_url = outreach.api_url();
-        config.outreach.token_url = outreach.token_url();
-        config.outreach.client_id = defaults.client_id;
-        config.outreach.client_secret = Secret::new(defaults.client_secret);
-        config.outreach.redirect_uri = defaults.redirect_uri;
-        config.outreach.refresh_token = Secret::new(
-            outreach
-                .issue_tokens(&["users.all", "webhooks.all"])
-                .refresh_token,
+        connect_outreach_sim(
+            &mut config.outreach,
+            &outreach,
+            &["users.all", "webhooks.all"],
         );
         // The simulator does not throttle minting, so the client need not space its mints.
         config.outreach.mint_interval_seconds = 0;
