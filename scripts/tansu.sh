@@ -26,42 +26,73 @@ tansu_start() {
         _tansu_log "tansu is missing: installing it (cargo install tansu --locked --features libsql, ~12 minutes)"
         cargo install tansu --locked --features libsql || return 1
     fi
-    rm -rf "$dir" && mkdir -p "$dir" || return 1
-    # tansu resolves sqlite:// paths against its working directory.
-    (cd "$dir" && exec tansu broker \
-        --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine "sqlite://tansu.db" >"$dir/tansu.log" 2>&1) &
+    rm -rf "$dir" && mkdir -p "$dir" && dir="$(cd "$dir" && pwd)" || return 1
+    # A broker that exits during the run is started again on the same storage, the way a
+    # production broker comes back after a crash (the roles reconnect; the tests see it as a
+    # broker restart). Each exit is recorded in tansu.log and reported by tansu_stop, so a crash
+    # is never silent. tansu resolves sqlite:// paths against its working directory.
+    (
+        cd "$dir" || exit 1
+        while :; do
+            tansu broker \
+                --listener-url "tcp://127.0.0.1:$port" \
+                --advertised-listener-url "tcp://127.0.0.1:$port" \
+                --storage-engine "sqlite://tansu.db" >>"$dir/tansu.log" 2>&1 &
+            echo $! >"$dir/broker.pid"
+            wait $!
+            status=$?
+            [[ -f "$dir/stopping" ]] && exit 0
+            echo "tansu.sh: the broker exited with status $status at $(date -u +%H:%M:%S); starting it again" >>"$dir/tansu.log"
+            echo "$status" >>"$dir/exits"
+            if (($(wc -l <"$dir/exits") >= 20)); then
+                echo "tansu.sh: the broker exited 20 times; giving up" >>"$dir/tansu.log"
+                exit 1
+            fi
+            sleep 0.5
+        done
+    ) &
     echo $! >"$dir/pid"
     local waited=0
     until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-        if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+        if [[ -f "$dir/exits" ]] || ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
             _tansu_log "the broker exited at start; its log:"
             cat "$dir/tansu.log" >&2
+            tansu_stop
             return 1
         fi
         if ((waited >= 300)); then
             _tansu_log "the broker did not listen on 127.0.0.1:$port within 30 s"
+            tansu_stop
             return 1
         fi
         sleep 0.1
         waited=$((waited + 1))
     done
     export USERSYNC_TEST_KAFKA_BROKERS="127.0.0.1:$port"
+    # The end-to-end tests quote the broker's last lines when they time out.
+    export USERSYNC_TEST_KAFKA_LOG="$dir/tansu.log"
     _tansu_log "broker on $USERSYNC_TEST_KAFKA_BROKERS, data in $dir"
 }
 
 tansu_stop() {
     local dir="${USERSYNC_TANSU_DIR:-$_usersync_tansu_repo/target/tansu}"
     if [[ -f "$dir/pid" ]]; then
+        touch "$dir/stopping"
         local pid
         pid="$(cat "$dir/pid")"
-        kill "$pid" 2>/dev/null || true
+        [[ -f "$dir/broker.pid" ]] && kill "$(cat "$dir/broker.pid")" 2>/dev/null
         for _ in $(seq 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
         kill -9 "$pid" 2>/dev/null || true
+        [[ -f "$dir/broker.pid" ]] && kill -9 "$(cat "$dir/broker.pid")" 2>/dev/null
+        if [[ -f "$dir/exits" ]]; then
+            _tansu_log "the broker exited $(wc -l <"$dir/exits") time(s) during the run and was started again; the lines before each exit:"
+            grep -B 30 "^tansu.sh: the broker exited" "$dir/tansu.log" >&2 || true
+            # A full disk is one way a SQLite-backed broker dies.
+            df -h "$dir" >&2 || true
+        fi
         _tansu_log "stopped the broker"
     fi
     rm -rf "$dir"

@@ -106,6 +106,9 @@ pub struct ProcessorConfig {
     pub retry_max_ms: u64,
     /// How long a shutdown may take to finish the event in flight and commit offsets.
     pub shutdown_timeout_seconds: u64,
+    /// How long the group waits for a replica that stopped heartbeating (killed, hung, cut
+    /// off) before its partitions go to the others.
+    pub session_timeout_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -116,6 +119,7 @@ impl Default for ProcessorConfig {
             retry_min_ms: 1_000,
             retry_max_ms: 60_000,
             shutdown_timeout_seconds: 30,
+            session_timeout_ms: 45_000,
         }
     }
 }
@@ -737,6 +741,13 @@ impl Config {
                 self.processor.retry_min_ms, self.processor.retry_max_ms
             )));
         }
+        // librdkafka's own range for session.timeout.ms.
+        if !(1_000..=3_600_000).contains(&self.processor.session_timeout_ms) {
+            return Err(ConfigError::Parse(format!(
+                "processor.session_timeout_ms ({}) must be between 1000 and 3600000",
+                self.processor.session_timeout_ms
+            )));
+        }
         if self.run.shutdown_timeout_seconds == 0 {
             return Err(ConfigError::Parse(
                 "run.shutdown_timeout_seconds must be at least 1".into(),
@@ -1138,6 +1149,24 @@ mod tests {
             jail.set_env("USERSYNC_KAFKA__BROKER", "x:9092");
             let text = load_in(jail, None).unwrap_err().to_string();
             assert!(text.contains("broker"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_processor_session_timeout_stays_in_librdkafka_range() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_PROCESSOR__SESSION_TIMEOUT_MS", "6000");
+            assert_eq!(
+                load_in(jail, None).unwrap().processor.session_timeout_ms,
+                6000
+            );
+            jail.set_env("USERSYNC_PROCESSOR__SESSION_TIMEOUT_MS", "500");
+            let text = load_in(jail, None).unwrap_err().to_string();
+            assert!(
+                text.contains("processor.session_timeout_ms (500)"),
+                "{text}"
+            );
             Ok(())
         });
     }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
@@ -268,6 +269,8 @@ impl World {
             ),
             ("USERSYNC_PROCESSOR__RETRY_MIN_MS", "100".to_owned()),
             ("USERSYNC_PROCESSOR__RETRY_MAX_MS", "1000".to_owned()),
+            // A killed processor's partitions come back after this, not librdkafka's 45 s.
+            ("USERSYNC_PROCESSOR__SESSION_TIMEOUT_MS", "6000".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -468,10 +471,51 @@ where
                     format!("--- {role} (last lines, newest first)\n{}", tail.join("\n"))
                 })
                 .collect();
-            panic!("timed out: {what}\n{}", logs.join("\n"));
+            panic!(
+                "timed out: {what}\n{}\n{}",
+                logs.join("\n"),
+                broker_report()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The errors librdkafka recovers from by itself (a broker gone for a while).
+fn is_transient(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::OperationTimedOut
+    )
+}
+
+/// Whether the broker answers, and its last lines: a timeout is often the broker's, not ours.
+fn broker_report() -> String {
+    let brokers = std::env::var(BROKERS_VAR).unwrap_or_default();
+    let answering = brokers
+        .parse::<std::net::SocketAddr>()
+        .map(|address| {
+            std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_ok()
+        })
+        .unwrap_or(false);
+    let tail = std::env::var("USERSYNC_TEST_KAFKA_LOG")
+        .ok()
+        .and_then(|log| std::fs::read_to_string(log).ok())
+        .map(|text| {
+            let lines: Vec<&str> = text.lines().rev().take(15).collect();
+            lines.join("\n")
+        })
+        .unwrap_or_else(|| "(no broker log: USERSYNC_TEST_KAFKA_LOG is not set)".to_owned());
+    format!(
+        "--- broker {brokers}: {} (last lines, newest first)\n{tail}",
+        if answering {
+            "accepts connections"
+        } else {
+            "NOT accepting connections"
+        }
+    )
 }
 
 fn full(id: &str) -> String {
@@ -627,18 +671,30 @@ impl TopicReader {
     /// Takes in whatever arrived since the last call.
     fn read(&mut self) {
         while let Some(message) = self.consumer.poll(Duration::from_millis(300)) {
-            let message = message.unwrap();
+            // librdkafka reports a lost broker connection as an error and reconnects by itself
+            // (scripts/tansu.sh restarts a broker that exits): not a reason to stop reading.
+            let message = match message {
+                Ok(message) => message,
+                Err(KafkaError::MessageConsumption(code)) if is_transient(code) => {
+                    eprintln!("topic reader: {code}; reading on");
+                    std::thread::sleep(Duration::from_millis(300));
+                    continue;
+                }
+                Err(e) => panic!("reading {}: {e}", self.topic),
+            };
             let payload = message.payload().expect("an event has a value");
             self.events.push(serde_json::from_slice(payload).unwrap());
         }
     }
 
     /// The offset after the last record of partition 0.
-    fn end(&self) -> i64 {
+    /// `None` while the broker does not answer (the caller polls again).
+    fn end(&self) -> Option<i64> {
         self.consumer
             .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))
-            .unwrap()
-            .1
+            .map_err(|e| eprintln!("topic reader: watermarks of {}: {e}", self.topic))
+            .ok()
+            .map(|(_, high)| high)
     }
 
     /// What `group` has committed on partition 0 (`None` before its first commit).
@@ -650,9 +706,13 @@ impl TopicReader {
             .unwrap();
         let mut partitions = TopicPartitionList::new();
         partitions.add_partition(&self.topic, 0);
-        let committed = consumer
-            .committed_offsets(partitions, Duration::from_secs(10))
-            .unwrap();
+        let committed = match consumer.committed_offsets(partitions, Duration::from_secs(10)) {
+            Ok(committed) => committed,
+            Err(e) => {
+                eprintln!("topic reader: offsets of {group}: {e}");
+                return None;
+            }
+        };
         match committed.elements()[0].offset() {
             Offset::Offset(offset) => Some(offset),
             _ => None,
@@ -868,7 +928,7 @@ async fn a_thousand_random_changes_end_where_usersync_decide_says() {
                 .events
                 .iter()
                 .any(|e| e["origin"]["replay_id"].as_str() == Some(last.as_str()));
-            published && topic.committed(&group) == Some(topic.end())
+            published && topic.end().is_some() && topic.committed(&group) == topic.end()
         },
     )
     .await;

@@ -68,6 +68,9 @@ pub struct ProcessorSettings {
     pub reconcile_every: Option<Duration>,
     /// How long shutdown waits for the event in flight.
     pub shutdown_timeout: Duration,
+    /// How long the group waits for a replica that stopped heartbeating before its partitions
+    /// go to the others (librdkafka's `session.timeout.ms`).
+    pub session_timeout: Duration,
     /// The settings used until an admin saves others in the store.
     pub sync: SyncSettings,
 }
@@ -80,6 +83,7 @@ impl Default for ProcessorSettings {
             retry_max: Duration::from_secs(60),
             reconcile_every: Some(Duration::from_secs(3600)),
             shutdown_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(45),
             sync: SyncSettings::default(),
         }
     }
@@ -219,7 +223,7 @@ impl Processor {
         dead_letters: Arc<ChangePublisher>,
     ) -> Result<Processor, ProcessorError> {
         let (revoked_tx, revoked) = mpsc::unbounded_channel();
-        let consumer: StreamConsumer<GroupContext> = consumer_config(kafka, &settings.group_id)
+        let consumer: StreamConsumer<GroupContext> = consumer_config(kafka, &settings)
             .create_with_context(GroupContext {
                 revoked: revoked_tx,
             })
@@ -764,10 +768,14 @@ impl Processor {
 
 /// The consumer's settings: offsets stored by the processor after each event and committed in
 /// the background, reading from the earliest record when the group has no offset.
-fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> rdkafka::ClientConfig {
+fn consumer_config(kafka: &KafkaConfig, settings: &ProcessorSettings) -> rdkafka::ClientConfig {
     let mut client = crate::kafka::topics::base_client_config(kafka);
     client
-        .set("group.id", group_id)
+        .set("group.id", &settings.group_id)
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout.as_millis().to_string(),
+        )
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")

@@ -27,6 +27,7 @@ pub fn settings(config: &Config) -> ProcessorSettings {
         reconcile_every: Some(Duration::from_secs(processor.reconcile_interval_seconds))
             .filter(|every| !every.is_zero()),
         shutdown_timeout: Duration::from_secs(processor.shutdown_timeout_seconds),
+        session_timeout: Duration::from_millis(processor.session_timeout_ms),
         sync: config.sync.clone(),
     }
 }
