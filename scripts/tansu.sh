@@ -39,8 +39,9 @@ tansu_start() {
                 --advertised-listener-url "tcp://127.0.0.1:$port" \
                 --storage-engine "sqlite://tansu.db" >>"$dir/tansu.log" 2>&1 &
             echo $! >"$dir/broker.pid"
-            wait $!
-            status=$?
+            # `|| status=$?`: the caller may run under `set -e`, which must not end the loop.
+            status=0
+            wait $! || status=$?
             [[ -f "$dir/stopping" ]] && exit 0
             echo "tansu.sh: the broker exited with status $status at $(date -u +%H:%M:%S); starting it again" >>"$dir/tansu.log"
             echo "$status" >>"$dir/exits"
@@ -80,13 +81,17 @@ tansu_stop() {
         touch "$dir/stopping"
         local pid
         pid="$(cat "$dir/pid")"
-        [[ -f "$dir/broker.pid" ]] && kill "$(cat "$dir/broker.pid")" 2>/dev/null
+        if [[ -f "$dir/broker.pid" ]]; then
+            kill "$(cat "$dir/broker.pid")" 2>/dev/null || true
+        fi
         for _ in $(seq 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
         kill -9 "$pid" 2>/dev/null || true
-        [[ -f "$dir/broker.pid" ]] && kill -9 "$(cat "$dir/broker.pid")" 2>/dev/null
+        if [[ -f "$dir/broker.pid" ]]; then
+            kill -9 "$(cat "$dir/broker.pid")" 2>/dev/null || true
+        fi
         if [[ -f "$dir/exits" ]]; then
             _tansu_log "the broker exited $(wc -l <"$dir/exits") time(s) during the run and was started again; the lines before each exit:"
             grep -B 30 "^tansu.sh: the broker exited" "$dir/tansu.log" >&2 || true

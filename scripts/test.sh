@@ -19,7 +19,8 @@ step() { printf '\n== %s\n' "$*" >&2; }
 source scripts/postgres.sh
 # shellcheck source=scripts/tansu.sh
 source scripts/tansu.sh
-trap 'tansu_stop; pg_stop' EXIT
+# Both run whatever happens; neither may change the exit status of the run.
+trap 'tansu_stop || true; pg_stop || true' EXIT
 
 step "PostgreSQL for the store tests"
 pg_start
