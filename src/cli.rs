@@ -137,9 +137,74 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Read or change the sync settings of a running usersync (the CRM page's User <> User
+    /// and Email <> Email settings; docs/settings.md, [sync]).
+    Settings {
+        #[command(subcommand)]
+        verb: SettingsVerb,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Read every Salesforce user again and publish each one's state, then go on with the
+    /// stream (nothing is skipped: the stream position is pinned before the read). For when
+    /// Outreach was changed by hand and should be brought back in line.
+    Resync {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Look up mappings between Outreach users and Salesforce users.
+    Mappings {
+        #[command(subcommand)]
+        verb: MappingsVerb,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run a simulator of an external service (test equipment).
     #[command(subcommand)]
     Sim(crate::sim::SimCommand),
+}
+
+#[derive(Subcommand)]
+enum SettingsVerb {
+    /// Print the settings in force, as JSON.
+    Get,
+    /// Change some settings and save: e.g. `user_mapping.auto_remap_on_inactive=false` or
+    /// `email_field.dedupe=both`. The server checks the whole (remap needs Create and
+    /// "When syncing both ways" deduping); a refused save names the rule and changes nothing.
+    Set {
+        /// section.name=value; true/false for the checkboxes.
+        #[arg(required = true, value_parser = setting_change)]
+        changes: Vec<(String, serde_json::Value)>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MappingsVerb {
+    /// The mappings matching every filter given (all of them with none).
+    Find {
+        /// Either user's email (any case).
+        #[arg(long)]
+        email: Option<String>,
+        /// A Salesforce user id (15 or 18 characters).
+        #[arg(long)]
+        salesforce_user_id: Option<String>,
+        /// An Outreach user id.
+        #[arg(long)]
+        outreach_user_id: Option<String>,
+    },
+}
+
+/// `section.name=value`: true/false become booleans, anything else a string.
+fn setting_change(raw: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("{raw:?} is not section.name=value"))?;
+    let value = match value {
+        "true" => serde_json::Value::Bool(true),
+        "false" => serde_json::Value::Bool(false),
+        other => serde_json::Value::String(other.to_owned()),
+    };
+    Ok((key.trim().to_owned(), value))
 }
 
 /// Where the admin API of a running usersync is.
@@ -148,6 +213,16 @@ struct AdminArgs {
     /// The admin API's base URL.
     #[arg(long, env = "USERSYNC_ADMIN_URL", default_value = crate::admin::client::DEFAULT_ADMIN_URL)]
     admin_url: String,
+    /// The admin token (admin.token of the server); better given in the environment than on
+    /// the command line, where the process list shows it.
+    #[arg(long, env = "USERSYNC_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+impl AdminArgs {
+    fn api(&self) -> crate::admin::client::AdminApi {
+        crate::admin::client::AdminApi::new(&self.admin_url, self.admin_token.clone())
+    }
 }
 
 /// A secret from the command line; `-` reads it from standard input.
@@ -210,7 +285,7 @@ fn init_tracing() {
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Decide { scenario } => decide(scenario).await,
-        Command::Status { admin } => crate::admin::client::status(&admin.admin_url).await,
+        Command::Status { admin } => crate::admin::client::status(&admin.api()).await,
         Command::Reconnect {
             side,
             refresh_token,
@@ -252,15 +327,39 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     })
                 }
             };
-            crate::admin::client::reconnect(&admin.admin_url, side, authorization).await
+            crate::admin::client::reconnect(&admin.api(), side, authorization).await
         }
         Command::TestConnection { side, admin } => {
-            crate::admin::client::test_connection(&admin.admin_url, side).await
+            crate::admin::client::test_connection(&admin.api(), side).await
         }
         Command::Disconnect { side, admin } => {
-            crate::admin::client::disconnect(&admin.admin_url, side).await
+            crate::admin::client::disconnect(&admin.api(), side).await
         }
-        Command::Tail { json, admin } => crate::admin::client::tail(&admin.admin_url, json).await,
+        Command::Tail { json, admin } => crate::admin::client::tail(&admin.api(), json).await,
+        Command::Settings { verb, admin } => match verb {
+            SettingsVerb::Get => crate::admin::client::settings_get(&admin.api()).await,
+            SettingsVerb::Set { changes } => {
+                crate::admin::client::settings_set(&admin.api(), &changes).await
+            }
+        },
+        Command::Resync { admin } => crate::admin::client::resync(&admin.api()).await,
+        Command::Mappings { verb, admin } => match verb {
+            MappingsVerb::Find {
+                email,
+                salesforce_user_id,
+                outreach_user_id,
+            } => {
+                let filters: Vec<(&str, String)> = [
+                    ("email", email),
+                    ("salesforce_user_id", salesforce_user_id),
+                    ("outreach_user_id", outreach_user_id),
+                ]
+                .into_iter()
+                .filter_map(|(name, value)| value.map(|v| (name, v)))
+                .collect();
+                crate::admin::client::mappings_find(&admin.api(), &filters).await
+            }
+        },
         Command::Subscriber { config } => {
             let config = crate::config::Config::load(config.as_deref())?;
             crate::salesforce::role::run(&config, shutdown_signal()).await

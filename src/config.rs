@@ -80,15 +80,18 @@ impl Default for RunConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `host:port` of the admin server (health, mappings, decisions, webhooks); loopback only
-    /// until the admin token exists. Empty: no admin server.
+    /// `host:port` of the admin server (API, page, metrics, webhooks); a non-loopback address
+    /// needs `token`. Empty: no admin server.
     pub listen: String,
+    /// The bearer token every `/api` call must carry; empty: no token, loopback only.
+    pub token: Secret,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:8700".into(),
+            token: Secret::default(),
         }
     }
 }
@@ -253,6 +256,9 @@ pub struct SalesforceConfig {
     pub replay_policy: crate::salesforce::replay::ReplayPolicy,
     /// A resync re-reads users modified since the checkpoint's commit time minus this.
     pub resync_margin_seconds: u64,
+    /// After an admin's reconnect, read every user again before the stream resumes (the
+    /// "refresh users on reconnect" option).
+    pub full_read_on_reconnect: bool,
     /// A stream with nothing at all (not even a keepalive) for this long is resubscribed.
     pub idle_timeout_seconds: u64,
     /// HTTP/2 keepalive ping interval on the gRPC channel.
@@ -299,6 +305,7 @@ impl Default for SalesforceConfig {
             topic: "/data/UserChangeEvent".into(),
             replay_policy: crate::salesforce::replay::ReplayPolicy::Resync,
             resync_margin_seconds: 300,
+            full_read_on_reconnect: false,
             idle_timeout_seconds: 300,
             keepalive_seconds: 30,
             backoff_min_ms: 500,

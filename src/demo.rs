@@ -106,7 +106,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         let stopped = stopped.clone();
         async move { crate::salesforce::role::run_with(&config, &connections, None, stopped).await }
     });
-    let admin = crate::admin::bind("127.0.0.1:0".parse()?).await?;
+    let admin = crate::admin::bind("127.0.0.1:0".parse()?, false).await?;
     let admin_url = format!("http://{}", admin.local_addr()?);
     roles.spawn("admin server", {
         let router = crate::admin::router(crate::admin::AdminState {
@@ -116,6 +116,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
             decisions: Some(decisions),
             config: Some(Arc::new(config.clone())),
             outreach: None,
+            token: None,
         });
         let stopped = stopped.clone();
         async move {

@@ -26,6 +26,7 @@ pub mod demo;
 pub mod engine;
 pub mod event;
 pub mod kafka;
+pub mod metrics;
 pub mod outreach;
 pub mod processor;
 pub mod proto;

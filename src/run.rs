@@ -45,7 +45,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
             let listen = listen
                 .parse()
                 .map_err(|e| anyhow::anyhow!("admin.listen {listen:?} is not host:port: {e}"))?;
-            Some(crate::admin::bind(listen).await?)
+            Some(crate::admin::bind(listen, !config.admin.token.expose().is_empty()).await?)
         }
     };
     if let Some(admin) = &admin {
@@ -75,6 +75,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
             decisions: Some(decisions),
             config: Some(std::sync::Arc::new(config.clone())),
             outreach: Some(outreach_for_tests),
+            token: Some(config.admin.token.clone()).filter(|t| !t.expose().is_empty()),
         });
         if let Some(webhooks) = webhooks {
             router = router.merge(webhooks);

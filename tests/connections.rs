@@ -74,6 +74,11 @@ async fn salesforce_permissions_changed_then_reconnect_loses_nothing() {
             .contains("PermissionDenied"),
         "{down}"
     );
+    // The state is exported too, for an alert.
+    let series =
+        |state: &str| format!("usersync_connection_state{{side=\"salesforce\",state=\"{state}\"}}");
+    assert_eq!(parts.metric(&series("disconnected")).await, 1.0);
+    assert_eq!(parts.metric(&series("connected")).await, 0.0);
 
     // Users change while Salesforce is disconnected; Outreach is untouched by it.
     let during: Vec<String> = (0..3)
@@ -104,6 +109,25 @@ async fn salesforce_permissions_changed_then_reconnect_loses_nothing() {
         4,
         "one Outreach user each, none twice: {users:?}"
     );
+    assert_eq!(parts.metric(&series("connected")).await, 1.0);
+    // The counters are the process's (other tests of this file add to them): at least this
+    // test's four creates, their events and their Outreach calls.
+    for counter in [
+        "usersync_decisions_total{action=\"create\"}",
+        "usersync_processor_events_total{outcome=\"applied\"}",
+        "usersync_subscriber_events_published_total{kind=\"change\"}",
+        "usersync_outreach_requests_total",
+    ] {
+        let value = parts.metric(counter).await;
+        assert!(value >= 4.0, "{counter} is {value}");
+    }
+    until("librdkafka reports the consumer lag", || async {
+        parts
+            .metrics_page()
+            .await
+            .contains("usersync_consumer_lag{topic=\"usersync.user-changes.v1\"")
+    })
+    .await;
     running.stop().await;
 }
 
@@ -335,26 +359,38 @@ async fn outreach_scope_removed_then_reconnect_with_the_scope() {
     running.stop().await;
 }
 
-/// The CLI verbs against the running process: what an admin types.
+/// The CLI verbs against the running process, which asks for an admin token: what an admin
+/// types.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_shows_status_disconnects_reconnects_and_tails_the_feed() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let parts = Parts::new().await;
+    const TOKEN: &str = "cli-admin-token";
+    let mut parts = Parts::new().await;
+    parts.config.admin.token = usersync::config::Secret::new(TOKEN);
     let running = parts.start_live().await;
-    let usersync = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_usersync"))
+    let usersync_as = |token: Option<&str>, args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_usersync"));
+        command
             .args(args)
             .env("USERSYNC_ADMIN_URL", &parts.admin_url)
-            .output()
-            .unwrap();
+            .env_remove("USERSYNC_ADMIN_TOKEN");
+        if let Some(token) = token {
+            command.env("USERSYNC_ADMIN_TOKEN", token);
+        }
+        let output = command.output().unwrap();
         (
             output.status.success(),
             String::from_utf8_lossy(&output.stdout).into_owned(),
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
+    let usersync = |args: &[&str]| usersync_as(Some(TOKEN), args);
+
+    let (ok, _, err) = usersync_as(None, &["status"]);
+    assert!(!ok, "no token, no status");
+    assert!(err.contains("401") && err.contains("admin token"), "{err}");
 
     let (ok, out, err) = usersync(&["status"]);
     assert!(ok, "{err}");
@@ -368,6 +404,7 @@ async fn the_cli_shows_status_disconnects_reconnects_and_tails_the_feed() {
     let mut tail = Command::new(env!("CARGO_BIN_EXE_usersync"))
         .args(["tail", "--json"])
         .env("USERSYNC_ADMIN_URL", &parts.admin_url)
+        .env("USERSYNC_ADMIN_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -377,6 +414,34 @@ async fn the_cli_shows_status_disconnects_reconnects_and_tails_the_feed() {
             serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
         assert_eq!(line["type"], "connection", "the current state comes first");
     }
+
+    // Settings: a save that breaks a rule is refused naming it; a valid one is saved.
+    let (ok, out, err) = usersync(&["settings", "get"]);
+    assert!(ok, "{err}");
+    let settings: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(settings["user_mapping"]["auto_remap_on_inactive"], true);
+    let (ok, _, err) = usersync(&["settings", "set", "user_mapping.inbound_create=false"]);
+    assert!(!ok);
+    assert!(err.contains("User <> User Create checkbox"), "{err}");
+    let (ok, out, err) = usersync(&[
+        "settings",
+        "set",
+        "user_mapping.auto_remap_on_inactive=false",
+        "user_mapping.mirror_id_field=custom2",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"custom2\""), "{out}");
+    let (ok, _, err) = usersync(&["settings", "set", "user_mapping.remap=true"]);
+    assert!(!ok);
+    assert!(err.contains("user_mapping.remap is not a setting"), "{err}");
+
+    // The user that proved the pipeline live is mapped; an unknown email finds nothing.
+    let (ok, out, err) = usersync(&["mappings", "find", "--email", "BEFORE@acme.example"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("<> Salesforce user 005"), "{out}");
+    let (ok, out, _) = usersync(&["mappings", "find", "--email", "nobody@acme.example"]);
+    assert!(ok);
+    assert!(out.contains("no mapping matches"), "{out}");
 
     let (ok, out, err) = usersync(&["disconnect", "outreach"]);
     assert!(ok, "{err}");
@@ -478,5 +543,166 @@ async fn test_connection_passes_on_a_healthy_pipeline_and_names_the_step_that_br
     let (ok, out) = test("salesforce");
     assert!(!ok);
     assert!(out.contains("FAIL  can_subscribe"), "{out}");
+    running.stop().await;
+}
+
+/// Two active Salesforce users with one email cannot both have the Outreach user: a conflict,
+/// listed until a later decision about that email settles it (here the remap once the first
+/// is deactivated).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conflict_is_listed_until_a_later_decision_settles_it() {
+    use usersync::sim::salesforce::Writer;
+    let parts = Parts::new().await;
+    let running = parts.start_live().await;
+    let user = |name: &str| {
+        parts
+            .salesforce
+            .create_user(
+                json!({"Username": format!("{name}@acme.example"), "Email": "shared@acme.example",
+                       "FirstName": name, "LastName": "Lee"}),
+                &Writer::default(),
+            )
+            .unwrap()
+    };
+    let first = user("first");
+    until("the first user is in Outreach", || async {
+        parts.in_outreach("shared@acme.example")
+    })
+    .await;
+    let _second = user("second");
+    let open = || async {
+        let (status, body) = parts.admin(Method::GET, "/api/v1/conflicts").await;
+        assert_eq!(status, 200, "{body}");
+        body["conflicts"].as_array().unwrap().clone()
+    };
+    until("the conflict is listed", || async {
+        !open().await.is_empty()
+    })
+    .await;
+    let listed = open().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["decision"]["action"], "conflict");
+    assert_eq!(listed[0]["decision"]["email"], "shared@acme.example");
+    assert_eq!(
+        listed[0]["decision"]["reason"],
+        "email_mapped_to_other_active_user"
+    );
+
+    // The admin deactivates the first user: the second takes the Outreach user, no conflict.
+    parts.salesforce.deactivate(&first).unwrap();
+    until("the conflict is settled", || async {
+        open().await.is_empty()
+    })
+    .await;
+    running.stop().await;
+}
+
+/// Whether the subscriber read every user through REST (a SOQL query on User) since `since`
+/// requests into the simulator's log.
+fn read_every_user_since(parts: &Parts, since: usize) -> bool {
+    parts.salesforce.requests()[since..]
+        .iter()
+        .any(|r| r.path.contains("/query") && r.path.contains("User"))
+}
+
+/// `POST /api/v1/resync`: every Salesforce user is read again and handed to the processor,
+/// which creates nothing twice; refused, with what to do, while Salesforce is disconnected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resync_reads_every_user_again_and_is_refused_while_disconnected() {
+    let parts = Parts::new().await;
+    let running = parts.start_live().await;
+    let since = parts.salesforce.requests().len();
+    let (status, body) = parts.admin(Method::POST, "/api/v1/resync").await;
+    assert_eq!(status, 202, "{body}");
+    until("every user is read again", || async {
+        read_every_user_since(&parts, since)
+    })
+    .await;
+    // The snapshot of an unchanged user has the id of the one already applied: skipped.
+    until("the snapshot reaches the processor", || async {
+        parts
+            .metric("usersync_processor_events_total{outcome=\"duplicate\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(parts.outreach.users().len(), 1, "nothing created twice");
+
+    let (status, _) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/disconnect")
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = parts.admin(Method::POST, "/api/v1/resync").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "salesforce_disconnected");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reconnect it first"),
+        "{body}"
+    );
+    running.stop().await;
+}
+
+/// `salesforce.full_read_on_reconnect`: an admin's reconnect reads every user again first.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_full_read_on_reconnect_a_reconnect_reads_every_user_again() {
+    let mut parts = Parts::new().await;
+    parts.config.salesforce.full_read_on_reconnect = true;
+    let running = parts.start_live().await;
+    let (status, _) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/disconnect")
+        .await;
+    assert_eq!(status, 200);
+    let since = parts.salesforce.requests().len();
+    let (status, _) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/reconnect")
+        .await;
+    assert_eq!(status, 202);
+    until("every user is read again after the reconnect", || async {
+        read_every_user_since(&parts, since)
+    })
+    .await;
+    // A change after it still arrives: the stream went on.
+    parts.create_salesforce_user("after");
+    until("a later change is applied", || async {
+        parts.in_outreach("after@acme.example")
+    })
+    .await;
+    assert_eq!(parts.outreach.users().len(), 2);
+    running.stop().await;
+}
+
+/// Salesforce stays disconnected longer than it keeps events: on reconnect the stored replay
+/// id is gone, so the subscriber reads every user changed since its checkpoint through REST.
+/// Nothing changed meanwhile is lost, nothing is applied twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_longer_than_the_replay_retention_loses_nothing_after_reconnect() {
+    let parts = Parts::new().await;
+    let running = parts.start_live().await;
+    let (status, _) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/disconnect")
+        .await;
+    assert_eq!(status, 200);
+    until("Salesforce is disconnected", || {
+        state_is(&parts, "salesforce", "disconnected")
+    })
+    .await;
+    for n in 0..3 {
+        parts.create_salesforce_user(&format!("away{n}"));
+    }
+    // Longer than the retention: the events of those changes are gone from the bus.
+    parts.salesforce.expire_replay_window();
+    let (status, _) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/reconnect")
+        .await;
+    assert_eq!(status, 202);
+    until("every change made during the outage is applied", || async {
+        (0..3).all(|n| parts.in_outreach(&format!("away{n}@acme.example")))
+    })
+    .await;
+    let users = parts.outreach.users();
+    assert_eq!(users.len(), 4, "one Outreach user each: {users:?}");
     running.stop().await;
 }

@@ -1,5 +1,6 @@
 //! The CLI verbs that talk to a running usersync's admin API: `usersync status`,
-//! `usersync reconnect`, `usersync disconnect`, `usersync tail`.
+//! `usersync reconnect`, `usersync disconnect`, `usersync test-connection`, `usersync settings`,
+//! `usersync mappings find`, `usersync tail`.
 //!
 //! They print the same states, reasons and advice the API and `docs/operations.md` use. A
 //! refused request prints the API's own error message (which names what is wrong) and exits
@@ -14,6 +15,41 @@ use crate::connection::{Connection, Side};
 
 /// The admin API's address when none is given.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8700";
+
+/// A running usersync's admin API: its base URL and the admin token, when it has one.
+pub struct AdminApi {
+    url: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl AdminApi {
+    pub fn new(url: &str, token: Option<String>) -> AdminApi {
+        AdminApi {
+            url: url.trim_end_matches('/').to_owned(),
+            token: token.filter(|t| !t.is_empty()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A request to `path` (under the base URL), carrying the token.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.url));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends it; the JSON answer, or the API's own error message naming what is wrong.
+    async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("reaching the admin API at {}", self.url))?;
+        answer(response, what).await
+    }
+}
 
 async fn answer(response: reqwest::Response, what: &str) -> anyhow::Result<Value> {
     let status = response.status();
@@ -46,11 +82,13 @@ fn connection_of(value: &Value) -> anyhow::Result<Connection> {
 }
 
 /// `usersync status`: both connections.
-pub async fn status(admin: &str) -> anyhow::Result<()> {
-    let response = reqwest::get(format!("{admin}/api/v1/status"))
-        .await
-        .with_context(|| format!("reaching the admin API at {admin}"))?;
-    let body = answer(response, "reading the status").await?;
+pub async fn status(admin: &AdminApi) -> anyhow::Result<()> {
+    let body = admin
+        .send(
+            admin.request(reqwest::Method::GET, "/api/v1/status"),
+            "reading the status",
+        )
+        .await?;
     for side in Side::ALL {
         println!(
             "{}",
@@ -63,20 +101,18 @@ pub async fn status(admin: &str) -> anyhow::Result<()> {
 /// `usersync reconnect <side>`: with `authorization` (a JSON object) when new credentials
 /// are given.
 pub async fn reconnect(
-    admin: &str,
+    admin: &AdminApi,
     side: Side,
     authorization: Option<Value>,
 ) -> anyhow::Result<()> {
-    let mut request =
-        reqwest::Client::new().post(format!("{admin}/api/v1/connections/{side}/reconnect"));
+    let mut request = admin.request(
+        reqwest::Method::POST,
+        &format!("/api/v1/connections/{side}/reconnect"),
+    );
     if let Some(body) = authorization {
         request = request.json(&body);
     }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("reaching the admin API at {admin}"))?;
-    let body = answer(response, &format!("reconnecting {side}")).await?;
+    let body = admin.send(request, &format!("reconnecting {side}")).await?;
     println!("{}", describe(&connection_of(&body["connection"])?));
     if let Some(key) = body["stored_with_key"].as_str() {
         println!("  new authorization stored, sealed with key {key}");
@@ -86,13 +122,12 @@ pub async fn reconnect(
 }
 
 /// `usersync test-connection <side>`: every step; an error when one failed.
-pub async fn test_connection(admin: &str, side: Side) -> anyhow::Result<()> {
-    let response = reqwest::Client::new()
-        .post(format!("{admin}/api/v1/connections/{side}/test"))
-        .send()
-        .await
-        .with_context(|| format!("reaching the admin API at {admin}"))?;
-    let body = answer(response, &format!("testing {side}")).await?;
+pub async fn test_connection(admin: &AdminApi, side: Side) -> anyhow::Result<()> {
+    let request = admin.request(
+        reqwest::Method::POST,
+        &format!("/api/v1/connections/{side}/test"),
+    );
+    let body = admin.send(request, &format!("testing {side}")).await?;
     let checklist: crate::connection::checklist::Checklist =
         serde_json::from_value(body["checklist"].clone()).context("reading the checklist")?;
     for line in checklist.lines() {
@@ -106,13 +141,14 @@ pub async fn test_connection(admin: &str, side: Side) -> anyhow::Result<()> {
 }
 
 /// `usersync disconnect <side>`.
-pub async fn disconnect(admin: &str, side: Side) -> anyhow::Result<()> {
-    let response = reqwest::Client::new()
-        .post(format!("{admin}/api/v1/connections/{side}/disconnect"))
-        .send()
-        .await
-        .with_context(|| format!("reaching the admin API at {admin}"))?;
-    let body = answer(response, &format!("disconnecting {side}")).await?;
+pub async fn disconnect(admin: &AdminApi, side: Side) -> anyhow::Result<()> {
+    let request = admin.request(
+        reqwest::Method::POST,
+        &format!("/api/v1/connections/{side}/disconnect"),
+    );
+    let body = admin
+        .send(request, &format!("disconnecting {side}"))
+        .await?;
     println!("{}", describe(&connection_of(&body["connection"])?));
     Ok(())
 }
@@ -139,14 +175,26 @@ pub fn feed_line(message: &Value) -> String {
 }
 
 /// `usersync tail`: follows the live feed until it closes; `json` prints messages as they come.
-pub async fn tail(admin: &str, json: bool) -> anyhow::Result<()> {
+pub async fn tail(admin: &AdminApi, json: bool) -> anyhow::Result<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!(
         "{}/api/v1/feed",
         admin
+            .url
             .replacen("http://", "ws://", 1)
             .replacen("https://", "wss://", 1)
     );
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .with_context(|| format!("{url} is not a WebSocket address"))?;
+    if let Some(token) = &admin.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .context("the admin token is not valid in an HTTP header")?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .with_context(|| format!("opening the live feed at {url}"))?;
     while let Some(message) = socket.next().await {
@@ -172,5 +220,74 @@ pub async fn tail(admin: &str, json: bool) -> anyhow::Result<()> {
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// `usersync settings get`: the settings in force, as the API body (and `[sync]`) spells them.
+pub async fn settings_get(admin: &AdminApi) -> anyhow::Result<()> {
+    let request = admin.request(reqwest::Method::GET, "/api/v1/settings");
+    let body = admin.send(request, "reading the settings").await?;
+    println!("{}", serde_json::to_string_pretty(&body["settings"])?);
+    Ok(())
+}
+
+/// `usersync settings set KEY=VALUE…`: reads the settings in force, changes the named ones,
+/// saves the whole; a refused save names the rule and changes nothing.
+pub async fn settings_set(admin: &AdminApi, changes: &[(String, Value)]) -> anyhow::Result<()> {
+    let request = admin.request(reqwest::Method::GET, "/api/v1/settings");
+    let mut settings = admin.send(request, "reading the settings").await?["settings"].take();
+    for (key, value) in changes {
+        let (section, name) = key.split_once('.').with_context(|| {
+            format!("{key:?} is not section.name (user_mapping.inbound_create, email_field.dedupe)")
+        })?;
+        let slot = settings
+            .get_mut(section)
+            .and_then(|s| s.get_mut(name))
+            .with_context(|| format!("{key} is not a setting"))?;
+        *slot = value.clone();
+    }
+    let request = admin
+        .request(reqwest::Method::PUT, "/api/v1/settings")
+        .json(&settings);
+    let body = admin.send(request, "saving the settings").await?;
+    println!(
+        "saved:\n{}",
+        serde_json::to_string_pretty(&body["settings"])?
+    );
+    Ok(())
+}
+
+/// `usersync mappings find`: the mappings matching every filter given, one per line.
+pub async fn mappings_find(admin: &AdminApi, filters: &[(&str, String)]) -> anyhow::Result<()> {
+    let request = admin
+        .request(reqwest::Method::GET, "/api/v1/mappings")
+        .query(filters);
+    let body = admin.send(request, "finding mappings").await?;
+    let mappings = body["mappings"].as_array().cloned().unwrap_or_default();
+    if mappings.is_empty() {
+        println!("no mapping matches");
+    }
+    for mapping in mappings {
+        println!(
+            "Outreach user {} <> Salesforce user {}{}",
+            mapping["outreach_user_id"],
+            mapping["salesforce_user_id"].as_str().unwrap_or("?"),
+            if mapping["locked_by_usersync"].as_bool() == Some(true) {
+                " (locked by usersync)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `usersync resync`: asks the subscriber to read every Salesforce user again.
+pub async fn resync(admin: &AdminApi) -> anyhow::Result<()> {
+    let request = admin.request(reqwest::Method::POST, "/api/v1/resync");
+    admin.send(request, "asking for a resync").await?;
+    println!(
+        "resync requested: every Salesforce user is read again; follow it with: usersync tail"
+    );
     Ok(())
 }

@@ -154,8 +154,9 @@ mod tests {
             decisions: Some(decisions.clone()),
             config: None,
             outreach: None,
+            token: None,
         };
-        let listener = super::super::bind("127.0.0.1:0".parse().unwrap())
+        let listener = super::super::bind("127.0.0.1:0".parse().unwrap(), false)
             .await
             .unwrap();
         let url = format!("ws://{}/api/v1/feed", listener.local_addr().unwrap());

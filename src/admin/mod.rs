@@ -1,15 +1,18 @@
-//! The admin HTTP server: what an operator or admin reads while usersync runs.
+//! The admin HTTP server: what an operator or admin reads and changes while usersync runs.
 //!
-//! This is the core of `admin.md`'s surface — health, readiness, mapping lookup, the decision
-//! log, and the connections' status with reconnect and disconnect (`connections`) — served in
-//! every role that keeps state. It binds to loopback by default:
-//! the bearer-token protection that would allow another address comes with the rest of the
-//! admin API (settings, connections, the page and the live feed). Errors are JSON
-//! `{"error": {"code", "message"}}`, and a query parameter that does not parse is named.
+//! `admin.md`'s surface: health, readiness and `/metrics` for the operator; under `/api/v1`
+//! (behind the admin token, `auth`) mapping lookup, the decision log, the settings
+//! (`settings`), the connections' status with reconnect, disconnect and test
+//! (`connections`), and the live feed (`feed`). Without a token it binds to loopback only.
+//! Errors are JSON `{"error": {"code", "message"}}`, and a parameter that does not parse is
+//! named.
 
+mod auth;
 pub mod client;
+mod conflicts;
 mod connections;
 pub mod feed;
+mod settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,14 +49,17 @@ pub struct AdminState {
     /// (`None`: that side cannot be tested from this process).
     pub config: Option<Arc<crate::config::Config>>,
     pub outreach: Option<crate::outreach::OutreachClient>,
+    /// `admin.token`: every `/api` call must carry it (`None`: loopback only, no token asked).
+    pub token: Option<crate::config::Secret>,
 }
 
 /// The routes of the admin server. Other parts (the webhook receiver) merge theirs into it.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+    let api = Router::new()
         .route("/api/v1/mappings", get(mappings))
+        .route("/api/v1/conflicts", get(conflicts::open))
+        .route("/api/v1/resync", post(resync))
+        .route("/api/v1/settings", get(settings::get).put(settings::put))
         .route("/api/v1/decisions", get(decisions))
         .route("/api/v1/status", get(connections::status))
         .route("/api/v1/feed", get(feed::feed))
@@ -66,6 +72,15 @@ pub fn router(state: AdminState) -> Router {
             post(connections::disconnect),
         )
         .route("/api/v1/connections/{side}/test", post(connections::test))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.token.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_page))
+        .merge(api)
         .with_state(state)
 }
 
@@ -82,12 +97,12 @@ pub async fn serve(
         .await
 }
 
-/// Binds the admin address; a non-loopback one is refused until the API has its token.
-pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    if !listen.ip().is_loopback() {
+/// Binds the admin address; a non-loopback one only when the API has a token (`with_token`).
+pub async fn bind(listen: SocketAddr, with_token: bool) -> anyhow::Result<tokio::net::TcpListener> {
+    if !listen.ip().is_loopback() && !with_token {
         anyhow::bail!(
-            "admin.listen {listen} is not a loopback address; without an admin token the admin \
-             server listens on loopback only"
+            "admin.listen {listen} is not a loopback address; without an admin token \
+             (admin.token, USERSYNC_ADMIN__TOKEN) the admin server listens on loopback only"
         );
     }
     tokio::net::TcpListener::bind(listen)
@@ -96,6 +111,7 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener>
 }
 
 /// A JSON error with its status.
+#[derive(Debug)]
 struct ApiError {
     status: StatusCode,
     code: &'static str,
@@ -128,6 +144,54 @@ fn store_failed(error: crate::store::StoreError) -> ApiError {
 async fn ready(State(state): State<AdminState>) -> Result<&'static str, ApiError> {
     state.store.settings().await.map_err(store_failed)?;
     Ok("ready")
+}
+
+/// Prometheus' page: the process's counters and each connection's state now.
+async fn metrics_page(State(state): State<AdminState>) -> Response {
+    let page = crate::metrics::global().render(&state.connections);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        page,
+    )
+        .into_response()
+}
+
+/// `POST /api/v1/resync`: the subscriber reads every Salesforce user again and publishes each
+/// as a snapshot; the stream goes on after it from a position pinned before the read. Only a
+/// running Salesforce side can: 409 otherwise, saying what to do first.
+async fn resync(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let (current, reason) = state.connections.state(crate::connection::Side::Salesforce);
+    use crate::connection::ConnectionState as S;
+    match current {
+        S::Connected | S::Connecting | S::Degraded => {
+            state.connections.request_resync();
+            tracing::info!("an admin asked for a full Salesforce resync");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"resync": "requested", "follow": "GET /api/v1/feed"})),
+            )
+                .into_response())
+        }
+        S::Disconnected => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "salesforce_disconnected",
+            message: format!(
+                "Salesforce is disconnected ({}): reconnect it first; a reconnect resumes \
+                 from the checkpoint, so nothing is lost meanwhile",
+                reason.map_or("no reason", |r| r.code())
+            ),
+        }),
+        S::NotConfigured => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "no_subscriber",
+            message: "no Salesforce subscriber runs in this process (usersync run or \
+                      usersync subscriber does)"
+                .into(),
+        }),
+    }
 }
 
 #[derive(Deserialize)]
@@ -228,8 +292,14 @@ mod tests {
     use super::*;
 
     async fn serve_test() -> (String, watch::Sender<bool>) {
+        serve_with_token(None).await
+    }
+
+    async fn serve_with_token(token: Option<&str>) -> (String, watch::Sender<bool>) {
         let store = crate::store::open("sqlite::memory:").await.unwrap();
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), token.is_some())
+            .await
+            .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, shutdown) = watch::channel(false);
         let state = AdminState {
@@ -239,6 +309,7 @@ mod tests {
             decisions: None,
             config: None,
             outreach: None,
+            token: token.map(crate::config::Secret::new),
         };
         tokio::spawn(serve(listener, router(state), shutdown));
         (url, stop)
@@ -258,6 +329,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(body, json!({"mappings": []}));
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_as_openmetrics_text() {
+        let (url, _stop) = serve_test().await;
+        let response = reqwest::get(format!("{url}/metrics")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text"),
+        );
+        let page = response.text().await.unwrap();
+        assert_eq!(
+            crate::metrics::sample(
+                &page,
+                "usersync_connection_state{side=\"outreach\",state=\"not_configured\"}"
+            ),
+            Some(1.0),
+            "{page}"
+        );
     }
 
     #[tokio::test]
@@ -331,8 +424,128 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_a_token_every_api_call_needs_it_and_health_and_metrics_do_not() {
+        let (url, _stop) = serve_with_token(Some("s3cret-admin")).await;
+        let http = reqwest::Client::new();
+        let call = |path: &str, token: Option<&str>| {
+            let request = http.get(format!("{url}{path}"));
+            match token {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            }
+            .send()
+        };
+        let refused = call("/api/v1/status", None).await.unwrap();
+        assert_eq!(refused.status(), 401);
+        assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Authorization: Bearer"),
+            "{body}"
+        );
+        let wrong = call("/api/v1/settings", Some("s3cret-admim"))
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401);
+        let text = wrong.text().await.unwrap();
+        assert!(
+            !text.contains("s3cret"),
+            "the token is never echoed: {text}"
+        );
+        assert_eq!(
+            call("/api/v1/status", Some("s3cret-admin"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        // The feed alone also takes it in the query (browsers cannot set WebSocket headers).
+        assert_eq!(
+            call("/api/v1/mappings?access_token=s3cret-admin", None)
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        for open in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(call(open, None).await.unwrap().status(), 200, "{open}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_settings_save_names_the_rule_and_keeps_the_settings_in_force() {
+        let (url, _stop) = serve_test().await;
+        let http = reqwest::Client::new();
+        let current: serde_json::Value = http
+            .get(format!("{url}/api/v1/settings"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(current["settings"]["email_field"]["dedupe"], "both");
+        assert_eq!(
+            current["settings"]["user_mapping"]["auto_remap_on_inactive"],
+            true
+        );
+
+        let mut breaking = current["settings"].clone();
+        breaking["email_field"]["dedupe"] = json!("inbound");
+        let refused = http
+            .put(format!("{url}/api/v1/settings"))
+            .json(&breaking)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 422);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "remap_requires_dedupe_both");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("When syncing both ways"),
+            "{body}"
+        );
+        let after: serde_json::Value = http
+            .get(format!("{url}/api/v1/settings"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(after, current, "a refused save changes nothing");
+
+        // Turning the remap off first makes the same deduping choice valid.
+        breaking["user_mapping"]["auto_remap_on_inactive"] = json!(false);
+        let saved = http
+            .put(format!("{url}/api/v1/settings"))
+            .json(&breaking)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(saved.status(), 200);
+        let after: serde_json::Value = http
+            .get(format!("{url}/api/v1/settings"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(after["settings"], breaking);
+    }
+
+    #[tokio::test]
     async fn a_public_address_is_refused_without_a_token() {
-        let error = bind("0.0.0.0:0".parse().unwrap()).await.unwrap_err();
+        let error = bind("0.0.0.0:0".parse().unwrap(), false).await.unwrap_err();
         assert!(error.to_string().contains("loopback"), "{error}");
+        assert!(bind("0.0.0.0:0".parse().unwrap(), true).await.is_ok());
     }
 }

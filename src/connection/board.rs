@@ -32,6 +32,8 @@ struct Inner {
     changes: broadcast::Sender<Connection>,
     /// Per side, a counter an admin's "Reconnect" bumps; a parked role waits for it.
     reconnects: [watch::Sender<u64>; 2],
+    /// A counter an admin's "Resync" bumps; the subscriber reads every user again.
+    resyncs: watch::Sender<u64>,
 }
 
 impl Default for Connections {
@@ -49,6 +51,7 @@ impl Connections {
                 outreach: watch::channel(Connection::not_configured(Side::Outreach)).0,
                 changes: broadcast::channel(CHANGE_BACKLOG).0,
                 reconnects: [watch::channel(0).0, watch::channel(0).0],
+                resyncs: watch::channel(0).0,
             }),
         }
     }
@@ -90,6 +93,16 @@ impl Connections {
     /// Follows the side's reconnect requests: `changed()` resolves at the next one.
     pub fn reconnect_requests(&self, side: Side) -> watch::Receiver<u64> {
         self.inner.reconnects[side as usize].subscribe()
+    }
+
+    /// Asks the subscriber to read every Salesforce user again (`POST /api/v1/resync`).
+    pub fn request_resync(&self) {
+        self.inner.resyncs.send_modify(|n| *n += 1);
+    }
+
+    /// Follows the resync requests: `changed()` resolves at the next one.
+    pub fn resync_requests(&self) -> watch::Receiver<u64> {
+        self.inner.resyncs.subscribe()
     }
 
     /// An admin disconnected the side: it stops until a reconnect.

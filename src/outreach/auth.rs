@@ -479,6 +479,7 @@ impl TokenKeeper {
                         "Outreach throttled a token mint; waiting"
                     );
                     tally.counters().retry();
+                    crate::metrics::global().rate_limit_wait(wait);
                     tokio::time::sleep(wait).await;
                     // The server's window has passed once its Retry-After has; no further
                     // local wait before the next attempt.

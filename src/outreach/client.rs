@@ -554,6 +554,7 @@ impl OutreachClient {
                         .into_error(operation.clone()));
                     }
                     inner.limiter.record_wait();
+                    crate::metrics::global().rate_limit_wait(wait);
                     inner.counters.retry();
                     tracing::warn!(
                         operation = %operation,

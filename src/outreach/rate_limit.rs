@@ -288,6 +288,7 @@ impl RateLimiter {
                         return Err(WaitTooLong(wait));
                     }
                     self.record_wait();
+                    crate::metrics::global().rate_limit_wait(wait);
                     tracing::info!(
                         wait_ms = wait.as_millis() as u64,
                         reset = %reset,

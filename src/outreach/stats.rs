@@ -65,6 +65,7 @@ impl<'a> Tally<'a> {
     pub(crate) fn request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global().outreach_request();
     }
 
     pub(crate) fn counters(&self) -> &'a Counters {

@@ -54,6 +54,7 @@ use crate::engine::settings::SyncSettings;
 use crate::engine::state::StateScope;
 use crate::event::UserChange;
 use crate::kafka::{ChangePublisher, DeadLetter, KafkaConfig, PublishError};
+use crate::metrics;
 use crate::outreach::client::OutreachClient;
 use crate::store::{Store, StoreError};
 
@@ -146,7 +147,24 @@ pub struct GroupContext {
     revoked: mpsc::UnboundedSender<Vec<i32>>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's statistics (every [`LAG_REFRESH`]): the lag of each partition this consumer
+    /// fetches, for `/metrics`. Partition -1 is librdkafka's placeholder for unassigned
+    /// records, and -1 lag means not known yet; both are left out.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lags = statistics.topics.into_iter().flat_map(|(name, topic)| {
+            topic
+                .partitions
+                .into_values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(move |p| (name.clone(), p.partition, p.consumer_lag))
+        });
+        metrics::global().record_lag(lags);
+    }
+}
+
+/// How often librdkafka reports the consumer lag (`statistics.interval.ms`).
+const LAG_REFRESH: Duration = Duration::from_secs(5);
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(
@@ -398,18 +416,22 @@ impl Processor {
                 self.retries.remove(&partition);
                 if duplicate {
                     self.stats.duplicates += 1;
+                    metrics::global().processor_event(metrics::Outcome::duplicate);
                 } else {
                     self.stats.applied += 1;
+                    metrics::global().processor_event(metrics::Outcome::applied);
                 }
                 self.store_offset(partition, offset)
             }
             Outcome::DeadLettered => {
                 self.retries.remove(&partition);
                 self.stats.dead_letters += 1;
+                metrics::global().processor_event(metrics::Outcome::dead_letter);
                 self.store_offset(partition, offset)
             }
             Outcome::Later { wait, why } => {
                 self.stats.retries += 1;
+                metrics::global().processor_event(metrics::Outcome::retry);
                 let attempt = match self.retries.get(&partition) {
                     Some(retry) if retry.offset == offset => retry.attempt + 1,
                     _ => 1,
@@ -525,6 +547,7 @@ impl Processor {
                 message = %record.message,
                 "decision"
             );
+            metrics::global().decision(record.action);
             let _ = self.decisions.send(record);
         }
         Ok(Outcome::Applied { duplicate: false })
@@ -772,6 +795,10 @@ fn consumer_config(kafka: &KafkaConfig, settings: &ProcessorSettings) -> rdkafka
     let mut client = crate::kafka::topics::base_client_config(kafka);
     client
         .set("group.id", &settings.group_id)
+        .set(
+            "statistics.interval.ms",
+            LAG_REFRESH.as_millis().to_string(),
+        )
         .set(
             "session.timeout.ms",
             settings.session_timeout.as_millis().to_string(),

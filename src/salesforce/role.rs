@@ -115,6 +115,14 @@ pub fn settings(config: &SalesforceConfig) -> SubscriberSettings {
         backoff_min: Duration::from_millis(config.backoff_min_ms),
         backoff_max: Duration::from_millis(config.backoff_max_ms),
         flush_timeout: Duration::from_secs(30),
+        full_read_first: None,
+    }
+}
+
+fn settings_for(sf: &SalesforceConfig, full_read: Option<&'static str>) -> SubscriberSettings {
+    SubscriberSettings {
+        full_read_first: full_read,
+        ..settings(sf)
     }
 }
 
@@ -146,17 +154,29 @@ async fn supervise(
     let sf = &config.salesforce;
     sf.validate()?;
     let mut reconnects = connections.reconnect_requests(Side::Salesforce);
+    let mut resyncs = connections.resync_requests();
+    resyncs.borrow_and_update();
     let mut delays = retry_delays(sf);
+    let mut full_read = None;
     loop {
         // Requests from before this attempt are answered by it; one made while it runs (or
         // while it stops) reconnects at once.
         reconnects.borrow_and_update();
         connections.connecting(Side::Salesforce);
-        let (stop, stopping) = stop_signal(connections, shutdown.clone());
-        let result = stream(config, connections, authorizations, stopping).await;
+        let (stop, stopping) = stop_signal(connections, resyncs.clone(), shutdown.clone());
+        let result = stream(config, connections, authorizations, full_read, stopping).await;
         stop.abort();
         if *shutdown.borrow() {
             return result;
+        }
+        full_read = None;
+        if resyncs.has_changed().unwrap_or(false) && result.is_ok() {
+            // An admin asked for a resync: the stream stopped cleanly to start over with a
+            // full read.
+            resyncs.borrow_and_update();
+            tracing::info!("resync asked by an admin: reading every Salesforce user again");
+            full_read = Some("an admin asked for a resync");
+            continue;
         }
         let disconnected = match result {
             // The stream only ends on its own when an admin disconnected Salesforce.
@@ -194,7 +214,14 @@ async fn supervise(
                 changed = reconnects.changed() => if changed.is_err() { return Ok(()) },
                 _ = shutdown.wait_for(|s| *s) => return Ok(()),
             }
-            tracing::info!("reconnecting to Salesforce; the stream resumes from its checkpoint");
+            if sf.full_read_on_reconnect {
+                tracing::info!("reconnecting to Salesforce; reading every user again first");
+                full_read = Some("salesforce.full_read_on_reconnect");
+            } else {
+                tracing::info!(
+                    "reconnecting to Salesforce; the stream resumes from its checkpoint"
+                );
+            }
             delays = retry_delays(sf);
         }
     }
@@ -211,9 +238,11 @@ fn retry_delays(sf: &SalesforceConfig) -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// A stop signal for one attempt: true at shutdown, or when an admin disconnects Salesforce.
+/// A stop signal for one attempt: true at shutdown, when an admin disconnects Salesforce, or
+/// when an admin asks for a resync (the attempt ends cleanly and the next one reads all).
 fn stop_signal(
     connections: &Connections,
+    mut resyncs: watch::Receiver<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<bool>) {
     let (tx, rx) = watch::channel(false);
@@ -223,6 +252,7 @@ fn stop_signal(
             _ = shutdown.wait_for(|s| *s) => {}
             _ = side.wait_for(|c| c.state == ConnectionState::Disconnected
                 && c.reason == Some(DisconnectReason::Manual)) => {}
+            Ok(()) = resyncs.changed() => {}
         }
         let _ = tx.send(true);
     });
@@ -246,11 +276,13 @@ fn verdict_of(error: &anyhow::Error) -> Verdict {
     Verdict::Unaffected
 }
 
-/// One attempt: sign in, report who the authorization belongs to, stream until `shutdown`.
+/// One attempt: sign in, report who the authorization belongs to, stream until `shutdown`;
+/// `full_read` says why every user is read first, when it is.
 async fn stream(
     config: &Config,
     connections: &Connections,
     authorizations: Option<&StoredAuthorizations>,
+    full_read: Option<&'static str>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sf = &config.salesforce;
@@ -325,7 +357,8 @@ async fn stream(
     match sf.transport {
         Transport::Pubsub => {
             let mut subscriber =
-                Subscriber::new(settings(sf), tokens, rest, publisher, store).await?;
+                Subscriber::new(settings_for(sf, full_read), tokens, rest, publisher, store)
+                    .await?;
             if let Some(transactional) = transactions {
                 subscriber = subscriber.with_transactions(transactional, config.kafka.clone());
             }
@@ -334,7 +367,7 @@ async fn stream(
         }
         Transport::Cometd => {
             let mut subscriber = CometdSubscriber::new(
-                settings(sf),
+                settings_for(sf, full_read),
                 &sf.api_version,
                 tokens,
                 rest,

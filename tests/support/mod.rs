@@ -164,6 +164,23 @@ impl Parts {
         (status, response.text().await.unwrap())
     }
 
+    /// `/metrics` as Prometheus reads it.
+    pub async fn metrics_page(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.admin_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
+    /// The value of one series on `/metrics` (`name{labels}` as printed), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        usersync::metrics::sample(&self.metrics_page().await, series).unwrap_or(0.0)
+    }
+
     /// One side's connection from `GET /api/v1/status`.
     pub async fn connection(&self, side: &str) -> Value {
         let (status, body) = self.admin(reqwest::Method::GET, "/api/v1/status").await;

@@ -97,9 +97,16 @@ impl CometdSubscriber {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), SubscriberError> {
         let mut backoff = retry_delays(&self.settings);
+        let mut full_read = self.settings.full_read_first;
         loop {
             let stored = self.pipeline.load_checkpoint().await?;
-            let resume = stored.as_ref().and_then(replay_of);
+            // A full read asked for starts from the tip, like the initial load (once).
+            let asked = full_read.take();
+            let resume = match asked {
+                Some(_) => None,
+                None => stored.as_ref().and_then(replay_of),
+            };
+            let why = asked.unwrap_or("initial load");
             let config = CometdConfig::new(self.api_version.clone(), self.settings.replay_policy);
             let mut client = CometdClient::new(
                 config,
@@ -108,7 +115,12 @@ impl CometdSubscriber {
             )
             .map_err(Box::new)?;
             let outcome = self
-                .serve(&mut client, resume.is_none(), &mut shutdown, &mut backoff)
+                .serve(
+                    &mut client,
+                    resume.is_none().then_some(why),
+                    &mut shutdown,
+                    &mut backoff,
+                )
                 .await;
             let drained = self.pipeline.drain().await;
             if *shutdown.borrow() {
@@ -145,16 +157,14 @@ impl CometdSubscriber {
     async fn serve(
         &mut self,
         client: &mut CometdClient<Arc<CredentialsTokenSource>>,
-        initial_load: bool,
+        full_read: Option<&'static str>,
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut backon::ExponentialBackoff,
     ) -> Result<(), SubscriberError> {
-        if initial_load {
+        if let Some(why) = full_read {
             // Subscribed before the export: changes made during it are delivered after it.
             client.open().await.map_err(Box::new)?;
-            self.pipeline
-                .resync(None, unplaced(), "initial load")
-                .await?;
+            self.pipeline.resync(None, unplaced(), why).await?;
         }
         loop {
             let polled = tokio::select! {

@@ -74,6 +74,10 @@ pub struct SubscriberSettings {
     pub backoff_max: Duration,
     /// How long shutdown waits for Kafka to confirm what is in flight.
     pub flush_timeout: Duration,
+    /// Read every user first, whatever the checkpoint says, and say why in the log (an admin
+    /// asked for a resync, or a reconnect with `salesforce.full_read_on_reconnect`). The
+    /// stream then starts at the newest position, opened before the read: no gap.
+    pub full_read_first: Option<&'static str>,
 }
 
 impl Default for SubscriberSettings {
@@ -86,6 +90,7 @@ impl Default for SubscriberSettings {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             flush_timeout: Duration::from_secs(30),
+            full_read_first: None,
         }
     }
 }
@@ -325,6 +330,8 @@ impl Pipeline {
         match outcome {
             Normalized::Events(events) => {
                 self.stats.events_published += events.len() as u64;
+                crate::metrics::global()
+                    .published(crate::metrics::Published::change, events.len() as u64);
                 self.publish(position, events).await
             }
             Normalized::NeedsReread { user_ids, reason } => {
@@ -419,6 +426,8 @@ impl Pipeline {
             .map(|user| snapshot(user, &self.org_id, now))
             .collect();
         self.stats.snapshots_published += events.len() as u64;
+        crate::metrics::global()
+            .published(crate::metrics::Published::snapshot, events.len() as u64);
         self.publish(position, events).await
     }
 
@@ -526,6 +535,7 @@ impl Pipeline {
         reason: &str,
     ) -> Result<(), SubscriberError> {
         self.stats.dead_letters += 1;
+        crate::metrics::global().subscriber_dead_letter();
         let replay_id = refused.replay.render();
         tracing::warn!(%reason, %replay_id, schema_id = refused.schema_id, "change event dead-lettered");
         let letter = DeadLetter {

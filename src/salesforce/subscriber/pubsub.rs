@@ -82,9 +82,13 @@ impl Subscriber {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), SubscriberError> {
         self.connection.topic(&self.settings.topic).await?;
-        let mut next = match self.pipeline.load_checkpoint().await? {
-            Some(position) => Start::After(position.replay_id),
-            None => Start::Latest {
+        let checkpoint = self.pipeline.load_checkpoint().await?;
+        let mut next = match (self.settings.full_read_first, checkpoint) {
+            (Some(why), _) => Start::Latest {
+                resync: Resync::All(why),
+            },
+            (None, Some(position)) => Start::After(position.replay_id),
+            (None, None) => Start::Latest {
                 resync: Resync::All("initial load"),
             },
         };
