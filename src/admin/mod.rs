@@ -77,6 +77,7 @@ pub fn router(state: AdminState) -> Router {
             auth::require_token,
         ));
     Router::new()
+        .route("/", get(page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_page))
@@ -144,6 +145,13 @@ fn store_failed(error: crate::store::StoreError) -> ApiError {
 async fn ready(State(state): State<AdminState>) -> Result<&'static str, ApiError> {
     state.store.settings().await.map_err(store_failed)?;
     Ok("ready")
+}
+
+/// The admin page (`page.html`, in the binary): plain HTML, CSS and a little JavaScript over
+/// this API, laid out like Outreach's CRM page. It needs no token itself; it asks for one when
+/// the API answers 401.
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("page.html"))
 }
 
 /// Prometheus' page: the process's counters and each connection's state now.
@@ -329,6 +337,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(body, json!({"mappings": []}));
+    }
+
+    #[tokio::test]
+    async fn the_page_is_served_from_the_binary_without_a_token() {
+        let (url, _stop) = serve_with_token(Some("page-token")).await;
+        let response = reqwest::get(format!("{url}/")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let page = response.text().await.unwrap();
+        for part in [
+            "id=\"card-salesforce\"",
+            "id=\"card-outreach\"",
+            "Automatically remap when Salesforce User is marked Inactive",
+            "When syncing both ways",
+            "id=\"feed\"",
+            "id=\"conflicts\"",
+            "id=\"mapping-search\"",
+        ] {
+            assert!(page.contains(part), "the page has {part}");
+        }
     }
 
     #[tokio::test]
