@@ -12,6 +12,7 @@ pub mod client;
 mod conflicts;
 mod connections;
 pub mod feed;
+mod mappings;
 mod settings;
 
 use std::net::SocketAddr;
@@ -56,7 +57,11 @@ pub struct AdminState {
 /// The routes of the admin server. Other parts (the webhook receiver) merge theirs into it.
 pub fn router(state: AdminState) -> Router {
     let api = Router::new()
-        .route("/api/v1/mappings", get(mappings))
+        .route("/api/v1/mappings", get(mappings).post(mappings::map))
+        .route(
+            "/api/v1/mappings/{outreach_user_id}",
+            axum::routing::delete(mappings::unmap),
+        )
         .route("/api/v1/conflicts", get(conflicts::open))
         .route("/api/v1/resync", post(resync))
         .route("/api/v1/settings", get(settings::get).put(settings::put))

@@ -24,10 +24,12 @@ pub enum Action {
     Unlock,
     Skip,
     Conflict,
+    /// An admin removed a mapping by hand; the engine never decides it.
+    Unlink,
 }
 
 impl Action {
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::Create,
         Action::Link,
         Action::Remap,
@@ -36,6 +38,7 @@ impl Action {
         Action::Unlock,
         Action::Skip,
         Action::Conflict,
+        Action::Unlink,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl Action {
             Action::Unlock => "unlock",
             Action::Skip => "skip",
             Action::Conflict => "conflict",
+            Action::Unlink => "unlink",
         }
     }
 
@@ -115,10 +119,15 @@ pub enum Reason {
     /// Outreach refused a create because the email is taken (the index was behind); the
     /// holder is looked up and the event decided again.
     OutreachRefusedCreate,
+    // by hand (the admin API; the engine never gives these)
+    /// An admin mapped (or remapped) an Outreach user to a Salesforce user.
+    ManualLink,
+    /// An admin removed a mapping.
+    ManualUnlink,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 24] = [
         Reason::NewActiveUser,
         Reason::EmailMatch,
         Reason::MappedUserInactive,
@@ -141,6 +150,8 @@ impl Reason {
         Reason::AutoRemapDisabled,
         Reason::MultipleOutreachUsers,
         Reason::OutreachRefusedCreate,
+        Reason::ManualLink,
+        Reason::ManualUnlink,
     ];
 
     /// The reason whose code is `s` (the inverse of [`Reason::as_str`]).
@@ -172,6 +183,8 @@ impl Reason {
             Reason::AutoRemapDisabled => "auto_remap_disabled",
             Reason::MultipleOutreachUsers => "multiple_outreach_users",
             Reason::OutreachRefusedCreate => "outreach_refused_create",
+            Reason::ManualLink => "manual_link",
+            Reason::ManualUnlink => "manual_unlink",
         }
     }
 }
