@@ -32,7 +32,11 @@ pub(super) struct ManualMapping {
 
 /// An id for the admin's action in the applied-event log, unique per call.
 fn admin_event_id() -> String {
-    format!("admin:{}:{:016x}", Utc::now().format("%Y%m%dT%H%M%S%.6fZ"), rand::random::<u64>())
+    format!(
+        "admin:{}:{:016x}",
+        Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+        rand::random::<u64>()
+    )
 }
 
 fn refused(error: StoreError) -> ApiError {
@@ -178,12 +182,7 @@ pub(super) async fn unmap(
         ),
         outreach_calls: 0,
     };
-    record_by_hand(
-        &state,
-        vec![MappingWrite::Remove(outreach_user_id)],
-        record,
-    )
-    .await?;
+    record_by_hand(&state, vec![MappingWrite::Remove(outreach_user_id)], record).await?;
     Ok(Json(json!({ "unmapped": held })))
 }
 
@@ -283,24 +282,50 @@ mod tests {
     async fn mapping_remapping_and_unmapping_by_hand_are_recorded_as_decisions() {
         let (url, store, _stop) = serve_with_users().await;
         let http = reqwest::Client::new();
-        let post = |body: serde_json::Value| http.post(format!("{url}/api/v1/mappings")).json(&body).send();
+        let post = |body: serde_json::Value| {
+            http.post(format!("{url}/api/v1/mappings"))
+                .json(&body)
+                .send()
+        };
 
-        let linked = post(json!({"outreach_user_id": 1, "salesforce_user_id": X})).await.unwrap();
+        let linked = post(json!({"outreach_user_id": 1, "salesforce_user_id": X}))
+            .await
+            .unwrap();
         assert_eq!(linked.status(), 201);
-        let remapped = post(json!({"outreach_user_id": 1, "salesforce_user_id": Y})).await.unwrap();
+        let remapped = post(json!({"outreach_user_id": 1, "salesforce_user_id": Y}))
+            .await
+            .unwrap();
         assert_eq!(remapped.status(), 201);
-        let unknown = post(json!({"outreach_user_id": 2, "salesforce_user_id": X})).await.unwrap();
+        let unknown = post(json!({"outreach_user_id": 2, "salesforce_user_id": X}))
+            .await
+            .unwrap();
         assert_eq!(unknown.status(), 422, "Outreach user 2 is not known");
         let body: serde_json::Value = unknown.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unknown_user");
-        let malformed = post(json!({"outreach_user_id": "one", "salesforce_user_id": X})).await.unwrap();
+        let malformed = post(json!({"outreach_user_id": "one", "salesforce_user_id": X}))
+            .await
+            .unwrap();
         assert_eq!(malformed.status(), 422);
         let body: serde_json::Value = malformed.json().await.unwrap();
-        assert!(body["error"]["message"].as_str().unwrap().contains("outreach_user_id"), "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("outreach_user_id"),
+            "{body}"
+        );
 
-        let unmapped = http.delete(format!("{url}/api/v1/mappings/1")).send().await.unwrap();
+        let unmapped = http
+            .delete(format!("{url}/api/v1/mappings/1"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(unmapped.status(), 200);
-        let again = http.delete(format!("{url}/api/v1/mappings/1")).send().await.unwrap();
+        let again = http
+            .delete(format!("{url}/api/v1/mappings/1"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(again.status(), 404);
 
         let log = store.decisions(&DecisionQuery::default()).await.unwrap();
@@ -318,8 +343,21 @@ mod tests {
             ],
             "newest first"
         );
-        assert_eq!(log.records[1].1.previous_salesforce_user_id.as_ref().map(|i| i.as_str()), Some(X));
+        assert_eq!(
+            log.records[1]
+                .1
+                .previous_salesforce_user_id
+                .as_ref()
+                .map(|i| i.as_str()),
+            Some(X)
+        );
         assert_eq!(log.records[0].1.email.as_deref(), Some("abc@def.com"));
-        assert!(store.mappings(&Default::default()).await.unwrap().is_empty());
+        assert!(
+            store
+                .mappings(&Default::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }
