@@ -164,12 +164,12 @@ async fn supervise(
         reconnects.borrow_and_update();
         connections.connecting(Side::Salesforce);
         let (stop, stopping) = stop_signal(connections, resyncs.clone(), shutdown.clone());
-        let result = stream(config, connections, authorizations, full_read, stopping).await;
+        let attempted = full_read.take();
+        let result = stream(config, connections, authorizations, attempted, stopping).await;
         stop.abort();
         if *shutdown.borrow() {
             return result;
         }
-        full_read = None;
         if resyncs.has_changed().unwrap_or(false) && result.is_ok() {
             // An admin asked for a resync: the stream stopped cleanly to start over with a
             // full read.
@@ -188,6 +188,8 @@ async fn supervise(
                 Verdict::Unaffected => return Err(error),
                 Verdict::Degraded => {
                     connections.degraded(Side::Salesforce, format!("{error:#}"));
+                    // A full read that failed half-way is tried again with the stream.
+                    full_read = attempted;
                     let delay = delays
                         .next()
                         .unwrap_or(Duration::from_millis(sf.backoff_max_ms));
