@@ -76,22 +76,8 @@ pub(super) async fn map(
         ))
     })?;
     let outreach_user_id = OutreachUserId(wanted.outreach_user_id);
-    let current = state
-        .store
-        .mappings(&MappingFilter {
-            outreach_user_id: Some(outreach_user_id),
-            ..MappingFilter::default()
-        })
-        .await
-        .map_err(store_failed)?
-        .into_iter()
-        .next();
-    let email = state
-        .store
-        .salesforce_user(&salesforce_user_id)
-        .await
-        .map_err(store_failed)?
-        .and_then(|u| u.email_normalized());
+    let current = mapping_of(&state, outreach_user_id).await?;
+    let email = email_of(&state, &salesforce_user_id).await?;
     let mapping = Mapping {
         outreach_user_id,
         salesforce_user_id: salesforce_user_id.clone(),
@@ -140,33 +126,15 @@ pub(super) async fn unmap(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let outreach_user_id = raw
-        .parse::<i64>()
-        .map(OutreachUserId)
-        .map_err(|_| bad_request(format!("outreach_user_id {raw:?} is not an Outreach id")))?;
-    let Some(held) = state
-        .store
-        .mappings(&MappingFilter {
-            outreach_user_id: Some(outreach_user_id),
-            ..MappingFilter::default()
-        })
-        .await
-        .map_err(store_failed)?
-        .into_iter()
-        .next()
-    else {
+    let outreach_user_id = super::outreach_user_id(&raw)?;
+    let Some(held) = mapping_of(&state, outreach_user_id).await? else {
         return Err(ApiError {
             status: StatusCode::NOT_FOUND,
             code: "not_mapped",
             message: format!("Outreach user {outreach_user_id} is not mapped"),
         });
     };
-    let email = state
-        .store
-        .salesforce_user(&held.salesforce_user_id)
-        .await
-        .map_err(store_failed)?
-        .and_then(|u| u.email_normalized());
+    let email = email_of(&state, &held.salesforce_user_id).await?;
     let record = DecisionRecord {
         event_id: admin_event_id(),
         at: Utc::now(),
@@ -184,6 +152,26 @@ pub(super) async fn unmap(
     };
     record_by_hand(&state, vec![MappingWrite::Remove(outreach_user_id)], record).await?;
     Ok(Json(json!({ "unmapped": held })))
+}
+
+/// The mapping that holds Outreach user `id`, if one does.
+async fn mapping_of(state: &AdminState, id: OutreachUserId) -> Result<Option<Mapping>, ApiError> {
+    let filter = MappingFilter {
+        outreach_user_id: Some(id),
+        ..MappingFilter::default()
+    };
+    let found = state.store.mappings(&filter).await.map_err(store_failed)?;
+    Ok(found.into_iter().next())
+}
+
+/// The email group of a Salesforce user, for the decision log's email search.
+async fn email_of(state: &AdminState, id: &SalesforceId) -> Result<Option<String>, ApiError> {
+    let user = state
+        .store
+        .salesforce_user(id)
+        .await
+        .map_err(store_failed)?;
+    Ok(user.and_then(|u| u.email_normalized()))
 }
 
 /// One transaction: the mapping changes and their decision; then the feed hears of it.

@@ -207,6 +207,13 @@ async fn resync(State(state): State<AdminState>) -> Result<Response, ApiError> {
     }
 }
 
+/// An Outreach user id from a path or a query, named when it does not parse.
+fn outreach_user_id(raw: &str) -> Result<OutreachUserId, ApiError> {
+    raw.parse::<i64>()
+        .map(OutreachUserId)
+        .map_err(|_| bad_request(format!("outreach_user_id {raw:?} is not an Outreach id")))
+}
+
 #[derive(Deserialize)]
 struct MappingParams {
     email: Option<String>,
@@ -229,11 +236,7 @@ async fn mappings(
     let outreach_user_id = params
         .outreach_user_id
         .filter(|s| !s.is_empty())
-        .map(|raw| {
-            raw.parse::<i64>()
-                .map(OutreachUserId)
-                .map_err(|_| bad_request(format!("outreach_user_id {raw:?} is not an Outreach id")))
-        })
+        .map(|raw| outreach_user_id(&raw))
         .transpose()?;
     let filter = MappingFilter {
         email: params
@@ -328,6 +331,11 @@ mod tests {
         (url, stop)
     }
 
+    /// `GET url` and its JSON body.
+    async fn get_json(url: String) -> serde_json::Value {
+        reqwest::get(url).await.unwrap().json().await.unwrap()
+    }
+
     #[tokio::test]
     async fn health_readiness_and_an_empty_mapping_list() {
         let (url, _stop) = serve_test().await;
@@ -335,12 +343,7 @@ mod tests {
         assert_eq!(health.status(), 200);
         let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
         assert_eq!(ready.status(), 200);
-        let body: serde_json::Value = reqwest::get(format!("{url}/api/v1/mappings?email=A@B.com"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = get_json(format!("{url}/api/v1/mappings?email=A@B.com")).await;
         assert_eq!(body, json!({"mappings": []}));
     }
 
@@ -417,14 +420,7 @@ mod tests {
     async fn status_shows_both_sides_and_a_manual_disconnect_then_a_reconnect() {
         let (url, _stop) = serve_test().await;
         let http = reqwest::Client::new();
-        let status: serde_json::Value = http
-            .get(format!("{url}/api/v1/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = get_json(format!("{url}/api/v1/status")).await;
         assert_eq!(
             status["connections"]["salesforce"]["state"],
             "not_configured"
@@ -518,14 +514,7 @@ mod tests {
     async fn a_refused_settings_save_names_the_rule_and_keeps_the_settings_in_force() {
         let (url, _stop) = serve_test().await;
         let http = reqwest::Client::new();
-        let current: serde_json::Value = http
-            .get(format!("{url}/api/v1/settings"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let current = get_json(format!("{url}/api/v1/settings")).await;
         assert_eq!(current["settings"]["email_field"]["dedupe"], "both");
         assert_eq!(
             current["settings"]["user_mapping"]["auto_remap_on_inactive"],
@@ -550,14 +539,7 @@ mod tests {
                 .contains("When syncing both ways"),
             "{body}"
         );
-        let after: serde_json::Value = http
-            .get(format!("{url}/api/v1/settings"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let after = get_json(format!("{url}/api/v1/settings")).await;
         assert_eq!(after, current, "a refused save changes nothing");
 
         // Turning the remap off first makes the same deduping choice valid.
@@ -569,14 +551,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(saved.status(), 200);
-        let after: serde_json::Value = http
-            .get(format!("{url}/api/v1/settings"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let after = get_json(format!("{url}/api/v1/settings")).await;
         assert_eq!(after["settings"], breaking);
     }
 
