@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine or a warm one.
 #
 # It installs and starts what the tests need (a throwaway PostgreSQL under target/pg, a tansu
-# Kafka-protocol broker under target/tansu for the end-to-end tests), checks
+# Kafka-protocol broker under target/tansu for the end-to-end tests, Debian's Chromium and
+# ChromeDriver for the admin page's browser test), checks
 # formatting and lints, runs every test (unit, property, integration, end to end), and stops
 # what it started, whatever happens. Under CI (CI set), a test whose component is missing
 # fails instead of skipping.
@@ -27,6 +28,18 @@ pg_start
 
 step "tansu (Kafka-protocol broker) for the end-to-end tests"
 tansu_start
+
+step "Chromium and ChromeDriver for the browser test"
+# tests/browser.rs drives Debian's headless Chromium through its chromedriver (the test
+# starts both; under CI it fails without them).
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    if [[ "$(id -u)" -ne 0 ]]; then
+        echo "test.sh: installing needs root; run: sudo apt-get install -y chromium chromium-driver" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2
+fi
 
 step "formatting"
 cargo fmt --all -- --check

@@ -34,7 +34,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
     let outreach = crate::processor::role::outreach_client_with(&config.outreach, stored_outreach)?;
     let webhooks = webhook_routes(config, &outreach).await?;
     let connections = Connections::new();
-    let outreach_for_tests = outreach.clone();
+    let outreach_for_checks = outreach.clone();
     let mut processor = crate::processor::role::build_with(config, store.clone(), outreach)
         .await?
         .with_connections(connections.clone())
@@ -67,16 +67,21 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
                 .await
         }
     });
+    let state = crate::admin::AdminState {
+        store,
+        connections,
+        authorizations: Some(authorizations),
+        decisions: Some(decisions),
+        config: Some(std::sync::Arc::new(config.clone())),
+        outreach: Some(outreach_for_checks),
+        token: Some(config.admin.token.clone()).filter(|t| !t.expose().is_empty()),
+    };
+    roles.spawn(
+        "connection checks",
+        crate::admin::checks::follow(state.clone(), stopped.clone()),
+    );
     if let Some(admin) = admin {
-        let mut router = crate::admin::router(crate::admin::AdminState {
-            store,
-            connections,
-            authorizations: Some(authorizations),
-            decisions: Some(decisions),
-            config: Some(std::sync::Arc::new(config.clone())),
-            outreach: Some(outreach_for_tests),
-            token: Some(config.admin.token.clone()).filter(|t| !t.expose().is_empty()),
-        });
+        let mut router = crate::admin::router(state);
         if let Some(webhooks) = webhooks {
             router = router.merge(webhooks);
         }

@@ -142,6 +142,17 @@ async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it(
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["connection"]["reason"], "manual");
+    // The session is revoked at Salesforce (the flow can mint a new one on reconnect).
+    until("the subscriber's session is revoked", || async {
+        !parts.salesforce.revocations().is_empty()
+    })
+    .await;
+    let revoked = parts.salesforce.revocations();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(
+        (revoked[0].kind, revoked[0].username.as_str()),
+        ("access", INTEGRATION_USER)
+    );
     parts.create_salesforce_user("while.salesforce.off");
     let (status, _) = parts
         .admin(Method::POST, "/api/v1/connections/salesforce/reconnect")
@@ -704,5 +715,57 @@ async fn an_outage_longer_than_the_replay_retention_loses_nothing_after_reconnec
     .await;
     let users = parts.outreach.users();
     assert_eq!(users.len(), 4, "one Outreach user each: {users:?}");
+    running.stop().await;
+}
+
+/// The side's last checklist as the status shows it (`null` before the first).
+async fn last_check(parts: &Parts, side: &str) -> serde_json::Value {
+    parts.connection(side).await["last_check"].clone()
+}
+
+/// The checklist runs by itself at start, for both sides, and again after every reconnect:
+/// the status (and the page) show each step without anyone pressing "Test connection".
+#[tokio::test(flavor = "multi_thread")]
+async fn the_checklist_runs_at_start_and_after_every_reconnect() {
+    let parts = Parts::new().await;
+    let running = parts.start_live().await;
+    for side in ["salesforce", "outreach"] {
+        until("the checklist ran at start", || async {
+            last_check(&parts, side).await.is_object()
+        })
+        .await;
+        let check = last_check(&parts, side).await;
+        assert_eq!(check["passed"], true, "{check}");
+        assert_eq!(check["side"], side);
+    }
+    let at_start = last_check(&parts, "salesforce").await;
+
+    // The integration user loses View All Users; the admin reconnects before fixing it.
+    parts.salesforce.set_view_all_users(INTEGRATION_USER, false);
+    let (status, body) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/reconnect")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    until("the checklist ran after the reconnect", || async {
+        last_check(&parts, "salesforce").await["ran_at"] != at_start["ran_at"]
+    })
+    .await;
+    let after = last_check(&parts, "salesforce").await;
+    assert_eq!(after["passed"], false, "{after}");
+    let failed: Vec<&str> = after["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["outcome"] == "failed")
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["can_subscribe"], "{after}");
+    // Outreach was not reconnected: its checklist is still the one from the start.
+    assert_eq!(last_check(&parts, "outreach").await["passed"], true);
+    // The reconnect itself met the missing permission too.
+    until("Salesforce is disconnected again", || async {
+        parts.connection("salesforce").await["reason"] == "permissions_changed"
+    })
+    .await;
     running.stop().await;
 }

@@ -278,6 +278,77 @@ async fn a_revoked_refresh_token_is_credentials_changed() {
     );
 }
 
+/// A manual disconnect's revocation: with the refresh-token flow both the session and the
+/// refresh token end (a reconnect needs a new authorization); revoking again is refused with
+/// Salesforce's error.
+#[tokio::test]
+async fn revoking_ends_the_session_and_the_refresh_token() {
+    use usersync::salesforce::auth::revoke;
+    use usersync::salesforce::rest::CredentialsTokenSource;
+    let sim = sim().await;
+    let creds = SalesforceCredentials::RefreshToken {
+        login_url: sim.login_url(),
+        client_id: sim.consumer_key(),
+        client_secret: Some(Secret::new(sim.consumer_secret())),
+        refresh_token: Secret::new(sim.issue_refresh_token(ADMIN)),
+    };
+    let tokens = CredentialsTokenSource::new(http(), creds.clone());
+    let held = tokens.session().await.expect("a session");
+    assert_eq!(
+        tokens.revoke().await.expect("revoked"),
+        ["access token", "refresh token"]
+    );
+    let kinds: Vec<&str> = sim.revocations().iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, ["access", "refresh"]);
+    let stale = userinfo(&http(), &held)
+        .await
+        .expect_err("the session ended");
+    assert_eq!(
+        stale.disconnect_reason(),
+        Some(DisconnectReason::CredentialsChanged)
+    );
+    let (error, _, reason) = refusal(&creds).await;
+    assert_eq!(error, "invalid_grant");
+    assert_eq!(reason, DisconnectReason::CredentialsChanged);
+
+    let again = revoke(
+        &http(),
+        &sim.login_url(),
+        "access token",
+        &held.access_token,
+    )
+    .await
+    .expect_err("already revoked");
+    let message = again.to_string();
+    assert!(
+        message.contains("revoking the Salesforce access token")
+            && message.contains("unsupported_token_type"),
+        "{message}"
+    );
+    assert!(!message.contains(held.access_token.expose()), "{message}");
+}
+
+/// JWT bearer can always mint again: only its session is revoked.
+#[tokio::test]
+async fn revoking_a_jwt_source_ends_only_its_session() {
+    use usersync::salesforce::rest::CredentialsTokenSource;
+    let sim = sim().await;
+    let tokens = CredentialsTokenSource::new(http(), jwt(&sim, ADMIN, PRIVATE_KEY));
+    assert_eq!(
+        tokens.revoke().await.expect("nothing held"),
+        Vec::<&str>::new()
+    );
+    tokens.session().await.expect("a session");
+    assert_eq!(tokens.revoke().await.expect("revoked"), ["access token"]);
+    let fresh = tokens
+        .session()
+        .await
+        .expect("a new session after revocation");
+    userinfo(&http(), &fresh)
+        .await
+        .expect("the new session works");
+}
+
 #[tokio::test]
 async fn changing_the_jwt_username_switches_the_authorizing_user() {
     let sim = sim().await;

@@ -1,5 +1,5 @@
 //! The connection routes of `admin.md`: `GET /api/v1/status` and, per side,
-//! `POST /api/v1/connections/{side}/reconnect` and `…/disconnect`.
+//! `POST /api/v1/connections/{side}/reconnect`, `…/disconnect` and `…/test`.
 //!
 //! They talk to the [`Connections`](crate::connection::Connections) board: a reconnect asks the
 //! side's role to sign in again (it was parked, or the admin wants the new identity and
@@ -19,11 +19,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{AdminState, ApiError};
-use crate::connection::Side;
 use crate::connection::authorization::{
     AuthorizationError, OutreachAuthorization, SalesforceAuthorization,
 };
 use crate::connection::vault::VaultError;
+use crate::connection::{Checklist, Side};
 
 fn side_of(raw: &str) -> Result<Side, ApiError> {
     raw.parse::<Side>().map_err(|message| ApiError {
@@ -127,23 +127,31 @@ fn no_key(error: VaultError) -> ApiError {
     }
 }
 
-/// Runs the side's checklist now and answers with every step.
+/// Runs the side's checklist now, keeps it on the side's connection, and answers with every
+/// step.
 pub(super) async fn test(
     State(state): State<AdminState>,
     Path(side): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let side = side_of(&side)?;
+    let checklist = run_checklist(&state, side).await?;
+    Ok(Json(json!({ "checklist": checklist })))
+}
+
+/// The checklist of `connections.md` for `side`, with this process's configuration and stored
+/// authorization; logged step by step and kept on the board (status, feed, page).
+pub(super) async fn run_checklist(state: &AdminState, side: Side) -> Result<Checklist, ApiError> {
     let untestable = |what: &str| ApiError {
         status: StatusCode::CONFLICT,
         code: "not_testable",
         message: format!("{side} cannot be tested from this process: {what}"),
     };
+    let config = state
+        .config
+        .as_ref()
+        .ok_or_else(|| untestable("no configuration"))?;
     let checklist = match side {
         Side::Salesforce => {
-            let config = state
-                .config
-                .as_ref()
-                .ok_or_else(|| untestable("no configuration"))?;
             let stored = match &state.authorizations {
                 Some(authorizations) => authorizations
                     .load::<SalesforceAuthorization>(side)
@@ -163,10 +171,6 @@ pub(super) async fn test(
             .await
         }
         Side::Outreach => {
-            let config = state
-                .config
-                .as_ref()
-                .ok_or_else(|| untestable("no configuration"))?;
             let client = state
                 .outreach
                 .as_ref()
@@ -175,9 +179,10 @@ pub(super) async fn test(
         }
     };
     for line in checklist.lines() {
-        tracing::info!(%side, "test connection: {line}");
+        tracing::info!(%side, passed = checklist.passed, "test connection: {line}");
     }
-    Ok(Json(json!({ "checklist": checklist })))
+    state.connections.checked(side, checklist.clone());
+    Ok(checklist)
 }
 
 pub(super) async fn disconnect(

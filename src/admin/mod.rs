@@ -8,6 +8,7 @@
 //! named.
 
 mod auth;
+pub mod checks;
 pub mod client;
 mod conflicts;
 mod connections;

@@ -13,8 +13,8 @@ use chrono::Utc;
 use tokio::sync::{broadcast, watch};
 
 use super::{
-    AuthorizedIdentity, Connection, ConnectionFailure, ConnectionState, DisconnectReason, Side,
-    Verdict,
+    AuthorizedIdentity, Checklist, Connection, ConnectionFailure, ConnectionState,
+    DisconnectReason, Side, Verdict,
 };
 
 /// How many transitions a slow watcher of [`Connections::changes`] may fall behind.
@@ -197,6 +197,20 @@ impl Connections {
         });
     }
 
+    /// A "test connection" checklist ran: it is kept on the side's connection and announced
+    /// (the live feed shows it). Not a state change: the roles report those from their own
+    /// calls; the checklist only tells the admin what each step found.
+    pub fn checked(&self, side: Side, checklist: Checklist) {
+        let mut now = None;
+        self.side(side).send_modify(|current| {
+            current.last_check = Some(checklist);
+            now = Some(current.clone());
+        });
+        if let Some(connection) = now {
+            let _ = self.inner.changes.send(connection);
+        }
+    }
+
     /// No authorization is stored for the side (never configured, or removed).
     pub fn not_configured(&self, side: Side) {
         self.transition(side, |now| {
@@ -229,10 +243,11 @@ impl Connections {
     }
 }
 
-/// A connection in `state` since now, carrying nothing over.
+/// A connection in `state` since now, carrying over only the last checklist.
 fn fresh(now: &Connection, state: ConnectionState) -> Connection {
     let mut next = Connection::not_configured(now.side);
     next.state = state;
+    next.last_check = now.last_check.clone();
     next
 }
 
@@ -299,6 +314,34 @@ mod tests {
             seen.push(change.summary());
         }
         seen
+    }
+
+    #[test]
+    fn a_checklist_is_announced_and_kept_through_later_transitions() {
+        let board = Connections::new();
+        board.connecting(Side::Outreach);
+        board.connected(Side::Outreach, None);
+        let mut changes = board.changes();
+        let mut checklist = Checklist::new(Side::Outreach);
+        checklist.pass("token", "an access token was minted");
+        checklist.fail("write_scope", "users.write is missing", "403 Forbidden");
+        board.checked(Side::Outreach, checklist.clone());
+        let announced = changes.try_recv().unwrap();
+        assert_eq!(
+            announced.state,
+            ConnectionState::Connected,
+            "no state change"
+        );
+        assert_eq!(announced.last_check.as_ref(), Some(&checklist));
+
+        board.disconnected(
+            Side::Outreach,
+            DisconnectReason::Manual,
+            "by an admin".into(),
+        );
+        board.connecting(Side::Outreach);
+        assert_eq!(board.get(Side::Outreach).last_check, Some(checklist));
+        assert!(board.get(Side::Salesforce).last_check.is_none(), "per side");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! result, shared by the admin API, the CLI and the log. A step after a failed one that needs
 //! it is not run: it is reported as skipped, so the admin sees where the chain broke.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::Side;
@@ -37,6 +38,8 @@ pub struct Step {
 pub struct Checklist {
     pub side: Side,
     pub passed: bool,
+    /// When the checklist began.
+    pub ran_at: DateTime<Utc>,
     pub steps: Vec<Step>,
 }
 
@@ -45,6 +48,7 @@ impl Checklist {
         Checklist {
             side,
             passed: true,
+            ran_at: Utc::now(),
             steps: Vec::new(),
         }
     }

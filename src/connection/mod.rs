@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use board::Connections;
+pub use checklist::Checklist;
 pub use reason::DisconnectReason;
 pub use verdict::{ConnectionFailure, Verdict};
 
@@ -155,6 +156,10 @@ pub struct Connection {
     pub since: DateTime<Utc>,
     /// When the identity and permission checks last passed.
     pub permissions_checked_at: Option<DateTime<Utc>>,
+    /// The last "test connection" checklist: run at start, after every reconnect, and when an
+    /// admin asks. Kept across state changes (it says when it ran).
+    #[serde(default)]
+    pub last_check: Option<Checklist>,
 }
 
 impl Connection {
@@ -169,6 +174,7 @@ impl Connection {
             identity: None,
             since: Utc::now(),
             permissions_checked_at: None,
+            last_check: None,
         }
     }
 

@@ -125,7 +125,7 @@ impl SalesforceCredentials {
     }
 
     /// The host whose token endpoint this flow uses.
-    fn host(&self) -> &str {
+    pub(crate) fn host(&self) -> &str {
         match self {
             SalesforceCredentials::JwtBearer { login_url, .. }
             | SalesforceCredentials::RefreshToken { login_url, .. } => login_url,
@@ -486,6 +486,51 @@ pub async fn obtain_token(
         identity_url: token.id,
         org_id,
         user_id,
+    })
+}
+
+/// A revocation that did not happen (`kind` names the token: `access token`, `refresh
+/// token`; never its value).
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error("while revoking the Salesforce {kind}: {source}")]
+    Network {
+        kind: &'static str,
+        source: reqwest::Error,
+    },
+    #[error("while revoking the Salesforce {kind}: Salesforce answered {status}: {body}")]
+    Refused {
+        kind: &'static str,
+        status: u16,
+        body: String,
+    },
+}
+
+/// Revokes `token` (of the `kind` named) at `host`'s `/services/oauth2/revoke`. Revoking a
+/// refresh token also ends the sessions it gave. Salesforce answers 200 with no body; an
+/// unknown or already revoked token is a 400 OAuth error (`unsupported_token_type`).
+pub async fn revoke(
+    http: &reqwest::Client,
+    host: &str,
+    kind: &'static str,
+    token: &Secret,
+) -> Result<(), RevokeError> {
+    let network = |source| RevokeError::Network { kind, source };
+    let response = http
+        .post(oauth_url(host, "revoke"))
+        .form(&[("token", token.expose())])
+        .send()
+        .await
+        .map_err(network)?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.text().await.map_err(network)?;
+    Err(RevokeError::Refused {
+        kind,
+        status: status.as_u16(),
+        body: excerpt(&body),
     })
 }
 

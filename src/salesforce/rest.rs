@@ -164,6 +164,37 @@ impl CredentialsTokenSource {
     }
 }
 
+impl CredentialsTokenSource {
+    /// Revokes what this source holds (a manual disconnect): the current session's access
+    /// token, and with the refresh-token flow the refresh token too, which ends every session
+    /// it gave — a reconnect then needs a new authorization. JWT bearer and client
+    /// credentials can mint again, so only their session ends. Returns what was revoked.
+    pub async fn revoke(&self) -> Result<Vec<&'static str>, super::auth::RevokeError> {
+        let mut revoked = Vec::new();
+        if let Some(session) = self.session.lock().await.take() {
+            super::auth::revoke(
+                &self.http,
+                &session.instance_url,
+                "access token",
+                &session.access_token,
+            )
+            .await?;
+            revoked.push("access token");
+        }
+        if let SalesforceCredentials::RefreshToken { refresh_token, .. } = &self.credentials {
+            super::auth::revoke(
+                &self.http,
+                self.credentials.host(),
+                "refresh token",
+                refresh_token,
+            )
+            .await?;
+            revoked.push("refresh token");
+        }
+        Ok(revoked)
+    }
+}
+
 #[async_trait]
 impl TokenSource for CredentialsTokenSource {
     async fn access_token(&self) -> Result<Secret, SalesforceAuthError> {

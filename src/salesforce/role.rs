@@ -163,12 +163,25 @@ async fn supervise(
         // while it stops) reconnects at once.
         reconnects.borrow_and_update();
         connections.connecting(Side::Salesforce);
-        let (stop, stopping) = stop_signal(connections, resyncs.clone(), shutdown.clone());
+        let (stop, stopping) = stop_signal(
+            connections,
+            resyncs.clone(),
+            reconnects.clone(),
+            shutdown.clone(),
+        );
         let attempted = full_read.take();
         let result = stream(config, connections, authorizations, attempted, stopping).await;
         stop.abort();
         if *shutdown.borrow() {
-            return result;
+            return match result {
+                // An attempt that met a connection problem while the process stops: the board
+                // has it; the role stops cleanly.
+                Err(error) if verdict_of(&error) != Verdict::Unaffected => {
+                    tracing::info!(error = %format!("{error:#}"), "Salesforce attempt ended by the stop");
+                    Ok(())
+                }
+                other => other,
+            };
         }
         if resyncs.has_changed().unwrap_or(false) && result.is_ok() {
             // An admin asked for a resync: the stream stopped cleanly to start over with a
@@ -176,6 +189,16 @@ async fn supervise(
             resyncs.borrow_and_update();
             tracing::info!("resync asked by an admin: reading every Salesforce user again");
             full_read = Some("an admin asked for a resync");
+            continue;
+        }
+        if reconnects.has_changed().unwrap_or(false) && result.is_ok() {
+            // An admin asked for a reconnect while the stream ran (new credentials, or the
+            // identity and permissions read again): sign in again at once.
+            tracing::info!("reconnect asked by an admin: signing in to Salesforce again");
+            if sf.full_read_on_reconnect {
+                full_read = Some("salesforce.full_read_on_reconnect");
+            }
+            delays = retry_delays(sf);
             continue;
         }
         let disconnected = match result {
@@ -240,11 +263,13 @@ fn retry_delays(sf: &SalesforceConfig) -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// A stop signal for one attempt: true at shutdown, when an admin disconnects Salesforce, or
-/// when an admin asks for a resync (the attempt ends cleanly and the next one reads all).
+/// A stop signal for one attempt: true at shutdown, when an admin disconnects Salesforce, when
+/// an admin asks for a resync (the attempt ends cleanly and the next one reads all), or for a
+/// reconnect (the next attempt signs in again, with what the reconnect stored).
 fn stop_signal(
     connections: &Connections,
     mut resyncs: watch::Receiver<u64>,
+    mut reconnects: watch::Receiver<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<bool>) {
     let (tx, rx) = watch::channel(false);
@@ -255,6 +280,7 @@ fn stop_signal(
             _ = side.wait_for(|c| c.state == ConnectionState::Disconnected
                 && c.reason == Some(DisconnectReason::Manual)) => {}
             Ok(()) = resyncs.changed() => {}
+            Ok(()) = reconnects.changed() => {}
         }
         let _ = tx.send(true);
     });
@@ -334,6 +360,7 @@ async fn stream(
         .await
         .context("opening the store")?;
     let publisher = Arc::new(ChangePublisher::new(&config.kafka)?);
+    let held = tokens.clone();
     // With a transactional id, events and checkpoint go through one transactional producer;
     // the idempotent one still sends dead letters.
     let transactions = match &config.kafka.transactional_id {
@@ -384,7 +411,32 @@ async fn stream(
             tracing::info!(stats = ?subscriber.stats(), "subscriber stopped");
         }
     }
+    if connections.state(Side::Salesforce)
+        == (
+            ConnectionState::Disconnected,
+            Some(DisconnectReason::Manual),
+        )
+    {
+        revoke_on_disconnect(&held).await;
+    }
     Ok(())
+}
+
+/// A manual disconnect revokes what Salesforce lets us revoke (see
+/// [`CredentialsTokenSource::revoke`]). A refusal is logged, not fatal: the side is stopped
+/// either way, and the admin can revoke the app's sessions in Salesforce Setup.
+async fn revoke_on_disconnect(tokens: &CredentialsTokenSource) {
+    match tokens.revoke().await {
+        Ok(revoked) => tracing::info!(
+            ?revoked,
+            "Salesforce disconnected by an admin: tokens revoked"
+        ),
+        Err(error) => tracing::warn!(
+            error = %error,
+            "Salesforce disconnected by an admin, but revoking its tokens failed; \
+             end the session in Salesforce Setup (Session Management) if it must end now"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -29,8 +29,8 @@
 //! - My Domain host: [`SalesforceSim::my_domain_url`] = `http://127.0.0.1:PORT/my-domain`,
 //!   returned as `instance_url` by every grant.
 //!
-//! Both serve `POST /services/oauth2/token` and `GET /services/oauth2/userinfo`. The JWT
-//! audience accepted is the login URL.
+//! Both serve `POST /services/oauth2/token`, `GET /services/oauth2/userinfo` and
+//! `POST /services/oauth2/revoke`. The JWT audience accepted is the login URL.
 //!
 //! Every request to those endpoints is logged (method, path, status); see
 //! [`SalesforceSim::requests`].
@@ -402,6 +402,11 @@ impl SalesforceSim {
         self.shared.lock().oauth.revoke_tokens();
     }
 
+    /// What clients revoked through `POST /services/oauth2/revoke`, oldest first.
+    pub fn revocations(&self) -> Vec<oauth::Revocation> {
+        self.shared.lock().oauth.revocations().to_vec()
+    }
+
     // ---- The REST data API -----------------------------------------------------------------
 
     /// The page size of query results when the client asks for none (2,000 by default; any
@@ -619,6 +624,7 @@ fn router(shared: Arc<Shared>) -> Router {
         Router::new()
             .route("/services/oauth2/token", token)
             .route("/services/oauth2/userinfo", userinfo)
+            .route("/services/oauth2/revoke", post(handlers::revoke))
     };
     let login = oauth_routes(post(handlers::token_login), get(handlers::userinfo_login));
     let my_domain = oauth_routes(

@@ -17,7 +17,10 @@
 //!   "errorCode":"INVALID_SESSION_ID"}]`;
 //! - deactivating a user ends their sessions; revoking a user's approval also revokes the
 //!   refresh tokens issued to them;
-//! - the token response's `signature` is an opaque random string (usersync does not check it).
+//! - the token response's `signature` is an opaque random string (usersync does not check it);
+//! - `POST /services/oauth2/revoke` (form `token`) answers 200 with no body; revoking a refresh
+//!   token also ends the sessions obtained with it; an unknown or already revoked token gets
+//!   400 `unsupported_token_type` / `this token type is not supported`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use std::sync::Arc;
 use axum::Form;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rand::Rng;
@@ -55,6 +58,17 @@ pub struct SfSimUser {
 #[derive(Debug, Clone)]
 struct Session {
     username: String,
+    /// The refresh token this session was obtained with, if any: revoking it ends the session.
+    refresh_token: Option<String>,
+}
+
+/// What `POST /services/oauth2/revoke` ended, for tests to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// `access` or `refresh`.
+    pub kind: &'static str,
+    /// Whose token it was.
+    pub username: String,
 }
 
 /// An OAuth refusal: HTTP status, `error`, `error_description`.
@@ -109,6 +123,7 @@ pub struct OAuthState {
     next_user: u64,
     access_tokens: HashMap<String, Session>,
     refresh_tokens: HashMap<String, String>,
+    revocations: Vec<Revocation>,
 }
 
 /// What the token endpoint grants: the user the session is for.
@@ -139,6 +154,7 @@ impl OAuthState {
             next_user: 1,
             access_tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
+            revocations: Vec::new(),
         })
     }
 
@@ -200,16 +216,45 @@ impl OAuthState {
         token
     }
 
-    /// An access token for `username`, opaque in Salesforce's `<org id>!<random>` style.
-    pub fn issue_access_token(&mut self, username: &str) -> String {
+    /// An access token for `username`, opaque in Salesforce's `<org id>!<random>` style;
+    /// `refresh_token` is the one it was obtained with, if any.
+    pub fn issue_access_token(&mut self, username: &str, refresh_token: Option<&str>) -> String {
         let token = format!("{}!{}", &self.org_id[..15], random_string(96));
         self.access_tokens.insert(
             token.clone(),
             Session {
                 username: username.to_owned(),
+                refresh_token: refresh_token.map(str::to_owned),
             },
         );
         token
+    }
+
+    /// Revokes an access token (its session ends) or a refresh token (it and every session it
+    /// gave end). False for a token that is unknown or already revoked.
+    pub fn revoke(&mut self, token: &str) -> bool {
+        if let Some(session) = self.access_tokens.remove(token) {
+            self.revocations.push(Revocation {
+                kind: "access",
+                username: session.username,
+            });
+            return true;
+        }
+        let Some(username) = self.refresh_tokens.remove(token) else {
+            return false;
+        };
+        self.access_tokens
+            .retain(|_, session| session.refresh_token.as_deref() != Some(token));
+        self.revocations.push(Revocation {
+            kind: "refresh",
+            username,
+        });
+        true
+    }
+
+    /// Every revocation so far, oldest first.
+    pub fn revocations(&self) -> &[Revocation] {
+        &self.revocations
     }
 
     /// The user behind an access token that still works.
@@ -367,7 +412,11 @@ pub fn token(shared: &Arc<Shared>, host: Host, form: TokenForm) -> Response {
             );
         }
     };
-    let access_token = state.oauth.issue_access_token(&username);
+    let refresh_token =
+        (form.grant_type.as_deref() == Some("refresh_token")).then(|| field(&form.refresh_token));
+    let access_token = state
+        .oauth
+        .issue_access_token(&username, refresh_token.as_deref());
     let user_id = state.oauth.user(&username).map(|u| u.id.clone());
     let body = json!({
         "access_token": access_token,
@@ -378,6 +427,28 @@ pub fn token(shared: &Arc<Shared>, host: Host, form: TokenForm) -> Response {
         "signature": random_string(44),
     });
     json_response(StatusCode::OK, &body)
+}
+
+/// The form of `POST /services/oauth2/revoke`.
+#[derive(Debug, Deserialize)]
+pub struct RevokeForm {
+    token: Option<String>,
+}
+
+/// `POST /services/oauth2/revoke`: 200 with no body, or Salesforce's 400 for a token it does
+/// not know (or no longer knows).
+pub fn revoke(shared: &Arc<Shared>, form: RevokeForm) -> Response {
+    let mut state = shared.lock();
+    if state
+        .oauth
+        .revoke(form.token.as_deref().unwrap_or_default())
+    {
+        return StatusCode::OK.into_response();
+    }
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": "unsupported_token_type", "error_description": "this token type is not supported"}),
+    )
 }
 
 /// `GET /services/oauth2/userinfo`.
@@ -430,6 +501,13 @@ pub mod handlers {
         Form(form): Form<TokenForm>,
     ) -> Response {
         token(&shared, Host::MyDomain, form)
+    }
+
+    pub async fn revoke(
+        State(shared): State<Arc<Shared>>,
+        Form(form): Form<RevokeForm>,
+    ) -> Response {
+        super::revoke(&shared, form)
     }
 
     pub async fn userinfo_login(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -512,6 +590,30 @@ mod tests {
     }
 
     #[test]
+    fn revoking_a_refresh_token_ends_the_sessions_it_gave_and_only_those() {
+        let mut state = state();
+        state.add_user("a@x.example");
+        let refresh = state.issue_refresh_token("a@x.example");
+        let from_refresh = state.issue_access_token("a@x.example", Some(&refresh));
+        let other = state.issue_access_token("a@x.example", None);
+        assert!(state.revoke(&refresh));
+        assert!(state.session_user(&from_refresh).is_none());
+        assert!(state.session_user(&other).is_some(), "a JWT session stays");
+        assert_eq!(state.refresh("key", None, &refresh), Err(BAD_REFRESH));
+        assert!(!state.revoke(&refresh), "already revoked");
+        assert!(state.revoke(&other));
+        assert!(state.session_user(&other).is_none());
+        let kinds: Vec<&str> = state.revocations().iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, ["refresh", "access"]);
+        assert!(
+            state
+                .revocations()
+                .iter()
+                .all(|r| r.username == "a@x.example")
+        );
+    }
+
+    #[test]
     fn refresh_tokens_follow_the_user() {
         let mut state = state();
         let token = state.issue_refresh_token("a@x.example");
@@ -527,7 +629,7 @@ mod tests {
     #[test]
     fn access_tokens_carry_the_org_prefix_and_end_with_deactivation() {
         let mut state = state();
-        let token = state.issue_access_token("a@x.example");
+        let token = state.issue_access_token("a@x.example", None);
         assert!(token.starts_with("00DSIM000000001!"));
         assert!(state.session_user(&token).is_some());
         state.deactivate_user("a@x.example");
