@@ -85,6 +85,9 @@ pub struct AdminConfig {
     pub listen: String,
     /// The bearer token every `/api` call must carry; empty: no token, loopback only.
     pub token: Secret,
+    /// The address browsers reach the admin server at (`https://usersync.acme.example`), for
+    /// the callback URLs of the browser authorization flows; empty: `http://<listen>`.
+    pub public_url: String,
 }
 
 impl Default for AdminConfig {
@@ -92,6 +95,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: "127.0.0.1:8700".into(),
             token: Secret::default(),
+            public_url: String::new(),
         }
     }
 }
@@ -764,6 +768,14 @@ impl Config {
             return Err(ConfigError::Parse(format!(
                 "outreach.page_size must be 1..=1000 (Outreach's maximum), not {}",
                 self.outreach.page_size
+            )));
+        }
+        if !self.admin.public_url.is_empty()
+            && let Err(e) = url::Url::parse(&self.admin.public_url)
+        {
+            return Err(ConfigError::Parse(format!(
+                "admin.public_url {:?} is not a URL: {e}",
+                self.admin.public_url
             )));
         }
         if !self.outreach.webhook_url.is_empty()

@@ -117,6 +117,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
             config: Some(Arc::new(config.clone())),
             outreach: None,
             token: None,
+            pending: Default::default(),
         });
         let stopped = stopped.clone();
         async move {
@@ -228,12 +229,12 @@ pub fn connect_salesforce_sim(config: &mut SalesforceConfig, sim: &SalesforceSim
 /// Points `config` at a running Outreach simulator (its default app), authorized with a refresh
 /// token the simulator issues now for `scopes`.
 pub fn connect_outreach_sim(config: &mut OutreachConfig, sim: &OutreachSim, scopes: &[&str]) {
-    let defaults = SimConfig::default();
+    let (client_id, client_secret, redirect_uri) = sim.app();
     config.api_url = sim.api_url();
     config.token_url = sim.token_url();
-    config.client_id = defaults.client_id;
-    config.client_secret = Secret::new(defaults.client_secret);
-    config.redirect_uri = defaults.redirect_uri;
+    config.client_id = client_id;
+    config.client_secret = Secret::new(client_secret);
+    config.redirect_uri = redirect_uri;
     config.refresh_token = Secret::new(sim.issue_tokens(scopes).refresh_token);
 }
 

@@ -75,6 +75,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
         config: Some(std::sync::Arc::new(config.clone())),
         outreach: Some(outreach_for_checks),
         token: Some(config.admin.token.clone()).filter(|t| !t.expose().is_empty()),
+        pending: Default::default(),
     };
     roles.spawn(
         "connection checks",

@@ -3,8 +3,10 @@
 //! (`usersync run` in process, both simulators, the mock cluster).
 //!
 //! An admin opens the page, gives the admin token it asks for, sees Salesforce disconnected
-//! and why, reconnects from the card's menu, has one settings change refused with the rule's
-//! words and one accepted, and watches a remap arrive on the live feed. The page is
+//! and why, reconnects from the card's menu, authorizes Salesforce again as another user
+//! through the consent page (the browser authorization-code flow), has one settings change
+//! refused with the rule's words and one accepted, and watches a remap arrive on the live
+//! feed. The page is
 //! screenshotted at the end into `target/tmp/admin-page.png`.
 //!
 //! `scripts/test.sh` installs both packages. Without them the test is skipped on a developer
@@ -19,10 +21,11 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use support::{INTEGRATION_USER, Parts, WAIT};
-use usersync::sim::salesforce::Writer;
 use usersync::sim::salesforce::pubsub::StreamFault;
 
 const TOKEN: &str = "browser-admin-token";
+/// The Salesforce admin who authorizes usersync again from the page.
+const SECOND_ADMIN: &str = "second.admin@acme.example";
 const CHROMIUM_VAR: &str = "USERSYNC_CHROMIUM";
 const CHROMEDRIVER_VAR: &str = "USERSYNC_CHROMEDRIVER";
 
@@ -260,6 +263,36 @@ async fn an_admin_reconnects_changes_settings_and_watches_a_remap_in_the_browser
     })
     .await;
 
+    // The admin authorizes Salesforce again as another user, in the browser: the card's menu,
+    // Salesforce's consent page (the simulator signs the second admin in), the callback, and
+    // back on the page, which says so and shows the new authorizing user.
+    parts.salesforce.add_user(SECOND_ADMIN);
+    parts.salesforce.sign_in_at_authorize(Some(SECOND_ADMIN));
+    card_action(&page, "salesforce", "authorize").await;
+    until_text(&page, "back from the consent page", "#notice", |t| {
+        t.starts_with("Salesforce authorized")
+    })
+    .await;
+    assert_eq!(
+        page.current_url().await.unwrap().as_str(),
+        format!("{}/", parts.admin_url),
+        "the outcome is dropped from the address"
+    );
+    until_text(
+        &page,
+        "the card shows the new authorizing user",
+        "#card-salesforce",
+        |t| t.contains(&format!("Authorized as {SECOND_ADMIN}")),
+    )
+    .await;
+    until_text(
+        &page,
+        "Salesforce is connected as the second admin",
+        "#card-salesforce .state",
+        |t| t == "connected",
+    )
+    .await;
+
     // A refused save: remapping needs inbound create. The page shows the rule's words and
     // puts back the settings in force.
     let before = settings_in_force(&parts).await;
@@ -305,16 +338,7 @@ async fn an_admin_reconnects_changes_settings_and_watches_a_remap_in_the_browser
     assert_eq!(after["user_mapping"]["inbound_create"], true);
 
     // The remap: X has the Outreach user; Y is created with X's email; X is deactivated.
-    let user = |name: &str| {
-        parts
-            .salesforce
-            .create_user(
-                json!({"Username": format!("{name}@acme.example"), "Email": "x@acme.example",
-                       "FirstName": name, "LastName": "Lee"}),
-                &Writer::default(),
-            )
-            .unwrap()
-    };
+    let user = |name: &str| parts.create_salesforce_user_with_email(name, "x@acme.example");
     let x = user("x");
     until_text(&page, "X's create is on the feed", "#feed", |t| {
         t.contains("create x@acme.example")

@@ -310,22 +310,27 @@ async fn salesforce_credentials_changed_then_reconnect_with_the_new_secret() {
     running.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn outreach_refresh_token_revoked_then_reconnect_with_a_new_one() {
-    let parts = Parts::new().await;
-    let running = parts.start_live().await;
-
-    // Outreach revokes every token; the next write cannot be authorized.
+/// Outreach revokes every token; the next write cannot be authorized and Outreach is
+/// disconnected (`credentials_changed`) while Salesforce goes on; the change (user `during`)
+/// waits in Kafka.
+async fn outreach_revoked_with_a_change_waiting(parts: &Parts) {
     parts.outreach.revoke_tokens();
     parts.create_salesforce_user("during");
     until("Outreach is disconnected", || {
-        state_is(&parts, "outreach", "disconnected")
+        state_is(parts, "outreach", "disconnected")
     })
     .await;
     let down = parts.connection("outreach").await;
     assert_eq!(down["reason"], "credentials_changed", "{down}");
     assert_eq!(parts.connection("salesforce").await["state"], "connected");
     assert!(!parts.in_outreach("during@acme.example"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outreach_refresh_token_revoked_then_reconnect_with_a_new_one() {
+    let parts = Parts::new().await;
+    let running = parts.start_live().await;
+    outreach_revoked_with_a_change_waiting(&parts).await;
 
     let fresh = parts.outreach.issue_tokens(&["users.all"]).refresh_token;
     let (status, body) = parts
@@ -562,19 +567,9 @@ async fn test_connection_passes_on_a_healthy_pipeline_and_names_the_step_that_br
 /// is deactivated).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_conflict_is_listed_until_a_later_decision_settles_it() {
-    use usersync::sim::salesforce::Writer;
     let parts = Parts::new().await;
     let running = parts.start_live().await;
-    let user = |name: &str| {
-        parts
-            .salesforce
-            .create_user(
-                json!({"Username": format!("{name}@acme.example"), "Email": "shared@acme.example",
-                       "FirstName": name, "LastName": "Lee"}),
-                &Writer::default(),
-            )
-            .unwrap()
-    };
+    let user = |name: &str| parts.create_salesforce_user_with_email(name, "shared@acme.example");
     let first = user("first");
     until("the first user is in Outreach", || async {
         parts.in_outreach("shared@acme.example")
@@ -767,5 +762,119 @@ async fn the_checklist_runs_at_start_and_after_every_reconnect() {
         parts.connection("salesforce").await["reason"] == "permissions_changed"
     })
     .await;
+    running.stop().await;
+}
+
+/// Follows one browser authorization by hand, as a browser would: the admin API's authorize
+/// URL, the provider's redirect (its consent page approves at once), then usersync's callback.
+/// Returns the callback URL the provider sent the browser to and where usersync sent it next.
+async fn authorize_in_the_browser(parts: &Parts, side: &str) -> (String, String) {
+    let (status, body) = parts
+        .admin(
+            Method::GET,
+            &format!("/api/v1/connections/{side}/authorize"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let consent = browser
+        .get(body["authorize_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consent.status(), 302, "the provider redirects back");
+    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        callback.starts_with(&format!("{}/oauth/{side}/callback?", parts.admin_url)),
+        "{callback}"
+    );
+    (callback.clone(), follow_callback(&browser, &callback).await)
+}
+
+/// Where usersync's callback sends the browser (a 303 to the page).
+async fn follow_callback(browser: &reqwest::Client, callback: &str) -> String {
+    let back = browser.get(callback).send().await.unwrap();
+    assert_eq!(back.status(), 303, "back to the page");
+    back.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// The authorizing user leaves; the admin authorizes Salesforce again in the browser as
+/// another user (the web server flow with state and PKCE). The status shows the new user at
+/// once, the flow is the refresh token the callback stored, and the change made meanwhile
+/// arrives. A forged or replayed callback is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn salesforce_authorized_again_in_the_browser_as_another_user_loses_nothing() {
+    const SUCCESSOR: &str = "successor@acme.example";
+    let parts = Parts::new().await;
+    let running = parts.start_live().await;
+    parts.salesforce.deactivate_user(INTEGRATION_USER);
+    let down = stream_cut_until_disconnected(&parts).await;
+    assert_eq!(down["reason"], "user_inactive", "{down}");
+    parts.create_salesforce_user("during");
+
+    // A callback with a state usersync never issued: refused, nothing stored.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let forged = follow_callback(
+        &browser,
+        &format!(
+            "{}/oauth/salesforce/callback?code=aPrxSTOLEN&state=forged",
+            parts.admin_url
+        ),
+    )
+    .await;
+    assert!(
+        forged.starts_with("/?authorization_failed=salesforce&reason=")
+            && forged.contains("unknown"),
+        "{forged}"
+    );
+    assert_eq!(
+        parts.connection("salesforce").await["state"],
+        "disconnected"
+    );
+
+    parts.salesforce.add_user(SUCCESSOR);
+    parts.salesforce.sign_in_at_authorize(Some(SUCCESSOR));
+    let (callback, page) = authorize_in_the_browser(&parts, "salesforce").await;
+    assert_eq!(page, "/?authorized=salesforce");
+    until("Salesforce is connected as the successor", || async {
+        let now = parts.connection("salesforce").await;
+        now["state"] == "connected" && now["identity"]["username"] == SUCCESSOR
+    })
+    .await;
+    until("the change made while disconnected arrives", || async {
+        parts.in_outreach("during@acme.example")
+    })
+    .await;
+    assert_eq!(parts.outreach.users().len(), 2, "none twice");
+
+    // The same callback again (a reload, or someone who saw the URL): the state is used up.
+    let replayed = follow_callback(&browser, &callback).await;
+    assert!(
+        replayed.starts_with("/?authorization_failed=salesforce"),
+        "{replayed}"
+    );
+    assert_eq!(
+        parts.connection("salesforce").await["identity"]["username"],
+        SUCCESSOR
+    );
+    running.stop().await;
+}
+
+/// Outreach's tokens are revoked; the admin authorizes Outreach again in the browser (the
+/// authorization-code flow with state): the change held in Kafka meanwhile is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn outreach_authorized_again_in_the_browser_loses_nothing() {
+    let parts = Parts::new().await;
+    let running = parts.start_live().await;
+    outreach_revoked_with_a_change_waiting(&parts).await;
+    let (_, page) = authorize_in_the_browser(&parts, "outreach").await;
+    assert_eq!(page, "/?authorized=outreach");
+    resumed(&parts, "outreach", "during@acme.example", 2).await;
     running.stop().await;
 }

@@ -50,6 +50,16 @@ fn client_credentials(sim: &SalesforceSim, host: String) -> SalesforceCredential
     }
 }
 
+/// The refresh-token flow with a refresh token the simulator issues now for `ADMIN`.
+fn refresh_token_of_admin(sim: &SalesforceSim) -> SalesforceCredentials {
+    SalesforceCredentials::RefreshToken {
+        login_url: sim.login_url(),
+        client_id: sim.consumer_key(),
+        client_secret: Some(Secret::new(sim.consumer_secret())),
+        refresh_token: Secret::new(sim.issue_refresh_token(ADMIN)),
+    }
+}
+
 async fn session(creds: &SalesforceCredentials) -> SalesforceSession {
     obtain_token(&http(), creds)
         .await
@@ -255,12 +265,7 @@ async fn a_rotated_secret_is_credentials_changed() {
 #[tokio::test]
 async fn a_revoked_refresh_token_is_credentials_changed() {
     let sim = sim().await;
-    let creds = SalesforceCredentials::RefreshToken {
-        login_url: sim.login_url(),
-        client_id: sim.consumer_key(),
-        client_secret: Some(Secret::new(sim.consumer_secret())),
-        refresh_token: Secret::new(sim.issue_refresh_token(ADMIN)),
-    };
+    let creds = refresh_token_of_admin(&sim);
     let before = session(&creds).await;
     assert_eq!(before.user_id.as_str(), sim.user(ADMIN).expect("seeded").id);
 
@@ -286,12 +291,7 @@ async fn revoking_ends_the_session_and_the_refresh_token() {
     use usersync::salesforce::auth::revoke;
     use usersync::salesforce::rest::CredentialsTokenSource;
     let sim = sim().await;
-    let creds = SalesforceCredentials::RefreshToken {
-        login_url: sim.login_url(),
-        client_id: sim.consumer_key(),
-        client_secret: Some(Secret::new(sim.consumer_secret())),
-        refresh_token: Secret::new(sim.issue_refresh_token(ADMIN)),
-    };
+    let creds = refresh_token_of_admin(&sim);
     let tokens = CredentialsTokenSource::new(http(), creds.clone());
     let held = tokens.session().await.expect("a session");
     assert_eq!(

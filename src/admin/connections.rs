@@ -25,7 +25,7 @@ use crate::connection::authorization::{
 use crate::connection::vault::VaultError;
 use crate::connection::{Checklist, Side};
 
-fn side_of(raw: &str) -> Result<Side, ApiError> {
+pub(super) fn side_of(raw: &str) -> Result<Side, ApiError> {
     raw.parse::<Side>().map_err(|message| ApiError {
         status: StatusCode::NOT_FOUND,
         code: "unknown_side",

@@ -155,6 +155,7 @@ mod tests {
             config: None,
             outreach: None,
             token: None,
+            pending: Default::default(),
         };
         let listener = super::super::bind("127.0.0.1:0".parse().unwrap(), false)
             .await

@@ -261,6 +261,7 @@ mod tests {
             config: None,
             outreach: None,
             token: None,
+            pending: Default::default(),
         };
         tokio::spawn(serve(listener, router(state), shutdown));
         (url, store, stop)

@@ -8,6 +8,7 @@
 //! named.
 
 mod auth;
+mod authorize;
 pub mod checks;
 pub mod client;
 mod conflicts;
@@ -34,6 +35,7 @@ use crate::engine::decision::Action;
 use crate::outreach::OutreachUserId;
 use crate::salesforce::id::SalesforceId;
 use crate::store::{DecisionQuery, MappingFilter, Store};
+pub use authorize::PendingAuthorizations;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -53,6 +55,8 @@ pub struct AdminState {
     pub outreach: Option<crate::outreach::OutreachClient>,
     /// `admin.token`: every `/api` call must carry it (`None`: loopback only, no token asked).
     pub token: Option<crate::config::Secret>,
+    /// Browser authorizations started and not back yet.
+    pub pending: PendingAuthorizations,
 }
 
 /// The routes of the admin server. Other parts (the webhook receiver) merge theirs into it.
@@ -78,6 +82,10 @@ pub fn router(state: AdminState) -> Router {
             post(connections::disconnect),
         )
         .route("/api/v1/connections/{side}/test", post(connections::test))
+        .route(
+            "/api/v1/connections/{side}/authorize",
+            get(authorize::start),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.token.clone(),
             auth::require_token,
@@ -87,6 +95,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_page))
+        .route("/oauth/{side}/callback", get(authorize::callback))
         .merge(api)
         .with_state(state)
 }
@@ -327,6 +336,7 @@ mod tests {
             config: None,
             outreach: None,
             token: token.map(crate::config::Secret::new),
+            pending: Default::default(),
         };
         tokio::spawn(serve(listener, router(state), shutdown));
         (url, stop)

@@ -22,6 +22,7 @@
 pub mod authorization;
 mod board;
 pub mod checklist;
+pub mod pkce;
 mod reason;
 pub mod vault;
 mod verdict;

@@ -394,6 +394,9 @@ struct TokenResponse {
     access_token: String,
     instance_url: String,
     id: String,
+    /// Only the web server flow (and only with the `refresh_token` scope) leaves one.
+    #[serde(default)]
+    refresh_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -458,10 +461,57 @@ pub async fn obtain_token(
             form
         }
     };
+    let (session, _) = token_call(http, creds.host(), operation, &form).await?;
+    Ok(session)
+}
+
+/// The web server flow's second half: redeems the authorization `code` the browser brought
+/// back (with the PKCE `code_verifier` of the request that got it) at `login_url`. The
+/// session and the refresh token it leaves, which the refresh-token flow signs in with from
+/// then on.
+pub async fn exchange_code(
+    http: &reqwest::Client,
+    login_url: &str,
+    client_id: &str,
+    client_secret: Option<&Secret>,
+    code: &str,
+    redirect_uri: &str,
+    code_verifier: &str,
+) -> Result<(SalesforceSession, Secret), SalesforceAuthError> {
+    let operation = AuthOperation::ObtainToken {
+        flow: "authorization code",
+    };
+    let mut form = vec![
+        ("grant_type", "authorization_code".to_owned()),
+        ("code", code.to_owned()),
+        ("client_id", client_id.to_owned()),
+        ("redirect_uri", redirect_uri.to_owned()),
+        ("code_verifier", code_verifier.to_owned()),
+    ];
+    if let Some(secret) = client_secret {
+        form.push(("client_secret", secret.expose().to_owned()));
+    }
+    let (session, refresh) = token_call(http, login_url, operation, &form).await?;
+    let refresh = refresh.ok_or_else(|| SalesforceAuthError::Decode {
+        operation,
+        detail: "the token response has no refresh_token: the connected app's OAuth scopes \
+                 must include refresh_token"
+            .to_owned(),
+    })?;
+    Ok((session, refresh))
+}
+
+/// One request to `host`'s token endpoint: the session, and the refresh token if one came.
+async fn token_call(
+    http: &reqwest::Client,
+    host: &str,
+    operation: AuthOperation,
+    form: &[(&str, String)],
+) -> Result<(SalesforceSession, Option<Secret>), SalesforceAuthError> {
     let response = http
-        .post(oauth_url(creds.host(), "token"))
+        .post(oauth_url(host, "token"))
         .header(ACCEPT, "application/json")
-        .form(&form)
+        .form(form)
         .send()
         .await
         .map_err(|source| SalesforceAuthError::Network { operation, source })?;
@@ -480,13 +530,14 @@ pub async fn obtain_token(
         })?;
     let (org_id, user_id) = ids_from_identity_url(&token.id)
         .map_err(|detail| SalesforceAuthError::Decode { operation, detail })?;
-    Ok(SalesforceSession {
+    let session = SalesforceSession {
         access_token: Secret(token.access_token),
         instance_url: token.instance_url.trim_end_matches('/').to_owned(),
         identity_url: token.id,
         org_id,
         user_id,
-    })
+    };
+    Ok((session, token.refresh_token.map(Secret)))
 }
 
 /// A revocation that did not happen (`kind` names the token: `access token`, `refresh

@@ -53,13 +53,17 @@ impl Parts {
                 .unwrap();
         }
 
+        // The admin address first: the apps of both simulators register its callback URLs.
+        let admin = format!("127.0.0.1:{}", free_port());
         let salesforce = SalesforceSim::start(SfSimConfig::new("")).await.unwrap();
         connect_salesforce_sim(&mut config.salesforce, &salesforce, INTEGRATION_USER);
+        salesforce.add_callback_url(&format!("http://{admin}/oauth/salesforce/callback"));
         config.salesforce.backoff_min_ms = 50;
         config.salesforce.backoff_max_ms = 500;
 
         let outreach = OutreachSim::start(SimConfig {
             mint_throttle: Duration::ZERO,
+            redirect_uri: format!("http://{admin}/oauth/outreach/callback"),
             ..SimConfig::default()
         })
         .await
@@ -74,7 +78,6 @@ impl Parts {
         config.processor.retry_min_ms = 50;
         config.processor.retry_max_ms = 1_000;
 
-        let admin = format!("127.0.0.1:{}", free_port());
         config.admin.listen = admin.clone();
         config.store.url = format!("sqlite://{}", dir.path().join("usersync.db").display());
         // A key for the credentials a reconnect stores (32 bytes, base64).
@@ -125,10 +128,16 @@ impl Parts {
 
     /// Creates a Salesforce user `{name}@acme.example`; returns its id.
     pub fn create_salesforce_user(&self, name: &str) -> String {
-        let email = format!("{name}@acme.example");
+        self.create_salesforce_user_with_email(name, &format!("{name}@acme.example"))
+    }
+
+    /// Creates a Salesforce user with username `{name}@acme.example` and `email` (which other
+    /// users may share); returns its id.
+    pub fn create_salesforce_user_with_email(&self, name: &str, email: &str) -> String {
+        let username = format!("{name}@acme.example");
         self.salesforce
             .create_user(
-                json!({"Username": email, "Email": email, "FirstName": name, "LastName": "Lee"}),
+                json!({"Username": username, "Email": email, "FirstName": name, "LastName": "Lee"}),
                 &Writer::default(),
             )
             .unwrap()

@@ -299,6 +299,16 @@ impl OutreachSim {
         }
     }
 
+    /// The registered OAuth application: client id, secret and redirect URI.
+    pub fn app(&self) -> (String, String, String) {
+        let config = &self.shared.config;
+        (
+            config.client_id.clone(),
+            config.client_secret.clone(),
+            config.redirect_uri.clone(),
+        )
+    }
+
     /// Issues an authorization code for the configured client and redirect URI, as
     /// `/oauth/authorize` would.
     pub fn issue_authorization_code(&self, scopes: &[&str]) -> String {

@@ -29,12 +29,13 @@
 //! - My Domain host: [`SalesforceSim::my_domain_url`] = `http://127.0.0.1:PORT/my-domain`,
 //!   returned as `instance_url` by every grant.
 //!
-//! Both serve `POST /services/oauth2/token`, `GET /services/oauth2/userinfo` and
-//! `POST /services/oauth2/revoke`. The JWT audience accepted is the login URL.
+//! Both serve `POST /services/oauth2/token`, `GET /services/oauth2/userinfo`,
+//! `POST /services/oauth2/revoke` and `GET /services/oauth2/authorize` (the web server flow). The JWT audience accepted is the login URL.
 //!
 //! Every request to those endpoints is logged (method, path, status); see
 //! [`SalesforceSim::requests`].
 
+pub mod authorize;
 pub mod cdc;
 pub mod cometd;
 pub mod control;
@@ -402,6 +403,22 @@ impl SalesforceSim {
         self.shared.lock().oauth.revoke_tokens();
     }
 
+    /// Adds a callback URL to the connected app (the web server flow redirects only there).
+    pub fn add_callback_url(&self, url: &str) {
+        self.shared.lock().oauth.web.add_callback_url(url);
+    }
+
+    /// Who signs in at the authorize page of the web server flow (`None`: nobody does, the
+    /// browser stays on the login page).
+    pub fn sign_in_at_authorize(&self, username: Option<&str>) {
+        self.shared.lock().oauth.web.signs_in(username);
+    }
+
+    /// Fault: the user who signs in at the authorize page denies the app access.
+    pub fn deny_authorizations(&self, denies: bool) {
+        self.shared.lock().oauth.web.set_denies(denies);
+    }
+
     /// What clients revoked through `POST /services/oauth2/revoke`, oldest first.
     pub fn revocations(&self) -> Vec<oauth::Revocation> {
         self.shared.lock().oauth.revocations().to_vec()
@@ -625,6 +642,7 @@ fn router(shared: Arc<Shared>) -> Router {
             .route("/services/oauth2/token", token)
             .route("/services/oauth2/userinfo", userinfo)
             .route("/services/oauth2/revoke", post(handlers::revoke))
+            .route("/services/oauth2/authorize", get(handlers::authorize))
     };
     let login = oauth_routes(post(handlers::token_login), get(handlers::userinfo_login));
     let my_domain = oauth_routes(

@@ -18,12 +18,16 @@
 //! - deactivating a user ends their sessions; revoking a user's approval also revokes the
 //!   refresh tokens issued to them;
 //! - the token response's `signature` is an opaque random string (usersync does not check it);
+//! - the web server flow (`GET /services/oauth2/authorize`, `grant_type=authorization_code`)
+//!   follows [`super::authorize`]; its token response adds `refresh_token` and `scope`;
 //! - `POST /services/oauth2/revoke` (form `token`) answers 200 with no body; revoking a refresh
 //!   token also ends the sessions obtained with it; an unknown or already revoked token gets
 //!   400 `unsupported_token_type` / `this token type is not supported`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use super::authorize::{AuthorizePage, AuthorizeRequest, WebServerFlow};
 
 use axum::Form;
 use axum::extract::State;
@@ -124,6 +128,8 @@ pub struct OAuthState {
     access_tokens: HashMap<String, Session>,
     refresh_tokens: HashMap<String, String>,
     revocations: Vec<Revocation>,
+    /// The web server flow: callback URLs, who signs in, codes issued.
+    pub web: WebServerFlow,
 }
 
 /// What the token endpoint grants: the user the session is for.
@@ -155,6 +161,7 @@ impl OAuthState {
             access_tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
             revocations: Vec::new(),
+            web: WebServerFlow::default(),
         })
     }
 
@@ -324,6 +331,36 @@ impl OAuthState {
         Ok(user.username.clone())
     }
 
+    /// The authorization-code grant of the web server flow: the code's user, who must still
+    /// be active.
+    pub fn authorization_code(
+        &mut self,
+        client_id: &str,
+        secret: Option<&str>,
+        code: &str,
+        redirect_uri: &str,
+        verifier: Option<&str>,
+    ) -> Granted {
+        self.check_client(client_id, secret)?;
+        let username = self
+            .web
+            .redeem(code, client_id, redirect_uri, verifier, Utc::now())?;
+        let user = self.users.get(&username).ok_or(UNKNOWN_USER)?;
+        if !user.active {
+            return Err(INACTIVE_USER);
+        }
+        Ok(username)
+    }
+
+    /// Answers `GET /services/oauth2/authorize`.
+    pub fn authorize(&mut self, request: &AuthorizeRequest) -> AuthorizePage {
+        let users = &self.users;
+        let can_sign_in = |username: &str| users.get(username).is_some_and(|u| u.active);
+        let code = format!("aPrx{}", random_string(80));
+        self.web
+            .authorize(&self.consumer_key, request, can_sign_in, code, Utc::now())
+    }
+
     fn check_client(&self, client_id: &str, secret: Option<&str>) -> Result<(), Refusal> {
         if client_id != self.consumer_key {
             return Err(BAD_CLIENT_ID);
@@ -383,6 +420,9 @@ pub struct TokenForm {
     client_id: Option<String>,
     client_secret: Option<String>,
     refresh_token: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
 }
 
 /// `POST /services/oauth2/token` on `host`.
@@ -401,6 +441,13 @@ pub fn token(shared: &Arc<Shared>, host: Host, form: TokenForm) -> Response {
             form.client_secret.as_deref(),
             &field(&form.refresh_token),
         ),
+        Some("authorization_code") => state.oauth.authorization_code(
+            &field(&form.client_id),
+            form.client_secret.as_deref(),
+            &field(&form.code),
+            &field(&form.redirect_uri),
+            form.code_verifier.as_deref(),
+        ),
         _ => Err(BAD_GRANT_TYPE),
     };
     let username = match granted {
@@ -412,13 +459,18 @@ pub fn token(shared: &Arc<Shared>, host: Host, form: TokenForm) -> Response {
             );
         }
     };
-    let refresh_token =
-        (form.grant_type.as_deref() == Some("refresh_token")).then(|| field(&form.refresh_token));
+    // The web server flow leaves a refresh token (the app's scopes include refresh_token);
+    // a refresh grant's session belongs to the token it used.
+    let refresh_token = match form.grant_type.as_deref() {
+        Some("refresh_token") => Some(field(&form.refresh_token)),
+        Some("authorization_code") => Some(state.oauth.issue_refresh_token(&username)),
+        _ => None,
+    };
     let access_token = state
         .oauth
         .issue_access_token(&username, refresh_token.as_deref());
     let user_id = state.oauth.user(&username).map(|u| u.id.clone());
-    let body = json!({
+    let mut body = json!({
         "access_token": access_token,
         "instance_url": shared.my_domain_url(),
         "id": format!("{}/id/{}/{}", shared.host_url(host), state.oauth.org_id, user_id.unwrap_or_default()),
@@ -426,7 +478,54 @@ pub fn token(shared: &Arc<Shared>, host: Host, form: TokenForm) -> Response {
         "issued_at": Utc::now().timestamp_millis().to_string(),
         "signature": random_string(44),
     });
+    if form.grant_type.as_deref() == Some("authorization_code") {
+        body["refresh_token"] = json!(refresh_token);
+        body["scope"] = json!("api refresh_token");
+    }
     json_response(StatusCode::OK, &body)
+}
+
+/// `GET /services/oauth2/authorize`: a redirect to the callback, an error page, or the login
+/// page (see [`super::authorize`]).
+pub fn authorize(shared: &Arc<Shared>, query: Option<&str>) -> Response {
+    let params: HashMap<String, String> = query
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let param = |name: &str| params.get(name).filter(|v| !v.is_empty()).cloned();
+    let request = AuthorizeRequest {
+        response_type: param("response_type"),
+        client_id: param("client_id"),
+        redirect_uri: param("redirect_uri"),
+        state: param("state"),
+        code_challenge: param("code_challenge"),
+        code_challenge_method: param("code_challenge_method"),
+    };
+    let page = shared.lock().oauth.authorize(&request);
+    let html = |status: StatusCode, text: String| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            format!("<!doctype html><title>Salesforce</title><p>{text}</p>"),
+        )
+            .into_response()
+    };
+    match page {
+        AuthorizePage::Redirect(to) => {
+            (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+        }
+        AuthorizePage::Error { error, description } => html(
+            StatusCode::BAD_REQUEST,
+            format!("error={error}&amp;error_description={description}"),
+        ),
+        AuthorizePage::Login => html(
+            StatusCode::OK,
+            "Login | Salesforce (simulator): nobody signs in here; a test chooses who does".into(),
+        ),
+    }
 }
 
 /// The form of `POST /services/oauth2/revoke`.
@@ -501,6 +600,13 @@ pub mod handlers {
         Form(form): Form<TokenForm>,
     ) -> Response {
         token(&shared, Host::MyDomain, form)
+    }
+
+    pub async fn authorize(
+        State(shared): State<Arc<Shared>>,
+        axum::extract::RawQuery(query): axum::extract::RawQuery,
+    ) -> Response {
+        super::authorize(&shared, query.as_deref())
     }
 
     pub async fn revoke(
