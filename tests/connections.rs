@@ -1,7 +1,9 @@
 //! Connection drills on the whole process (`usersync run` in process): a side disconnects for
 //! real, users change while it is down, an admin reconnects through the admin API, and every
 //! change arrives — while the other side goes on. The status API must say why, and whose
-//! authorization broke, in the words of `connections.md`.
+//! authorization broke, in the words of `connections.md`. Each drill ends by comparing the
+//! Outreach users and the mappings with what `usersync decide` computes from every change
+//! published ([`Parts::assert_matches_decide`]): every change applied, none twice.
 
 mod support;
 
@@ -128,6 +130,7 @@ async fn salesforce_permissions_changed_then_reconnect_loses_nothing() {
             .contains("usersync_consumer_lag{topic=\"usersync.user-changes.v1\"")
     })
     .await;
+    parts.assert_matches_decide().await;
     running.stop().await;
 }
 
@@ -201,6 +204,7 @@ async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it(
         .await;
     assert_eq!(status, 202);
     resumed(&parts, "outreach", "while.outreach.off@acme.example", 3).await;
+    parts.assert_matches_decide().await;
     running.stop().await;
 }
 
@@ -234,6 +238,7 @@ async fn the_authorizing_user_leaves_and_a_reconnect_as_another_user_shows_them_
         parts.in_outreach("during@acme.example")
     })
     .await;
+    parts.assert_matches_decide().await;
     running.stop().await;
 }
 
@@ -289,6 +294,7 @@ async fn salesforce_credentials_changed_then_reconnect_with_the_new_secret() {
     .await;
     let (_, status) = parts.admin(Method::GET, "/api/v1/status").await;
     assert!(!status.to_string().contains(&new_secret));
+    parts.assert_matches_decide().await;
     running.stop().await;
 
     // The new secret is sealed in the store and survives a restart.
@@ -342,6 +348,7 @@ async fn outreach_refresh_token_revoked_then_reconnect_with_a_new_one() {
     assert_eq!(status, 202, "{body}");
     assert!(!body.contains(&fresh), "{body}");
     resumed(&parts, "outreach", "during@acme.example", 2).await;
+    parts.assert_matches_decide().await;
     running.stop().await;
 }
 
@@ -372,6 +379,7 @@ async fn outreach_scope_removed_then_reconnect_with_the_scope() {
         .await;
     assert_eq!(status, 202, "{body}");
     resumed(&parts, "outreach", "during@acme.example", 2).await;
+    parts.assert_matches_decide().await;
     running.stop().await;
 }
 
@@ -600,6 +608,7 @@ async fn a_conflict_is_listed_until_a_later_decision_settles_it() {
         open().await.is_empty()
     })
     .await;
+    parts.assert_matches_decide().await;
     running.stop().await;
 }
 
@@ -648,6 +657,7 @@ async fn a_resync_reads_every_user_again_and_is_refused_while_disconnected() {
             .contains("reconnect it first"),
         "{body}"
     );
+    parts.assert_matches_decide().await;
     running.stop().await;
 }
 
@@ -677,6 +687,7 @@ async fn with_full_read_on_reconnect_a_reconnect_reads_every_user_again() {
     })
     .await;
     assert_eq!(parts.outreach.users().len(), 2);
+    parts.assert_matches_decide().await;
     running.stop().await;
 }
 
@@ -710,6 +721,7 @@ async fn an_outage_longer_than_the_replay_retention_loses_nothing_after_reconnec
     .await;
     let users = parts.outreach.users();
     assert_eq!(users.len(), 4, "one Outreach user each: {users:?}");
+    parts.assert_matches_decide().await;
     running.stop().await;
 }
 
@@ -863,6 +875,7 @@ async fn salesforce_authorized_again_in_the_browser_as_another_user_loses_nothin
         parts.connection("salesforce").await["identity"]["username"],
         SUCCESSOR
     );
+    parts.assert_matches_decide().await;
     running.stop().await;
 }
 
@@ -876,5 +889,6 @@ async fn outreach_authorized_again_in_the_browser_loses_nothing() {
     let (_, page) = authorize_in_the_browser(&parts, "outreach").await;
     assert_eq!(page, "/?authorized=outreach");
     resumed(&parts, "outreach", "during@acme.example", 2).await;
+    parts.assert_matches_decide().await;
     running.stop().await;
 }

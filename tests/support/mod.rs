@@ -4,15 +4,20 @@
 
 #![allow(dead_code)] // each test file uses its own part of it
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use usersync::config::Config;
 use usersync::demo::{connect_outreach_sim, connect_salesforce_sim};
 use usersync::sim::outreach::{OutreachSim, SimConfig};
 use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
+use usersync::store::MappingFilter;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 /// The Salesforce user whose authorization the subscriber uses.
@@ -195,6 +200,159 @@ impl Parts {
         let (status, body) = self.admin(reqwest::Method::GET, "/api/v1/status").await;
         assert_eq!(status, 200, "{body}");
         body["connections"][side].clone()
+    }
+}
+
+/// What the end state is compared on: each Outreach user by email (ids follow the order of
+/// creates, which across partitions is the broker's to choose) with names and lock, and each
+/// mapping as Salesforce id → the mapped Outreach user's email.
+type EndState = (Vec<Value>, BTreeMap<String, String>);
+
+impl Parts {
+    /// Every `user_change.v1` event on the change topic so far, partition by partition.
+    fn published_events(&self) -> Vec<Value> {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.config.kafka.brokers)
+            .set("group.id", "usersync-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut partitions = TopicPartitionList::new();
+        for partition in 0..self.config.kafka.partitions {
+            partitions
+                .add_partition_offset(&self.config.kafka.topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&partitions).unwrap();
+        let mut on_topic = 0;
+        for partition in 0..self.config.kafka.partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&self.config.kafka.topic, partition, WAIT)
+                .unwrap();
+            on_topic += usize::try_from(high - low).unwrap();
+        }
+        let mut events = Vec::new();
+        let deadline = std::time::Instant::now() + WAIT;
+        while events.len() < on_topic {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read {} of {on_topic} events",
+                events.len()
+            );
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                let message = message.unwrap();
+                events.push(serde_json::from_slice(message.payload().unwrap()).unwrap());
+            }
+        }
+        events
+    }
+
+    /// What `usersync decide` (the binary) computes from every published event, from an empty
+    /// Outreach and the settings in force.
+    async fn decided(&self, dir: &std::path::Path) -> EndState {
+        let (status, settings) = self.admin(reqwest::Method::GET, "/api/v1/settings").await;
+        assert_eq!(status, 200, "{settings}");
+        let scenario = json!({
+            "settings": settings["settings"],
+            "outreach_users": [],
+            "salesforce_users": [],
+            "mappings": [],
+            "events": self.published_events(),
+        });
+        let path = dir.join("scenario.json");
+        std::fs::write(&path, serde_json::to_vec(&scenario).unwrap()).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
+            .arg("decide")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "usersync decide failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let decided: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let users = decided["outreach_users"].as_array().unwrap();
+        let email_of: BTreeMap<i64, String> = users
+            .iter()
+            .map(|u| {
+                (
+                    u["id"].as_i64().unwrap(),
+                    u["email"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let mut projected: Vec<Value> = users
+            .iter()
+            .map(|u| {
+                json!({"email": u["email"], "first_name": u["first_name"],
+                       "last_name": u["last_name"], "locked": u["locked"]})
+            })
+            .collect();
+        projected.sort_by_key(|u| u["email"].to_string());
+        let mappings = decided["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["salesforce_user_id"].as_str().unwrap().to_owned(),
+                    email_of[&m["outreach_user_id"].as_i64().unwrap()].clone(),
+                )
+            })
+            .collect();
+        (projected, mappings)
+    }
+
+    /// The end state here: the Outreach simulator's users and the store's mappings.
+    async fn applied(&self) -> EndState {
+        let users = self.outreach.users();
+        let email_of: BTreeMap<i64, String> =
+            users.iter().map(|u| (u.id, u.email.clone())).collect();
+        let mut projected: Vec<Value> = users
+            .iter()
+            .map(|u| {
+                json!({"email": u.email, "first_name": u.first_name,
+                       "last_name": u.last_name, "locked": u.locked})
+            })
+            .collect();
+        projected.sort_by_key(|u| u["email"].to_string());
+        let store = usersync::store::open(&self.config.store.url).await.unwrap();
+        let mappings = store
+            .mappings(&MappingFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                (
+                    m.salesforce_user_id.as_str().to_owned(),
+                    email_of[&m.outreach_user_id.0].clone(),
+                )
+            })
+            .collect();
+        (projected, mappings)
+    }
+
+    /// The drills' verdict: the Outreach users and the mappings equal what `usersync decide`
+    /// computes from every change published — every change applied, none twice, nothing else.
+    /// Waits for the pipeline to settle (at most [`WAIT`]).
+    pub async fn assert_matches_decide(&self) {
+        let dir = tempfile::tempdir().unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let decided = self.decided(dir.path()).await;
+            let applied = self.applied().await;
+            if decided == applied {
+                assert!(!applied.0.is_empty(), "the drill changed nothing");
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the end state differs from usersync decide on the same changes:\n\
+                 applied {applied:?}\ndecided {decided:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 
