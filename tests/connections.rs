@@ -852,6 +852,19 @@ async fn salesforce_authorized_again_in_the_browser_as_another_user_loses_nothin
 
     parts.salesforce.add_user(SUCCESSOR);
     parts.salesforce.sign_in_at_authorize(Some(SUCCESSOR));
+    // The successor first denies the app: the page says why, nothing is stored.
+    parts.salesforce.deny_authorizations(true);
+    let (_, denied) = authorize_in_the_browser(&parts, "salesforce").await;
+    assert!(
+        denied.starts_with("/?authorization_failed=salesforce&reason=")
+            && denied.contains("access_denied"),
+        "{denied}"
+    );
+    assert_eq!(
+        parts.connection("salesforce").await["state"],
+        "disconnected"
+    );
+    parts.salesforce.deny_authorizations(false);
     let (callback, page) = authorize_in_the_browser(&parts, "salesforce").await;
     assert_eq!(page, "/?authorized=salesforce");
     until("Salesforce is connected as the successor", || async {

@@ -14,6 +14,8 @@
 //!
 //! Each test uses its own topics and consumer group, so tests share one broker safely.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -948,19 +950,7 @@ async fn a_thousand_random_changes_end_where_usersync_decide_says() {
         "mappings": [],
         "events": topic.events,
     });
-    let path = world.dir.path().join("scenario.json");
-    std::fs::write(&path, serde_json::to_vec(&scenario).unwrap()).unwrap();
-    let decided = Command::new(env!("CARGO_BIN_EXE_usersync"))
-        .arg("decide")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        decided.status.success(),
-        "usersync decide failed: {}",
-        String::from_utf8_lossy(&decided.stderr)
-    );
-    let decided: Value = serde_json::from_slice(&decided.stdout).unwrap();
+    let decided = support::usersync_decide(world.dir.path(), &scenario);
 
     let mut expected: Vec<Value> = decided["outreach_users"]
         .as_array()

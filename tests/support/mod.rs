@@ -259,19 +259,7 @@ impl Parts {
             "mappings": [],
             "events": self.published_events(),
         });
-        let path = dir.join("scenario.json");
-        std::fs::write(&path, serde_json::to_vec(&scenario).unwrap()).unwrap();
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
-            .arg("decide")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "usersync decide failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let decided: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let decided = usersync_decide(dir, &scenario);
         let users = decided["outreach_users"].as_array().unwrap();
         let email_of: BTreeMap<i64, String> = users
             .iter()
@@ -305,7 +293,7 @@ impl Parts {
     }
 
     /// The end state here: the Outreach simulator's users and the store's mappings.
-    async fn applied(&self) -> EndState {
+    async fn applied(&self, store: &dyn usersync::store::Store) -> EndState {
         let users = self.outreach.users();
         let email_of: BTreeMap<i64, String> =
             users.iter().map(|u| (u.id, u.email.clone())).collect();
@@ -317,7 +305,6 @@ impl Parts {
             })
             .collect();
         projected.sort_by_key(|u| u["email"].to_string());
-        let store = usersync::store::open(&self.config.store.url).await.unwrap();
         let mappings = store
             .mappings(&MappingFilter::default())
             .await
@@ -338,10 +325,11 @@ impl Parts {
     /// Waits for the pipeline to settle (at most [`WAIT`]).
     pub async fn assert_matches_decide(&self) {
         let dir = tempfile::tempdir().unwrap();
+        let store = usersync::store::open(&self.config.store.url).await.unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let decided = self.decided(dir.path()).await;
-            let applied = self.applied().await;
+            let applied = self.applied(store.as_ref()).await;
             if decided == applied {
                 assert!(!applied.0.is_empty(), "the drill changed nothing");
                 return;
@@ -354,6 +342,24 @@ impl Parts {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Runs the `usersync decide` binary on `scenario` (its input format), written into `dir`;
+/// its output document.
+pub fn usersync_decide(dir: &std::path::Path, scenario: &Value) -> Value {
+    let path = dir.join("scenario.json");
+    std::fs::write(&path, serde_json::to_vec(scenario).unwrap()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .arg("decide")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "usersync decide failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// `usersync run`, started.
