@@ -2,8 +2,9 @@
 //! with the reason and the provider's error as it came.
 //!
 //! The steps themselves make calls and live with each side's wiring
-//! (`salesforce::role::test_connection`, `processor::role::test_outreach`); this is only the
-//! result, shared by the admin API, the CLI and the log. A step after a failed one that needs
+//! (`salesforce::checklist::test_connection`, `processor::checklist::test_outreach`); this is
+//! only the result, shared by the admin API, the CLI, the log and the connection it is kept on
+//! (`Connection::last_check`, run by `admin::checks` at start and after every reconnect). A step after a failed one that needs
 //! it is not run: it is reported as skipped, so the admin sees where the chain broke.
 
 use chrono::{DateTime, Utc};
