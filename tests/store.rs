@@ -17,7 +17,7 @@ use tempfile::TempDir;
 
 use usersync::engine::decision::{Action, DecisionRecord, Reason};
 use usersync::engine::settings::{Dedupe, SyncSettings};
-use usersync::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
+use usersync::engine::state::{Mapping, SalesforceUser, StateScope, StateVersions, SyncState};
 use usersync::event::Position;
 use usersync::outreach::user::{OutreachUser, OutreachUserId};
 use usersync::salesforce::id::SalesforceId;
@@ -184,6 +184,10 @@ store_suite!(
     record_remaps_in_one_transaction,
     record_is_atomic,
     record_of_an_applied_event_changes_nothing,
+    a_record_decided_on_a_stale_state_is_refused,
+    every_write_to_a_group_refuses_records_read_before_it,
+    concurrent_writers_on_one_group_exactly_one_wins,
+    outreach_replies_never_replace_a_newer_state,
     load_state_returns_the_closure,
     decision_log_is_newest_first_with_paging_and_filters,
     settings_round_trip,
@@ -308,6 +312,7 @@ fn decision(event_id: &str, action: Action, reason: Reason, email: &str) -> Deci
 fn event(event_id: &str) -> AppliedEvent {
     AppliedEvent {
         event_id: event_id.to_string(),
+        read_versions: StateVersions::new(),
         salesforce_user: None,
         outreach_users: Vec::new(),
         mapping_changes: Vec::new(),
@@ -342,8 +347,9 @@ async fn migrations_run_twice_harmlessly(h: &Harness) {
     assert_eq!(again.salesforce_user(&user.id).await.unwrap(), Some(user));
     let third = h.reopen().await.expect("third open");
     assert!(!third.is_applied("nothing").await.unwrap());
-    // 0001_initial, 0002_subscriber_users and 0003_authorizations, each recorded once.
-    assert_eq!(h.count("_sqlx_migrations").await, 3);
+    // 0001_initial, 0002_subscriber_users, 0003_authorizations and 0005_state_versions, each
+    // recorded once.
+    assert_eq!(h.count("_sqlx_migrations").await, 4);
 }
 
 async fn salesforce_users_round_trip(h: &Harness) {
@@ -658,6 +664,7 @@ async fn record_remaps_in_one_transaction(h: &Harness) {
     };
     let applied = AppliedEvent {
         event_id: "ev-remap".into(),
+        read_versions: StateVersions::new(),
         salesforce_user: Some(x.clone()),
         outreach_users: vec![o1.clone()],
         mapping_changes: vec![
@@ -707,6 +714,7 @@ async fn record_is_atomic(h: &Harness) {
     changed_o2.locked = true;
     let failing = AppliedEvent {
         event_id: "ev-atomic".into(),
+        read_versions: StateVersions::new(),
         salesforce_user: Some(changed_y.clone()),
         outreach_users: vec![changed_o2.clone(), outreach_user(3, "y@example.com")],
         mapping_changes: vec![
@@ -800,6 +808,280 @@ async fn record_of_an_applied_event_changes_nothing(h: &Harness) {
     assert_eq!(all_mappings(&*h.store).await, vec![mapping(1, 1)]);
     assert_eq!(all_decisions(&*h.store).await, first.decisions);
     assert_eq!(h.count("applied_events").await, 1);
+}
+
+/// The scope of an event of X (Salesforce user 1) in group x@example.com.
+fn scope_of_x(event_id: &str) -> StateScope {
+    StateScope {
+        event_ids: vec![event_id.into()],
+        salesforce_user_ids: vec![sf_id(1)],
+        emails: vec!["x@example.com".into()],
+        ..StateScope::default()
+    }
+}
+
+/// What an event that gave X a new title records, decided on `read`.
+fn retitle_x(event_id: &str, read: &SyncState, title: &str) -> AppliedEvent {
+    let mut x = sf_user(1, "x@example.com");
+    x.title = Some(title.into());
+    AppliedEvent {
+        read_versions: read.versions().clone(),
+        salesforce_user: Some(x),
+        decisions: vec![decision(
+            event_id,
+            Action::Skip,
+            Reason::UpToDate,
+            "x@example.com",
+        )],
+        ..event(event_id)
+    }
+}
+
+async fn stored_title_of_x(h: &Harness) -> Option<String> {
+    h.store
+        .salesforce_user(&sf_id(1))
+        .await
+        .unwrap()
+        .expect("X is stored")
+        .title
+}
+
+fn assert_stale(result: Result<(), StoreError>, event_id: &str, after: &str) {
+    match result {
+        Err(StoreError::StaleState {
+            event_id: refused, ..
+        }) => assert_eq!(refused, event_id),
+        other => panic!("{event_id} after {after}: expected StaleState, got {other:?}"),
+    }
+}
+
+async fn a_record_decided_on_a_stale_state_is_refused(h: &Harness) {
+    h.store
+        .put_salesforce_users(&[sf_user(1, "x@example.com")])
+        .await
+        .unwrap();
+    h.store
+        .put_outreach_users(&[outreach_user(1, "x@example.com")])
+        .await
+        .unwrap();
+    let late_read = h.store.load_state(&scope_of_x("ev-late")).await.unwrap();
+    assert!(
+        late_read
+            .versions()
+            .keys()
+            .any(|part| part.contains("x@example.com")),
+        "the group's version is read with it: {:?}",
+        late_read.versions()
+    );
+
+    // Another writer links X on its own read of the same group and records first.
+    let first_read = h.store.load_state(&scope_of_x("ev-first")).await.unwrap();
+    let link = AppliedEvent {
+        read_versions: first_read.versions().clone(),
+        mapping_changes: vec![MappingWrite::Put(mapping(1, 1))],
+        decisions: vec![decision(
+            "ev-first",
+            Action::Link,
+            Reason::EmailMatch,
+            "x@example.com",
+        )],
+        ..event("ev-first")
+    };
+    h.store.record(&link).await.unwrap();
+
+    // Decided on the group before the link: refused, and nothing of it written.
+    let late = retitle_x("ev-late", &late_read, "VP");
+    assert_stale(h.store.record(&late).await, "ev-late", "the link");
+    assert_eq!(
+        stored_title_of_x(h).await.as_deref(),
+        Some("Account Executive")
+    );
+    assert!(!h.store.is_applied("ev-late").await.unwrap());
+    assert_eq!(all_decisions(&*h.store).await, link.decisions);
+    assert_eq!(all_mappings(&*h.store).await, vec![mapping(1, 1)]);
+
+    // Read again, the same event records.
+    let fresh = h.store.load_state(&scope_of_x("ev-late")).await.unwrap();
+    assert!(fresh.mapping_of_outreach(OutreachUserId(1)).is_some());
+    h.store
+        .record(&retitle_x("ev-late", &fresh, "VP"))
+        .await
+        .unwrap();
+    assert_eq!(stored_title_of_x(h).await.as_deref(), Some("VP"));
+    assert!(h.store.is_applied("ev-late").await.unwrap());
+}
+
+async fn every_write_to_a_group_refuses_records_read_before_it(h: &Harness) {
+    h.store
+        .put_salesforce_users(&[sf_user(1, "x@example.com"), sf_user(2, "y@example.com")])
+        .await
+        .unwrap();
+    h.store
+        .put_outreach_users(&[outreach_user(1, "x@example.com")])
+        .await
+        .unwrap();
+    let read_x = async |event_id: &str| h.store.load_state(&scope_of_x(event_id)).await.unwrap();
+
+    // A Salesforce user joins the group.
+    let read = read_x("ev-1").await;
+    let mut y = sf_user(2, "x@example.com");
+    y.title = Some("joined".into());
+    h.store.put_salesforce_users(&[y]).await.unwrap();
+    let late = retitle_x("ev-1", &read, "T1");
+    assert_stale(h.store.record(&late).await, "ev-1", "Y joining");
+
+    // The Outreach index gains a user of the group.
+    let read = read_x("ev-2").await;
+    h.store
+        .put_outreach_users(&[outreach_user(2, "x@example.com")])
+        .await
+        .unwrap();
+    let late = retitle_x("ev-2", &read, "T2");
+    assert_stale(h.store.record(&late).await, "ev-2", "an index load");
+
+    // An admin maps, then unmaps, by hand.
+    let read = read_x("ev-3").await;
+    h.store.put_mapping(&mapping(1, 1)).await.unwrap();
+    let late = retitle_x("ev-3", &read, "T3");
+    assert_stale(h.store.record(&late).await, "ev-3", "a mapping by hand");
+    let read = read_x("ev-4").await;
+    h.store.remove_mapping(OutreachUserId(1)).await.unwrap();
+    let late = retitle_x("ev-4", &read, "T4");
+    assert_stale(h.store.record(&late).await, "ev-4", "an unmapping by hand");
+
+    // What Outreach answered to calls whose record was refused.
+    let read = read_x("ev-5").await;
+    let mut replied = outreach_user(1, "x@example.com");
+    replied.updated_at = Some(at("2025-01-02T00:00:00Z"));
+    h.store.put_outreach_replies(&[replied]).await.unwrap();
+    let late = retitle_x("ev-5", &read, "T5");
+    assert_stale(h.store.record(&late).await, "ev-5", "kept Outreach replies");
+
+    // Two events of Z, a user the store does not know yet, each with another email: their
+    // groups have nothing in common, but Z does.
+    let z_scope = |event_id: &str, email: &str| StateScope {
+        event_ids: vec![event_id.into()],
+        salesforce_user_ids: vec![sf_id(5)],
+        emails: vec![email.into()],
+        ..StateScope::default()
+    };
+    let z_in = |event_id: &str, email: &str, read: &SyncState| AppliedEvent {
+        read_versions: read.versions().clone(),
+        salesforce_user: Some(sf_user(5, email)),
+        ..event(event_id)
+    };
+    let older = h
+        .store
+        .load_state(&z_scope("ev-z1", "a@example.com"))
+        .await
+        .unwrap();
+    let newer = h
+        .store
+        .load_state(&z_scope("ev-z2", "b@example.com"))
+        .await
+        .unwrap();
+    h.store
+        .record(&z_in("ev-z2", "b@example.com", &newer))
+        .await
+        .unwrap();
+    let late = z_in("ev-z1", "a@example.com", &older);
+    assert_stale(h.store.record(&late).await, "ev-z1", "Z's other event");
+    let z = h.store.salesforce_user(&sf_id(5)).await.unwrap().unwrap();
+    assert_eq!(z.email.as_deref(), Some("b@example.com"));
+
+    // A write to another group leaves the read valid.
+    let read = read_x("ev-7").await;
+    h.store
+        .put_outreach_users(&[outreach_user(3, "elsewhere@example.com")])
+        .await
+        .unwrap();
+    h.store
+        .record(&retitle_x("ev-7", &read, "T7"))
+        .await
+        .unwrap();
+    assert_eq!(stored_title_of_x(h).await.as_deref(), Some("T7"));
+}
+
+async fn concurrent_writers_on_one_group_exactly_one_wins(h: &Harness) {
+    const WRITERS: usize = 8;
+    h.store
+        .put_salesforce_users(&[sf_user(1, "x@example.com")])
+        .await
+        .unwrap();
+    // Every writer decides on the same state, then all record at once.
+    let mut reads = Vec::new();
+    for i in 0..WRITERS {
+        let read = h
+            .store
+            .load_state(&scope_of_x(&format!("ev-{i}")))
+            .await
+            .unwrap();
+        reads.push(read);
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let tasks: Vec<_> = reads
+        .into_iter()
+        .enumerate()
+        .map(|(i, read)| {
+            let store = h.store.clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                let applied = retitle_x(&format!("ev-{i}"), &read, &format!("T{i}"));
+                start.wait().await;
+                (i, store.record(&applied).await)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            (i, Ok(())) => winners.push(i),
+            (i, refused) => assert_stale(refused, &format!("ev-{i}"), "another writer"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one writer wins: {winners:?}");
+    let winner = winners[0];
+    assert_eq!(stored_title_of_x(h).await, Some(format!("T{winner}")));
+    assert_eq!(h.count("applied_events").await, 1);
+    let decisions = all_decisions(&*h.store).await;
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].event_id, format!("ev-{winner}"));
+}
+
+async fn outreach_replies_never_replace_a_newer_state(h: &Harness) {
+    let mut newer = outreach_user(1, "x@example.com");
+    newer.first_name = Some("Newer".into());
+    newer.updated_at = Some(at("2025-03-01T00:00:00.5Z"));
+    h.store
+        .put_outreach_users(std::slice::from_ref(&newer))
+        .await
+        .unwrap();
+
+    let mut older = newer.clone();
+    older.first_name = Some("Older".into());
+    older.updated_at = Some(at("2025-03-01T00:00:00Z"));
+    let unknown = outreach_user(2, "y@example.com");
+    h.store
+        .put_outreach_replies(&[older, unknown.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store.outreach_user(newer.id).await.unwrap(),
+        Some(newer.clone())
+    );
+    assert_eq!(
+        h.store.outreach_user(unknown.id).await.unwrap(),
+        Some(unknown)
+    );
+
+    let mut later = newer.clone();
+    later.first_name = Some("Later".into());
+    later.updated_at = Some(at("2025-03-01T00:00:01Z"));
+    h.store
+        .put_outreach_replies(std::slice::from_ref(&later))
+        .await
+        .unwrap();
+    assert_eq!(h.store.outreach_user(later.id).await.unwrap(), Some(later));
 }
 
 fn salesforce_ids(state: &SyncState) -> Vec<SalesforceId> {

@@ -18,10 +18,10 @@ use serde_json::{Value, json};
 
 use super::{AdminState, ApiError, bad_request, store_failed};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
-use crate::engine::state::Mapping;
+use crate::engine::state::{Mapping, StateScope, SyncState};
 use crate::outreach::OutreachUserId;
 use crate::salesforce::id::SalesforceId;
-use crate::store::{AppliedEvent, MappingFilter, MappingWrite, StoreError};
+use crate::store::{AppliedEvent, MappingWrite, StoreError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +45,13 @@ fn refused(error: StoreError) -> ApiError {
             status: StatusCode::CONFLICT,
             code: "mapping_conflict",
             message: error.to_string(),
+        },
+        StoreError::StaleState { .. } => ApiError {
+            status: StatusCode::CONFLICT,
+            code: "state_changed",
+            message: format!(
+                "{error}: the users changed while the mapping was being made; try again"
+            ),
         },
         StoreError::UnknownMappedUser { .. } => ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -76,50 +83,64 @@ pub(super) async fn map(
         ))
     })?;
     let outreach_user_id = OutreachUserId(wanted.outreach_user_id);
-    let current = mapping_of(&state, outreach_user_id).await?;
-    let email = email_of(&state, &salesforce_user_id).await?;
+    let scope = StateScope {
+        salesforce_user_ids: vec![salesforce_user_id.clone()],
+        outreach_user_ids: vec![outreach_user_id],
+        ..StateScope::default()
+    };
     let mapping = Mapping {
         outreach_user_id,
         salesforce_user_id: salesforce_user_id.clone(),
         locked_by_usersync: false,
     };
-    let (action, previous, message, mut changes) = match current {
-        Some(held) if held.salesforce_user_id == salesforce_user_id => {
-            return Ok((StatusCode::OK, Json(json!({ "mapping": held }))));
+    let mut attempt = 1;
+    loop {
+        let read = load(&state, &scope).await?;
+        let email = read
+            .salesforce_user(&salesforce_user_id)
+            .and_then(|u| u.email_normalized());
+        let (action, previous, message, mut changes) = match read
+            .mapping_of_outreach(outreach_user_id)
+        {
+            Some(held) if held.salesforce_user_id == salesforce_user_id => {
+                return Ok((StatusCode::OK, Json(json!({ "mapping": held }))));
+            }
+            Some(held) => (
+                Action::Remap,
+                Some(held.salesforce_user_id.clone()),
+                format!(
+                    "An admin remapped Outreach user {outreach_user_id} from Salesforce user {} to {salesforce_user_id} by hand.",
+                    held.salesforce_user_id
+                ),
+                vec![MappingWrite::Remove(outreach_user_id)],
+            ),
+            None => (
+                Action::Link,
+                None,
+                format!(
+                    "An admin mapped Outreach user {outreach_user_id} to Salesforce user {salesforce_user_id} by hand."
+                ),
+                Vec::new(),
+            ),
+        };
+        changes.push(MappingWrite::Put(mapping.clone()));
+        let record = DecisionRecord {
+            event_id: admin_event_id(),
+            at: Utc::now(),
+            action,
+            reason: Reason::ManualLink,
+            email,
+            outreach_user_id: Some(outreach_user_id),
+            salesforce_user_id: Some(salesforce_user_id.clone()),
+            previous_salesforce_user_id: previous,
+            message,
+            outreach_calls: 0,
+        };
+        match record_by_hand(&state, &read, changes, record, attempt).await? {
+            Recorded::Yes => return Ok((StatusCode::CREATED, Json(json!({ "mapping": mapping })))),
+            Recorded::ReadAgain => attempt += 1,
         }
-        Some(held) => (
-            Action::Remap,
-            Some(held.salesforce_user_id.clone()),
-            format!(
-                "An admin remapped Outreach user {outreach_user_id} from Salesforce user {} to {salesforce_user_id} by hand.",
-                held.salesforce_user_id
-            ),
-            vec![MappingWrite::Remove(outreach_user_id)],
-        ),
-        None => (
-            Action::Link,
-            None,
-            format!(
-                "An admin mapped Outreach user {outreach_user_id} to Salesforce user {salesforce_user_id} by hand."
-            ),
-            Vec::new(),
-        ),
-    };
-    changes.push(MappingWrite::Put(mapping.clone()));
-    let record = DecisionRecord {
-        event_id: admin_event_id(),
-        at: Utc::now(),
-        action,
-        reason: Reason::ManualLink,
-        email,
-        outreach_user_id: Some(outreach_user_id),
-        salesforce_user_id: Some(salesforce_user_id),
-        previous_salesforce_user_id: previous,
-        message,
-        outreach_calls: 0,
-    };
-    record_by_hand(&state, changes, record).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "mapping": mapping }))))
+    }
 }
 
 pub(super) async fn unmap(
@@ -127,76 +148,96 @@ pub(super) async fn unmap(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let outreach_user_id = super::outreach_user_id(&raw)?;
-    let Some(held) = mapping_of(&state, outreach_user_id).await? else {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_mapped",
-            message: format!("Outreach user {outreach_user_id} is not mapped"),
-        });
+    let scope = StateScope {
+        outreach_user_ids: vec![outreach_user_id],
+        ..StateScope::default()
     };
-    let email = email_of(&state, &held.salesforce_user_id).await?;
-    let record = DecisionRecord {
-        event_id: admin_event_id(),
-        at: Utc::now(),
-        action: Action::Unlink,
-        reason: Reason::ManualUnlink,
-        email,
-        outreach_user_id: Some(outreach_user_id),
-        salesforce_user_id: None,
-        previous_salesforce_user_id: Some(held.salesforce_user_id.clone()),
-        message: format!(
-            "An admin unmapped Outreach user {outreach_user_id} from Salesforce user {} by hand.",
-            held.salesforce_user_id
-        ),
-        outreach_calls: 0,
-    };
-    record_by_hand(&state, vec![MappingWrite::Remove(outreach_user_id)], record).await?;
-    Ok(Json(json!({ "unmapped": held })))
+    let mut attempt = 1;
+    loop {
+        let read = load(&state, &scope).await?;
+        let Some(held) = read.mapping_of_outreach(outreach_user_id).cloned() else {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "not_mapped",
+                message: format!("Outreach user {outreach_user_id} is not mapped"),
+            });
+        };
+        let email = read
+            .salesforce_user(&held.salesforce_user_id)
+            .and_then(|u| u.email_normalized());
+        let record = DecisionRecord {
+            event_id: admin_event_id(),
+            at: Utc::now(),
+            action: Action::Unlink,
+            reason: Reason::ManualUnlink,
+            email,
+            outreach_user_id: Some(outreach_user_id),
+            salesforce_user_id: None,
+            previous_salesforce_user_id: Some(held.salesforce_user_id.clone()),
+            message: format!(
+                "An admin unmapped Outreach user {outreach_user_id} from Salesforce user {} by hand.",
+                held.salesforce_user_id
+            ),
+            outreach_calls: 0,
+        };
+        let changes = vec![MappingWrite::Remove(outreach_user_id)];
+        match record_by_hand(&state, &read, changes, record, attempt).await? {
+            Recorded::Yes => return Ok(Json(json!({ "unmapped": held }))),
+            Recorded::ReadAgain => attempt += 1,
+        }
+    }
 }
 
-/// The mapping that holds Outreach user `id`, if one does.
-async fn mapping_of(state: &AdminState, id: OutreachUserId) -> Result<Option<Mapping>, ApiError> {
-    let filter = MappingFilter {
-        outreach_user_id: Some(id),
-        ..MappingFilter::default()
-    };
-    let found = state.store.mappings(&filter).await.map_err(store_failed)?;
-    Ok(found.into_iter().next())
+/// The users and mappings a change by hand is about, with the versions the store checks when
+/// the change is recorded.
+async fn load(state: &AdminState, scope: &StateScope) -> Result<SyncState, ApiError> {
+    state.store.load_state(scope).await.map_err(store_failed)
 }
 
-/// The email group of a Salesforce user, for the decision log's email search.
-async fn email_of(state: &AdminState, id: &SalesforceId) -> Result<Option<String>, ApiError> {
-    let user = state
-        .store
-        .salesforce_user(id)
-        .await
-        .map_err(store_failed)?;
-    Ok(user.and_then(|u| u.email_normalized()))
+/// How many times a change by hand is read and tried when the processor keeps changing the
+/// same users at the same moment.
+const ATTEMPTS: u32 = 3;
+
+/// Whether a change by hand went in, or must be read and decided again.
+enum Recorded {
+    Yes,
+    ReadAgain,
 }
 
 /// One transaction: the mapping changes and their decision; then the feed hears of it.
+/// Refused, without a write, when the processor changed the users in between: then the change
+/// is read again (up to [`ATTEMPTS`] times), so it never undoes what the processor just did.
 async fn record_by_hand(
     state: &AdminState,
+    read: &SyncState,
     mapping_changes: Vec<MappingWrite>,
     record: DecisionRecord,
-) -> Result<(), ApiError> {
-    state
+    attempt: u32,
+) -> Result<Recorded, ApiError> {
+    let written = state
         .store
         .record(&AppliedEvent {
             event_id: record.event_id.clone(),
+            read_versions: read.versions().clone(),
             salesforce_user: None,
             outreach_users: Vec::new(),
             mapping_changes,
             decisions: vec![record.clone()],
         })
-        .await
-        .map_err(refused)?;
+        .await;
+    match written {
+        Ok(()) => {}
+        Err(StoreError::StaleState { .. }) if attempt < ATTEMPTS => {
+            return Ok(Recorded::ReadAgain);
+        }
+        Err(error) => return Err(refused(error)),
+    }
     tracing::info!(action = %record.action, message = %record.message, "mapping changed by an admin");
     crate::metrics::global().decision(record.action);
     if let Some(feed) = &state.decisions {
         let _ = feed.send(record);
     }
-    Ok(())
+    Ok(Recorded::Yes)
 }
 
 #[cfg(test)]

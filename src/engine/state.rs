@@ -101,6 +101,12 @@ impl StateScope {
     }
 }
 
+/// The version of each part of the store a state was loaded from (an email group, a
+/// Salesforce user), by the store's name for the part. The engine never reads it: the store
+/// hands it out with a loaded state and checks it again when the decisions made on that state
+/// are recorded, so that two replicas cannot both record a decision about the same part.
+pub type StateVersions = BTreeMap<String, i64>;
+
 /// Everything usersync knows that a decision may read.
 #[derive(Debug, Clone, Default)]
 pub struct SyncState {
@@ -111,6 +117,7 @@ pub struct SyncState {
     by_outreach: BTreeMap<OutreachUserId, Mapping>,
     by_salesforce: BTreeMap<SalesforceId, OutreachUserId>,
     applied_events: HashSet<String>,
+    versions: StateVersions,
 }
 
 /// A mapping that would break the 1:1 rule.
@@ -282,6 +289,18 @@ impl SyncState {
 
     pub fn mark_applied(&mut self, event_id: impl Into<String>) {
         self.applied_events.insert(event_id.into());
+    }
+
+    // ----- Where it was read from -----
+
+    /// The versions of the store's parts this state was loaded from; empty for a state the
+    /// store did not load.
+    pub fn versions(&self) -> &StateVersions {
+        &self.versions
+    }
+
+    pub fn set_versions(&mut self, versions: StateVersions) {
+        self.versions = versions;
     }
 }
 

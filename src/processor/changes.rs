@@ -16,6 +16,19 @@ use crate::engine::state::SyncState;
 use crate::event::UserChange;
 use crate::store::{AppliedEvent, MappingWrite};
 
+/// A decision whose Outreach call was made but whose state changed before it could be
+/// recorded, as the log keeps it: the call happened, so it is told, with what became of it.
+pub fn superseded(record: DecisionRecord) -> DecisionRecord {
+    DecisionRecord {
+        message: format!(
+            "{} Not recorded as decided: another replica changed this state first, so the \
+             event was decided again on the new state, which saw what this call did.",
+            record.message
+        ),
+        ..record
+    }
+}
+
 /// The store write that takes the store from `before` to `after` for `event`.
 pub fn applied_event(
     before: &SyncState,
@@ -48,6 +61,7 @@ pub fn applied_event(
     }
     AppliedEvent {
         event_id: event.event_id.clone(),
+        read_versions: before.versions().clone(),
         salesforce_user,
         outreach_users,
         mapping_changes,

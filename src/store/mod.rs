@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 
 use crate::engine::decision::{Action, DecisionRecord};
 use crate::engine::settings::SyncSettings;
-use crate::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
+use crate::engine::state::{Mapping, SalesforceUser, StateScope, StateVersions, SyncState};
 use crate::event::Position;
 use crate::outreach::user::{OutreachUser, OutreachUserId};
 use crate::salesforce::id::SalesforceId;
@@ -59,6 +59,11 @@ pub trait Store: Send + Sync {
     /// user's last-known state, upsert Outreach users in the index, apply the mapping changes in
     /// order, insert the applied event id, append the decision records. If the event id is
     /// already applied, it changes nothing and returns Ok.
+    ///
+    /// The versions in `applied.read_versions` (those [`load_state`](Store::load_state) put in
+    /// the state the decisions were made on) must still be the stored ones: if a part of the
+    /// state moved since, nothing is written and the answer is [`StoreError::StaleState`]. Every
+    /// part the record reads or writes gets a new version.
     async fn record(&self, applied: &AppliedEvent) -> Result<(), StoreError>;
 
     /// The last-known state of one Salesforce user.
@@ -81,6 +86,12 @@ pub trait Store: Send + Sync {
 
     /// Bulk upsert of the Outreach user index (index load), in one transaction.
     async fn put_outreach_users(&self, users: &[OutreachUser]) -> Result<(), StoreError>;
+
+    /// Outreach users as Outreach returned them from calls whose decisions could not be
+    /// recorded ([`StoreError::StaleState`]), so that deciding again sees what those calls
+    /// did. A stored user whose `updated_at` is newer than the reply is kept: another writer
+    /// already stored a later state of it. One transaction.
+    async fn put_outreach_replies(&self, users: &[OutreachUser]) -> Result<(), StoreError>;
 
     /// The mappings matching every set field of the filter, sorted by Outreach id.
     async fn mappings(&self, filter: &MappingFilter) -> Result<Vec<Mapping>, StoreError>;
@@ -146,6 +157,9 @@ pub trait Store: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedEvent {
     pub event_id: String,
+    /// The versions of the state the decisions were made on ([`SyncState::versions`]); empty
+    /// when nothing was read, and then nothing is checked.
+    pub read_versions: StateVersions,
     /// The Salesforce user's new last-known state (none for Outreach events).
     pub salesforce_user: Option<SalesforceUser>,
     /// Outreach users created or changed while applying (their state after the calls).
@@ -223,6 +237,19 @@ pub enum StoreError {
         wanted: Mapping,
         /// The mapping holding a side, when it could be read.
         existing: Option<Mapping>,
+    },
+    /// A part of the state the event was decided on changed before the decisions could be
+    /// recorded (another replica recorded first): nothing was written. Load the state again
+    /// and decide again.
+    #[error(
+        "cannot record event {event_id}: {part} changed after the event's state was read \
+         (read at version {read}); decide it again on the new state"
+    )]
+    StaleState {
+        event_id: String,
+        /// The part that moved (`email:<group>` or `salesforce:<id>`).
+        part: String,
+        read: i64,
     },
     /// A mapping names an Outreach or Salesforce user the store does not hold.
     #[error(

@@ -292,6 +292,15 @@ impl Statements for PostgresSession {
         .await
     }
 
+    async fn versions_of(&mut self, parts: &[String]) -> sqlx::Result<Vec<(String, i64)>> {
+        sqlx::query_as(
+            "SELECT part, version FROM state_versions WHERE part = ANY($1) ORDER BY part",
+        )
+        .bind(parts)
+        .fetch_all(self.conn())
+        .await
+    }
+
     async fn subscriber_users_by_id(
         &mut self,
         org_id: &str,
@@ -342,9 +351,13 @@ impl Statements for PostgresSession {
         .map(drop)
     }
 
-    async fn upsert_outreach_user(&mut self, user: &OutreachUser) -> sqlx::Result<()> {
+    async fn upsert_outreach_user(
+        &mut self,
+        user: &OutreachUser,
+        keep_newer: bool,
+    ) -> sqlx::Result<bool> {
         let [c1, c2, c3, c4, c5] = &user.custom;
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO outreach_users (id, email, email_normalized, username, first_name, \
                  last_name, title, locked, custom1, custom2, custom3, custom4, custom5, \
                  updated_at) \
@@ -355,7 +368,10 @@ impl Statements for PostgresSession {
                  title = excluded.title, locked = excluded.locked, \
                  custom1 = excluded.custom1, custom2 = excluded.custom2, \
                  custom3 = excluded.custom3, custom4 = excluded.custom4, \
-                 custom5 = excluded.custom5, updated_at = excluded.updated_at",
+                 custom5 = excluded.custom5, updated_at = excluded.updated_at \
+             WHERE NOT $15 OR outreach_users.updated_at IS NULL \
+                OR excluded.updated_at IS NULL \
+                OR excluded.updated_at >= outreach_users.updated_at",
         )
         .bind(user.id.0)
         .bind(&user.email)
@@ -371,9 +387,26 @@ impl Statements for PostgresSession {
         .bind(c4)
         .bind(c5)
         .bind(user.updated_at)
+        .bind(keep_newer)
         .execute(self.conn())
-        .await
-        .map(drop)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn advance_version(&mut self, part: &str, read: Option<i64>) -> sqlx::Result<bool> {
+        // A writer that finds the row locked waits for the other transaction, then evaluates
+        // the WHERE on the row that one left (READ COMMITTED): it sees the move and writes
+        // nothing.
+        let done = sqlx::query(
+            "INSERT INTO state_versions (part, version) VALUES ($1, 1) \
+             ON CONFLICT (part) DO UPDATE SET version = state_versions.version + 1 \
+             WHERE $2::BIGINT IS NULL OR state_versions.version = $2",
+        )
+        .bind(part)
+        .bind(read)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn upsert_mapping(&mut self, mapping: &Mapping) -> sqlx::Result<bool> {

@@ -5,6 +5,12 @@
 //! failure means to the caller. That keeps the two backends from drifting apart on the parts
 //! that matter most: the slice of state a decision sees (`load_state`) and what recording an
 //! applied event writes (`record`).
+//!
+//! Both also keep the optimistic check between processor replicas in one place: every part of
+//! the state (an email group, a Salesforce user an event names) has a version; `load_state`
+//! returns the versions of the parts it read, every write moves the versions of the parts it
+//! touches, and `record` writes only when the parts its decisions were made on are still at
+//! the versions read.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +23,7 @@ use super::{
     MappingWrite, ReplayCheckpoint, Store, StoreError,
 };
 use crate::engine::settings::SyncSettings;
-use crate::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
+use crate::engine::state::{Mapping, SalesforceUser, StateScope, StateVersions, SyncState};
 use crate::event::{Position, normalize_email};
 use crate::outreach::user::{OutreachUser, OutreachUserId};
 use crate::salesforce::id::SalesforceId;
@@ -62,6 +68,14 @@ impl<B: Backend> Store for B {
     async fn put_salesforce_users(&self, users: &[SalesforceUser]) -> Result<(), StoreError> {
         let operation = || format!("store {} Salesforce users", users.len());
         let mut session = self.session(Access::Write).await.context(operation)?;
+        let ids: Vec<SalesforceId> = users.iter().map(|u| u.id.clone()).collect();
+        let mut parts = stored_parts(&mut session, &ids, &[])
+            .await
+            .context(operation)?;
+        parts.extend(users.iter().flat_map(salesforce_parts));
+        advance_versions(&mut session, &StateVersions::new(), parts)
+            .await
+            .context(operation)?;
         for user in users {
             session
                 .upsert_salesforce_user(user)
@@ -98,12 +112,19 @@ impl<B: Backend> Store for B {
     async fn put_outreach_users(&self, users: &[OutreachUser]) -> Result<(), StoreError> {
         let operation = || format!("store {} Outreach users", users.len());
         let mut session = self.session(Access::Write).await.context(operation)?;
-        for user in users {
-            session
-                .upsert_outreach_user(user)
-                .await
-                .context(|| format!("store Outreach user {}", user.id))?;
-        }
+        put_outreach_users(&mut session, users, false).await?;
+        B::commit(session).await.context(operation)
+    }
+
+    async fn put_outreach_replies(&self, users: &[OutreachUser]) -> Result<(), StoreError> {
+        let operation = || {
+            format!(
+                "keep {} Outreach users as Outreach returned them",
+                users.len()
+            )
+        };
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        put_outreach_users(&mut session, users, true).await?;
         B::commit(session).await.context(operation)
     }
 
@@ -128,6 +149,15 @@ impl<B: Backend> Store for B {
             )
         };
         let mut session = self.session(Access::Write).await.context(operation)?;
+        let parts = mapping_parts(
+            &mut session,
+            std::slice::from_ref(&mapping.salesforce_user_id),
+            &[mapping.outreach_user_id],
+        )
+        .await?;
+        advance_versions(&mut session, &StateVersions::new(), parts)
+            .await
+            .context(operation)?;
         put_mapping(&mut session, mapping).await?;
         B::commit(session).await.context(operation)
     }
@@ -137,12 +167,18 @@ impl<B: Backend> Store for B {
         outreach_user_id: OutreachUserId,
     ) -> Result<Option<Mapping>, StoreError> {
         let operation = || format!("remove the mapping of Outreach user {outreach_user_id}");
-        let mut session = self.session(Access::Single).await.context(operation)?;
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        let parts = mapping_parts(&mut session, &[], &[outreach_user_id]).await?;
+        advance_versions(&mut session, &StateVersions::new(), parts)
+            .await
+            .context(operation)?;
         let row = session
             .delete_mapping(outreach_user_id.0)
             .await
             .context(operation)?;
-        row.map(Mapping::try_from).transpose()
+        let removed = row.map(Mapping::try_from).transpose()?;
+        B::commit(session).await.context(operation)?;
+        Ok(removed)
     }
 
     async fn is_applied(&self, event_id: &str) -> Result<bool, StoreError> {
@@ -418,7 +454,30 @@ async fn load_state<S: Statements + Send>(
         .await
         .context(operation)?;
 
+    // The versions of every part read, so that `record` can tell whether any moved: the
+    // scope's groups (an empty one too: a user may join it), the group of every loaded user,
+    // and the Salesforce users the event names (known or not yet).
+    let mut parts: BTreeSet<String> = emails.iter().map(|e| email_part(e)).collect();
+    parts.extend(
+        salesforce
+            .values()
+            .flat_map(SalesforceUser::email_normalized)
+            .map(|e| email_part(&e)),
+    );
+    parts.extend(
+        outreach
+            .values()
+            .map(OutreachUser::email_normalized)
+            .filter(|e| !e.is_empty())
+            .map(|e| email_part(&e)),
+    );
+    parts.extend(scope.salesforce_user_ids.iter().map(salesforce_part));
+    let parts: Vec<String> = parts.into_iter().collect();
+    let mut versions: StateVersions = parts.iter().map(|part| (part.clone(), 0)).collect();
+    versions.extend(session.versions_of(&parts).await.context(operation)?);
+
     let mut state = SyncState::new();
+    state.set_versions(versions);
     salesforce
         .into_values()
         .for_each(|u| state.put_salesforce_user(u));
@@ -455,6 +514,41 @@ async fn record<S: Statements + Send>(
     if !first_time {
         return Ok(());
     }
+    // Every part the record writes, as stored now and as written, moves to a new version with
+    // those it was decided on; one of those having moved already refuses the whole record.
+    let salesforce_ids: Vec<SalesforceId> = applied
+        .salesforce_user
+        .iter()
+        .map(|u| u.id.clone())
+        .collect();
+    let outreach_ids: Vec<OutreachUserId> = applied.outreach_users.iter().map(|u| u.id).collect();
+    let mut parts = stored_parts(session, &salesforce_ids, &outreach_ids)
+        .await
+        .context(|| format!("read what event {event} changes"))?;
+    let mut mapped_salesforce = Vec::new();
+    let mut mapped_outreach = Vec::new();
+    for change in &applied.mapping_changes {
+        match change {
+            MappingWrite::Put(m) => {
+                mapped_salesforce.push(m.salesforce_user_id.clone());
+                mapped_outreach.push(m.outreach_user_id);
+            }
+            MappingWrite::Remove(id) => mapped_outreach.push(*id),
+        }
+    }
+    parts.extend(mapping_parts(session, &mapped_salesforce, &mapped_outreach).await?);
+    parts.extend(applied.salesforce_user.iter().flat_map(salesforce_parts));
+    parts.extend(applied.outreach_users.iter().flat_map(outreach_parts));
+    if let Some((part, read)) = advance_versions(session, &applied.read_versions, parts)
+        .await
+        .context(|| format!("check the state event {event} was decided on"))?
+    {
+        return Err(StoreError::StaleState {
+            event_id: event.clone(),
+            part,
+            read,
+        });
+    }
     if let Some(user) = &applied.salesforce_user {
         session
             .upsert_salesforce_user(user)
@@ -463,7 +557,7 @@ async fn record<S: Statements + Send>(
     }
     for user in &applied.outreach_users {
         session
-            .upsert_outreach_user(user)
+            .upsert_outreach_user(user, false)
             .await
             .context(|| format!("store Outreach user {} for event {event}", user.id))?;
     }
@@ -536,4 +630,135 @@ async fn put_mapping<S: Statements + Send>(
         }
         Err(e) => Err(e).context(operation),
     }
+}
+
+/// The versioned part of an email group.
+fn email_part(email_normalized: &str) -> String {
+    format!("email:{email_normalized}")
+}
+
+/// The versioned part of one Salesforce user (for the events that name it).
+fn salesforce_part(id: &SalesforceId) -> String {
+    format!("salesforce:{id}")
+}
+
+/// The parts a Salesforce user's row belongs to with the state given.
+fn salesforce_parts(user: &SalesforceUser) -> Vec<String> {
+    let mut parts = vec![salesforce_part(&user.id)];
+    parts.extend(user.email_normalized().map(|e| email_part(&e)));
+    parts
+}
+
+/// The part an Outreach user's row belongs to with the state given.
+fn outreach_parts(user: &OutreachUser) -> Option<String> {
+    Some(user.email_normalized())
+        .filter(|e| !e.is_empty())
+        .map(|e| email_part(&e))
+}
+
+/// The parts the stored rows of these users belong to now (a user not stored has none, but a
+/// Salesforce user's own part is named anyway).
+async fn stored_parts<S: Statements + Send>(
+    session: &mut S,
+    salesforce_ids: &[SalesforceId],
+    outreach_ids: &[OutreachUserId],
+) -> sqlx::Result<BTreeSet<String>> {
+    let mut parts: BTreeSet<String> = salesforce_ids.iter().map(salesforce_part).collect();
+    if !salesforce_ids.is_empty() {
+        let ids: Vec<String> = salesforce_ids.iter().map(|id| id.to_string()).collect();
+        for row in session.salesforce_users_by_id(&ids).await? {
+            parts.extend(
+                row.email
+                    .as_deref()
+                    .map(normalize_email)
+                    .filter(|e| !e.is_empty())
+                    .map(|e| email_part(&e)),
+            );
+        }
+    }
+    if !outreach_ids.is_empty() {
+        let ids: Vec<i64> = outreach_ids.iter().map(|id| id.0).collect();
+        for row in session.outreach_users_by_id(&ids).await? {
+            parts.extend(outreach_parts(&OutreachUser::from(row)));
+        }
+    }
+    Ok(parts)
+}
+
+/// The parts of the users named and of whoever they are mapped to now: a mapping row belongs
+/// to the parts of both its users.
+async fn mapping_parts<S: Statements + Send>(
+    session: &mut S,
+    salesforce_ids: &[SalesforceId],
+    outreach_ids: &[OutreachUserId],
+) -> Result<BTreeSet<String>, StoreError> {
+    let mut salesforce: BTreeSet<SalesforceId> = salesforce_ids.iter().cloned().collect();
+    let mut outreach: BTreeSet<OutreachUserId> = outreach_ids.iter().copied().collect();
+    if !salesforce.is_empty() || !outreach.is_empty() {
+        let listed: Vec<String> = salesforce.iter().map(|id| id.to_string()).collect();
+        let ids: Vec<i64> = outreach.iter().map(|id| id.0).collect();
+        let rows = session
+            .mappings_touching(&ids, &listed)
+            .await
+            .context(|| "read the mappings of the users written".into())?;
+        for row in rows {
+            let mapping = Mapping::try_from(row)?;
+            salesforce.insert(mapping.salesforce_user_id);
+            outreach.insert(mapping.outreach_user_id);
+        }
+    }
+    let salesforce: Vec<SalesforceId> = salesforce.into_iter().collect();
+    let outreach: Vec<OutreachUserId> = outreach.into_iter().collect();
+    stored_parts(session, &salesforce, &outreach)
+        .await
+        .context(|| "read the users of the mappings written".into())
+}
+
+/// Moves every part named to its next version, those of `read` only when still at the
+/// version read; the first part that moved is returned (and the caller must roll back).
+/// Parts go in one order (sorted) for every writer, so two writers never wait for each other
+/// in a circle.
+async fn advance_versions<S: Statements + Send>(
+    session: &mut S,
+    read: &StateVersions,
+    parts: BTreeSet<String>,
+) -> sqlx::Result<Option<(String, i64)>> {
+    let mut parts = parts;
+    parts.extend(read.keys().cloned());
+    for part in parts {
+        let expected = read.get(&part).copied();
+        if !session.advance_version(&part, expected).await? {
+            return Ok(Some((part, expected.unwrap_or_default())));
+        }
+    }
+    Ok(None)
+}
+
+/// Upserts Outreach users after moving the versions of the parts they leave and join.
+async fn put_outreach_users<S: Statements + Send>(
+    session: &mut S,
+    users: &[OutreachUser],
+    keep_newer: bool,
+) -> Result<(), StoreError> {
+    let ids: Vec<OutreachUserId> = users.iter().map(|u| u.id).collect();
+    let mut parts = stored_parts(session, &[], &ids)
+        .await
+        .context(|| "read the Outreach users written".into())?;
+    parts.extend(users.iter().flat_map(outreach_parts));
+    advance_versions(session, &StateVersions::new(), parts)
+        .await
+        .context(|| "move the versions of the Outreach users written".into())?;
+    for user in users {
+        let written = session
+            .upsert_outreach_user(user, keep_newer)
+            .await
+            .context(|| format!("store Outreach user {}", user.id))?;
+        if !written {
+            tracing::debug!(
+                outreach_user_id = user.id.0,
+                "kept a newer stored state of an Outreach user"
+            );
+        }
+    }
+    Ok(())
 }

@@ -86,6 +86,8 @@ pub(crate) trait Statements {
     /// The sealed authorization of a side.
     async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<Vec<u8>>>;
     async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>>;
+    /// The stored versions of those of `parts` that have one (a part never written has none).
+    async fn versions_of(&mut self, parts: &[String]) -> sqlx::Result<Vec<(String, i64)>>;
     /// The subscriber's last-known users of one org among `user_ids`, by user id.
     async fn subscriber_users_by_id(
         &mut self,
@@ -95,7 +97,19 @@ pub(crate) trait Statements {
 
     // ----- writes -----
     async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()>;
-    async fn upsert_outreach_user(&mut self, user: &OutreachUser) -> sqlx::Result<()>;
+    /// Inserts or replaces an Outreach user of the index. With `keep_newer`, a stored user
+    /// whose `updated_at` is later than the given one's is kept (false); a missing timestamp
+    /// on either side writes.
+    async fn upsert_outreach_user(
+        &mut self,
+        user: &OutreachUser,
+        keep_newer: bool,
+    ) -> sqlx::Result<bool>;
+    /// Moves a part of the state to its next version. With `read`, only when the stored
+    /// version is still `read` (0: the part has no row yet): false when it moved, nothing
+    /// written. Without, always. The row stays locked until the transaction ends, so a
+    /// concurrent writer of the same part waits for it and then compares with what it left.
+    async fn advance_version(&mut self, part: &str, read: Option<i64>) -> sqlx::Result<bool>;
     /// Inserts the mapping, or sets `locked_by_usersync` when this exact pair exists; false
     /// when the Outreach user is mapped to another Salesforce user (nothing written).
     async fn upsert_mapping(&mut self, mapping: &Mapping) -> sqlx::Result<bool>;
