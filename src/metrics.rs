@@ -79,6 +79,7 @@ pub struct Metrics {
     events_published: Family<PublishedLabel, Counter>,
     subscriber_dead_letters: Counter,
     processor_events: Family<OutcomeLabel, Counter>,
+    record_conflicts: Counter,
     decisions: Family<ActionLabel, Counter>,
     outreach_requests: Counter,
     rate_limit_waits: Counter,
@@ -123,6 +124,13 @@ impl Metrics {
             "Records the processor read from Kafka, by what became of them",
             processor_events.clone(),
         );
+        let record_conflicts = Counter::default();
+        registry.register(
+            "processor_record_conflicts",
+            "Events whose record the store refused because another replica had changed the \
+             state they were decided on; each was decided again on the new state",
+            record_conflicts.clone(),
+        );
         let decisions = Family::default();
         registry.register(
             "decisions",
@@ -158,6 +166,7 @@ impl Metrics {
             events_published,
             subscriber_dead_letters,
             processor_events,
+            record_conflicts,
             decisions,
             outreach_requests,
             rate_limit_waits,
@@ -180,6 +189,10 @@ impl Metrics {
         self.processor_events
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+    }
+
+    pub fn record_conflict(&self) {
+        self.record_conflicts.inc();
     }
 
     pub fn decision(&self, action: Action) {
@@ -261,6 +274,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.published(Published::change, 3);
         metrics.processor_event(Outcome::applied);
+        metrics.record_conflict();
         metrics.decision(Action::Remap);
         metrics.outreach_request();
         metrics.rate_limit_wait(std::time::Duration::from_millis(1500));
@@ -279,6 +293,7 @@ mod tests {
                 3.0,
             ),
             ("usersync_processor_events_total{outcome=\"applied\"}", 1.0),
+            ("usersync_processor_record_conflicts_total", 1.0),
             ("usersync_decisions_total{action=\"remap\"}", 1.0),
             ("usersync_outreach_requests_total", 1.0),
             ("usersync_outreach_rate_limit_waits_total", 1.0),

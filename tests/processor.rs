@@ -12,16 +12,21 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use usersync::config::{Config, Secret};
-use usersync::engine::decision::Action;
-use usersync::engine::state::{Mapping, SalesforceUser};
+use usersync::engine::decision::{Action, Reason};
+use usersync::engine::settings::SyncSettings;
+use usersync::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
+use usersync::event::Position;
 use usersync::event::UserChange;
 use usersync::kafka::{ChangePublisher, KafkaConfig};
+use usersync::outreach::OutreachUser;
 use usersync::outreach::OutreachUserId;
 use usersync::processor::{Processor, ProcessorError, ProcessorStats, role};
 use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::snapshot::snapshot;
 use usersync::sim::outreach::{OutreachSim, SimConfig, SimUser};
-use usersync::store::{MappingFilter, Store};
+use usersync::store::{
+    AppliedEvent, DecisionPage, DecisionQuery, MappingFilter, ReplayCheckpoint, Store, StoreError,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 const X: &str = "005000000000001";
@@ -167,12 +172,17 @@ impl Running {
 }
 
 fn start(rig: &Rig) -> Running {
+    start_on(rig, rig.store.clone())
+}
+
+/// The processor of `rig` on another store (one that wraps the rig's).
+fn start_on(rig: &Rig, store: Arc<dyn Store>) -> Running {
     let client = role::outreach_client(&rig.config.outreach).unwrap();
     let dead_letters = Arc::new(ChangePublisher::new(&rig.kafka).unwrap());
     let mut processor = Processor::new(
         &rig.kafka,
         role::settings(&rig.config),
-        rig.store.clone(),
+        store,
         client,
         dead_letters,
     )
@@ -406,5 +416,207 @@ async fn offsets_are_committed_past_processed_events_so_a_restart_reads_nothing_
     assert_eq!(
         stats.records, 0,
         "nothing read again after the restart: {stats:?}"
+    );
+}
+
+/// The rig's store, where another replica gets in first: just before the processor's first
+/// record goes through, `joining` is written into the store as that replica's change to the
+/// same email group, so the record was decided on a state that no longer holds.
+struct AnotherReplicaFirst {
+    inner: Arc<dyn Store>,
+    joining: std::sync::Mutex<Option<Vec<SalesforceUser>>>,
+}
+
+impl AnotherReplicaFirst {
+    fn wrapping(inner: Arc<dyn Store>, joining: Vec<SalesforceUser>) -> Arc<dyn Store> {
+        Arc::new(AnotherReplicaFirst {
+            inner,
+            joining: std::sync::Mutex::new(Some(joining)),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for AnotherReplicaFirst {
+    async fn record(&self, applied: &AppliedEvent) -> Result<(), StoreError> {
+        let joining = self.joining.lock().unwrap().take();
+        if let Some(users) = joining {
+            self.inner.put_salesforce_users(&users).await?;
+        }
+        self.inner.record(applied).await
+    }
+    async fn load_state(&self, scope: &StateScope) -> Result<SyncState, StoreError> {
+        self.inner.load_state(scope).await
+    }
+    async fn salesforce_user(
+        &self,
+        id: &SalesforceId,
+    ) -> Result<Option<SalesforceUser>, StoreError> {
+        self.inner.salesforce_user(id).await
+    }
+    async fn put_salesforce_users(&self, users: &[SalesforceUser]) -> Result<(), StoreError> {
+        self.inner.put_salesforce_users(users).await
+    }
+    async fn outreach_user(&self, id: OutreachUserId) -> Result<Option<OutreachUser>, StoreError> {
+        self.inner.outreach_user(id).await
+    }
+    async fn outreach_users_by_email(&self, email: &str) -> Result<Vec<OutreachUser>, StoreError> {
+        self.inner.outreach_users_by_email(email).await
+    }
+    async fn put_outreach_users(&self, users: &[OutreachUser]) -> Result<(), StoreError> {
+        self.inner.put_outreach_users(users).await
+    }
+    async fn put_outreach_replies(&self, users: &[OutreachUser]) -> Result<(), StoreError> {
+        self.inner.put_outreach_replies(users).await
+    }
+    async fn mappings(&self, filter: &MappingFilter) -> Result<Vec<Mapping>, StoreError> {
+        self.inner.mappings(filter).await
+    }
+    async fn put_mapping(&self, mapping: &Mapping) -> Result<(), StoreError> {
+        self.inner.put_mapping(mapping).await
+    }
+    async fn remove_mapping(&self, id: OutreachUserId) -> Result<Option<Mapping>, StoreError> {
+        self.inner.remove_mapping(id).await
+    }
+    async fn is_applied(&self, event_id: &str) -> Result<bool, StoreError> {
+        self.inner.is_applied(event_id).await
+    }
+    async fn decisions(&self, query: &DecisionQuery) -> Result<DecisionPage, StoreError> {
+        self.inner.decisions(query).await
+    }
+    async fn settings(&self) -> Result<Option<SyncSettings>, StoreError> {
+        self.inner.settings().await
+    }
+    async fn save_settings(&self, settings: &SyncSettings) -> Result<(), StoreError> {
+        self.inner.save_settings(settings).await
+    }
+    async fn authorization(&self, side: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.authorization(side).await
+    }
+    async fn save_authorization(
+        &self,
+        side: &str,
+        sealed: &[u8],
+        key_fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .save_authorization(side, sealed, key_fingerprint)
+            .await
+    }
+    async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError> {
+        self.inner.checkpoint(topic).await
+    }
+    async fn save_checkpoint(&self, checkpoint: &ReplayCheckpoint) -> Result<(), StoreError> {
+        self.inner.save_checkpoint(checkpoint).await
+    }
+    async fn last_known_users(
+        &self,
+        org_id: &SalesforceId,
+        ids: &[SalesforceId],
+    ) -> Result<Vec<SalesforceUser>, StoreError> {
+        self.inner.last_known_users(org_id, ids).await
+    }
+    async fn put_last_known_users(
+        &self,
+        org_id: &SalesforceId,
+        users: &[(SalesforceUser, Option<Position>)],
+    ) -> Result<(), StoreError> {
+        self.inner.put_last_known_users(org_id, users).await
+    }
+}
+
+/// The decision log, oldest first.
+async fn log_of(rig: &Rig) -> Vec<usersync::engine::decision::DecisionRecord> {
+    let page = rig
+        .store
+        .decisions(&DecisionQuery::default())
+        .await
+        .unwrap();
+    page.records.into_iter().rev().map(|(_, r)| r).collect()
+}
+
+/// The Outreach API requests with this method whose path starts with `path`.
+fn requests_to(rig: &Rig, method: &str, path: &str) -> usize {
+    rig.outreach
+        .requests()
+        .iter()
+        .filter(|r| r.method == method && r.path.starts_with(path))
+        .count()
+}
+
+#[tokio::test]
+async fn a_create_whose_record_is_refused_is_decided_again_as_a_link_never_a_second_create() {
+    let rig = rig().await;
+    // While Y's create is in flight, another replica records Z (inactive) joining Y's group.
+    let z = sf_user(X, "new@def.com", false, "2025-01-15T00:00:00Z");
+    let store = AnotherReplicaFirst::wrapping(rig.store.clone(), vec![z]);
+    let running = start_on(&rig, store);
+    let y = event(&sf_user(Y, "new@def.com", true, "2025-02-01T00:00:00Z"));
+    produce_event(&rig, &y).await;
+    until("Y's event is recorded", || async {
+        rig.store.is_applied(&y.event_id).await.unwrap()
+    })
+    .await;
+    let stats = running.stop().await;
+
+    assert_eq!(stats.record_conflicts, 1, "{stats:?}");
+    let created: Vec<SimUser> = rig
+        .outreach
+        .users()
+        .into_iter()
+        .filter(|u| u.email == "new@def.com")
+        .collect();
+    assert_eq!(created.len(), 1, "one Outreach user for Y");
+    assert_eq!(
+        requests_to(&rig, "POST", "/api/v2/users"),
+        1,
+        "the second decision saw the user the first one created: no second POST"
+    );
+    assert_eq!(mapped_to(&rig, created[0].id).await, Some(full(Y)));
+    let log = log_of(&rig).await;
+    let actions: Vec<Action> = log.iter().map(|r| r.action).collect();
+    assert_eq!(actions, [Action::Create, Action::Link], "{log:#?}");
+    assert!(
+        log[0].message.contains("decided again"),
+        "the create is told as made, not as what was recorded: {}",
+        log[0].message
+    );
+    assert_eq!(log[0].outreach_calls, 1);
+}
+
+#[tokio::test]
+async fn an_update_whose_record_is_refused_is_not_sent_again() {
+    let rig = rig().await;
+    let one = seed(&rig).await;
+    // While X's title change is in flight, another replica records Z joining X's group.
+    let z = sf_user(Y, "abc@def.com", false, "2025-01-15T00:00:00Z");
+    let store = AnotherReplicaFirst::wrapping(rig.store.clone(), vec![z]);
+    let running = start_on(&rig, store);
+    let mut x = sf_user(X, "abc@def.com", true, "2025-02-01T00:00:00Z");
+    x.title = Some("VP".into());
+    let change = event(&x);
+    produce_event(&rig, &change).await;
+    until("X's change is recorded", || async {
+        rig.store.is_applied(&change.event_id).await.unwrap()
+    })
+    .await;
+    let stats = running.stop().await;
+
+    assert_eq!(stats.record_conflicts, 1, "{stats:?}");
+    assert_eq!(
+        requests_to(&rig, "PATCH", &format!("/api/v2/users/{one}")),
+        1,
+        "the second decision saw the title the first one sent"
+    );
+    assert_eq!(rig.outreach.user(one).unwrap().title.as_deref(), Some("VP"));
+    let log = log_of(&rig).await;
+    let decided: Vec<(Action, Reason)> = log.iter().map(|r| (r.action, r.reason)).collect();
+    assert_eq!(
+        decided,
+        [
+            (Action::Update, Reason::MappedUserChanged),
+            (Action::Skip, Reason::UpToDate)
+        ],
+        "{log:#?}"
     );
 }

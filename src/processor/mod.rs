@@ -31,6 +31,7 @@ pub mod changes;
 pub mod checklist;
 pub mod index;
 pub mod offsets;
+mod replies;
 pub mod role;
 
 use std::collections::BTreeMap;
@@ -57,6 +58,12 @@ use crate::kafka::{ChangePublisher, DeadLetter, KafkaConfig, PublishError};
 use crate::metrics;
 use crate::outreach::client::OutreachClient;
 use crate::store::{Store, StoreError};
+use replies::Replies;
+
+/// How many times one event is decided in a row before it waits like an event Outreach could
+/// not take: each further decision follows a record the store refused because another replica
+/// changed the same email group first.
+const MAX_DECISIONS: u32 = 5;
 
 /// How the processor behaves.
 #[derive(Debug, Clone)]
@@ -139,6 +146,9 @@ pub struct ProcessorStats {
     /// Times an event was put back to be tried again.
     pub retries: u64,
     pub outreach_calls: u64,
+    /// Records the store refused because another replica had changed the state they were
+    /// decided on; each event was then decided again.
+    pub record_conflicts: u64,
 }
 
 /// The consumer's context: tells the loop which partitions a rebalance took away, so it
@@ -502,41 +512,95 @@ impl Processor {
             }
         };
         let scope = StateScope::of_event(&event);
-        let before = match self.store.load_state(&scope).await {
-            Ok(state) => state,
-            Err(error) => {
-                return Ok(Outcome::Later {
-                    wait: None,
-                    why: format!(
-                        "loading the email group of event {} ({}): {error}",
-                        event.event_id,
-                        event.user.email_normalized.as_deref().unwrap_or("no email")
-                    ),
-                });
+        // The calls of attempts whose state another replica changed before they could be
+        // recorded: made, so they stay in the log, ahead of the decisions finally recorded.
+        let mut superseded: Vec<DecisionRecord> = Vec::new();
+        let mut attempt = 1;
+        let records = loop {
+            let before = match self.store.load_state(&scope).await {
+                Ok(state) => state,
+                Err(error) => {
+                    return Ok(Outcome::Later {
+                        wait: None,
+                        why: format!(
+                            "loading the email group of event {} ({}): {error}",
+                            event.event_id,
+                            event.user.email_normalized.as_deref().unwrap_or("no email")
+                        ),
+                    });
+                }
+            };
+            let mut after = before.clone();
+            let outreach = Replies::new(&self.outreach);
+            let records =
+                match apply_event(&settings, &mut after, &outreach, &event, Utc::now()).await {
+                    Ok(records) => records,
+                    Err(error) => {
+                        return self.refused(partition, offset, key, payload, error).await;
+                    }
+                };
+            if is_duplicate(&records) {
+                tracing::debug!(event_id = %event.event_id, "already applied: skipped");
+                return Ok(Outcome::Applied { duplicate: true });
+            }
+            let calls: u64 = records.iter().map(|r| u64::from(r.outreach_calls)).sum();
+            if calls > 0 {
+                self.outreach_worked();
+            }
+            self.stats.outreach_calls += calls;
+            let mut all = superseded.clone();
+            all.extend(records.iter().cloned());
+            let applied = changes::applied_event(&before, &after, &event, all.clone());
+            match self.store.record(&applied).await {
+                Ok(()) => break all,
+                Err(StoreError::StaleState { part, read, .. }) => {
+                    self.stats.record_conflicts += 1;
+                    metrics::global().record_conflict();
+                    tracing::warn!(
+                        event_id = %event.event_id,
+                        attempt,
+                        %part,
+                        read_version = read,
+                        outreach_calls = calls,
+                        "another replica changed the state this event was decided on; deciding it again on the new state"
+                    );
+                    // What the calls did must be in the index before the next load, or the
+                    // next decision would make them again (a second create, a repeated update).
+                    let answered = outreach.into_users();
+                    if let Err(error) = self.store.put_outreach_replies(&answered).await {
+                        return Ok(Outcome::Later {
+                            wait: None,
+                            why: format!(
+                                "keeping what Outreach answered for event {} after its state changed: {error}",
+                                event.event_id
+                            ),
+                        });
+                    }
+                    superseded.extend(
+                        records
+                            .into_iter()
+                            .filter(|r| r.outreach_calls > 0)
+                            .map(changes::superseded),
+                    );
+                    if attempt == MAX_DECISIONS {
+                        return Ok(Outcome::Later {
+                            wait: None,
+                            why: format!(
+                                "event {} was decided {attempt} times and each time another replica had changed its state first",
+                                event.event_id
+                            ),
+                        });
+                    }
+                    attempt += 1;
+                }
+                Err(error) => {
+                    return Ok(Outcome::Later {
+                        wait: None,
+                        why: format!("recording event {}: {error}", event.event_id),
+                    });
+                }
             }
         };
-        let mut after = before.clone();
-        let records =
-            match apply_event(&settings, &mut after, &self.outreach, &event, Utc::now()).await {
-                Ok(records) => records,
-                Err(error) => return self.refused(partition, offset, key, payload, error).await,
-            };
-        if is_duplicate(&records) {
-            tracing::debug!(event_id = %event.event_id, "already applied: skipped");
-            return Ok(Outcome::Applied { duplicate: true });
-        }
-        let calls: u64 = records.iter().map(|r| u64::from(r.outreach_calls)).sum();
-        if calls > 0 {
-            self.outreach_worked();
-        }
-        let applied = changes::applied_event(&before, &after, &event, records.clone());
-        if let Err(error) = self.store.record(&applied).await {
-            return Ok(Outcome::Later {
-                wait: None,
-                why: format!("recording event {}: {error}", event.event_id),
-            });
-        }
-        self.stats.outreach_calls += calls;
         for record in records {
             tracing::info!(
                 event_id = %record.event_id,
