@@ -380,6 +380,130 @@ async fn a_rate_limited_event_waits_and_is_applied_once_outreach_takes_it() {
     assert_eq!(created.len(), 1, "exactly one Outreach user for Y");
 }
 
+/// Events held on paused partitions while a second member joins the group: every partition is
+/// revoked, and those given back to the processor are read again and applied once Outreach
+/// answers. (librdkafka keeps a partition paused across a rebalance, while the processor forgets
+/// the events it held on revoked partitions: a partition it gets back must not stay paused.)
+#[tokio::test]
+async fn events_held_when_a_rebalance_takes_their_partitions_are_applied_where_they_come_back() {
+    // The broker waits up to the members' session timeout for them to join a rebalance.
+    const SESSION_TIMEOUT_MS: &str = "6000";
+    let mut rig = rig().await;
+    rig.config.processor.session_timeout_ms = SESSION_TIMEOUT_MS.parse().unwrap();
+    seed(&rig).await;
+    rig.outreach.reset_requests();
+    let running = start(&rig);
+    until(
+        "the processor has loaded the Outreach user index",
+        || async {
+            rig.outreach
+                .requests()
+                .iter()
+                .any(|r| r.method == "GET" && r.path.contains("/users") && r.status == 200)
+        },
+    )
+    .await;
+
+    // One new user per partition, each create refused until the faults are cleared.
+    rig.outreach.set_error_ratio(1.0);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", rig.mock.bootstrap_servers())
+        .create()
+        .unwrap();
+    let mut creates = Vec::new();
+    for partition in 0..3 {
+        let id = format!("00500000000001{partition}");
+        let user = sf_user(
+            &id,
+            &format!("held{partition}@def.com"),
+            true,
+            "2025-02-01T00:00:00Z",
+        );
+        let create = event(&user);
+        let payload = serde_json::to_vec(&create).unwrap();
+        let key = create.kafka_key();
+        producer
+            .send(
+                FutureRecord::to(&rig.kafka.topic)
+                    .partition(partition)
+                    .key(&key)
+                    .payload(&payload),
+                WAIT,
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produced");
+        creates.push(create);
+    }
+    // Each attempt is two refused POSTs (the client retries once): every event was tried.
+    until("Outreach has refused a create of every event", || async {
+        let refused = rig.outreach.requests();
+        let refused = refused
+            .iter()
+            .filter(|r| r.method == "POST" && r.status >= 500);
+        refused.count() >= 2 * creates.len()
+    })
+    .await;
+
+    // Another member joins: every partition is revoked, then shared between the two.
+    let other: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", rig.mock.bootstrap_servers())
+        .set("group.id", &rig.config.processor.group_id)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .create()
+        .unwrap();
+    other.subscribe(&[&rig.kafka.topic]).unwrap();
+    let mut taken = Vec::new();
+    until("the second member has partitions", || {
+        let _ = other.poll(Duration::ZERO);
+        taken = other
+            .assignment()
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        std::future::ready(!taken.is_empty())
+    })
+    .await;
+    assert!(
+        taken.len() < creates.len(),
+        "the processor kept some: {taken:?}"
+    );
+
+    rig.outreach.clear_faults();
+    let kept: Vec<&UserChange> = (0..)
+        .zip(&creates)
+        .filter(|(partition, _)| !taken.contains(partition))
+        .map(|(_, create)| create)
+        .collect();
+    until(
+        "the events of the partitions given back are applied",
+        || async {
+            for create in &kept {
+                if !rig.store.is_applied(&create.event_id).await.unwrap() {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let stats = running.stop().await;
+    drop(other);
+    assert!(stats.retries >= 3, "the events were held: {stats:?}");
+    for create in kept {
+        let email = create.user.email.as_deref().unwrap();
+        let created = rig
+            .outreach
+            .users()
+            .into_iter()
+            .filter(|u| u.email == email);
+        assert_eq!(created.count(), 1, "exactly one Outreach user {email}");
+    }
+}
+
 #[tokio::test]
 async fn offsets_are_committed_past_processed_events_so_a_restart_reads_nothing_twice() {
     let rig = rig().await;

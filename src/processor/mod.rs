@@ -179,13 +179,19 @@ const LAG_REFRESH: Duration = Duration::from_secs(5);
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &Rebalance<'_>,
     ) {
         match rebalance {
             Rebalance::Revoke(list) => {
                 let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(?partitions, "partitions revoked");
+                // librdkafka keeps a partition paused across a rebalance, and the loop forgets
+                // the events held on revoked partitions: resumed now, while they are still
+                // assigned, a partition given back later is read from its committed offset.
+                if let Err(error) = consumer.resume(list) {
+                    tracing::warn!(%error, ?partitions, "could not resume the revoked partitions");
+                }
                 let _ = self.revoked.send(partitions);
             }
             Rebalance::Assign(list) => {
@@ -357,11 +363,7 @@ impl Processor {
             timer
         });
         while !*shutdown.borrow() {
-            while let Ok(partitions) = self.revoked.try_recv() {
-                for partition in partitions {
-                    self.retries.remove(&partition);
-                }
-            }
+            self.forget_revoked();
             let due = self.retries.values().filter_map(|r| r.until).min();
             tokio::select! {
                 biased;
@@ -395,6 +397,10 @@ impl Processor {
                         let payload = message.payload().unwrap_or_default().to_vec();
                         let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
                         drop(message);
+                        // A rebalance runs inside the poll that returned this record: its
+                        // revocations must be forgotten before the record can hold an event of
+                        // its own, or they would drop that hold and leave the partition paused.
+                        self.forget_revoked();
                         self.take(partition, offset, key, payload, &shutdown).await?;
                     }
                     Err(error) => tracing::warn!(%error, "Kafka consumer error; polling on"),
@@ -700,6 +706,15 @@ impl Processor {
         })
     }
 
+    /// Forgets the events held on partitions a rebalance took away (it resumed them).
+    fn forget_revoked(&mut self) {
+        while let Ok(partitions) = self.revoked.try_recv() {
+            for partition in partitions {
+                self.retries.remove(&partition);
+            }
+        }
+    }
+
     /// Pauses `partition` with its reading position back at `offset`, for `wait`.
     fn hold(
         &mut self,
@@ -733,6 +748,9 @@ impl Processor {
 
     /// Resumes every held partition whose wait is over, reading again from the held event.
     fn release_due(&mut self) -> Result<(), ProcessorError> {
+        // A rebalance may have run in the poll this wait interrupted: no rewinding a partition
+        // that is no longer ours.
+        self.forget_revoked();
         let now = Instant::now();
         let due: Vec<(i32, Retry)> = self
             .retries
