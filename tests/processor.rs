@@ -12,7 +12,7 @@ use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use usersync::config::{Config, Secret};
-use usersync::engine::decision::{Action, Reason};
+use usersync::engine::decision::{Action, DecisionRecord, Reason};
 use usersync::engine::settings::SyncSettings;
 use usersync::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
 use usersync::event::Position;
@@ -548,14 +548,20 @@ async fn offsets_are_committed_past_processed_events_so_a_restart_reads_nothing_
 /// same email group, so the record was decided on a state that no longer holds.
 struct AnotherReplicaFirst {
     inner: Arc<dyn Store>,
-    joining: std::sync::Mutex<Option<Vec<SalesforceUser>>>,
+    /// What the other replica writes before each of the next records, one write per record.
+    writes: std::sync::Mutex<std::collections::VecDeque<Vec<SalesforceUser>>>,
 }
 
 impl AnotherReplicaFirst {
     fn wrapping(inner: Arc<dyn Store>, joining: Vec<SalesforceUser>) -> Arc<dyn Store> {
+        AnotherReplicaFirst::before_records(inner, vec![joining])
+    }
+
+    /// Another replica that writes `writes[n]` just before the processor's record number `n`.
+    fn before_records(inner: Arc<dyn Store>, writes: Vec<Vec<SalesforceUser>>) -> Arc<dyn Store> {
         Arc::new(AnotherReplicaFirst {
             inner,
-            joining: std::sync::Mutex::new(Some(joining)),
+            writes: std::sync::Mutex::new(writes.into()),
         })
     }
 }
@@ -563,8 +569,8 @@ impl AnotherReplicaFirst {
 #[async_trait::async_trait]
 impl Store for AnotherReplicaFirst {
     async fn record(&self, applied: &AppliedEvent) -> Result<(), StoreError> {
-        let joining = self.joining.lock().unwrap().take();
-        if let Some(users) = joining {
+        let write = self.writes.lock().unwrap().pop_front();
+        if let Some(users) = write {
             self.inner.put_salesforce_users(&users).await?;
         }
         self.inner.record(applied).await
@@ -590,8 +596,12 @@ impl Store for AnotherReplicaFirst {
     async fn put_outreach_users(&self, users: &[OutreachUser]) -> Result<(), StoreError> {
         self.inner.put_outreach_users(users).await
     }
-    async fn put_outreach_replies(&self, users: &[OutreachUser]) -> Result<(), StoreError> {
-        self.inner.put_outreach_replies(users).await
+    async fn keep_superseded_calls(
+        &self,
+        users: &[OutreachUser],
+        decisions: &[DecisionRecord],
+    ) -> Result<(), StoreError> {
+        self.inner.keep_superseded_calls(users, decisions).await
     }
     async fn mappings(&self, filter: &MappingFilter) -> Result<Vec<Mapping>, StoreError> {
         self.inner.mappings(filter).await
@@ -706,6 +716,59 @@ async fn a_create_whose_record_is_refused_is_decided_again_as_a_link_never_a_sec
         log[0].message
     );
     assert_eq!(log[0].outreach_calls, 1);
+}
+
+/// Another replica gets in before each of the first five records of Y's event: the processor
+/// decides it five times, then puts it back, and records it when it comes round again. The
+/// create of the first decision is in the log all the same, ahead of the link that was recorded:
+/// every Outreach user usersync made is told by a `create`, whatever became of its event.
+#[tokio::test]
+async fn a_create_stays_in_the_log_when_its_event_is_put_back_after_refused_records() {
+    let rig = rig().await;
+    let writes = (0..5)
+        .map(|n| {
+            let mut z = sf_user(X, "new@def.com", false, "2025-01-15T00:00:00Z");
+            z.title = Some(format!("write {n}"));
+            vec![z]
+        })
+        .collect();
+    let store = AnotherReplicaFirst::before_records(rig.store.clone(), writes);
+    let running = start_on(&rig, store);
+    let y = event(&sf_user(Y, "new@def.com", true, "2025-02-01T00:00:00Z"));
+    produce_event(&rig, &y).await;
+    until("Y's event is recorded", || async {
+        rig.store.is_applied(&y.event_id).await.unwrap()
+    })
+    .await;
+    let stats = running.stop().await;
+
+    assert_eq!(stats.record_conflicts, 5, "{stats:?}");
+    assert!(stats.retries >= 1, "the event was put back: {stats:?}");
+    assert_eq!(
+        requests_to(&rig, "POST", "/api/v2/users"),
+        1,
+        "one create, however often the event was decided"
+    );
+    let log = log_of(&rig).await;
+    let decided: Vec<(Action, Reason)> = log.iter().map(|r| (r.action, r.reason)).collect();
+    assert_eq!(
+        decided,
+        [
+            (Action::Create, Reason::NewActiveUser),
+            (Action::Link, Reason::EmailMatch)
+        ],
+        "{log:#?}"
+    );
+    assert!(
+        log[0].message.contains("decided again"),
+        "{}",
+        log[0].message
+    );
+    let created = log[0]
+        .outreach_user_id
+        .expect("the create names the user it made");
+    assert_eq!(log[1].outreach_user_id, Some(created));
+    assert_eq!(mapped_to(&rig, created.0).await, Some(full(Y)));
 }
 
 #[tokio::test]

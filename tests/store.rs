@@ -187,7 +187,7 @@ store_suite!(
     a_record_decided_on_a_stale_state_is_refused,
     every_write_to_a_group_refuses_records_read_before_it,
     concurrent_writers_on_one_group_exactly_one_wins,
-    outreach_replies_never_replace_a_newer_state,
+    superseded_calls_are_kept_with_their_decisions_never_over_a_newer_state,
     load_state_returns_the_closure,
     decision_log_is_newest_first_with_paging_and_filters,
     settings_round_trip,
@@ -953,7 +953,10 @@ async fn every_write_to_a_group_refuses_records_read_before_it(h: &Harness) {
     let read = read_x("ev-5").await;
     let mut replied = outreach_user(1, "x@example.com");
     replied.updated_at = Some(at("2025-01-02T00:00:00Z"));
-    h.store.put_outreach_replies(&[replied]).await.unwrap();
+    h.store
+        .keep_superseded_calls(&[replied], &[])
+        .await
+        .unwrap();
     let late = retitle_x("ev-5", &read, "T5");
     assert_stale(h.store.record(&late).await, "ev-5", "kept Outreach replies");
 
@@ -1048,7 +1051,9 @@ async fn concurrent_writers_on_one_group_exactly_one_wins(h: &Harness) {
     assert_eq!(decisions[0].event_id, format!("ev-{winner}"));
 }
 
-async fn outreach_replies_never_replace_a_newer_state(h: &Harness) {
+/// What the calls of a refused record did: the users as Outreach returned them, except over a
+/// newer stored state, and the decisions that made the calls, in the log as given.
+async fn superseded_calls_are_kept_with_their_decisions_never_over_a_newer_state(h: &Harness) {
     let mut newer = outreach_user(1, "x@example.com");
     newer.first_name = Some("Newer".into());
     newer.updated_at = Some(at("2025-03-01T00:00:00.5Z"));
@@ -1061,8 +1066,26 @@ async fn outreach_replies_never_replace_a_newer_state(h: &Harness) {
     older.first_name = Some("Older".into());
     older.updated_at = Some(at("2025-03-01T00:00:00Z"));
     let unknown = outreach_user(2, "y@example.com");
+    let created = DecisionRecord {
+        outreach_user_id: Some(unknown.id),
+        ..decision(
+            "ev-1",
+            Action::Create,
+            Reason::NewActiveUser,
+            "y@example.com",
+        )
+    };
+    let updated = decision(
+        "ev-1",
+        Action::Update,
+        Reason::MappedUserChanged,
+        "x@example.com",
+    );
     h.store
-        .put_outreach_replies(&[older, unknown.clone()])
+        .keep_superseded_calls(
+            &[older, unknown.clone()],
+            &[created.clone(), updated.clone()],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1073,15 +1096,25 @@ async fn outreach_replies_never_replace_a_newer_state(h: &Harness) {
         h.store.outreach_user(unknown.id).await.unwrap(),
         Some(unknown)
     );
+    assert_eq!(
+        all_decisions(&*h.store).await,
+        [updated, created],
+        "the log, newest first"
+    );
+    assert!(
+        !h.store.is_applied("ev-1").await.unwrap(),
+        "the event itself is not recorded"
+    );
 
     let mut later = newer.clone();
     later.first_name = Some("Later".into());
     later.updated_at = Some(at("2025-03-01T00:00:01Z"));
     h.store
-        .put_outreach_replies(std::slice::from_ref(&later))
+        .keep_superseded_calls(std::slice::from_ref(&later), &[])
         .await
         .unwrap();
     assert_eq!(h.store.outreach_user(later.id).await.unwrap(), Some(later));
+    assert_eq!(all_decisions(&*h.store).await.len(), 2);
 }
 
 fn salesforce_ids(state: &SyncState) -> Vec<SalesforceId> {

@@ -22,7 +22,7 @@ pub fn superseded(record: DecisionRecord) -> DecisionRecord {
     DecisionRecord {
         message: format!(
             "{} Not recorded as decided: another replica changed this state first, so the \
-             event was decided again on the new state, which saw what this call did.",
+             event is decided again on the new state, which sees what this call did.",
             record.message
         ),
         ..record

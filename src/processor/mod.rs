@@ -518,9 +518,6 @@ impl Processor {
             }
         };
         let scope = StateScope::of_event(&event);
-        // The calls of attempts whose state another replica changed before they could be
-        // recorded: made, so they stay in the log, ahead of the decisions finally recorded.
-        let mut superseded: Vec<DecisionRecord> = Vec::new();
         let mut attempt = 1;
         let records = loop {
             let before = match self.store.load_state(&scope).await {
@@ -554,11 +551,9 @@ impl Processor {
                 self.outreach_worked();
             }
             self.stats.outreach_calls += calls;
-            let mut all = superseded.clone();
-            all.extend(records.iter().cloned());
-            let applied = changes::applied_event(&before, &after, &event, all.clone());
+            let applied = changes::applied_event(&before, &after, &event, records.clone());
             match self.store.record(&applied).await {
-                Ok(()) => break all,
+                Ok(()) => break records,
                 Err(StoreError::StaleState { part, read, .. }) => {
                     self.stats.record_conflicts += 1;
                     metrics::global().record_conflict();
@@ -571,9 +566,21 @@ impl Processor {
                         "another replica changed the state this event was decided on; deciding it again on the new state"
                     );
                     // What the calls did must be in the index before the next load, or the
-                    // next decision would make them again (a second create, a repeated update).
+                    // next decision would make them again (a second create, a repeated update);
+                    // and the decisions that made them go into the log now, with it, since
+                    // whatever comes of the event (recorded, put back, dead-lettered) the calls
+                    // were made.
                     let answered = outreach.into_users();
-                    if let Err(error) = self.store.put_outreach_replies(&answered).await {
+                    let superseded: Vec<DecisionRecord> = records
+                        .into_iter()
+                        .filter(|r| r.outreach_calls > 0)
+                        .map(changes::superseded)
+                        .collect();
+                    if let Err(error) = self
+                        .store
+                        .keep_superseded_calls(&answered, &superseded)
+                        .await
+                    {
                         return Ok(Outcome::Later {
                             wait: None,
                             why: format!(
@@ -582,12 +589,7 @@ impl Processor {
                             ),
                         });
                     }
-                    superseded.extend(
-                        records
-                            .into_iter()
-                            .filter(|r| r.outreach_calls > 0)
-                            .map(changes::superseded),
-                    );
+                    self.announce(superseded);
                     if attempt == MAX_DECISIONS {
                         return Ok(Outcome::Later {
                             wait: None,
@@ -607,6 +609,12 @@ impl Processor {
                 }
             }
         };
+        self.announce(records);
+        Ok(Outcome::Applied { duplicate: false })
+    }
+
+    /// Logs, counts and sends to the live feed decisions the store now holds.
+    fn announce(&self, records: Vec<DecisionRecord>) {
         for record in records {
             tracing::info!(
                 event_id = %record.event_id,
@@ -620,7 +628,6 @@ impl Processor {
             metrics::global().decision(record.action);
             let _ = self.decisions.send(record);
         }
-        Ok(Outcome::Applied { duplicate: false })
     }
 
     /// An event Outreach or the mapping rules would not take: later, or never.

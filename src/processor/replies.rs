@@ -4,7 +4,7 @@
 //! email group in the meantime ([`crate::store::StoreError::StaleState`]); the processor then
 //! decides the event again on a fresh load. The Outreach calls already made for it cannot be
 //! taken back, so before loading again the processor stores the users those calls returned
-//! ([`crate::store::Store::put_outreach_replies`]): the new decision then sees a user the first
+//! ([`crate::store::Store::keep_superseded_calls`]): the new decision then sees a user the first
 //! one created or changed as Outreach has it, and neither creates it again nor repeats the
 //! change. This wrapper collects those users on their way through, without the engine or
 //! [`crate::apply`] knowing.

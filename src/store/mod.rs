@@ -87,11 +87,17 @@ pub trait Store: Send + Sync {
     /// Bulk upsert of the Outreach user index (index load), in one transaction.
     async fn put_outreach_users(&self, users: &[OutreachUser]) -> Result<(), StoreError>;
 
-    /// Outreach users as Outreach returned them from calls whose decisions could not be
-    /// recorded ([`StoreError::StaleState`]), so that deciding again sees what those calls
-    /// did. A stored user whose `updated_at` is newer than the reply is kept: another writer
-    /// already stored a later state of it. One transaction.
-    async fn put_outreach_replies(&self, users: &[OutreachUser]) -> Result<(), StoreError>;
+    /// What the Outreach calls of a decision that could not be recorded
+    /// ([`StoreError::StaleState`]) did, in one transaction: the Outreach users as Outreach
+    /// returned them, so that deciding again sees what those calls did (a stored user whose
+    /// `updated_at` is newer than the reply is kept: another writer already stored a later
+    /// state of it), and `decisions`, the decisions that made those calls, appended to the
+    /// decision log. Neither depends on how the event is finally decided, or whether it is.
+    async fn keep_superseded_calls(
+        &self,
+        users: &[OutreachUser],
+        decisions: &[DecisionRecord],
+    ) -> Result<(), StoreError>;
 
     /// The mappings matching every set field of the filter, sorted by Outreach id.
     async fn mappings(&self, filter: &MappingFilter) -> Result<Vec<Mapping>, StoreError>;

@@ -22,6 +22,7 @@ use super::{
     AppliedEvent, Context, DecisionPage, DecisionQuery, MAX_DECISION_PAGE, MappingFilter,
     MappingWrite, ReplayCheckpoint, Store, StoreError,
 };
+use crate::engine::decision::DecisionRecord;
 use crate::engine::settings::SyncSettings;
 use crate::engine::state::{Mapping, SalesforceUser, StateScope, StateVersions, SyncState};
 use crate::event::{Position, normalize_email};
@@ -116,15 +117,29 @@ impl<B: Backend> Store for B {
         B::commit(session).await.context(operation)
     }
 
-    async fn put_outreach_replies(&self, users: &[OutreachUser]) -> Result<(), StoreError> {
+    async fn keep_superseded_calls(
+        &self,
+        users: &[OutreachUser],
+        decisions: &[DecisionRecord],
+    ) -> Result<(), StoreError> {
         let operation = || {
             format!(
-                "keep {} Outreach users as Outreach returned them",
-                users.len()
+                "keep {} Outreach users as Outreach returned them and the {} decisions that \
+                 called it",
+                users.len(),
+                decisions.len()
             )
         };
         let mut session = self.session(Access::Write).await.context(operation)?;
         put_outreach_users(&mut session, users, true).await?;
+        for decision in decisions {
+            session.append_decision(decision).await.context(|| {
+                format!(
+                    "append a superseded {} decision of event {}",
+                    decision.action, decision.event_id
+                )
+            })?;
+        }
         B::commit(session).await.context(operation)
     }
 
