@@ -10,7 +10,9 @@
 //!
 //! The scenarios of issue 4: the seed example in both orders; a thousand random changes whose
 //! end state must equal what `usersync decide` computes from the same events; `kill -9` of the
-//! processor and of the subscriber mid-run.
+//! processor and of the subscriber mid-run. And two processor replicas sharing a PostgreSQL store
+//! under random email changes (that one also needs `USERSYNC_TEST_DATABASE_URL`, under the same
+//! rule).
 //!
 //! Each test uses its own topics and consumer group, so tests share one broker safely.
 
@@ -30,8 +32,11 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+use usersync::engine::decision::{Action, DecisionRecord};
 use usersync::engine::settings::SyncSettings;
 use usersync::engine::state::{Mapping, SalesforceUser};
+use usersync::event::UserChange;
 use usersync::outreach::{OutreachUser, OutreachUserId};
 use usersync::salesforce::id::SalesforceId;
 use usersync::scenario::OutputDecision;
@@ -106,6 +111,25 @@ impl Process {
         lines
     }
 
+    /// SIGSTOP: the process, its Kafka client's threads included, stands still until
+    /// [`Process::resume`].
+    fn suspend(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {}: {status}", self.name);
+    }
+
     /// SIGKILL: no drain, no flush, no commit.
     fn kill_hard(mut self) {
         self.child.kill().unwrap();
@@ -152,7 +176,14 @@ struct World {
 }
 
 impl World {
+    /// The simulators, with the store in a SQLite file of the test's folder.
     async fn start(brokers: &str) -> World {
+        World::start_on(brokers, None).await
+    }
+
+    /// The simulators, with the store at `store_url` when given (a PostgreSQL database the
+    /// roles share), else in a SQLite file of the test's folder.
+    async fn start_on(brokers: &str, store_url: Option<&str>) -> World {
         let dir = tempfile::tempdir().unwrap();
         let key = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -204,7 +235,9 @@ impl World {
             .await
             .unwrap();
         let tag = format!("{:08x}", rand::random::<u32>());
-        let url = format!("sqlite://{}", dir.path().join("usersync.db").display());
+        let url = store_url
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("usersync.db").display()));
         let store = usersync::store::open(&url).await.unwrap();
         use usersync::sim::outreach as o;
         use usersync::sim::salesforce as s;
@@ -305,6 +338,44 @@ impl World {
 
     fn role(&self, role: &str) -> Process {
         Process::spawn(role, &[role], &self.env, self.dir.path())
+    }
+
+    /// One more `usersync processor` in the same consumer group, logging to `{name}.log`. It
+    /// gets an Outreach authorization of its own: Outreach rotates the refresh token at every
+    /// mint, so two replicas sharing one would lock each other out.
+    async fn processor_replica(&self, name: &str) -> Process {
+        let tokens: Value = self
+            .http
+            .post(format!("{}/_sim/tokens", self.outreach_url))
+            .json(&json!({"scopes": ["users.all"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut env = self.env.clone();
+        env.retain(|(k, _)| {
+            k != "USERSYNC_OUTREACH__REFRESH_TOKEN" && k != "USERSYNC_OUTREACH__TOKEN_FILE"
+        });
+        env.push((
+            "USERSYNC_OUTREACH__REFRESH_TOKEN".to_owned(),
+            tokens["refresh_token"].as_str().unwrap().to_owned(),
+        ));
+        env.push((
+            "USERSYNC_OUTREACH__TOKEN_FILE".to_owned(),
+            self.dir
+                .path()
+                .join(format!("{name}-tokens.json"))
+                .display()
+                .to_string(),
+        ));
+        Process::spawn(name, &["processor"], &env, self.dir.path())
+    }
+
+    /// The text a role process has logged so far.
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
     async fn call(&self, method: reqwest::Method, url: String, body: Option<Value>) -> Value {
@@ -463,12 +534,21 @@ where
     let deadline = tokio::time::Instant::now() + wait;
     while !check().await {
         if tokio::time::Instant::now() >= deadline {
-            let logs: Vec<String> = ["subscriber", "processor"]
+            let mut roles: Vec<String> = std::fs::read_dir(world.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|entry| {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let role = name.strip_suffix(".log")?;
+                    (!role.starts_with("sim-")).then(|| role.to_owned())
+                })
+                .collect();
+            roles.sort();
+            let logs: Vec<String> = roles
                 .iter()
                 .map(|role| {
-                    let text =
-                        std::fs::read_to_string(world.dir.path().join(format!("{role}.log")))
-                            .unwrap_or_default();
+                    let text = world.log(role);
                     let tail: Vec<&str> = text.lines().rev().take(15).collect();
                     format!("--- {role} (last lines, newest first)\n{}", tail.join("\n"))
                 })
@@ -640,33 +720,40 @@ async fn a_subscriber_killed_mid_run_resumes_and_nothing_is_lost() {
     assert_eq!(world.outreach_users().await.len(), ids.len());
 }
 
-/// Reads one topic of the broker from the beginning, as a plain consumer outside any group,
-/// and asks the broker what a consumer group has committed on it.
+/// Reads one topic of the broker from the beginning, every partition, as a plain consumer
+/// outside any group, and asks the broker what a consumer group has committed on it.
 struct TopicReader {
     consumer: BaseConsumer,
     brokers: String,
     topic: String,
+    partitions: i32,
+    /// In the order read: per partition the order written, across partitions any.
     events: Vec<Value>,
+    /// The offset after the last record read, per partition.
+    read_to: BTreeMap<i32, i64>,
 }
 
 impl TopicReader {
-    fn new(brokers: &str, topic: &str) -> TopicReader {
+    fn new(brokers: &str, topic: &str, partitions: i32) -> TopicReader {
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", "usersync-e2e-reader")
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
-        let mut partitions = TopicPartitionList::new();
-        partitions
-            .add_partition_offset(topic, 0, Offset::Beginning)
-            .unwrap();
-        consumer.assign(&partitions).unwrap();
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition_offset(topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&list).unwrap();
         TopicReader {
             consumer,
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
+            partitions,
             events: Vec::new(),
+            read_to: BTreeMap::new(),
         }
     }
 
@@ -686,40 +773,149 @@ impl TopicReader {
             };
             let payload = message.payload().expect("an event has a value");
             self.events.push(serde_json::from_slice(payload).unwrap());
+            self.read_to
+                .insert(message.partition(), message.offset() + 1);
         }
     }
 
-    /// The offset after the last record of partition 0.
-    /// `None` while the broker does not answer (the caller polls again).
-    fn end(&self) -> Option<i64> {
-        self.consumer
-            .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))
-            .map_err(|e| eprintln!("topic reader: watermarks of {}: {e}", self.topic))
-            .ok()
-            .map(|(_, high)| high)
+    /// Whether every record on the topic has been read.
+    fn caught_up(&self) -> bool {
+        let read: Vec<i64> = (0..self.partitions)
+            .map(|p| self.read_to.get(&p).copied().unwrap_or(0))
+            .collect();
+        self.end() == Some(read)
     }
 
-    /// What `group` has committed on partition 0 (`None` before its first commit).
-    fn committed(&self, group: &str) -> Option<i64> {
+    /// The offset after the last record of each partition.
+    /// `None` while the broker does not answer (the caller polls again).
+    fn end(&self) -> Option<Vec<i64>> {
+        (0..self.partitions)
+            .map(|partition| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, partition, Duration::from_secs(10))
+                    .map_err(|e| eprintln!("topic reader: watermarks of {}: {e}", self.topic))
+                    .ok()
+                    .map(|(_, high)| high)
+            })
+            .collect()
+    }
+
+    /// What `group` has committed on each partition (0 where it has committed nothing yet).
+    /// `None` while the broker does not answer.
+    fn committed(&self, group: &str) -> Option<Vec<i64>> {
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", group)
             .create()
             .unwrap();
-        let mut partitions = TopicPartitionList::new();
-        partitions.add_partition(&self.topic, 0);
-        let committed = match consumer.committed_offsets(partitions, Duration::from_secs(10)) {
+        let mut list = TopicPartitionList::new();
+        for partition in 0..self.partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        let committed = match consumer.committed_offsets(list, Duration::from_secs(10)) {
             Ok(committed) => committed,
             Err(e) => {
                 eprintln!("topic reader: offsets of {group}: {e}");
                 return None;
             }
         };
-        match committed.elements()[0].offset() {
-            Offset::Offset(offset) => Some(offset),
-            _ => None,
-        }
+        Some(
+            committed
+                .elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(offset) => offset,
+                    _ => 0,
+                })
+                .collect(),
+        )
     }
+
+    /// Whether `group` has committed past every record on the topic.
+    fn all_processed(&self, group: &str) -> bool {
+        let end = self.end();
+        end.is_some() && self.committed(group) == end
+    }
+}
+
+/// The seed of the random changes: `USERSYNC_TEST_SEED` to replay a run, else a new one.
+fn test_seed() -> u64 {
+    let seed = std::env::var("USERSYNC_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("random changes from seed {seed} (set USERSYNC_TEST_SEED to replay)");
+    seed
+}
+
+/// Outreach users with these emails (ids 1, 2, …) that exist before usersync starts, unmapped:
+/// the index load finds them. Returned as a scenario's `outreach_users`.
+async fn seed_outreach_users(world: &World, emails: &[String]) -> Vec<Value> {
+    let mut before = Vec::new();
+    for (n, email) in emails.iter().enumerate() {
+        let user = json!({"id": n + 1, "email": email, "first_name": format!("o{n}"),
+                          "last_name": "Lee", "locked": false});
+        world
+            .call(
+                reqwest::Method::POST,
+                format!("{}/_sim/users", world.outreach_url),
+                Some(user.clone()),
+            )
+            .await;
+        before.push(user);
+    }
+    before
+}
+
+/// The replay id of the Salesforce simulator's last change event.
+async fn last_replay_id(world: &World) -> String {
+    let state = world
+        .call(
+            reqwest::Method::GET,
+            format!("{}/_sim/state", world.salesforce_url),
+            None,
+        )
+        .await;
+    state["latest_replay_id"].as_str().unwrap().to_owned()
+}
+
+/// Reads on; whether the event with replay id `last` and at least `published` events are on the
+/// topic, and every record on it is read.
+fn read_all(topic: &mut TopicReader, last: &str, published: usize) -> bool {
+    topic.read();
+    let last_is_in = topic
+        .events
+        .iter()
+        .any(|e| e["origin"]["replay_id"].as_str() == Some(last));
+    last_is_in && topic.events.len() >= published && topic.caught_up()
+}
+
+/// Done when the Salesforce simulator's last change event and at least `published` events are
+/// on the topic, and all of them read here.
+async fn until_all_published(world: &World, topic: &mut TopicReader, published: usize) {
+    let last = last_replay_id(world).await;
+    let reader = std::sync::Mutex::new(topic);
+    until(world, "every change is published", || async {
+        read_all(&mut reader.lock().unwrap(), &last, published)
+    })
+    .await;
+}
+
+/// [`until_all_published`], and the processors' group has committed past every event.
+async fn until_all_processed(world: &World, topic: &mut TopicReader, published: usize) {
+    let last = last_replay_id(world).await;
+    let group = world.var("USERSYNC_PROCESSOR__GROUP_ID").to_owned();
+    let reader = std::sync::Mutex::new(topic);
+    until_within(
+        world,
+        "every change is published and processed",
+        Duration::from_secs(300),
+        || async {
+            let mut topic = reader.lock().unwrap();
+            read_all(&mut topic, &last, published) && topic.all_processed(&group)
+        },
+    )
+    .await;
 }
 
 /// Random changes to Salesforce users through the simulator's control API, drawn from a seeded
@@ -732,6 +928,34 @@ struct RandomChanges {
     users: Vec<String>,
     /// Change events the simulator published.
     published: usize,
+    /// How often each kind of step is drawn, out of their sum.
+    weights: Weights,
+    /// The chance that a change is to the user the previous step changed or created: changes
+    /// of one user in quick succession, under different emails when they move.
+    repeat: f64,
+    last: Option<String>,
+}
+
+/// The relative frequency of each kind of random step.
+#[derive(Debug, Clone, Copy)]
+struct Weights {
+    create: u32,
+    rename: u32,
+    email: u32,
+    deactivate: u32,
+    activate: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            create: 20,
+            rename: 30,
+            email: 15,
+            deactivate: 20,
+            activate: 15,
+        }
+    }
 }
 
 impl RandomChanges {
@@ -741,7 +965,20 @@ impl RandomChanges {
             pool,
             users: Vec::new(),
             published: 0,
+            weights: Weights::default(),
+            repeat: 0.0,
+            last: None,
         }
+    }
+
+    fn with_weights(mut self, weights: Weights) -> RandomChanges {
+        self.weights = weights;
+        self
+    }
+
+    fn with_repeats(mut self, repeat: f64) -> RandomChanges {
+        self.repeat = repeat;
+        self
     }
 
     fn email(&mut self) -> String {
@@ -757,30 +994,40 @@ impl RandomChanges {
         let email = self.email();
         let id = world.create_salesforce_user(&name, &email).await;
         self.users.push(id.clone());
+        self.last = Some(id.clone());
         self.published += 1;
         id
     }
 
     /// One random write; counts the change events it published (none when nothing changed).
     async fn step(&mut self, world: &World) {
-        let roll = self.rng.random_range(0..100);
-        if self.users.is_empty() || roll < 20 {
+        let w = self.weights;
+        let mut roll = self
+            .rng
+            .random_range(0..w.create + w.rename + w.email + w.deactivate + w.activate);
+        if self.users.is_empty() || roll < w.create {
             self.create(world).await;
             return;
         }
-        let user = self.users[self.rng.random_range(0..self.users.len())].clone();
-        let fields = match roll {
-            20..50 => {
-                let n = self.rng.random_range(0..1000);
-                if self.rng.random_bool(0.5) {
-                    json!({"Title": format!("T{n}")})
-                } else {
-                    json!({"FirstName": format!("F{n}")})
-                }
+        roll -= w.create;
+        let user = match self.last.clone() {
+            Some(last) if self.repeat > 0.0 && self.rng.random_bool(self.repeat) => last,
+            _ => self.users[self.rng.random_range(0..self.users.len())].clone(),
+        };
+        self.last = Some(user.clone());
+        let fields = if roll < w.rename {
+            let n = self.rng.random_range(0..1000);
+            if self.rng.random_bool(0.5) {
+                json!({"Title": format!("T{n}")})
+            } else {
+                json!({"FirstName": format!("F{n}")})
             }
-            50..65 => json!({"Email": self.email()}),
-            65..85 => json!({"IsActive": false}),
-            _ => json!({"IsActive": true}),
+        } else if roll < w.rename + w.email {
+            json!({"Email": self.email()})
+        } else if roll < w.rename + w.email + w.deactivate {
+            json!({"IsActive": false})
+        } else {
+            json!({"IsActive": true})
         };
         let answer = world
             .call(
@@ -790,6 +1037,23 @@ impl RandomChanges {
             )
             .await;
         self.published += answer["events"].as_u64().unwrap() as usize;
+    }
+
+    /// Each user changes its email twice in a row (to emails drawn as usual).
+    async fn move_each_user_twice(&mut self, world: &World) {
+        for user in self.users.clone() {
+            for _ in 0..2 {
+                let email = self.email();
+                let answer = world
+                    .call(
+                        reqwest::Method::PATCH,
+                        format!("{}/_sim/users/{user}", world.salesforce_url),
+                        Some(json!({ "Email": email })),
+                    )
+                    .await;
+                self.published += answer["events"].as_u64().unwrap() as usize;
+            }
+        }
     }
 }
 
@@ -862,26 +1126,9 @@ async fn a_thousand_random_changes_end_where_usersync_decide_says() {
     let Some(brokers) = brokers() else { return };
     let mut world = World::start(&brokers).await;
     world.set("USERSYNC_KAFKA__PARTITIONS", "1");
-    let seed = std::env::var("USERSYNC_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    eprintln!("random changes from seed {seed} (set USERSYNC_TEST_SEED to replay)");
+    let seed = test_seed();
     let pool: Vec<String> = (0..30).map(|n| format!("p{n}@acme.example")).collect();
-    // Outreach users that exist before usersync starts, unmapped: the index load finds them.
-    let mut before = Vec::new();
-    for (n, email) in pool.iter().take(10).enumerate() {
-        let user = json!({"id": n + 1, "email": email, "first_name": format!("o{n}"),
-                          "last_name": "Lee", "locked": false});
-        world
-            .call(
-                reqwest::Method::POST,
-                format!("{}/_sim/users", world.outreach_url),
-                Some(user.clone()),
-            )
-            .await;
-        before.push(user);
-    }
+    let before = seed_outreach_users(&world, &pool[..10]).await;
 
     // Locking inactive users too, so lock and unlock decisions are part of the comparison.
     let mut settings = SyncSettings::default();
@@ -906,34 +1153,8 @@ async fn a_thousand_random_changes_end_where_usersync_decide_says() {
         changes.step(&world).await;
     }
 
-    // Done when the simulator's last change event is on the topic and the processor has
-    // committed past everything on it.
-    let state = world
-        .call(
-            reqwest::Method::GET,
-            format!("{}/_sim/state", world.salesforce_url),
-            None,
-        )
-        .await;
-    let last = state["latest_replay_id"].as_str().unwrap().to_owned();
-    let mut topic = TopicReader::new(&brokers, world.var("USERSYNC_KAFKA__TOPIC"));
-    let group = world.var("USERSYNC_PROCESSOR__GROUP_ID").to_owned();
-    let reader = std::sync::Mutex::new(&mut topic);
-    until_within(
-        &world,
-        "every change is published and processed",
-        Duration::from_secs(300),
-        || async {
-            let mut topic = reader.lock().unwrap();
-            topic.read();
-            let published = topic
-                .events
-                .iter()
-                .any(|e| e["origin"]["replay_id"].as_str() == Some(last.as_str()));
-            published && topic.end().is_some() && topic.committed(&group) == topic.end()
-        },
-    )
-    .await;
+    let mut topic = TopicReader::new(&brokers, world.var("USERSYNC_KAFKA__TOPIC"), 1);
+    until_all_processed(&world, &mut topic, changes.published).await;
     subscriber.stop();
     processor.stop();
     topic.read();
@@ -983,21 +1204,13 @@ async fn a_thousand_random_changes_end_where_usersync_decide_says() {
     let expected: Vec<(String, i64)> = expected.into_iter().collect();
     assert_same("mappings", seed, &actual, &expected);
 
-    let mut recorded = Vec::new();
-    let mut query = DecisionQuery {
-        limit: 500,
-        ..DecisionQuery::default()
-    };
-    loop {
-        let page = world.store.decisions(&query).await.unwrap();
-        recorded.extend(page.records.into_iter().map(|(_, record)| {
+    let mut recorded: Vec<Value> = decision_log(world.store.as_ref())
+        .await
+        .into_iter()
+        .map(|(_, record)| {
             decision_projection(&serde_json::to_value(OutputDecision::from(record)).unwrap())
-        }));
-        match page.next_after {
-            Some(after) => query.after = Some(after),
-            None => break,
-        }
-    }
+        })
+        .collect();
     recorded.reverse();
     let expected: Vec<Value> = decided["decisions"]
         .as_array()
@@ -1020,4 +1233,555 @@ async fn a_thousand_random_changes_end_where_usersync_decide_says() {
         );
     }
     assert_same("decisions", seed, &recorded, &expected);
+}
+
+const DATABASE_URL_VAR: &str = "USERSYNC_TEST_DATABASE_URL";
+
+/// A PostgreSQL database of one test's own, created on the server `USERSYNC_TEST_DATABASE_URL`
+/// names (`scripts/postgres.sh`), dropped when the test passes and left for inspection when it
+/// fails.
+struct Database {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    /// `None`, after a notice, when no server is named outside CI; in CI that fails.
+    async fn create() -> Option<Database> {
+        let server = match std::env::var(DATABASE_URL_VAR) {
+            Ok(url) if !url.trim().is_empty() => url,
+            _ if std::env::var_os("CI").is_some() => panic!(
+                "{DATABASE_URL_VAR} is not set, but CI is: the replica test needs PostgreSQL. \
+                 Run scripts/test.sh, which starts one and sets it."
+            ),
+            _ => {
+                eprintln!("{DATABASE_URL_VAR} is not set: the replica test is skipped");
+                return None;
+            }
+        };
+        let name = format!("usersync_e2e_{:016x}", rand::random::<u64>());
+        let mut admin = sqlx::PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {DATABASE_URL_VAR}: {e}"));
+        admin
+            .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+        admin.close().await.unwrap();
+        let mut url = url::Url::parse(&server).unwrap();
+        url.set_path(&format!("/{name}"));
+        Some(Database {
+            server,
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    async fn drop_database(self) {
+        let mut admin = sqlx::PgConnection::connect(&self.server).await.unwrap();
+        admin
+            .execute(format!("DROP DATABASE \"{}\" WITH (FORCE)", self.name).as_str())
+            .await
+            .unwrap_or_else(|e| panic!("drop database {}: {e}", self.name));
+    }
+}
+
+/// The partitions a processor's log says it holds now: those of its last assignment.
+fn assigned_partitions(log: &str) -> Vec<i32> {
+    let Some(line) = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("partitions assigned"))
+    else {
+        return Vec::new();
+    };
+    let list = line
+        .rsplit_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(list, _)| list)
+        .unwrap_or_default();
+    list.split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// How many records the processors' logs say the store refused as decided on a changed state.
+fn record_conflicts(world: &World, replicas: &[&str]) -> usize {
+    replicas
+        .iter()
+        .map(|name| {
+            world
+                .log(name)
+                .lines()
+                .filter(|l| l.contains("deciding it again on the new state"))
+                .count()
+        })
+        .sum()
+}
+
+/// The events in the order the store recorded them: by the sequence of each event's last
+/// decision in the log, which is one of those recorded with it (the decisions of attempts the
+/// store refused were logged before). Every event on the topic must have been recorded.
+async fn in_recorded_order(store: &dyn Store, events: &[Value]) -> Vec<Value> {
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for (sequence, record) in decision_log(store).await {
+        let at = last.entry(record.event_id).or_insert(sequence);
+        *at = (*at).max(sequence);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut ordered: Vec<(i64, Value)> = events
+        .iter()
+        .filter(|e| seen.insert(e["event_id"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            let id = e["event_id"].as_str().unwrap();
+            let sequence = *last.get(id).unwrap_or_else(|| {
+                panic!("event {id} is on the topic but not in the decision log")
+            });
+            (sequence, e.clone())
+        })
+        .collect();
+    ordered.sort_by_key(|(sequence, _)| *sequence);
+    ordered.into_iter().map(|(_, e)| e).collect()
+}
+
+/// Outreach users by (normalized) email, without the id: two runs number created users in the
+/// order their creates happened, and Outreach keeps one user per email.
+fn by_email(users: &[Value]) -> BTreeMap<String, Value> {
+    users
+        .iter()
+        .map(|user| {
+            let mut projected = outreach_projection(user);
+            projected.as_object_mut().unwrap().remove("id");
+            (user["email"].as_str().unwrap().to_lowercase(), projected)
+        })
+        .collect()
+}
+
+/// Mappings as Salesforce id → the email of the Outreach user, from ids and a user list.
+fn mapped_emails(
+    mappings: impl IntoIterator<Item = (String, i64)>,
+    users: &[Value],
+) -> BTreeMap<String, String> {
+    let email_of: BTreeMap<i64, String> = users
+        .iter()
+        .map(|u| {
+            (
+                u["id"].as_i64().unwrap(),
+                u["email"].as_str().unwrap().to_lowercase(),
+            )
+        })
+        .collect();
+    mappings
+        .into_iter()
+        .map(|(salesforce, outreach)| (salesforce, email_of[&outreach].clone()))
+        .collect()
+}
+
+fn decided_mappings(decided: &Value) -> Vec<(String, i64)> {
+    decided["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["salesforce_user_id"].as_str().unwrap().to_owned(),
+                m["outreach_user_id"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// What the replicas left against what `usersync decide` computes from the same events in the
+/// order the store recorded them: the Salesforce users' last-known state, the mappings (by the
+/// Outreach user's email), and every Outreach user `decide` has. An Outreach user `decide` does
+/// not have must be one a superseded decision created (a call made on a state that proved stale
+/// cannot be taken back): unmapped, and named by a `create` in the log. Returns the emails
+/// mapped on both sides.
+async fn assert_replicas_match_decide(
+    world: &World,
+    seed: u64,
+    settings: &SyncSettings,
+    before: &[Value],
+    events: &[Value],
+) -> (BTreeMap<String, String>, Value) {
+    // The last-known Salesforce users: each user's newest event, whatever the order.
+    let mut newest: BTreeMap<SalesforceId, UserChange> = BTreeMap::new();
+    for value in events {
+        let event = UserChange::from_json(&serde_json::to_vec(value).unwrap()).unwrap();
+        let id = event.salesforce_user_id().unwrap();
+        let replace = newest
+            .get(&id)
+            .is_none_or(|known| event.position().compare(&known.position()).is_gt());
+        if replace {
+            newest.insert(id, event);
+        }
+    }
+    for (id, event) in &newest {
+        let expected = SalesforceUser::from_event(id.clone(), event);
+        let stored = world.store.salesforce_user(id).await.unwrap();
+        assert_eq!(
+            stored.as_ref(),
+            Some(&expected),
+            "the last-known state of Salesforce user {id} is not its newest event's (seed {seed})"
+        );
+    }
+
+    let ordered = in_recorded_order(world.store.as_ref(), events).await;
+    let scenario = json!({
+        "settings": settings,
+        "outreach_users": before,
+        "salesforce_users": [],
+        "mappings": [],
+        "events": ordered,
+    });
+    let decided = support::usersync_decide(world.dir.path(), &scenario);
+    let decided_users = decided["outreach_users"].as_array().unwrap().clone();
+    let actual_users = world.outreach_users().await;
+
+    let expected = mapped_emails(decided_mappings(&decided), &decided_users);
+    let actual = mapped_emails(world.mappings().await, &actual_users);
+    let (expected_list, actual_list): (Vec<_>, Vec<_>) = (
+        expected.clone().into_iter().collect(),
+        actual.into_iter().collect(),
+    );
+    assert_same("mappings", seed, &actual_list, &expected_list);
+
+    let decided_emails = by_email(&decided_users);
+    let actual_emails = by_email(&actual_users);
+    for email in decided_emails.keys() {
+        assert!(
+            actual_emails.contains_key(email),
+            "usersync decide has an Outreach user {email}, Outreach does not (seed {seed})"
+        );
+    }
+    let mapped: std::collections::BTreeSet<&String> = expected.values().collect();
+    let created: std::collections::BTreeSet<i64> = decision_log(world.store.as_ref())
+        .await
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.action == Action::Create)
+        .filter_map(|r| r.outreach_user_id.map(|id| id.0))
+        .collect();
+    for user in &actual_users {
+        let email = user["email"].as_str().unwrap().to_lowercase();
+        if decided_emails.contains_key(&email) {
+            continue;
+        }
+        assert!(
+            !mapped.contains(&email),
+            "{email} is mapped but usersync decide has no such user (seed {seed})"
+        );
+        assert!(
+            created.contains(&user["id"].as_i64().unwrap()),
+            "Outreach user {user} is neither decide's nor created by a decision in the log \
+             (seed {seed})"
+        );
+    }
+    (expected, decided)
+}
+
+/// The end state as the two simulators show it, judged by the rules alone, without `usersync
+/// decide`: for every email that exactly one active Salesforce user of `users` has (by the
+/// Salesforce simulator), Outreach has exactly one user with that email, and it is mapped. It is
+/// mapped to that Salesforce user and shows its names, title and id, unless its holder is an
+/// active user that has moved to another email since the link was made (usersync keeps such a
+/// link: `email_diverged`, and the newcomer is in conflict). An email whose only active user
+/// holds such a link itself, to an Outreach user of an email it had before, is left out:
+/// usersync neither creates nor links for a mapped user. Call it after every user's last
+/// change was processed by one replica, so each group was last decided on its final state.
+/// Returns how many emails were checked.
+async fn assert_one_mapped_outreach_user_per_active_email(
+    world: &World,
+    seed: u64,
+    users: &[String],
+) -> usize {
+    let ours: std::collections::BTreeSet<SalesforceId> = users
+        .iter()
+        .map(|id| SalesforceId::parse(id).unwrap())
+        .collect();
+    let records = world
+        .call(
+            reqwest::Method::GET,
+            format!("{}/_sim/users", world.salesforce_url),
+            None,
+        )
+        .await;
+    let salesforce: BTreeMap<SalesforceId, Value> = records
+        .as_array()
+        .expect("the Salesforce simulator lists its users")
+        .iter()
+        .map(|r| {
+            (
+                SalesforceId::parse(r["Id"].as_str().unwrap()).unwrap(),
+                r.clone(),
+            )
+        })
+        .filter(|(id, _)| ours.contains(id))
+        .collect();
+    assert_eq!(
+        salesforce.len(),
+        ours.len(),
+        "the simulator lists every user made"
+    );
+    let email_of = |record: &Value| record["Email"].as_str().map(|e| e.trim().to_lowercase());
+    let is_active = |record: &Value| record["IsActive"] == json!(true);
+    let mut active_by_email: BTreeMap<String, Vec<&SalesforceId>> = BTreeMap::new();
+    for (id, record) in &salesforce {
+        if let (true, Some(email)) = (is_active(record), email_of(record)) {
+            active_by_email.entry(email).or_default().push(id);
+        }
+    }
+
+    let outreach = world.outreach_users().await;
+    let outreach_email: BTreeMap<i64, String> = outreach
+        .iter()
+        .map(|u| {
+            (
+                u["id"].as_i64().unwrap(),
+                u["email"].as_str().unwrap().to_lowercase(),
+            )
+        })
+        .collect();
+    let mappings = world.mappings().await;
+    let holder_of: BTreeMap<i64, SalesforceId> = mappings
+        .iter()
+        .map(|(salesforce, outreach)| (*outreach, SalesforceId::parse(salesforce).unwrap()))
+        .collect();
+
+    let (mut checked, mut holding_elsewhere, mut held_by_a_mover) = (0, 0, 0);
+    for (email, active) in &active_by_email {
+        let [x] = active.as_slice() else { continue };
+        let x_record = &salesforce[*x];
+        if let Some(held) = mappings.get(x.as_str())
+            && outreach_email.get(held) != Some(email)
+        {
+            holding_elsewhere += 1;
+            continue;
+        }
+        checked += 1;
+        let with_email: Vec<&Value> = outreach
+            .iter()
+            .filter(|u| u["email"].as_str().unwrap().to_lowercase() == *email)
+            .collect();
+        let [o] = with_email.as_slice() else {
+            panic!(
+                "{email} has one active Salesforce user, {x}, and {} Outreach users: \
+                 {with_email:?} (seed {seed})",
+                with_email.len()
+            );
+        };
+        let id = o["id"].as_i64().unwrap();
+        let holder = holder_of.get(&id).unwrap_or_else(|| {
+            panic!(
+                "Outreach user {id} ({email}) is mapped to nobody, though {x} is the only \
+                 active user of its email (seed {seed})"
+            )
+        });
+        if holder != *x {
+            let moved = salesforce
+                .get(holder)
+                .filter(|record| is_active(record) && email_of(record).as_ref() != Some(email));
+            assert!(
+                moved.is_some(),
+                "Outreach user {id} ({email}) is mapped to {holder}, neither {x}, the only \
+                 active user of its email, nor an active user that moved to another email \
+                 (seed {seed})"
+            );
+            held_by_a_mover += 1;
+            continue;
+        }
+        let shown = json!([o["first_name"], o["last_name"], o["title"], o["custom"][0]]);
+        let expected = json!([
+            x_record["FirstName"],
+            x_record["LastName"],
+            x_record["Title"],
+            x.as_str()
+        ]);
+        assert_eq!(
+            shown, expected,
+            "Outreach user {id} ({email}) does not show its Salesforce user {x}: \
+             [first, last, title, id] (seed {seed})"
+        );
+    }
+    eprintln!(
+        "{checked} emails with one active user checked against the simulators ({held_by_a_mover} \
+         of them held by a user that moved on); {holding_elsewhere} left out, their user \
+         holding an Outreach user of an earlier email (seed {seed})"
+    );
+    checked
+}
+
+/// The whole decision log, newest first, with each decision's sequence number.
+async fn decision_log(store: &dyn Store) -> Vec<(i64, DecisionRecord)> {
+    let mut all = Vec::new();
+    let mut query = DecisionQuery {
+        limit: 500,
+        ..DecisionQuery::default()
+    };
+    loop {
+        let page = store.decisions(&query).await.unwrap();
+        all.extend(page.records);
+        match page.next_after {
+            Some(after) => query.after = Some(after),
+            None => break,
+        }
+    }
+    all
+}
+
+/// Two `usersync processor` replicas in one consumer group share a PostgreSQL store and six
+/// partitions, under random changes in which users keep moving between a few emails. A user's
+/// email change puts its events under two keys, so two partitions, so the replicas decide
+/// about the same users at the same time; the store's version check must make their records
+/// take turns, and each refused record is decided again. The changes end with a burst the
+/// replicas find waiting (they are suspended while it is published): every user moves twice in
+/// a row, so the two events of a user are decided side by side, with nothing after them.
+///
+/// What is compared: the broker chooses the order across keys, so `usersync decide` runs on the
+/// events in the order the store recorded them. With the check, the recorded history is that
+/// serial run: the same last-known Salesforce users, the same mappings, every Outreach user
+/// `decide` creates (see [`assert_replicas_match_decide`]). What a call made on a stale state
+/// did to an Outreach user's names cannot be undone by the store, so names are compared after
+/// a settling pass on one replica (one more change of every user), where usersync brings every
+/// Outreach user mapped to an active Salesforce user of the same email in line with it. Then
+/// the end state is judged once more from the two simulators alone, without `decide`
+/// ([`assert_one_mapped_outreach_user_per_active_email`]).
+///
+/// Without the check most runs fail: an older event of a user recorded after a newer one of
+/// the same user (under its other email) leaves a stale last-known state, and the mappings
+/// built on it differ from `decide`'s.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processor_replicas_under_email_changes_end_where_usersync_decide_says() {
+    const CHANGES: usize = 800;
+    const PARTITIONS: i32 = 6;
+    let Some(brokers) = brokers() else { return };
+    let Some(database) = Database::create().await else {
+        return;
+    };
+    let mut world = World::start_on(&brokers, Some(&database.url)).await;
+    world.set("USERSYNC_KAFKA__PARTITIONS", &PARTITIONS.to_string());
+    // The replicas stand still while the closing burst is published: longer than that.
+    world.set("USERSYNC_PROCESSOR__SESSION_TIMEOUT_MS", "30000");
+    let seed = test_seed();
+    let pool: Vec<String> = (0..8).map(|n| format!("p{n}@acme.example")).collect();
+    let before = seed_outreach_users(&world, &pool[..4]).await;
+    let settings = SyncSettings::default();
+    world.store.save_settings(&settings).await.unwrap();
+
+    // Both replicas hold partitions before the first change, so both work from the start.
+    let first = world.role("processor");
+    let second = world.processor_replica("processor-2").await;
+    until(&world, "the two replicas share the partitions", || async {
+        let (a, b) = (
+            assigned_partitions(&world.log("processor")),
+            assigned_partitions(&world.log("processor-2")),
+        );
+        !a.is_empty() && !b.is_empty() && a.len() + b.len() == PARTITIONS as usize
+    })
+    .await;
+
+    let subscriber = world.role("subscriber");
+    let mut changes = RandomChanges::new(seed, pool)
+        .with_weights(Weights {
+            create: 15,
+            rename: 15,
+            email: 45,
+            deactivate: 13,
+            activate: 12,
+        })
+        .with_repeats(0.5);
+    let opening = changes.create(&world).await;
+    until(&world, "the first user is applied", || async {
+        world
+            .store
+            .salesforce_user(&SalesforceId::parse(&opening).unwrap())
+            .await
+            .unwrap()
+            .and_then(|u| u.applied)
+            .is_some()
+    })
+    .await;
+    while changes.published < CHANGES {
+        changes.step(&world).await;
+    }
+    let mut topic = TopicReader::new(&brokers, world.var("USERSYNC_KAFKA__TOPIC"), PARTITIONS);
+    // The last events of every user: two moves in a row, under two keys, so mostly on the
+    // partitions of both replicas. They find them waiting and work through them side by side,
+    // so the two events of a user are decided at about the same moment; nothing comes after
+    // them to repair a state one of them overwrote.
+    first.suspend();
+    second.suspend();
+    changes.move_each_user_twice(&world).await;
+    until_all_published(&world, &mut topic, changes.published).await;
+    first.resume();
+    second.resume();
+    until_all_processed(&world, &mut topic, changes.published).await;
+
+    let conflicts = record_conflicts(&world, &["processor", "processor-2"]);
+    eprintln!(
+        "{} events, {conflicts} records refused and decided again (seed {seed})",
+        topic.events.len()
+    );
+    assert!(
+        conflicts > 0,
+        "the replicas never decided on the same state at once: this run proves nothing \
+         (seed {seed})"
+    );
+    assert_replicas_match_decide(&world, seed, &settings, &before, &topic.events).await;
+
+    // Settle on one replica: one more change of every user, none of them concurrent.
+    second.stop();
+    for (n, user) in changes.users.clone().iter().enumerate() {
+        let answer = world
+            .call(
+                reqwest::Method::PATCH,
+                format!("{}/_sim/users/{user}", world.salesforce_url),
+                Some(json!({"Title": format!("settled {n}")})),
+            )
+            .await;
+        changes.published += answer["events"].as_u64().unwrap() as usize;
+    }
+    until_all_processed(&world, &mut topic, changes.published).await;
+    subscriber.stop();
+    first.stop();
+    topic.read();
+
+    let (mapped, decided) =
+        assert_replicas_match_decide(&world, seed, &settings, &before, &topic.events).await;
+    // usersync keeps an Outreach user in line with the Salesforce user it is mapped to while
+    // that user is active and still has its email (after an email change the link is kept but
+    // the Outreach user is left alone: `email_diverged`). The last-known states equal each
+    // user's newest event (checked above).
+    let mut kept_in_line = std::collections::BTreeSet::new();
+    for (salesforce, email) in &mapped {
+        let id = SalesforceId::parse(salesforce).unwrap();
+        let user = world.store.salesforce_user(&id).await.unwrap().unwrap();
+        if user.is_active && user.email_normalized().as_ref() == Some(email) {
+            kept_in_line.insert(email.clone());
+        }
+    }
+    let decided_users = by_email(decided["outreach_users"].as_array().unwrap());
+    let actual_users = by_email(&world.outreach_users().await);
+    let pick = |users: &BTreeMap<String, Value>| -> Vec<Value> {
+        users
+            .iter()
+            .filter(|(email, _)| kept_in_line.contains(*email))
+            .map(|(_, user)| user.clone())
+            .collect()
+    };
+    assert_same(
+        "Outreach users kept in line with their Salesforce users",
+        seed,
+        &pick(&actual_users),
+        &pick(&decided_users),
+    );
+    let checked =
+        assert_one_mapped_outreach_user_per_active_email(&world, seed, &changes.users).await;
+    assert!(
+        checked > 0,
+        "no email ended with exactly one active user: the check above proved nothing (seed {seed})"
+    );
+    drop(world);
+    database.drop_database().await;
 }
