@@ -23,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Timelike;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -638,6 +639,106 @@ async fn a_subscriber_killed_mid_run_resumes_and_nothing_is_lost() {
     processor.stop();
     assert_one_outreach_user_each(&world, &ids).await;
     assert_eq!(world.outreach_users().await.len(), ids.len());
+}
+
+/// The verified loss that placing snapshots by their stream position fixes: an UPDATE, then a
+/// change visible only through a gap re-read, both committed within one second. REST gives
+/// `LastModifiedDate` to the whole second, so a re-read placed by it sorted before the UPDATE
+/// (committed at .500 against .000) and was skipped as stale; Outreach kept the old last name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gap_re_read_in_the_same_second_as_a_change_reaches_outreach() {
+    let Some(brokers) = brokers() else { return };
+    let world = World::start(&brokers).await;
+    let subscriber = world.role("subscriber");
+    let processor = world.role("processor");
+    let id = world.create_salesforce_user("g", "gap@acme.example").await;
+    let last_name_in_outreach = || async {
+        world
+            .outreach_users()
+            .await
+            .iter()
+            .find(|u| u["email"] == "gap@acme.example")
+            .and_then(|u| u["last_name"].as_str().map(str::to_owned))
+    };
+    until(&world, "the user is created in Outreach", || async {
+        last_name_in_outreach().await.as_deref() == Some("Lee")
+    })
+    .await;
+
+    // Two commits in one second a little ahead: the UPDATE at .500, the GAP_UPDATE at .900.
+    let second = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .with_nanosecond(0)
+        .unwrap();
+    let clock = |ms: i64| {
+        let at = second + chrono::Duration::milliseconds(ms);
+        world.call(
+            reqwest::Method::POST,
+            format!("{}/_sim/faults/commit-clock", world.salesforce_url),
+            Some(json!({ "at": at })),
+        )
+    };
+    clock(500).await;
+    world
+        .call(
+            reqwest::Method::PATCH,
+            format!("{}/_sim/users/{id}", world.salesforce_url),
+            Some(json!({"LastName": "Brown"})),
+        )
+        .await;
+    clock(900).await;
+    world
+        .call(
+            reqwest::Method::POST,
+            format!("{}/_sim/faults/gap", world.salesforce_url),
+            Some(json!({"ids": [id], "fields": {"LastName": "Green"}})),
+        )
+        .await;
+    world
+        .call(
+            reqwest::Method::POST,
+            format!("{}/_sim/faults/commit-clock", world.salesforce_url),
+            Some(json!({ "at": null })),
+        )
+        .await;
+
+    until(&world, "Outreach shows the re-read's last name", || async {
+        last_name_in_outreach().await.as_deref() == Some("Green")
+    })
+    .await;
+    // The UPDATE was applied before the re-read, not skipped: the re-read won on its position.
+    let user = world
+        .store
+        .salesforce_user(&SalesforceId::parse(&id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let applied = user.applied.expect("the re-read is applied");
+    assert!(
+        applied.read_at.is_some(),
+        "a snapshot is the newest applied"
+    );
+    assert_eq!(
+        user.last_modified_date,
+        Some(second),
+        "REST gave the whole second"
+    );
+    let decisions = world
+        .store
+        .decisions(&DecisionQuery {
+            email: Some("gap@acme.example".into()),
+            ..DecisionQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        decisions
+            .records
+            .iter()
+            .all(|(_, d)| d.reason != usersync::engine::Reason::StaleEvent),
+        "nothing of this user was skipped as stale: {decisions:?}"
+    );
+    subscriber.stop();
+    processor.stop();
 }
 
 /// Reads one topic of the broker from the beginning, as a plain consumer outside any group,

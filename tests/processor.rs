@@ -19,7 +19,7 @@ use usersync::kafka::{ChangePublisher, KafkaConfig};
 use usersync::outreach::OutreachUserId;
 use usersync::processor::{Processor, ProcessorError, ProcessorStats, role};
 use usersync::salesforce::id::SalesforceId;
-use usersync::salesforce::snapshot::snapshot;
+use usersync::salesforce::snapshot::{ReadPosition, snapshot};
 use usersync::sim::outreach::{OutreachSim, SimConfig, SimUser};
 use usersync::store::{MappingFilter, Store};
 
@@ -105,8 +105,16 @@ fn sf_user(id: &str, email: &str, active: bool, modified: &str) -> SalesforceUse
     }
 }
 
+/// The user read through REST at its `last_modified_date`, before any commit was seen: later
+/// reads of the same user are newer.
 fn event(user: &SalesforceUser) -> UserChange {
-    snapshot(user, &SalesforceId::parse(ORG).unwrap(), chrono::Utc::now())
+    snapshot(
+        user,
+        &SalesforceId::parse(ORG).unwrap(),
+        &ReadPosition::default(),
+        user.last_modified_date
+            .expect("test users have a modification date"),
+    )
 }
 
 async fn produce(rig: &Rig, key: &str, payload: &[u8]) {

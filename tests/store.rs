@@ -194,6 +194,7 @@ store_suite!(
     last_known_users_batch_read_returns_only_known_ids,
     last_known_users_never_go_back_to_an_older_position,
     last_known_users_are_separate_per_org,
+    newest_commit_is_the_subscribers_newest_of_its_org,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -226,6 +227,7 @@ fn sf_user(n: u32, email: &str) -> SalesforceUser {
             commit_number: Some(1000 + i64::from(n)),
             commit_timestamp: at("2025-02-03T04:05:06.5Z"),
             sequence_number: Some(1),
+            read_at: None,
         }),
     }
 }
@@ -235,12 +237,14 @@ fn org_id(n: u32) -> SalesforceId {
     SalesforceId::parse(&format!("00D{n:012}")).expect("test org id")
 }
 
-/// A position of a change: with a commit number (CDC) or without (a snapshot).
+/// A position of a change: with a commit number, or without (a read made before any commit
+/// was seen).
 fn position(commit_number: Option<i64>, commit_timestamp: &str) -> Position {
     Position {
         commit_number,
         commit_timestamp: at(commit_timestamp),
         sequence_number: None,
+        read_at: None,
     }
 }
 
@@ -342,18 +346,29 @@ async fn migrations_run_twice_harmlessly(h: &Harness) {
     assert_eq!(again.salesforce_user(&user.id).await.unwrap(), Some(user));
     let third = h.reopen().await.expect("third open");
     assert!(!third.is_applied("nothing").await.unwrap());
-    // 0001_initial, 0002_subscriber_users and 0003_authorizations, each recorded once.
-    assert_eq!(h.count("_sqlx_migrations").await, 3);
+    // 0001_initial, 0002_subscriber_users, 0003_authorizations and 0004_snapshot_positions,
+    // each recorded once.
+    assert_eq!(h.count("_sqlx_migrations").await, 4);
 }
 
 async fn salesforce_users_round_trip(h: &Harness) {
     let full = sf_user(1, "Ann.Lee@Example.com ");
-    // A snapshot's position: no commit number, no sequence number.
+    // A snapshot's position: the commit it was read after and its read time, no sequence
+    // number.
     let mut snapshot = sf_user(2, "bob@example.com");
     snapshot.applied = Some(Position {
-        commit_number: None,
+        commit_number: Some(77),
         commit_timestamp: at("2025-03-04T05:06:07.000001Z"),
         sequence_number: None,
+        read_at: Some(at("2025-03-04T05:06:08.123457Z")),
+    });
+    // A read made before any commit was seen: its read time alone.
+    let mut unplaced = sf_user(4, "cy@example.com");
+    unplaced.applied = Some(Position {
+        commit_number: None,
+        commit_timestamp: at("2025-03-04T05:06:09.5Z"),
+        sequence_number: None,
+        read_at: Some(at("2025-03-04T05:06:09.5Z")),
     });
     // Everything optional absent.
     let bare = SalesforceUser {
@@ -368,7 +383,12 @@ async fn salesforce_users_round_trip(h: &Harness) {
         last_modified_date: None,
         applied: None,
     };
-    let users = [full.clone(), snapshot.clone(), bare.clone()];
+    let users = [
+        full.clone(),
+        snapshot.clone(),
+        unplaced.clone(),
+        bare.clone(),
+    ];
     h.store.put_salesforce_users(&users).await.unwrap();
     for user in &users {
         assert_eq!(
@@ -397,7 +417,7 @@ async fn salesforce_users_round_trip(h: &Harness) {
     };
     let state = h.store.load_state(&old_group).await.unwrap();
     assert_eq!(state.salesforce_users().count(), 0);
-    assert_eq!(h.count("salesforce_users").await, 3);
+    assert_eq!(h.count("salesforce_users").await, 4);
 }
 
 async fn outreach_users_round_trip(h: &Harness) {
@@ -644,6 +664,7 @@ async fn record_remaps_in_one_transaction(h: &Harness) {
         commit_number: Some(5000),
         commit_timestamp: at("2025-07-01T00:00:00Z"),
         sequence_number: Some(3),
+        read_at: None,
     });
     o1.custom[0] = Some(y.id.to_string());
     o1.first_name = y.first_name.clone();
@@ -1395,18 +1416,31 @@ async fn last_known_users_never_go_back_to_an_older_position(h: &Harness) {
         Some("cn11-again")
     );
 
-    // Without a commit number on one side, timestamps decide, to the microsecond and across
-    // different numbers of fraction digits.
+    // A position without a commit number (a read made before the stream showed any commit)
+    // is older than any position with one, whatever the times say.
+    put(
+        "unplaced-late",
+        Some(position(None, "2030-01-01T00:00:00Z")),
+    )
+    .await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("cn11-again")
+    );
+
+    // No position always writes, and a stored state without one is replaced by any.
+    put("no-position", None).await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("no-position")
+    );
+    // Between positions without a commit number, timestamps decide, to the microsecond and
+    // across different numbers of fraction digits.
     put("snap-half", Some(position(None, "2025-01-01T00:00:05.5Z"))).await;
     assert_eq!(
         last_known_title(h, &org, &id).await.as_deref(),
         Some("snap-half")
     );
-    put(
-        "cn50-older-time",
-        Some(position(Some(50), "2025-01-01T00:00:05.123456Z")),
-    )
-    .await;
     put(
         "snap-whole-second",
         Some(position(None, "2025-01-01T00:00:05Z")),
@@ -1425,13 +1459,7 @@ async fn last_known_users_never_go_back_to_an_older_position(h: &Harness) {
         last_known_title(h, &org, &id).await.as_deref(),
         Some("snap-1us-newer")
     );
-
-    // No position always writes, and a stored state without one is replaced by any.
-    put("no-position", None).await;
-    assert_eq!(
-        last_known_title(h, &org, &id).await.as_deref(),
-        Some("no-position")
-    );
+    // A commit number is newer than none.
     put("ancient", Some(position(Some(1), "2000-01-01T00:00:00Z"))).await;
     assert_eq!(
         last_known_title(h, &org, &id).await.as_deref(),
@@ -1578,4 +1606,62 @@ async fn open_picks_the_backend_by_url() {
         Err(other) => panic!("expected a URL error, got {other}"),
         Ok(_) => panic!("expected a URL error"),
     }
+}
+
+async fn newest_commit_is_the_subscribers_newest_of_its_org(h: &Harness) {
+    let (org_a, org_b) = (org_id(1), org_id(2));
+    assert_eq!(h.store.newest_commit(&org_a).await.unwrap(), None);
+    // Rows without a commit number (a read before any commit was seen) do not count.
+    h.store
+        .put_last_known_users(
+            &org_a,
+            &[
+                (
+                    sf_user(1, "ann@a.example.com"),
+                    Some(position(None, "2031-01-01T00:00:00Z")),
+                ),
+                (sf_user(2, "bob@a.example.com"), None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.store.newest_commit(&org_a).await.unwrap(), None);
+    h.store
+        .put_last_known_users(
+            &org_a,
+            &[
+                (
+                    sf_user(3, "cy@a.example.com"),
+                    Some(position(
+                        Some(1_100_662_289_050),
+                        "2025-01-01T00:00:02.250Z",
+                    )),
+                ),
+                (
+                    sf_user(4, "dan@a.example.com"),
+                    Some(position(Some(1_100_662_289_041), "2025-01-01T00:00:09Z")),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    h.store
+        .put_last_known_users(
+            &org_b,
+            &[(
+                sf_user(5, "eve@b.example.com"),
+                Some(position(Some(9_000_000_000_000), "2026-01-01T00:00:00Z")),
+            )],
+        )
+        .await
+        .unwrap();
+    // The largest commit number, with its own time, not the latest time.
+    assert_eq!(
+        h.store.newest_commit(&org_a).await.unwrap(),
+        Some((1_100_662_289_050, at("2025-01-01T00:00:02.250Z")))
+    );
+    assert_eq!(
+        h.store.newest_commit(&org_b).await.unwrap(),
+        Some((9_000_000_000_000, at("2026-01-01T00:00:00Z")))
+    );
 }

@@ -404,6 +404,83 @@ async fn a_gap_event_is_re_read_and_published_as_a_snapshot() {
     let last = all.last().unwrap();
     assert_eq!(last.change, ChangeKind::Snapshot);
     assert_eq!(last.user.title.as_deref(), Some("Changed in the database"));
+    // The re-read sits where it was read in the stream: at the GAP event.
+    let gap = rig.sim.retained_events().pop().unwrap();
+    assert_eq!(gap.change.change_type, "GAP_UPDATE");
+    assert_eq!(last.origin.commit_number, Some(gap.change.commit_number));
+    assert_eq!(
+        last.origin.commit_timestamp.map(|t| t.timestamp_millis()),
+        Some(gap.change.commit_timestamp)
+    );
+    assert_eq!(last.origin.replay_id, Some(hex(&gap.replay_id())));
+    assert_eq!(last.origin.change_type.as_deref(), Some("GAP_UPDATE"));
+    assert_eq!(last.origin.sequence_number, None);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A stream pinned at its newest position that stops before delivering one resumes by reading
+/// only the users changed since the pin, not the whole org again; on either transport.
+async fn a_stop_before_the_first_position_resumes_from_the_pin(transport: Transport) {
+    let rig = rig().await;
+    // Users last changed an hour ago: outside the resync margin of a pin made now.
+    rig.sim
+        .set_commit_clock(Some(chrono::Utc::now() - chrono::Duration::hours(1)));
+    for name in ["a", "b", "c"] {
+        create(&rig.sim, name, &format!("{name}@acme.example"));
+    }
+    rig.sim.set_commit_clock(None);
+    let running = start_with(&rig, transport).await;
+    let loaded = events(&rig, 3).await;
+    assert!(loaded.iter().all(|e| e.change == ChangeKind::Snapshot));
+    // Nothing happens on the stream, so it delivers no position; once Kafka confirmed the
+    // load, the checkpoint is the pin.
+    let key = match transport {
+        Transport::Pubsub => TOPIC.to_owned(),
+        Transport::Cometd => format!("cometd:{TOPIC}"),
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let pin = loop {
+        match rig.store.checkpoint(&key).await.unwrap() {
+            Some(c) if c.replay_id.is_empty() => break c,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no pin saved: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(pin.commit_timestamp.is_some(), "the pin has its time");
+    let first = running.stop().await;
+    assert_eq!(first.snapshots_published, 3);
+
+    let d = create(&rig.sim, "d", "d@acme.example");
+    let running = start_with(&rig, transport).await;
+    let all = events(&rig, 4).await;
+    let stats = running.stop().await;
+    assert_eq!(stats.resyncs, 1);
+    assert_eq!(
+        stats.snapshots_published, 1,
+        "only the user changed since the pin is read again"
+    );
+    let last = all.last().unwrap();
+    assert_eq!(
+        (last.user_id.as_str(), last.change),
+        (d.as_str(), ChangeKind::Snapshot)
+    );
+    assert_converged(&rig, &all);
+}
+
+#[tokio::test]
+async fn a_pubsub_stop_before_the_first_position_resumes_from_the_pin() {
+    a_stop_before_the_first_position_resumes_from_the_pin(Transport::Pubsub).await;
+}
+
+#[tokio::test]
+async fn a_cometd_stop_before_the_first_position_resumes_from_the_pin() {
+    a_stop_before_the_first_position_resumes_from_the_pin(Transport::Cometd).await;
 }
 
 #[tokio::test]

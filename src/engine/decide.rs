@@ -160,7 +160,7 @@ fn decide_outreach(settings: &SyncSettings, state: &SyncState, event: &UserChang
         };
     };
     let previous = state.outreach_user(id);
-    let position = event.position().commit_timestamp;
+    let position = event.outreach_time();
     if let Some(updated) = previous.and_then(|p| p.updated_at)
         && position <= updated
     {

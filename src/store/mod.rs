@@ -129,12 +129,20 @@ pub trait Store: Send + Sync {
         ids: &[SalesforceId],
     ) -> Result<Vec<SalesforceUser>, StoreError>;
 
+    /// The newest commit of `org_id` the subscriber has published a user state at (commit
+    /// number and time): every change up to it had happened before now, so a REST read made
+    /// from now on may be placed there.
+    async fn newest_commit(
+        &self,
+        org_id: &SalesforceId,
+    ) -> Result<Option<(i64, DateTime<Utc>)>, StoreError>;
+
     /// Upserts the subscriber's last-known state of users of `org_id`, each with the position
     /// of the change that produced it, in one transaction. A user whose stored state has a
-    /// newer position keeps it ([`Position::compare`]: commit
-    /// numbers when both have one, else commit timestamps; sequence numbers are not kept, so
-    /// an equal position writes). A `None` position, or a stored row without one, always
-    /// writes. The users' `applied` is not stored: the position beside each user is.
+    /// newer position keeps it ([`Position::compare`] on commit numbers and timestamps; sequence
+    /// numbers and read times are not kept, so an equal position writes). A `None` position,
+    /// or a stored row without one, always writes. The users' `applied` is not stored: the
+    /// position beside each user is.
     async fn put_last_known_users(
         &self,
         org_id: &SalesforceId,

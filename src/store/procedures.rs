@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::error::ErrorKind;
 
 use super::statements::{Access, Backend, Statements};
@@ -264,6 +264,18 @@ impl<B: Backend> Store for B {
             .await
             .context(operation)?;
         rows.into_iter().map(SalesforceUser::try_from).collect()
+    }
+
+    async fn newest_commit(
+        &self,
+        org_id: &SalesforceId,
+    ) -> Result<Option<(i64, DateTime<Utc>)>, StoreError> {
+        let operation = || format!("read the newest commit the subscriber saw of org {org_id}");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        session
+            .newest_subscriber_commit(org_id.as_str())
+            .await
+            .context(operation)
     }
 
     async fn put_last_known_users(

@@ -51,6 +51,7 @@ pub(crate) struct SalesforceUserRow {
     pub commit_number: Option<i64>,
     pub commit_timestamp: Option<DateTime<Utc>>,
     pub sequence_number: Option<i64>,
+    pub snapshot_read_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<SalesforceUserRow> for SalesforceUser {
@@ -64,15 +65,22 @@ impl TryFrom<SalesforceUserRow> for SalesforceUser {
                 commit_number: row.commit_number,
                 commit_timestamp,
                 sequence_number: row.sequence_number,
+                read_at: row.snapshot_read_at,
             }),
-            None if row.commit_number.is_none() && row.sequence_number.is_none() => None,
+            None if row.commit_number.is_none()
+                && row.sequence_number.is_none()
+                && row.snapshot_read_at.is_none() =>
+            {
+                None
+            }
             None => {
                 return Err(StoreError::Corrupt {
                     table: "salesforce_users",
                     column: "commit_timestamp",
                     value: "NULL".into(),
                     problem: format!(
-                        "user {id} has a commit number or sequence number but no commit timestamp"
+                        "user {id} has a commit number, sequence number or snapshot read time \
+                         but no commit timestamp"
                     ),
                 });
             }

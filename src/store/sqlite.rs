@@ -134,7 +134,7 @@ fn json_list<T: serde::Serialize>(values: &[T]) -> String {
 
 const SALESFORCE_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, \
      is_active, created_date, last_modified_date, commit_number, commit_timestamp, \
-     sequence_number";
+     sequence_number, snapshot_read_at";
 
 const OUTREACH_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, locked, \
      custom1, custom2, custom3, custom4, custom5, updated_at";
@@ -314,12 +314,27 @@ impl Statements for SqliteSession {
             .await
     }
 
+    async fn newest_subscriber_commit(
+        &mut self,
+        org_id: &str,
+    ) -> sqlx::Result<Option<(i64, DateTime<Utc>)>> {
+        sqlx::query_as(
+            "SELECT commit_number, commit_timestamp FROM subscriber_users \
+             WHERE org_id = ?1 AND commit_number IS NOT NULL \
+             ORDER BY commit_number DESC LIMIT 1",
+        )
+        .bind(org_id)
+        .fetch_optional(self.conn())
+        .await
+    }
+
     async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO salesforce_users (id, email, email_normalized, username, first_name, \
                  last_name, title, is_active, created_date, last_modified_date, commit_number, \
-                 commit_timestamp, sequence_number) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                 commit_timestamp, sequence_number, snapshot_read_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+                 ?14) \
              ON CONFLICT (id) DO UPDATE SET email = excluded.email, \
                  email_normalized = excluded.email_normalized, username = excluded.username, \
                  first_name = excluded.first_name, last_name = excluded.last_name, \
@@ -328,7 +343,8 @@ impl Statements for SqliteSession {
                  last_modified_date = excluded.last_modified_date, \
                  commit_number = excluded.commit_number, \
                  commit_timestamp = excluded.commit_timestamp, \
-                 sequence_number = excluded.sequence_number",
+                 sequence_number = excluded.sequence_number, \
+                 snapshot_read_at = excluded.snapshot_read_at",
         )
         .bind(user.id.as_str())
         .bind(&user.email)
@@ -343,6 +359,7 @@ impl Statements for SqliteSession {
         .bind(user.applied.and_then(|p| p.commit_number))
         .bind(user.applied.map(|p| p.commit_timestamp))
         .bind(user.applied.and_then(|p| p.sequence_number))
+        .bind(user.applied.and_then(|p| p.read_at))
         .execute(self.conn())
         .await
         .map(drop)
@@ -532,6 +549,8 @@ impl Statements for SqliteSession {
                 OR CASE WHEN excluded.commit_number IS NOT NULL \
                              AND subscriber_users.commit_number IS NOT NULL \
                         THEN excluded.commit_number >= subscriber_users.commit_number \
+                        WHEN subscriber_users.commit_number IS NOT NULL THEN FALSE \
+                        WHEN excluded.commit_number IS NOT NULL THEN TRUE \
                         ELSE excluded.commit_timestamp >= subscriber_users.commit_timestamp \
                    END",
         )

@@ -93,6 +93,12 @@ pub(crate) trait Statements {
         user_ids: &[String],
     ) -> sqlx::Result<Vec<SubscriberUserRow>>;
 
+    /// The newest commit (number, time) among the subscriber's users of one org.
+    async fn newest_subscriber_commit(
+        &mut self,
+        org_id: &str,
+    ) -> sqlx::Result<Option<(i64, DateTime<Utc>)>>;
+
     // ----- writes -----
     async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()>;
     async fn upsert_outreach_user(&mut self, user: &OutreachUser) -> sqlx::Result<()>;
@@ -122,9 +128,10 @@ pub(crate) trait Statements {
     ) -> sqlx::Result<()>;
     /// Inserts or replaces the subscriber's last-known state of one user of one org (its
     /// `applied` is not stored), unless the stored row has a position and `position` is older
-    /// than it: with commit numbers on both sides those decide, otherwise commit timestamps.
-    /// An equal position writes (a later change of the same transaction). False when the
-    /// stored row was kept.
+    /// than it: with commit numbers on both sides those decide, a position with one is newer
+    /// than one without, and two without compare by commit timestamp. An equal position writes
+    /// (a later change of the same transaction, or a snapshot read at that commit). False when
+    /// the stored row was kept.
     async fn upsert_subscriber_user(
         &mut self,
         org_id: &str,

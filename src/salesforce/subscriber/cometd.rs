@@ -17,12 +17,13 @@
 
 use std::sync::Arc;
 
+use chrono::Utc;
 use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::{
-    Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, retry_delays,
-    unplaced,
+    Pipeline, ReceivedChange, Resync, StreamPosition, SubscriberError, SubscriberSettings,
+    retry_delays,
 };
 use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
 use crate::salesforce::cometd::{
@@ -65,7 +66,7 @@ impl CometdSubscriber {
             store,
             settings.resync_margin,
         )
-        .with_checkpoint_key(format!("cometd:{}", settings.topic));
+        .for_cometd();
         Ok(CometdSubscriber {
             settings,
             // REST paths say `v62.0`; the CometD path says `62.0`.
@@ -100,13 +101,17 @@ impl CometdSubscriber {
         let mut full_read = self.settings.full_read_first;
         loop {
             let stored = self.pipeline.load_checkpoint().await?;
-            // A full read asked for starts from the tip, like the initial load (once).
-            let asked = full_read.take();
-            let resume = match asked {
+            // A full read asked for starts from the tip, like the initial load (once); so does
+            // a stream pinned at the tip that had delivered nothing, after reading the users
+            // changed since the pin.
+            let first_read = match full_read.take() {
+                Some(why) => Some(Resync::All(why)),
+                None => Resync::before_resuming(stored.as_ref()),
+            };
+            let resume = match first_read {
                 Some(_) => None,
                 None => stored.as_ref().and_then(replay_of),
             };
-            let why = asked.unwrap_or("initial load");
             let config = CometdConfig::new(self.api_version.clone(), self.settings.replay_policy);
             let mut client = CometdClient::new(
                 config,
@@ -114,13 +119,10 @@ impl CometdSubscriber {
                 resume.unwrap_or(REPLAY_FROM_TIP),
             )
             .map_err(Box::new)?;
+            let first_read =
+                first_read.or_else(|| resume.is_none().then_some(Resync::All("initial load")));
             let outcome = self
-                .serve(
-                    &mut client,
-                    resume.is_none().then_some(why),
-                    &mut shutdown,
-                    &mut backoff,
-                )
+                .serve(&mut client, first_read, &mut shutdown, &mut backoff)
                 .await;
             let drained = self.pipeline.drain().await;
             if *shutdown.borrow() {
@@ -157,14 +159,18 @@ impl CometdSubscriber {
     async fn serve(
         &mut self,
         client: &mut CometdClient<Arc<CredentialsTokenSource>>,
-        full_read: Option<&'static str>,
+        first_read: Option<Resync>,
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut backon::ExponentialBackoff,
     ) -> Result<(), SubscriberError> {
-        if let Some(why) = full_read {
-            // Subscribed before the export: changes made during it are delivered after it.
+        if let Some(read) = first_read {
+            // Subscribed before the read: changes made during it are delivered after it.
+            let pinned_at = Utc::now();
             client.open().await.map_err(Box::new)?;
-            self.pipeline.resync(None, unplaced(), why).await?;
+            self.pipeline.read_before_stream(&read, pinned_at).await?;
+            // Confirmed and pinned before the first long-poll, which may hold for a while:
+            // a stop before it returns resumes from the pin.
+            self.pipeline.drain().await?;
         }
         loop {
             let polled = tokio::select! {
@@ -182,14 +188,15 @@ impl CometdSubscriber {
                 Poll::ReplayRejected(rejected) => {
                     tracing::warn!(error = %rejected.error, policy = rejected.policy.as_str(), "CometD replay id rejected");
                     if rejected.resync_needed {
-                        let since = self.pipeline.checkpoint().and_then(|c| c.commit_timestamp);
-                        self.pipeline
-                            .resync(
-                                since,
-                                unplaced(),
-                                "the replay id is outside the retention window",
-                            )
-                            .await?;
+                        // The client has resubscribed from the tip.
+                        let pinned_at = Utc::now();
+                        const WHY: &str = "the replay id is outside the retention window";
+                        let read = match self.pipeline.checkpoint().and_then(|c| c.commit_timestamp)
+                        {
+                            Some(since) => Resync::Since(since, WHY),
+                            None => Resync::All(WHY),
+                        };
+                        self.pipeline.read_before_stream(&read, pinned_at).await?;
                     }
                 }
             }

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::watch;
 
 use super::{
-    Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, SubscriberStats,
-    retry_delays, unplaced,
+    Pipeline, ReceivedChange, Resync, StreamPosition, SubscriberError, SubscriberSettings,
+    SubscriberStats, retry_delays,
 };
 use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
 use crate::salesforce::auth::SalesforceSession;
@@ -83,14 +83,11 @@ impl Subscriber {
     ) -> Result<(), SubscriberError> {
         self.connection.topic(&self.settings.topic).await?;
         let checkpoint = self.pipeline.load_checkpoint().await?;
-        let mut next = match (self.settings.full_read_first, checkpoint) {
-            (Some(why), _) => Start::Latest {
+        let mut next = match self.settings.full_read_first {
+            Some(why) => Start::Latest {
                 resync: Resync::All(why),
             },
-            (None, Some(position)) => Start::After(position.replay_id),
-            (None, None) => Start::Latest {
-                resync: Resync::All("initial load"),
-            },
+            None => Start::from_checkpoint(checkpoint.as_ref()),
         };
         let mut backoff = retry_delays(&self.settings);
         loop {
@@ -135,13 +132,9 @@ impl Subscriber {
                 StreamEnd::Closed | StreamEnd::Idle(_) => Recovery::Resume { after: delay },
             };
             tracing::info!(%end, ?step, "Pub/Sub stream ended");
-            let resume = match self.pipeline.checkpoint() {
-                Some(position) => Start::After(position.replay_id.clone()),
-                // Nothing was ever confirmed: the initial load starts over.
-                None => Start::Latest {
-                    resync: Resync::All("initial load"),
-                },
-            };
+            // Nothing ever confirmed: the initial load starts over; pinned but no position yet:
+            // the users changed since the pin are read again.
+            let resume = Start::from_checkpoint(self.pipeline.checkpoint());
             next = match step {
                 Recovery::Resume { after } => {
                     tokio::select! {
@@ -156,7 +149,9 @@ impl Subscriber {
                 }
                 Recovery::StartOver { resync: true } => Start::Latest {
                     resync: match self.pipeline.checkpoint().and_then(|c| c.commit_timestamp) {
-                        Some(since) => Resync::Since(since),
+                        Some(since) => {
+                            Resync::Since(since, "the replay id is outside the retention window")
+                        }
                         None => Resync::All("the replay id is unusable and its time unknown"),
                     },
                 },
@@ -197,27 +192,12 @@ impl Subscriber {
                 .subscribe(&self.settings.topic, StartAt::After(replay_id))
                 .await?),
             Start::Latest { resync } => {
+                let pinned_at = Utc::now();
                 let subscription = self
                     .connection
                     .subscribe(&self.settings.topic, StartAt::Latest)
                     .await?;
-                match resync {
-                    Resync::Nothing => {}
-                    Resync::All(why) => {
-                        tracing::info!(why, "reading every user, stream pinned at LATEST");
-                        self.pipeline.resync(None, unplaced(), why).await?;
-                    }
-                    Resync::Since(since) => {
-                        tracing::info!(%since, "replay id unusable: reading users changed since the checkpoint");
-                        self.pipeline
-                            .resync(
-                                Some(since),
-                                unplaced(),
-                                "the replay id is outside the retention window",
-                            )
-                            .await?;
-                    }
-                }
+                self.pipeline.read_before_stream(&resync, pinned_at).await?;
                 Ok(subscription)
             }
         }
@@ -297,10 +277,14 @@ enum Start {
     Latest { resync: Resync },
 }
 
-/// Which users to read through REST before a LATEST stream is read.
-#[derive(Debug, Clone)]
-enum Resync {
-    Nothing,
-    All(&'static str),
-    Since(DateTime<Utc>),
+impl Start {
+    fn from_checkpoint(checkpoint: Option<&StreamPosition>) -> Start {
+        match (Resync::before_resuming(checkpoint), checkpoint) {
+            (Some(resync), _) => Start::Latest { resync },
+            (None, Some(position)) => Start::After(position.replay_id.clone()),
+            (None, None) => Start::Latest {
+                resync: Resync::All("initial load"),
+            },
+        }
+    }
 }
