@@ -10,16 +10,14 @@
 //!
 //! The scenarios of issue 4: the seed example in both orders; a thousand random changes whose
 //! end state must equal what `usersync decide` computes from the same events; `kill -9` of the
-//! processor and of the subscriber mid-run.
+//! processor and of the subscriber mid-run. And roles started together on a fresh store, SQLite
+//! and PostgreSQL (the latter also needs `USERSYNC_TEST_DATABASE_URL`, under the same rule).
 //!
 //! Each test uses its own topics and consumer group, so tests share one broker safely.
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +29,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
+use support::process::Process;
 use usersync::engine::settings::SyncSettings;
 use usersync::engine::state::{Mapping, SalesforceUser};
 use usersync::outreach::{OutreachUser, OutreachUserId};
@@ -56,87 +55,6 @@ fn brokers() -> Option<String> {
             );
             None
         }
-    }
-}
-
-/// A child process of the binary, killed when dropped.
-struct Process {
-    child: Child,
-    name: String,
-}
-
-impl Process {
-    fn spawn(name: &str, args: &[&str], env: &[(String, String)], log: &Path) -> Process {
-        let log = std::fs::File::create(log.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_usersync"))
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "usersync=info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Process {
-            child,
-            name: name.to_owned(),
-        }
-    }
-
-    /// The first `n` lines the process prints (the simulators print their addresses).
-    fn lines(&mut self, n: usize) -> Vec<String> {
-        let stdout = self.child.stdout.take().expect("stdout");
-        let mut reader = BufReader::new(stdout);
-        let mut lines = Vec::new();
-        for _ in 0..n {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            assert!(
-                !line.is_empty(),
-                "{} ended before printing its address",
-                self.name
-            );
-            lines.push(line.trim().to_owned());
-        }
-        // Keep the pipe open and drained so the process never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while reader.read_line(&mut sink).unwrap_or(0) > 0 {
-                sink.clear();
-            }
-        });
-        lines
-    }
-
-    /// SIGKILL: no drain, no flush, no commit.
-    fn kill_hard(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "{} exited with {status}", self.name);
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} did not stop after SIGTERM",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -739,6 +657,97 @@ async fn a_gap_re_read_in_the_same_second_as_a_change_reaches_outreach() {
     );
     subscriber.stop();
     processor.stop();
+}
+
+/// What the store logs once its migrations are done.
+const STORE_READY: &str = "schema is up to date";
+
+/// Three of each role, started together on a store nobody has opened yet, the way a compose file
+/// or a supervisor starts them: every process gets past the store's migrations, each `run`
+/// serves its health check, and none exits in the seconds after.
+async fn roles_come_up_together_on_a_fresh_store(world: &mut World, store_url: &str) {
+    world.set("USERSYNC_STORE__URL", store_url);
+    // Each `run` serves its admin API on a port of its own, and logs it (as JSON: the address
+    // is read from there).
+    world.set("USERSYNC_ADMIN__LISTEN", "127.0.0.1:0");
+    world.set("USERSYNC_LOG_FORMAT", "json");
+    let roles = ["processor", "run", "subscriber"].repeat(3);
+    let mut processes: Vec<Process> = roles
+        .iter()
+        .enumerate()
+        .map(|(i, role)| {
+            Process::spawn(
+                &format!("{role}-{i}"),
+                &[role],
+                &world.env,
+                world.dir.path(),
+            )
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + WAIT;
+    let failures: Vec<String> = processes
+        .iter_mut()
+        .filter_map(|p| p.wait_for_log(STORE_READY, deadline).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} roles did not open the fresh store:\n{}",
+        failures.len(),
+        roles.len(),
+        failures.join("\n\n")
+    );
+    for run in processes.iter_mut().filter(|p| p.name.starts_with("run")) {
+        let log = run
+            .wait_for_log("admin server listening", deadline)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let address = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["fields"]["message"] == "admin server listening")
+            .and_then(|line| line["fields"]["address"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("{} logged no admin address", run.name));
+        let health = world
+            .http
+            .get(format!("http://{address}/healthz"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: /healthz: {e}", run.name));
+        assert!(health.status().is_success(), "{}: {health:?}", run.name);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for process in &mut processes {
+        if let Some(status) = process.exited() {
+            panic!(
+                "{} exited with {status} after opening the store:\n{}",
+                process.name,
+                process.log_tail(30)
+            );
+        }
+    }
+    for process in processes {
+        process.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_started_together_on_a_fresh_sqlite_store_all_come_up() {
+    let Some(brokers) = brokers() else { return };
+    let mut world = World::start(&brokers).await;
+    let url = format!("sqlite://{}", world.dir.path().join("fresh.db").display());
+    roles_come_up_together_on_a_fresh_store(&mut world, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_started_together_on_a_fresh_postgres_database_all_come_up() {
+    let Some(brokers) = brokers() else { return };
+    let Some(admin_url) = support::postgres::database_url() else {
+        return;
+    };
+    let fresh = support::postgres::FreshDatabase::create(&admin_url, "roles").await;
+    let mut world = World::start(&brokers).await;
+    roles_come_up_together_on_a_fresh_store(&mut world, &fresh.url).await;
+    drop(world);
+    fresh.drop_now().await;
 }
 
 /// Reads one topic of the broker from the beginning, as a plain consumer outside any group,

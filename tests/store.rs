@@ -6,15 +6,23 @@
 //! `USERSYNC_TEST_DATABASE_URL` (see `scripts/postgres.sh`). Without that variable the
 //! PostgreSQL half is skipped with a notice — unless `CI` is set, where it fails: CI must prove
 //! both backends.
+//!
+//! After the suite, openers race on fresh stores of both backends (tasks, and for SQLite
+//! processes of the binary too): roles started together must all get past the migrations.
 
-use std::io::Write;
-use std::sync::{Arc, Once};
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
+use sqlx::{Connection, PgConnection};
 use tempfile::TempDir;
 
+use support::postgres::{DATABASE_URL_VAR, FreshDatabase, database_url};
+use support::process::Process;
 use usersync::engine::decision::{Action, DecisionRecord, Reason};
 use usersync::engine::settings::{Dedupe, SyncSettings};
 use usersync::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
@@ -29,8 +37,6 @@ use usersync::store::{
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
-
-const DATABASE_URL_VAR: &str = "USERSYNC_TEST_DATABASE_URL";
 
 enum Database {
     Sqlite {
@@ -69,7 +75,7 @@ impl Harness {
 
     /// `None` (after a notice) when no PostgreSQL is configured outside CI.
     async fn postgres() -> Option<Self> {
-        let url = postgres_url()?;
+        let url = database_url()?;
         let schema = format!("store_test_{:016x}", rand::random::<u64>());
         let store = PostgresStore::connect(&url, Some(&schema))
             .await
@@ -122,29 +128,6 @@ impl Harness {
                 .await
                 .expect("drop the test schema");
             pool.close().await;
-        }
-    }
-}
-
-fn postgres_url() -> Option<String> {
-    match std::env::var(DATABASE_URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "{DATABASE_URL_VAR} is not set, but CI is: the PostgreSQL half of the store suite \
-             must run in CI. Start a server first: \
-             `source scripts/postgres.sh && pg_start && cargo test --test store; pg_stop`"
-        ),
-        _ => {
-            static NOTICE: Once = Once::new();
-            NOTICE.call_once(|| {
-                // Straight to stderr: the test harness would swallow eprintln! of a passing test.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "NOTICE: {DATABASE_URL_VAR} is not set: skipping the PostgreSQL half of \
-                     tests/store.rs (source scripts/postgres.sh && pg_start to run it)"
-                );
-            });
-            None
         }
     }
 }
@@ -1664,4 +1647,401 @@ async fn newest_commit_is_the_subscribers_newest_of_its_org(h: &Harness) {
         h.store.newest_commit(&org_b).await.unwrap(),
         Some((9_000_000_000_000, at("2026-01-01T00:00:00Z")))
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A fresh store opened from many places at once
+// ---------------------------------------------------------------------------------------------
+//
+// Roles started together (by a compose file or a supervisor) each open the store, and so run
+// its migrations, at the same moment. Every opener must succeed, every migration must be
+// applied exactly once, and the schema must be the one a lone opener builds.
+
+/// How many openers race on one fresh store.
+const OPENERS: usize = 12;
+
+/// How many processes of the binary race on one fresh SQLite file.
+const PROCESSES: usize = 6;
+
+/// What the store logs once its migrations are done.
+const STORE_READY: &str = "schema is up to date";
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+type Opening = std::pin::Pin<Box<dyn Future<Output = Result<Arc<dyn Store>, StoreError>> + Send>>;
+
+/// Starts `OPENERS` openings at the same moment, each in a task of the multi-thread runtime.
+fn spawn_openers(
+    open: impl Fn() -> Opening,
+) -> Vec<tokio::task::JoinHandle<Result<Arc<dyn Store>, StoreError>>> {
+    let start = Arc::new(tokio::sync::Barrier::new(OPENERS));
+    (0..OPENERS)
+        .map(|_| {
+            let start = start.clone();
+            let opening = open();
+            tokio::spawn(async move {
+                start.wait().await;
+                opening.await
+            })
+        })
+        .collect()
+}
+
+/// The stores of the openers, once every one of them succeeded.
+async fn opened(
+    openers: Vec<tokio::task::JoinHandle<Result<Arc<dyn Store>, StoreError>>>,
+) -> Vec<Arc<dyn Store>> {
+    let mut stores = Vec::new();
+    let mut failures = Vec::new();
+    for (i, opener) in openers.into_iter().enumerate() {
+        match opener.await.expect("an opener panicked") {
+            Ok(store) => stores.push(store),
+            Err(e) => failures.push(format!("opener {i}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {OPENERS} openers of one fresh store failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    stores
+}
+
+/// Runs `OPENERS` openings at the same moment; their stores, once every one succeeded.
+async fn open_at_once(open: impl Fn() -> Opening) -> Vec<Arc<dyn Store>> {
+    opened(spawn_openers(open)).await
+}
+
+/// Every store works: each writes one Outreach user, and the first reads them all.
+async fn each_store_writes(stores: &[Arc<dyn Store>]) {
+    for (i, store) in (1..).zip(stores) {
+        store
+            .put_outreach_users(&[outreach_user(i, &format!("opener{i}@example.com"))])
+            .await
+            .unwrap_or_else(|e| panic!("store of opener {i}: {e}"));
+    }
+    for i in 1..=i64::try_from(stores.len()).unwrap() {
+        assert!(
+            stores[0]
+                .outreach_user(OutreachUserId(i))
+                .await
+                .unwrap()
+                .is_some(),
+            "the write of opener {i} is missing"
+        );
+    }
+}
+
+/// Each migration the binary carries, as `_sqlx_migrations` records it once applied.
+fn expected_migrations(migrator: &sqlx::migrate::Migrator) -> Vec<(i64, bool, Vec<u8>)> {
+    migrator
+        .iter()
+        .map(|m| (m.version, true, m.checksum.to_vec()))
+        .collect()
+}
+
+const APPLIED_MIGRATIONS: &str =
+    "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
+
+/// The tables and indexes of a SQLite file, with their SQL.
+async fn sqlite_schema(pool: &SqlitePool) -> Vec<(String, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Checks a SQLite store after racing openers: each migration applied once, and the schema a
+/// lone opener builds.
+async fn assert_sqlite_schema_built_once(url: &str) {
+    let pool = SqlitePool::connect(url).await.unwrap();
+    let applied: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(APPLIED_MIGRATIONS)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, expected_migrations(&SQLITE_MIGRATIONS));
+
+    let alone_dir = tempfile::tempdir().unwrap();
+    let alone = SqliteStore::open(&format!(
+        "sqlite://{}",
+        alone_dir.path().join("alone.db").display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        sqlite_schema(&pool).await,
+        sqlite_schema(alone.pool()).await,
+        "the schema differs from the one a lone opener builds"
+    );
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_fresh_store_opened_by_many_tasks_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("usersync.db").display());
+    let stores = open_at_once(|| {
+        let url = url.clone();
+        Box::pin(async move { Ok(Arc::new(SqliteStore::open(&url).await?) as Arc<dyn Store>) })
+    })
+    .await;
+    each_store_writes(&stores).await;
+    assert_sqlite_schema_built_once(&url).await;
+}
+
+/// Processes of the real binary, as a supervisor starts the roles: `usersync processor` opens
+/// the store before it needs Kafka, so no broker is needed to see every one of them past its
+/// migrations. Processes start a few milliseconds apart, so the race is run a few times.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_fresh_store_opened_by_many_processes_at_once() {
+    // A loopback port nothing listens on: the processors stop at Kafka, after the store.
+    let no_broker = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    for round in 0..4 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("usersync.db").display());
+        let env: Vec<(String, String)> = [
+            ("USERSYNC_STORE__URL", url.clone()),
+            ("USERSYNC_KAFKA__BROKERS", no_broker.clone()),
+            ("USERSYNC_OUTREACH__REFRESH_TOKEN", "never-used".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut processes: Vec<Process> = (0..PROCESSES)
+            .map(|i| Process::spawn(&format!("processor-{i}"), &["processor"], &env, dir.path()))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let failures: Vec<String> = processes
+            .iter_mut()
+            .filter_map(|p| p.wait_for_log(STORE_READY, deadline).err())
+            .collect();
+        drop(processes);
+        assert!(
+            failures.is_empty(),
+            "round {round}: {} of {PROCESSES} processes did not open the fresh store:\n{}",
+            failures.len(),
+            failures.join("\n\n")
+        );
+        assert_sqlite_schema_built_once(&url).await;
+    }
+}
+
+/// The tables, columns and indexes of one PostgreSQL schema.
+async fn postgres_schema(pool: &PgPool, schema: &str) -> Vec<(String, String, String, String)> {
+    let mut shape: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text \
+         FROM information_schema.columns WHERE table_schema = $1",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let indexes: Vec<(String, String)> =
+        sqlx::query_as("SELECT tablename::text, indexdef FROM pg_indexes WHERE schemaname = $1")
+            .bind(schema)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    shape.extend(indexes.into_iter().map(|(table, definition)| {
+        // The definition names the schema; only the rest is compared.
+        let definition = definition.replace(&format!("{schema}."), "");
+        (table, "index".into(), definition, String::new())
+    }));
+    shape.sort();
+    shape
+}
+
+/// Checks a PostgreSQL store after racing openers: each migration applied once, and the
+/// schema a lone opener builds (in a fresh schema of the test database).
+async fn assert_postgres_schema_built_once(pool: &PgPool, schema: &str) {
+    let applied: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(&format!(
+        "SELECT version, success, checksum FROM \"{schema}\"._sqlx_migrations ORDER BY version"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, expected_migrations(&POSTGRES_MIGRATIONS));
+
+    let alone = Harness::postgres().await.expect("the test PostgreSQL");
+    let Database::Postgres {
+        schema: alone_schema,
+        pool: alone_pool,
+        ..
+    } = &alone.database
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        postgres_schema(pool, schema).await,
+        postgres_schema(alone_pool, alone_schema).await,
+        "the schema differs from the one a lone opener builds"
+    );
+    alone.finish().await;
+}
+
+/// As the roles open it: the `public` schema of a database nobody has opened yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_fresh_database_opened_by_many_tasks_at_once() {
+    let Some(admin_url) = database_url() else {
+        return;
+    };
+    let fresh = FreshDatabase::create(&admin_url, "open_at_once").await;
+    let stores = open_at_once(|| {
+        let url = fresh.url.clone();
+        Box::pin(async move {
+            Ok(Arc::new(PostgresStore::connect(&url, None).await?) as Arc<dyn Store>)
+        })
+    })
+    .await;
+    each_store_writes(&stores).await;
+    drop(stores);
+    let pool = PgPool::connect(&fresh.url).await.unwrap();
+    assert_postgres_schema_built_once(&pool, "public").await;
+    pool.close().await;
+    fresh.drop_now().await;
+}
+
+/// `url` with an application name, which tells the sessions of one test's openers apart in
+/// `pg_stat_activity`.
+fn with_application_name(url: &str, application: &str) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.query_pairs_mut()
+        .append_pair("application_name", application);
+    url.to_string()
+}
+
+/// Polls until `count` sessions named `application` wait on a lock, the same ones twice in a
+/// row (not a passing moment), and `settled` holds for their wait events; those events, sorted
+/// (what was seen last, if that never happens within 30 s).
+async fn lock_waits(
+    observer: &PgPool,
+    application: &str,
+    count: usize,
+    settled: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut previous = Vec::new();
+    loop {
+        let waits: Vec<String> = sqlx::query_scalar(
+            "SELECT wait_event::text FROM pg_stat_activity \
+             WHERE application_name = $1 AND wait_event_type = 'Lock' ORDER BY 1",
+        )
+        .bind(application)
+        .fetch_all(observer)
+        .await
+        .unwrap();
+        if (waits.len() == count && settled(&waits) && waits == previous)
+            || Instant::now() >= deadline
+        {
+            return waits;
+        }
+        previous = waits;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// As the store suite opens it: a schema that does not exist yet, created by the openers.
+/// Two `CREATE SCHEMA IF NOT EXISTS` collide only if they overlap, so the test makes them: its
+/// own transaction creates the same schema first, every opener waits to see whether that
+/// commits, and the test rolls it back once all of them wait, releasing them together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_fresh_schema_opened_by_many_tasks_at_once() {
+    let Some(url) = database_url() else { return };
+    let schema = format!("store_test_{:016x}", rand::random::<u64>());
+    let mut holder = PgConnection::connect(&url).await.unwrap();
+    let mut hold = holder.begin().await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+
+    let application = format!("usersync-open-{schema}");
+    let opener_url = with_application_name(&url, &application);
+    let openers = spawn_openers(|| {
+        let (url, schema) = (opener_url.clone(), schema.clone());
+        Box::pin(async move {
+            Ok(Arc::new(PostgresStore::connect(&url, Some(&schema)).await?) as Arc<dyn Store>)
+        })
+    });
+    let observer = PgPool::connect(&url).await.unwrap();
+    let waits = lock_waits(&observer, &application, OPENERS, |_| true).await;
+    assert_eq!(waits.len(), OPENERS, "openers waiting: {waits:?}");
+    hold.rollback().await.unwrap();
+    holder.close().await.ok();
+
+    let stores = opened(openers).await;
+    each_store_writes(&stores).await;
+    drop(stores);
+    assert_postgres_schema_built_once(&observer, &schema).await;
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&observer)
+        .await
+        .unwrap();
+    observer.close().await;
+}
+
+/// The migrations of concurrent openers run one at a time, under PostgreSQL's advisory lock:
+/// with the first opener held up inside its migrations (the test's own transaction is creating
+/// `_sqlx_migrations` in the same schema, and the opener waits to see whether that commits),
+/// every other opener waits on the advisory lock rather than migrating beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_openers_wait_on_the_migration_lock() {
+    let Some(url) = database_url() else { return };
+    let schema = format!("store_test_{:016x}", rand::random::<u64>());
+    let mut holder = PgConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut hold = holder.begin().await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE \"{schema}\"._sqlx_migrations (version BIGINT)"
+    ))
+    .execute(&mut *hold)
+    .await
+    .unwrap();
+
+    let application = format!("usersync-lock-{schema}");
+    let opener_url = with_application_name(&url, &application);
+    let openers = spawn_openers(|| {
+        let (url, schema) = (opener_url.clone(), schema.clone());
+        Box::pin(async move {
+            Ok(Arc::new(PostgresStore::connect(&url, Some(&schema)).await?) as Arc<dyn Store>)
+        })
+    });
+    let observer = PgPool::connect(&url).await.unwrap();
+    // All of them may wait on the advisory lock for a while, when another test's opener (of
+    // another schema of the same database) holds it: the state that counts is the one where
+    // one of them migrates.
+    let waits = lock_waits(&observer, &application, OPENERS, |waits| {
+        waits.iter().any(|wait| wait == "transactionid")
+    })
+    .await;
+    hold.rollback().await.unwrap();
+    holder.close().await.ok();
+    let mut expected = vec!["advisory"; OPENERS - 1];
+    expected.push("transactionid");
+    assert_eq!(
+        waits, expected,
+        "one opener migrates (waiting on the test's transaction), the others wait for the \
+         migration lock"
+    );
+
+    let stores = opened(openers).await;
+    each_store_writes(&stores).await;
+    drop(stores);
+    assert_postgres_schema_built_once(&observer, &schema).await;
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&observer)
+        .await
+        .unwrap();
+    observer.close().await;
 }

@@ -255,6 +255,10 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    /// The lock that serializes the migrations of processes opening one SQLite file could not
+    /// be taken.
+    #[error("store could not lock {path} to migrate the SQLite schema: {problem}")]
+    MigrationLock { path: String, problem: String },
     /// A stored value does not parse: someone wrote it around the store, or a bug did.
     #[error("corrupt value in {table}.{column}: {value:?}: {problem}")]
     Corrupt {

@@ -53,7 +53,7 @@ impl PostgresStore {
             let mut conn = PgConnection::connect_with(&options)
                 .await
                 .context(|| format!("connect to {shown}"))?;
-            conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+            create_schema(&mut conn, schema)
                 .await
                 .context(|| format!("create schema {schema} in {shown}"))?;
             conn.close()
@@ -69,6 +69,9 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .context(|| format!("connect to {shown}"))?;
+        // sqlx's migrator serializes openers itself: it holds a session advisory lock, keyed on
+        // the database's name, from before it reads `_sqlx_migrations` until the last migration
+        // is recorded, so a second opener waits and then finds every migration applied.
         MIGRATOR
             .run(&pool)
             .await
@@ -76,6 +79,7 @@ impl PostgresStore {
                 backend: "PostgreSQL",
                 source,
             })?;
+        tracing::info!(store = %shown, schema, "store opened; its schema is up to date");
         Ok(Self { pool })
     }
 
@@ -83,6 +87,26 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// The first key of the advisory lock taken on a schema's name while creating it (the second
+/// is the name's hash); the two-key form never meets sqlx's one-key migration lock.
+const CREATE_SCHEMA_LOCK: i32 = 0x7573_7379;
+
+/// Creates `schema` unless it exists. Two `CREATE SCHEMA IF NOT EXISTS` of one new name at once
+/// can fail, the second on the catalog's unique index, since neither sees the other's schema
+/// before it commits: openers of one schema therefore take a lock on its name first, so the
+/// second finds the schema made.
+async fn create_schema(conn: &mut PgConnection, schema: &str) -> sqlx::Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(CREATE_SCHEMA_LOCK)
+        .bind(schema)
+        .execute(&mut *tx)
+        .await?;
+    tx.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+        .await?;
+    tx.commit().await
 }
 
 /// A name that is safe to quote into SQL as an identifier.

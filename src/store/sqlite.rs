@@ -6,10 +6,19 @@
 //! rather than one failing when it upgrades from reading to writing. Lists of ids travel as
 //! one JSON array parameter, unpacked with `json_each`, so every statement here is static SQL.
 //! Timestamps are stored as RFC 3339 text in UTC.
+//!
+//! Opening a file is serialized across processes by an exclusive lock on a file beside it
+//! ([`MigrationLock`]), held from the first connection to the end of the migrations. sqlx's
+//! migrator takes no lock on SQLite, and roles started together would otherwise each find a
+//! migration unapplied and run it, all but the first then failing on a table that already
+//! exists. The lock lives outside the database, not in a transaction inside it, because it must
+//! also cover the first connection, which switches a new file to WAL: that needs the file to
+//! itself and cannot happen inside a transaction.
 
-use std::path::Path;
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -33,6 +42,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// How long a writer waits for another one before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long opening a file waits for another process to finish migrating it. Today's
+/// migrations take milliseconds; the bound is for one that rewrites a large table, and it
+/// ends in an error rather than a silent hang if the holder is stuck.
+const MIGRATION_WAIT: Duration = Duration::from_secs(300);
+
+/// How often a waiting opener tries the migration lock again.
+const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(25);
+
 /// The store in one SQLite file (or in memory).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -49,6 +66,8 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        // Nothing else sees an in-memory database: it needs no lock.
+        let mut lock = None;
         let pool = if in_memory {
             // Every connection would see its own empty database, and the last one to close
             // would take the data with it: keep exactly one, forever.
@@ -60,13 +79,15 @@ impl SqliteStore {
                 .connect_with(options)
                 .await
         } else {
-            if let Some(folder) = options.get_filename().parent()
+            let database = options.get_filename();
+            if let Some(folder) = database.parent()
                 && folder != Path::new("")
             {
                 std::fs::create_dir_all(folder).map_err(|e| {
                     StoreError::url(url, format!("cannot create {}: {e}", folder.display()))
                 })?;
             }
+            lock = Some(MigrationLock::acquire(database, MIGRATION_WAIT).await?);
             SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options.journal_mode(SqliteJournalMode::Wal))
@@ -80,12 +101,67 @@ impl SqliteStore {
                 backend: "SQLite",
                 source,
             })?;
+        drop(lock);
+        tracing::info!(store = %url, "store opened; its schema is up to date");
         Ok(Self { pool })
     }
 
     /// The connection pool, for tools and tests that need SQL the trait does not offer.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// An exclusive lock on `<database>-migrations.lock`, taken before the first connection to the
+/// database and released once its migrations have run, so that processes opening one file
+/// migrate it one after the other. The lock is the operating system's (`flock` on Unix): it
+/// dies with its holder, so a crashed opener leaves nothing to clean up. The file itself is
+/// kept: deleting it could let a later opener lock a new file while an earlier one still holds
+/// the old.
+struct MigrationLock {
+    _file: File,
+}
+
+impl MigrationLock {
+    /// Waits (at most `wait`) until no other opener holds the lock of `database`.
+    async fn acquire(database: &Path, wait: Duration) -> Result<MigrationLock, StoreError> {
+        let path = Self::path(database);
+        let failed = |problem: String| StoreError::MigrationLock {
+            path: path.display().to_string(),
+            problem,
+        };
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| failed(format!("cannot open it: {e}")))?;
+        let started = Instant::now();
+        let mut waiting = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(MigrationLock { _file: file }),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(failed(format!("cannot lock it: {e}"))),
+            }
+            if started.elapsed() >= wait {
+                return Err(failed(format!(
+                    "another opener has held it for over {wait:?} (a long migration, or a \
+                     stuck process)"
+                )));
+            }
+            if !waiting {
+                waiting = true;
+                tracing::info!(lock = %path.display(), "another process is opening the store; waiting for its migrations");
+            }
+            tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+        }
+    }
+
+    fn path(database: &Path) -> PathBuf {
+        let mut name = database.as_os_str().to_owned();
+        name.push("-migrations.lock");
+        PathBuf::from(name)
     }
 }
 
@@ -570,5 +646,41 @@ impl Statements for SqliteSession {
         .execute(self.conn())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_migration_lock_is_waited_for_then_reported_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("usersync.db");
+        let held = MigrationLock::acquire(&database, Duration::ZERO)
+            .await
+            .unwrap();
+        let lock_path = dir.path().join("usersync.db-migrations.lock");
+        assert!(lock_path.exists());
+
+        let started = Instant::now();
+        let err = MigrationLock::acquire(&database, Duration::from_millis(200))
+            .await
+            .err()
+            .expect("the lock is held");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let message = err.to_string();
+        assert!(
+            matches!(err, StoreError::MigrationLock { .. })
+                && message.contains(&lock_path.display().to_string())
+                && message.contains("200ms"),
+            "{message}"
+        );
+
+        drop(held);
+        MigrationLock::acquire(&database, Duration::ZERO)
+            .await
+            .expect("free once its holder let go");
+        assert!(lock_path.exists(), "the lock file is kept");
     }
 }

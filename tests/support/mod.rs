@@ -1,8 +1,12 @@
 //! The whole process in one test: `usersync run` on librdkafka's mock cluster, both simulators
 //! on loopback, SQLite in a temporary folder, and the admin server on a known loopback port.
-//! Shared by the tests that need every role at once (`run.rs`, `connections.rs`).
+//! Shared by the tests that need every role at once (`run.rs`, `connections.rs`). Processes of
+//! the binary are in [`process`], the test PostgreSQL in [`postgres`].
 
 #![allow(dead_code)] // each test file uses its own part of it
+
+pub mod postgres;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
