@@ -30,8 +30,8 @@ use usersync::event::Position;
 use usersync::outreach::user::{OutreachUser, OutreachUserId};
 use usersync::salesforce::id::SalesforceId;
 use usersync::store::{
-    AppliedEvent, DecisionQuery, MappingFilter, MappingWrite, PostgresStore, ReplayCheckpoint,
-    SqliteStore, Store, StoreError,
+    AdminAction, AdminActionKind, AppliedEvent, DecisionQuery, MappingFilter, MappingWrite,
+    PostgresStore, ReplayCheckpoint, SqliteStore, Store, StoreError,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -171,6 +171,7 @@ store_suite!(
     decision_log_is_newest_first_with_paging_and_filters,
     settings_round_trip,
     checkpoints_round_trip,
+    admin_actions_are_appended_and_listed_newest_first,
     authorizations_round_trip_and_are_replaced,
     corrupt_stored_values_are_reported,
     last_known_users_round_trip,
@@ -329,9 +330,9 @@ async fn migrations_run_twice_harmlessly(h: &Harness) {
     assert_eq!(again.salesforce_user(&user.id).await.unwrap(), Some(user));
     let third = h.reopen().await.expect("third open");
     assert!(!third.is_applied("nothing").await.unwrap());
-    // 0001_initial, 0002_subscriber_users, 0003_authorizations and 0004_snapshot_positions,
-    // each recorded once.
-    assert_eq!(h.count("_sqlx_migrations").await, 4);
+    // 0001_initial, 0002_subscriber_users, 0003_authorizations, 0004_snapshot_positions and
+    // 0006_admin_actions, each recorded once.
+    assert_eq!(h.count("_sqlx_migrations").await, 5);
 }
 
 async fn salesforce_users_round_trip(h: &Harness) {
@@ -1145,6 +1146,64 @@ async fn checkpoints_round_trip(h: &Harness) {
         Some(other)
     );
     assert_eq!(h.count("replay_checkpoints").await, 2);
+}
+
+async fn admin_actions_are_appended_and_listed_newest_first(h: &Harness) {
+    assert!(h.store.admin_actions(10).await.unwrap().is_empty());
+    let replay = AdminAction {
+        at: at("2025-08-01T10:00:00.123456Z"),
+        action: AdminActionKind::Replay,
+        detail: serde_json::json!({
+            "from": "earliest",
+            "transport": "pubsub",
+            "checkpoint_before": {"replay_id": "00ff", "commit_timestamp": "2025-08-01T09:00:00Z"},
+        }),
+    };
+    let resync = AdminAction {
+        at: at("2025-08-01T10:05:00Z"),
+        action: AdminActionKind::Resync,
+        detail: serde_json::json!({"checkpoint_before": null}),
+    };
+    let first = h.store.append_admin_action(&replay).await.unwrap();
+    let second = h.store.append_admin_action(&resync).await.unwrap();
+    let third = h.store.append_admin_action(&replay).await.unwrap();
+    assert!(first < second && second < third, "{first} {second} {third}");
+    assert_eq!(
+        h.store.admin_actions(10).await.unwrap(),
+        vec![
+            (third, replay.clone()),
+            (second, resync.clone()),
+            (first, replay.clone())
+        ],
+        "newest first, each as it was appended"
+    );
+    assert_eq!(
+        h.store.admin_actions(2).await.unwrap(),
+        vec![(third, replay.clone()), (second, resync)],
+        "limited to the newest"
+    );
+    assert_eq!(
+        h.store.admin_actions(0).await.unwrap().len(),
+        1,
+        "at least one"
+    );
+    assert_eq!(h.count("admin_actions").await, 3);
+
+    h.execute(
+        "INSERT INTO admin_actions (at, action, detail) \
+         VALUES ('2025-08-02T00:00:00Z', 'reboot', '{}')",
+    )
+    .await
+    .unwrap();
+    let err = h
+        .store
+        .admin_actions(10)
+        .await
+        .expect_err("an unknown action code");
+    assert!(
+        matches!(&err, StoreError::Corrupt { table: "admin_actions", column: "action", value, .. } if value == "reboot"),
+        "{err:?}"
+    );
 }
 
 async fn corrupt_stored_values_are_reported(h: &Harness) {

@@ -19,10 +19,11 @@ use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher, read_checkpoint};
 use usersync::salesforce::auth::{SalesforceCredentials, Secret};
 use usersync::salesforce::pubsub::PubSubSettings;
+use usersync::salesforce::replay_from::ReplayFrom;
 use usersync::salesforce::rest::{CredentialsTokenSource, RestRetry, SalesforceRest};
 use usersync::salesforce::subscriber::CometdSubscriber;
 use usersync::salesforce::subscriber::{
-    Subscriber, SubscriberError, SubscriberSettings, SubscriberStats,
+    ReplayRequest, Subscriber, SubscriberError, SubscriberSettings, SubscriberStats,
 };
 use usersync::sim::salesforce::pubsub::StreamFault;
 use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
@@ -103,6 +104,16 @@ async fn start_transactional(rig: &Rig, transactional_id: &str) -> Running {
 }
 
 async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>) -> Running {
+    launch_with(rig, transport, transactional_id, None).await
+}
+
+/// Starts a subscriber that honours `replay` (an admin's replay request) first.
+async fn launch_with(
+    rig: &Rig,
+    transport: Transport,
+    transactional_id: Option<&str>,
+    replay: Option<ReplayRequest>,
+) -> Running {
     let creds = SalesforceCredentials::JwtBearer {
         login_url: rig.sim.login_url(),
         consumer_key: rig.sim.consumer_key(),
@@ -127,6 +138,7 @@ async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>)
         },
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
+        replay_from: replay,
         ..SubscriberSettings::default()
     };
     let transactions = match transactional_id {
@@ -776,4 +788,141 @@ async fn in_transactional_mode_a_refused_commit_is_read_again_from_the_checkpoin
             break;
         }
     }
+}
+
+/// Waits until the subscriber has saved a checkpoint from where `asked` starts.
+async fn honoured(asked: &ReplayRequest) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while asked.is_pending() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint was saved from the replay's start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many times each change read from the stream is on the topic, by event id.
+fn copies(events: &[UserChange]) -> BTreeMap<String, usize> {
+    let mut copies = BTreeMap::new();
+    for event in events.iter().filter(|e| e.change != ChangeKind::Snapshot) {
+        *copies.entry(event.event_id.clone()).or_insert(0) += 1;
+    }
+    copies
+}
+
+#[tokio::test]
+async fn in_transactional_mode_a_replay_commits_its_new_position_with_its_first_batch() {
+    const ID: &str = "usersync-subscriber-replay";
+    let rig = rig().await;
+    create(&rig.sim, "a", "a@acme.example");
+    let running = start_transactional(&rig, ID).await;
+    events(&rig, 1).await;
+    create(&rig.sim, "b", "b@acme.example");
+    events(&rig, 2).await;
+    running.stop().await;
+    let newest = read_checkpoint(&rig.kafka, TOPIC, WAIT)
+        .await
+        .unwrap()
+        .expect("a checkpoint committed in Kafka");
+    assert_eq!(newest.replay_id, rig.sim.latest_replay_id());
+
+    // From earliest: both creates Salesforce holds (a's came before the initial load) are
+    // committed again, then the checkpoint is the newest position again.
+    let asked = ReplayRequest::new(ReplayFrom::Earliest);
+    let running = launch_with(&rig, Transport::Pubsub, Some(ID), Some(asked.clone())).await;
+    let all = events(&rig, 4).await;
+    honoured(&asked).await;
+    let stats = running.stop().await;
+    assert_eq!(
+        (stats.events_published, stats.resyncs),
+        (2, 0),
+        "read from the stream, no user read through REST"
+    );
+    assert_eq!(copies(&all).len(), 2, "{all:?}");
+    assert_eq!(
+        read_checkpoint(&rig.kafka, TOPIC, WAIT)
+            .await
+            .unwrap()
+            .unwrap(),
+        newest
+    );
+
+    // From latest: the stream is pinned at its newest position; the pin is the checkpoint
+    // committed in Kafka (and its copy in the store), and the next change comes after it.
+    let asked = ReplayRequest::new(ReplayFrom::Latest);
+    let before = chrono::Utc::now();
+    let running = launch_with(&rig, Transport::Pubsub, Some(ID), Some(asked.clone())).await;
+    honoured(&asked).await;
+    let pin = read_checkpoint(&rig.kafka, TOPIC, WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pin.replay_id.is_empty(), "{pin:?}");
+    assert!(
+        pin.commit_timestamp.is_some_and(|at| at >= before),
+        "{pin:?}"
+    );
+    let mirrored = rig.store.checkpoint(TOPIC).await.unwrap().unwrap();
+    assert!(mirrored.replay_id.is_empty());
+    let c = create(&rig.sim, "c", "c@acme.example");
+    let all = events(&rig, 5).await;
+    let stats = running.stop().await;
+    assert_eq!((stats.events_published, stats.resyncs), (1, 0));
+    assert_eq!(all.iter().filter(|e| e.user_id == c).count(), 1);
+    assert_eq!(
+        read_checkpoint(&rig.kafka, TOPIC, WAIT)
+            .await
+            .unwrap()
+            .unwrap()
+            .replay_id,
+        rig.sim.latest_replay_id()
+    );
+}
+
+#[tokio::test]
+async fn on_cometd_a_replay_after_a_decimal_replay_id_reads_what_follows_it() {
+    let rig = rig().await;
+    // The checkpoint moves when a long-poll returns: a short hold keeps the test short.
+    rig.sim.set_cometd_hold(Duration::from_millis(300));
+    create(&rig.sim, "x", "x@acme.example");
+    let running = start_with(&rig, Transport::Cometd).await;
+    // The initial load's snapshot: the stream is open from here on.
+    events(&rig, 1).await;
+    let a = create(&rig.sim, "a", "a@acme.example");
+    create(&rig.sim, "b", "b@acme.example");
+    create(&rig.sim, "c", "c@acme.example");
+    let first = events(&rig, 4).await;
+    running.stop().await;
+    let key = "cometd:/data/UserChangeEvent";
+    let newest = rig.store.checkpoint(key).await.unwrap().unwrap();
+    assert_eq!(newest.replay_id.len(), 8);
+    let after = first
+        .iter()
+        .find(|e| e.user_id == a)
+        .and_then(|e| e.origin.replay_id.clone())
+        .unwrap();
+    assert!(after.chars().all(|c| c.is_ascii_digit()), "{after}");
+
+    let from = ReplayFrom::parse(&after, Transport::Cometd).unwrap();
+    let asked = ReplayRequest::new(from);
+    let running = launch_with(&rig, Transport::Cometd, None, Some(asked.clone())).await;
+    let all = events(&rig, 6).await;
+    honoured(&asked).await;
+    let stats = running.stop().await;
+    assert_eq!((stats.events_published, stats.resyncs), (2, 0));
+    let counted = copies(&all);
+    let twice: Vec<&UserChange> = all
+        .iter()
+        .filter(|e| counted.get(&e.event_id) == Some(&2))
+        .collect();
+    assert!(
+        twice.iter().all(|e| e.user_id != a) && twice.len() == 4,
+        "b's and c's creates again, not a's: {twice:?}"
+    );
+    let back = rig.store.checkpoint(key).await.unwrap().unwrap();
+    assert_eq!(
+        back.replay_id, newest.replay_id,
+        "back at the newest position"
+    );
 }

@@ -158,40 +158,7 @@ async fn replay_step(
         );
         return;
     }
-    let probe = match sf.transport {
-        Transport::Pubsub => {
-            let connection =
-                match super::pubsub::PubSubConnection::new(settings(sf).pubsub, session) {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        list.fail(STEP, "cannot open the Pub/Sub channel to ask", error);
-                        return;
-                    }
-                };
-            connection
-                .can_resume_after(&sf.topic, checkpoint.replay_id.clone(), REPLAY_PROBE)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        Transport::Cometd => {
-            let Ok(bytes) = <[u8; 8]>::try_from(checkpoint.replay_id.as_slice()) else {
-                list.fail(
-                    STEP,
-                    "the stored CometD checkpoint is not a replay id",
-                    format!("{} bytes", checkpoint.replay_id.len()),
-                );
-                return;
-            };
-            super::cometd::can_resume_after(
-                &sf.api_version,
-                tokens,
-                i64::from_be_bytes(bytes),
-                REPLAY_PROBE,
-            )
-            .await
-            .map_err(|e| e.to_string())
-        }
-    };
+    let probe = probe(sf, session, tokens, &checkpoint.replay_id).await;
     let age = checkpoint.commit_timestamp.map_or_else(
         || "of unknown age".to_owned(),
         |at| format!("from {}", at.to_rfc3339()),
@@ -232,4 +199,64 @@ async fn replay_step(
             error,
         ),
     }
+}
+
+/// Whether Salesforce resumes the stream after `replay_id` (the stored form: Pub/Sub's bytes,
+/// a CometD id as 8 big-endian bytes), asked in a short subscription of its own; `Err` when it
+/// gave no answer.
+async fn probe(
+    sf: &crate::config::SalesforceConfig,
+    session: &super::auth::SalesforceSession,
+    tokens: Arc<CredentialsTokenSource>,
+    replay_id: &[u8],
+) -> Result<bool, String> {
+    match sf.transport {
+        Transport::Pubsub => {
+            let connection = super::pubsub::PubSubConnection::new(settings(sf).pubsub, session)
+                .map_err(|e| format!("cannot open the Pub/Sub channel to ask: {e}"))?;
+            connection
+                .can_resume_after(&sf.topic, replay_id.to_vec(), REPLAY_PROBE)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Transport::Cometd => {
+            let bytes = <[u8; 8]>::try_from(replay_id).map_err(|_| {
+                format!(
+                    "{} bytes are not a CometD replay id (8 bytes)",
+                    replay_id.len()
+                )
+            })?;
+            super::cometd::can_resume_after(
+                &sf.api_version,
+                tokens,
+                i64::from_be_bytes(bytes),
+                REPLAY_PROBE,
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Whether Salesforce can resume the stream after `replay_id` (the stored form), asked with a
+/// session of its own made from the configuration and `stored` (what a reconnect stored): for
+/// an admin who gives a replay id to start from, before anything moves. `Err` says why no
+/// answer came.
+pub async fn can_resume_after(
+    config: &Config,
+    stored: Option<&SalesforceAuthorization>,
+    replay_id: &[u8],
+) -> Result<bool, String> {
+    let sf = &config.salesforce;
+    let credentials = credentials_with(sf, stored).map_err(|e| format!("{e:#}"))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(sf.timeout_seconds.max(1)))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let tokens = Arc::new(CredentialsTokenSource::new(http, credentials));
+    let session = tokens
+        .session()
+        .await
+        .map_err(|e| format!("signing in to Salesforce: {e}"))?;
+    probe(sf, &session, tokens, replay_id).await
 }

@@ -17,6 +17,8 @@
 //!   table that turns a token refusal into a disconnect reason.
 //! - [`rest`]: User records over the REST API: the initial load, the re-read of the users a
 //!   gap event names, and the resync after an overflow or an expired replay id.
+//! - [`replay_from`]: where an admin asks the stream to start again (earliest, latest, or
+//!   after a replay id), and the plan shown before it is confirmed.
 //!
 //! The rest of the I/O (the gRPC stream, the schema cache, Kafka) comes with the rest
 //! of the subscriber.
@@ -30,6 +32,7 @@ pub mod id;
 pub mod normalize;
 pub mod pubsub;
 pub mod replay;
+pub mod replay_from;
 pub mod rest;
 pub mod role;
 pub mod snapshot;

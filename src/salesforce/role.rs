@@ -22,8 +22,11 @@ use tokio::sync::watch;
 
 use super::auth::{SalesforceAuthError, SalesforceCredentials, Secret};
 use super::pubsub::PubSubSettings;
+use super::replay_from::ReplayFrom;
 use super::rest::{CredentialsTokenSource, RestRetry, SalesforceRest, TokenSource};
-use super::subscriber::{CometdSubscriber, Subscriber, SubscriberError, SubscriberSettings};
+use super::subscriber::{
+    CometdSubscriber, ReplayRequest, Subscriber, SubscriberError, SubscriberSettings,
+};
 use crate::config::{Config, SalesforceAuthFlow, SalesforceConfig, Transport};
 use crate::connection::authorization::{SalesforceAuthorization, StoredAuthorizations};
 use crate::connection::{
@@ -116,12 +119,18 @@ pub fn settings(config: &SalesforceConfig) -> SubscriberSettings {
         backoff_max: Duration::from_millis(config.backoff_max_ms),
         flush_timeout: Duration::from_secs(30),
         full_read_first: None,
+        replay_from: None,
     }
 }
 
-fn settings_for(sf: &SalesforceConfig, full_read: Option<&'static str>) -> SubscriberSettings {
+fn settings_for(
+    sf: &SalesforceConfig,
+    full_read: Option<&'static str>,
+    replay: Option<ReplayRequest>,
+) -> SubscriberSettings {
     SubscriberSettings {
         full_read_first: full_read,
+        replay_from: replay,
         ..settings(sf)
     }
 }
@@ -156,8 +165,12 @@ async fn supervise(
     let mut reconnects = connections.reconnect_requests(Side::Salesforce);
     let mut resyncs = connections.resync_requests();
     resyncs.borrow_and_update();
+    let mut replays = connections.replay_requests();
+    replays.borrow_and_update();
     let mut delays = retry_delays(sf);
     let mut full_read = None;
+    // An admin's replay, honoured by every attempt until one saves a checkpoint from there.
+    let mut replay: Option<ReplayRequest> = None;
     loop {
         // Requests from before this attempt are answered by it; one made while it runs (or
         // while it stops) reconnects at once.
@@ -167,10 +180,22 @@ async fn supervise(
             connections,
             resyncs.clone(),
             reconnects.clone(),
+            replays.clone(),
             shutdown.clone(),
         );
         let attempted = full_read.take();
-        let result = stream(config, connections, authorizations, attempted, stopping).await;
+        replay = replay.filter(ReplayRequest::is_pending);
+        let result = stream(
+            config,
+            connections,
+            authorizations,
+            Attempt {
+                full_read: attempted,
+                replay: replay.clone(),
+            },
+            stopping,
+        )
+        .await;
         stop.abort();
         if *shutdown.borrow() {
             return match result {
@@ -182,6 +207,18 @@ async fn supervise(
                 }
                 other => other,
             };
+        }
+        if replays.has_changed().unwrap_or(false) && result.is_ok() {
+            // An admin asked to replay from elsewhere: the stream stopped cleanly to start
+            // there.
+            if let Some(from) = replays.borrow_and_update().clone() {
+                tracing::info!(
+                    from = %from.render(sf.transport),
+                    "replay asked by an admin: the stream starts again from there"
+                );
+                replay = Some(ReplayRequest::new(from));
+            }
+            continue;
         }
         if resyncs.has_changed().unwrap_or(false) && result.is_ok() {
             // An admin asked for a resync: the stream stopped cleanly to start over with a
@@ -264,12 +301,14 @@ fn retry_delays(sf: &SalesforceConfig) -> impl Iterator<Item = Duration> {
 }
 
 /// A stop signal for one attempt: true at shutdown, when an admin disconnects Salesforce, when
-/// an admin asks for a resync (the attempt ends cleanly and the next one reads all), or for a
-/// reconnect (the next attempt signs in again, with what the reconnect stored).
+/// an admin asks for a resync (the attempt ends cleanly and the next one reads all), for a
+/// reconnect (the next attempt signs in again, with what the reconnect stored), or for a
+/// replay (the next attempt starts where the admin asked).
 fn stop_signal(
     connections: &Connections,
     mut resyncs: watch::Receiver<u64>,
     mut reconnects: watch::Receiver<u64>,
+    mut replays: watch::Receiver<Option<ReplayFrom>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<bool>) {
     let (tx, rx) = watch::channel(false);
@@ -281,6 +320,7 @@ fn stop_signal(
                 && c.reason == Some(DisconnectReason::Manual)) => {}
             Ok(()) = resyncs.changed() => {}
             Ok(()) = reconnects.changed() => {}
+            Ok(()) = replays.changed() => {}
         }
         let _ = tx.send(true);
     });
@@ -304,13 +344,20 @@ fn verdict_of(error: &anyhow::Error) -> Verdict {
     Verdict::Unaffected
 }
 
-/// One attempt: sign in, report who the authorization belongs to, stream until `shutdown`;
-/// `full_read` says why every user is read first, when it is.
+/// What an attempt starts with besides the checkpoint.
+struct Attempt {
+    /// Why every user is read first, when it is.
+    full_read: Option<&'static str>,
+    /// Where an admin asked the stream to start, while no checkpoint was saved from there.
+    replay: Option<ReplayRequest>,
+}
+
+/// One attempt: sign in, report who the authorization belongs to, stream until `shutdown`.
 async fn stream(
     config: &Config,
     connections: &Connections,
     authorizations: Option<&StoredAuthorizations>,
-    full_read: Option<&'static str>,
+    attempt: Attempt,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sf = &config.salesforce;
@@ -385,9 +432,14 @@ async fn stream(
     };
     match sf.transport {
         Transport::Pubsub => {
-            let mut subscriber =
-                Subscriber::new(settings_for(sf, full_read), tokens, rest, publisher, store)
-                    .await?;
+            let mut subscriber = Subscriber::new(
+                settings_for(sf, attempt.full_read, attempt.replay),
+                tokens,
+                rest,
+                publisher,
+                store,
+            )
+            .await?;
             if let Some(transactional) = transactions {
                 subscriber = subscriber.with_transactions(transactional, config.kafka.clone());
             }
@@ -396,7 +448,7 @@ async fn stream(
         }
         Transport::Cometd => {
             let mut subscriber = CometdSubscriber::new(
-                settings_for(sf, full_read),
+                settings_for(sf, attempt.full_read, attempt.replay),
                 &sf.api_version,
                 tokens,
                 rest,

@@ -4,8 +4,9 @@
 //! several processor replicas, be shared — the subscriber's replay checkpoints and its own
 //! last-known Salesforce users (what it merges partial updates into), the processor's
 //! last-known Salesforce users, mappings, Outreach user index, applied-event log and decision
-//! log, the admin's settings. Each role's state is its own: the subscriber's users are kept
-//! apart from the processor's because each carries the position of a different role. The store
+//! log, the admin's settings and the log of what admins asked of the running process. Each
+//! role's state is its own: the subscriber's users are kept apart from the processor's because
+//! each carries the position of a different role. The store
 //! keeps exactly that and nothing else: it is never a queue (events travel only through Kafka),
 //! and it holds no rules of its own beyond one: a mapping is 1:1, and the schema itself
 //! enforces it (`mappings.outreach_user_id` is the primary key, `mappings.salesforce_user_id`
@@ -28,6 +29,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use crate::engine::decision::{Action, DecisionRecord};
 use crate::engine::settings::SyncSettings;
@@ -41,6 +43,9 @@ pub use sqlite::SqliteStore;
 
 /// The most decision records one page of the log returns.
 pub const MAX_DECISION_PAGE: u32 = 500;
+
+/// The most admin actions one read of their log returns.
+pub const MAX_ADMIN_ACTIONS: u32 = 500;
 
 /// Durable state of the roles. All methods are safe to call from several tasks (and, with
 /// PostgreSQL, several processes) at once.
@@ -114,6 +119,14 @@ pub trait Store: Send + Sync {
         sealed: &[u8],
         key_fingerprint: &str,
     ) -> Result<(), StoreError>;
+
+    /// Appends what an admin asked of the running process (a replay, a resync) to the
+    /// admin-action log; returns its sequence number. The log is only ever appended to.
+    async fn append_admin_action(&self, action: &AdminAction) -> Result<i64, StoreError>;
+
+    /// The newest `limit` admin actions (at most [`MAX_ADMIN_ACTIONS`]), newest first, each
+    /// with its sequence number.
+    async fn admin_actions(&self, limit: u32) -> Result<Vec<(i64, AdminAction)>, StoreError>;
 
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError>;
     /// Inserts or overwrites the checkpoint of `checkpoint.topic`.
@@ -209,6 +222,49 @@ pub struct DecisionPage {
     pub records: Vec<(i64, DecisionRecord)>,
     /// The cursor of the next (older) page; `None` when this page is the last.
     pub next_after: Option<i64>,
+}
+
+/// Something an admin asked of the running process, kept in the admin-action log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdminAction {
+    pub at: DateTime<Utc>,
+    pub action: AdminActionKind,
+    /// What the action was about, as JSON: for a replay, where from and the checkpoint before
+    /// it; for a resync, the checkpoint before it.
+    pub detail: serde_json::Value,
+}
+
+/// What kind of admin action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminActionKind {
+    /// The subscriber's replay position was moved (`POST /api/v1/replay`).
+    Replay,
+    /// Every Salesforce user was read again (`POST /api/v1/resync`).
+    Resync,
+}
+
+impl AdminActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminActionKind::Replay => "replay",
+            AdminActionKind::Resync => "resync",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<AdminActionKind> {
+        match code {
+            "replay" => Some(AdminActionKind::Replay),
+            "resync" => Some(AdminActionKind::Resync),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AdminActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where a subscriber resumes one Salesforce topic.

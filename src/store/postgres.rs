@@ -16,7 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor, Postgres, Transaction};
 
 use super::rows::{
-    CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow, SubscriberUserRow,
+    AdminActionRow, CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow,
+    SubscriberUserRow,
 };
 use super::statements::{Access, Backend, Statements};
 use super::{Context, ReplayCheckpoint, StoreError, redact_password};
@@ -306,6 +307,16 @@ impl Statements for PostgresSession {
             .await
     }
 
+    async fn admin_actions_newest(&mut self, limit: i64) -> sqlx::Result<Vec<AdminActionRow>> {
+        sqlx::query_as(
+            "SELECT sequence, at, action, detail::text AS detail FROM admin_actions \
+             ORDER BY sequence DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.conn())
+        .await
+    }
+
     async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>> {
         sqlx::query_as(
             "SELECT topic, replay_id, commit_timestamp, updated_at FROM replay_checkpoints \
@@ -522,6 +533,23 @@ impl Statements for PostgresSession {
         .execute(self.conn())
         .await
         .map(drop)
+    }
+
+    async fn append_admin_action(
+        &mut self,
+        at: DateTime<Utc>,
+        action: &str,
+        detail: &str,
+    ) -> sqlx::Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO admin_actions (at, action, detail) VALUES ($1, $2, $3::jsonb) \
+             RETURNING sequence",
+        )
+        .bind(at)
+        .bind(action)
+        .bind(detail)
+        .fetch_one(self.conn())
+        .await
     }
 
     async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()> {

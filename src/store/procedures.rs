@@ -13,8 +13,8 @@ use sqlx::error::ErrorKind;
 
 use super::statements::{Access, Backend, Statements};
 use super::{
-    AppliedEvent, Context, DecisionPage, DecisionQuery, MAX_DECISION_PAGE, MappingFilter,
-    MappingWrite, ReplayCheckpoint, Store, StoreError,
+    AdminAction, AppliedEvent, Context, DecisionPage, DecisionQuery, MAX_ADMIN_ACTIONS,
+    MAX_DECISION_PAGE, MappingFilter, MappingWrite, ReplayCheckpoint, Store, StoreError,
 };
 use crate::engine::settings::SyncSettings;
 use crate::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
@@ -231,6 +231,29 @@ impl<B: Backend> Store for B {
             .save_authorization(side, sealed, key_fingerprint, Utc::now())
             .await
             .context(operation)
+    }
+
+    async fn append_admin_action(&self, action: &AdminAction) -> Result<i64, StoreError> {
+        let operation = || format!("record the admin action {}", action.action);
+        let detail = action.detail.to_string();
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        session
+            .append_admin_action(action.at, action.action.as_str(), &detail)
+            .await
+            .context(operation)
+    }
+
+    async fn admin_actions(&self, limit: u32) -> Result<Vec<(i64, AdminAction)>, StoreError> {
+        let operation = || "read the admin actions".to_string();
+        let limit = limit.clamp(1, MAX_ADMIN_ACTIONS);
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let rows = session
+            .admin_actions_newest(i64::from(limit))
+            .await
+            .context(operation)?;
+        rows.into_iter()
+            .map(<(i64, AdminAction)>::try_from)
+            .collect()
     }
 
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError> {

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{ReplayCheckpoint, StoreError};
+use super::{AdminAction, AdminActionKind, ReplayCheckpoint, StoreError};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::event::Position;
@@ -255,6 +255,45 @@ impl TryFrom<DecisionRow> for (i64, DecisionRecord) {
             outreach_calls,
         };
         Ok((row.sequence, record))
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AdminActionRow {
+    pub sequence: i64,
+    pub at: DateTime<Utc>,
+    pub action: String,
+    /// The JSON document, as text.
+    pub detail: String,
+}
+
+impl TryFrom<AdminActionRow> for (i64, AdminAction) {
+    type Error = StoreError;
+
+    fn try_from(row: AdminActionRow) -> Result<Self, StoreError> {
+        let corrupt = |column: &'static str, value: &str, problem: String| StoreError::Corrupt {
+            table: "admin_actions",
+            column,
+            value: value.to_string(),
+            problem: format!("{problem} (admin action {})", row.sequence),
+        };
+        let action = AdminActionKind::parse(&row.action).ok_or_else(|| {
+            corrupt(
+                "action",
+                &row.action,
+                "not an admin action (replay, resync)".into(),
+            )
+        })?;
+        let detail = serde_json::from_str(&row.detail)
+            .map_err(|e| corrupt("detail", &row.detail, e.to_string()))?;
+        Ok((
+            row.sequence,
+            AdminAction {
+                at: row.at,
+                action,
+                detail,
+            },
+        ))
     }
 }
 

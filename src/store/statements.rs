@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 
 use super::ReplayCheckpoint;
 use super::rows::{
-    CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow, SubscriberUserRow,
+    AdminActionRow, CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow,
+    SubscriberUserRow,
 };
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
@@ -85,6 +86,8 @@ pub(crate) trait Statements {
     async fn settings_document(&mut self) -> sqlx::Result<Option<String>>;
     /// The sealed authorization of a side.
     async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<Vec<u8>>>;
+    /// The newest `limit` admin actions, newest first.
+    async fn admin_actions_newest(&mut self, limit: i64) -> sqlx::Result<Vec<AdminActionRow>>;
     async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>>;
     /// The subscriber's last-known users of one org among `user_ids`, by user id.
     async fn subscriber_users_by_id(
@@ -119,6 +122,13 @@ pub(crate) trait Statements {
         updated_at: DateTime<Utc>,
     ) -> sqlx::Result<()>;
     async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()>;
+    /// Appends an admin action (its detail as JSON text); its sequence number.
+    async fn append_admin_action(
+        &mut self,
+        at: DateTime<Utc>,
+        action: &str,
+        detail: &str,
+    ) -> sqlx::Result<i64>;
     async fn save_authorization(
         &mut self,
         side: &str,

@@ -157,14 +157,22 @@ impl Parts {
         self.outreach.users().iter().any(|u| u.email == email)
     }
 
+    /// A request to the admin API, with the admin token when the configuration has one.
+    fn admin_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.admin_url));
+        let token = self.config.admin.token.expose();
+        if token.is_empty() {
+            request
+        } else {
+            request.bearer_auth(token)
+        }
+    }
+
     /// `GET` or `POST` on the admin API; the status and the JSON body.
     pub async fn admin(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.admin_url))
-            .send()
-            .await
-            .unwrap();
+        let response = self.admin_request(method, path).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -172,8 +180,7 @@ impl Parts {
     /// `POST` with a JSON body on the admin API; the status and the raw body.
     pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, String) {
         let response = self
-            .http
-            .post(format!("{}{path}", self.admin_url))
+            .admin_request(reqwest::Method::POST, path)
             .json(body)
             .send()
             .await
@@ -214,7 +221,7 @@ type EndState = (Vec<Value>, BTreeMap<String, String>);
 
 impl Parts {
     /// Every `user_change.v1` event on the change topic so far, partition by partition.
-    fn published_events(&self) -> Vec<Value> {
+    pub fn published_events(&self) -> Vec<Value> {
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &self.config.kafka.brokers)
             .set("group.id", "usersync-test-reader")

@@ -13,7 +13,8 @@
 //!   a delivery, the loop waits for what is in flight, backs off, and starts a new client
 //!   from the stored checkpoint (nothing after it was confirmed);
 //! - an invalid replay id is handled by the client per the replay policy; with `resync` the
-//!   loop then re-reads the users changed since the checkpoint's commit time.
+//!   loop then re-reads the users changed since the checkpoint's commit time;
+//! - an admin's replay uses CometD's presets: `-2` for earliest, `-1` (the tip) for latest.
 
 use std::sync::Arc;
 
@@ -27,9 +28,11 @@ use super::{
 };
 use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
 use crate::salesforce::cometd::{
-    CometdClient, CometdConfig, CredentialsTokenSource, Delivered, Poll, REPLAY_FROM_TIP,
+    CometdClient, CometdConfig, CredentialsTokenSource, Delivered, Poll, REPLAY_FROM_EARLIEST,
+    REPLAY_FROM_TIP,
 };
 use crate::salesforce::normalize::Replay;
+use crate::salesforce::replay_from::ReplayFrom;
 use crate::salesforce::rest::SalesforceRest;
 use crate::store::Store;
 
@@ -46,6 +49,39 @@ fn replay_of(position: &StreamPosition) -> Option<i64> {
     Some(i64::from_be_bytes(
         position.replay_id.as_slice().try_into().ok()?,
     ))
+}
+
+/// Where a client resumes after the stored checkpoint, and what it reads first: after its
+/// replay id; from the tip after reading the users changed since a pin; or from the tip after
+/// the initial load when there is no usable checkpoint.
+fn start_after(stored: Option<&StreamPosition>) -> (i64, Option<Resync>) {
+    if let Some(read) = Resync::before_resuming(stored) {
+        return (REPLAY_FROM_TIP, Some(read));
+    }
+    match stored.and_then(replay_of) {
+        Some(replay_id) => (replay_id, None),
+        None => (REPLAY_FROM_TIP, Some(Resync::All("initial load"))),
+    }
+}
+
+/// Where a client starts for an admin's replay: CometD's own presets for the oldest retained
+/// event and the tip (opened before anything is read, so the pin is saved at once), or after
+/// the replay id given.
+fn start_asked(from: &ReplayFrom) -> Result<(i64, Option<Resync>), SubscriberError> {
+    Ok(match from {
+        ReplayFrom::Earliest => (REPLAY_FROM_EARLIEST, None),
+        ReplayFrom::Latest => (REPLAY_FROM_TIP, Some(Resync::Nothing)),
+        ReplayFrom::After(bytes) => {
+            let replay_id =
+                <[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| SubscriberError::Stopped {
+                    reason: format!(
+                        "the replay id asked for ({} bytes) is not a CometD replay id",
+                        bytes.len()
+                    ),
+                })?;
+            (i64::from_be_bytes(replay_id), None)
+        }
+    })
 }
 
 impl CometdSubscriber {
@@ -66,7 +102,8 @@ impl CometdSubscriber {
             store,
             settings.resync_margin,
         )
-        .for_cometd();
+        .for_cometd()
+        .with_replay(settings.replay_from.clone());
         Ok(CometdSubscriber {
             settings,
             // REST paths say `v62.0`; the CometD path says `62.0`.
@@ -101,26 +138,17 @@ impl CometdSubscriber {
         let mut full_read = self.settings.full_read_first;
         loop {
             let stored = self.pipeline.load_checkpoint().await?;
-            // A full read asked for starts from the tip, like the initial load (once); so does
-            // a stream pinned at the tip that had delivered nothing, after reading the users
-            // changed since the pin.
-            let first_read = match full_read.take() {
-                Some(why) => Some(Resync::All(why)),
-                None => Resync::before_resuming(stored.as_ref()),
-            };
-            let resume = match first_read {
-                Some(_) => None,
-                None => stored.as_ref().and_then(replay_of),
+            let (resume, first_read) = match full_read.take() {
+                // A full read asked for starts from the tip, like the initial load (once).
+                Some(why) => (REPLAY_FROM_TIP, Some(Resync::All(why))),
+                None => match self.pipeline.asked_start() {
+                    Some(from) => start_asked(&from)?,
+                    None => start_after(stored.as_ref()),
+                },
             };
             let config = CometdConfig::new(self.api_version.clone(), self.settings.replay_policy);
-            let mut client = CometdClient::new(
-                config,
-                self.tokens.clone(),
-                resume.unwrap_or(REPLAY_FROM_TIP),
-            )
-            .map_err(Box::new)?;
-            let first_read =
-                first_read.or_else(|| resume.is_none().then_some(Resync::All("initial load")));
+            let mut client =
+                CometdClient::new(config, self.tokens.clone(), resume).map_err(Box::new)?;
             let outcome = self
                 .serve(&mut client, first_read, &mut shutdown, &mut backoff)
                 .await;

@@ -43,6 +43,7 @@ use super::id::SalesforceId;
 use super::normalize::{Delivery, Normalized, Replay, normalize};
 use super::pubsub::{PubSubError, PubSubSettings};
 use super::replay::ReplayPolicy;
+use super::replay_from::ReplayFrom;
 use super::rest::{SalesforceRest, SalesforceRestError, UserQuery};
 use super::snapshot::{ReadPosition, snapshot};
 use crate::config::Transport;
@@ -79,6 +80,9 @@ pub struct SubscriberSettings {
     /// asked for a resync, or a reconnect with `salesforce.full_read_on_reconnect`). The
     /// stream then starts at the newest position, opened before the read: no gap.
     pub full_read_first: Option<&'static str>,
+    /// Start where an admin asked ([`ReplayRequest`]) instead of after the checkpoint, until
+    /// a checkpoint is saved from there.
+    pub replay_from: Option<ReplayRequest>,
 }
 
 impl Default for SubscriberSettings {
@@ -92,7 +96,37 @@ impl Default for SubscriberSettings {
             backoff_max: Duration::from_secs(60),
             flush_timeout: Duration::from_secs(30),
             full_read_first: None,
+            replay_from: None,
         }
+    }
+}
+
+/// An admin's request to start the stream elsewhere than after the checkpoint
+/// (`POST /api/v1/replay`), shared by the supervisor that took it and the attempts that honour
+/// it. It stays pending until a checkpoint is saved from the new start: a stream that ends
+/// before that (a network blip, a refused commit, a reconnect) starts there again, and a
+/// restart of the process starts from the old checkpoint. Once one is saved the request is
+/// done and the stream resumes after its checkpoint as always.
+#[derive(Debug, Clone)]
+pub struct ReplayRequest(Arc<std::sync::Mutex<Option<ReplayFrom>>>);
+
+impl ReplayRequest {
+    pub fn new(from: ReplayFrom) -> ReplayRequest {
+        ReplayRequest(Arc::new(std::sync::Mutex::new(Some(from))))
+    }
+
+    /// Where the stream must start, while no checkpoint has been saved from there.
+    pub fn pending(&self) -> Option<ReplayFrom> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.pending().is_some()
+    }
+
+    /// A checkpoint was saved from the new start.
+    fn done(&self) -> Option<ReplayFrom> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -165,6 +199,8 @@ pub struct Pipeline {
     resync_margin: Duration,
     /// Set in transactional mode: events wait here for the end of their stream batch.
     transactions: Option<Transactions>,
+    /// Where an admin asked the stream to start, until a checkpoint is saved from there.
+    replay: Option<ReplayRequest>,
     pub stats: SubscriberStats,
 }
 
@@ -222,8 +258,38 @@ impl Pipeline {
             newest_commit: None,
             resync_margin,
             transactions: None,
+            replay: None,
             stats: SubscriberStats::default(),
         }
+    }
+
+    /// Honours `request` (when pending) at the next start: see [`Pipeline::asked_start`].
+    pub fn with_replay(mut self, request: Option<ReplayRequest>) -> Pipeline {
+        self.replay = request;
+        self
+    }
+
+    /// The start an admin asked for, while no checkpoint has been saved from it. Taking it
+    /// puts this process where the stream will start, so that a position saved later without a
+    /// time of its own (a keepalive's) does not take the old checkpoint's time, and a read
+    /// placed at the stream's position names the right replay id.
+    pub fn asked_start(&mut self) -> Option<ReplayFrom> {
+        let from = self.replay.as_ref()?.pending()?;
+        match &from {
+            ReplayFrom::Earliest => self.checkpoint = None,
+            ReplayFrom::After(replay_id) => {
+                self.checkpoint = Some(StreamPosition {
+                    replay_id: replay_id.clone(),
+                    commit_timestamp: None,
+                });
+            }
+            ReplayFrom::Latest => {}
+        }
+        tracing::info!(
+            from = %from.render(self.transport),
+            "an admin asked to replay: the stream starts there"
+        );
+        Some(from)
     }
 
     /// Transactional mode: events are sent by `publisher`, one Kafka transaction per stream
@@ -436,7 +502,7 @@ impl Pipeline {
                 .checkpoint
                 .as_ref()
                 .filter(|c| !c.replay_id.is_empty())
-                .map(|c| render_replay(self.transport, &c.replay_id)),
+                .map(|c| super::replay_from::render_replay_id(self.transport, &c.replay_id)),
             change_type: None,
             transaction_key: None,
         }
@@ -774,6 +840,13 @@ impl Pipeline {
                 context: format!("saving the replay checkpoint of {}", self.topic),
                 source,
             })?;
+        if let Some(from) = self.replay.as_ref().and_then(ReplayRequest::done) {
+            tracing::info!(
+                from = %from.render(self.transport),
+                replay_id = %super::replay_from::render_replay_id(self.transport, &position.replay_id),
+                "the replay an admin asked for has moved the checkpoint"
+            );
+        }
         self.checkpoint = Some(StreamPosition {
             replay_id: position.replay_id,
             commit_timestamp,
@@ -814,15 +887,6 @@ pub fn checkpoint_key(transport: Transport, topic: &str) -> String {
     match transport {
         Transport::Pubsub => topic.to_owned(),
         Transport::Cometd => format!("cometd:{topic}"),
-    }
-}
-
-/// A stored replay id in the event's form (`origin.replay_id`): Pub/Sub bytes as lower-case
-/// hex; a CometD id, stored as 8 big-endian bytes, in decimal.
-fn render_replay(transport: Transport, replay_id: &[u8]) -> String {
-    match (transport, <[u8; 8]>::try_from(replay_id)) {
-        (Transport::Cometd, Ok(bytes)) => Replay::CometD(i64::from_be_bytes(bytes)).render(),
-        _ => Replay::PubSub(replay_id).render(),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::salesforce::pubsub::{
     Subscription,
 };
 use crate::salesforce::replay::{Recovery, recovery};
+use crate::salesforce::replay_from::ReplayFrom;
 use crate::salesforce::rest::{CredentialsTokenSource, SalesforceRest, TokenSource};
 use crate::store::Store;
 
@@ -48,7 +49,8 @@ impl Subscriber {
             publisher,
             store,
             settings.resync_margin,
-        );
+        )
+        .with_replay(settings.replay_from.clone());
         Ok(Subscriber {
             settings,
             tokens,
@@ -87,7 +89,7 @@ impl Subscriber {
             Some(why) => Start::Latest {
                 resync: Resync::All(why),
             },
-            None => Start::from_checkpoint(checkpoint.as_ref()),
+            None => self.resume(checkpoint.as_ref()),
         };
         let mut backoff = retry_delays(&self.settings);
         loop {
@@ -133,19 +135,20 @@ impl Subscriber {
             };
             tracing::info!(%end, ?step, "Pub/Sub stream ended");
             // Nothing ever confirmed: the initial load starts over; pinned but no position yet:
-            // the users changed since the pin are read again.
-            let resume = Start::from_checkpoint(self.pipeline.checkpoint());
+            // the users changed since the pin are read again; a replay asked for and not yet
+            // checkpointed starts there again.
+            let checkpoint = self.pipeline.checkpoint().cloned();
             next = match step {
                 Recovery::Resume { after } => {
                     tokio::select! {
                         () = tokio::time::sleep(after) => {}
                         _ = shutdown.changed() => {}
                     }
-                    resume
+                    self.resume(checkpoint.as_ref())
                 }
                 Recovery::Reauthenticate => {
                     self.reauthenticate().await?;
-                    resume
+                    self.resume(checkpoint.as_ref())
                 }
                 Recovery::StartOver { resync: true } => Start::Latest {
                     resync: match self.pipeline.checkpoint().and_then(|c| c.commit_timestamp) {
@@ -182,6 +185,19 @@ impl Subscriber {
         }
     }
 
+    /// Where the stream starts next: where an admin asked, until a checkpoint is saved from
+    /// there; else after `checkpoint`.
+    fn resume(&mut self, checkpoint: Option<&StreamPosition>) -> Start {
+        match self.pipeline.asked_start() {
+            Some(ReplayFrom::Earliest) => Start::Earliest,
+            Some(ReplayFrom::Latest) => Start::Latest {
+                resync: Resync::Nothing,
+            },
+            Some(ReplayFrom::After(replay_id)) => Start::After(replay_id),
+            None => Start::from_checkpoint(checkpoint),
+        }
+    }
+
     /// Opens the stream `start` asks for. A LATEST subscription is opened *before* any
     /// resync, which pins the stream position on the server: whatever changes while users are
     /// read through REST is still delivered after them, so the hand-over has no gap.
@@ -191,6 +207,10 @@ impl Subscriber {
                 .connection
                 .subscribe(&self.settings.topic, StartAt::After(replay_id))
                 .await?),
+            Start::Earliest => Ok(self
+                .connection
+                .subscribe(&self.settings.topic, StartAt::Earliest)
+                .await?),
             Start::Latest { resync } => {
                 let pinned_at = Utc::now();
                 let subscription = self
@@ -198,6 +218,9 @@ impl Subscriber {
                     .subscribe(&self.settings.topic, StartAt::Latest)
                     .await?;
                 self.pipeline.read_before_stream(&resync, pinned_at).await?;
+                // The pin is saved as soon as what was read before it is confirmed, rather than
+                // with the stream's first batch (which may be a keepalive minutes away).
+                self.pipeline.save_checkpoint().await?;
                 Ok(subscription)
             }
         }
@@ -271,8 +294,10 @@ impl Subscriber {
 /// Where the next stream starts.
 #[derive(Debug, Clone)]
 enum Start {
-    /// After the checkpoint.
+    /// After the checkpoint, or after the replay id an admin gave.
     After(Vec<u8>),
+    /// At the oldest change Salesforce holds (an admin asked to replay from earliest).
+    Earliest,
     /// At the newest position, after reading users through REST.
     Latest { resync: Resync },
 }
