@@ -15,9 +15,11 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::sync::watch;
 use usersync::config::Transport;
+use usersync::connection::Connections;
 use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher, read_checkpoint};
 use usersync::salesforce::auth::{SalesforceCredentials, Secret};
+use usersync::salesforce::lease::{self, Fence, LeaseSettings};
 use usersync::salesforce::pubsub::PubSubSettings;
 use usersync::salesforce::rest::{CredentialsTokenSource, RestRetry, SalesforceRest};
 use usersync::salesforce::subscriber::CometdSubscriber;
@@ -103,6 +105,17 @@ async fn start_transactional(rig: &Rig, transactional_id: &str) -> Running {
 }
 
 async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>) -> Running {
+    launch_fenced(rig, transport, transactional_id, None).await
+}
+
+/// Starts a subscriber that publishes only while `fence` holds (as when instances share a
+/// lease).
+async fn launch_fenced(
+    rig: &Rig,
+    transport: Transport,
+    transactional_id: Option<&str>,
+    fence: Option<Arc<Fence>>,
+) -> Running {
     let creds = SalesforceCredentials::JwtBearer {
         login_url: rig.sim.login_url(),
         consumer_key: rig.sim.consumer_key(),
@@ -148,7 +161,8 @@ async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>)
             let mut subscriber =
                 Subscriber::new(settings, tokens, rest, publisher, rig.store.clone())
                     .await
-                    .expect("subscriber");
+                    .expect("subscriber")
+                    .with_fence(fence);
             if let Some((publisher, kafka)) = transactions {
                 subscriber = subscriber.with_transactions(publisher, kafka);
             }
@@ -167,7 +181,8 @@ async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>)
                 rig.store.clone(),
             )
             .await
-            .expect("subscriber");
+            .expect("subscriber")
+            .with_fence(fence);
             tokio::spawn(async move {
                 let outcome = subscriber.run(shutdown).await;
                 if let Err(error) = &outcome {
@@ -481,6 +496,69 @@ async fn a_pubsub_stop_before_the_first_position_resumes_from_the_pin() {
 #[tokio::test]
 async fn a_cometd_stop_before_the_first_position_resumes_from_the_pin() {
     a_stop_before_the_first_position_resumes_from_the_pin(Transport::Cometd).await;
+}
+
+/// A holder whose renewals stop getting through (its store out of reach, its process starved)
+/// stops publishing once its lease may have run out, before a standby can take it, although
+/// Salesforce and Kafka still answer: what it then receives is left to the next holder.
+async fn a_subscriber_whose_lease_ran_out_publishes_nothing_more(transport: Transport) {
+    let rig = rig().await;
+    create(&rig.sim, "a", "a@acme.example");
+    let ttl = Duration::from_secs(3);
+    let settings = LeaseSettings::for_topic(TOPIC, "first".into(), ttl);
+    let (_keep, shutdown) = watch::channel(false);
+    let held = lease::acquire(rig.store.clone(), &settings, &Connections::new(), shutdown)
+        .await
+        .expect("the store answers")
+        .expect("a free lease is taken");
+    let fence = held.fence();
+    let running = launch_fenced(&rig, transport, None, Some(fence.clone())).await;
+    let loaded = events(&rig, 1).await;
+    assert_eq!(
+        loaded[0].change,
+        ChangeKind::Snapshot,
+        "published while held"
+    );
+
+    // The renewals stop; the holder's own clock closes its fence before the lease can run out.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fence.check().is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the fence closes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let standby = LeaseSettings::for_topic(TOPIC, "second".into(), ttl);
+    assert!(
+        matches!(
+            rig.store
+                .take_lease(&standby.name, &standby.instance, ttl)
+                .await
+                .unwrap(),
+            usersync::store::LeaseAnswer::HeldBy(_)
+        ),
+        "the fence closes while the lease is still the holder's"
+    );
+
+    create(&rig.sim, "b", "b@acme.example");
+    let (outcome, stats) = tokio::time::timeout(WAIT, running.task)
+        .await
+        .expect("the run ends by itself")
+        .unwrap();
+    let error = outcome.expect_err("the run ends on the lost lease");
+    assert!(matches!(error, SubscriberError::LeaseLost(_)), "{error}");
+    assert_eq!(stats.events_published, 0, "b's create is not published");
+    let published = records(&rig, &rig.kafka.topic, 1).await;
+    assert_eq!(published.len(), 1, "only the initial load reached Kafka");
+}
+
+#[tokio::test]
+async fn a_pubsub_subscriber_whose_lease_ran_out_publishes_nothing_more() {
+    a_subscriber_whose_lease_ran_out_publishes_nothing_more(Transport::Pubsub).await;
+}
+
+#[tokio::test]
+async fn a_cometd_subscriber_whose_lease_ran_out_publishes_nothing_more() {
+    a_subscriber_whose_lease_ran_out_publishes_nothing_more(Transport::Cometd).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The Salesforce side: ids, and the pure half of the Change Data Capture subscriber.
 //!
-//! The subscriber (issue 3) reads `UserChangeEvent`s and publishes `user_change.v1`. Its
+//! The subscriber reads `UserChangeEvent`s and publishes `user_change.v1`. Its
 //! pure parts live here so they can be tested without a network:
 //!
 //! - [`id`]: Salesforce ids, always emitted in the 18-character form.
@@ -18,6 +18,8 @@
 //! - [`rest`]: User records over the REST API: the initial load, the re-read of the users a
 //!   gap event names, and the resync after an overflow or an expired replay id.
 //!
+//! - [`lease`]: which of several subscriber instances sharing a store streams.
+//!
 //! The rest of the I/O (the gRPC stream, the schema cache, Kafka) comes with the rest
 //! of the subscriber.
 
@@ -27,6 +29,7 @@ pub mod bitmap;
 pub mod checklist;
 pub mod cometd;
 pub mod id;
+pub mod lease;
 pub mod normalize;
 pub mod pubsub;
 pub mod replay;

@@ -21,6 +21,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::auth::{SalesforceAuthError, SalesforceCredentials, Secret};
+use super::lease::{self, Fence, Held, LeaseSettings};
 use super::pubsub::PubSubSettings;
 use super::rest::{CredentialsTokenSource, RestRetry, SalesforceRest, TokenSource};
 use super::subscriber::{CometdSubscriber, Subscriber, SubscriberError, SubscriberSettings};
@@ -158,7 +159,30 @@ async fn supervise(
     resyncs.borrow_and_update();
     let mut delays = retry_delays(sf);
     let mut full_read = None;
+    let leasing = Leasing::for_config(config).await?;
+    if leasing.is_none() {
+        connections.subscriber(lease::unleased(config.subscriber.instance()));
+    }
+    let mut held: Option<Held> = None;
     loop {
+        // Only the instance holding the lease streams; the others stand by here.
+        if let Some(leasing) = &leasing
+            && held.as_ref().is_none_or(|h| *h.lost().borrow())
+        {
+            drop(held.take());
+            match lease::acquire(
+                leasing.store.clone(),
+                &leasing.settings,
+                connections,
+                shutdown.clone(),
+            )
+            .await
+            .context("taking the subscriber lease")?
+            {
+                Some(taken) => held = Some(taken),
+                None => return Ok(()),
+            }
+        }
         // Requests from before this attempt are answered by it; one made while it runs (or
         // while it stops) reconnects at once.
         reconnects.borrow_and_update();
@@ -168,11 +192,24 @@ async fn supervise(
             resyncs.clone(),
             reconnects.clone(),
             shutdown.clone(),
+            held.as_ref().map(Held::lost),
         );
         let attempted = full_read.take();
-        let result = stream(config, connections, authorizations, attempted, stopping).await;
+        let fence = held.as_ref().map(Held::fence);
+        let result = stream(
+            config,
+            connections,
+            authorizations,
+            attempted,
+            fence,
+            stopping,
+        )
+        .await;
         stop.abort();
         if *shutdown.borrow() {
+            if let (Some(taken), Some(leasing)) = (held.take(), &leasing) {
+                taken.release(&*leasing.store).await;
+            }
             return match result {
                 // An attempt that met a connection problem while the process stops: the board
                 // has it; the role stops cleanly.
@@ -182,6 +219,21 @@ async fn supervise(
                 }
                 other => other,
             };
+        }
+        let lease_lost = held.as_ref().is_some_and(|h| *h.lost().borrow())
+            || result.as_ref().is_err_and(|error| {
+                matches!(
+                    error.downcast_ref::<SubscriberError>(),
+                    Some(SubscriberError::LeaseLost(_))
+                )
+            });
+        if lease_lost {
+            // Another instance streams now (or may at any moment): stand by, and keep what an
+            // admin asked of this attempt for when the lease comes back.
+            tracing::warn!("the subscriber lost its lease: it stopped publishing and stands by");
+            full_read = attempted;
+            drop(held.take());
+            continue;
         }
         if resyncs.has_changed().unwrap_or(false) && result.is_ok() {
             // An admin asked for a resync: the stream stopped cleanly to start over with a
@@ -271,20 +323,58 @@ fn stop_signal(
     mut resyncs: watch::Receiver<u64>,
     mut reconnects: watch::Receiver<u64>,
     mut shutdown: watch::Receiver<bool>,
+    lease_lost: Option<watch::Receiver<bool>>,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<bool>) {
     let (tx, rx) = watch::channel(false);
     let mut side = connections.watch(Side::Salesforce);
     let task = tokio::spawn(async move {
+        let lost = async {
+            match lease_lost {
+                Some(mut lost) => {
+                    let _ = lost.wait_for(|l| *l).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {}
             _ = side.wait_for(|c| c.state == ConnectionState::Disconnected
                 && c.reason == Some(DisconnectReason::Manual)) => {}
             Ok(()) = resyncs.changed() => {}
             Ok(()) = reconnects.changed() => {}
+            () = lost => {}
         }
         let _ = tx.send(true);
     });
     (task, rx)
+}
+
+/// The lease, when instances share the store: PostgreSQL. On SQLite (one machine) the
+/// subscriber streams without one.
+struct Leasing {
+    store: Arc<dyn crate::store::Store>,
+    settings: LeaseSettings,
+}
+
+impl Leasing {
+    async fn for_config(config: &Config) -> anyhow::Result<Option<Leasing>> {
+        let instance = config.subscriber.instance();
+        let url = &config.store.url;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Ok(None);
+        }
+        let store = crate::store::open(url)
+            .await
+            .context("opening the store that holds the subscriber lease")?;
+        Ok(Some(Leasing {
+            store,
+            settings: LeaseSettings::for_topic(
+                &config.salesforce.topic,
+                instance,
+                Duration::from_secs(config.subscriber.lease_seconds),
+            ),
+        }))
+    }
 }
 
 /// What an attempt's error means for the Salesforce connection.
@@ -311,6 +401,7 @@ async fn stream(
     connections: &Connections,
     authorizations: Option<&StoredAuthorizations>,
     full_read: Option<&'static str>,
+    fence: Option<Arc<Fence>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sf = &config.salesforce;
@@ -387,7 +478,8 @@ async fn stream(
         Transport::Pubsub => {
             let mut subscriber =
                 Subscriber::new(settings_for(sf, full_read), tokens, rest, publisher, store)
-                    .await?;
+                    .await?
+                    .with_fence(fence);
             if let Some(transactional) = transactions {
                 subscriber = subscriber.with_transactions(transactional, config.kafka.clone());
             }
@@ -403,7 +495,8 @@ async fn stream(
                 publisher,
                 store,
             )
-            .await?;
+            .await?
+            .with_fence(fence);
             if let Some(transactional) = transactions {
                 subscriber = subscriber.with_transactions(transactional, config.kafka.clone());
             }
