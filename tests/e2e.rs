@@ -664,7 +664,7 @@ const STORE_READY: &str = "schema is up to date";
 
 /// Three of each role, started together on a store nobody has opened yet, the way a compose file
 /// or a supervisor starts them: every process gets past the store's migrations, each `run`
-/// serves its health check, and none exits in the seconds after.
+/// serves its health check, and none has exited once a later change went all the way through.
 async fn roles_come_up_together_on_a_fresh_store(world: &mut World, store_url: &str) {
     world.set("USERSYNC_STORE__URL", store_url);
     // Each `run` serves its admin API on a port of its own, and logs it (as JSON: the address
@@ -714,7 +714,21 @@ async fn roles_come_up_together_on_a_fresh_store(world: &mut World, store_url: &
             .unwrap_or_else(|e| panic!("{}: /healthz: {e}", run.name));
         assert!(health.status().is_success(), "{}: {health:?}", run.name);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A change made now goes all the way through, Salesforce to Outreach: the roles are past
+    // their start, and any that was to fail there has had its chance.
+    world.create_users("after-start", 0..1).await;
+    until(
+        world,
+        "a change made after the start reaches Outreach",
+        || async {
+            world
+                .outreach_users()
+                .await
+                .iter()
+                .any(|u| u["email"] == "after-start0@acme.example")
+        },
+    )
+    .await;
     for process in &mut processes {
         if let Some(status) = process.exited() {
             panic!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
@@ -195,8 +195,12 @@ async fn launch_fenced(
     Running { stop, task }
 }
 
-/// Reads records of `topic` from the beginning until `count` arrived, then makes sure no more
-/// follow within a second.
+/// Marks the records a test helper writes to learn where a topic stood; never an event.
+const SENTINEL: &str = "usersync-test-sentinel:";
+
+/// Reads records of `topic` from the beginning until `count` arrived, then writes a sentinel to
+/// every partition and reads on until each came back: a record before a sentinel beyond
+/// `count` is one too many. (Sentinels of earlier calls are passed over.)
 async fn records(rig: &Rig, topic: &str, count: usize) -> Vec<OwnedMessage> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", rig.mock.bootstrap_servers())
@@ -214,19 +218,52 @@ async fn records(rig: &Rig, topic: &str, count: usize) -> Vec<OwnedMessage> {
             .unwrap();
     }
     consumer.assign(&assignment).unwrap();
+    let next = || async {
+        let message = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .ok()?
+            .unwrap()
+            .detach();
+        let sentinel = message
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| k.strip_prefix(SENTINEL))
+            .map(str::to_owned);
+        Some((message, sentinel))
+    };
     let mut got = Vec::new();
     while got.len() < count {
-        match tokio::time::timeout(WAIT, consumer.recv()).await {
-            Ok(message) => got.push(message.unwrap().detach()),
-            Err(_) => panic!("only {} of {count} records arrived on {topic}", got.len()),
+        match next().await {
+            Some((_, Some(_))) => {}
+            Some((message, None)) => got.push(message),
+            None => panic!("only {} of {count} records arrived on {topic}", got.len()),
         }
     }
-    if let Ok(extra) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-        let extra = extra.unwrap().detach();
-        panic!(
-            "more than {count} records on {topic}: {:?}",
-            extra.payload().map(String::from_utf8_lossy)
-        );
+    let mine = format!("{:016x}", rand::random::<u64>());
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", rig.mock.bootstrap_servers())
+        .create()
+        .unwrap();
+    let key = format!("{SENTINEL}{mine}");
+    for p in 0..3 {
+        producer
+            .send(
+                FutureRecord::<str, str>::to(topic).partition(p).key(&key),
+                WAIT,
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("a sentinel to {topic}/{p}: {e}"));
+    }
+    let mut back = 0;
+    while back < 3 {
+        match next().await {
+            Some((_, Some(theirs))) => back += usize::from(theirs == mine),
+            Some((extra, None)) => panic!(
+                "more than {count} records on {topic}: {:?}",
+                extra.payload().map(String::from_utf8_lossy)
+            ),
+            None => panic!("the sentinels written to {topic} did not come back"),
+        }
     }
     got
 }
@@ -848,6 +885,12 @@ async fn in_transactional_mode_a_refused_commit_is_read_again_from_the_checkpoin
             .await
             .expect("c's create arrives")
             .unwrap();
+        if message
+            .key()
+            .is_some_and(|k| k.starts_with(SENTINEL.as_bytes()))
+        {
+            continue;
+        }
         let event = UserChange::from_json(message.payload().unwrap()).unwrap();
         if event.user_id == c {
             assert_eq!(event.change, ChangeKind::Create);
