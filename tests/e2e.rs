@@ -275,6 +275,37 @@ impl World {
         .await;
     }
 
+    /// The end state judged from the simulators' final users alone
+    /// (`tests/support/oracle.rs`), with the default sync settings the roles run with.
+    async fn assert_oracle(&self) {
+        let settings = self
+            .store
+            .settings()
+            .await
+            .expect("the store reads its settings")
+            .unwrap_or_default();
+        support::oracle::assert_holds(&support::oracle::Sources {
+            http: &self.http,
+            salesforce_url: &self.salesforce_url,
+            outreach_url: &self.outreach_url,
+            store: self.store.as_ref(),
+            settings: &settings,
+        })
+        .await;
+    }
+
+    /// Switches the Outreach simulator's faults (`POST /_sim/faults`).
+    async fn outreach_faults(&self, faults: Value) {
+        let response = self
+            .http
+            .post(format!("{}/_sim/faults", self.outreach_url))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{faults}: {response:?}");
+    }
+
     async fn outreach_users(&self) -> Vec<Value> {
         let users = self
             .call(
@@ -480,6 +511,7 @@ async fn seed_scenario(y_first: bool) {
         1,
         "no Outreach user was created"
     );
+    world.assert_oracle().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -532,6 +564,51 @@ async fn a_processor_killed_mid_run_resumes_with_no_duplicate_outreach_user() {
     processor.stop();
     assert_one_outreach_user_each(&world, &ids).await;
     assert_eq!(world.outreach_users().await.len(), ids.len());
+    world.assert_oracle().await;
+}
+
+/// The processor is killed (kill -9) after Outreach made a user and before Outreach's answer
+/// reached it, so before the store recorded anything: the restarted processor finds that user
+/// by its email and links it. One Outreach user, mapped; no second create.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_processor_killed_between_an_outreach_create_and_its_record_links_that_user() {
+    let Some(brokers) = brokers() else { return };
+    let world = World::start(&brokers).await;
+    let subscriber = world.role("subscriber");
+    let processor = world.role("processor");
+    let mut ids = world.create_users("live", 0..1).await;
+    until(&world, "the pipeline is live", || async {
+        world.mappings().await.len() == 1
+    })
+    .await;
+    // Outreach answers every request a minute late, after doing what it asked.
+    world.outreach_faults(json!({"latency_ms": 60_000})).await;
+    ids.extend(world.create_users("held", 0..1).await);
+    until(&world, "Outreach made the user", || async {
+        world
+            .outreach_users()
+            .await
+            .iter()
+            .any(|u| u["email"] == "held0@acme.example")
+    })
+    .await;
+    processor.kill_hard();
+    world.outreach_faults(json!({"latency_ms": 0})).await;
+    assert_eq!(
+        world.mappings().await.len(),
+        1,
+        "killed before the store recorded the create"
+    );
+    let processor = world.role("processor");
+    until(&world, "every user is mapped", || async {
+        world.mappings().await.len() == ids.len()
+    })
+    .await;
+    subscriber.stop();
+    processor.stop();
+    assert_one_outreach_user_each(&world, &ids).await;
+    assert_eq!(world.outreach_users().await.len(), ids.len());
+    world.assert_oracle().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -557,6 +634,7 @@ async fn a_subscriber_killed_mid_run_resumes_and_nothing_is_lost() {
     processor.stop();
     assert_one_outreach_user_each(&world, &ids).await;
     assert_eq!(world.outreach_users().await.len(), ids.len());
+    world.assert_oracle().await;
 }
 
 /// The verified loss that placing snapshots by their stream position fixes: an UPDATE, then a
@@ -657,6 +735,7 @@ async fn a_gap_re_read_in_the_same_second_as_a_change_reaches_outreach() {
     );
     subscriber.stop();
     processor.stop();
+    world.assert_oracle().await;
 }
 
 /// What the store logs once its migrations are done.
