@@ -370,8 +370,13 @@ async fn an_admin_reconnects_changes_settings_and_watches_a_remap_in_the_browser
     )
     .await;
     assert!(line.starts_with("remap x@acme.example"), "{line}");
-    // Once: the page follows one feed, however it got its token.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once: the page follows one feed, however it got its token. A later change's line on the
+    // feed marks where a repeated remap line would have been.
+    parts.create_salesforce_user("later");
+    until_text(&page, "a later change is on the feed", "#feed", |t| {
+        t.contains("create later@acme.example")
+    })
+    .await;
     let remaps = page
         .find_all(Locator::Css("#feed li[data-action=\"remap\"]"))
         .await

@@ -191,7 +191,6 @@ async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it(
             .is_some_and(|c| c.replay_id == latest)
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(
         !parts.in_outreach("while.outreach.off@acme.example"),
         "nothing is applied while Outreach is disconnected"
@@ -202,11 +201,25 @@ async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it(
         (down["state"].as_str(), down["reason"].as_str()),
         (Some("disconnected"), Some("manual"))
     );
+    let reconnected_at = chrono::Utc::now().timestamp_millis();
     let (status, _) = parts
         .admin(Method::POST, "/api/v1/connections/outreach/reconnect")
         .await;
     assert_eq!(status, 202);
     resumed(&parts, "outreach", "while.outreach.off@acme.example", 3).await;
+    // Held, not applied, while Outreach was disconnected: Outreach made the user only after
+    // the reconnect.
+    let made = parts
+        .outreach
+        .users()
+        .into_iter()
+        .find(|u| u.email == "while.outreach.off@acme.example")
+        .expect("applied after the reconnect");
+    assert!(
+        made.created_at.timestamp_millis() >= reconnected_at,
+        "created at {} before the reconnect at {reconnected_at} ms",
+        made.created_at
+    );
     parts.assert_matches_decide().await;
     running.stop().await;
 }

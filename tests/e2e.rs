@@ -8,7 +8,7 @@
 //! Without that variable the tests are skipped with a notice, unless `CI` is set: there they
 //! fail, because CI must prove the pipeline on a broker.
 //!
-//! The scenarios of issue 4: the seed example in both orders; a thousand random changes whose
+//! The scenarios: the seed example in both orders; a thousand random changes whose
 //! end state must equal what `usersync decide` computes from the same events; `kill -9` of the
 //! processor and of the subscriber mid-run. And roles started together on a fresh store, SQLite
 //! and PostgreSQL (the latter also needs `USERSYNC_TEST_DATABASE_URL`, under the same rule).
@@ -275,6 +275,37 @@ impl World {
         .await;
     }
 
+    /// The end state judged from the simulators' final users alone
+    /// (`tests/support/oracle.rs`), with the default sync settings the roles run with.
+    async fn assert_oracle(&self) {
+        let settings = self
+            .store
+            .settings()
+            .await
+            .expect("the store reads its settings")
+            .unwrap_or_default();
+        support::oracle::assert_holds(&support::oracle::Sources {
+            http: &self.http,
+            salesforce_url: &self.salesforce_url,
+            outreach_url: &self.outreach_url,
+            store: self.store.as_ref(),
+            settings: &settings,
+        })
+        .await;
+    }
+
+    /// Switches the Outreach simulator's faults (`POST /_sim/faults`).
+    async fn outreach_faults(&self, faults: Value) {
+        let response = self
+            .http
+            .post(format!("{}/_sim/faults", self.outreach_url))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{faults}: {response:?}");
+    }
+
     async fn outreach_users(&self) -> Vec<Value> {
         let users = self
             .call(
@@ -480,6 +511,7 @@ async fn seed_scenario(y_first: bool) {
         1,
         "no Outreach user was created"
     );
+    world.assert_oracle().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -532,6 +564,51 @@ async fn a_processor_killed_mid_run_resumes_with_no_duplicate_outreach_user() {
     processor.stop();
     assert_one_outreach_user_each(&world, &ids).await;
     assert_eq!(world.outreach_users().await.len(), ids.len());
+    world.assert_oracle().await;
+}
+
+/// The processor is killed (kill -9) after Outreach made a user and before Outreach's answer
+/// reached it, so before the store recorded anything: the restarted processor finds that user
+/// by its email and links it. One Outreach user, mapped; no second create.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_processor_killed_between_an_outreach_create_and_its_record_links_that_user() {
+    let Some(brokers) = brokers() else { return };
+    let world = World::start(&brokers).await;
+    let subscriber = world.role("subscriber");
+    let processor = world.role("processor");
+    let mut ids = world.create_users("live", 0..1).await;
+    until(&world, "the pipeline is live", || async {
+        world.mappings().await.len() == 1
+    })
+    .await;
+    // Outreach answers every request a minute late, after doing what it asked.
+    world.outreach_faults(json!({"latency_ms": 60_000})).await;
+    ids.extend(world.create_users("held", 0..1).await);
+    until(&world, "Outreach made the user", || async {
+        world
+            .outreach_users()
+            .await
+            .iter()
+            .any(|u| u["email"] == "held0@acme.example")
+    })
+    .await;
+    processor.kill_hard();
+    world.outreach_faults(json!({"latency_ms": 0})).await;
+    assert_eq!(
+        world.mappings().await.len(),
+        1,
+        "killed before the store recorded the create"
+    );
+    let processor = world.role("processor");
+    until(&world, "every user is mapped", || async {
+        world.mappings().await.len() == ids.len()
+    })
+    .await;
+    subscriber.stop();
+    processor.stop();
+    assert_one_outreach_user_each(&world, &ids).await;
+    assert_eq!(world.outreach_users().await.len(), ids.len());
+    world.assert_oracle().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -557,6 +634,7 @@ async fn a_subscriber_killed_mid_run_resumes_and_nothing_is_lost() {
     processor.stop();
     assert_one_outreach_user_each(&world, &ids).await;
     assert_eq!(world.outreach_users().await.len(), ids.len());
+    world.assert_oracle().await;
 }
 
 /// The verified loss that placing snapshots by their stream position fixes: an UPDATE, then a
@@ -657,6 +735,7 @@ async fn a_gap_re_read_in_the_same_second_as_a_change_reaches_outreach() {
     );
     subscriber.stop();
     processor.stop();
+    world.assert_oracle().await;
 }
 
 /// What the store logs once its migrations are done.
@@ -664,7 +743,7 @@ const STORE_READY: &str = "schema is up to date";
 
 /// Three of each role, started together on a store nobody has opened yet, the way a compose file
 /// or a supervisor starts them: every process gets past the store's migrations, each `run`
-/// serves its health check, and none exits in the seconds after.
+/// serves its health check, and none has exited once a later change went all the way through.
 async fn roles_come_up_together_on_a_fresh_store(world: &mut World, store_url: &str) {
     world.set("USERSYNC_STORE__URL", store_url);
     // Each `run` serves its admin API on a port of its own, and logs it (as JSON: the address
@@ -714,7 +793,21 @@ async fn roles_come_up_together_on_a_fresh_store(world: &mut World, store_url: &
             .unwrap_or_else(|e| panic!("{}: /healthz: {e}", run.name));
         assert!(health.status().is_success(), "{}: {health:?}", run.name);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A change made now goes all the way through, Salesforce to Outreach: the roles are past
+    // their start, and any that was to fail there has had its chance.
+    world.create_users("after-start", 0..1).await;
+    until(
+        world,
+        "a change made after the start reaches Outreach",
+        || async {
+            world
+                .outreach_users()
+                .await
+                .iter()
+                .any(|u| u["email"] == "after-start0@acme.example")
+        },
+    )
+    .await;
     for process in &mut processes {
         if let Some(status) = process.exited() {
             panic!(
@@ -748,6 +841,276 @@ async fn roles_started_together_on_a_fresh_postgres_database_all_come_up() {
     roles_come_up_together_on_a_fresh_store(&mut world, &fresh.url).await;
     drop(world);
     fresh.drop_now().await;
+}
+
+/// The lease the subscribers of the default topic compete for.
+const LEASE: &str = "subscriber:/data/UserChangeEvent";
+
+/// Two subscriber instances on one org and one PostgreSQL store, and a world to watch them:
+/// the store (PostgreSQL), a reader of the (single-partition) topic, and the lease's length.
+struct Pair {
+    world: World,
+    store: Arc<dyn Store>,
+    fresh: support::postgres::FreshDatabase,
+    topic: TopicReader,
+    /// Taken when it is killed.
+    first: Option<Process>,
+    second: Process,
+}
+
+impl Pair {
+    /// Starts `first`, waits until it holds the lease and has saved a stream position, then
+    /// starts `second`, which stands by.
+    async fn start(brokers: &str, admin_url: &str, lease_seconds: u64) -> Pair {
+        let fresh = support::postgres::FreshDatabase::create(admin_url, "lease").await;
+        let mut world = World::start(brokers).await;
+        world.set("USERSYNC_STORE__URL", &fresh.url);
+        world.set("USERSYNC_KAFKA__PARTITIONS", "1");
+        world.set(
+            "USERSYNC_SUBSCRIBER__LEASE_SECONDS",
+            &lease_seconds.to_string(),
+        );
+        let store = usersync::store::open(&fresh.url).await.unwrap();
+        let spawn = |world: &mut World, instance: &str| {
+            world.set("USERSYNC_SUBSCRIBER__INSTANCE_ID", instance);
+            Process::spawn(
+                &format!("subscriber-{instance}"),
+                &["subscriber"],
+                &world.env,
+                world.dir.path(),
+            )
+        };
+        let first = spawn(&mut world, "first");
+        until(&world, "the first instance holds the lease", || async {
+            store
+                .lease(LEASE)
+                .await
+                .unwrap()
+                .is_some_and(|l| l.holder == "first")
+        })
+        .await;
+        // A stream position saved: a standby taking over resumes from it, no initial load.
+        world
+            .create_salesforce_user("seed", "seed@acme.example")
+            .await;
+        until(
+            &world,
+            "the first instance saved a stream position",
+            || async {
+                store
+                    .checkpoint("/data/UserChangeEvent")
+                    .await
+                    .unwrap()
+                    .is_some_and(|c| !c.replay_id.is_empty())
+            },
+        )
+        .await;
+        let mut second = spawn(&mut world, "second");
+        second
+            .wait_for_log(
+                "another subscriber holds the lease",
+                std::time::Instant::now() + WAIT,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let topic = TopicReader::new(brokers, world.var("USERSYNC_KAFKA__TOPIC"));
+        Pair {
+            world,
+            store,
+            fresh,
+            topic,
+            first: Some(first),
+            second,
+        }
+    }
+
+    async fn lease(&self) -> usersync::store::Lease {
+        self.store
+            .lease(LEASE)
+            .await
+            .unwrap()
+            .expect("the lease was taken")
+    }
+
+    /// Waits until the topic holds an event of every user of the simulated org.
+    async fn until_every_user_is_published(&mut self) -> Vec<Value> {
+        let users = self
+            .world
+            .call(
+                reqwest::Method::GET,
+                format!("{}/_sim/users", self.world.salesforce_url),
+                None,
+            )
+            .await;
+        let ids: Vec<String> = users
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| full(u["Id"].as_str().unwrap()))
+            .collect();
+        let topic = std::sync::Mutex::new(&mut self.topic);
+        until(
+            &self.world,
+            "every user's change is on the topic",
+            || async {
+                let mut topic = topic.lock().unwrap();
+                topic.read();
+                ids.iter()
+                    .all(|id| topic.events.iter().any(|e| e["user_id"] == id.as_str()))
+            },
+        )
+        .await;
+        self.topic.events.clone()
+    }
+
+    fn first(&mut self) -> &mut Process {
+        self.first.as_mut().expect("the first instance runs")
+    }
+
+    async fn finish(self) {
+        self.second.stop();
+        drop(self.first);
+        drop(self.world);
+        self.fresh.drop_now().await;
+    }
+}
+
+/// The event ids on the topic more than once.
+fn published_twice(events: &[Value]) -> Vec<(String, String)> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for event in events {
+        *seen
+            .entry(event["event_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    events
+        .iter()
+        .filter(|e| seen[e["event_id"].as_str().unwrap()] > 1)
+        .map(|e| {
+            (
+                e["event_id"].as_str().unwrap().to_owned(),
+                e["origin"]["replay_id"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// One subscriber streams, the other stands by; the active one is killed (kill -9) in the
+/// middle of a stream of changes. The standby takes over within the lease's length after the
+/// last renewal, never before the lease ran out, and resumes from the shared checkpoint:
+/// nothing is lost, and what is published twice is only what the killed instance published
+/// after its last saved checkpoint — the subscriber's at-least-once window.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_subscriber_takes_over_from_a_killed_one_and_nothing_is_lost() {
+    let Some(brokers) = brokers() else { return };
+    let Some(admin_url) = support::postgres::database_url() else {
+        return;
+    };
+    const LEASE_SECONDS: i64 = 4;
+    let mut pair = Pair::start(&brokers, &admin_url, LEASE_SECONDS as u64).await;
+    let before = pair.world.create_users("k", 0..15).await;
+    // Mid-stream: some of those are on the topic, and more are being made.
+    {
+        let topic = std::sync::Mutex::new(&mut pair.topic);
+        until(&pair.world, "the first changes are published", || async {
+            let mut topic = topic.lock().unwrap();
+            topic.read();
+            topic.events.len() >= 5
+        })
+        .await;
+    }
+    let first = pair.first.take().unwrap();
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        first.kill_hard();
+    };
+    tokio::join!(pair.world.create_users("k", 15..20), kill);
+    let at_kill = pair.lease().await;
+    let checkpoint = pair
+        .store
+        .checkpoint("/data/UserChangeEvent")
+        .await
+        .unwrap()
+        .expect("a checkpoint was saved");
+    pair.world.create_users("k", 20..30).await;
+
+    until(&pair.world, "the standby takes the lease", || async {
+        pair.lease().await.holder == "second"
+    })
+    .await;
+    let taken = pair.lease().await;
+    assert_eq!(taken.epoch, at_kill.epoch + 1);
+    assert!(
+        taken.acquired_at >= at_kill.expires_at,
+        "taken over before the lease ran out: {at_kill:?} then {taken:?}"
+    );
+    // Within the lease's length after the last renewal (the store's clock), with a second for
+    // the store's round trips.
+    let after_last_renewal = taken.acquired_at - at_kill.renewed_at;
+    assert!(
+        after_last_renewal <= chrono::Duration::seconds(LEASE_SECONDS + 1),
+        "took {after_last_renewal} after the last renewal"
+    );
+
+    let events = pair.until_every_user_is_published().await;
+    assert!(
+        before
+            .iter()
+            .all(|id| events.iter().any(|e| e["user_id"] == full(id).as_str()))
+    );
+    let twice = published_twice(&events);
+    let stored = hex(&checkpoint.replay_id);
+    for (event_id, replay_id) in &twice {
+        assert!(
+            replay_id.len() == stored.len() && replay_id.as_str() > stored.as_str(),
+            "{event_id} (replay id {replay_id}) was published twice, though it is at or before \
+             the checkpoint {stored} the standby resumed from"
+        );
+    }
+    eprintln!(
+        "{} events, {} published twice (after the checkpoint)",
+        events.len(),
+        twice.len()
+    );
+    pair.finish().await;
+}
+
+/// The active subscriber stops answering without exiting (SIGSTOP: a long pause, a cut
+/// network) past its lease; the standby takes over. When the paused one wakes, the lease is no
+/// longer its own: it publishes nothing — every change made meanwhile is on the topic once —
+/// and stands by.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_paused_past_its_lease_publishes_nothing_when_it_wakes() {
+    let Some(brokers) = brokers() else { return };
+    let Some(admin_url) = support::postgres::database_url() else {
+        return;
+    };
+    let mut pair = Pair::start(&brokers, &admin_url, 3).await;
+    pair.first().signal("STOP");
+    pair.world.create_users("p", 0..6).await;
+    until(&pair.world, "the standby takes the lease", || async {
+        pair.lease().await.holder == "second"
+    })
+    .await;
+    pair.until_every_user_is_published().await;
+    pair.first().signal("CONT");
+    pair.first()
+        .wait_for_log(
+            "the subscriber lost its lease",
+            std::time::Instant::now() + WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    pair.world.create_users("q", 0..6).await;
+    let events = pair.until_every_user_is_published().await;
+    let twice = published_twice(&events);
+    assert!(
+        twice.is_empty(),
+        "published twice while the lease was the standby's: {twice:?}"
+    );
+    pair.finish().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads one topic of the broker from the beginning, as a plain consumer outside any group,
@@ -959,7 +1322,7 @@ fn assert_same<T: PartialEq + std::fmt::Debug>(
     );
 }
 
-/// Issue 4 (b): a thousand random changes go through the whole pipeline; the end state must be
+/// A thousand random changes go through the whole pipeline; the end state must be
 /// exactly what `usersync decide` computes from the same events — the same Outreach users
 /// (ids included), the same mappings, and the same decisions in the same order, each once.
 ///

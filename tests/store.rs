@@ -30,8 +30,8 @@ use usersync::event::Position;
 use usersync::outreach::user::{OutreachUser, OutreachUserId};
 use usersync::salesforce::id::SalesforceId;
 use usersync::store::{
-    AdminAction, AdminActionKind, AppliedEvent, DecisionQuery, MappingFilter, MappingWrite,
-    PostgresStore, ReplayCheckpoint, SqliteStore, Store, StoreError,
+    AdminAction, AdminActionKind, AppliedEvent, DecisionQuery, Lease, LeaseAnswer, MappingFilter,
+    MappingWrite, PostgresStore, ReplayCheckpoint, SqliteStore, Store, StoreError,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -179,6 +179,8 @@ store_suite!(
     last_known_users_never_go_back_to_an_older_position,
     last_known_users_are_separate_per_org,
     newest_commit_is_the_subscribers_newest_of_its_org,
+    a_lease_has_one_holder_at_a_time_and_fences_the_old_one,
+    a_lease_taken_by_many_at_once_goes_to_one,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -330,9 +332,16 @@ async fn migrations_run_twice_harmlessly(h: &Harness) {
     assert_eq!(again.salesforce_user(&user.id).await.unwrap(), Some(user));
     let third = h.reopen().await.expect("third open");
     assert!(!third.is_applied("nothing").await.unwrap());
-    // 0001_initial, 0002_subscriber_users, 0003_authorizations, 0004_snapshot_positions and
-    // 0006_admin_actions, each recorded once.
-    assert_eq!(h.count("_sqlx_migrations").await, 5);
+    // Every migration the binary carries, each recorded once.
+    assert_eq!(
+        h.count("_sqlx_migrations").await,
+        SQLITE_MIGRATIONS.iter().count() as i64
+    );
+    assert_eq!(
+        SQLITE_MIGRATIONS.iter().count(),
+        POSTGRES_MIGRATIONS.iter().count(),
+        "both backends carry the same migrations"
+    );
 }
 
 async fn salesforce_users_round_trip(h: &Harness) {
@@ -1647,6 +1656,132 @@ async fn open_picks_the_backend_by_url() {
         }
         Err(other) => panic!("expected a URL error, got {other}"),
         Ok(_) => panic!("expected a URL error"),
+    }
+}
+
+async fn a_lease_has_one_holder_at_a_time_and_fences_the_old_one(h: &Harness) {
+    const NAME: &str = "subscriber:/data/UserChangeEvent";
+    let minute = Duration::from_secs(60);
+    assert_eq!(h.store.lease(NAME).await.unwrap(), None);
+    let LeaseAnswer::Granted(a) = h.store.take_lease(NAME, "a", minute).await.unwrap() else {
+        panic!("a free lease is granted")
+    };
+    assert_eq!((a.holder.as_str(), a.epoch), ("a", 1));
+    assert!(a.remaining() > Duration::from_secs(50), "{a:?}");
+
+    // Another instance waits, told who holds it and for how long.
+    match h.store.take_lease(NAME, "b", minute).await.unwrap() {
+        LeaseAnswer::HeldBy(held) => {
+            assert_eq!((held.holder.as_str(), held.epoch), ("a", 1));
+            assert!(held.remaining() > Duration::from_secs(50), "{held:?}");
+        }
+        granted => panic!("a valid lease went to b: {granted:?}"),
+    }
+    // The holder taking it again (a restart with the same instance id) starts a new epoch,
+    // which fences whatever the old epoch still tries.
+    let LeaseAnswer::Granted(a2) = h.store.take_lease(NAME, "a", minute).await.unwrap() else {
+        panic!("the holder takes its own lease again")
+    };
+    assert_eq!(a2.epoch, 2);
+    assert_eq!(h.store.renew_lease(&a.claim(), minute).await.unwrap(), None);
+    let renewed = h
+        .store
+        .renew_lease(&a2.claim(), minute)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.epoch, 2);
+    assert!(renewed.renewed_at >= a2.renewed_at);
+
+    // The holder writes its checkpoint; the fenced epoch cannot.
+    let checkpoint = |replay: u8| ReplayCheckpoint {
+        topic: "/data/UserChangeEvent".into(),
+        replay_id: vec![0, replay],
+        commit_timestamp: None,
+        updated_at: at("2025-08-01T10:00:00Z"),
+    };
+    h.store
+        .save_checkpoint_as(&checkpoint(1), &a2.claim())
+        .await
+        .unwrap();
+    let stale = h.store.save_checkpoint_as(&checkpoint(9), &a.claim()).await;
+    assert!(
+        matches!(stale, Err(StoreError::LeaseLost { epoch: 1, .. })),
+        "{stale:?}"
+    );
+
+    // Released, it goes to the next instance at once, at the next epoch; the old holder's
+    // writes and renewals are refused from then on.
+    h.store.release_lease(&a2.claim()).await.unwrap();
+    let LeaseAnswer::Granted(b) = h.store.take_lease(NAME, "b", minute).await.unwrap() else {
+        panic!("a released lease is granted")
+    };
+    assert_eq!((b.holder.as_str(), b.epoch), ("b", 3));
+    let fenced = h
+        .store
+        .save_checkpoint_as(&checkpoint(2), &a2.claim())
+        .await;
+    assert!(
+        matches!(&fenced, Err(StoreError::LeaseLost { holder, .. }) if holder == "a"),
+        "{fenced:?}"
+    );
+    assert_eq!(
+        h.store
+            .checkpoint("/data/UserChangeEvent")
+            .await
+            .unwrap()
+            .unwrap()
+            .replay_id,
+        vec![0, 1],
+        "nothing written by a fenced holder"
+    );
+    assert_eq!(
+        h.store.renew_lease(&a2.claim(), minute).await.unwrap(),
+        None
+    );
+    assert_eq!(h.store.lease(NAME).await.unwrap().unwrap().holder, "b");
+
+    // A lease its holder stopped renewing expires and is taken over.
+    let short = Duration::from_millis(200);
+    let LeaseAnswer::Granted(c) = h.store.take_lease("other", "c", short).await.unwrap() else {
+        panic!("granted")
+    };
+    assert!(matches!(
+        h.store.take_lease("other", "d", short).await.unwrap(),
+        LeaseAnswer::HeldBy(_)
+    ));
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    let LeaseAnswer::Granted(d) = h.store.take_lease("other", "d", short).await.unwrap() else {
+        panic!("an expired lease is taken over")
+    };
+    assert_eq!(d.epoch, c.epoch + 1);
+    assert!(d.acquired_at >= c.expires_at, "{c:?} then {d:?}");
+}
+
+async fn a_lease_taken_by_many_at_once_goes_to_one(h: &Harness) {
+    let minute = Duration::from_secs(60);
+    let tries = (0..8).map(|n| {
+        let store = h.store.clone();
+        tokio::spawn(async move { store.take_lease("race", &format!("i{n}"), minute).await })
+    });
+    let answers: Vec<LeaseAnswer> = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap().unwrap())
+        .collect();
+    let granted: Vec<&Lease> = answers
+        .iter()
+        .filter_map(|a| match a {
+            LeaseAnswer::Granted(lease) => Some(lease),
+            LeaseAnswer::HeldBy(_) => None,
+        })
+        .collect();
+    assert_eq!(granted.len(), 1, "{answers:?}");
+    let holder = &granted[0].holder;
+    for answer in &answers {
+        if let LeaseAnswer::HeldBy(held) = answer {
+            assert_eq!(&held.holder, holder);
+        }
     }
 }
 

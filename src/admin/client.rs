@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::connection::{Connection, Side};
+use crate::connection::{Connection, LeaseRole, Side};
 use crate::salesforce::replay_from::ReplayPlan;
 
 /// The admin API's address when none is given.
@@ -74,6 +74,17 @@ pub fn describe(connection: &Connection) -> String {
     );
     if let Some(advice) = &connection.advice {
         text.push_str(&format!("\n  what to do: {advice}"));
+    }
+    if let Some(lease) = &connection.subscriber {
+        text.push_str(&format!("\n  subscriber {}: ", lease.instance));
+        text.push_str(&match (lease.role, &lease.holder, lease.epoch) {
+            (LeaseRole::Active, _, Some(epoch)) => format!("active (lease epoch {epoch})"),
+            (LeaseRole::Standby, Some(holder), _) => {
+                format!("standby ({holder} holds the lease and streams)")
+            }
+            (LeaseRole::Unleased, _, _) => "active (no lease: the store is not shared)".into(),
+            (role, _, _) => role.as_str().to_owned(),
+        });
     }
     text
 }

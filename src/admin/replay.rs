@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use super::feed::admin_action_json;
 use super::{AdminState, ApiError, bad_request, store_failed};
 use crate::config::Config;
-use crate::connection::{ConnectionState, Side};
+use crate::connection::{ConnectionState, Connections, LeaseRole, Side};
 use crate::salesforce::replay_from::{CheckpointView, RETENTION_HOURS, ReplayFrom, plan};
 use crate::salesforce::subscriber::checkpoint_key;
 use crate::store::{AdminAction, AdminActionKind, MAX_ADMIN_ACTIONS};
@@ -117,6 +117,26 @@ pub(super) fn salesforce_running(state: &AdminState) -> Result<(), ApiError> {
     }
 }
 
+/// Only the instance that streams can move the stream: a standby (another instance holds the
+/// subscriber lease) answers 409 naming the one to ask. A replay taken here would wait for the
+/// lease and then move a stream that went on elsewhere meanwhile.
+fn streaming_here(connections: &Connections) -> Result<(), ApiError> {
+    let connection = connections.get(Side::Salesforce);
+    match connection.subscriber {
+        Some(lease) if lease.role == LeaseRole::Standby => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "subscriber_standby",
+            message: format!(
+                "this subscriber instance ({}) stands by: {} holds the subscriber lease and \
+                 streams; ask its admin API",
+                lease.instance,
+                lease.holder.as_deref().unwrap_or("another instance")
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn no_subscriber() -> ApiError {
     ApiError {
         status: StatusCode::CONFLICT,
@@ -185,6 +205,7 @@ pub(super) async fn replay(
     let from =
         ReplayFrom::parse(&asked.from, sf.transport).map_err(|e| invalid_from(e.to_string()))?;
     salesforce_running(&state)?;
+    streaming_here(&state.connections)?;
     let checkpoint = checkpoint_now(&state, &config).await?;
     let checked = match &from {
         ReplayFrom::After(replay_id) => {
@@ -330,6 +351,38 @@ mod tests {
             garbage.message.contains("the body is not JSON"),
             "{}",
             garbage.message
+        );
+    }
+
+    #[test]
+    fn a_standby_instance_refuses_to_move_the_stream_and_names_the_one_that_streams() {
+        use crate::connection::SubscriberLease;
+        let board = Connections::new();
+        assert!(
+            streaming_here(&board).is_ok(),
+            "no lease kept: this instance streams"
+        );
+        let lease = |role, holder: &str| SubscriberLease {
+            instance: "host-2".into(),
+            role,
+            epoch: Some(3),
+            holder: Some(holder.into()),
+            expires_at: None,
+        };
+        board.subscriber(lease(LeaseRole::Active, "host-2"));
+        assert!(streaming_here(&board).is_ok());
+        board.subscriber(lease(LeaseRole::Standby, "host-1"));
+        let refused = streaming_here(&board).unwrap_err();
+        assert_eq!(
+            (refused.status, refused.code),
+            (StatusCode::CONFLICT, "subscriber_standby")
+        );
+        assert!(
+            refused
+                .message
+                .contains("(host-2) stands by: host-1 holds the subscriber lease"),
+            "{}",
+            refused.message
         );
     }
 

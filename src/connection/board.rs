@@ -16,7 +16,7 @@ use crate::salesforce::replay_from::ReplayFrom;
 
 use super::{
     AuthorizedIdentity, Checklist, Connection, ConnectionFailure, ConnectionState,
-    DisconnectReason, Side, Verdict,
+    DisconnectReason, Side, SubscriberLease, Verdict,
 };
 
 /// How many transitions a slow watcher of [`Connections::changes`] may fall behind.
@@ -229,10 +229,40 @@ impl Connections {
         }
     }
 
+    /// This process's subscriber took or lost the lease, or renewed it: kept on the Salesforce
+    /// connection and announced when its role or holder changed.
+    pub fn subscriber(&self, lease: SubscriberLease) {
+        let mut announced = None;
+        self.inner.salesforce.send_modify(|current| {
+            let before = current.subscriber.as_ref();
+            let changed = before.map(|b| (b.role, &b.holder, b.epoch))
+                != Some((lease.role, &lease.holder, lease.epoch));
+            current.subscriber = Some(lease);
+            if changed {
+                announced = Some(current.clone());
+            }
+        });
+        if let Some(connection) = announced {
+            if let Some(lease) = &connection.subscriber {
+                tracing::info!(
+                    instance = %lease.instance,
+                    role = lease.role.as_str(),
+                    holder = lease.holder.as_deref(),
+                    epoch = lease.epoch,
+                    "subscriber lease"
+                );
+            }
+            let _ = self.inner.changes.send(connection);
+        }
+    }
+
     /// No authorization is stored for the side (never configured, or removed).
     pub fn not_configured(&self, side: Side) {
         self.transition(side, |now| {
-            (now.state != ConnectionState::NotConfigured).then(|| Connection::not_configured(side))
+            (now.state != ConnectionState::NotConfigured).then(|| Connection {
+                subscriber: now.subscriber.clone(),
+                ..Connection::not_configured(side)
+            })
         });
     }
 
@@ -266,6 +296,7 @@ fn fresh(now: &Connection, state: ConnectionState) -> Connection {
     let mut next = Connection::not_configured(now.side);
     next.state = state;
     next.last_check = now.last_check.clone();
+    next.subscriber = now.subscriber.clone();
     next
 }
 

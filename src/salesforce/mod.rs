@@ -1,6 +1,6 @@
 //! The Salesforce side: ids, and the pure half of the Change Data Capture subscriber.
 //!
-//! The subscriber (issue 3) reads `UserChangeEvent`s and publishes `user_change.v1`. Its
+//! The subscriber reads `UserChangeEvent`s and publishes `user_change.v1`. Its
 //! pure parts live here so they can be tested without a network:
 //!
 //! - [`id`]: Salesforce ids, always emitted in the 18-character form.
@@ -20,6 +20,8 @@
 //! - [`replay_from`]: where an admin asks the stream to start again (earliest, latest, or
 //!   after a replay id), and the plan shown before it is confirmed.
 //!
+//! - [`lease`]: which of several subscriber instances sharing a store streams.
+//!
 //! The rest of the I/O (the gRPC stream, the schema cache, Kafka) comes with the rest
 //! of the subscriber.
 
@@ -29,6 +31,7 @@ pub mod bitmap;
 pub mod checklist;
 pub mod cometd;
 pub mod id;
+pub mod lease;
 pub mod normalize;
 pub mod pubsub;
 pub mod replay;

@@ -131,6 +131,34 @@ pub trait Store: Send + Sync {
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError>;
     /// Inserts or overwrites the checkpoint of `checkpoint.topic`.
     async fn save_checkpoint(&self, checkpoint: &ReplayCheckpoint) -> Result<(), StoreError>;
+    /// The same, by the holder of a lease: written only while `claim` still holds it, in the
+    /// same transaction, else [`StoreError::LeaseLost`] and nothing written.
+    async fn save_checkpoint_as(
+        &self,
+        checkpoint: &ReplayCheckpoint,
+        claim: &LeaseClaim,
+    ) -> Result<(), StoreError>;
+
+    /// Takes lease `name` for `holder`, for `ttl` from now by the store's clock, when nobody
+    /// holds it, its holder let it expire, or `holder` holds it already — at a new epoch each
+    /// time. Otherwise answers who holds it, until when.
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseAnswer, StoreError>;
+    /// Extends the lease `claim` holds by `ttl` from now; `None` when another holder took it
+    /// (its epoch moved on).
+    async fn renew_lease(
+        &self,
+        claim: &LeaseClaim,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+    /// Ends the lease `claim` holds now, so that another instance may take it at once.
+    async fn release_lease(&self, claim: &LeaseClaim) -> Result<(), StoreError>;
+    /// Lease `name` as it stands, if it was ever taken.
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError>;
 
     /// The subscriber's last-known state of those of `ids` it holds for `org_id`, by id, read
     /// in one query; an id it does not hold is simply absent. These are the subscriber's own
@@ -277,6 +305,55 @@ pub struct ReplayCheckpoint {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A lease as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    /// Rises by one at every taking of the lease.
+    pub epoch: i64,
+    pub acquired_at: DateTime<Utc>,
+    pub renewed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// The store's clock when this was read, so a waiter knows how long until `expires_at`.
+    pub read_at: DateTime<Utc>,
+}
+
+impl Lease {
+    /// What the holder shows to write as the holder.
+    pub fn claim(&self) -> LeaseClaim {
+        LeaseClaim {
+            name: self.name.clone(),
+            holder: self.holder.clone(),
+            epoch: self.epoch,
+        }
+    }
+
+    /// How long until it expires, by the store's clock; zero when it has.
+    pub fn remaining(&self) -> std::time::Duration {
+        (self.expires_at - self.read_at)
+            .to_std()
+            .unwrap_or(std::time::Duration::ZERO)
+    }
+}
+
+/// Which lease a holder holds: its name, the holder and the epoch it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseClaim {
+    pub name: String,
+    pub holder: String,
+    pub epoch: i64,
+}
+
+/// The answer to [`Store::take_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// The lease is the caller's, at this epoch.
+    Granted(Lease),
+    /// Another holder's lease is still valid.
+    HeldBy(Lease),
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -322,6 +399,16 @@ pub enum StoreError {
         column: &'static str,
         value: String,
         problem: String,
+    },
+    /// A write made as the holder of a lease that another instance has taken since.
+    #[error(
+        "lease {name:?} is no longer held by {holder} at epoch {epoch}: another instance took \
+         it; nothing was written"
+    )]
+    LeaseLost {
+        name: String,
+        holder: String,
+        epoch: i64,
     },
     /// The store URL or a connection option is not usable.
     #[error("store URL {url:?}: {problem}")]

@@ -9,6 +9,7 @@
 //! is how tests get a fresh store each in one database.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -16,11 +17,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor, Postgres, Transaction};
 
 use super::rows::{
-    AdminActionRow, CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow,
-    SubscriberUserRow,
+    AdminActionRow, CheckpointRow, DecisionRow, LeaseRow, MappingRow, OutreachUserRow,
+    SalesforceUserRow, SubscriberUserRow,
 };
 use super::statements::{Access, Backend, Statements};
-use super::{Context, ReplayCheckpoint, StoreError, redact_password};
+use super::{Context, LeaseClaim, ReplayCheckpoint, StoreError, redact_password};
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::event::Position;
@@ -155,6 +156,11 @@ impl Backend for PostgresStore {
             PostgresSession::Transaction(tx) => tx.commit().await,
         }
     }
+}
+
+/// A lease's length in whole milliseconds, for SQL arithmetic on intervals.
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
 const SALESFORCE_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, \
@@ -341,6 +347,86 @@ impl Statements for PostgresSession {
             .bind(user_ids)
             .fetch_all(self.conn())
             .await
+    }
+
+    async fn lease(&mut self, name: &str, _now: DateTime<Utc>) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "SELECT name, holder, epoch, acquired_at, renewed_at, expires_at, now() AS read_at \
+             FROM subscriber_leases WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn holds_lease(&mut self, claim: &LeaseClaim) -> sqlx::Result<bool> {
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT epoch FROM subscriber_leases \
+             WHERE name = $1 AND holder = $2 AND epoch = $3 FOR SHARE",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(held.is_some())
+    }
+
+    async fn take_lease(
+        &mut self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        _now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "INSERT INTO subscriber_leases (name, holder, epoch, acquired_at, renewed_at, expires_at) \
+             VALUES ($1, $2, 1, now(), now(), now() + $3 * interval '1 millisecond') \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 epoch = subscriber_leases.epoch + 1, acquired_at = excluded.acquired_at, \
+                 renewed_at = excluded.renewed_at, expires_at = excluded.expires_at \
+             WHERE subscriber_leases.expires_at <= now() \
+                OR subscriber_leases.holder = excluded.holder \
+             RETURNING name, holder, epoch, acquired_at, renewed_at, expires_at, now() AS read_at",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(millis(ttl))
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn renew_lease(
+        &mut self,
+        claim: &LeaseClaim,
+        ttl: Duration,
+        _now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "UPDATE subscriber_leases \
+             SET renewed_at = now(), expires_at = now() + $4 * interval '1 millisecond' \
+             WHERE name = $1 AND holder = $2 AND epoch = $3 \
+             RETURNING name, holder, epoch, acquired_at, renewed_at, expires_at, now() AS read_at",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .bind(millis(ttl))
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn release_lease(&mut self, claim: &LeaseClaim, _now: DateTime<Utc>) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE subscriber_leases SET expires_at = now() \
+             WHERE name = $1 AND holder = $2 AND epoch = $3",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .execute(self.conn())
+        .await
+        .map(drop)
     }
 
     async fn newest_subscriber_commit(

@@ -13,8 +13,9 @@ use sqlx::error::ErrorKind;
 
 use super::statements::{Access, Backend, Statements};
 use super::{
-    AdminAction, AppliedEvent, Context, DecisionPage, DecisionQuery, MAX_ADMIN_ACTIONS,
-    MAX_DECISION_PAGE, MappingFilter, MappingWrite, ReplayCheckpoint, Store, StoreError,
+    AdminAction, AppliedEvent, Context, DecisionPage, DecisionQuery, Lease, LeaseAnswer,
+    LeaseClaim, MAX_ADMIN_ACTIONS, MAX_DECISION_PAGE, MappingFilter, MappingWrite,
+    ReplayCheckpoint, Store, StoreError,
 };
 use crate::engine::settings::SyncSettings;
 use crate::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
@@ -267,6 +268,103 @@ impl<B: Backend> Store for B {
         let operation = || format!("save the replay checkpoint of {}", checkpoint.topic);
         let mut session = self.session(Access::Single).await.context(operation)?;
         session.save_checkpoint(checkpoint).await.context(operation)
+    }
+
+    async fn save_checkpoint_as(
+        &self,
+        checkpoint: &ReplayCheckpoint,
+        claim: &LeaseClaim,
+    ) -> Result<(), StoreError> {
+        let operation = || {
+            format!(
+                "save the replay checkpoint of {} as {} (epoch {})",
+                checkpoint.topic, claim.holder, claim.epoch
+            )
+        };
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        if !session.holds_lease(claim).await.context(operation)? {
+            return Err(StoreError::LeaseLost {
+                name: claim.name.clone(),
+                holder: claim.holder.clone(),
+                epoch: claim.epoch,
+            });
+        }
+        session
+            .save_checkpoint(checkpoint)
+            .await
+            .context(operation)?;
+        B::commit(session).await.context(operation)
+    }
+
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseAnswer, StoreError> {
+        let operation = || format!("take lease {name:?} for {holder}");
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        let now = Utc::now();
+        let answer = match session
+            .take_lease(name, holder, ttl, now)
+            .await
+            .context(operation)?
+        {
+            Some(taken) => LeaseAnswer::Granted(Lease::from(taken)),
+            None => {
+                let held = session.lease(name, now).await.context(operation)?;
+                // Refused only because a valid row exists, so it is there to be read.
+                let held = held.ok_or_else(|| StoreError::Corrupt {
+                    table: "subscriber_leases",
+                    column: "name",
+                    value: name.to_owned(),
+                    problem: "the lease was refused but has no row".into(),
+                })?;
+                LeaseAnswer::HeldBy(Lease::from(held))
+            }
+        };
+        B::commit(session).await.context(operation)?;
+        Ok(answer)
+    }
+
+    async fn renew_lease(
+        &self,
+        claim: &LeaseClaim,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let operation = || {
+            format!(
+                "renew lease {:?} of {} (epoch {})",
+                claim.name, claim.holder, claim.epoch
+            )
+        };
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let renewed = session
+            .renew_lease(claim, ttl, Utc::now())
+            .await
+            .context(operation)?;
+        Ok(renewed.map(Lease::from))
+    }
+
+    async fn release_lease(&self, claim: &LeaseClaim) -> Result<(), StoreError> {
+        let operation = || {
+            format!(
+                "release lease {:?} of {} (epoch {})",
+                claim.name, claim.holder, claim.epoch
+            )
+        };
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        session
+            .release_lease(claim, Utc::now())
+            .await
+            .context(operation)
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let operation = || format!("read lease {name:?}");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let row = session.lease(name, Utc::now()).await.context(operation)?;
+        Ok(row.map(Lease::from))
     }
 
     async fn last_known_users(

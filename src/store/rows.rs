@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{AdminAction, AdminActionKind, ReplayCheckpoint, StoreError};
+use super::{AdminAction, AdminActionKind, Lease, ReplayCheckpoint, StoreError};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::event::Position;
@@ -312,6 +312,31 @@ impl From<CheckpointRow> for ReplayCheckpoint {
             replay_id: row.replay_id,
             commit_timestamp: row.commit_timestamp,
             updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LeaseRow {
+    pub name: String,
+    pub holder: String,
+    pub epoch: i64,
+    pub acquired_at: DateTime<Utc>,
+    pub renewed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub read_at: DateTime<Utc>,
+}
+
+impl From<LeaseRow> for Lease {
+    fn from(row: LeaseRow) -> Self {
+        Lease {
+            name: row.name,
+            holder: row.holder,
+            epoch: row.epoch,
+            acquired_at: row.acquired_at,
+            renewed_at: row.renewed_at,
+            expires_at: row.expires_at,
+            read_at: row.read_at,
         }
     }
 }

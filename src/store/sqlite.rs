@@ -28,11 +28,11 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use super::rows::{
-    AdminActionRow, CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow,
-    SubscriberUserRow,
+    AdminActionRow, CheckpointRow, DecisionRow, LeaseRow, MappingRow, OutreachUserRow,
+    SalesforceUserRow, SubscriberUserRow,
 };
 use super::statements::{Access, Backend, Statements};
-use super::{Context, ReplayCheckpoint, StoreError};
+use super::{Context, LeaseClaim, ReplayCheckpoint, StoreError};
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::event::Position;
@@ -207,6 +207,11 @@ impl Backend for SqliteStore {
 /// A list of values as the JSON array `json_each` unpacks.
 fn json_list<T: serde::Serialize>(values: &[T]) -> String {
     serde_json::to_string(values).expect("a list of strings or integers serializes")
+}
+
+/// When a lease taken `now` for `ttl` expires.
+fn expiry(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)
 }
 
 const SALESFORCE_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, \
@@ -399,6 +404,88 @@ impl Statements for SqliteSession {
             .bind(json_list(user_ids))
             .fetch_all(self.conn())
             .await
+    }
+
+    async fn lease(&mut self, name: &str, now: DateTime<Utc>) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "SELECT name, holder, epoch, acquired_at, renewed_at, expires_at, ?2 AS read_at \
+             FROM subscriber_leases WHERE name = ?1",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn holds_lease(&mut self, claim: &LeaseClaim) -> sqlx::Result<bool> {
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT epoch FROM subscriber_leases WHERE name = ?1 AND holder = ?2 AND epoch = ?3",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(held.is_some())
+    }
+
+    async fn take_lease(
+        &mut self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "INSERT INTO subscriber_leases (name, holder, epoch, acquired_at, renewed_at, expires_at) \
+             VALUES (?1, ?2, 1, ?3, ?3, ?4) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 epoch = subscriber_leases.epoch + 1, acquired_at = excluded.acquired_at, \
+                 renewed_at = excluded.renewed_at, expires_at = excluded.expires_at \
+             WHERE subscriber_leases.expires_at <= ?3 \
+                OR subscriber_leases.holder = excluded.holder \
+             RETURNING name, holder, epoch, acquired_at, renewed_at, expires_at, ?3 AS read_at",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now)
+        .bind(expiry(now, ttl))
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn renew_lease(
+        &mut self,
+        claim: &LeaseClaim,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "UPDATE subscriber_leases SET renewed_at = ?4, expires_at = ?5 \
+             WHERE name = ?1 AND holder = ?2 AND epoch = ?3 \
+             RETURNING name, holder, epoch, acquired_at, renewed_at, expires_at, ?4 AS read_at",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .bind(now)
+        .bind(expiry(now, ttl))
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn release_lease(&mut self, claim: &LeaseClaim, now: DateTime<Utc>) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE subscriber_leases SET expires_at = ?4 \
+             WHERE name = ?1 AND holder = ?2 AND epoch = ?3",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .bind(now)
+        .execute(self.conn())
+        .await
+        .map(drop)
     }
 
     async fn newest_subscriber_commit(

@@ -6,13 +6,15 @@
 //! in [`procedures`](super::procedures); a backend only supplies SQL in its own dialect.
 //! Statements return raw `sqlx` results; the procedures add which operation failed.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
-use super::ReplayCheckpoint;
 use super::rows::{
-    AdminActionRow, CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow,
-    SubscriberUserRow,
+    AdminActionRow, CheckpointRow, DecisionRow, LeaseRow, MappingRow, OutreachUserRow,
+    SalesforceUserRow, SubscriberUserRow,
 };
+use super::{LeaseClaim, ReplayCheckpoint};
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::event::Position;
@@ -102,7 +104,32 @@ pub(crate) trait Statements {
         org_id: &str,
     ) -> sqlx::Result<Option<(i64, DateTime<Utc>)>>;
 
+    /// Lease `name`, with the store's clock now.
+    async fn lease(&mut self, name: &str, now: DateTime<Utc>) -> sqlx::Result<Option<LeaseRow>>;
+    /// Whether `claim` still holds its lease; on PostgreSQL the row is locked against a
+    /// takeover until the transaction ends.
+    async fn holds_lease(&mut self, claim: &LeaseClaim) -> sqlx::Result<bool>;
+
     // ----- writes -----
+    /// Takes lease `name` for `holder` until `now + ttl` when it is free, expired or already
+    /// `holder`'s, at the next epoch; `None` (nothing written) when another holder's is valid.
+    /// `now` is the machine's clock: PostgreSQL uses its own instead.
+    async fn take_lease(
+        &mut self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>>;
+    /// Extends `claim`'s lease to `now + ttl`, if its epoch is still the lease's.
+    async fn renew_lease(
+        &mut self,
+        claim: &LeaseClaim,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>>;
+    /// Makes `claim`'s lease expire now.
+    async fn release_lease(&mut self, claim: &LeaseClaim, now: DateTime<Utc>) -> sqlx::Result<()>;
     async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()>;
     async fn upsert_outreach_user(&mut self, user: &OutreachUser) -> sqlx::Result<()>;
     /// Inserts the mapping, or sets `locked_by_usersync` when this exact pair exists; false

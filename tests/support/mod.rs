@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test file uses its own part of it
 
+pub mod oracle;
 pub mod postgres;
 pub mod process;
 
@@ -343,6 +344,7 @@ impl Parts {
             let applied = self.applied(store.as_ref()).await;
             if decided == applied {
                 assert!(!applied.0.is_empty(), "the drill changed nothing");
+                self.assert_oracle(store.as_ref()).await;
                 return;
             }
             assert!(
@@ -352,6 +354,25 @@ impl Parts {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+impl Parts {
+    /// The end state judged from the simulators' final users alone ([`oracle`]).
+    pub async fn assert_oracle(&self, store: &dyn usersync::store::Store) {
+        let settings = store
+            .settings()
+            .await
+            .expect("the store reads its settings")
+            .unwrap_or_else(|| self.config.sync.clone());
+        oracle::assert_holds(&oracle::Sources {
+            http: &self.http,
+            salesforce_url: &self.salesforce.base_url(),
+            outreach_url: &self.outreach.base_url(),
+            store,
+            settings: &settings,
+        })
+        .await;
     }
 }
 

@@ -33,6 +33,16 @@ impl Process {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`): a paused process is one that stopped
+    /// answering without exiting, as after a long pause or a cut network.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {}", self.name);
+    }
+
     /// The first `n` lines the process prints (the simulators print their addresses).
     pub fn lines(&mut self, n: usize) -> Vec<String> {
         let stdout = self.child.stdout.take().expect("stdout");

@@ -113,6 +113,17 @@ impl CometdSubscriber {
         })
     }
 
+    /// Publishes only while `fence` holds (see [`Pipeline::with_fence`]).
+    pub fn with_fence(
+        self,
+        fence: Option<Arc<crate::salesforce::lease::Fence>>,
+    ) -> CometdSubscriber {
+        CometdSubscriber {
+            pipeline: self.pipeline.with_fence(fence),
+            ..self
+        }
+    }
+
     /// Transactional mode (see [`Pipeline::with_transactions`]).
     pub fn with_transactions(
         self,
@@ -165,7 +176,7 @@ impl CometdSubscriber {
                 return outcome.and(drained);
             }
             match outcome.and(drained) {
-                Err(stop @ SubscriberError::Stopped { .. }) => return Err(stop),
+                Err(stop) if stop.ends_the_run() => return Err(stop),
                 Err(SubscriberError::Cometd(error)) if error.disconnect_reason().is_some() => {
                     return Err(SubscriberError::Cometd(error));
                 }

@@ -40,6 +40,7 @@ use futures::stream::FuturesUnordered;
 use super::auth::SalesforceAuthError;
 use super::avro::ChangeEvent;
 use super::id::SalesforceId;
+use super::lease::{Fence, LeaseLost};
 use super::normalize::{Delivery, Normalized, Replay, normalize};
 use super::pubsub::{PubSubError, PubSubSettings};
 use super::replay::ReplayPolicy;
@@ -165,6 +166,20 @@ pub enum SubscriberError {
         #[source]
         source: StoreError,
     },
+    /// Another subscriber instance holds the lease now: nothing more is published.
+    #[error(transparent)]
+    LeaseLost(#[from] LeaseLost),
+}
+
+impl SubscriberError {
+    /// Ends the run instead of resuming from the checkpoint: the stream cannot go on, or
+    /// another instance may be streaming and this one must not publish again.
+    pub fn ends_the_run(&self) -> bool {
+        matches!(
+            self,
+            SubscriberError::Stopped { .. } | SubscriberError::LeaseLost(_)
+        )
+    }
 }
 
 /// What the subscriber counted, for logs and tests.
@@ -201,6 +216,8 @@ pub struct Pipeline {
     transactions: Option<Transactions>,
     /// Where an admin asked the stream to start, until a checkpoint is saved from there.
     replay: Option<ReplayRequest>,
+    /// Set when instances share the store: checked before every publish and checkpoint.
+    fence: Option<Arc<Fence>>,
     pub stats: SubscriberStats,
 }
 
@@ -259,6 +276,7 @@ impl Pipeline {
             resync_margin,
             transactions: None,
             replay: None,
+            fence: None,
             stats: SubscriberStats::default(),
         }
     }
@@ -307,6 +325,20 @@ impl Pipeline {
             pending: PendingTransaction::new(TRANSACTION_EVENTS),
         });
         self
+    }
+
+    /// Publishes and saves checkpoints only while `fence` holds (the lease is this instance's).
+    pub fn with_fence(mut self, fence: Option<Arc<Fence>>) -> Pipeline {
+        self.fence = fence;
+        self
+    }
+
+    /// Whether this instance may still publish.
+    fn may_publish(&self) -> Result<(), SubscriberError> {
+        match &self.fence {
+            Some(fence) => Ok(fence.check()?),
+            None => Ok(()),
+        }
     }
 
     /// Reads the CometD stream: its checkpoint has its own key and its replay ids are numbers.
@@ -424,10 +456,11 @@ impl Pipeline {
         };
         match outcome {
             Normalized::Events(events) => {
-                self.stats.events_published += events.len() as u64;
-                crate::metrics::global()
-                    .published(crate::metrics::Published::change, events.len() as u64);
-                self.publish(position, events).await
+                let count = events.len() as u64;
+                self.publish(position, events).await?;
+                self.stats.events_published += count;
+                crate::metrics::global().published(crate::metrics::Published::change, count);
+                Ok(())
             }
             Normalized::NeedsReread { user_ids, reason } => {
                 self.stats.rereads += 1;
@@ -597,10 +630,11 @@ impl Pipeline {
             .iter()
             .map(|user| snapshot(user, &self.org_id, read, now))
             .collect();
-        self.stats.snapshots_published += events.len() as u64;
-        crate::metrics::global()
-            .published(crate::metrics::Published::snapshot, events.len() as u64);
-        self.publish(position, events).await
+        let count = events.len() as u64;
+        self.publish(position, events).await?;
+        self.stats.snapshots_published += count;
+        crate::metrics::global().published(crate::metrics::Published::snapshot, count);
+        Ok(())
     }
 
     /// Loads the stored last-known state of the users among `ids` this process has not seen.
@@ -637,6 +671,7 @@ impl Pipeline {
         }
         let ids = self.frontier.register(position, events.len());
         for (id, event) in ids.into_iter().zip(&events) {
+            self.may_publish()?;
             let pending: PendingDelivery =
                 self.publisher
                     .publish(event)
@@ -721,6 +756,7 @@ impl Pipeline {
                 ("schema_id", refused.schema_id.to_owned()),
             ],
         };
+        self.may_publish()?;
         self.publisher
             .dead_letter(letter)
             .await
@@ -792,6 +828,9 @@ impl Pipeline {
                 .commit_timestamp
                 .or(self.checkpoint.as_ref().and_then(|c| c.commit_timestamp)),
         });
+        if let Some(fence) = &self.fence {
+            fence.check()?;
+        }
         let committed = transactions
             .publisher
             .publish_batch(&self.checkpoint_key, &slice.events, checkpoint.as_ref())
@@ -833,13 +872,31 @@ impl Pipeline {
             commit_timestamp,
             updated_at: Utc::now(),
         };
-        self.store
-            .save_checkpoint(&checkpoint)
-            .await
-            .map_err(|source| SubscriberError::Store {
+        let saved = match &self.fence {
+            Some(fence) => {
+                fence.check()?;
+                self.store
+                    .save_checkpoint_as(&checkpoint, fence.claim())
+                    .await
+            }
+            None => self.store.save_checkpoint(&checkpoint).await,
+        };
+        saved.map_err(|source| match source {
+            StoreError::LeaseLost {
+                name,
+                holder,
+                epoch,
+            } => SubscriberError::LeaseLost(LeaseLost {
+                name,
+                holder,
+                epoch,
+                why: "the store holds another instance's epoch".into(),
+            }),
+            source => SubscriberError::Store {
                 context: format!("saving the replay checkpoint of {}", self.topic),
                 source,
-            })?;
+            },
+        })?;
         if let Some(from) = self.replay.as_ref().and_then(ReplayRequest::done) {
             tracing::info!(
                 from = %from.render(self.transport),

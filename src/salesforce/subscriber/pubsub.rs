@@ -61,6 +61,14 @@ impl Subscriber {
         })
     }
 
+    /// Publishes only while `fence` holds (see [`Pipeline::with_fence`]).
+    pub fn with_fence(self, fence: Option<Arc<crate::salesforce::lease::Fence>>) -> Subscriber {
+        Subscriber {
+            pipeline: self.pipeline.with_fence(fence),
+            ..self
+        }
+    }
+
     /// Transactional mode (see [`Pipeline::with_transactions`]).
     pub fn with_transactions(
         self,
@@ -115,8 +123,7 @@ impl Subscriber {
                 return drained;
             }
             let end = match (end, drained) {
-                (Err(stop @ SubscriberError::Stopped { .. }), _)
-                | (_, Err(stop @ SubscriberError::Stopped { .. })) => return Err(stop),
+                (Err(stop), _) | (_, Err(stop)) if stop.ends_the_run() => return Err(stop),
                 (Err(SubscriberError::PubSub(PubSubError::Call { failure, .. })), _) => {
                     StreamEnd::Failed(failure)
                 }
