@@ -19,7 +19,8 @@
 //!
 //! One exception is the rules' own: a link kept after the Salesforce user's email changed (the
 //! Outreach email cannot be changed through the API, docs/decisions.md) stays where it is, and
-//! the Outreach user keeps what it showed at the change.
+//! the Outreach user keeps the names it showed at the change; it is unlocked while that user is
+//! active all the same.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -289,9 +290,16 @@ fn judge(
                 ));
             }
         }
+        if s.active && o.locked {
+            found.push(format!(
+                "Outreach user {outreach_id} ({}): locked, though its Salesforce user \
+                 {salesforce_id} is active",
+                o.email
+            ));
+        }
         let same_email = s.group().as_deref() == Some(group(&o.email).as_str());
         if !same_email {
-            // A link kept after an email change: it keeps what it showed then.
+            // A link kept after an email change: it keeps the names it showed then.
             continue;
         }
         if s.active {
@@ -310,13 +318,6 @@ fn judge(
                         ));
                     }
                 }
-            }
-            if o.locked {
-                found.push(format!(
-                    "Outreach user {outreach_id} ({}): locked, though its Salesforce user \
-                     {salesforce_id} is active",
-                    o.email
-                ));
             }
         } else if rules.lock_when_inactive && !active_groups.contains(&group(&o.email)) && !o.locked
         {
