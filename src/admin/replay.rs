@@ -97,12 +97,13 @@ fn parse(body: &[u8]) -> Result<ReplayBody, ApiError> {
     })
 }
 
-/// Only a running Salesforce side can replay or resync: 409 otherwise, saying what to do first.
+/// Only a running Salesforce side, on the instance that streams, can replay or resync: 409
+/// otherwise, saying what to do first.
 pub(super) fn salesforce_running(state: &AdminState) -> Result<(), ApiError> {
     let (current, reason) = state.connections.state(Side::Salesforce);
     match current {
         ConnectionState::Connected | ConnectionState::Connecting | ConnectionState::Degraded => {
-            Ok(())
+            streaming_here(&state.connections)
         }
         ConnectionState::Disconnected => Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -118,8 +119,8 @@ pub(super) fn salesforce_running(state: &AdminState) -> Result<(), ApiError> {
 }
 
 /// Only the instance that streams can move the stream: a standby (another instance holds the
-/// subscriber lease) answers 409 naming the one to ask. A replay taken here would wait for the
-/// lease and then move a stream that went on elsewhere meanwhile.
+/// subscriber lease) answers 409 naming the one to ask. A replay or resync taken here would
+/// wait for the lease and then act on a stream that went on elsewhere meanwhile.
 fn streaming_here(connections: &Connections) -> Result<(), ApiError> {
     let connection = connections.get(Side::Salesforce);
     match connection.subscriber {
@@ -205,7 +206,6 @@ pub(super) async fn replay(
     let from =
         ReplayFrom::parse(&asked.from, sf.transport).map_err(|e| invalid_from(e.to_string()))?;
     salesforce_running(&state)?;
-    streaming_here(&state.connections)?;
     let checkpoint = checkpoint_now(&state, &config).await?;
     let checked = match &from {
         ReplayFrom::After(replay_id) => {
