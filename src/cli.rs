@@ -152,6 +152,24 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Move the subscriber's replay position: read again every change Salesforce still holds
+    /// (earliest, its 72-hour retention), skip to the newest position (latest), or start after
+    /// a replay id (docs/operations.md).
+    ///
+    /// Prints the plan first — where the stream is now, what will be read again, what will not
+    /// be read — and asks to type yes. Recorded as an admin action. Without a terminal, only
+    /// --yes confirms (otherwise the plan is printed and nothing changes, exit 2).
+    Replay {
+        /// earliest, latest, or a replay id as events carry it in origin.replay_id: lower-case
+        /// hex on Pub/Sub, a decimal number on CometD (salesforce.transport).
+        #[arg(long)]
+        from: String,
+        /// Confirm without the question.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Look up mappings between Outreach users and Salesforce users.
     Mappings {
         #[command(subcommand)]
@@ -343,6 +361,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
         },
         Command::Resync { admin } => crate::admin::client::resync(&admin.api()).await,
+        Command::Replay { from, yes, admin } => {
+            crate::admin::client::replay(&admin.api(), &from, |plan| confirm_replay(plan, yes))
+                .await
+        }
         Command::Mappings { verb, admin } => match verb {
             MappingsVerb::Find {
                 email,
@@ -381,6 +403,30 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Sim(sim) => sim.run().await,
     }
+}
+
+/// `--yes`, or `yes` typed on the terminal; without a terminal and without `--yes`, a refusal
+/// that says how to confirm (the plan is already printed, so this is a dry run).
+fn confirm_replay(
+    plan: &crate::salesforce::replay_from::ReplayPlan,
+    yes: bool,
+) -> anyhow::Result<bool> {
+    use std::io::IsTerminal;
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(InputError {
+            message: format!(
+                "the replay from {} needs a confirmation: standard input is not a terminal to \
+                 type yes on; give --yes to confirm without the question",
+                plan.from
+            ),
+        }
+        .into());
+    }
+    crate::admin::client::typed_yes(std::io::stdin().lock(), std::io::stdout(), plan)
+        .map_err(|e| anyhow::anyhow!("reading the confirmation from the terminal: {e}"))
 }
 
 /// Turns true on the first SIGINT or SIGTERM.

@@ -22,11 +22,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::engine::settings::{SettingsError, SyncSettings};
 
 /// The sections the environment may set.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "sync",
     "store",
     "outreach",
     "salesforce",
+    "subscriber",
     "kafka",
     "processor",
     "admin",
@@ -45,6 +46,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub outreach: OutreachConfig,
     pub salesforce: SalesforceConfig,
+    pub subscriber: SubscriberConfig,
     pub kafka: KafkaConfig,
     pub processor: ProcessorConfig,
     pub admin: AdminConfig,
@@ -58,6 +60,44 @@ pub struct Config {
 pub struct SecretsConfig {
     /// A file holding the key (base64 of 32 bytes); `USERSYNC_SECRET_KEY` wins when set.
     pub key_file: String,
+}
+
+/// Several subscriber instances on one org: which one streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriberConfig {
+    /// How long the lease of the streaming instance lasts without a renewal (PostgreSQL store):
+    /// a standby takes over this long after the active instance stopped renewing.
+    pub lease_seconds: u64,
+    /// This instance's name in the lease and the status; empty: `<hostname>-<pid>`.
+    pub instance_id: String,
+}
+
+impl Default for SubscriberConfig {
+    fn default() -> Self {
+        SubscriberConfig {
+            lease_seconds: 15,
+            instance_id: String::new(),
+        }
+    }
+}
+
+impl SubscriberConfig {
+    /// `instance_id`, or this process's `<hostname>-<pid>`: two processes never share it, and
+    /// a container that restarts with the same hostname and pid takes its own lease back at
+    /// once.
+    pub fn instance(&self) -> String {
+        if !self.instance_id.trim().is_empty() {
+            return self.instance_id.trim().to_owned();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "usersync".to_owned());
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 /// `usersync run`: all roles in one process.
@@ -757,6 +797,13 @@ impl Config {
             return Err(ConfigError::Parse(format!(
                 "processor.session_timeout_ms ({}) must be between 1000 and 3600000",
                 self.processor.session_timeout_ms
+            )));
+        }
+        if !(3..=3_600).contains(&self.subscriber.lease_seconds) {
+            return Err(ConfigError::Parse(format!(
+                "subscriber.lease_seconds ({}) must be between 3 and 3600: the active instance \
+                 renews it three times per lease",
+                self.subscriber.lease_seconds
             )));
         }
         if self.run.shutdown_timeout_seconds == 0 {

@@ -118,6 +118,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
             outreach: None,
             token: None,
             pending: Default::default(),
+            actions: Default::default(),
         });
         let stopped = stopped.clone();
         async move {

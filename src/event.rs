@@ -158,27 +158,49 @@ pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
-/// The position of a change in the history of one user: `commit_number`, then
-/// `commit_timestamp`, then the sequence number within the transaction. A snapshot (read through
-/// REST) has no commit number and is placed by its `last_modified_date`.
+/// The position of a change in the history of one user.
+///
+/// Salesforce numbers every commit of an org (`commit_number`, increasing); a change received
+/// from the stream sits at its commit and, inside its transaction, at its sequence number. A
+/// snapshot — the user read through REST — sits at the stream position it was read at: the
+/// newest commit the subscriber had seen before the read (for a gap re-read, the GAP event's
+/// own commit). Every change up to that commit is in what it read, so it sorts after every
+/// stream change of its commit, and of two snapshots at one commit the later read is newer.
+///
+/// The time a snapshot carries is never its user's `LastModifiedDate`: REST gives that to the
+/// whole second, while commit timestamps carry milliseconds, so a re-read made after a change
+/// could sort before it (docs/event-schema.md, "Ordering").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     pub commit_number: Option<i64>,
+    /// The commit's time; orders positions that have no commit number.
     pub commit_timestamp: DateTime<Utc>,
     pub sequence_number: Option<i64>,
+    /// Snapshots only: when the REST read was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<DateTime<Utc>>,
 }
 
 impl Position {
-    /// Compares two positions of the same user. Commit numbers decide when both have one;
-    /// otherwise timestamps do. Equal positions mean "the same point in the user's history".
+    /// Compares two positions of the same user; `Equal` means "the same point in the user's
+    /// history". With commit numbers on both sides they decide; a position without one (a
+    /// snapshot read before any change of the org was seen, or an event of another producer)
+    /// is older than any position with one, and two such positions compare by time.
     pub fn compare(&self, other: &Position) -> Ordering {
         let primary = match (self.commit_number, other.commit_number) {
             (Some(a), Some(b)) => a.cmp(&b),
-            _ => self.commit_timestamp.cmp(&other.commit_timestamp),
+            (Some(_), None) => Ordering::Greater,
+            (None, Some(_)) => Ordering::Less,
+            (None, None) => self.commit_timestamp.cmp(&other.commit_timestamp),
         };
-        primary.then_with(|| match (self.sequence_number, other.sequence_number) {
+        primary.then_with(|| match (self.read_at, other.read_at) {
             (Some(a), Some(b)) => a.cmp(&b),
-            _ => Ordering::Equal,
+            (Some(_), None) => Ordering::Greater,
+            (None, Some(_)) => Ordering::Less,
+            (None, None) => match (self.sequence_number, other.sequence_number) {
+                (Some(a), Some(b)) => a.cmp(&b),
+                _ => Ordering::Equal,
+            },
         })
     }
 }
@@ -350,8 +372,19 @@ impl UserChange {
         }
     }
 
-    /// The position of this change in its user's history.
+    /// The position of this change in its user's history ([`Position`]). A snapshot is placed
+    /// by the stream position in its `origin` and its read time (`observed_at`); any other
+    /// change by its commit, or, from a producer that sends no commit, by its
+    /// `last_modified_date` or `observed_at`.
     pub fn position(&self) -> Position {
+        if self.change == ChangeKind::Snapshot {
+            return Position {
+                commit_number: self.origin.commit_number,
+                commit_timestamp: self.origin.commit_timestamp.unwrap_or(self.observed_at),
+                sequence_number: None,
+                read_at: Some(self.observed_at),
+            };
+        }
         let commit_timestamp = self
             .origin
             .commit_timestamp
@@ -361,7 +394,17 @@ impl UserChange {
             commit_number: self.origin.commit_number,
             commit_timestamp,
             sequence_number: self.origin.sequence_number,
+            read_at: None,
         }
+    }
+
+    /// The time an Outreach event is ordered by: Outreach's `updatedAt` as the webhook
+    /// receiver put it in `commit_timestamp`, else the producer's clock.
+    pub fn outreach_time(&self) -> DateTime<Utc> {
+        self.origin
+            .commit_timestamp
+            .or(self.user.last_modified_date)
+            .unwrap_or(self.observed_at)
     }
 
     /// The Salesforce user id, for Salesforce events.
@@ -402,9 +445,21 @@ pub fn salesforce_event_id(
     format!("sf:{org}:{user}:{transaction_key}:{sequence}")
 }
 
-/// Builds the `event_id` of a snapshot read: `sf:<org>:<user>:snapshot:<marker>`.
-pub fn snapshot_event_id(org: &str, user: &SalesforceId, marker: &str) -> String {
-    format!("sf:{org}:{user}:snapshot:{marker}")
+/// Builds the `event_id` of a snapshot read: `sf:<org>:<user>:snapshot:<commit>:<read at>`,
+/// or `sf:<org>:<user>:snapshot:<read at>` when the read has no commit number. One read is one
+/// id: a redelivered record is recognized, while a later read of the same user — which may
+/// hold a change made within the same second — is a new event.
+pub fn snapshot_event_id(
+    org: &str,
+    user: &SalesforceId,
+    commit_number: Option<i64>,
+    read_at: DateTime<Utc>,
+) -> String {
+    let read_at = read_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    match commit_number {
+        Some(commit) => format!("sf:{org}:{user}:snapshot:{commit}:{read_at}"),
+        None => format!("sf:{org}:{user}:snapshot:{read_at}"),
+    }
 }
 
 /// Builds the `event_id` of an Outreach webhook delivery: `or:<id>:<updatedAt>`.
@@ -645,12 +700,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn positions_order_by_commit_number_then_time() {
+    fn positions_order_by_commit_number_then_sequence() {
         let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
         let p = |n: Option<i64>, ts: &str, seq: Option<i64>| Position {
             commit_number: n,
             commit_timestamp: t(ts),
             sequence_number: seq,
+            read_at: None,
         };
         let a = p(Some(10), "2024-01-01T00:00:00Z", Some(1));
         let b = p(Some(11), "2023-01-01T00:00:00Z", Some(1));
@@ -659,10 +715,42 @@ pub(crate) mod tests {
             Ordering::Less,
             "commit number wins over time"
         );
-        let snap = p(None, "2024-01-01T00:00:00Z", None);
-        assert_eq!(snap.compare(&a), Ordering::Equal);
-        assert_eq!(snap.compare(&b), Ordering::Greater);
         let seq2 = p(Some(10), "2024-01-01T00:00:00Z", Some(2));
         assert_eq!(a.compare(&seq2), Ordering::Less);
+        assert_eq!(
+            a.compare(&p(Some(10), "2024-01-01T00:00:00Z", None)),
+            Ordering::Equal
+        );
+        // Without a commit number: older than any commit, and by time among themselves.
+        let untimed = p(None, "2030-01-01T00:00:00Z", None);
+        assert_eq!(untimed.compare(&a), Ordering::Less);
+        assert_eq!(a.compare(&untimed), Ordering::Greater);
+        assert_eq!(
+            untimed.compare(&p(None, "2029-01-01T00:00:00Z", None)),
+            Ordering::Greater
+        );
+    }
+
+    #[test]
+    fn a_snapshot_is_placed_by_its_origin_and_read_time_not_its_last_modified_date() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let mut event = with(|v| {
+            v["change"] = "snapshot".into();
+            v["changed_fields"] = serde_json::json!([]);
+            v["origin"]["transport"] = "rest".into();
+            v["origin"]["sequence_number"] = serde_json::Value::Null;
+        })
+        .unwrap();
+        let position = event.position();
+        assert_eq!(position.commit_number, Some(1100662289041));
+        assert_eq!(position.commit_timestamp, t("2024-06-18T11:30:45Z"));
+        assert_eq!(position.read_at, Some(t("2024-06-18T11:30:46.120Z")));
+        // No stream position: the read time stands in for the commit time, never the
+        // whole-second LastModifiedDate.
+        event.origin.commit_number = None;
+        event.origin.commit_timestamp = None;
+        let position = event.position();
+        assert_eq!(position.commit_number, None);
+        assert_eq!(position.commit_timestamp, t("2024-06-18T11:30:46.120Z"));
     }
 }

@@ -19,7 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::connection::{ConnectionState, Connections, Side};
+use crate::connection::{ConnectionState, Connections, LeaseRole, Side};
 use crate::engine::decision::Action;
 
 /// What happened to a record the processor read.
@@ -44,6 +44,11 @@ pub enum Published {
     change,
     /// A full read of every user (initial load, resync).
     snapshot,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabel {
+    instance: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -248,6 +253,29 @@ impl Metrics {
                     .set(i64::from(state == current));
             }
         }
+        if let Some(lease) = connections.get(Side::Salesforce).subscriber {
+            let active = Family::<InstanceLabel, Gauge>::default();
+            now.register(
+                "subscriber_active",
+                "1 while this process's subscriber streams (it holds the lease, or none is kept), \
+                 0 while it stands by",
+                active.clone(),
+            );
+            active
+                .get_or_create(&InstanceLabel {
+                    instance: lease.instance.clone(),
+                })
+                .set(i64::from(lease.role != LeaseRole::Standby));
+            if let Some(epoch) = lease.epoch {
+                let gauge = Gauge::<i64>::default();
+                now.register(
+                    "subscriber_lease_epoch",
+                    "the epoch of the subscriber lease this process holds or last saw held",
+                    gauge.clone(),
+                );
+                gauge.set(epoch);
+            }
+        }
         use prometheus_client::encoding::text;
         let mut page = String::new();
         text::encode_registry(&mut page, &self.registry)
@@ -322,6 +350,38 @@ mod tests {
             "{page}"
         );
         assert!(page.ends_with("# EOF\n"), "{page}");
+    }
+
+    #[test]
+    fn the_page_says_whether_this_subscriber_streams() {
+        let metrics = Metrics::new();
+        let connections = Connections::new();
+        let page = metrics.render(&connections);
+        assert!(
+            !page.contains("usersync_subscriber_active"),
+            "no subscriber here"
+        );
+        let lease = |role| crate::connection::SubscriberLease {
+            instance: "host-7".into(),
+            role,
+            epoch: Some(4),
+            holder: Some("host-2".into()),
+            expires_at: None,
+        };
+        connections.subscriber(lease(LeaseRole::Standby));
+        let page = metrics.render(&connections);
+        assert_eq!(
+            sample(&page, "usersync_subscriber_active{instance=\"host-7\"}"),
+            Some(0.0),
+            "{page}"
+        );
+        connections.subscriber(lease(LeaseRole::Active));
+        let page = metrics.render(&connections);
+        assert_eq!(
+            sample(&page, "usersync_subscriber_active{instance=\"host-7\"}"),
+            Some(1.0)
+        );
+        assert_eq!(sample(&page, "usersync_subscriber_lease_epoch"), Some(4.0));
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
         outreach: Some(outreach_for_checks),
         token: Some(config.admin.token.clone()).filter(|t| !t.expose().is_empty()),
         pending: Default::default(),
+        actions: Default::default(),
     };
     roles.spawn(
         "connection checks",

@@ -5,8 +5,8 @@
 //! An admin opens the page, gives the admin token it asks for, sees Salesforce disconnected
 //! and why, reconnects from the card's menu, authorizes Salesforce again as another user
 //! through the consent page (the browser authorization-code flow), has one settings change
-//! refused with the rule's words and one accepted, and watches a remap arrive on the live
-//! feed. The page is
+//! refused with the rule's words and one accepted, watches a remap arrive on the live
+//! feed, and replays Salesforce from latest after reading the plan. The page is
 //! screenshotted at the end into `target/tmp/admin-page.png`.
 //!
 //! `scripts/test.sh` installs both packages. Without them the test is skipped on a developer
@@ -188,6 +188,22 @@ async fn settings_in_force(parts: &Parts) -> Value {
     response.json::<Value>().await.unwrap()["settings"].clone()
 }
 
+/// The admin-action log, read from the API with the admin token.
+async fn admin_actions(parts: &Parts) -> Vec<Value> {
+    let response = parts
+        .http
+        .get(format!("{}/api/v1/admin-actions", parts.admin_url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json::<Value>().await.unwrap()["admin_actions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_admin_reconnects_changes_settings_and_watches_a_remap_in_the_browser() {
     let Some((chromium, chromedriver)) = browser_paths() else {
@@ -354,8 +370,13 @@ async fn an_admin_reconnects_changes_settings_and_watches_a_remap_in_the_browser
     )
     .await;
     assert!(line.starts_with("remap x@acme.example"), "{line}");
-    // Once: the page follows one feed, however it got its token.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once: the page follows one feed, however it got its token. A later change's line on the
+    // feed marks where a repeated remap line would have been.
+    parts.create_salesforce_user("later");
+    until_text(&page, "a later change is on the feed", "#feed", |t| {
+        t.contains("create later@acme.example")
+    })
+    .await;
     let remaps = page
         .find_all(Locator::Css("#feed li[data-action=\"remap\"]"))
         .await
@@ -370,6 +391,67 @@ async fn an_admin_reconnects_changes_settings_and_watches_a_remap_in_the_browser
         1,
         "one Outreach user, remapped, not a second one: {outreach:?}"
     );
+
+    // Replay from the Salesforce card's menu. A replay id that is not one is refused with the
+    // reason; from latest, the plan says plainly what will not be read, and nothing is asked
+    // for until Confirm.
+    card_action(&page, "salesforce", "replay").await;
+    click(&page, "input[name=\"replay-from\"][value=\"id\"]").await;
+    page.find(Locator::Id("replay-id"))
+        .await
+        .unwrap()
+        .send_keys("<b>zz</b>")
+        .await
+        .unwrap();
+    click(&page, "#replay-plan").await;
+    let refused = until_text(
+        &page,
+        "a bad replay id is refused",
+        "#replay-message",
+        |t| !t.is_empty(),
+    )
+    .await;
+    assert!(refused.contains("not a hex digit"), "{refused}");
+    assert!(
+        refused.contains("\"<b>zz</b>\""),
+        "shown as text: {refused}"
+    );
+    click(&page, "input[name=\"replay-from\"][value=\"latest\"]").await;
+    let confirm = page.find(Locator::Id("replay-confirm")).await.unwrap();
+    assert!(
+        !confirm.is_displayed().await.unwrap(),
+        "no Confirm before a plan"
+    );
+    click(&page, "#replay-plan").await;
+    let plan = until_text(&page, "the plan is shown", "#replay-plan-text", |t| {
+        t.contains("Then:")
+    })
+    .await;
+    assert!(
+        plan.contains("Replay from latest.")
+            && plan.contains("Read again: Nothing: the stream skips to its newest position.")
+            && plan.contains("Not read: Changes made between the checkpoint"),
+        "{plan}"
+    );
+    assert!(
+        admin_actions(&parts).await.is_empty(),
+        "a plan changes nothing"
+    );
+    click(&page, "#replay-confirm").await;
+    until_text(&page, "the replay is requested", "#replay-message", |t| {
+        t == "Replay requested: the Salesforce stream starts again from latest."
+    })
+    .await;
+    until_text(
+        &page,
+        "the replay is on the feed",
+        "#feed li[data-admin-action=\"replay\"]",
+        |t| t == "admin replay from latest",
+    )
+    .await;
+    let actions = admin_actions(&parts).await;
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0]["detail"]["from"], "latest");
 
     let screenshot = page.screenshot().await.unwrap();
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");

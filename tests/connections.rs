@@ -7,9 +7,12 @@
 
 mod support;
 
+use std::collections::BTreeMap;
+
 use reqwest::Method;
 use serde_json::json;
 use support::{INTEGRATION_USER, Parts, until};
+use usersync::sim::salesforce::Writer;
 use usersync::sim::salesforce::pubsub::StreamFault;
 
 async fn state_is(parts: &Parts, side: &str, state: &str) -> bool {
@@ -188,7 +191,6 @@ async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it(
             .is_some_and(|c| c.replay_id == latest)
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(
         !parts.in_outreach("while.outreach.off@acme.example"),
         "nothing is applied while Outreach is disconnected"
@@ -199,11 +201,25 @@ async fn a_manual_disconnect_of_either_side_stops_it_and_a_reconnect_resumes_it(
         (down["state"].as_str(), down["reason"].as_str()),
         (Some("disconnected"), Some("manual"))
     );
+    let reconnected_at = chrono::Utc::now().timestamp_millis();
     let (status, _) = parts
         .admin(Method::POST, "/api/v1/connections/outreach/reconnect")
         .await;
     assert_eq!(status, 202);
     resumed(&parts, "outreach", "while.outreach.off@acme.example", 3).await;
+    // Held, not applied, while Outreach was disconnected: Outreach made the user only after
+    // the reconnect.
+    let made = parts
+        .outreach
+        .users()
+        .into_iter()
+        .find(|u| u.email == "while.outreach.off@acme.example")
+        .expect("applied after the reconnect");
+    assert!(
+        made.created_at.timestamp_millis() >= reconnected_at,
+        "created at {} before the reconnect at {reconnected_at} ms",
+        made.created_at
+    );
     parts.assert_matches_decide().await;
     running.stop().await;
 }
@@ -538,6 +554,56 @@ async fn test_connection_passes_on_a_healthy_pipeline_and_names_the_step_that_br
         "{out}"
     );
 
+    // The replay step asks Salesforce whether the stored replay id can still be resumed.
+    let replay_step = || async {
+        let (status, body) = parts
+            .admin(Method::POST, "/api/v1/connections/salesforce/test")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["checklist"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == "replay_checkpoint")
+            .cloned()
+            .unwrap_or_else(|| panic!("no replay step: {body}"))
+    };
+    let store = usersync::store::open(&parts.config.store.url)
+        .await
+        .unwrap();
+    parts.create_salesforce_user_with_email("replay", "replay@acme.example");
+    until("the stream saved a replay id", || async {
+        store
+            .checkpoint("/data/UserChangeEvent")
+            .await
+            .unwrap()
+            .is_some_and(|c| !c.replay_id.is_empty())
+    })
+    .await;
+    let step = replay_step().await;
+    assert_eq!(step["outcome"], "passed", "{step}");
+    assert!(
+        step["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Salesforce resumes the stream after the checkpoint"),
+        "{step}"
+    );
+    // Stopped (an admin disconnected it), the stream falls behind: a change after the
+    // checkpoint, then the retention window passes them both.
+    let (status, _) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/disconnect")
+        .await;
+    assert_eq!(status, 200);
+    parts.create_salesforce_user_with_email("later", "later@acme.example");
+    parts.salesforce.expire_replay_window();
+    let step = replay_step().await;
+    let detail = step["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("can no longer resume") && detail.contains("changed since then"),
+        "{step}"
+    );
+
     parts.salesforce.set_view_all_users(INTEGRATION_USER, false);
     let (status, body) = parts
         .admin(Method::POST, "/api/v1/connections/salesforce/test")
@@ -627,21 +693,31 @@ async fn a_resync_reads_every_user_again_and_is_refused_while_disconnected() {
     let parts = Parts::new().await;
     let running = parts.start_live().await;
     let since = parts.salesforce.requests().len();
+    let applied = "usersync_processor_events_total{outcome=\"applied\"}";
+    let applied_before = parts.metric(applied).await;
+    let outreach_since = parts.outreach.requests().len();
     let (status, body) = parts.admin(Method::POST, "/api/v1/resync").await;
     assert_eq!(status, 202, "{body}");
     until("every user is read again", || async {
         read_every_user_since(&parts, since)
     })
     .await;
-    // The snapshot of an unchanged user has the id of the one already applied: skipped.
+    // A read is a new event (a change within the same second would not show in its
+    // LastModifiedDate): the processor decides on it, and an unchanged user costs no write.
     until("the snapshot reaches the processor", || async {
-        parts
-            .metric("usersync_processor_events_total{outcome=\"duplicate\"}")
-            .await
-            >= 1.0
+        parts.metric(applied).await > applied_before
     })
     .await;
     assert_eq!(parts.outreach.users().len(), 1, "nothing created twice");
+    let writes: Vec<_> = parts.outreach.requests()[outreach_since..]
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/users"))
+        .cloned()
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "an unchanged user was written: {writes:?}"
+    );
 
     let (status, _) = parts
         .admin(Method::POST, "/api/v1/connections/salesforce/disconnect")
@@ -902,6 +978,480 @@ async fn outreach_authorized_again_in_the_browser_loses_nothing() {
     let (_, page) = authorize_in_the_browser(&parts, "outreach").await;
     assert_eq!(page, "/?authorized=outreach");
     resumed(&parts, "outreach", "during@acme.example", 2).await;
+    parts.assert_matches_decide().await;
+    running.stop().await;
+}
+
+/// Each change read from the stream (not a snapshot read through REST) on the change topic:
+/// its event id → how many times it is there, its replay id and its user's email.
+fn stream_changes(parts: &Parts) -> BTreeMap<String, (usize, String, String)> {
+    let mut seen: BTreeMap<String, (usize, String, String)> = BTreeMap::new();
+    for event in parts.published_events() {
+        if event["origin"]["transport"] != "pubsub" {
+            continue;
+        }
+        let entry = seen
+            .entry(event["event_id"].as_str().unwrap().to_owned())
+            .or_insert_with(|| {
+                (
+                    0,
+                    event["origin"]["replay_id"].as_str().unwrap().to_owned(),
+                    event["user"]["email"].as_str().unwrap_or("").to_owned(),
+                )
+            });
+        entry.0 += 1;
+    }
+    seen
+}
+
+/// The subscriber's checkpoint as the store holds it.
+async fn stored_checkpoint(parts: &Parts) -> Option<usersync::store::ReplayCheckpoint> {
+    let store = usersync::store::open(&parts.config.store.url)
+        .await
+        .unwrap();
+    store.checkpoint("/data/UserChangeEvent").await.unwrap()
+}
+
+/// Starts `usersync run` and waits for the stream to be open before any user changes: the
+/// initial load is over and its pin stored. Every change made after that comes from the
+/// stream (in `stream_changes`), none through the initial load. Then waits, like
+/// [`Parts::start_live`], for a first change (user `before`) to go all the way through.
+async fn start_streaming(parts: &Parts) -> support::Running {
+    let running = parts.start().await;
+    until("the initial load is over and the stream pinned", || async {
+        stored_checkpoint(parts).await.is_some()
+    })
+    .await;
+    parts.create_salesforce_user("before");
+    until("the pipeline is live", || async {
+        parts.in_outreach("before@acme.example")
+    })
+    .await;
+    running
+}
+
+/// Waits until the subscriber has saved the newest position of the stream.
+async fn caught_up(parts: &Parts) {
+    until("the checkpoint is the stream's newest position", || async {
+        let latest = parts.salesforce.latest_replay_id();
+        stored_checkpoint(parts)
+            .await
+            .is_some_and(|c| c.replay_id == latest)
+    })
+    .await;
+}
+
+/// How many decisions the processor has recorded (the log holds fewer than a page here).
+async fn decisions_recorded(parts: &Parts) -> usize {
+    let store = usersync::store::open(&parts.config.store.url)
+        .await
+        .unwrap();
+    let page = store
+        .decisions(&usersync::store::DecisionQuery {
+            limit: usersync::store::MAX_DECISION_PAGE,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.next_after.is_none(), "more decisions than one page");
+    page.records.len()
+}
+
+/// Whether the processor's consumer group has committed, on every partition of the change
+/// topic, the offset after the last record on it: it has read everything published.
+fn processor_read_everything(parts: &Parts) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let kafka = &parts.config.kafka;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", &parts.config.processor.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for partition in 0..kafka.partitions {
+        partitions.add_partition(&kafka.topic, partition);
+    }
+    let wait = std::time::Duration::from_secs(10);
+    let Ok(committed) = consumer.committed_offsets(partitions, wait) else {
+        return false;
+    };
+    (0..kafka.partitions).all(|partition| {
+        let (_, high) = consumer
+            .fetch_watermarks(&kafka.topic, partition, wait)
+            .unwrap();
+        let at = committed
+            .find_partition(&kafka.topic, partition)
+            .map(|p| p.offset());
+        match at {
+            Some(rdkafka::Offset::Offset(offset)) => offset == high,
+            _ => high == 0,
+        }
+    })
+}
+
+/// `POST /api/v1/replay` with `body`; the status and the JSON answer.
+async fn replay(parts: &Parts, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let (status, text) = parts.admin_post("/api/v1/replay", &body).await;
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+async fn admin_actions(parts: &Parts) -> Vec<serde_json::Value> {
+    let (status, body) = parts.admin(Method::GET, "/api/v1/admin-actions").await;
+    assert_eq!(status, 200, "{body}");
+    body["admin_actions"].as_array().unwrap().clone()
+}
+
+/// A replay from earliest: the plan first, which changes nothing; confirmed, every change
+/// Salesforce still holds is published again, the processor creates nothing twice, and the
+/// stream goes on; the action is in the admin-action log. Refused, naming what is wrong: a
+/// `from` that is not a replay id, a replay id Salesforce does not hold, a body that is not
+/// JSON, and any replay while Salesforce is disconnected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_from_earliest_publishes_retained_changes_again_and_applies_none_twice() {
+    let parts = Parts::new().await;
+    let running = start_streaming(&parts).await;
+    let ann = parts.create_salesforce_user("ann");
+    parts.create_salesforce_user("bob");
+    parts
+        .salesforce
+        .update_users(&[ann], json!({"Title": "VP"}), &Writer::default())
+        .unwrap();
+    until("the changes are applied", || async {
+        parts.in_outreach("bob@acme.example")
+            && parts
+                .outreach
+                .users()
+                .iter()
+                .any(|u| u.title.as_deref() == Some("VP"))
+    })
+    .await;
+    caught_up(&parts).await;
+    let before = stream_changes(&parts);
+    assert_eq!(before.len(), 4, "before, ann, bob, ann's title: {before:?}");
+    let checkpoint = hex::encode(parts.salesforce.latest_replay_id());
+
+    // The plan: where the stream is, what is read again; nothing changes.
+    let (status, body) = replay(&parts, json!({"from": "earliest"})).await;
+    assert_eq!(status, 200, "{body}");
+    let plan = &body["plan"];
+    assert_eq!(plan["from"], "earliest");
+    assert_eq!(plan["transport"], "pubsub");
+    assert_eq!(plan["checkpoint"]["replay_id"], checkpoint.as_str());
+    let rereads = plan["rereads"].as_str().unwrap();
+    assert!(
+        rereads.starts_with("Every change Salesforce still holds, from about ")
+            && rereads.contains("the processor skips what it already applied"),
+        "{rereads}"
+    );
+    assert!(plan["skipped"].is_null(), "{plan}");
+    assert!(
+        admin_actions(&parts).await.is_empty(),
+        "a plan is not an action"
+    );
+    assert_eq!(
+        stored_checkpoint(&parts).await.unwrap().replay_id,
+        parts.salesforce.latest_replay_id()
+    );
+
+    // Confirmed: every retained change is published again, under its own event id; the
+    // processor reads every copy and drops each as a duplicate, deciding nothing new.
+    until("the processor has read everything", || async {
+        processor_read_everything(&parts)
+    })
+    .await;
+    let decided = decisions_recorded(&parts).await;
+    assert!(decided >= 3, "a create for each user: {decided}");
+    let (status, body) = replay(&parts, json!({"from": "earliest", "confirm": true})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["admin_action"]["action"], "replay");
+    until(
+        "every retained change is published a second time",
+        || async {
+            let now = stream_changes(&parts);
+            now.len() == before.len() && now.values().all(|(copies, ..)| *copies == 2)
+        },
+    )
+    .await;
+    until("the processor has read every copy", || async {
+        processor_read_everything(&parts)
+    })
+    .await;
+    assert_eq!(
+        decisions_recorded(&parts).await,
+        decided,
+        "the copies were dropped as duplicates: no decision about them"
+    );
+    let users = parts.outreach.users();
+    assert_eq!(users.len(), 3, "nothing created twice: {users:?}");
+    // The stream goes on from its newest position.
+    parts.create_salesforce_user("after");
+    until("a later change is applied", || async {
+        parts.in_outreach("after@acme.example")
+    })
+    .await;
+    caught_up(&parts).await;
+    parts.assert_matches_decide().await;
+
+    // The log: when, from where, and the checkpoint it moved from.
+    let actions = admin_actions(&parts).await;
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(actions[0]["action"], "replay");
+    assert_eq!(actions[0]["sequence"], body["admin_action"]["sequence"]);
+    assert_eq!(actions[0]["detail"]["from"], "earliest");
+    assert_eq!(
+        actions[0]["detail"]["checkpoint_before"]["replay_id"],
+        checkpoint.as_str()
+    );
+
+    // Refusals, each naming what is wrong; none is recorded.
+    let (status, body) = replay(&parts, json!({"from": "zz", "confirm": true})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_replay_from");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("not a hex digit") && message.contains("salesforce.transport"),
+        "{message}"
+    );
+    let (status, body) = replay(&parts, json!({"from": "00ff", "confirm": true})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_replay_from");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Salesforce cannot resume after this replay id"),
+        "{body}"
+    );
+    let (status, body) = replay(&parts, json!({"from": "latest", "confirm": 1})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_replay_request");
+    let as_text = parts
+        .http
+        .post(format!("{}/api/v1/replay", parts.admin_url))
+        .header("content-type", "text/plain")
+        .body(r#"{"from": "latest", "confirm": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_text.status(), 415);
+    let (status, _) = parts
+        .admin(Method::POST, "/api/v1/connections/salesforce/disconnect")
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = replay(&parts, json!({"from": "latest", "confirm": true})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "salesforce_disconnected");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reconnect it first"),
+        "{body}"
+    );
+    assert_eq!(
+        admin_actions(&parts).await.len(),
+        1,
+        "refusals are not recorded"
+    );
+    running.stop().await;
+}
+
+/// A replay after a replay id publishes again only the changes after it; a replay from latest
+/// reads nothing again and pins the stream at its newest position, from where later changes
+/// still arrive. Both are logged, newest first, with a resync.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_after_an_id_reads_what_follows_it_and_one_from_latest_skips_ahead() {
+    let parts = Parts::new().await;
+    let running = parts.start_live().await;
+    for name in ["ann", "bob", "cy"] {
+        parts.create_salesforce_user(name);
+    }
+    until("the creates are applied", || async {
+        parts.in_outreach("cy@acme.example")
+    })
+    .await;
+    caught_up(&parts).await;
+    let before = stream_changes(&parts);
+    let (_, ann_replay, _) = before
+        .values()
+        .find(|(_, _, email)| email == "ann@acme.example")
+        .cloned()
+        .unwrap();
+
+    // After ann's create: bob's and cy's are read again, before's and ann's are not.
+    let (status, body) = replay(&parts, json!({"from": ann_replay})).await;
+    assert_eq!(status, 200, "{body}");
+    let plan = &body["plan"];
+    assert!(
+        plan["rereads"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Every change after replay id {ann_replay} ")),
+        "{plan}"
+    );
+    assert_eq!(
+        plan["checked"],
+        format!("Salesforce still holds replay id {ann_replay}.")
+    );
+    let (status, body) = replay(&parts, json!({"from": ann_replay, "confirm": true})).await;
+    assert_eq!(status, 202, "{body}");
+    until(
+        "the changes after the replay id are published again",
+        || async {
+            stream_changes(&parts)
+                .values()
+                .all(|(copies, replay_id, _)| {
+                    *copies == if *replay_id > ann_replay { 2 } else { 1 }
+                })
+        },
+    )
+    .await;
+    caught_up(&parts).await;
+    let after_id = stream_changes(&parts);
+    assert_eq!(
+        after_id
+            .values()
+            .filter(|(copies, ..)| *copies == 2)
+            .map(|(_, _, email)| email.as_str())
+            .collect::<std::collections::BTreeSet<_>>(),
+        ["bob@acme.example", "cy@acme.example"].into(),
+    );
+
+    // From latest: the plan says what is skipped; confirmed, the checkpoint becomes a pin at
+    // the newest position and nothing is read again.
+    let (status, body) = replay(&parts, json!({"from": "latest"})).await;
+    assert_eq!(status, 200, "{body}");
+    let skipped = body["plan"]["skipped"].as_str().unwrap();
+    assert!(
+        skipped.contains("are never read") && skipped.contains("resync"),
+        "{skipped}"
+    );
+    let asked_at = chrono::Utc::now();
+    let (status, body) = replay(&parts, json!({"from": "latest", "confirm": true})).await;
+    assert_eq!(status, 202, "{body}");
+    until("the checkpoint is a pin at the newest position", || async {
+        stored_checkpoint(&parts).await.is_some_and(|c| {
+            c.replay_id.is_empty() && c.commit_timestamp.is_some_and(|at| at >= asked_at)
+        })
+    })
+    .await;
+    parts.create_salesforce_user("dan");
+    until("a later change is applied", || async {
+        parts.in_outreach("dan@acme.example")
+    })
+    .await;
+    caught_up(&parts).await;
+    let now = stream_changes(&parts);
+    for (event_id, seen) in &after_id {
+        assert_eq!(now[event_id].0, seen.0, "nothing read again: {event_id}");
+    }
+    assert_eq!(parts.outreach.users().len(), 5, "none twice");
+
+    let (status, body) = parts.admin(Method::POST, "/api/v1/resync").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["admin_action"]["action"], "resync");
+    let actions = admin_actions(&parts).await;
+    let logged: Vec<(&str, &str)> = actions
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap(),
+                a["detail"]["from"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            ("resync", "-"),
+            ("replay", "latest"),
+            ("replay", ann_replay.as_str())
+        ]
+    );
+    assert!(
+        actions[0]["detail"]["checkpoint_before"]["replay_id"].is_string(),
+        "{actions:?}"
+    );
+    parts.assert_matches_decide().await;
+    running.stop().await;
+}
+
+/// `usersync replay`: the plan first; without a terminal only `--yes` confirms; a bad id is
+/// refused with the API's reason; the replay and a resync are in the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_shows_the_replay_plan_and_replays_only_once_confirmed() {
+    use std::process::Command;
+
+    const TOKEN: &str = "cli-replay-token";
+    let mut parts = Parts::new().await;
+    parts.config.admin.token = usersync::config::Secret::new(TOKEN);
+    let running = start_streaming(&parts).await;
+    let usersync = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_usersync"))
+            .args(args)
+            .env("USERSYNC_ADMIN_URL", &parts.admin_url)
+            .env("USERSYNC_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let logged = || async {
+        let response = parts
+            .http
+            .get(format!("{}/api/v1/admin-actions", parts.admin_url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["admin_actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["action"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    // No terminal to type yes on, no --yes: the plan is shown and nothing changes.
+    let (code, out, err) = usersync(&["replay", "--from", "latest"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        out.starts_with("Replay from latest (Pub/Sub API).\nNow: "),
+        "{out}"
+    );
+    assert!(out.contains("\nNot read: Changes made between"), "{out}");
+    assert!(err.contains("give --yes"), "{err}");
+    assert!(logged().await.is_empty(), "nothing recorded");
+
+    let (code, _, err) = usersync(&["replay", "--from", "12g4", "--yes"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("422") && err.contains("'g' at position 3 is not a hex digit"),
+        "{err}"
+    );
+
+    let (code, out, err) = usersync(&["replay", "--from", "earliest", "--yes"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("Read again: Every change Salesforce still holds"),
+        "{out}"
+    );
+    assert!(out.contains("replay requested (admin action 1)"), "{out}");
+    until("the retained change is published again", || async {
+        stream_changes(&parts)
+            .values()
+            .all(|(copies, ..)| *copies == 2)
+    })
+    .await;
+    let (code, _, err) = usersync(&["resync"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(logged().await, ["resync", "replay"]);
     parts.assert_matches_decide().await;
     running.stop().await;
 }

@@ -22,10 +22,11 @@ use usersync::outreach::OutreachUser;
 use usersync::outreach::OutreachUserId;
 use usersync::processor::{Processor, ProcessorError, ProcessorStats, role};
 use usersync::salesforce::id::SalesforceId;
-use usersync::salesforce::snapshot::snapshot;
+use usersync::salesforce::snapshot::{ReadPosition, snapshot};
 use usersync::sim::outreach::{OutreachSim, SimConfig, SimUser};
 use usersync::store::{
-    AppliedEvent, DecisionPage, DecisionQuery, MappingFilter, ReplayCheckpoint, Store, StoreError,
+    AdminAction, AppliedEvent, DecisionPage, DecisionQuery, Lease, LeaseAnswer, LeaseClaim,
+    MappingFilter, ReplayCheckpoint, Store, StoreError,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -110,8 +111,16 @@ fn sf_user(id: &str, email: &str, active: bool, modified: &str) -> SalesforceUse
     }
 }
 
+/// The user read through REST at its `last_modified_date`, before any commit was seen: later
+/// reads of the same user are newer.
 fn event(user: &SalesforceUser) -> UserChange {
-    snapshot(user, &SalesforceId::parse(ORG).unwrap(), chrono::Utc::now())
+    snapshot(
+        user,
+        &SalesforceId::parse(ORG).unwrap(),
+        &ReadPosition::default(),
+        user.last_modified_date
+            .expect("test users have a modification date"),
+    )
 }
 
 async fn produce(rig: &Rig, key: &str, payload: &[u8]) {
@@ -506,7 +515,10 @@ async fn events_held_when_a_rebalance_takes_their_partitions_are_applied_where_t
 
 #[tokio::test]
 async fn offsets_are_committed_past_processed_events_so_a_restart_reads_nothing_twice() {
-    let rig = rig().await;
+    let mut rig = rig().await;
+    // The mock cluster gives the partitions to the restarted processor only once the stopped
+    // one's session has run out.
+    rig.config.processor.session_timeout_ms = 6_000;
     seed(&rig).await;
     let running = start(&rig);
     let first = event(&sf_user(Y, "new@def.com", true, "2025-02-01T00:00:00Z"));
@@ -534,12 +546,19 @@ async fn offsets_are_committed_past_processed_events_so_a_restart_reads_nothing_
         "one record read in one partition: {offsets:?}"
     );
 
+    // A later event of the same email lands behind the first in its partition: once it is
+    // applied, a re-read of the first would have come before it.
     let running = start(&rig);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sentinel = event(&sf_user(Y, "new@def.com", true, "2025-02-02T00:00:00Z"));
+    produce_event(&rig, &sentinel).await;
+    until("the later event is applied", || async {
+        rig.store.is_applied(&sentinel.event_id).await.unwrap()
+    })
+    .await;
     let stats = running.stop().await;
     assert_eq!(
-        stats.records, 0,
-        "nothing read again after the restart: {stats:?}"
+        stats.records, 1,
+        "only the later event read after the restart: {stats:?}"
     );
 }
 
@@ -637,11 +656,51 @@ impl Store for AnotherReplicaFirst {
             .save_authorization(side, sealed, key_fingerprint)
             .await
     }
+    async fn append_admin_action(&self, action: &AdminAction) -> Result<i64, StoreError> {
+        self.inner.append_admin_action(action).await
+    }
+    async fn admin_actions(&self, limit: u32) -> Result<Vec<(i64, AdminAction)>, StoreError> {
+        self.inner.admin_actions(limit).await
+    }
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError> {
         self.inner.checkpoint(topic).await
     }
     async fn save_checkpoint(&self, checkpoint: &ReplayCheckpoint) -> Result<(), StoreError> {
         self.inner.save_checkpoint(checkpoint).await
+    }
+    async fn save_checkpoint_as(
+        &self,
+        checkpoint: &ReplayCheckpoint,
+        claim: &LeaseClaim,
+    ) -> Result<(), StoreError> {
+        self.inner.save_checkpoint_as(checkpoint, claim).await
+    }
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseAnswer, StoreError> {
+        self.inner.take_lease(name, holder, ttl).await
+    }
+    async fn renew_lease(
+        &self,
+        claim: &LeaseClaim,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.inner.renew_lease(claim, ttl).await
+    }
+    async fn release_lease(&self, claim: &LeaseClaim) -> Result<(), StoreError> {
+        self.inner.release_lease(claim).await
+    }
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        self.inner.lease(name).await
+    }
+    async fn newest_commit(
+        &self,
+        org_id: &SalesforceId,
+    ) -> Result<Option<(i64, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        self.inner.newest_commit(org_id).await
     }
     async fn last_known_users(
         &self,

@@ -6,15 +6,23 @@
 //! `USERSYNC_TEST_DATABASE_URL` (see `scripts/postgres.sh`). Without that variable the
 //! PostgreSQL half is skipped with a notice — unless `CI` is set, where it fails: CI must prove
 //! both backends.
+//!
+//! After the suite, openers race on fresh stores of both backends (tasks, and for SQLite
+//! processes of the binary too): roles started together must all get past the migrations.
 
-use std::io::Write;
-use std::sync::{Arc, Once};
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
+use sqlx::{Connection, PgConnection};
 use tempfile::TempDir;
 
+use support::postgres::{DATABASE_URL_VAR, FreshDatabase, database_url};
+use support::process::Process;
 use usersync::engine::decision::{Action, DecisionRecord, Reason};
 use usersync::engine::settings::{Dedupe, SyncSettings};
 use usersync::engine::state::{Mapping, SalesforceUser, StateScope, StateVersions, SyncState};
@@ -22,15 +30,13 @@ use usersync::event::Position;
 use usersync::outreach::user::{OutreachUser, OutreachUserId};
 use usersync::salesforce::id::SalesforceId;
 use usersync::store::{
-    AppliedEvent, DecisionQuery, MappingFilter, MappingWrite, PostgresStore, ReplayCheckpoint,
-    SqliteStore, Store, StoreError,
+    AdminAction, AdminActionKind, AppliedEvent, DecisionQuery, Lease, LeaseAnswer, MappingFilter,
+    MappingWrite, PostgresStore, ReplayCheckpoint, SqliteStore, Store, StoreError,
 };
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
-
-const DATABASE_URL_VAR: &str = "USERSYNC_TEST_DATABASE_URL";
 
 enum Database {
     Sqlite {
@@ -69,7 +75,7 @@ impl Harness {
 
     /// `None` (after a notice) when no PostgreSQL is configured outside CI.
     async fn postgres() -> Option<Self> {
-        let url = postgres_url()?;
+        let url = database_url()?;
         let schema = format!("store_test_{:016x}", rand::random::<u64>());
         let store = PostgresStore::connect(&url, Some(&schema))
             .await
@@ -126,29 +132,6 @@ impl Harness {
     }
 }
 
-fn postgres_url() -> Option<String> {
-    match std::env::var(DATABASE_URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "{DATABASE_URL_VAR} is not set, but CI is: the PostgreSQL half of the store suite \
-             must run in CI. Start a server first: \
-             `source scripts/postgres.sh && pg_start && cargo test --test store; pg_stop`"
-        ),
-        _ => {
-            static NOTICE: Once = Once::new();
-            NOTICE.call_once(|| {
-                // Straight to stderr: the test harness would swallow eprintln! of a passing test.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "NOTICE: {DATABASE_URL_VAR} is not set: skipping the PostgreSQL half of \
-                     tests/store.rs (source scripts/postgres.sh && pg_start to run it)"
-                );
-            });
-            None
-        }
-    }
-}
-
 /// Instantiates every check once per backend: `sqlite::<check>` and `postgres::<check>`.
 macro_rules! store_suite {
     ($($check:ident),* $(,)?) => {
@@ -192,12 +175,16 @@ store_suite!(
     decision_log_is_newest_first_with_paging_and_filters,
     settings_round_trip,
     checkpoints_round_trip,
+    admin_actions_are_appended_and_listed_newest_first,
     authorizations_round_trip_and_are_replaced,
     corrupt_stored_values_are_reported,
     last_known_users_round_trip,
     last_known_users_batch_read_returns_only_known_ids,
     last_known_users_never_go_back_to_an_older_position,
     last_known_users_are_separate_per_org,
+    newest_commit_is_the_subscribers_newest_of_its_org,
+    a_lease_has_one_holder_at_a_time_and_fences_the_old_one,
+    a_lease_taken_by_many_at_once_goes_to_one,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -230,6 +217,7 @@ fn sf_user(n: u32, email: &str) -> SalesforceUser {
             commit_number: Some(1000 + i64::from(n)),
             commit_timestamp: at("2025-02-03T04:05:06.5Z"),
             sequence_number: Some(1),
+            read_at: None,
         }),
     }
 }
@@ -239,12 +227,14 @@ fn org_id(n: u32) -> SalesforceId {
     SalesforceId::parse(&format!("00D{n:012}")).expect("test org id")
 }
 
-/// A position of a change: with a commit number (CDC) or without (a snapshot).
+/// A position of a change: with a commit number, or without (a read made before any commit
+/// was seen).
 fn position(commit_number: Option<i64>, commit_timestamp: &str) -> Position {
     Position {
         commit_number,
         commit_timestamp: at(commit_timestamp),
         sequence_number: None,
+        read_at: None,
     }
 }
 
@@ -347,19 +337,36 @@ async fn migrations_run_twice_harmlessly(h: &Harness) {
     assert_eq!(again.salesforce_user(&user.id).await.unwrap(), Some(user));
     let third = h.reopen().await.expect("third open");
     assert!(!third.is_applied("nothing").await.unwrap());
-    // 0001_initial, 0002_subscriber_users, 0003_authorizations and 0005_state_versions, each
-    // recorded once.
-    assert_eq!(h.count("_sqlx_migrations").await, 4);
+    // Every migration the binary carries, each recorded once.
+    assert_eq!(
+        h.count("_sqlx_migrations").await,
+        SQLITE_MIGRATIONS.iter().count() as i64
+    );
+    assert_eq!(
+        SQLITE_MIGRATIONS.iter().count(),
+        POSTGRES_MIGRATIONS.iter().count(),
+        "both backends carry the same migrations"
+    );
 }
 
 async fn salesforce_users_round_trip(h: &Harness) {
     let full = sf_user(1, "Ann.Lee@Example.com ");
-    // A snapshot's position: no commit number, no sequence number.
+    // A snapshot's position: the commit it was read after and its read time, no sequence
+    // number.
     let mut snapshot = sf_user(2, "bob@example.com");
     snapshot.applied = Some(Position {
-        commit_number: None,
+        commit_number: Some(77),
         commit_timestamp: at("2025-03-04T05:06:07.000001Z"),
         sequence_number: None,
+        read_at: Some(at("2025-03-04T05:06:08.123457Z")),
+    });
+    // A read made before any commit was seen: its read time alone.
+    let mut unplaced = sf_user(4, "cy@example.com");
+    unplaced.applied = Some(Position {
+        commit_number: None,
+        commit_timestamp: at("2025-03-04T05:06:09.5Z"),
+        sequence_number: None,
+        read_at: Some(at("2025-03-04T05:06:09.5Z")),
     });
     // Everything optional absent.
     let bare = SalesforceUser {
@@ -374,7 +381,12 @@ async fn salesforce_users_round_trip(h: &Harness) {
         last_modified_date: None,
         applied: None,
     };
-    let users = [full.clone(), snapshot.clone(), bare.clone()];
+    let users = [
+        full.clone(),
+        snapshot.clone(),
+        unplaced.clone(),
+        bare.clone(),
+    ];
     h.store.put_salesforce_users(&users).await.unwrap();
     for user in &users {
         assert_eq!(
@@ -403,7 +415,7 @@ async fn salesforce_users_round_trip(h: &Harness) {
     };
     let state = h.store.load_state(&old_group).await.unwrap();
     assert_eq!(state.salesforce_users().count(), 0);
-    assert_eq!(h.count("salesforce_users").await, 3);
+    assert_eq!(h.count("salesforce_users").await, 4);
 }
 
 async fn outreach_users_round_trip(h: &Harness) {
@@ -650,6 +662,7 @@ async fn record_remaps_in_one_transaction(h: &Harness) {
         commit_number: Some(5000),
         commit_timestamp: at("2025-07-01T00:00:00Z"),
         sequence_number: Some(3),
+        read_at: None,
     });
     o1.custom[0] = Some(y.id.to_string());
     o1.first_name = y.first_name.clone();
@@ -1458,6 +1471,64 @@ async fn checkpoints_round_trip(h: &Harness) {
     assert_eq!(h.count("replay_checkpoints").await, 2);
 }
 
+async fn admin_actions_are_appended_and_listed_newest_first(h: &Harness) {
+    assert!(h.store.admin_actions(10).await.unwrap().is_empty());
+    let replay = AdminAction {
+        at: at("2025-08-01T10:00:00.123456Z"),
+        action: AdminActionKind::Replay,
+        detail: serde_json::json!({
+            "from": "earliest",
+            "transport": "pubsub",
+            "checkpoint_before": {"replay_id": "00ff", "commit_timestamp": "2025-08-01T09:00:00Z"},
+        }),
+    };
+    let resync = AdminAction {
+        at: at("2025-08-01T10:05:00Z"),
+        action: AdminActionKind::Resync,
+        detail: serde_json::json!({"checkpoint_before": null}),
+    };
+    let first = h.store.append_admin_action(&replay).await.unwrap();
+    let second = h.store.append_admin_action(&resync).await.unwrap();
+    let third = h.store.append_admin_action(&replay).await.unwrap();
+    assert!(first < second && second < third, "{first} {second} {third}");
+    assert_eq!(
+        h.store.admin_actions(10).await.unwrap(),
+        vec![
+            (third, replay.clone()),
+            (second, resync.clone()),
+            (first, replay.clone())
+        ],
+        "newest first, each as it was appended"
+    );
+    assert_eq!(
+        h.store.admin_actions(2).await.unwrap(),
+        vec![(third, replay.clone()), (second, resync)],
+        "limited to the newest"
+    );
+    assert_eq!(
+        h.store.admin_actions(0).await.unwrap().len(),
+        1,
+        "at least one"
+    );
+    assert_eq!(h.count("admin_actions").await, 3);
+
+    h.execute(
+        "INSERT INTO admin_actions (at, action, detail) \
+         VALUES ('2025-08-02T00:00:00Z', 'reboot', '{}')",
+    )
+    .await
+    .unwrap();
+    let err = h
+        .store
+        .admin_actions(10)
+        .await
+        .expect_err("an unknown action code");
+    assert!(
+        matches!(&err, StoreError::Corrupt { table: "admin_actions", column: "action", value, .. } if value == "reboot"),
+        "{err:?}"
+    );
+}
+
 async fn corrupt_stored_values_are_reported(h: &Harness) {
     // An 18-character id whose checksum suffix was mangled (the real one is AAA).
     let mangled = "005000000000001XXX";
@@ -1710,18 +1781,31 @@ async fn last_known_users_never_go_back_to_an_older_position(h: &Harness) {
         Some("cn11-again")
     );
 
-    // Without a commit number on one side, timestamps decide, to the microsecond and across
-    // different numbers of fraction digits.
+    // A position without a commit number (a read made before the stream showed any commit)
+    // is older than any position with one, whatever the times say.
+    put(
+        "unplaced-late",
+        Some(position(None, "2030-01-01T00:00:00Z")),
+    )
+    .await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("cn11-again")
+    );
+
+    // No position always writes, and a stored state without one is replaced by any.
+    put("no-position", None).await;
+    assert_eq!(
+        last_known_title(h, &org, &id).await.as_deref(),
+        Some("no-position")
+    );
+    // Between positions without a commit number, timestamps decide, to the microsecond and
+    // across different numbers of fraction digits.
     put("snap-half", Some(position(None, "2025-01-01T00:00:05.5Z"))).await;
     assert_eq!(
         last_known_title(h, &org, &id).await.as_deref(),
         Some("snap-half")
     );
-    put(
-        "cn50-older-time",
-        Some(position(Some(50), "2025-01-01T00:00:05.123456Z")),
-    )
-    .await;
     put(
         "snap-whole-second",
         Some(position(None, "2025-01-01T00:00:05Z")),
@@ -1740,13 +1824,7 @@ async fn last_known_users_never_go_back_to_an_older_position(h: &Harness) {
         last_known_title(h, &org, &id).await.as_deref(),
         Some("snap-1us-newer")
     );
-
-    // No position always writes, and a stored state without one is replaced by any.
-    put("no-position", None).await;
-    assert_eq!(
-        last_known_title(h, &org, &id).await.as_deref(),
-        Some("no-position")
-    );
+    // A commit number is newer than none.
     put("ancient", Some(position(Some(1), "2000-01-01T00:00:00Z"))).await;
     assert_eq!(
         last_known_title(h, &org, &id).await.as_deref(),
@@ -1893,4 +1971,585 @@ async fn open_picks_the_backend_by_url() {
         Err(other) => panic!("expected a URL error, got {other}"),
         Ok(_) => panic!("expected a URL error"),
     }
+}
+
+async fn a_lease_has_one_holder_at_a_time_and_fences_the_old_one(h: &Harness) {
+    const NAME: &str = "subscriber:/data/UserChangeEvent";
+    let minute = Duration::from_secs(60);
+    assert_eq!(h.store.lease(NAME).await.unwrap(), None);
+    let LeaseAnswer::Granted(a) = h.store.take_lease(NAME, "a", minute).await.unwrap() else {
+        panic!("a free lease is granted")
+    };
+    assert_eq!((a.holder.as_str(), a.epoch), ("a", 1));
+    assert!(a.remaining() > Duration::from_secs(50), "{a:?}");
+
+    // Another instance waits, told who holds it and for how long.
+    match h.store.take_lease(NAME, "b", minute).await.unwrap() {
+        LeaseAnswer::HeldBy(held) => {
+            assert_eq!((held.holder.as_str(), held.epoch), ("a", 1));
+            assert!(held.remaining() > Duration::from_secs(50), "{held:?}");
+        }
+        granted => panic!("a valid lease went to b: {granted:?}"),
+    }
+    // The holder taking it again (a restart with the same instance id) starts a new epoch,
+    // which fences whatever the old epoch still tries.
+    let LeaseAnswer::Granted(a2) = h.store.take_lease(NAME, "a", minute).await.unwrap() else {
+        panic!("the holder takes its own lease again")
+    };
+    assert_eq!(a2.epoch, 2);
+    assert_eq!(h.store.renew_lease(&a.claim(), minute).await.unwrap(), None);
+    let renewed = h
+        .store
+        .renew_lease(&a2.claim(), minute)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.epoch, 2);
+    assert!(renewed.renewed_at >= a2.renewed_at);
+
+    // The holder writes its checkpoint; the fenced epoch cannot.
+    let checkpoint = |replay: u8| ReplayCheckpoint {
+        topic: "/data/UserChangeEvent".into(),
+        replay_id: vec![0, replay],
+        commit_timestamp: None,
+        updated_at: at("2025-08-01T10:00:00Z"),
+    };
+    h.store
+        .save_checkpoint_as(&checkpoint(1), &a2.claim())
+        .await
+        .unwrap();
+    let stale = h.store.save_checkpoint_as(&checkpoint(9), &a.claim()).await;
+    assert!(
+        matches!(stale, Err(StoreError::LeaseLost { epoch: 1, .. })),
+        "{stale:?}"
+    );
+
+    // Released, it goes to the next instance at once, at the next epoch; the old holder's
+    // writes and renewals are refused from then on.
+    h.store.release_lease(&a2.claim()).await.unwrap();
+    let LeaseAnswer::Granted(b) = h.store.take_lease(NAME, "b", minute).await.unwrap() else {
+        panic!("a released lease is granted")
+    };
+    assert_eq!((b.holder.as_str(), b.epoch), ("b", 3));
+    let fenced = h
+        .store
+        .save_checkpoint_as(&checkpoint(2), &a2.claim())
+        .await;
+    assert!(
+        matches!(&fenced, Err(StoreError::LeaseLost { holder, .. }) if holder == "a"),
+        "{fenced:?}"
+    );
+    assert_eq!(
+        h.store
+            .checkpoint("/data/UserChangeEvent")
+            .await
+            .unwrap()
+            .unwrap()
+            .replay_id,
+        vec![0, 1],
+        "nothing written by a fenced holder"
+    );
+    assert_eq!(
+        h.store.renew_lease(&a2.claim(), minute).await.unwrap(),
+        None
+    );
+    assert_eq!(h.store.lease(NAME).await.unwrap().unwrap().holder, "b");
+
+    // A lease its holder stopped renewing expires and is taken over.
+    let short = Duration::from_millis(200);
+    let LeaseAnswer::Granted(c) = h.store.take_lease("other", "c", short).await.unwrap() else {
+        panic!("granted")
+    };
+    assert!(matches!(
+        h.store.take_lease("other", "d", short).await.unwrap(),
+        LeaseAnswer::HeldBy(_)
+    ));
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    let LeaseAnswer::Granted(d) = h.store.take_lease("other", "d", short).await.unwrap() else {
+        panic!("an expired lease is taken over")
+    };
+    assert_eq!(d.epoch, c.epoch + 1);
+    assert!(d.acquired_at >= c.expires_at, "{c:?} then {d:?}");
+}
+
+async fn a_lease_taken_by_many_at_once_goes_to_one(h: &Harness) {
+    let minute = Duration::from_secs(60);
+    let tries = (0..8).map(|n| {
+        let store = h.store.clone();
+        tokio::spawn(async move { store.take_lease("race", &format!("i{n}"), minute).await })
+    });
+    let answers: Vec<LeaseAnswer> = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap().unwrap())
+        .collect();
+    let granted: Vec<&Lease> = answers
+        .iter()
+        .filter_map(|a| match a {
+            LeaseAnswer::Granted(lease) => Some(lease),
+            LeaseAnswer::HeldBy(_) => None,
+        })
+        .collect();
+    assert_eq!(granted.len(), 1, "{answers:?}");
+    let holder = &granted[0].holder;
+    for answer in &answers {
+        if let LeaseAnswer::HeldBy(held) = answer {
+            assert_eq!(&held.holder, holder);
+        }
+    }
+}
+
+async fn newest_commit_is_the_subscribers_newest_of_its_org(h: &Harness) {
+    let (org_a, org_b) = (org_id(1), org_id(2));
+    assert_eq!(h.store.newest_commit(&org_a).await.unwrap(), None);
+    // Rows without a commit number (a read before any commit was seen) do not count.
+    h.store
+        .put_last_known_users(
+            &org_a,
+            &[
+                (
+                    sf_user(1, "ann@a.example.com"),
+                    Some(position(None, "2031-01-01T00:00:00Z")),
+                ),
+                (sf_user(2, "bob@a.example.com"), None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.store.newest_commit(&org_a).await.unwrap(), None);
+    h.store
+        .put_last_known_users(
+            &org_a,
+            &[
+                (
+                    sf_user(3, "cy@a.example.com"),
+                    Some(position(
+                        Some(1_100_662_289_050),
+                        "2025-01-01T00:00:02.250Z",
+                    )),
+                ),
+                (
+                    sf_user(4, "dan@a.example.com"),
+                    Some(position(Some(1_100_662_289_041), "2025-01-01T00:00:09Z")),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    h.store
+        .put_last_known_users(
+            &org_b,
+            &[(
+                sf_user(5, "eve@b.example.com"),
+                Some(position(Some(9_000_000_000_000), "2026-01-01T00:00:00Z")),
+            )],
+        )
+        .await
+        .unwrap();
+    // The largest commit number, with its own time, not the latest time.
+    assert_eq!(
+        h.store.newest_commit(&org_a).await.unwrap(),
+        Some((1_100_662_289_050, at("2025-01-01T00:00:02.250Z")))
+    );
+    assert_eq!(
+        h.store.newest_commit(&org_b).await.unwrap(),
+        Some((9_000_000_000_000, at("2026-01-01T00:00:00Z")))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A fresh store opened from many places at once
+// ---------------------------------------------------------------------------------------------
+//
+// Roles started together (by a compose file or a supervisor) each open the store, and so run
+// its migrations, at the same moment. Every opener must succeed, every migration must be
+// applied exactly once, and the schema must be the one a lone opener builds.
+
+/// How many openers race on one fresh store.
+const OPENERS: usize = 12;
+
+/// How many processes of the binary race on one fresh SQLite file.
+const PROCESSES: usize = 6;
+
+/// What the store logs once its migrations are done.
+const STORE_READY: &str = "schema is up to date";
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+type Opening = std::pin::Pin<Box<dyn Future<Output = Result<Arc<dyn Store>, StoreError>> + Send>>;
+
+/// Starts `OPENERS` openings at the same moment, each in a task of the multi-thread runtime.
+fn spawn_openers(
+    open: impl Fn() -> Opening,
+) -> Vec<tokio::task::JoinHandle<Result<Arc<dyn Store>, StoreError>>> {
+    let start = Arc::new(tokio::sync::Barrier::new(OPENERS));
+    (0..OPENERS)
+        .map(|_| {
+            let start = start.clone();
+            let opening = open();
+            tokio::spawn(async move {
+                start.wait().await;
+                opening.await
+            })
+        })
+        .collect()
+}
+
+/// The stores of the openers, once every one of them succeeded.
+async fn opened(
+    openers: Vec<tokio::task::JoinHandle<Result<Arc<dyn Store>, StoreError>>>,
+) -> Vec<Arc<dyn Store>> {
+    let mut stores = Vec::new();
+    let mut failures = Vec::new();
+    for (i, opener) in openers.into_iter().enumerate() {
+        match opener.await.expect("an opener panicked") {
+            Ok(store) => stores.push(store),
+            Err(e) => failures.push(format!("opener {i}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {OPENERS} openers of one fresh store failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    stores
+}
+
+/// Runs `OPENERS` openings at the same moment; their stores, once every one succeeded.
+async fn open_at_once(open: impl Fn() -> Opening) -> Vec<Arc<dyn Store>> {
+    opened(spawn_openers(open)).await
+}
+
+/// Every store works: each writes one Outreach user, and the first reads them all.
+async fn each_store_writes(stores: &[Arc<dyn Store>]) {
+    for (i, store) in (1..).zip(stores) {
+        store
+            .put_outreach_users(&[outreach_user(i, &format!("opener{i}@example.com"))])
+            .await
+            .unwrap_or_else(|e| panic!("store of opener {i}: {e}"));
+    }
+    for i in 1..=i64::try_from(stores.len()).unwrap() {
+        assert!(
+            stores[0]
+                .outreach_user(OutreachUserId(i))
+                .await
+                .unwrap()
+                .is_some(),
+            "the write of opener {i} is missing"
+        );
+    }
+}
+
+/// Each migration the binary carries, as `_sqlx_migrations` records it once applied.
+fn expected_migrations(migrator: &sqlx::migrate::Migrator) -> Vec<(i64, bool, Vec<u8>)> {
+    migrator
+        .iter()
+        .map(|m| (m.version, true, m.checksum.to_vec()))
+        .collect()
+}
+
+const APPLIED_MIGRATIONS: &str =
+    "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
+
+/// The tables and indexes of a SQLite file, with their SQL.
+async fn sqlite_schema(pool: &SqlitePool) -> Vec<(String, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Checks a SQLite store after racing openers: each migration applied once, and the schema a
+/// lone opener builds.
+async fn assert_sqlite_schema_built_once(url: &str) {
+    let pool = SqlitePool::connect(url).await.unwrap();
+    let applied: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(APPLIED_MIGRATIONS)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, expected_migrations(&SQLITE_MIGRATIONS));
+
+    let alone_dir = tempfile::tempdir().unwrap();
+    let alone = SqliteStore::open(&format!(
+        "sqlite://{}",
+        alone_dir.path().join("alone.db").display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        sqlite_schema(&pool).await,
+        sqlite_schema(alone.pool()).await,
+        "the schema differs from the one a lone opener builds"
+    );
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_fresh_store_opened_by_many_tasks_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("usersync.db").display());
+    let stores = open_at_once(|| {
+        let url = url.clone();
+        Box::pin(async move { Ok(Arc::new(SqliteStore::open(&url).await?) as Arc<dyn Store>) })
+    })
+    .await;
+    each_store_writes(&stores).await;
+    assert_sqlite_schema_built_once(&url).await;
+}
+
+/// Processes of the real binary, as a supervisor starts the roles: `usersync processor` opens
+/// the store before it needs Kafka, so no broker is needed to see every one of them past its
+/// migrations. Processes start a few milliseconds apart, so the race is run a few times.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_fresh_store_opened_by_many_processes_at_once() {
+    // A loopback port nothing listens on: the processors stop at Kafka, after the store.
+    let no_broker = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    for round in 0..4 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("usersync.db").display());
+        let env: Vec<(String, String)> = [
+            ("USERSYNC_STORE__URL", url.clone()),
+            ("USERSYNC_KAFKA__BROKERS", no_broker.clone()),
+            ("USERSYNC_OUTREACH__REFRESH_TOKEN", "never-used".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut processes: Vec<Process> = (0..PROCESSES)
+            .map(|i| Process::spawn(&format!("processor-{i}"), &["processor"], &env, dir.path()))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let failures: Vec<String> = processes
+            .iter_mut()
+            .filter_map(|p| p.wait_for_log(STORE_READY, deadline).err())
+            .collect();
+        drop(processes);
+        assert!(
+            failures.is_empty(),
+            "round {round}: {} of {PROCESSES} processes did not open the fresh store:\n{}",
+            failures.len(),
+            failures.join("\n\n")
+        );
+        assert_sqlite_schema_built_once(&url).await;
+    }
+}
+
+/// The tables, columns and indexes of one PostgreSQL schema.
+async fn postgres_schema(pool: &PgPool, schema: &str) -> Vec<(String, String, String, String)> {
+    let mut shape: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text \
+         FROM information_schema.columns WHERE table_schema = $1",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let indexes: Vec<(String, String)> =
+        sqlx::query_as("SELECT tablename::text, indexdef FROM pg_indexes WHERE schemaname = $1")
+            .bind(schema)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    shape.extend(indexes.into_iter().map(|(table, definition)| {
+        // The definition names the schema; only the rest is compared.
+        let definition = definition.replace(&format!("{schema}."), "");
+        (table, "index".into(), definition, String::new())
+    }));
+    shape.sort();
+    shape
+}
+
+/// Checks a PostgreSQL store after racing openers: each migration applied once, and the
+/// schema a lone opener builds (in a fresh schema of the test database).
+async fn assert_postgres_schema_built_once(pool: &PgPool, schema: &str) {
+    let applied: Vec<(i64, bool, Vec<u8>)> = sqlx::query_as(&format!(
+        "SELECT version, success, checksum FROM \"{schema}\"._sqlx_migrations ORDER BY version"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, expected_migrations(&POSTGRES_MIGRATIONS));
+
+    let alone = Harness::postgres().await.expect("the test PostgreSQL");
+    let Database::Postgres {
+        schema: alone_schema,
+        pool: alone_pool,
+        ..
+    } = &alone.database
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        postgres_schema(pool, schema).await,
+        postgres_schema(alone_pool, alone_schema).await,
+        "the schema differs from the one a lone opener builds"
+    );
+    alone.finish().await;
+}
+
+/// As the roles open it: the `public` schema of a database nobody has opened yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_fresh_database_opened_by_many_tasks_at_once() {
+    let Some(admin_url) = database_url() else {
+        return;
+    };
+    let fresh = FreshDatabase::create(&admin_url, "open_at_once").await;
+    let stores = open_at_once(|| {
+        let url = fresh.url.clone();
+        Box::pin(async move {
+            Ok(Arc::new(PostgresStore::connect(&url, None).await?) as Arc<dyn Store>)
+        })
+    })
+    .await;
+    each_store_writes(&stores).await;
+    drop(stores);
+    let pool = PgPool::connect(&fresh.url).await.unwrap();
+    assert_postgres_schema_built_once(&pool, "public").await;
+    pool.close().await;
+    fresh.drop_now().await;
+}
+
+/// `url` with an application name, which tells the sessions of one test's openers apart in
+/// `pg_stat_activity`.
+fn with_application_name(url: &str, application: &str) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.query_pairs_mut()
+        .append_pair("application_name", application);
+    url.to_string()
+}
+
+/// Polls until `count` sessions named `application` wait on a lock, the same ones twice in a
+/// row (not a passing moment), and `settled` holds for their wait events; those events, sorted
+/// (what was seen last, if that never happens within 30 s).
+async fn lock_waits(
+    observer: &PgPool,
+    application: &str,
+    count: usize,
+    settled: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut previous = Vec::new();
+    loop {
+        let waits: Vec<String> = sqlx::query_scalar(
+            "SELECT wait_event::text FROM pg_stat_activity \
+             WHERE application_name = $1 AND wait_event_type = 'Lock' ORDER BY 1",
+        )
+        .bind(application)
+        .fetch_all(observer)
+        .await
+        .unwrap();
+        if (waits.len() == count && settled(&waits) && waits == previous)
+            || Instant::now() >= deadline
+        {
+            return waits;
+        }
+        previous = waits;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// As the store suite opens it: a schema that does not exist yet, created by the openers.
+/// Two `CREATE SCHEMA IF NOT EXISTS` collide only if they overlap, so the test makes them: its
+/// own transaction creates the same schema first, every opener waits to see whether that
+/// commits, and the test rolls it back once all of them wait, releasing them together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_fresh_schema_opened_by_many_tasks_at_once() {
+    let Some(url) = database_url() else { return };
+    let schema = format!("store_test_{:016x}", rand::random::<u64>());
+    let mut holder = PgConnection::connect(&url).await.unwrap();
+    let mut hold = holder.begin().await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+
+    let application = format!("usersync-open-{schema}");
+    let opener_url = with_application_name(&url, &application);
+    let openers = spawn_openers(|| {
+        let (url, schema) = (opener_url.clone(), schema.clone());
+        Box::pin(async move {
+            Ok(Arc::new(PostgresStore::connect(&url, Some(&schema)).await?) as Arc<dyn Store>)
+        })
+    });
+    let observer = PgPool::connect(&url).await.unwrap();
+    let waits = lock_waits(&observer, &application, OPENERS, |_| true).await;
+    assert_eq!(waits.len(), OPENERS, "openers waiting: {waits:?}");
+    hold.rollback().await.unwrap();
+    holder.close().await.ok();
+
+    let stores = opened(openers).await;
+    each_store_writes(&stores).await;
+    drop(stores);
+    assert_postgres_schema_built_once(&observer, &schema).await;
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&observer)
+        .await
+        .unwrap();
+    observer.close().await;
+}
+
+/// The migrations of concurrent openers run one at a time, under PostgreSQL's advisory lock:
+/// with the first opener held up inside its migrations (the test's own transaction is creating
+/// `_sqlx_migrations` in the same schema, and the opener waits to see whether that commits),
+/// every other opener waits on the advisory lock rather than migrating beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_openers_wait_on_the_migration_lock() {
+    let Some(url) = database_url() else { return };
+    let schema = format!("store_test_{:016x}", rand::random::<u64>());
+    let mut holder = PgConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut hold = holder.begin().await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE \"{schema}\"._sqlx_migrations (version BIGINT)"
+    ))
+    .execute(&mut *hold)
+    .await
+    .unwrap();
+
+    let application = format!("usersync-lock-{schema}");
+    let opener_url = with_application_name(&url, &application);
+    let openers = spawn_openers(|| {
+        let (url, schema) = (opener_url.clone(), schema.clone());
+        Box::pin(async move {
+            Ok(Arc::new(PostgresStore::connect(&url, Some(&schema)).await?) as Arc<dyn Store>)
+        })
+    });
+    let observer = PgPool::connect(&url).await.unwrap();
+    // All of them may wait on the advisory lock for a while, when another test's opener (of
+    // another schema of the same database) holds it: the state that counts is the one where
+    // one of them migrates.
+    let waits = lock_waits(&observer, &application, OPENERS, |waits| {
+        waits.iter().any(|wait| wait == "transactionid")
+    })
+    .await;
+    hold.rollback().await.unwrap();
+    holder.close().await.ok();
+    let mut expected = vec!["advisory"; OPENERS - 1];
+    expected.push("transactionid");
+    assert_eq!(
+        waits, expected,
+        "one opener migrates (waiting on the test's transaction), the others wait for the \
+         migration lock"
+    );
+
+    let stores = opened(openers).await;
+    each_store_writes(&stores).await;
+    drop(stores);
+    assert_postgres_schema_built_once(&observer, &schema).await;
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&observer)
+        .await
+        .unwrap();
+    observer.close().await;
 }

@@ -9,20 +9,23 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::sync::watch;
 use usersync::config::Transport;
+use usersync::connection::Connections;
 use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher, read_checkpoint};
 use usersync::salesforce::auth::{SalesforceCredentials, Secret};
+use usersync::salesforce::lease::{self, Fence, LeaseSettings};
 use usersync::salesforce::pubsub::PubSubSettings;
+use usersync::salesforce::replay_from::ReplayFrom;
 use usersync::salesforce::rest::{CredentialsTokenSource, RestRetry, SalesforceRest};
 use usersync::salesforce::subscriber::CometdSubscriber;
 use usersync::salesforce::subscriber::{
-    Subscriber, SubscriberError, SubscriberSettings, SubscriberStats,
+    ReplayRequest, Subscriber, SubscriberError, SubscriberSettings, SubscriberStats,
 };
 use usersync::sim::salesforce::pubsub::StreamFault;
 use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
@@ -103,6 +106,38 @@ async fn start_transactional(rig: &Rig, transactional_id: &str) -> Running {
 }
 
 async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>) -> Running {
+    launch_with(rig, transport, transactional_id, None, None).await
+}
+
+/// Starts a subscriber that publishes only while `fence` holds (as when instances share a
+/// lease).
+async fn launch_fenced(
+    rig: &Rig,
+    transport: Transport,
+    transactional_id: Option<&str>,
+    fence: Option<Arc<Fence>>,
+) -> Running {
+    launch_with(rig, transport, transactional_id, fence, None).await
+}
+
+/// Starts a subscriber that honours `replay` (an admin's replay request) first.
+async fn launch_replaying(
+    rig: &Rig,
+    transport: Transport,
+    transactional_id: Option<&str>,
+    replay: ReplayRequest,
+) -> Running {
+    launch_with(rig, transport, transactional_id, None, Some(replay)).await
+}
+
+/// Starts a subscriber, fenced by `fence` and honouring `replay` when given.
+async fn launch_with(
+    rig: &Rig,
+    transport: Transport,
+    transactional_id: Option<&str>,
+    fence: Option<Arc<Fence>>,
+    replay: Option<ReplayRequest>,
+) -> Running {
     let creds = SalesforceCredentials::JwtBearer {
         login_url: rig.sim.login_url(),
         consumer_key: rig.sim.consumer_key(),
@@ -127,6 +162,7 @@ async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>)
         },
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
+        replay_from: replay,
         ..SubscriberSettings::default()
     };
     let transactions = match transactional_id {
@@ -148,7 +184,8 @@ async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>)
             let mut subscriber =
                 Subscriber::new(settings, tokens, rest, publisher, rig.store.clone())
                     .await
-                    .expect("subscriber");
+                    .expect("subscriber")
+                    .with_fence(fence);
             if let Some((publisher, kafka)) = transactions {
                 subscriber = subscriber.with_transactions(publisher, kafka);
             }
@@ -167,7 +204,8 @@ async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>)
                 rig.store.clone(),
             )
             .await
-            .expect("subscriber");
+            .expect("subscriber")
+            .with_fence(fence);
             tokio::spawn(async move {
                 let outcome = subscriber.run(shutdown).await;
                 if let Err(error) = &outcome {
@@ -180,8 +218,12 @@ async fn launch(rig: &Rig, transport: Transport, transactional_id: Option<&str>)
     Running { stop, task }
 }
 
-/// Reads records of `topic` from the beginning until `count` arrived, then makes sure no more
-/// follow within a second.
+/// Marks the records a test helper writes to learn where a topic stood; never an event.
+const SENTINEL: &str = "usersync-test-sentinel:";
+
+/// Reads records of `topic` from the beginning until `count` arrived, then writes a sentinel to
+/// every partition and reads on until each came back: a record before a sentinel beyond
+/// `count` is one too many. (Sentinels of earlier calls are passed over.)
 async fn records(rig: &Rig, topic: &str, count: usize) -> Vec<OwnedMessage> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", rig.mock.bootstrap_servers())
@@ -199,19 +241,52 @@ async fn records(rig: &Rig, topic: &str, count: usize) -> Vec<OwnedMessage> {
             .unwrap();
     }
     consumer.assign(&assignment).unwrap();
+    let next = || async {
+        let message = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .ok()?
+            .unwrap()
+            .detach();
+        let sentinel = message
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| k.strip_prefix(SENTINEL))
+            .map(str::to_owned);
+        Some((message, sentinel))
+    };
     let mut got = Vec::new();
     while got.len() < count {
-        match tokio::time::timeout(WAIT, consumer.recv()).await {
-            Ok(message) => got.push(message.unwrap().detach()),
-            Err(_) => panic!("only {} of {count} records arrived on {topic}", got.len()),
+        match next().await {
+            Some((_, Some(_))) => {}
+            Some((message, None)) => got.push(message),
+            None => panic!("only {} of {count} records arrived on {topic}", got.len()),
         }
     }
-    if let Ok(extra) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-        let extra = extra.unwrap().detach();
-        panic!(
-            "more than {count} records on {topic}: {:?}",
-            extra.payload().map(String::from_utf8_lossy)
-        );
+    let mine = format!("{:016x}", rand::random::<u64>());
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", rig.mock.bootstrap_servers())
+        .create()
+        .unwrap();
+    let key = format!("{SENTINEL}{mine}");
+    for p in 0..3 {
+        producer
+            .send(
+                FutureRecord::<str, str>::to(topic).partition(p).key(&key),
+                WAIT,
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("a sentinel to {topic}/{p}: {e}"));
+    }
+    let mut back = 0;
+    while back < 3 {
+        match next().await {
+            Some((_, Some(theirs))) => back += usize::from(theirs == mine),
+            Some((extra, None)) => panic!(
+                "more than {count} records on {topic}: {:?}",
+                extra.payload().map(String::from_utf8_lossy)
+            ),
+            None => panic!("the sentinels written to {topic} did not come back"),
+        }
     }
     got
 }
@@ -404,6 +479,146 @@ async fn a_gap_event_is_re_read_and_published_as_a_snapshot() {
     let last = all.last().unwrap();
     assert_eq!(last.change, ChangeKind::Snapshot);
     assert_eq!(last.user.title.as_deref(), Some("Changed in the database"));
+    // The re-read sits where it was read in the stream: at the GAP event.
+    let gap = rig.sim.retained_events().pop().unwrap();
+    assert_eq!(gap.change.change_type, "GAP_UPDATE");
+    assert_eq!(last.origin.commit_number, Some(gap.change.commit_number));
+    assert_eq!(
+        last.origin.commit_timestamp.map(|t| t.timestamp_millis()),
+        Some(gap.change.commit_timestamp)
+    );
+    assert_eq!(last.origin.replay_id, Some(hex(&gap.replay_id())));
+    assert_eq!(last.origin.change_type.as_deref(), Some("GAP_UPDATE"));
+    assert_eq!(last.origin.sequence_number, None);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A stream pinned at its newest position that stops before delivering one resumes by reading
+/// only the users changed since the pin, not the whole org again; on either transport.
+async fn a_stop_before_the_first_position_resumes_from_the_pin(transport: Transport) {
+    let rig = rig().await;
+    // Users last changed an hour ago: outside the resync margin of a pin made now.
+    rig.sim
+        .set_commit_clock(Some(chrono::Utc::now() - chrono::Duration::hours(1)));
+    for name in ["a", "b", "c"] {
+        create(&rig.sim, name, &format!("{name}@acme.example"));
+    }
+    rig.sim.set_commit_clock(None);
+    let running = start_with(&rig, transport).await;
+    let loaded = events(&rig, 3).await;
+    assert!(loaded.iter().all(|e| e.change == ChangeKind::Snapshot));
+    // Nothing happens on the stream, so it delivers no position; once Kafka confirmed the
+    // load, the checkpoint is the pin.
+    let key = match transport {
+        Transport::Pubsub => TOPIC.to_owned(),
+        Transport::Cometd => format!("cometd:{TOPIC}"),
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let pin = loop {
+        match rig.store.checkpoint(&key).await.unwrap() {
+            Some(c) if c.replay_id.is_empty() => break c,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no pin saved: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(pin.commit_timestamp.is_some(), "the pin has its time");
+    let first = running.stop().await;
+    assert_eq!(first.snapshots_published, 3);
+
+    let d = create(&rig.sim, "d", "d@acme.example");
+    let running = start_with(&rig, transport).await;
+    let all = events(&rig, 4).await;
+    let stats = running.stop().await;
+    assert_eq!(stats.resyncs, 1);
+    assert_eq!(
+        stats.snapshots_published, 1,
+        "only the user changed since the pin is read again"
+    );
+    let last = all.last().unwrap();
+    assert_eq!(
+        (last.user_id.as_str(), last.change),
+        (d.as_str(), ChangeKind::Snapshot)
+    );
+    assert_converged(&rig, &all);
+}
+
+#[tokio::test]
+async fn a_pubsub_stop_before_the_first_position_resumes_from_the_pin() {
+    a_stop_before_the_first_position_resumes_from_the_pin(Transport::Pubsub).await;
+}
+
+#[tokio::test]
+async fn a_cometd_stop_before_the_first_position_resumes_from_the_pin() {
+    a_stop_before_the_first_position_resumes_from_the_pin(Transport::Cometd).await;
+}
+
+/// A holder whose renewals stop getting through (its store out of reach, its process starved)
+/// stops publishing once its lease may have run out, before a standby can take it, although
+/// Salesforce and Kafka still answer: what it then receives is left to the next holder.
+async fn a_subscriber_whose_lease_ran_out_publishes_nothing_more(transport: Transport) {
+    let rig = rig().await;
+    create(&rig.sim, "a", "a@acme.example");
+    let ttl = Duration::from_secs(3);
+    let settings = LeaseSettings::for_topic(TOPIC, "first".into(), ttl);
+    let (_keep, shutdown) = watch::channel(false);
+    let held = lease::acquire(rig.store.clone(), &settings, &Connections::new(), shutdown)
+        .await
+        .expect("the store answers")
+        .expect("a free lease is taken");
+    let fence = held.fence();
+    let running = launch_fenced(&rig, transport, None, Some(fence.clone())).await;
+    let loaded = events(&rig, 1).await;
+    assert_eq!(
+        loaded[0].change,
+        ChangeKind::Snapshot,
+        "published while held"
+    );
+
+    // The renewals stop; the holder's own clock closes its fence before the lease can run out.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fence.check().is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the fence closes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let standby = LeaseSettings::for_topic(TOPIC, "second".into(), ttl);
+    assert!(
+        matches!(
+            rig.store
+                .take_lease(&standby.name, &standby.instance, ttl)
+                .await
+                .unwrap(),
+            usersync::store::LeaseAnswer::HeldBy(_)
+        ),
+        "the fence closes while the lease is still the holder's"
+    );
+
+    create(&rig.sim, "b", "b@acme.example");
+    let (outcome, stats) = tokio::time::timeout(WAIT, running.task)
+        .await
+        .expect("the run ends by itself")
+        .unwrap();
+    let error = outcome.expect_err("the run ends on the lost lease");
+    assert!(matches!(error, SubscriberError::LeaseLost(_)), "{error}");
+    assert_eq!(stats.events_published, 0, "b's create is not published");
+    let published = records(&rig, &rig.kafka.topic, 1).await;
+    assert_eq!(published.len(), 1, "only the initial load reached Kafka");
+}
+
+#[tokio::test]
+async fn a_pubsub_subscriber_whose_lease_ran_out_publishes_nothing_more() {
+    a_subscriber_whose_lease_ran_out_publishes_nothing_more(Transport::Pubsub).await;
+}
+
+#[tokio::test]
+async fn a_cometd_subscriber_whose_lease_ran_out_publishes_nothing_more() {
+    a_subscriber_whose_lease_ran_out_publishes_nothing_more(Transport::Cometd).await;
 }
 
 #[tokio::test]
@@ -693,10 +908,153 @@ async fn in_transactional_mode_a_refused_commit_is_read_again_from_the_checkpoin
             .await
             .expect("c's create arrives")
             .unwrap();
+        if message
+            .key()
+            .is_some_and(|k| k.starts_with(SENTINEL.as_bytes()))
+        {
+            continue;
+        }
         let event = UserChange::from_json(message.payload().unwrap()).unwrap();
         if event.user_id == c {
             assert_eq!(event.change, ChangeKind::Create);
             break;
         }
     }
+}
+
+/// Waits until the subscriber has saved a checkpoint from where `asked` starts.
+async fn honoured(asked: &ReplayRequest) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while asked.is_pending() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint was saved from the replay's start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many times each change read from the stream is on the topic, by event id.
+fn copies(events: &[UserChange]) -> BTreeMap<String, usize> {
+    let mut copies = BTreeMap::new();
+    for event in events.iter().filter(|e| e.change != ChangeKind::Snapshot) {
+        *copies.entry(event.event_id.clone()).or_insert(0) += 1;
+    }
+    copies
+}
+
+#[tokio::test]
+async fn in_transactional_mode_a_replay_commits_its_new_position_with_its_first_batch() {
+    const ID: &str = "usersync-subscriber-replay";
+    let rig = rig().await;
+    create(&rig.sim, "a", "a@acme.example");
+    let running = start_transactional(&rig, ID).await;
+    events(&rig, 1).await;
+    create(&rig.sim, "b", "b@acme.example");
+    events(&rig, 2).await;
+    running.stop().await;
+    let newest = read_checkpoint(&rig.kafka, TOPIC, WAIT)
+        .await
+        .unwrap()
+        .expect("a checkpoint committed in Kafka");
+    assert_eq!(newest.replay_id, rig.sim.latest_replay_id());
+
+    // From earliest: both creates Salesforce holds (a's came before the initial load) are
+    // committed again, then the checkpoint is the newest position again.
+    let asked = ReplayRequest::new(ReplayFrom::Earliest);
+    let running = launch_replaying(&rig, Transport::Pubsub, Some(ID), asked.clone()).await;
+    let all = events(&rig, 4).await;
+    honoured(&asked).await;
+    let stats = running.stop().await;
+    assert_eq!(
+        (stats.events_published, stats.resyncs),
+        (2, 0),
+        "read from the stream, no user read through REST"
+    );
+    assert_eq!(copies(&all).len(), 2, "{all:?}");
+    assert_eq!(
+        read_checkpoint(&rig.kafka, TOPIC, WAIT)
+            .await
+            .unwrap()
+            .unwrap(),
+        newest
+    );
+
+    // From latest: the stream is pinned at its newest position; the pin is the checkpoint
+    // committed in Kafka (and its copy in the store), and the next change comes after it.
+    let asked = ReplayRequest::new(ReplayFrom::Latest);
+    let before = chrono::Utc::now();
+    let running = launch_replaying(&rig, Transport::Pubsub, Some(ID), asked.clone()).await;
+    honoured(&asked).await;
+    let pin = read_checkpoint(&rig.kafka, TOPIC, WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pin.replay_id.is_empty(), "{pin:?}");
+    assert!(
+        pin.commit_timestamp.is_some_and(|at| at >= before),
+        "{pin:?}"
+    );
+    let mirrored = rig.store.checkpoint(TOPIC).await.unwrap().unwrap();
+    assert!(mirrored.replay_id.is_empty());
+    let c = create(&rig.sim, "c", "c@acme.example");
+    let all = events(&rig, 5).await;
+    let stats = running.stop().await;
+    assert_eq!((stats.events_published, stats.resyncs), (1, 0));
+    assert_eq!(all.iter().filter(|e| e.user_id == c).count(), 1);
+    assert_eq!(
+        read_checkpoint(&rig.kafka, TOPIC, WAIT)
+            .await
+            .unwrap()
+            .unwrap()
+            .replay_id,
+        rig.sim.latest_replay_id()
+    );
+}
+
+#[tokio::test]
+async fn on_cometd_a_replay_after_a_decimal_replay_id_reads_what_follows_it() {
+    let rig = rig().await;
+    // The checkpoint moves when a long-poll returns: a short hold keeps the test short.
+    rig.sim.set_cometd_hold(Duration::from_millis(300));
+    create(&rig.sim, "x", "x@acme.example");
+    let running = start_with(&rig, Transport::Cometd).await;
+    // The initial load's snapshot: the stream is open from here on.
+    events(&rig, 1).await;
+    let a = create(&rig.sim, "a", "a@acme.example");
+    create(&rig.sim, "b", "b@acme.example");
+    create(&rig.sim, "c", "c@acme.example");
+    let first = events(&rig, 4).await;
+    running.stop().await;
+    let key = "cometd:/data/UserChangeEvent";
+    let newest = rig.store.checkpoint(key).await.unwrap().unwrap();
+    assert_eq!(newest.replay_id.len(), 8);
+    let after = first
+        .iter()
+        .find(|e| e.user_id == a)
+        .and_then(|e| e.origin.replay_id.clone())
+        .unwrap();
+    assert!(after.chars().all(|c| c.is_ascii_digit()), "{after}");
+
+    let from = ReplayFrom::parse(&after, Transport::Cometd).unwrap();
+    let asked = ReplayRequest::new(from);
+    let running = launch_replaying(&rig, Transport::Cometd, None, asked.clone()).await;
+    let all = events(&rig, 6).await;
+    honoured(&asked).await;
+    let stats = running.stop().await;
+    assert_eq!((stats.events_published, stats.resyncs), (2, 0));
+    let counted = copies(&all);
+    let twice: Vec<&UserChange> = all
+        .iter()
+        .filter(|e| counted.get(&e.event_id) == Some(&2))
+        .collect();
+    assert!(
+        twice.iter().all(|e| e.user_id != a) && twice.len() == 4,
+        "b's and c's creates again, not a's: {twice:?}"
+    );
+    let back = rig.store.checkpoint(key).await.unwrap().unwrap();
+    assert_eq!(
+        back.replay_id, newest.replay_id,
+        "back at the newest position"
+    );
 }

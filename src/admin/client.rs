@@ -1,6 +1,6 @@
 //! The CLI verbs that talk to a running usersync's admin API: `usersync status`,
 //! `usersync reconnect`, `usersync disconnect`, `usersync test-connection`, `usersync settings`,
-//! `usersync mappings find`, `usersync tail`.
+//! `usersync mappings find`, `usersync tail`, `usersync resync`, `usersync replay`.
 //!
 //! They print the same states, reasons and advice the API and `docs/operations.md` use. A
 //! refused request prints the API's own error message (which names what is wrong) and exits
@@ -11,7 +11,8 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::connection::{Connection, Side};
+use crate::connection::{Connection, LeaseRole, Side};
+use crate::salesforce::replay_from::ReplayPlan;
 
 /// The admin API's address when none is given.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:8700";
@@ -73,6 +74,17 @@ pub fn describe(connection: &Connection) -> String {
     );
     if let Some(advice) = &connection.advice {
         text.push_str(&format!("\n  what to do: {advice}"));
+    }
+    if let Some(lease) = &connection.subscriber {
+        text.push_str(&format!("\n  subscriber {}: ", lease.instance));
+        text.push_str(&match (lease.role, &lease.holder, lease.epoch) {
+            (LeaseRole::Active, _, Some(epoch)) => format!("active (lease epoch {epoch})"),
+            (LeaseRole::Standby, Some(holder), _) => {
+                format!("standby ({holder} holds the lease and streams)")
+            }
+            (LeaseRole::Unleased, _, _) => "active (no lease: the store is not shared)".into(),
+            (role, _, _) => role.as_str().to_owned(),
+        });
     }
     text
 }
@@ -170,6 +182,19 @@ pub fn feed_line(message: &Value) -> String {
             Ok(connection) => format!("connection {}", describe(&connection)),
             Err(_) => message.to_string(),
         },
+        Some("admin_action") => {
+            let a = &message["admin_action"];
+            let from = match a["detail"]["from"].as_str() {
+                Some(from) => format!(" from {from}"),
+                None => String::new(),
+            };
+            format!(
+                "{} admin    {}{from} (admin action {})",
+                a["at"].as_str().unwrap_or(""),
+                a["action"].as_str().unwrap_or("?"),
+                a["sequence"]
+            )
+        }
         _ => message.to_string(),
     }
 }
@@ -290,4 +315,106 @@ pub async fn resync(admin: &AdminApi) -> anyhow::Result<()> {
         "resync requested: every Salesforce user is read again; follow it with: usersync tail"
     );
     Ok(())
+}
+
+/// `usersync replay --from …`: shows the plan the admin API answers, then asks `confirm`
+/// (which asks on the terminal, or was answered by `--yes`) before asking for the replay.
+/// Declining changes nothing and is an error, so a script sees it.
+pub async fn replay(
+    admin: &AdminApi,
+    from: &str,
+    confirm: impl FnOnce(&ReplayPlan) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let request = admin
+        .request(reqwest::Method::POST, "/api/v1/replay")
+        .json(&serde_json::json!({ "from": from }));
+    let body = admin.send(request, "asking for the replay plan").await?;
+    let plan: ReplayPlan =
+        serde_json::from_value(body["plan"].clone()).context("reading the replay plan")?;
+    for line in plan.lines() {
+        println!("{line}");
+    }
+    if !confirm(&plan)? {
+        anyhow::bail!(
+            "the replay from {} was not confirmed: nothing changed",
+            plan.from
+        );
+    }
+    let request = admin
+        .request(reqwest::Method::POST, "/api/v1/replay")
+        .json(&serde_json::json!({ "from": from, "confirm": true }));
+    let body = admin.send(request, "asking for the replay").await?;
+    println!(
+        "replay requested (admin action {}): the subscriber starts again from {}; follow it \
+         with: usersync tail",
+        body["admin_action"]["sequence"], plan.from
+    );
+    Ok(())
+}
+
+/// Asks on `output` whether to replay as `plan` says, and reads one line of `input`: only
+/// `yes` goes on.
+pub fn typed_yes(
+    mut input: impl std::io::BufRead,
+    mut output: impl std::io::Write,
+    plan: &ReplayPlan,
+) -> std::io::Result<bool> {
+    write!(output, "Type yes to replay from {}: ", plan.from)?;
+    output.flush()?;
+    let mut line = String::new();
+    input.read_line(&mut line)?;
+    Ok(line.trim() == "yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Transport;
+    use crate::salesforce::replay::ReplayPolicy;
+    use crate::salesforce::replay_from::{ReplayFrom, plan};
+
+    #[test]
+    fn only_yes_typed_goes_on() {
+        let plan = plan(
+            &ReplayFrom::Latest,
+            Transport::Pubsub,
+            None,
+            ReplayPolicy::Resync,
+            false,
+            chrono::Utc::now(),
+        );
+        for (typed, goes_on) in [
+            ("yes\n", true),
+            ("  yes  \n", true),
+            ("y\n", false),
+            ("YES\n", false),
+            ("no\n", false),
+            ("", false),
+        ] {
+            let mut asked = Vec::new();
+            let answer = typed_yes(typed.as_bytes(), &mut asked, &plan).unwrap();
+            assert_eq!(answer, goes_on, "{typed:?}");
+            assert_eq!(
+                String::from_utf8(asked).unwrap(),
+                "Type yes to replay from latest: "
+            );
+        }
+    }
+
+    #[test]
+    fn an_admin_action_on_the_feed_is_one_line() {
+        let message = serde_json::json!({
+            "type": "admin_action",
+            "admin_action": {
+                "sequence": 3,
+                "at": "2025-03-04T05:06:07Z",
+                "action": "replay",
+                "detail": {"from": "earliest", "checkpoint_before": null},
+            },
+        });
+        assert_eq!(
+            feed_line(&message),
+            "2025-03-04T05:06:07Z admin    replay from earliest (admin action 3)"
+        );
+    }
 }

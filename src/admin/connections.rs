@@ -152,17 +152,7 @@ pub(super) async fn run_checklist(state: &AdminState, side: Side) -> Result<Chec
         .ok_or_else(|| untestable("no configuration"))?;
     let checklist = match side {
         Side::Salesforce => {
-            let stored = match &state.authorizations {
-                Some(authorizations) => authorizations
-                    .load::<SalesforceAuthorization>(side)
-                    .await
-                    .map_err(|error| ApiError {
-                        status: StatusCode::CONFLICT,
-                        code: "stored_authorization",
-                        message: error.to_string(),
-                    })?,
-                None => None,
-            };
+            let stored = stored_salesforce(state).await?;
             crate::salesforce::checklist::test_connection(
                 config,
                 stored.as_ref(),
@@ -183,6 +173,23 @@ pub(super) async fn run_checklist(state: &AdminState, side: Side) -> Result<Chec
     }
     state.connections.checked(side, checklist.clone());
     Ok(checklist)
+}
+
+/// The Salesforce authorization a reconnect stored, if any, opened with the secret key.
+pub(super) async fn stored_salesforce(
+    state: &AdminState,
+) -> Result<Option<SalesforceAuthorization>, ApiError> {
+    match &state.authorizations {
+        Some(authorizations) => authorizations
+            .load::<SalesforceAuthorization>(Side::Salesforce)
+            .await
+            .map_err(|error| ApiError {
+                status: StatusCode::CONFLICT,
+                code: "stored_authorization",
+                message: error.to_string(),
+            }),
+        None => Ok(None),
+    }
 }
 
 pub(super) async fn disconnect(

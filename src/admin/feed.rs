@@ -2,7 +2,9 @@
 //! JSON text message each, over WebSocket.
 //!
 //! Messages: `{"type": "decision", "decision": {…}}` (the decision record, as the decision log
-//! shows it) and `{"type": "connection", "connection": {…}}` (as `GET /api/v1/status` shows it).
+//! shows it), `{"type": "connection", "connection": {…}}` (as `GET /api/v1/status` shows it) and
+//! `{"type": "admin_action", "admin_action": {…}}` (a replay or resync an admin asked for, as
+//! `GET /api/v1/admin-actions` lists it).
 //! On connect the client first gets both connections' current state, so a page or `usersync
 //! tail` starts from the truth rather than from the next change.
 //!
@@ -21,6 +23,7 @@ use tokio::sync::broadcast;
 use super::AdminState;
 use crate::connection::{Connection, Side};
 use crate::engine::decision::DecisionRecord;
+use crate::store::AdminAction;
 
 /// How many messages a client may fall behind before it is closed.
 pub const FEED_BACKLOG: usize = 1024;
@@ -28,14 +31,55 @@ pub const FEED_BACKLOG: usize = 1024;
 /// The close code for a client that cannot keep up (policy violation).
 pub const TOO_SLOW: u16 = 1008;
 
+/// Admin actions as they are recorded, for every watcher of the feed; cheap to clone.
+#[derive(Clone)]
+pub struct AdminActionFeed(broadcast::Sender<(i64, AdminAction)>);
+
+impl Default for AdminActionFeed {
+    fn default() -> Self {
+        AdminActionFeed(broadcast::channel(FEED_BACKLOG).0)
+    }
+}
+
+impl AdminActionFeed {
+    /// Shows a recorded action (with its sequence number) to whoever watches; never waits.
+    pub fn announce(&self, sequence: i64, action: AdminAction) {
+        let _ = self.0.send((sequence, action));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<(i64, AdminAction)> {
+        self.0.subscribe()
+    }
+}
+
+/// One admin action as the API and the feed show it.
+pub(super) fn admin_action_json(sequence: i64, action: &AdminAction) -> Value {
+    json!({
+        "sequence": sequence,
+        "at": action.at,
+        "action": action.action,
+        "detail": action.detail,
+    })
+}
+
 pub(super) async fn feed(State(state): State<AdminState>, upgrade: WebSocketUpgrade) -> Response {
-    let decisions = state.decisions.as_ref().map(broadcast::Sender::subscribe);
-    let connections = state.connections.changes();
+    let sources = Sources {
+        decisions: state.decisions.as_ref().map(broadcast::Sender::subscribe),
+        connections: state.connections.changes(),
+        actions: state.actions.subscribe(),
+    };
     let current: Vec<Connection> = Side::ALL
         .iter()
         .map(|side| state.connections.get(*side))
         .collect();
-    upgrade.on_upgrade(move |socket| follow(socket, current, decisions, connections))
+    upgrade.on_upgrade(move |socket| follow(socket, current, sources))
+}
+
+/// What the feed follows.
+struct Sources {
+    decisions: Option<broadcast::Receiver<DecisionRecord>>,
+    connections: broadcast::Receiver<Connection>,
+    actions: broadcast::Receiver<(i64, AdminAction)>,
 }
 
 fn decision_message(record: &DecisionRecord) -> Value {
@@ -76,12 +120,12 @@ async fn next_decision(
     }
 }
 
-async fn follow(
-    mut socket: WebSocket,
-    current: Vec<Connection>,
-    mut decisions: Option<broadcast::Receiver<DecisionRecord>>,
-    mut connections: broadcast::Receiver<Connection>,
-) {
+async fn follow(mut socket: WebSocket, current: Vec<Connection>, sources: Sources) {
+    let Sources {
+        mut decisions,
+        mut connections,
+        mut actions,
+    } = sources;
     for connection in &current {
         if !send(&mut socket, connection_message(connection)).await {
             return;
@@ -98,6 +142,16 @@ async fn follow(
             },
             connection = connections.recv() => match connection {
                 Ok(connection) => connection_message(&connection),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    return close_too_slow(socket, missed).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            action = actions.recv() => match action {
+                Ok((sequence, action)) => json!({
+                    "type": "admin_action",
+                    "admin_action": admin_action_json(sequence, &action),
+                }),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     return close_too_slow(socket, missed).await;
                 }
@@ -144,9 +198,20 @@ mod tests {
     }
 
     async fn serve() -> (String, broadcast::Sender<DecisionRecord>, Connections) {
+        let (url, decisions, connections, _) = serve_with_actions().await;
+        (url, decisions, connections)
+    }
+
+    async fn serve_with_actions() -> (
+        String,
+        broadcast::Sender<DecisionRecord>,
+        Connections,
+        AdminActionFeed,
+    ) {
         let store = crate::store::open("sqlite::memory:").await.unwrap();
         let (decisions, _) = broadcast::channel(FEED_BACKLOG);
         let connections = Connections::new();
+        let actions = AdminActionFeed::default();
         let state = AdminState {
             store,
             connections: connections.clone(),
@@ -156,6 +221,7 @@ mod tests {
             outreach: None,
             token: None,
             pending: Default::default(),
+            actions: actions.clone(),
         };
         let listener = super::super::bind("127.0.0.1:0".parse().unwrap(), false)
             .await
@@ -166,7 +232,7 @@ mod tests {
             let _keep = _stop;
             super::super::serve(listener, super::super::router(state), shutdown).await
         });
-        (url, decisions, connections)
+        (url, decisions, connections, actions)
     }
 
     async fn next_json(
@@ -206,6 +272,27 @@ mod tests {
             DisconnectReason::Manual.code()
         );
         socket.close(None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_admin_action_reaches_the_feed_with_its_sequence_and_detail() {
+        let (url, _decisions, _connections, actions) = serve_with_actions().await;
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        next_json(&mut socket).await;
+        next_json(&mut socket).await;
+        actions.announce(
+            7,
+            AdminAction {
+                at: chrono::Utc::now(),
+                action: crate::store::AdminActionKind::Replay,
+                detail: json!({"from": "latest"}),
+            },
+        );
+        let message = next_json(&mut socket).await;
+        assert_eq!(message["type"], "admin_action");
+        assert_eq!(message["admin_action"]["sequence"], 7);
+        assert_eq!(message["admin_action"]["action"], "replay");
+        assert_eq!(message["admin_action"]["detail"]["from"], "latest");
     }
 
     #[tokio::test]

@@ -303,6 +303,7 @@ mod tests {
             outreach: None,
             token: None,
             pending: Default::default(),
+            actions: Default::default(),
         };
         tokio::spawn(serve(listener, router(state), shutdown));
         (url, store, stop)

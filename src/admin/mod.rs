@@ -3,7 +3,8 @@
 //! `admin.md`'s surface: health, readiness and `/metrics` for the operator; under `/api/v1`
 //! (behind the admin token, `auth`) mapping lookup, the decision log, the settings
 //! (`settings`), the connections' status with reconnect, disconnect and test
-//! (`connections`), and the live feed (`feed`). Without a token it binds to loopback only.
+//! (`connections`), a resync and a replay from elsewhere with the log of both (`replay`), and
+//! the live feed (`feed`). Without a token it binds to loopback only.
 //! Errors are JSON `{"error": {"code", "message"}}`, and a parameter that does not parse is
 //! named.
 
@@ -15,6 +16,7 @@ mod conflicts;
 mod connections;
 pub mod feed;
 mod mappings;
+mod replay;
 mod settings;
 
 use std::net::SocketAddr;
@@ -57,6 +59,8 @@ pub struct AdminState {
     pub token: Option<crate::config::Secret>,
     /// Browser authorizations started and not back yet.
     pub pending: PendingAuthorizations,
+    /// Admin actions (replay, resync) as they are recorded, for the live feed.
+    pub actions: feed::AdminActionFeed,
 }
 
 /// The routes of the admin server. Other parts (the webhook receiver) merge theirs into it.
@@ -69,6 +73,8 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/api/v1/conflicts", get(conflicts::open))
         .route("/api/v1/resync", post(resync))
+        .route("/api/v1/replay", post(replay::replay))
+        .route("/api/v1/admin-actions", get(replay::list))
         .route("/api/v1/settings", get(settings::get).put(settings::put))
         .route("/api/v1/decisions", get(decisions))
         .route("/api/v1/status", get(connections::status))
@@ -184,37 +190,24 @@ async fn metrics_page(State(state): State<AdminState>) -> Response {
 
 /// `POST /api/v1/resync`: the subscriber reads every Salesforce user again and publishes each
 /// as a snapshot; the stream goes on after it from a position pinned before the read. Only a
-/// running Salesforce side can: 409 otherwise, saying what to do first.
+/// running Salesforce side can: 409 otherwise, saying what to do first. Recorded as an admin
+/// action before it is asked for.
 async fn resync(State(state): State<AdminState>) -> Result<Response, ApiError> {
-    let (current, reason) = state.connections.state(crate::connection::Side::Salesforce);
-    use crate::connection::ConnectionState as S;
-    match current {
-        S::Connected | S::Connecting | S::Degraded => {
-            state.connections.request_resync();
-            tracing::info!("an admin asked for a full Salesforce resync");
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"resync": "requested", "follow": "GET /api/v1/feed"})),
-            )
-                .into_response())
-        }
-        S::Disconnected => Err(ApiError {
-            status: StatusCode::CONFLICT,
-            code: "salesforce_disconnected",
-            message: format!(
-                "Salesforce is disconnected ({}): reconnect it first; a reconnect resumes \
-                 from the checkpoint, so nothing is lost meanwhile",
-                reason.map_or("no reason", |r| r.code())
-            ),
-        }),
-        S::NotConfigured => Err(ApiError {
-            status: StatusCode::CONFLICT,
-            code: "no_subscriber",
-            message: "no Salesforce subscriber runs in this process (usersync run or \
-                      usersync subscriber does)"
-                .into(),
-        }),
-    }
+    replay::salesforce_running(&state)?;
+    let detail = replay::resync_detail(&state).await?;
+    let (sequence, action) =
+        replay::record(&state, crate::store::AdminActionKind::Resync, detail).await?;
+    state.connections.request_resync();
+    tracing::info!(sequence, "an admin asked for a full Salesforce resync");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "resync": "requested",
+            "admin_action": feed::admin_action_json(sequence, &action),
+            "follow": "GET /api/v1/feed",
+        })),
+    )
+        .into_response())
 }
 
 /// An Outreach user id from a path or a query, named when it does not parse.
@@ -337,6 +330,7 @@ mod tests {
             outreach: None,
             token: token.map(crate::config::Secret::new),
             pending: Default::default(),
+            actions: Default::default(),
         };
         tokio::spawn(serve(listener, router(state), shutdown));
         (url, stop)

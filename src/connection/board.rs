@@ -12,9 +12,11 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::{broadcast, watch};
 
+use crate::salesforce::replay_from::ReplayFrom;
+
 use super::{
     AuthorizedIdentity, Checklist, Connection, ConnectionFailure, ConnectionState,
-    DisconnectReason, Side, Verdict,
+    DisconnectReason, Side, SubscriberLease, Verdict,
 };
 
 /// How many transitions a slow watcher of [`Connections::changes`] may fall behind.
@@ -34,6 +36,9 @@ struct Inner {
     reconnects: [watch::Sender<u64>; 2],
     /// A counter an admin's "Resync" bumps; the subscriber reads every user again.
     resyncs: watch::Sender<u64>,
+    /// Where an admin last asked the subscriber to replay from; each request is a change, even
+    /// to the same place.
+    replays: watch::Sender<Option<ReplayFrom>>,
 }
 
 impl Default for Connections {
@@ -52,6 +57,7 @@ impl Connections {
                 changes: broadcast::channel(CHANGE_BACKLOG).0,
                 reconnects: [watch::channel(0).0, watch::channel(0).0],
                 resyncs: watch::channel(0).0,
+                replays: watch::channel(None).0,
             }),
         }
     }
@@ -103,6 +109,18 @@ impl Connections {
     /// Follows the resync requests: `changed()` resolves at the next one.
     pub fn resync_requests(&self) -> watch::Receiver<u64> {
         self.inner.resyncs.subscribe()
+    }
+
+    /// Asks the subscriber to end its stream and start it again from `from`
+    /// (`POST /api/v1/replay`).
+    pub fn request_replay(&self, from: ReplayFrom) {
+        self.inner.replays.send_replace(Some(from));
+    }
+
+    /// Follows the replay requests: `changed()` resolves at the next one, which
+    /// `borrow_and_update()` then reads.
+    pub fn replay_requests(&self) -> watch::Receiver<Option<ReplayFrom>> {
+        self.inner.replays.subscribe()
     }
 
     /// An admin disconnected the side: it stops until a reconnect.
@@ -211,10 +229,40 @@ impl Connections {
         }
     }
 
+    /// This process's subscriber took or lost the lease, or renewed it: kept on the Salesforce
+    /// connection and announced when its role or holder changed.
+    pub fn subscriber(&self, lease: SubscriberLease) {
+        let mut announced = None;
+        self.inner.salesforce.send_modify(|current| {
+            let before = current.subscriber.as_ref();
+            let changed = before.map(|b| (b.role, &b.holder, b.epoch))
+                != Some((lease.role, &lease.holder, lease.epoch));
+            current.subscriber = Some(lease);
+            if changed {
+                announced = Some(current.clone());
+            }
+        });
+        if let Some(connection) = announced {
+            if let Some(lease) = &connection.subscriber {
+                tracing::info!(
+                    instance = %lease.instance,
+                    role = lease.role.as_str(),
+                    holder = lease.holder.as_deref(),
+                    epoch = lease.epoch,
+                    "subscriber lease"
+                );
+            }
+            let _ = self.inner.changes.send(connection);
+        }
+    }
+
     /// No authorization is stored for the side (never configured, or removed).
     pub fn not_configured(&self, side: Side) {
         self.transition(side, |now| {
-            (now.state != ConnectionState::NotConfigured).then(|| Connection::not_configured(side))
+            (now.state != ConnectionState::NotConfigured).then(|| Connection {
+                subscriber: now.subscriber.clone(),
+                ..Connection::not_configured(side)
+            })
         });
     }
 
@@ -248,6 +296,7 @@ fn fresh(now: &Connection, state: ConnectionState) -> Connection {
     let mut next = Connection::not_configured(now.side);
     next.state = state;
     next.last_check = now.last_check.clone();
+    next.subscriber = now.subscriber.clone();
     next
 }
 
@@ -450,6 +499,23 @@ mod tests {
         assert!(
             !outreach.has_changed().unwrap(),
             "a disconnect is not a reconnect"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_replay_request_is_seen_with_where_it_goes_even_the_same_twice() {
+        let board = Connections::new();
+        let mut replays = board.replay_requests();
+        assert!(!replays.has_changed().unwrap());
+        board.request_replay(ReplayFrom::Latest);
+        replays.changed().await.unwrap();
+        assert_eq!(*replays.borrow_and_update(), Some(ReplayFrom::Latest));
+        board.request_replay(ReplayFrom::Latest);
+        assert!(replays.has_changed().unwrap(), "asked again");
+        assert_eq!(*replays.borrow_and_update(), Some(ReplayFrom::Latest));
+        assert!(
+            !board.resync_requests().has_changed().unwrap(),
+            "a replay is not a resync"
         );
     }
 

@@ -161,6 +161,46 @@ pub struct Connection {
     /// admin asks. Kept across state changes (it says when it ran).
     #[serde(default)]
     pub last_check: Option<Checklist>,
+    /// Salesforce only, when this process runs a subscriber: whether it is the instance that
+    /// streams (it holds the lease) or a standby. Kept across state changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber: Option<SubscriberLease>,
+}
+
+/// Which subscriber instance streams the org, as this process sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberLease {
+    /// This process's subscriber instance (`subscriber.instance_id`).
+    pub instance: String,
+    pub role: LeaseRole,
+    /// The lease's epoch this instance holds (active), or the holder's (standby).
+    pub epoch: Option<i64>,
+    /// The instance holding the lease, as last seen; this one when active.
+    pub holder: Option<String>,
+    /// When the holder's lease runs out unless renewed, by the store's clock.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A subscriber instance's part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseRole {
+    /// Holds the lease: reads the stream and publishes.
+    Active,
+    /// Another instance holds the lease: this one waits to take over.
+    Standby,
+    /// No lease is kept (SQLite: one machine, one subscriber): streams.
+    Unleased,
+}
+
+impl LeaseRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseRole::Active => "active",
+            LeaseRole::Standby => "standby",
+            LeaseRole::Unleased => "unleased",
+        }
+    }
 }
 
 impl Connection {
@@ -176,6 +216,7 @@ impl Connection {
             since: Utc::now(),
             permissions_checked_at: None,
             last_check: None,
+            subscriber: None,
         }
     }
 

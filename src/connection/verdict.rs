@@ -112,10 +112,12 @@ impl ConnectionFailure for SubscriberError {
             SubscriberError::Cometd(error) => error.verdict(),
             SubscriberError::Rest { source, .. } => source.verdict(),
             // Kafka, the store and a stopped stream are not the Salesforce connection.
+            // A lost lease neither: another instance streams.
             SubscriberError::Stopped { .. }
             | SubscriberError::Kafka { .. }
             | SubscriberError::Transaction { .. }
-            | SubscriberError::Store { .. } => Verdict::Unaffected,
+            | SubscriberError::Store { .. }
+            | SubscriberError::LeaseLost(_) => Verdict::Unaffected,
         }
     }
 }

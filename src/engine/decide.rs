@@ -160,7 +160,7 @@ fn decide_outreach(settings: &SyncSettings, state: &SyncState, event: &UserChang
         };
     };
     let previous = state.outreach_user(id);
-    let position = event.position().commit_timestamp;
+    let position = event.outreach_time();
     if let Some(updated) = previous.and_then(|p| p.updated_at)
         && position <= updated
     {
@@ -546,6 +546,12 @@ fn evaluate_mapped(
         let mapped = known.clone();
         let diverged = mapped.email_normalized().as_deref() != Some(email);
         if diverged {
+            // The link stays with M, so a lock usersync set only because M was inactive has
+            // lost its reason. Lifted on any event of the group, like the undiverged unlock;
+            // names stay, since O no longer shares M's email.
+            if needs_unlock(outreach, mapping) {
+                out.extend(refresh_mapped(settings, outreach, mapping, &mapped, false));
+            }
             if trigger.is(&mapped_id) {
                 out.push(
                     Decision::note(
@@ -1135,6 +1141,42 @@ mod tests {
         let r = sync.apply(&settings, &change(1, Some(EMAIL), true, 12));
         assert_eq!(r[0].action, Action::Unlock);
         assert!(!sync.outreach.users[&OutreachUserId(1)].locked);
+    }
+
+    /// Found by the convergence property: X was locked while inactive, then came back active
+    /// with another email. The link is kept (`email_diverged`), so X still holds its Outreach
+    /// user, and a lock that only said "X is inactive" must go.
+    #[test]
+    fn reactivation_with_another_email_lifts_usersyncs_lock() {
+        let mut settings = SyncSettings::default();
+        settings.user_mapping.lock_when_inactive = true;
+        let mut sync = seed();
+        sync.apply(&settings, &change(1, Some(EMAIL), false, 10));
+        assert!(sync.outreach.users[&OutreachUserId(1)].locked);
+        let mut back = change(1, Some("new@def.com"), true, 11);
+        back.user.first_name = Some("Renamed".into());
+        let r = sync.apply(&settings, &back);
+        assert!(
+            r.iter()
+                .any(|d| (d.action, d.reason) == (Action::Unlock, Reason::MappedUserReactivated)),
+            "{r:?}"
+        );
+        assert!(r.iter().any(|d| d.reason == Reason::EmailDiverged), "{r:?}");
+        assert!(!sync.outreach.users[&OutreachUserId(1)].locked);
+        assert_eq!(mapped_to(&sync, 1), Some(user_id(1)), "the link is kept");
+        assert_eq!(
+            sync.outreach.users[&OutreachUserId(1)]
+                .first_name
+                .as_deref(),
+            Some("First1"),
+            "a diverged link lifts the lock and nothing else"
+        );
+        // usersync's lock is gone: X's next event changes nothing in Outreach.
+        let calls = sync.outreach.calls;
+        let mut again = change(1, Some("new@def.com"), true, 12);
+        again.user.first_name = Some("Renamed".into());
+        sync.apply(&settings, &again);
+        assert_eq!(sync.outreach.calls, calls);
     }
 
     #[test]

@@ -118,7 +118,12 @@ mod tests {
 
     fn event_of(user: &SalesforceUser) -> UserChange {
         let org = SalesforceId::parse("00D000000000001").unwrap();
-        crate::salesforce::snapshot::snapshot(user, &org, chrono::Utc::now())
+        crate::salesforce::snapshot::snapshot(
+            user,
+            &org,
+            &crate::salesforce::snapshot::ReadPosition::default(),
+            chrono::Utc::now(),
+        )
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The Salesforce side: ids, and the pure half of the Change Data Capture subscriber.
 //!
-//! The subscriber (issue 3) reads `UserChangeEvent`s and publishes `user_change.v1`. Its
+//! The subscriber reads `UserChangeEvent`s and publishes `user_change.v1`. Its
 //! pure parts live here so they can be tested without a network:
 //!
 //! - [`id`]: Salesforce ids, always emitted in the 18-character form.
@@ -17,6 +17,10 @@
 //!   table that turns a token refusal into a disconnect reason.
 //! - [`rest`]: User records over the REST API: the initial load, the re-read of the users a
 //!   gap event names, and the resync after an overflow or an expired replay id.
+//! - [`replay_from`]: where an admin asks the stream to start again (earliest, latest, or
+//!   after a replay id), and the plan shown before it is confirmed.
+//!
+//! - [`lease`]: which of several subscriber instances sharing a store streams.
 //!
 //! The rest of the I/O (the gRPC stream, the schema cache, Kafka) comes with the rest
 //! of the subscriber.
@@ -27,9 +31,11 @@ pub mod bitmap;
 pub mod checklist;
 pub mod cometd;
 pub mod id;
+pub mod lease;
 pub mod normalize;
 pub mod pubsub;
 pub mod replay;
+pub mod replay_from;
 pub mod rest;
 pub mod role;
 pub mod snapshot;

@@ -21,9 +21,13 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::auth::{SalesforceAuthError, SalesforceCredentials, Secret};
+use super::lease::{self, Fence, Held, LeaseSettings};
 use super::pubsub::PubSubSettings;
+use super::replay_from::ReplayFrom;
 use super::rest::{CredentialsTokenSource, RestRetry, SalesforceRest, TokenSource};
-use super::subscriber::{CometdSubscriber, Subscriber, SubscriberError, SubscriberSettings};
+use super::subscriber::{
+    CometdSubscriber, ReplayRequest, Subscriber, SubscriberError, SubscriberSettings,
+};
 use crate::config::{Config, SalesforceAuthFlow, SalesforceConfig, Transport};
 use crate::connection::authorization::{SalesforceAuthorization, StoredAuthorizations};
 use crate::connection::{
@@ -116,12 +120,18 @@ pub fn settings(config: &SalesforceConfig) -> SubscriberSettings {
         backoff_max: Duration::from_millis(config.backoff_max_ms),
         flush_timeout: Duration::from_secs(30),
         full_read_first: None,
+        replay_from: None,
     }
 }
 
-fn settings_for(sf: &SalesforceConfig, full_read: Option<&'static str>) -> SubscriberSettings {
+fn settings_for(
+    sf: &SalesforceConfig,
+    full_read: Option<&'static str>,
+    replay: Option<ReplayRequest>,
+) -> SubscriberSettings {
     SubscriberSettings {
         full_read_first: full_read,
+        replay_from: replay,
         ..settings(sf)
     }
 }
@@ -156,9 +166,36 @@ async fn supervise(
     let mut reconnects = connections.reconnect_requests(Side::Salesforce);
     let mut resyncs = connections.resync_requests();
     resyncs.borrow_and_update();
+    let mut replays = connections.replay_requests();
+    replays.borrow_and_update();
     let mut delays = retry_delays(sf);
     let mut full_read = None;
+    // An admin's replay, honoured by every attempt until one saves a checkpoint from there.
+    let mut replay: Option<ReplayRequest> = None;
+    let leasing = Leasing::for_config(config).await?;
+    if leasing.is_none() {
+        connections.subscriber(lease::unleased(config.subscriber.instance()));
+    }
+    let mut held: Option<Held> = None;
     loop {
+        // Only the instance holding the lease streams; the others stand by here.
+        if let Some(leasing) = &leasing
+            && held.as_ref().is_none_or(|h| *h.lost().borrow())
+        {
+            drop(held.take());
+            match lease::acquire(
+                leasing.store.clone(),
+                &leasing.settings,
+                connections,
+                shutdown.clone(),
+            )
+            .await
+            .context("taking the subscriber lease")?
+            {
+                Some(taken) => held = Some(taken),
+                None => return Ok(()),
+            }
+        }
         // Requests from before this attempt are answered by it; one made while it runs (or
         // while it stops) reconnects at once.
         reconnects.borrow_and_update();
@@ -167,12 +204,30 @@ async fn supervise(
             connections,
             resyncs.clone(),
             reconnects.clone(),
+            replays.clone(),
             shutdown.clone(),
+            held.as_ref().map(Held::lost),
         );
         let attempted = full_read.take();
-        let result = stream(config, connections, authorizations, attempted, stopping).await;
+        replay = replay.filter(ReplayRequest::is_pending);
+        let fence = held.as_ref().map(Held::fence);
+        let result = stream(
+            config,
+            connections,
+            authorizations,
+            Attempt {
+                full_read: attempted,
+                replay: replay.clone(),
+                fence,
+            },
+            stopping,
+        )
+        .await;
         stop.abort();
         if *shutdown.borrow() {
+            if let (Some(taken), Some(leasing)) = (held.take(), &leasing) {
+                taken.release(&*leasing.store).await;
+            }
             return match result {
                 // An attempt that met a connection problem while the process stops: the board
                 // has it; the role stops cleanly.
@@ -182,6 +237,49 @@ async fn supervise(
                 }
                 other => other,
             };
+        }
+        let lease_lost = held.as_ref().is_some_and(|h| *h.lost().borrow())
+            || result.as_ref().is_err_and(|error| {
+                matches!(
+                    error.downcast_ref::<SubscriberError>(),
+                    Some(SubscriberError::LeaseLost(_))
+                )
+            });
+        if lease_lost {
+            // Another instance streams now (or may at any moment): stand by, and keep what an
+            // admin asked of this attempt for when the lease comes back. A replay is not kept:
+            // the instance taking over resumes from the shared checkpoint, and a position asked
+            // for now means something else by the time the lease comes back; it is asked again
+            // of the active instance.
+            tracing::warn!("the subscriber lost its lease: it stopped publishing and stands by");
+            full_read = attempted;
+            drop(held.take());
+            let unanswered = replays.has_changed().unwrap_or(false);
+            let asked = replays.borrow_and_update().clone();
+            let dropped = replay
+                .take()
+                .and_then(|r| r.pending())
+                .or(asked.filter(|_| unanswered));
+            if let Some(from) = dropped {
+                tracing::warn!(
+                    from = %from.render(sf.transport),
+                    "the replay an admin asked for was not carried out: the lease was lost \
+                     first; ask the active instance again"
+                );
+            }
+            continue;
+        }
+        if replays.has_changed().unwrap_or(false) && result.is_ok() {
+            // An admin asked to replay from elsewhere: the stream stopped cleanly to start
+            // there.
+            if let Some(from) = replays.borrow_and_update().clone() {
+                tracing::info!(
+                    from = %from.render(sf.transport),
+                    "replay asked by an admin: the stream starts again from there"
+                );
+                replay = Some(ReplayRequest::new(from));
+            }
+            continue;
         }
         if resyncs.has_changed().unwrap_or(false) && result.is_ok() {
             // An admin asked for a resync: the stream stopped cleanly to start over with a
@@ -264,27 +362,68 @@ fn retry_delays(sf: &SalesforceConfig) -> impl Iterator<Item = Duration> {
 }
 
 /// A stop signal for one attempt: true at shutdown, when an admin disconnects Salesforce, when
-/// an admin asks for a resync (the attempt ends cleanly and the next one reads all), or for a
-/// reconnect (the next attempt signs in again, with what the reconnect stored).
+/// an admin asks for a resync (the attempt ends cleanly and the next one reads all), for a
+/// reconnect (the next attempt signs in again, with what the reconnect stored), or for a
+/// replay (the next attempt starts where the admin asked).
 fn stop_signal(
     connections: &Connections,
     mut resyncs: watch::Receiver<u64>,
     mut reconnects: watch::Receiver<u64>,
+    mut replays: watch::Receiver<Option<ReplayFrom>>,
     mut shutdown: watch::Receiver<bool>,
+    lease_lost: Option<watch::Receiver<bool>>,
 ) -> (tokio::task::JoinHandle<()>, watch::Receiver<bool>) {
     let (tx, rx) = watch::channel(false);
     let mut side = connections.watch(Side::Salesforce);
     let task = tokio::spawn(async move {
+        let lost = async {
+            match lease_lost {
+                Some(mut lost) => {
+                    let _ = lost.wait_for(|l| *l).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {}
             _ = side.wait_for(|c| c.state == ConnectionState::Disconnected
                 && c.reason == Some(DisconnectReason::Manual)) => {}
             Ok(()) = resyncs.changed() => {}
             Ok(()) = reconnects.changed() => {}
+            Ok(()) = replays.changed() => {}
+            () = lost => {}
         }
         let _ = tx.send(true);
     });
     (task, rx)
+}
+
+/// The lease, when instances share the store: PostgreSQL. On SQLite (one machine) the
+/// subscriber streams without one.
+struct Leasing {
+    store: Arc<dyn crate::store::Store>,
+    settings: LeaseSettings,
+}
+
+impl Leasing {
+    async fn for_config(config: &Config) -> anyhow::Result<Option<Leasing>> {
+        let instance = config.subscriber.instance();
+        let url = &config.store.url;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Ok(None);
+        }
+        let store = crate::store::open(url)
+            .await
+            .context("opening the store that holds the subscriber lease")?;
+        Ok(Some(Leasing {
+            store,
+            settings: LeaseSettings::for_topic(
+                &config.salesforce.topic,
+                instance,
+                Duration::from_secs(config.subscriber.lease_seconds),
+            ),
+        }))
+    }
 }
 
 /// What an attempt's error means for the Salesforce connection.
@@ -304,13 +443,23 @@ fn verdict_of(error: &anyhow::Error) -> Verdict {
     Verdict::Unaffected
 }
 
-/// One attempt: sign in, report who the authorization belongs to, stream until `shutdown`;
-/// `full_read` says why every user is read first, when it is.
+/// What an attempt starts with besides the checkpoint.
+struct Attempt {
+    /// Why every user is read first, when it is.
+    full_read: Option<&'static str>,
+    /// Where an admin asked the stream to start, while no checkpoint was saved from there.
+    replay: Option<ReplayRequest>,
+    /// The lease this instance holds, when instances share the store: checkpoints are written
+    /// only while it holds.
+    fence: Option<Arc<Fence>>,
+}
+
+/// One attempt: sign in, report who the authorization belongs to, stream until `shutdown`.
 async fn stream(
     config: &Config,
     connections: &Connections,
     authorizations: Option<&StoredAuthorizations>,
-    full_read: Option<&'static str>,
+    attempt: Attempt,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sf = &config.salesforce;
@@ -385,9 +534,15 @@ async fn stream(
     };
     match sf.transport {
         Transport::Pubsub => {
-            let mut subscriber =
-                Subscriber::new(settings_for(sf, full_read), tokens, rest, publisher, store)
-                    .await?;
+            let mut subscriber = Subscriber::new(
+                settings_for(sf, attempt.full_read, attempt.replay),
+                tokens,
+                rest,
+                publisher,
+                store,
+            )
+            .await?
+            .with_fence(attempt.fence);
             if let Some(transactional) = transactions {
                 subscriber = subscriber.with_transactions(transactional, config.kafka.clone());
             }
@@ -396,14 +551,15 @@ async fn stream(
         }
         Transport::Cometd => {
             let mut subscriber = CometdSubscriber::new(
-                settings_for(sf, full_read),
+                settings_for(sf, attempt.full_read, attempt.replay),
                 &sf.api_version,
                 tokens,
                 rest,
                 publisher,
                 store,
             )
-            .await?;
+            .await?
+            .with_fence(attempt.fence);
             if let Some(transactional) = transactions {
                 subscriber = subscriber.with_transactions(transactional, config.kafka.clone());
             }

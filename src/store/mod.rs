@@ -4,8 +4,9 @@
 //! several processor replicas, be shared — the subscriber's replay checkpoints and its own
 //! last-known Salesforce users (what it merges partial updates into), the processor's
 //! last-known Salesforce users, mappings, Outreach user index, applied-event log and decision
-//! log, the admin's settings. Each role's state is its own: the subscriber's users are kept
-//! apart from the processor's because each carries the position of a different role. The store
+//! log, the admin's settings and the log of what admins asked of the running process. Each
+//! role's state is its own: the subscriber's users are kept apart from the processor's because
+//! each carries the position of a different role. The store
 //! keeps exactly that and nothing else: it is never a queue (events travel only through Kafka),
 //! and it holds no rules of its own beyond one: a mapping is 1:1, and the schema itself
 //! enforces it (`mappings.outreach_user_id` is the primary key, `mappings.salesforce_user_id`
@@ -28,6 +29,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use crate::engine::decision::{Action, DecisionRecord};
 use crate::engine::settings::SyncSettings;
@@ -41,6 +43,9 @@ pub use sqlite::SqliteStore;
 
 /// The most decision records one page of the log returns.
 pub const MAX_DECISION_PAGE: u32 = 500;
+
+/// The most admin actions one read of their log returns.
+pub const MAX_ADMIN_ACTIONS: u32 = 500;
 
 /// Durable state of the roles. All methods are safe to call from several tasks (and, with
 /// PostgreSQL, several processes) at once.
@@ -132,9 +137,45 @@ pub trait Store: Send + Sync {
         key_fingerprint: &str,
     ) -> Result<(), StoreError>;
 
+    /// Appends what an admin asked of the running process (a replay, a resync) to the
+    /// admin-action log; returns its sequence number. The log is only ever appended to.
+    async fn append_admin_action(&self, action: &AdminAction) -> Result<i64, StoreError>;
+
+    /// The newest `limit` admin actions (at most [`MAX_ADMIN_ACTIONS`]), newest first, each
+    /// with its sequence number.
+    async fn admin_actions(&self, limit: u32) -> Result<Vec<(i64, AdminAction)>, StoreError>;
+
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError>;
     /// Inserts or overwrites the checkpoint of `checkpoint.topic`.
     async fn save_checkpoint(&self, checkpoint: &ReplayCheckpoint) -> Result<(), StoreError>;
+    /// The same, by the holder of a lease: written only while `claim` still holds it, in the
+    /// same transaction, else [`StoreError::LeaseLost`] and nothing written.
+    async fn save_checkpoint_as(
+        &self,
+        checkpoint: &ReplayCheckpoint,
+        claim: &LeaseClaim,
+    ) -> Result<(), StoreError>;
+
+    /// Takes lease `name` for `holder`, for `ttl` from now by the store's clock, when nobody
+    /// holds it, its holder let it expire, or `holder` holds it already — at a new epoch each
+    /// time. Otherwise answers who holds it, until when.
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseAnswer, StoreError>;
+    /// Extends the lease `claim` holds by `ttl` from now; `None` when another holder took it
+    /// (its epoch moved on).
+    async fn renew_lease(
+        &self,
+        claim: &LeaseClaim,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+    /// Ends the lease `claim` holds now, so that another instance may take it at once.
+    async fn release_lease(&self, claim: &LeaseClaim) -> Result<(), StoreError>;
+    /// Lease `name` as it stands, if it was ever taken.
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError>;
 
     /// The subscriber's last-known state of those of `ids` it holds for `org_id`, by id, read
     /// in one query; an id it does not hold is simply absent. These are the subscriber's own
@@ -146,12 +187,20 @@ pub trait Store: Send + Sync {
         ids: &[SalesforceId],
     ) -> Result<Vec<SalesforceUser>, StoreError>;
 
+    /// The newest commit of `org_id` the subscriber has published a user state at (commit
+    /// number and time): every change up to it had happened before now, so a REST read made
+    /// from now on may be placed there.
+    async fn newest_commit(
+        &self,
+        org_id: &SalesforceId,
+    ) -> Result<Option<(i64, DateTime<Utc>)>, StoreError>;
+
     /// Upserts the subscriber's last-known state of users of `org_id`, each with the position
     /// of the change that produced it, in one transaction. A user whose stored state has a
-    /// newer position keeps it ([`Position::compare`]: commit
-    /// numbers when both have one, else commit timestamps; sequence numbers are not kept, so
-    /// an equal position writes). A `None` position, or a stored row without one, always
-    /// writes. The users' `applied` is not stored: the position beside each user is.
+    /// newer position keeps it ([`Position::compare`] on commit numbers and timestamps; sequence
+    /// numbers and read times are not kept, so an equal position writes). A `None` position,
+    /// or a stored row without one, always writes. The users' `applied` is not stored: the
+    /// position beside each user is.
     async fn put_last_known_users(
         &self,
         org_id: &SalesforceId,
@@ -223,6 +272,49 @@ pub struct DecisionPage {
     pub next_after: Option<i64>,
 }
 
+/// Something an admin asked of the running process, kept in the admin-action log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdminAction {
+    pub at: DateTime<Utc>,
+    pub action: AdminActionKind,
+    /// What the action was about, as JSON: for a replay, where from and the checkpoint before
+    /// it; for a resync, the checkpoint before it.
+    pub detail: serde_json::Value,
+}
+
+/// What kind of admin action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminActionKind {
+    /// The subscriber's replay position was moved (`POST /api/v1/replay`).
+    Replay,
+    /// Every Salesforce user was read again (`POST /api/v1/resync`).
+    Resync,
+}
+
+impl AdminActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminActionKind::Replay => "replay",
+            AdminActionKind::Resync => "resync",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<AdminActionKind> {
+        match code {
+            "replay" => Some(AdminActionKind::Replay),
+            "resync" => Some(AdminActionKind::Resync),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AdminActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a subscriber resumes one Salesforce topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayCheckpoint {
@@ -231,6 +323,55 @@ pub struct ReplayCheckpoint {
     pub replay_id: Vec<u8>,
     pub commit_timestamp: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A lease as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    /// Rises by one at every taking of the lease.
+    pub epoch: i64,
+    pub acquired_at: DateTime<Utc>,
+    pub renewed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// The store's clock when this was read, so a waiter knows how long until `expires_at`.
+    pub read_at: DateTime<Utc>,
+}
+
+impl Lease {
+    /// What the holder shows to write as the holder.
+    pub fn claim(&self) -> LeaseClaim {
+        LeaseClaim {
+            name: self.name.clone(),
+            holder: self.holder.clone(),
+            epoch: self.epoch,
+        }
+    }
+
+    /// How long until it expires, by the store's clock; zero when it has.
+    pub fn remaining(&self) -> std::time::Duration {
+        (self.expires_at - self.read_at)
+            .to_std()
+            .unwrap_or(std::time::Duration::ZERO)
+    }
+}
+
+/// Which lease a holder holds: its name, the holder and the epoch it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseClaim {
+    pub name: String,
+    pub holder: String,
+    pub epoch: i64,
+}
+
+/// The answer to [`Store::take_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// The lease is the caller's, at this epoch.
+    Granted(Lease),
+    /// Another holder's lease is still valid.
+    HeldBy(Lease),
 }
 
 /// Why a store operation failed.
@@ -280,6 +421,10 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    /// The lock that serializes the migrations of processes opening one SQLite file could not
+    /// be taken.
+    #[error("store could not lock {path} to migrate the SQLite schema: {problem}")]
+    MigrationLock { path: String, problem: String },
     /// A stored value does not parse: someone wrote it around the store, or a bug did.
     #[error("corrupt value in {table}.{column}: {value:?}: {problem}")]
     Corrupt {
@@ -287,6 +432,16 @@ pub enum StoreError {
         column: &'static str,
         value: String,
         problem: String,
+    },
+    /// A write made as the holder of a lease that another instance has taken since.
+    #[error(
+        "lease {name:?} is no longer held by {holder} at epoch {epoch}: another instance took \
+         it; nothing was written"
+    )]
+    LeaseLost {
+        name: String,
+        holder: String,
+        epoch: i64,
     },
     /// The store URL or a connection option is not usable.
     #[error("store URL {url:?}: {problem}")]

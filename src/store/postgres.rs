@@ -9,6 +9,7 @@
 //! is how tests get a fresh store each in one database.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -16,10 +17,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor, Postgres, Transaction};
 
 use super::rows::{
-    CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow, SubscriberUserRow,
+    AdminActionRow, CheckpointRow, DecisionRow, LeaseRow, MappingRow, OutreachUserRow,
+    SalesforceUserRow, SubscriberUserRow,
 };
 use super::statements::{Access, Backend, Statements};
-use super::{Context, ReplayCheckpoint, StoreError, redact_password};
+use super::{Context, LeaseClaim, ReplayCheckpoint, StoreError, redact_password};
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::event::Position;
@@ -53,7 +55,7 @@ impl PostgresStore {
             let mut conn = PgConnection::connect_with(&options)
                 .await
                 .context(|| format!("connect to {shown}"))?;
-            conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+            create_schema(&mut conn, schema)
                 .await
                 .context(|| format!("create schema {schema} in {shown}"))?;
             conn.close()
@@ -69,6 +71,9 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .context(|| format!("connect to {shown}"))?;
+        // sqlx's migrator serializes openers itself: it holds a session advisory lock, keyed on
+        // the database's name, from before it reads `_sqlx_migrations` until the last migration
+        // is recorded, so a second opener waits and then finds every migration applied.
         MIGRATOR
             .run(&pool)
             .await
@@ -76,6 +81,7 @@ impl PostgresStore {
                 backend: "PostgreSQL",
                 source,
             })?;
+        tracing::info!(store = %shown, schema, "store opened; its schema is up to date");
         Ok(Self { pool })
     }
 
@@ -83,6 +89,26 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// The first key of the advisory lock taken on a schema's name while creating it (the second
+/// is the name's hash); the two-key form never meets sqlx's one-key migration lock.
+const CREATE_SCHEMA_LOCK: i32 = 0x7573_7379;
+
+/// Creates `schema` unless it exists. Two `CREATE SCHEMA IF NOT EXISTS` of one new name at once
+/// can fail, the second on the catalog's unique index, since neither sees the other's schema
+/// before it commits: openers of one schema therefore take a lock on its name first, so the
+/// second finds the schema made.
+async fn create_schema(conn: &mut PgConnection, schema: &str) -> sqlx::Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(CREATE_SCHEMA_LOCK)
+        .bind(schema)
+        .execute(&mut *tx)
+        .await?;
+    tx.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+        .await?;
+    tx.commit().await
 }
 
 /// A name that is safe to quote into SQL as an identifier.
@@ -132,9 +158,14 @@ impl Backend for PostgresStore {
     }
 }
 
+/// A lease's length in whole milliseconds, for SQL arithmetic on intervals.
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
 const SALESFORCE_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, \
      is_active, created_date, last_modified_date, commit_number, commit_timestamp, \
-     sequence_number";
+     sequence_number, snapshot_read_at";
 
 const OUTREACH_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, locked, \
      custom1, custom2, custom3, custom4, custom5, updated_at";
@@ -282,6 +313,16 @@ impl Statements for PostgresSession {
             .await
     }
 
+    async fn admin_actions_newest(&mut self, limit: i64) -> sqlx::Result<Vec<AdminActionRow>> {
+        sqlx::query_as(
+            "SELECT sequence, at, action, detail::text AS detail FROM admin_actions \
+             ORDER BY sequence DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.conn())
+        .await
+    }
+
     async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>> {
         sqlx::query_as(
             "SELECT topic, replay_id, commit_timestamp, updated_at FROM replay_checkpoints \
@@ -317,12 +358,107 @@ impl Statements for PostgresSession {
             .await
     }
 
+    async fn lease(&mut self, name: &str, _now: DateTime<Utc>) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "SELECT name, holder, epoch, acquired_at, renewed_at, expires_at, now() AS read_at \
+             FROM subscriber_leases WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn holds_lease(&mut self, claim: &LeaseClaim) -> sqlx::Result<bool> {
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT epoch FROM subscriber_leases \
+             WHERE name = $1 AND holder = $2 AND epoch = $3 FOR SHARE",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(held.is_some())
+    }
+
+    async fn take_lease(
+        &mut self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        _now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "INSERT INTO subscriber_leases (name, holder, epoch, acquired_at, renewed_at, expires_at) \
+             VALUES ($1, $2, 1, now(), now(), now() + $3 * interval '1 millisecond') \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 epoch = subscriber_leases.epoch + 1, acquired_at = excluded.acquired_at, \
+                 renewed_at = excluded.renewed_at, expires_at = excluded.expires_at \
+             WHERE subscriber_leases.expires_at <= now() \
+                OR subscriber_leases.holder = excluded.holder \
+             RETURNING name, holder, epoch, acquired_at, renewed_at, expires_at, now() AS read_at",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(millis(ttl))
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn renew_lease(
+        &mut self,
+        claim: &LeaseClaim,
+        ttl: Duration,
+        _now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "UPDATE subscriber_leases \
+             SET renewed_at = now(), expires_at = now() + $4 * interval '1 millisecond' \
+             WHERE name = $1 AND holder = $2 AND epoch = $3 \
+             RETURNING name, holder, epoch, acquired_at, renewed_at, expires_at, now() AS read_at",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .bind(millis(ttl))
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn release_lease(&mut self, claim: &LeaseClaim, _now: DateTime<Utc>) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE subscriber_leases SET expires_at = now() \
+             WHERE name = $1 AND holder = $2 AND epoch = $3",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn newest_subscriber_commit(
+        &mut self,
+        org_id: &str,
+    ) -> sqlx::Result<Option<(i64, DateTime<Utc>)>> {
+        sqlx::query_as(
+            "SELECT commit_number, commit_timestamp FROM subscriber_users \
+             WHERE org_id = $1 AND commit_number IS NOT NULL \
+             ORDER BY commit_number DESC LIMIT 1",
+        )
+        .bind(org_id)
+        .fetch_optional(self.conn())
+        .await
+    }
+
     async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO salesforce_users (id, email, email_normalized, username, first_name, \
                  last_name, title, is_active, created_date, last_modified_date, commit_number, \
-                 commit_timestamp, sequence_number) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 commit_timestamp, sequence_number, snapshot_read_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 $14) \
              ON CONFLICT (id) DO UPDATE SET email = excluded.email, \
                  email_normalized = excluded.email_normalized, username = excluded.username, \
                  first_name = excluded.first_name, last_name = excluded.last_name, \
@@ -331,7 +467,8 @@ impl Statements for PostgresSession {
                  last_modified_date = excluded.last_modified_date, \
                  commit_number = excluded.commit_number, \
                  commit_timestamp = excluded.commit_timestamp, \
-                 sequence_number = excluded.sequence_number",
+                 sequence_number = excluded.sequence_number, \
+                 snapshot_read_at = excluded.snapshot_read_at",
         )
         .bind(user.id.as_str())
         .bind(&user.email)
@@ -346,6 +483,7 @@ impl Statements for PostgresSession {
         .bind(user.applied.and_then(|p| p.commit_number))
         .bind(user.applied.map(|p| p.commit_timestamp))
         .bind(user.applied.and_then(|p| p.sequence_number))
+        .bind(user.applied.and_then(|p| p.read_at))
         .execute(self.conn())
         .await
         .map(drop)
@@ -516,6 +654,23 @@ impl Statements for PostgresSession {
         .map(drop)
     }
 
+    async fn append_admin_action(
+        &mut self,
+        at: DateTime<Utc>,
+        action: &str,
+        detail: &str,
+    ) -> sqlx::Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO admin_actions (at, action, detail) VALUES ($1, $2, $3::jsonb) \
+             RETURNING sequence",
+        )
+        .bind(at)
+        .bind(action)
+        .bind(detail)
+        .fetch_one(self.conn())
+        .await
+    }
+
     async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO replay_checkpoints (topic, replay_id, commit_timestamp, updated_at) \
@@ -556,6 +711,8 @@ impl Statements for PostgresSession {
                 OR CASE WHEN excluded.commit_number IS NOT NULL \
                              AND subscriber_users.commit_number IS NOT NULL \
                         THEN excluded.commit_number >= subscriber_users.commit_number \
+                        WHEN subscriber_users.commit_number IS NOT NULL THEN FALSE \
+                        WHEN excluded.commit_number IS NOT NULL THEN TRUE \
                         ELSE excluded.commit_timestamp >= subscriber_users.commit_timestamp \
                    END",
         )

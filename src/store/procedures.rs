@@ -14,13 +14,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::error::ErrorKind;
 
 use super::statements::{Access, Backend, Statements};
 use super::{
-    AppliedEvent, Context, DecisionPage, DecisionQuery, MAX_DECISION_PAGE, MappingFilter,
-    MappingWrite, ReplayCheckpoint, Store, StoreError,
+    AdminAction, AppliedEvent, Context, DecisionPage, DecisionQuery, Lease, LeaseAnswer,
+    LeaseClaim, MAX_ADMIN_ACTIONS, MAX_DECISION_PAGE, MappingFilter, MappingWrite,
+    ReplayCheckpoint, Store, StoreError,
 };
 use crate::engine::decision::DecisionRecord;
 use crate::engine::settings::SyncSettings;
@@ -284,6 +285,29 @@ impl<B: Backend> Store for B {
             .context(operation)
     }
 
+    async fn append_admin_action(&self, action: &AdminAction) -> Result<i64, StoreError> {
+        let operation = || format!("record the admin action {}", action.action);
+        let detail = action.detail.to_string();
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        session
+            .append_admin_action(action.at, action.action.as_str(), &detail)
+            .await
+            .context(operation)
+    }
+
+    async fn admin_actions(&self, limit: u32) -> Result<Vec<(i64, AdminAction)>, StoreError> {
+        let operation = || "read the admin actions".to_string();
+        let limit = limit.clamp(1, MAX_ADMIN_ACTIONS);
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let rows = session
+            .admin_actions_newest(i64::from(limit))
+            .await
+            .context(operation)?;
+        rows.into_iter()
+            .map(<(i64, AdminAction)>::try_from)
+            .collect()
+    }
+
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError> {
         let operation = || format!("read the replay checkpoint of {topic}");
         let mut session = self.session(Access::Single).await.context(operation)?;
@@ -295,6 +319,103 @@ impl<B: Backend> Store for B {
         let operation = || format!("save the replay checkpoint of {}", checkpoint.topic);
         let mut session = self.session(Access::Single).await.context(operation)?;
         session.save_checkpoint(checkpoint).await.context(operation)
+    }
+
+    async fn save_checkpoint_as(
+        &self,
+        checkpoint: &ReplayCheckpoint,
+        claim: &LeaseClaim,
+    ) -> Result<(), StoreError> {
+        let operation = || {
+            format!(
+                "save the replay checkpoint of {} as {} (epoch {})",
+                checkpoint.topic, claim.holder, claim.epoch
+            )
+        };
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        if !session.holds_lease(claim).await.context(operation)? {
+            return Err(StoreError::LeaseLost {
+                name: claim.name.clone(),
+                holder: claim.holder.clone(),
+                epoch: claim.epoch,
+            });
+        }
+        session
+            .save_checkpoint(checkpoint)
+            .await
+            .context(operation)?;
+        B::commit(session).await.context(operation)
+    }
+
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseAnswer, StoreError> {
+        let operation = || format!("take lease {name:?} for {holder}");
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        let now = Utc::now();
+        let answer = match session
+            .take_lease(name, holder, ttl, now)
+            .await
+            .context(operation)?
+        {
+            Some(taken) => LeaseAnswer::Granted(Lease::from(taken)),
+            None => {
+                let held = session.lease(name, now).await.context(operation)?;
+                // Refused only because a valid row exists, so it is there to be read.
+                let held = held.ok_or_else(|| StoreError::Corrupt {
+                    table: "subscriber_leases",
+                    column: "name",
+                    value: name.to_owned(),
+                    problem: "the lease was refused but has no row".into(),
+                })?;
+                LeaseAnswer::HeldBy(Lease::from(held))
+            }
+        };
+        B::commit(session).await.context(operation)?;
+        Ok(answer)
+    }
+
+    async fn renew_lease(
+        &self,
+        claim: &LeaseClaim,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let operation = || {
+            format!(
+                "renew lease {:?} of {} (epoch {})",
+                claim.name, claim.holder, claim.epoch
+            )
+        };
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let renewed = session
+            .renew_lease(claim, ttl, Utc::now())
+            .await
+            .context(operation)?;
+        Ok(renewed.map(Lease::from))
+    }
+
+    async fn release_lease(&self, claim: &LeaseClaim) -> Result<(), StoreError> {
+        let operation = || {
+            format!(
+                "release lease {:?} of {} (epoch {})",
+                claim.name, claim.holder, claim.epoch
+            )
+        };
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        session
+            .release_lease(claim, Utc::now())
+            .await
+            .context(operation)
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let operation = || format!("read lease {name:?}");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        let row = session.lease(name, Utc::now()).await.context(operation)?;
+        Ok(row.map(Lease::from))
     }
 
     async fn last_known_users(
@@ -315,6 +436,18 @@ impl<B: Backend> Store for B {
             .await
             .context(operation)?;
         rows.into_iter().map(SalesforceUser::try_from).collect()
+    }
+
+    async fn newest_commit(
+        &self,
+        org_id: &SalesforceId,
+    ) -> Result<Option<(i64, DateTime<Utc>)>, StoreError> {
+        let operation = || format!("read the newest commit the subscriber saw of org {org_id}");
+        let mut session = self.session(Access::Single).await.context(operation)?;
+        session
+            .newest_subscriber_commit(org_id.as_str())
+            .await
+            .context(operation)
     }
 
     async fn put_last_known_users(

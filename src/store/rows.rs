@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{ReplayCheckpoint, StoreError};
+use super::{AdminAction, AdminActionKind, Lease, ReplayCheckpoint, StoreError};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::event::Position;
@@ -51,6 +51,7 @@ pub(crate) struct SalesforceUserRow {
     pub commit_number: Option<i64>,
     pub commit_timestamp: Option<DateTime<Utc>>,
     pub sequence_number: Option<i64>,
+    pub snapshot_read_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<SalesforceUserRow> for SalesforceUser {
@@ -64,15 +65,22 @@ impl TryFrom<SalesforceUserRow> for SalesforceUser {
                 commit_number: row.commit_number,
                 commit_timestamp,
                 sequence_number: row.sequence_number,
+                read_at: row.snapshot_read_at,
             }),
-            None if row.commit_number.is_none() && row.sequence_number.is_none() => None,
+            None if row.commit_number.is_none()
+                && row.sequence_number.is_none()
+                && row.snapshot_read_at.is_none() =>
+            {
+                None
+            }
             None => {
                 return Err(StoreError::Corrupt {
                     table: "salesforce_users",
                     column: "commit_timestamp",
                     value: "NULL".into(),
                     problem: format!(
-                        "user {id} has a commit number or sequence number but no commit timestamp"
+                        "user {id} has a commit number, sequence number or snapshot read time \
+                         but no commit timestamp"
                     ),
                 });
             }
@@ -251,6 +259,45 @@ impl TryFrom<DecisionRow> for (i64, DecisionRecord) {
 }
 
 #[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AdminActionRow {
+    pub sequence: i64,
+    pub at: DateTime<Utc>,
+    pub action: String,
+    /// The JSON document, as text.
+    pub detail: String,
+}
+
+impl TryFrom<AdminActionRow> for (i64, AdminAction) {
+    type Error = StoreError;
+
+    fn try_from(row: AdminActionRow) -> Result<Self, StoreError> {
+        let corrupt = |column: &'static str, value: &str, problem: String| StoreError::Corrupt {
+            table: "admin_actions",
+            column,
+            value: value.to_string(),
+            problem: format!("{problem} (admin action {})", row.sequence),
+        };
+        let action = AdminActionKind::parse(&row.action).ok_or_else(|| {
+            corrupt(
+                "action",
+                &row.action,
+                "not an admin action (replay, resync)".into(),
+            )
+        })?;
+        let detail = serde_json::from_str(&row.detail)
+            .map_err(|e| corrupt("detail", &row.detail, e.to_string()))?;
+        Ok((
+            row.sequence,
+            AdminAction {
+                at: row.at,
+                action,
+                detail,
+            },
+        ))
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
 pub(crate) struct CheckpointRow {
     pub topic: String,
     pub replay_id: Vec<u8>,
@@ -265,6 +312,31 @@ impl From<CheckpointRow> for ReplayCheckpoint {
             replay_id: row.replay_id,
             commit_timestamp: row.commit_timestamp,
             updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LeaseRow {
+    pub name: String,
+    pub holder: String,
+    pub epoch: i64,
+    pub acquired_at: DateTime<Utc>,
+    pub renewed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub read_at: DateTime<Utc>,
+}
+
+impl From<LeaseRow> for Lease {
+    fn from(row: LeaseRow) -> Self {
+        Lease {
+            name: row.name,
+            holder: row.holder,
+            epoch: row.epoch,
+            acquired_at: row.acquired_at,
+            renewed_at: row.renewed_at,
+            expires_at: row.expires_at,
+            read_at: row.read_at,
         }
     }
 }

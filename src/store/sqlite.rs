@@ -6,10 +6,19 @@
 //! rather than one failing when it upgrades from reading to writing. Lists of ids travel as
 //! one JSON array parameter, unpacked with `json_each`, so every statement here is static SQL.
 //! Timestamps are stored as RFC 3339 text in UTC.
+//!
+//! Opening a file is serialized across processes by an exclusive lock on a file beside it
+//! ([`MigrationLock`]), held from the first connection to the end of the migrations. sqlx's
+//! migrator takes no lock on SQLite, and roles started together would otherwise each find a
+//! migration unapplied and run it, all but the first then failing on a table that already
+//! exists. The lock lives outside the database, not in a transaction inside it, because it must
+//! also cover the first connection, which switches a new file to WAL: that needs the file to
+//! itself and cannot happen inside a transaction.
 
-use std::path::Path;
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -19,10 +28,11 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use super::rows::{
-    CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow, SubscriberUserRow,
+    AdminActionRow, CheckpointRow, DecisionRow, LeaseRow, MappingRow, OutreachUserRow,
+    SalesforceUserRow, SubscriberUserRow,
 };
 use super::statements::{Access, Backend, Statements};
-use super::{Context, ReplayCheckpoint, StoreError};
+use super::{Context, LeaseClaim, ReplayCheckpoint, StoreError};
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::event::Position;
@@ -32,6 +42,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 /// How long a writer waits for another one before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long opening a file waits for another process to finish migrating it. Today's
+/// migrations take milliseconds; the bound is for one that rewrites a large table, and it
+/// ends in an error rather than a silent hang if the holder is stuck.
+const MIGRATION_WAIT: Duration = Duration::from_secs(300);
+
+/// How often a waiting opener tries the migration lock again.
+const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(25);
 
 /// The store in one SQLite file (or in memory).
 #[derive(Debug, Clone)]
@@ -49,6 +67,8 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        // Nothing else sees an in-memory database: it needs no lock.
+        let mut lock = None;
         let pool = if in_memory {
             // Every connection would see its own empty database, and the last one to close
             // would take the data with it: keep exactly one, forever.
@@ -60,13 +80,15 @@ impl SqliteStore {
                 .connect_with(options)
                 .await
         } else {
-            if let Some(folder) = options.get_filename().parent()
+            let database = options.get_filename();
+            if let Some(folder) = database.parent()
                 && folder != Path::new("")
             {
                 std::fs::create_dir_all(folder).map_err(|e| {
                     StoreError::url(url, format!("cannot create {}: {e}", folder.display()))
                 })?;
             }
+            lock = Some(MigrationLock::acquire(database, MIGRATION_WAIT).await?);
             SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options.journal_mode(SqliteJournalMode::Wal))
@@ -80,12 +102,67 @@ impl SqliteStore {
                 backend: "SQLite",
                 source,
             })?;
+        drop(lock);
+        tracing::info!(store = %url, "store opened; its schema is up to date");
         Ok(Self { pool })
     }
 
     /// The connection pool, for tools and tests that need SQL the trait does not offer.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// An exclusive lock on `<database>-migrations.lock`, taken before the first connection to the
+/// database and released once its migrations have run, so that processes opening one file
+/// migrate it one after the other. The lock is the operating system's (`flock` on Unix): it
+/// dies with its holder, so a crashed opener leaves nothing to clean up. The file itself is
+/// kept: deleting it could let a later opener lock a new file while an earlier one still holds
+/// the old.
+struct MigrationLock {
+    _file: File,
+}
+
+impl MigrationLock {
+    /// Waits (at most `wait`) until no other opener holds the lock of `database`.
+    async fn acquire(database: &Path, wait: Duration) -> Result<MigrationLock, StoreError> {
+        let path = Self::path(database);
+        let failed = |problem: String| StoreError::MigrationLock {
+            path: path.display().to_string(),
+            problem,
+        };
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| failed(format!("cannot open it: {e}")))?;
+        let started = Instant::now();
+        let mut waiting = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(MigrationLock { _file: file }),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(failed(format!("cannot lock it: {e}"))),
+            }
+            if started.elapsed() >= wait {
+                return Err(failed(format!(
+                    "another opener has held it for over {wait:?} (a long migration, or a \
+                     stuck process)"
+                )));
+            }
+            if !waiting {
+                waiting = true;
+                tracing::info!(lock = %path.display(), "another process is opening the store; waiting for its migrations");
+            }
+            tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+        }
+    }
+
+    fn path(database: &Path) -> PathBuf {
+        let mut name = database.as_os_str().to_owned();
+        name.push("-migrations.lock");
+        PathBuf::from(name)
     }
 }
 
@@ -132,9 +209,14 @@ fn json_list<T: serde::Serialize>(values: &[T]) -> String {
     serde_json::to_string(values).expect("a list of strings or integers serializes")
 }
 
+/// When a lease taken `now` for `ttl` expires.
+fn expiry(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)
+}
+
 const SALESFORCE_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, \
      is_active, created_date, last_modified_date, commit_number, commit_timestamp, \
-     sequence_number";
+     sequence_number, snapshot_read_at";
 
 const OUTREACH_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, locked, \
      custom1, custom2, custom3, custom4, custom5, updated_at";
@@ -288,6 +370,16 @@ impl Statements for SqliteSession {
             .await
     }
 
+    async fn admin_actions_newest(&mut self, limit: i64) -> sqlx::Result<Vec<AdminActionRow>> {
+        sqlx::query_as(
+            "SELECT sequence, at, action, detail FROM admin_actions \
+             ORDER BY sequence DESC LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(self.conn())
+        .await
+    }
+
     async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>> {
         sqlx::query_as(
             "SELECT topic, replay_id, commit_timestamp, updated_at FROM replay_checkpoints \
@@ -324,12 +416,109 @@ impl Statements for SqliteSession {
             .await
     }
 
+    async fn lease(&mut self, name: &str, now: DateTime<Utc>) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "SELECT name, holder, epoch, acquired_at, renewed_at, expires_at, ?2 AS read_at \
+             FROM subscriber_leases WHERE name = ?1",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn holds_lease(&mut self, claim: &LeaseClaim) -> sqlx::Result<bool> {
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT epoch FROM subscriber_leases WHERE name = ?1 AND holder = ?2 AND epoch = ?3",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(held.is_some())
+    }
+
+    async fn take_lease(
+        &mut self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "INSERT INTO subscriber_leases (name, holder, epoch, acquired_at, renewed_at, expires_at) \
+             VALUES (?1, ?2, 1, ?3, ?3, ?4) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 epoch = subscriber_leases.epoch + 1, acquired_at = excluded.acquired_at, \
+                 renewed_at = excluded.renewed_at, expires_at = excluded.expires_at \
+             WHERE subscriber_leases.expires_at <= ?3 \
+                OR subscriber_leases.holder = excluded.holder \
+             RETURNING name, holder, epoch, acquired_at, renewed_at, expires_at, ?3 AS read_at",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now)
+        .bind(expiry(now, ttl))
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn renew_lease(
+        &mut self,
+        claim: &LeaseClaim,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>> {
+        sqlx::query_as(
+            "UPDATE subscriber_leases SET renewed_at = ?4, expires_at = ?5 \
+             WHERE name = ?1 AND holder = ?2 AND epoch = ?3 \
+             RETURNING name, holder, epoch, acquired_at, renewed_at, expires_at, ?4 AS read_at",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .bind(now)
+        .bind(expiry(now, ttl))
+        .fetch_optional(self.conn())
+        .await
+    }
+
+    async fn release_lease(&mut self, claim: &LeaseClaim, now: DateTime<Utc>) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE subscriber_leases SET expires_at = ?4 \
+             WHERE name = ?1 AND holder = ?2 AND epoch = ?3",
+        )
+        .bind(&claim.name)
+        .bind(&claim.holder)
+        .bind(claim.epoch)
+        .bind(now)
+        .execute(self.conn())
+        .await
+        .map(drop)
+    }
+
+    async fn newest_subscriber_commit(
+        &mut self,
+        org_id: &str,
+    ) -> sqlx::Result<Option<(i64, DateTime<Utc>)>> {
+        sqlx::query_as(
+            "SELECT commit_number, commit_timestamp FROM subscriber_users \
+             WHERE org_id = ?1 AND commit_number IS NOT NULL \
+             ORDER BY commit_number DESC LIMIT 1",
+        )
+        .bind(org_id)
+        .fetch_optional(self.conn())
+        .await
+    }
+
     async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO salesforce_users (id, email, email_normalized, username, first_name, \
                  last_name, title, is_active, created_date, last_modified_date, commit_number, \
-                 commit_timestamp, sequence_number) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                 commit_timestamp, sequence_number, snapshot_read_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+                 ?14) \
              ON CONFLICT (id) DO UPDATE SET email = excluded.email, \
                  email_normalized = excluded.email_normalized, username = excluded.username, \
                  first_name = excluded.first_name, last_name = excluded.last_name, \
@@ -338,7 +527,8 @@ impl Statements for SqliteSession {
                  last_modified_date = excluded.last_modified_date, \
                  commit_number = excluded.commit_number, \
                  commit_timestamp = excluded.commit_timestamp, \
-                 sequence_number = excluded.sequence_number",
+                 sequence_number = excluded.sequence_number, \
+                 snapshot_read_at = excluded.snapshot_read_at",
         )
         .bind(user.id.as_str())
         .bind(&user.email)
@@ -353,6 +543,7 @@ impl Statements for SqliteSession {
         .bind(user.applied.and_then(|p| p.commit_number))
         .bind(user.applied.map(|p| p.commit_timestamp))
         .bind(user.applied.and_then(|p| p.sequence_number))
+        .bind(user.applied.and_then(|p| p.read_at))
         .execute(self.conn())
         .await
         .map(drop)
@@ -521,6 +712,23 @@ impl Statements for SqliteSession {
         .map(drop)
     }
 
+    async fn append_admin_action(
+        &mut self,
+        at: DateTime<Utc>,
+        action: &str,
+        detail: &str,
+    ) -> sqlx::Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO admin_actions (at, action, detail) VALUES (?1, ?2, ?3) \
+             RETURNING sequence",
+        )
+        .bind(at)
+        .bind(action)
+        .bind(detail)
+        .fetch_one(self.conn())
+        .await
+    }
+
     async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO replay_checkpoints (topic, replay_id, commit_timestamp, updated_at) \
@@ -564,6 +772,8 @@ impl Statements for SqliteSession {
                 OR CASE WHEN excluded.commit_number IS NOT NULL \
                              AND subscriber_users.commit_number IS NOT NULL \
                         THEN excluded.commit_number >= subscriber_users.commit_number \
+                        WHEN subscriber_users.commit_number IS NOT NULL THEN FALSE \
+                        WHEN excluded.commit_number IS NOT NULL THEN TRUE \
                         ELSE excluded.commit_timestamp >= subscriber_users.commit_timestamp \
                    END",
         )
@@ -583,5 +793,41 @@ impl Statements for SqliteSession {
         .execute(self.conn())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_migration_lock_is_waited_for_then_reported_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("usersync.db");
+        let held = MigrationLock::acquire(&database, Duration::ZERO)
+            .await
+            .unwrap();
+        let lock_path = dir.path().join("usersync.db-migrations.lock");
+        assert!(lock_path.exists());
+
+        let started = Instant::now();
+        let err = MigrationLock::acquire(&database, Duration::from_millis(200))
+            .await
+            .err()
+            .expect("the lock is held");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let message = err.to_string();
+        assert!(
+            matches!(err, StoreError::MigrationLock { .. })
+                && message.contains(&lock_path.display().to_string())
+                && message.contains("200ms"),
+            "{message}"
+        );
+
+        drop(held);
+        MigrationLock::acquire(&database, Duration::ZERO)
+            .await
+            .expect("free once its holder let go");
+        assert!(lock_path.exists(), "the lock file is kept");
     }
 }

@@ -6,12 +6,15 @@
 //! in [`procedures`](super::procedures); a backend only supplies SQL in its own dialect.
 //! Statements return raw `sqlx` results; the procedures add which operation failed.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
-use super::ReplayCheckpoint;
 use super::rows::{
-    CheckpointRow, DecisionRow, MappingRow, OutreachUserRow, SalesforceUserRow, SubscriberUserRow,
+    AdminActionRow, CheckpointRow, DecisionRow, LeaseRow, MappingRow, OutreachUserRow,
+    SalesforceUserRow, SubscriberUserRow,
 };
+use super::{LeaseClaim, ReplayCheckpoint};
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::event::Position;
@@ -85,6 +88,8 @@ pub(crate) trait Statements {
     async fn settings_document(&mut self) -> sqlx::Result<Option<String>>;
     /// The sealed authorization of a side.
     async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<Vec<u8>>>;
+    /// The newest `limit` admin actions, newest first.
+    async fn admin_actions_newest(&mut self, limit: i64) -> sqlx::Result<Vec<AdminActionRow>>;
     async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>>;
     /// The stored versions of those of `parts` that have one (a part never written has none).
     async fn versions_of(&mut self, parts: &[String]) -> sqlx::Result<Vec<(String, i64)>>;
@@ -95,7 +100,38 @@ pub(crate) trait Statements {
         user_ids: &[String],
     ) -> sqlx::Result<Vec<SubscriberUserRow>>;
 
+    /// The newest commit (number, time) among the subscriber's users of one org.
+    async fn newest_subscriber_commit(
+        &mut self,
+        org_id: &str,
+    ) -> sqlx::Result<Option<(i64, DateTime<Utc>)>>;
+
+    /// Lease `name`, with the store's clock now.
+    async fn lease(&mut self, name: &str, now: DateTime<Utc>) -> sqlx::Result<Option<LeaseRow>>;
+    /// Whether `claim` still holds its lease; on PostgreSQL the row is locked against a
+    /// takeover until the transaction ends.
+    async fn holds_lease(&mut self, claim: &LeaseClaim) -> sqlx::Result<bool>;
+
     // ----- writes -----
+    /// Takes lease `name` for `holder` until `now + ttl` when it is free, expired or already
+    /// `holder`'s, at the next epoch; `None` (nothing written) when another holder's is valid.
+    /// `now` is the machine's clock: PostgreSQL uses its own instead.
+    async fn take_lease(
+        &mut self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>>;
+    /// Extends `claim`'s lease to `now + ttl`, if its epoch is still the lease's.
+    async fn renew_lease(
+        &mut self,
+        claim: &LeaseClaim,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<LeaseRow>>;
+    /// Makes `claim`'s lease expire now.
+    async fn release_lease(&mut self, claim: &LeaseClaim, now: DateTime<Utc>) -> sqlx::Result<()>;
     async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()>;
     /// Inserts or replaces an Outreach user of the index. With `keep_newer`, a stored user
     /// whose `updated_at` is later than the given one's is kept (false); a missing timestamp
@@ -127,6 +163,13 @@ pub(crate) trait Statements {
         updated_at: DateTime<Utc>,
     ) -> sqlx::Result<()>;
     async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()>;
+    /// Appends an admin action (its detail as JSON text); its sequence number.
+    async fn append_admin_action(
+        &mut self,
+        at: DateTime<Utc>,
+        action: &str,
+        detail: &str,
+    ) -> sqlx::Result<i64>;
     async fn save_authorization(
         &mut self,
         side: &str,
@@ -136,9 +179,10 @@ pub(crate) trait Statements {
     ) -> sqlx::Result<()>;
     /// Inserts or replaces the subscriber's last-known state of one user of one org (its
     /// `applied` is not stored), unless the stored row has a position and `position` is older
-    /// than it: with commit numbers on both sides those decide, otherwise commit timestamps.
-    /// An equal position writes (a later change of the same transaction). False when the
-    /// stored row was kept.
+    /// than it: with commit numbers on both sides those decide, a position with one is newer
+    /// than one without, and two without compare by commit timestamp. An equal position writes
+    /// (a later change of the same transaction, or a snapshot read at that commit). False when
+    /// the stored row was kept.
     async fn upsert_subscriber_user(
         &mut self,
         org_id: &str,

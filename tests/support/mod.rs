@@ -1,8 +1,13 @@
 //! The whole process in one test: `usersync run` on librdkafka's mock cluster, both simulators
 //! on loopback, SQLite in a temporary folder, and the admin server on a known loopback port.
-//! Shared by the tests that need every role at once (`run.rs`, `connections.rs`).
+//! Shared by the tests that need every role at once (`run.rs`, `connections.rs`). Processes of
+//! the binary are in [`process`], the test PostgreSQL in [`postgres`].
 
 #![allow(dead_code)] // each test file uses its own part of it
+
+pub mod oracle;
+pub mod postgres;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -153,14 +158,22 @@ impl Parts {
         self.outreach.users().iter().any(|u| u.email == email)
     }
 
+    /// A request to the admin API, with the admin token when the configuration has one.
+    fn admin_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.admin_url));
+        let token = self.config.admin.token.expose();
+        if token.is_empty() {
+            request
+        } else {
+            request.bearer_auth(token)
+        }
+    }
+
     /// `GET` or `POST` on the admin API; the status and the JSON body.
     pub async fn admin(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .request(method, format!("{}{path}", self.admin_url))
-            .send()
-            .await
-            .unwrap();
+        let response = self.admin_request(method, path).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -168,8 +181,7 @@ impl Parts {
     /// `POST` with a JSON body on the admin API; the status and the raw body.
     pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, String) {
         let response = self
-            .http
-            .post(format!("{}{path}", self.admin_url))
+            .admin_request(reqwest::Method::POST, path)
             .json(body)
             .send()
             .await
@@ -210,7 +222,7 @@ type EndState = (Vec<Value>, BTreeMap<String, String>);
 
 impl Parts {
     /// Every `user_change.v1` event on the change topic so far, partition by partition.
-    fn published_events(&self) -> Vec<Value> {
+    pub fn published_events(&self) -> Vec<Value> {
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &self.config.kafka.brokers)
             .set("group.id", "usersync-test-reader")
@@ -332,6 +344,7 @@ impl Parts {
             let applied = self.applied(store.as_ref()).await;
             if decided == applied {
                 assert!(!applied.0.is_empty(), "the drill changed nothing");
+                self.assert_oracle(store.as_ref()).await;
                 return;
             }
             assert!(
@@ -341,6 +354,26 @@ impl Parts {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+impl Parts {
+    /// The end state judged from the simulators' final users alone ([`oracle`]).
+    pub async fn assert_oracle(&self, store: &dyn usersync::store::Store) {
+        let settings = store
+            .settings()
+            .await
+            .expect("the store reads its settings")
+            .unwrap_or_else(|| self.config.sync.clone());
+        oracle::assert_holds(&oracle::Sources {
+            http: &self.http,
+            salesforce_url: &self.salesforce.base_url(),
+            outreach_url: &self.outreach.base_url(),
+            store,
+            settings: &settings,
+            superseded_creates: &Default::default(),
+        })
+        .await;
     }
 }
 

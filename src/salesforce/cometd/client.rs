@@ -417,6 +417,31 @@ impl<T: TokenSource> CometdClient<T> {
         }
     }
 
+    /// Whether Salesforce still resumes this channel after `replay_id`: a handshake and a
+    /// subscribe from it (a rejected replay id is refused by the subscribe), then a disconnect.
+    /// `Ok(false)` when the replay id is refused; no events are read.
+    pub async fn can_resume_after(
+        api_version: &str,
+        tokens: T,
+        replay_id: i64,
+        wait: Duration,
+    ) -> Result<bool, CometdError> {
+        let config = CometdConfig::new(api_version.trim_start_matches('v'), ReplayPolicy::Fail);
+        let mut client = CometdClient::new(config, tokens, replay_id)?;
+        let opened = match tokio::time::timeout(wait, client.open()).await {
+            Ok(opened) => opened,
+            // No refusal within the wait: the subscription stands.
+            Err(_) => return Ok(true),
+        };
+        let answer = match opened {
+            Ok(_) => Ok(true),
+            Err(CometdError::ReplayRejected(_)) => Ok(false),
+            Err(error) => Err(error),
+        };
+        let _ = client.disconnect().await;
+        answer
+    }
+
     /// Ends the Bayeux session (at shutdown). The replay map stays.
     pub async fn disconnect(&mut self) -> Result<(), CometdError> {
         let Some(client_id) = self.client_id.take() else {

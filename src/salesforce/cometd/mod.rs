@@ -43,3 +43,14 @@ pub const REPLAY_FROM_EARLIEST: i64 = -2;
 
 /// The oldest Streaming API version Salesforce still serves (§5.1).
 pub const MIN_API_VERSION: f64 = 37.0;
+
+/// Whether Salesforce still resumes the User change channel after `replay_id`
+/// ([`CometdClient::can_resume_after`]).
+pub async fn can_resume_after(
+    api_version: &str,
+    tokens: std::sync::Arc<CredentialsTokenSource>,
+    replay_id: i64,
+    wait: std::time::Duration,
+) -> Result<bool, CometdError> {
+    CometdClient::can_resume_after(api_version, tokens, replay_id, wait).await
+}

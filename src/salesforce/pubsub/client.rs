@@ -30,7 +30,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
 use super::credit::Credit;
-use super::failure::{PubSubFailure, classify};
+use super::failure::{FailureKind, PubSubFailure, classify};
 use crate::proto::eventbus::pub_sub_client::PubSubClient;
 use crate::proto::eventbus::{
     ConsumerEvent, FetchRequest, FetchResponse, ReplayPreset, SchemaRequest, TopicInfo,
@@ -277,6 +277,59 @@ impl PubSubConnection {
             credit,
             unsent_credit: 0,
             idle_timeout: self.settings.idle_timeout,
+        })
+    }
+}
+
+impl PubSubConnection {
+    /// Whether Salesforce still resumes `topic` after `replay_id`: a Subscribe from it asking for
+    /// one event, read for at most `wait`, then cancelled. An unusable replay id is refused at
+    /// once (`…replayid.corrupted`): `Ok(false)`. An event, a keepalive or silence: `Ok(true)`.
+    pub async fn can_resume_after(
+        &self,
+        topic: &str,
+        replay_id: Vec<u8>,
+        wait: Duration,
+    ) -> Result<bool, PubSubError> {
+        let (requests, outgoing) = mpsc::channel(1);
+        let first = FetchRequest {
+            topic_name: topic.to_owned(),
+            replay_preset: ReplayPreset::Custom as i32,
+            replay_id,
+            num_requested: 1,
+            auth_refresh: String::new(),
+        };
+        requests
+            .send(first)
+            .await
+            .expect("the receiver is alive until the stream is built");
+        let mut responses = match self
+            .client
+            .clone()
+            .subscribe(ReceiverStream::new(outgoing))
+            .await
+        {
+            Ok(responses) => responses.into_inner(),
+            Err(status) => return answer(topic, &status),
+        };
+        let answer = match tokio::time::timeout(wait, responses.message()).await {
+            Err(_) | Ok(Ok(_)) => Ok(true),
+            Ok(Err(status)) => answer(topic, &status),
+        };
+        drop(requests);
+        answer
+    }
+}
+
+/// A refusal of the replay id is the answer "no"; any other failure is no answer.
+fn answer(topic: &str, status: &Status) -> Result<bool, PubSubError> {
+    let failure = classify(status);
+    if failure.kind == FailureKind::ReplayUnusable {
+        Ok(false)
+    } else {
+        Err(PubSubError::Call {
+            operation: format!("Subscribe {topic} from the stored replay id"),
+            failure,
         })
     }
 }

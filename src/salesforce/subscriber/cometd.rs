@@ -13,22 +13,26 @@
 //!   a delivery, the loop waits for what is in flight, backs off, and starts a new client
 //!   from the stored checkpoint (nothing after it was confirmed);
 //! - an invalid replay id is handled by the client per the replay policy; with `resync` the
-//!   loop then re-reads the users changed since the checkpoint's commit time.
+//!   loop then re-reads the users changed since the checkpoint's commit time;
+//! - an admin's replay uses CometD's presets: `-2` for earliest, `-1` (the tip) for latest.
 
 use std::sync::Arc;
 
+use chrono::Utc;
 use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::{
-    Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, retry_delays,
-    unplaced,
+    Pipeline, ReceivedChange, Resync, StreamPosition, SubscriberError, SubscriberSettings,
+    retry_delays,
 };
 use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
 use crate::salesforce::cometd::{
-    CometdClient, CometdConfig, CredentialsTokenSource, Delivered, Poll, REPLAY_FROM_TIP,
+    CometdClient, CometdConfig, CredentialsTokenSource, Delivered, Poll, REPLAY_FROM_EARLIEST,
+    REPLAY_FROM_TIP,
 };
 use crate::salesforce::normalize::Replay;
+use crate::salesforce::replay_from::ReplayFrom;
 use crate::salesforce::rest::SalesforceRest;
 use crate::store::Store;
 
@@ -45,6 +49,39 @@ fn replay_of(position: &StreamPosition) -> Option<i64> {
     Some(i64::from_be_bytes(
         position.replay_id.as_slice().try_into().ok()?,
     ))
+}
+
+/// Where a client resumes after the stored checkpoint, and what it reads first: after its
+/// replay id; from the tip after reading the users changed since a pin; or from the tip after
+/// the initial load when there is no usable checkpoint.
+fn start_after(stored: Option<&StreamPosition>) -> (i64, Option<Resync>) {
+    if let Some(read) = Resync::before_resuming(stored) {
+        return (REPLAY_FROM_TIP, Some(read));
+    }
+    match stored.and_then(replay_of) {
+        Some(replay_id) => (replay_id, None),
+        None => (REPLAY_FROM_TIP, Some(Resync::All("initial load"))),
+    }
+}
+
+/// Where a client starts for an admin's replay: CometD's own presets for the oldest retained
+/// event and the tip (opened before anything is read, so the pin is saved at once), or after
+/// the replay id given.
+fn start_asked(from: &ReplayFrom) -> Result<(i64, Option<Resync>), SubscriberError> {
+    Ok(match from {
+        ReplayFrom::Earliest => (REPLAY_FROM_EARLIEST, None),
+        ReplayFrom::Latest => (REPLAY_FROM_TIP, Some(Resync::Nothing)),
+        ReplayFrom::After(bytes) => {
+            let replay_id =
+                <[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| SubscriberError::Stopped {
+                    reason: format!(
+                        "the replay id asked for ({} bytes) is not a CometD replay id",
+                        bytes.len()
+                    ),
+                })?;
+            (i64::from_be_bytes(replay_id), None)
+        }
+    })
 }
 
 impl CometdSubscriber {
@@ -65,7 +102,8 @@ impl CometdSubscriber {
             store,
             settings.resync_margin,
         )
-        .with_checkpoint_key(format!("cometd:{}", settings.topic));
+        .for_cometd()
+        .with_replay(settings.replay_from.clone());
         Ok(CometdSubscriber {
             settings,
             // REST paths say `v62.0`; the CometD path says `62.0`.
@@ -73,6 +111,17 @@ impl CometdSubscriber {
             tokens,
             pipeline,
         })
+    }
+
+    /// Publishes only while `fence` holds (see [`Pipeline::with_fence`]).
+    pub fn with_fence(
+        self,
+        fence: Option<Arc<crate::salesforce::lease::Fence>>,
+    ) -> CometdSubscriber {
+        CometdSubscriber {
+            pipeline: self.pipeline.with_fence(fence),
+            ..self
+        }
     }
 
     /// Transactional mode (see [`Pipeline::with_transactions`]).
@@ -100,27 +149,19 @@ impl CometdSubscriber {
         let mut full_read = self.settings.full_read_first;
         loop {
             let stored = self.pipeline.load_checkpoint().await?;
-            // A full read asked for starts from the tip, like the initial load (once).
-            let asked = full_read.take();
-            let resume = match asked {
-                Some(_) => None,
-                None => stored.as_ref().and_then(replay_of),
+            let (resume, first_read) = match full_read.take() {
+                // A full read asked for starts from the tip, like the initial load (once).
+                Some(why) => (REPLAY_FROM_TIP, Some(Resync::All(why))),
+                None => match self.pipeline.asked_start() {
+                    Some(from) => start_asked(&from)?,
+                    None => start_after(stored.as_ref()),
+                },
             };
-            let why = asked.unwrap_or("initial load");
             let config = CometdConfig::new(self.api_version.clone(), self.settings.replay_policy);
-            let mut client = CometdClient::new(
-                config,
-                self.tokens.clone(),
-                resume.unwrap_or(REPLAY_FROM_TIP),
-            )
-            .map_err(Box::new)?;
+            let mut client =
+                CometdClient::new(config, self.tokens.clone(), resume).map_err(Box::new)?;
             let outcome = self
-                .serve(
-                    &mut client,
-                    resume.is_none().then_some(why),
-                    &mut shutdown,
-                    &mut backoff,
-                )
+                .serve(&mut client, first_read, &mut shutdown, &mut backoff)
                 .await;
             let drained = self.pipeline.drain().await;
             if *shutdown.borrow() {
@@ -135,7 +176,7 @@ impl CometdSubscriber {
                 return outcome.and(drained);
             }
             match outcome.and(drained) {
-                Err(stop @ SubscriberError::Stopped { .. }) => return Err(stop),
+                Err(stop) if stop.ends_the_run() => return Err(stop),
                 Err(SubscriberError::Cometd(error)) if error.disconnect_reason().is_some() => {
                     return Err(SubscriberError::Cometd(error));
                 }
@@ -157,14 +198,18 @@ impl CometdSubscriber {
     async fn serve(
         &mut self,
         client: &mut CometdClient<Arc<CredentialsTokenSource>>,
-        full_read: Option<&'static str>,
+        first_read: Option<Resync>,
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut backon::ExponentialBackoff,
     ) -> Result<(), SubscriberError> {
-        if let Some(why) = full_read {
-            // Subscribed before the export: changes made during it are delivered after it.
+        if let Some(read) = first_read {
+            // Subscribed before the read: changes made during it are delivered after it.
+            let pinned_at = Utc::now();
             client.open().await.map_err(Box::new)?;
-            self.pipeline.resync(None, unplaced(), why).await?;
+            self.pipeline.read_before_stream(&read, pinned_at).await?;
+            // Confirmed and pinned before the first long-poll, which may hold for a while:
+            // a stop before it returns resumes from the pin.
+            self.pipeline.drain().await?;
         }
         loop {
             let polled = tokio::select! {
@@ -182,14 +227,15 @@ impl CometdSubscriber {
                 Poll::ReplayRejected(rejected) => {
                     tracing::warn!(error = %rejected.error, policy = rejected.policy.as_str(), "CometD replay id rejected");
                     if rejected.resync_needed {
-                        let since = self.pipeline.checkpoint().and_then(|c| c.commit_timestamp);
-                        self.pipeline
-                            .resync(
-                                since,
-                                unplaced(),
-                                "the replay id is outside the retention window",
-                            )
-                            .await?;
+                        // The client has resubscribed from the tip.
+                        let pinned_at = Utc::now();
+                        const WHY: &str = "the replay id is outside the retention window";
+                        let read = match self.pipeline.checkpoint().and_then(|c| c.commit_timestamp)
+                        {
+                            Some(since) => Resync::Since(since, WHY),
+                            None => Resync::All(WHY),
+                        };
+                        self.pipeline.read_before_stream(&read, pinned_at).await?;
                     }
                 }
             }

@@ -40,11 +40,14 @@ use futures::stream::FuturesUnordered;
 use super::auth::SalesforceAuthError;
 use super::avro::ChangeEvent;
 use super::id::SalesforceId;
+use super::lease::{Fence, LeaseLost};
 use super::normalize::{Delivery, Normalized, Replay, normalize};
 use super::pubsub::{PubSubError, PubSubSettings};
 use super::replay::ReplayPolicy;
+use super::replay_from::ReplayFrom;
 use super::rest::{SalesforceRest, SalesforceRestError, UserQuery};
-use super::snapshot::snapshot;
+use super::snapshot::{ReadPosition, snapshot};
+use crate::config::Transport;
 use crate::engine::state::SalesforceUser;
 use crate::event::{Position, UserChange};
 use crate::kafka::{
@@ -78,6 +81,9 @@ pub struct SubscriberSettings {
     /// asked for a resync, or a reconnect with `salesforce.full_read_on_reconnect`). The
     /// stream then starts at the newest position, opened before the read: no gap.
     pub full_read_first: Option<&'static str>,
+    /// Start where an admin asked ([`ReplayRequest`]) instead of after the checkpoint, until
+    /// a checkpoint is saved from there.
+    pub replay_from: Option<ReplayRequest>,
 }
 
 impl Default for SubscriberSettings {
@@ -91,7 +97,37 @@ impl Default for SubscriberSettings {
             backoff_max: Duration::from_secs(60),
             flush_timeout: Duration::from_secs(30),
             full_read_first: None,
+            replay_from: None,
         }
+    }
+}
+
+/// An admin's request to start the stream elsewhere than after the checkpoint
+/// (`POST /api/v1/replay`), shared by the supervisor that took it and the attempts that honour
+/// it. It stays pending until a checkpoint is saved from the new start: a stream that ends
+/// before that (a network blip, a refused commit, a reconnect) starts there again, and a
+/// restart of the process starts from the old checkpoint. Once one is saved the request is
+/// done and the stream resumes after its checkpoint as always.
+#[derive(Debug, Clone)]
+pub struct ReplayRequest(Arc<std::sync::Mutex<Option<ReplayFrom>>>);
+
+impl ReplayRequest {
+    pub fn new(from: ReplayFrom) -> ReplayRequest {
+        ReplayRequest(Arc::new(std::sync::Mutex::new(Some(from))))
+    }
+
+    /// Where the stream must start, while no checkpoint has been saved from there.
+    pub fn pending(&self) -> Option<ReplayFrom> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.pending().is_some()
+    }
+
+    /// A checkpoint was saved from the new start.
+    fn done(&self) -> Option<ReplayFrom> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -130,6 +166,20 @@ pub enum SubscriberError {
         #[source]
         source: StoreError,
     },
+    /// Another subscriber instance holds the lease now: nothing more is published.
+    #[error(transparent)]
+    LeaseLost(#[from] LeaseLost),
+}
+
+impl SubscriberError {
+    /// Ends the run instead of resuming from the checkpoint: the stream cannot go on, or
+    /// another instance may be streaming and this one must not publish again.
+    pub fn ends_the_run(&self) -> bool {
+        matches!(
+            self,
+            SubscriberError::Stopped { .. } | SubscriberError::LeaseLost(_)
+        )
+    }
 }
 
 /// What the subscriber counted, for logs and tests.
@@ -146,8 +196,9 @@ pub struct SubscriberStats {
 /// Everything after the stream: normalize, re-read, publish, track confirmations, checkpoint.
 pub struct Pipeline {
     topic: String,
-    /// The store key of the checkpoint: the topic, prefixed per transport where the replay
-    /// ids of two transports must not mix.
+    /// Which stream is read: it names the checkpoint and the form of its replay ids.
+    transport: Transport,
+    /// The store key of the checkpoint ([`checkpoint_key`]).
     checkpoint_key: String,
     org_id: SalesforceId,
     rest: SalesforceRest,
@@ -157,9 +208,16 @@ pub struct Pipeline {
     frontier: DeliveryFrontier<StreamPosition>,
     in_flight: FuturesUnordered<Confirmation>,
     checkpoint: Option<StreamPosition>,
+    /// The newest commit (number, time) seen of the org, from the stream or the store: a REST
+    /// read made from now on holds every change up to it, so its snapshots are placed there.
+    newest_commit: Option<(i64, DateTime<Utc>)>,
     resync_margin: Duration,
     /// Set in transactional mode: events wait here for the end of their stream batch.
     transactions: Option<Transactions>,
+    /// Where an admin asked the stream to start, until a checkpoint is saved from there.
+    replay: Option<ReplayRequest>,
+    /// Set when instances share the store: checked before every publish and checkpoint.
+    fence: Option<Arc<Fence>>,
     pub stats: SubscriberStats,
 }
 
@@ -204,7 +262,8 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             topic: topic.to_owned(),
-            checkpoint_key: topic.to_owned(),
+            transport: Transport::Pubsub,
+            checkpoint_key: checkpoint_key(Transport::Pubsub, topic),
             org_id,
             rest,
             publisher,
@@ -213,10 +272,42 @@ impl Pipeline {
             frontier: DeliveryFrontier::new(),
             in_flight: FuturesUnordered::new(),
             checkpoint: None,
+            newest_commit: None,
             resync_margin,
             transactions: None,
+            replay: None,
+            fence: None,
             stats: SubscriberStats::default(),
         }
+    }
+
+    /// Honours `request` (when pending) at the next start: see [`Pipeline::asked_start`].
+    pub fn with_replay(mut self, request: Option<ReplayRequest>) -> Pipeline {
+        self.replay = request;
+        self
+    }
+
+    /// The start an admin asked for, while no checkpoint has been saved from it. Taking it
+    /// puts this process where the stream will start, so that a position saved later without a
+    /// time of its own (a keepalive's) does not take the old checkpoint's time, and a read
+    /// placed at the stream's position names the right replay id.
+    pub fn asked_start(&mut self) -> Option<ReplayFrom> {
+        let from = self.replay.as_ref()?.pending()?;
+        match &from {
+            ReplayFrom::Earliest => self.checkpoint = None,
+            ReplayFrom::After(replay_id) => {
+                self.checkpoint = Some(StreamPosition {
+                    replay_id: replay_id.clone(),
+                    commit_timestamp: None,
+                });
+            }
+            ReplayFrom::Latest => {}
+        }
+        tracing::info!(
+            from = %from.render(self.transport),
+            "an admin asked to replay: the stream starts there"
+        );
+        Some(from)
     }
 
     /// Transactional mode: events are sent by `publisher`, one Kafka transaction per stream
@@ -236,16 +327,43 @@ impl Pipeline {
         self
     }
 
-    /// Stores the checkpoint under `key` instead of the topic name.
-    pub fn with_checkpoint_key(mut self, key: String) -> Pipeline {
-        self.checkpoint_key = key;
+    /// Publishes and saves checkpoints only while `fence` holds (the lease is this instance's).
+    pub fn with_fence(mut self, fence: Option<Arc<Fence>>) -> Pipeline {
+        self.fence = fence;
         self
     }
 
-    /// The stored checkpoint, read once at start: from the store, or in transactional mode
-    /// from Kafka's checkpoint topic (`read_committed`), where it was committed with its
-    /// events.
+    /// Whether this instance may still publish.
+    fn may_publish(&self) -> Result<(), SubscriberError> {
+        match &self.fence {
+            Some(fence) => Ok(fence.check()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the CometD stream: its checkpoint has its own key and its replay ids are numbers.
+    pub fn for_cometd(mut self) -> Pipeline {
+        self.transport = Transport::Cometd;
+        self.checkpoint_key = checkpoint_key(Transport::Cometd, &self.topic);
+        self
+    }
+
+    /// The stored checkpoint, read at start: from the store, or in transactional mode from
+    /// Kafka's checkpoint topic (`read_committed`), where it was committed with its events.
+    /// Also reads the newest commit the store holds for the org, where this process's own
+    /// reads are placed until the stream shows a newer one.
     pub async fn load_checkpoint(&mut self) -> Result<Option<StreamPosition>, SubscriberError> {
+        let stored = self
+            .store
+            .newest_commit(&self.org_id)
+            .await
+            .map_err(|source| SubscriberError::Store {
+                context: format!("reading the newest commit seen of org {}", self.org_id),
+                source,
+            })?;
+        if let Some(commit) = stored {
+            self.saw_commit(commit);
+        }
         if let Some(transactions) = &self.transactions {
             let timeout = transactions.kafka.message_timeout() * 2;
             let committed =
@@ -303,6 +421,15 @@ impl Pipeline {
             Ok(event) => event,
             Err(reason) => return self.dead_letter(refused, &reason).await,
         };
+        self.saw_commit((event.header.commit_number, event.header.commit_timestamp));
+        // A read this event asks for is made after its commit: its snapshots are placed there.
+        let read_here = ReadPosition {
+            commit_number: Some(event.header.commit_number),
+            commit_timestamp: Some(event.header.commit_timestamp),
+            replay_id: Some(replay.render()),
+            change_type: Some(event.header.change_type.to_string()),
+            transaction_key: Some(event.header.transaction_key.clone()),
+        };
         let ids: Vec<SalesforceId> = event
             .header
             .record_ids
@@ -329,10 +456,11 @@ impl Pipeline {
         };
         match outcome {
             Normalized::Events(events) => {
-                self.stats.events_published += events.len() as u64;
-                crate::metrics::global()
-                    .published(crate::metrics::Published::change, events.len() as u64);
-                self.publish(position, events).await
+                let count = events.len() as u64;
+                self.publish(position, events).await?;
+                self.stats.events_published += count;
+                crate::metrics::global().published(crate::metrics::Published::change, count);
+                Ok(())
             }
             Normalized::NeedsReread { user_ids, reason } => {
                 self.stats.rereads += 1;
@@ -348,11 +476,12 @@ impl Pipeline {
                         source: Box::new(source),
                     }
                 })?;
-                self.publish_snapshots(position, users).await
+                self.publish_snapshots(position, users, &read_here).await
             }
             Normalized::FullResync { since, reason, .. } => {
                 tracing::warn!(%reason, %since, "resyncing every user changed since the overflow");
-                self.resync(Some(since), position, &reason).await
+                self.resync_at(Some(since), position, read_here, &reason)
+                    .await
             }
             Normalized::Skipped { reason } => {
                 tracing::info!(%reason, replay_id = %replay.render(), "change event skipped");
@@ -384,11 +513,86 @@ impl Pipeline {
     }
 
     /// Re-reads users modified since `since` minus the margin (every user when `None`) and
-    /// publishes them as snapshots at `position`.
+    /// publishes them as snapshots, registered at stream `position` and placed in their users'
+    /// history at the newest commit seen ([`Pipeline::read_position`]).
     pub async fn resync(
         &mut self,
         since: Option<DateTime<Utc>>,
         position: StreamPosition,
+        why: &str,
+    ) -> Result<(), SubscriberError> {
+        let read = self.read_position();
+        self.resync_at(since, position, read, why).await
+    }
+
+    /// Where a read made now is placed: the newest commit seen, and the replay id the stream
+    /// resumes after, when there is one.
+    pub fn read_position(&self) -> ReadPosition {
+        ReadPosition {
+            commit_number: self.newest_commit.map(|(number, _)| number),
+            commit_timestamp: self.newest_commit.map(|(_, at)| at),
+            replay_id: self
+                .checkpoint
+                .as_ref()
+                .filter(|c| !c.replay_id.is_empty())
+                .map(|c| super::replay_from::render_replay_id(self.transport, &c.replay_id)),
+            change_type: None,
+            transaction_key: None,
+        }
+    }
+
+    /// Reads users through REST for a stream opened at its newest position at `pinned_at` —
+    /// opened first, so that whatever changes during the read is delivered after it — then
+    /// marks the pin ([`Pipeline::pin`]).
+    async fn read_before_stream(
+        &mut self,
+        read: &Resync,
+        pinned_at: DateTime<Utc>,
+    ) -> Result<(), SubscriberError> {
+        match read {
+            Resync::Nothing => {}
+            Resync::All(why) => {
+                tracing::info!(
+                    why,
+                    "reading every user, the stream pinned at its newest position"
+                );
+                self.resync(None, unplaced(), why).await?;
+            }
+            Resync::Since(since, why) => {
+                tracing::info!(%since, why, "reading the users changed since then, the stream pinned at its newest position");
+                self.resync(Some(*since), unplaced(), why).await?;
+            }
+        }
+        self.pin(pinned_at);
+        Ok(())
+    }
+
+    /// Everything read before the stream is published: once Kafka confirmed it, the checkpoint
+    /// becomes "pinned at the newest position at `at`", with no replay id yet. A restart or
+    /// reconnect before the stream delivers its first position then re-reads only the users
+    /// changed since `at` (minus the resync margin), not every user again.
+    fn pin(&mut self, at: DateTime<Utc>) {
+        self.passed(StreamPosition {
+            replay_id: Vec::new(),
+            commit_timestamp: Some(at),
+        });
+    }
+
+    /// Takes a commit seen in the stream or the store as the newest, if it is.
+    fn saw_commit(&mut self, commit: (i64, DateTime<Utc>)) {
+        if self
+            .newest_commit
+            .is_none_or(|(newest, _)| commit.0 > newest)
+        {
+            self.newest_commit = Some(commit);
+        }
+    }
+
+    async fn resync_at(
+        &mut self,
+        since: Option<DateTime<Utc>>,
+        position: StreamPosition,
+        read: ReadPosition,
         why: &str,
     ) -> Result<(), SubscriberError> {
         self.stats.resyncs += 1;
@@ -409,7 +613,7 @@ impl Pipeline {
             users.extend(page.records);
         }
         drop(pages);
-        self.publish_snapshots(position, users).await?;
+        self.publish_snapshots(position, users, &read).await?;
         // A resync may come before any stream event (the initial load): in transactional mode
         // its snapshots must not wait for the stream's first batch to be committed.
         self.save_checkpoint().await
@@ -419,16 +623,18 @@ impl Pipeline {
         &mut self,
         position: StreamPosition,
         users: Vec<SalesforceUser>,
+        read: &ReadPosition,
     ) -> Result<(), SubscriberError> {
         let now = Utc::now();
         let events: Vec<UserChange> = users
             .iter()
-            .map(|user| snapshot(user, &self.org_id, now))
+            .map(|user| snapshot(user, &self.org_id, read, now))
             .collect();
-        self.stats.snapshots_published += events.len() as u64;
-        crate::metrics::global()
-            .published(crate::metrics::Published::snapshot, events.len() as u64);
-        self.publish(position, events).await
+        let count = events.len() as u64;
+        self.publish(position, events).await?;
+        self.stats.snapshots_published += count;
+        crate::metrics::global().published(crate::metrics::Published::snapshot, count);
+        Ok(())
     }
 
     /// Loads the stored last-known state of the users among `ids` this process has not seen.
@@ -465,6 +671,7 @@ impl Pipeline {
         }
         let ids = self.frontier.register(position, events.len());
         for (id, event) in ids.into_iter().zip(&events) {
+            self.may_publish()?;
             let pending: PendingDelivery =
                 self.publisher
                     .publish(event)
@@ -549,6 +756,7 @@ impl Pipeline {
                 ("schema_id", refused.schema_id.to_owned()),
             ],
         };
+        self.may_publish()?;
         self.publisher
             .dead_letter(letter)
             .await
@@ -599,8 +807,8 @@ impl Pipeline {
         let Some(position) = self.frontier.advance() else {
             return Ok(());
         };
-        if position.replay_id.is_empty() {
-            // Snapshots read before the stream's first position: nothing to resume after yet.
+        if position.is_unplaced() {
+            // Snapshots read before the stream was pinned: nothing to resume from yet.
             return Ok(());
         }
         self.record_checkpoint(position).await
@@ -620,6 +828,9 @@ impl Pipeline {
                 .commit_timestamp
                 .or(self.checkpoint.as_ref().and_then(|c| c.commit_timestamp)),
         });
+        if let Some(fence) = &self.fence {
+            fence.check()?;
+        }
         let committed = transactions
             .publisher
             .publish_batch(&self.checkpoint_key, &slice.events, checkpoint.as_ref())
@@ -661,13 +872,38 @@ impl Pipeline {
             commit_timestamp,
             updated_at: Utc::now(),
         };
-        self.store
-            .save_checkpoint(&checkpoint)
-            .await
-            .map_err(|source| SubscriberError::Store {
+        let saved = match &self.fence {
+            Some(fence) => {
+                fence.check()?;
+                self.store
+                    .save_checkpoint_as(&checkpoint, fence.claim())
+                    .await
+            }
+            None => self.store.save_checkpoint(&checkpoint).await,
+        };
+        saved.map_err(|source| match source {
+            StoreError::LeaseLost {
+                name,
+                holder,
+                epoch,
+            } => SubscriberError::LeaseLost(LeaseLost {
+                name,
+                holder,
+                epoch,
+                why: "the store holds another instance's epoch".into(),
+            }),
+            source => SubscriberError::Store {
                 context: format!("saving the replay checkpoint of {}", self.topic),
                 source,
-            })?;
+            },
+        })?;
+        if let Some(from) = self.replay.as_ref().and_then(ReplayRequest::done) {
+            tracing::info!(
+                from = %from.render(self.transport),
+                replay_id = %super::replay_from::render_replay_id(self.transport, &position.replay_id),
+                "the replay an admin asked for has moved the checkpoint"
+            );
+        }
         self.checkpoint = Some(StreamPosition {
             replay_id: position.replay_id,
             commit_timestamp,
@@ -702,6 +938,15 @@ impl Pipeline {
     }
 }
 
+/// The store key of a transport's checkpoint: the topic for Pub/Sub, `cometd:<topic>` for
+/// CometD, so that switching transports never resumes one with the other's replay ids.
+pub fn checkpoint_key(transport: Transport, topic: &str) -> String {
+    match transport {
+        Transport::Pubsub => topic.to_owned(),
+        Transport::Cometd => format!("cometd:{topic}"),
+    }
+}
+
 fn ids_text(ids: &[SalesforceId]) -> String {
     let shown: Vec<&str> = ids.iter().take(5).map(SalesforceId::as_str).collect();
     let more = ids.len().saturating_sub(5);
@@ -719,12 +964,53 @@ mod transaction;
 pub use cometd::CometdSubscriber;
 pub use pubsub::Subscriber;
 
-/// The position of snapshots read before the stream's first position is known. An empty
-/// replay id is never saved as a checkpoint.
+/// The position of snapshots read before the stream's first position is known: never saved
+/// as a checkpoint.
 fn unplaced() -> StreamPosition {
     StreamPosition {
         replay_id: Vec::new(),
         commit_timestamp: None,
+    }
+}
+
+impl StreamPosition {
+    fn is_unplaced(&self) -> bool {
+        self.replay_id.is_empty() && self.commit_timestamp.is_none()
+    }
+
+    /// A pin ([`Pipeline::pin`]): no replay id, the time the stream was opened at its newest
+    /// position.
+    pub fn pinned_at(&self) -> Option<DateTime<Utc>> {
+        self.replay_id
+            .is_empty()
+            .then_some(self.commit_timestamp)
+            .flatten()
+    }
+}
+
+/// Which users to read through REST before a stream opened at its newest position is read.
+#[derive(Debug, Clone)]
+enum Resync {
+    Nothing,
+    All(&'static str),
+    /// Users modified since then, minus the resync margin; and why.
+    Since(DateTime<Utc>, &'static str),
+}
+
+impl Resync {
+    /// Where a stream resumes from `checkpoint`: after its replay id (`None`: nothing to read
+    /// first), or — pinned before its first position — at the newest position after reading the
+    /// users changed since the pin, or, with no checkpoint, after the initial load.
+    fn before_resuming(checkpoint: Option<&StreamPosition>) -> Option<Resync> {
+        match checkpoint {
+            None => Some(Resync::All("initial load")),
+            Some(position) => position.pinned_at().map(|at| {
+                Resync::Since(
+                    at,
+                    "the stream was pinned, but had delivered no position, when it stopped",
+                )
+            }),
+        }
     }
 }
 

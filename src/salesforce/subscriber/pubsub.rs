@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::watch;
 
 use super::{
-    Pipeline, ReceivedChange, StreamPosition, SubscriberError, SubscriberSettings, SubscriberStats,
-    retry_delays, unplaced,
+    Pipeline, ReceivedChange, Resync, StreamPosition, SubscriberError, SubscriberSettings,
+    SubscriberStats, retry_delays,
 };
 use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
 use crate::salesforce::auth::SalesforceSession;
@@ -17,6 +17,7 @@ use crate::salesforce::pubsub::{
     Subscription,
 };
 use crate::salesforce::replay::{Recovery, recovery};
+use crate::salesforce::replay_from::ReplayFrom;
 use crate::salesforce::rest::{CredentialsTokenSource, SalesforceRest, TokenSource};
 use crate::store::Store;
 
@@ -48,7 +49,8 @@ impl Subscriber {
             publisher,
             store,
             settings.resync_margin,
-        );
+        )
+        .with_replay(settings.replay_from.clone());
         Ok(Subscriber {
             settings,
             tokens,
@@ -57,6 +59,14 @@ impl Subscriber {
             schemas: SchemaCache::default(),
             pipeline,
         })
+    }
+
+    /// Publishes only while `fence` holds (see [`Pipeline::with_fence`]).
+    pub fn with_fence(self, fence: Option<Arc<crate::salesforce::lease::Fence>>) -> Subscriber {
+        Subscriber {
+            pipeline: self.pipeline.with_fence(fence),
+            ..self
+        }
     }
 
     /// Transactional mode (see [`Pipeline::with_transactions`]).
@@ -83,14 +93,11 @@ impl Subscriber {
     ) -> Result<(), SubscriberError> {
         self.connection.topic(&self.settings.topic).await?;
         let checkpoint = self.pipeline.load_checkpoint().await?;
-        let mut next = match (self.settings.full_read_first, checkpoint) {
-            (Some(why), _) => Start::Latest {
+        let mut next = match self.settings.full_read_first {
+            Some(why) => Start::Latest {
                 resync: Resync::All(why),
             },
-            (None, Some(position)) => Start::After(position.replay_id),
-            (None, None) => Start::Latest {
-                resync: Resync::All("initial load"),
-            },
+            None => self.resume(checkpoint.as_ref()),
         };
         let mut backoff = retry_delays(&self.settings);
         loop {
@@ -116,8 +123,7 @@ impl Subscriber {
                 return drained;
             }
             let end = match (end, drained) {
-                (Err(stop @ SubscriberError::Stopped { .. }), _)
-                | (_, Err(stop @ SubscriberError::Stopped { .. })) => return Err(stop),
+                (Err(stop), _) | (_, Err(stop)) if stop.ends_the_run() => return Err(stop),
                 (Err(SubscriberError::PubSub(PubSubError::Call { failure, .. })), _) => {
                     StreamEnd::Failed(failure)
                 }
@@ -135,28 +141,27 @@ impl Subscriber {
                 StreamEnd::Closed | StreamEnd::Idle(_) => Recovery::Resume { after: delay },
             };
             tracing::info!(%end, ?step, "Pub/Sub stream ended");
-            let resume = match self.pipeline.checkpoint() {
-                Some(position) => Start::After(position.replay_id.clone()),
-                // Nothing was ever confirmed: the initial load starts over.
-                None => Start::Latest {
-                    resync: Resync::All("initial load"),
-                },
-            };
+            // Nothing ever confirmed: the initial load starts over; pinned but no position yet:
+            // the users changed since the pin are read again; a replay asked for and not yet
+            // checkpointed starts there again.
+            let checkpoint = self.pipeline.checkpoint().cloned();
             next = match step {
                 Recovery::Resume { after } => {
                     tokio::select! {
                         () = tokio::time::sleep(after) => {}
                         _ = shutdown.changed() => {}
                     }
-                    resume
+                    self.resume(checkpoint.as_ref())
                 }
                 Recovery::Reauthenticate => {
                     self.reauthenticate().await?;
-                    resume
+                    self.resume(checkpoint.as_ref())
                 }
                 Recovery::StartOver { resync: true } => Start::Latest {
                     resync: match self.pipeline.checkpoint().and_then(|c| c.commit_timestamp) {
-                        Some(since) => Resync::Since(since),
+                        Some(since) => {
+                            Resync::Since(since, "the replay id is outside the retention window")
+                        }
                         None => Resync::All("the replay id is unusable and its time unknown"),
                     },
                 },
@@ -187,6 +192,19 @@ impl Subscriber {
         }
     }
 
+    /// Where the stream starts next: where an admin asked, until a checkpoint is saved from
+    /// there; else after `checkpoint`.
+    fn resume(&mut self, checkpoint: Option<&StreamPosition>) -> Start {
+        match self.pipeline.asked_start() {
+            Some(ReplayFrom::Earliest) => Start::Earliest,
+            Some(ReplayFrom::Latest) => Start::Latest {
+                resync: Resync::Nothing,
+            },
+            Some(ReplayFrom::After(replay_id)) => Start::After(replay_id),
+            None => Start::from_checkpoint(checkpoint),
+        }
+    }
+
     /// Opens the stream `start` asks for. A LATEST subscription is opened *before* any
     /// resync, which pins the stream position on the server: whatever changes while users are
     /// read through REST is still delivered after them, so the hand-over has no gap.
@@ -196,28 +214,20 @@ impl Subscriber {
                 .connection
                 .subscribe(&self.settings.topic, StartAt::After(replay_id))
                 .await?),
+            Start::Earliest => Ok(self
+                .connection
+                .subscribe(&self.settings.topic, StartAt::Earliest)
+                .await?),
             Start::Latest { resync } => {
+                let pinned_at = Utc::now();
                 let subscription = self
                     .connection
                     .subscribe(&self.settings.topic, StartAt::Latest)
                     .await?;
-                match resync {
-                    Resync::Nothing => {}
-                    Resync::All(why) => {
-                        tracing::info!(why, "reading every user, stream pinned at LATEST");
-                        self.pipeline.resync(None, unplaced(), why).await?;
-                    }
-                    Resync::Since(since) => {
-                        tracing::info!(%since, "replay id unusable: reading users changed since the checkpoint");
-                        self.pipeline
-                            .resync(
-                                Some(since),
-                                unplaced(),
-                                "the replay id is outside the retention window",
-                            )
-                            .await?;
-                    }
-                }
+                self.pipeline.read_before_stream(&resync, pinned_at).await?;
+                // The pin is saved as soon as what was read before it is confirmed, rather than
+                // with the stream's first batch (which may be a keepalive minutes away).
+                self.pipeline.save_checkpoint().await?;
                 Ok(subscription)
             }
         }
@@ -291,16 +301,22 @@ impl Subscriber {
 /// Where the next stream starts.
 #[derive(Debug, Clone)]
 enum Start {
-    /// After the checkpoint.
+    /// After the checkpoint, or after the replay id an admin gave.
     After(Vec<u8>),
+    /// At the oldest change Salesforce holds (an admin asked to replay from earliest).
+    Earliest,
     /// At the newest position, after reading users through REST.
     Latest { resync: Resync },
 }
 
-/// Which users to read through REST before a LATEST stream is read.
-#[derive(Debug, Clone)]
-enum Resync {
-    Nothing,
-    All(&'static str),
-    Since(DateTime<Utc>),
+impl Start {
+    fn from_checkpoint(checkpoint: Option<&StreamPosition>) -> Start {
+        match (Resync::before_resuming(checkpoint), checkpoint) {
+            (Some(resync), _) => Start::Latest { resync },
+            (None, Some(position)) => Start::After(position.replay_id.clone()),
+            (None, None) => Start::Latest {
+                resync: Resync::All("initial load"),
+            },
+        }
+    }
 }

@@ -54,10 +54,10 @@ impl PendingTransaction {
         full
     }
 
-    /// Every event of `position` has been added: the next commit may record it. An empty
-    /// replay id (snapshots read before the stream's first position) records nothing.
+    /// Every event of `position` has been added: the next commit may record it. A position
+    /// that is not placed yet (snapshots read before the stream was pinned) records nothing.
     pub fn passed(&mut self, position: StreamPosition) {
-        if !position.replay_id.is_empty() {
+        if !position.is_unplaced() {
             self.position = Some(position);
         }
     }
@@ -86,7 +86,7 @@ mod tests {
     use super::*;
     use crate::engine::state::SalesforceUser;
     use crate::salesforce::id::SalesforceId;
-    use crate::salesforce::snapshot::snapshot;
+    use crate::salesforce::snapshot::{ReadPosition, snapshot};
 
     fn event(n: u8) -> UserChange {
         let user = SalesforceUser {
@@ -102,7 +102,7 @@ mod tests {
             applied: None,
         };
         let org = SalesforceId::parse("00D5g000004ZbcdEAC").unwrap();
-        snapshot(&user, &org, chrono::Utc::now())
+        snapshot(&user, &org, &ReadPosition::default(), chrono::Utc::now())
     }
 
     fn at(replay: u8) -> StreamPosition {

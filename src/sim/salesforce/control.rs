@@ -65,6 +65,7 @@ pub fn router(sim: SalesforceSim) -> Router {
         )
         .route("/_sim/faults/retention", post(set_retention))
         .route("/_sim/faults/gap", post(gap))
+        .route("/_sim/faults/commit-clock", post(commit_clock))
         .route("/_sim/faults/overflow", post(overflow))
         .route("/_sim/faults/stream", post(stream_fault))
         .route("/_sim/faults/corrupt-event", post(corrupt_event))
@@ -421,6 +422,20 @@ async fn gap(State(sim): State<SalesforceSim>, body: Bytes) -> Answer {
     let fields = writable_fields(request.fields)?;
     sim.gap_update(&ids, fields)
         .map_err(ControlError::Refused)?;
+    no_content()
+}
+
+/// The body of the commit-clock fault: when later commits are stamped; null is the wall
+/// clock again.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitClock {
+    at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn commit_clock(State(sim): State<SalesforceSim>, body: Bytes) -> Answer {
+    let CommitClock { at } = read(&body)?;
+    sim.set_commit_clock(at);
     no_content()
 }
 
@@ -966,6 +981,64 @@ mod tests {
         assert_eq!(status, 400);
         assert!(error_of(&body).contains("LastModifiedById"), "{body}");
         assert_eq!(sim.retained_events().len(), 3, "refusals publish nothing");
+    }
+
+    #[tokio::test]
+    async fn the_commit_clock_puts_several_changes_of_one_user_in_one_second() {
+        let (sim, control) = start().await;
+        let ann = control.create(json!({"Username": "ann@x.test"})).await;
+        let (status, body) = control
+            .post(
+                "/_sim/faults/commit-clock",
+                json!({"at": "2031-06-18T11:30:46.500Z"}),
+            )
+            .await;
+        assert_eq!(status, 204, "{body}");
+        let (status, _) = control
+            .call(
+                Method::PATCH,
+                &format!("/_sim/users/{ann}"),
+                Some(json!({"LastName": "Brown"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        control
+            .post(
+                "/_sim/faults/commit-clock",
+                json!({"at": "2031-06-18T11:30:46.900Z"}),
+            )
+            .await;
+        control
+            .post(
+                "/_sim/faults/gap",
+                json!({"ids": [ann], "fields": {"LastName": "Green"}}),
+            )
+            .await;
+        let events = sim.retained_events();
+        let [.., update, gap] = events.as_slice() else {
+            panic!("two changes published")
+        };
+        assert_eq!(update.change.change_type, "UPDATE");
+        assert_eq!(update.change.commit_timestamp, 1_939_548_646_500);
+        assert_eq!(gap.change.change_type, "GAP_UPDATE");
+        assert_eq!(gap.change.commit_timestamp, 1_939_548_646_900);
+        assert!(gap.change.commit_number > update.change.commit_number);
+        // The record keeps the whole second: both changes share it.
+        let record = sim.record(&ann).unwrap();
+        assert_eq!(
+            record.get("LastModifiedDate"),
+            &json!(1_939_548_646_000_i64)
+        );
+        assert_eq!(record.get("LastName"), "Green");
+
+        let (status, body) = control
+            .post("/_sim/faults/commit-clock", json!({"at": "soon"}))
+            .await;
+        assert_eq!(status, 400, "{body}");
+        let (status, _) = control
+            .post("/_sim/faults/commit-clock", json!({"at": null}))
+            .await;
+        assert_eq!(status, 204);
     }
 
     #[tokio::test]

@@ -138,7 +138,9 @@ impl Directory {
             .collect()
     }
 
-    /// Next commit: a commit number and a timestamp that never go backwards.
+    /// Next commit: a commit number and a timestamp (milliseconds) that never go backwards.
+    /// Fields the commit stamps on records (`CreatedDate`, `LastModifiedDate`) take it to the
+    /// whole second ([`stored_datetime`]).
     fn commit(&mut self, now_ms: i64) -> (i64, i64) {
         self.commit_number += 1 + rand::rng().random_range(0..1000);
         self.last_commit_ms = self.last_commit_ms.max(now_ms);
@@ -174,9 +176,9 @@ impl Directory {
             .collect();
         record.entry("IsActive".into()).or_insert(Value::Bool(true));
         record.insert("Id".into(), id.clone().into());
-        record.insert("CreatedDate".into(), ts.into());
+        record.insert("CreatedDate".into(), stored_datetime(ts).into());
         record.insert("CreatedById".into(), commit_user.clone().into());
-        record.insert("LastModifiedDate".into(), ts.into());
+        record.insert("LastModifiedDate".into(), stored_datetime(ts).into());
         record.insert("LastModifiedById".into(), commit_user.clone().into());
         let change = ChangeRecord {
             change_type: "CREATE",
@@ -263,7 +265,7 @@ impl Directory {
                 .cloned()
                 .collect();
             changed.push("LastModifiedDate".into());
-            body.insert("LastModifiedDate".into(), ts.into());
+            body.insert("LastModifiedDate".into(), stored_datetime(ts).into());
             for id in &group {
                 let user = self.users.get_mut(id).expect("checked above");
                 for (field, value) in &delta {
@@ -273,7 +275,8 @@ impl Directory {
                         user.fields.insert(field.clone(), value.clone());
                     }
                 }
-                user.fields.insert("LastModifiedDate".into(), ts.into());
+                user.fields
+                    .insert("LastModifiedDate".into(), stored_datetime(ts).into());
                 let previous = user
                     .fields
                     .insert("LastModifiedById".into(), commit_user.clone().into());
@@ -343,7 +346,8 @@ impl Directory {
                         user.fields.insert(field.clone(), value.clone());
                     }
                 }
-                user.fields.insert("LastModifiedDate".into(), ts.into());
+                user.fields
+                    .insert("LastModifiedDate".into(), stored_datetime(ts).into());
             }
         }
     }
@@ -355,6 +359,14 @@ impl Directory {
             writer.user_id.clone()
         }
     }
+}
+
+/// A date-time as a record stores it: Salesforce keeps `CreatedDate` and `LastModifiedDate` to
+/// the whole second (REST shows `…46.000+0000`), while a change event's commit timestamp
+/// carries milliseconds. Two changes of one user within one second therefore share a
+/// `LastModifiedDate` and differ only in their commits.
+pub fn stored_datetime(ms: i64) -> i64 {
+    ms.div_euclid(1000) * 1000
 }
 
 /// The id Salesforce puts on `GAP_OVERFLOW` events.
@@ -581,5 +593,48 @@ mod tests {
             .unwrap();
         assert!(b[0].commit_number > a[0].commit_number);
         assert!(b[0].commit_timestamp >= a[0].commit_timestamp);
+    }
+
+    #[test]
+    fn records_keep_whole_seconds_while_commits_keep_milliseconds() {
+        let (mut directory, ids) = directory_with(1);
+        let first = directory
+            .update(
+                &ids,
+                &fields(json!({"LastName": "Brown"})),
+                &Writer::default(),
+                1_718_710_246_500,
+            )
+            .unwrap();
+        let second = directory
+            .update(
+                &ids,
+                &fields(json!({"LastName": "Green"})),
+                &Writer::default(),
+                1_718_710_246_900,
+            )
+            .unwrap();
+        assert_eq!(first[0].commit_timestamp, 1_718_710_246_500);
+        assert_eq!(second[0].commit_timestamp, 1_718_710_246_900);
+        assert!(second[0].commit_number > first[0].commit_number);
+        let record = directory.get(&ids[0]).unwrap();
+        assert_eq!(
+            record.get("LastModifiedDate"),
+            &json!(1_718_710_246_000_i64)
+        );
+        assert_eq!(
+            second[0].body["LastModifiedDate"],
+            json!(1_718_710_246_000_i64)
+        );
+        assert!(second[0].changed.iter().any(|f| f == "LastModifiedDate"));
+        let created = directory
+            .create(
+                fields(json!({"Username": "new@x.test"})),
+                &Writer::default(),
+                1_718_710_247_123,
+            )
+            .unwrap();
+        assert_eq!(created.1.commit_timestamp, 1_718_710_247_123);
+        assert_eq!(created.1.body["CreatedDate"], json!(1_718_710_247_000_i64));
     }
 }

@@ -55,6 +55,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde_json::Value;
@@ -130,9 +131,17 @@ pub(crate) struct SimState {
     pub(crate) rest: query::RestState,
     /// The Streaming API's Bayeux clients.
     pub(crate) cometd: cometd::CometdState,
+    /// Fault: commits are stamped at this time (epoch milliseconds) instead of the wall
+    /// clock's, so a test can make several changes of one user within one second.
+    pub(crate) commit_clock: Option<i64>,
 }
 
 impl SimState {
+    /// The time the next commit is stamped with.
+    fn commit_ms(&self) -> i64 {
+        self.commit_clock.unwrap_or_else(now_ms)
+    }
+
     /// Publishes each change on the bus.
     fn publish(&mut self, changes: Vec<ChangeRecord>) -> Vec<u64> {
         let now = now_ms();
@@ -246,6 +255,7 @@ impl SalesforceSim {
                 without_view_all_users: BTreeSet::new(),
                 rest: query::RestState::default(),
                 cometd: cometd::CometdState::default(),
+                commit_clock: None,
             }),
             base_url,
             requests: RequestLog::default(),
@@ -464,7 +474,8 @@ impl SalesforceSim {
     pub fn create_user(&self, fields: Value, writer: &Writer) -> Result<String, String> {
         let fields = object(fields)?;
         self.shared.write(|state| {
-            let (id, change) = state.directory.create(fields, writer, now_ms())?;
+            let now = state.commit_ms();
+            let (id, change) = state.directory.create(fields, writer, now)?;
             state.publish(vec![change]);
             Ok(id)
         })
@@ -480,7 +491,8 @@ impl SalesforceSim {
     ) -> Result<usize, String> {
         let changes = object(changes)?;
         self.shared.write(|state| {
-            let events = state.directory.update(ids, &changes, writer, now_ms())?;
+            let now = state.commit_ms();
+            let events = state.directory.update(ids, &changes, writer, now)?;
             Ok(state.publish(events).len())
         })
     }
@@ -509,8 +521,9 @@ impl SalesforceSim {
     pub fn gap_update(&self, ids: &[String], changes: Value) -> Result<(), String> {
         let changes = object(changes)?;
         self.shared.write(|state| {
-            state.directory.update_silently(ids, &changes, now_ms());
-            let gap = state.directory.gap("GAP_UPDATE", ids.to_vec(), now_ms());
+            let now = state.commit_ms();
+            state.directory.update_silently(ids, &changes, now);
+            let gap = state.directory.gap("GAP_UPDATE", ids.to_vec(), now);
             state.publish(vec![gap]);
             Ok(())
         })
@@ -521,12 +534,12 @@ impl SalesforceSim {
     pub fn overflow(&self, ids: &[String], changes: Value) -> Result<(), String> {
         let changes = object(changes)?;
         self.shared.write(|state| {
-            state.directory.update_silently(ids, &changes, now_ms());
-            let overflow = state.directory.gap(
-                "GAP_OVERFLOW",
-                vec![OVERFLOW_RECORD_ID.to_owned()],
-                now_ms(),
-            );
+            let now = state.commit_ms();
+            state.directory.update_silently(ids, &changes, now);
+            let overflow =
+                state
+                    .directory
+                    .gap("GAP_OVERFLOW", vec![OVERFLOW_RECORD_ID.to_owned()], now);
             state.publish(vec![overflow]);
             Ok(())
         })
@@ -537,12 +550,20 @@ impl SalesforceSim {
     pub fn create_user_with_corrupt_event(&self, fields: Value) -> Result<String, String> {
         let fields = object(fields)?;
         self.shared.write(|state| {
-            let (id, change) = state
-                .directory
-                .create(fields, &Writer::default(), now_ms())?;
+            let now = state.commit_ms();
+            let (id, change) = state.directory.create(fields, &Writer::default(), now)?;
             state.bus.publish_truncated(change, now_ms());
             Ok(id)
         })
+    }
+
+    /// Fault: commits are stamped at `at` from now on (never before an earlier commit: commit
+    /// times do not go backwards), or at the wall clock's time again with `None`. Records keep
+    /// their dates to the whole second, so changes stamped within one second share a
+    /// `LastModifiedDate`.
+    pub fn set_commit_clock(&self, at: Option<DateTime<Utc>>) {
+        self.shared
+            .write(|state| state.commit_clock = at.map(|at| at.timestamp_millis()));
     }
 
     /// An admin adds a custom text field to User: later events carry a new schema id.
