@@ -20,7 +20,8 @@
 //! One exception is the rules' own: a link kept after the Salesforce user's email changed (the
 //! Outreach email cannot be changed through the API, docs/decisions.md) stays where it is, and
 //! the Outreach user keeps the names it showed at the change; it is unlocked while that user is
-//! active all the same.
+//! active all the same. The active users of the email that Outreach user still carries are in
+//! conflict with the kept link, and get no Outreach user of their own.
 //!
 //! Another comes with several processor replicas: a user created by a decision whose record the
 //! store then refused (another replica had changed the email group first) cannot be taken back.
@@ -372,8 +373,17 @@ fn judge(
                 .and_then(|o| outreach_by_id.get(o))
                 .is_some_and(|o| group(&o.email) != *email)
         };
+        // The email's Outreach user is held by an active user that has moved to another
+        // email: the rules keep that link, and the email's own users are in conflict with it.
+        let held_by_diverged = |o: &OutreachUser| {
+            mapped_of
+                .get(&o.id)
+                .and_then(|h| by_id.get(*h))
+                .is_some_and(|h| h.active && h.group().as_deref() != Some(email.as_str()))
+        };
         if let [only] = users.as_slice() {
             match outreach_of.get(&only.id) {
+                None if in_outreach.iter().any(|o| held_by_diverged(o)) => {}
                 None => found.push(format!(
                     "{email}: its one active Salesforce user {} has no Outreach user",
                     only.id
@@ -392,10 +402,7 @@ fn judge(
         } else if let [o] = in_outreach.as_slice() {
             let holder = mapped_of.get(&o.id);
             let held_by_one = holder.is_some_and(|h| users.iter().any(|u| &u.id == *h));
-            let held_by_diverged = holder
-                .and_then(|h| by_id.get(*h))
-                .is_some_and(|h| h.active && h.group().as_deref() != Some(email.as_str()));
-            if !held_by_one && !held_by_diverged {
+            if !held_by_one && !held_by_diverged(o) {
                 let ids: Vec<&SalesforceId> = users.iter().map(|u| &u.id).collect();
                 found.push(format!(
                     "{email}: Outreach user {} is mapped to {holder:?}, not to one of its \
