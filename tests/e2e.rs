@@ -1692,6 +1692,7 @@ async fn a_thousand_random_changes_end_where_usersync_decide_says() {
         );
     }
     assert_same("decisions", seed, &recorded, &expected);
+    world.assert_oracle().await;
 }
 
 /// Random changes with what the strict run above leaves out: three partitions, users moving
