@@ -351,6 +351,20 @@ impl World {
         .await;
     }
 
+    /// Waits until the processor has applied a change of Salesforce user `id`.
+    async fn until_applied(&self, id: &str) {
+        let id = SalesforceId::parse(id).unwrap();
+        until(self, &format!("a change of {id} is applied"), || async {
+            self.store
+                .salesforce_user(&id)
+                .await
+                .unwrap()
+                .and_then(|u| u.applied)
+                .is_some()
+        })
+        .await;
+    }
+
     /// Switches the Outreach simulator's faults (`POST /_sim/faults`).
     async fn outreach_faults(&self, faults: Value) {
         let response = self
@@ -548,16 +562,7 @@ async fn seed_scenario(y_first: bool) {
     let subscriber = world.role("subscriber");
     let processor = world.role("processor");
     // The initial load has been decided once X's snapshot is applied.
-    until(&world, "X's snapshot is applied", || async {
-        world
-            .store
-            .salesforce_user(&SalesforceId::parse(&x).unwrap())
-            .await
-            .unwrap()
-            .and_then(|u| u.applied)
-            .is_some()
-    })
-    .await;
+    world.until_applied(&x).await;
     let y = if y_first {
         let y = world.create_salesforce_user("y", EMAIL).await;
         world.deactivate(&x).await;
@@ -1598,16 +1603,7 @@ async fn a_thousand_random_changes_end_where_usersync_decide_says() {
     let processor = world.role("processor");
     let mut changes = RandomChanges::new(seed, pool);
     let first = changes.create(&world).await;
-    until(&world, "the first user is applied", || async {
-        world
-            .store
-            .salesforce_user(&SalesforceId::parse(&first).unwrap())
-            .await
-            .unwrap()
-            .and_then(|u| u.applied)
-            .is_some()
-    })
-    .await;
+    world.until_applied(&first).await;
     while changes.published < CHANGES {
         changes.step(&world).await;
     }
@@ -1730,16 +1726,7 @@ async fn random_changes_with_moves_gaps_and_kills_end_where_the_records_say() {
         })
         .with_repeats(0.3);
     let opening = changes.create(&world).await;
-    until(&world, "the first user is applied", || async {
-        world
-            .store
-            .salesforce_user(&SalesforceId::parse(&opening).unwrap())
-            .await
-            .unwrap()
-            .and_then(|u| u.applied)
-            .is_some()
-    })
-    .await;
+    world.until_applied(&opening).await;
     let (mut gaps, mut overflows, mut kills) = (0, 0, [0, 0]);
     while changes.published < CHANGES {
         match faults.random_range(0..100) {
@@ -2145,16 +2132,7 @@ async fn two_processor_replicas_under_email_changes_end_where_usersync_decide_sa
         })
         .with_repeats(0.5);
     let opening = changes.create(&world).await;
-    until(&world, "the first user is applied", || async {
-        world
-            .store
-            .salesforce_user(&SalesforceId::parse(&opening).unwrap())
-            .await
-            .unwrap()
-            .and_then(|u| u.applied)
-            .is_some()
-    })
-    .await;
+    world.until_applied(&opening).await;
     while changes.published < CHANGES {
         changes.step(&world).await;
     }

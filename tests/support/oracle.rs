@@ -21,7 +21,9 @@
 //! Outreach email cannot be changed through the API, docs/decisions.md) stays where it is, and
 //! the Outreach user keeps the names it showed at the change; it is unlocked while that user is
 //! active all the same. The active users of the email that Outreach user still carries are in
-//! conflict with the kept link, and get no Outreach user of their own.
+//! conflict with the kept link, and get no Outreach user of their own. A user that moved to an
+//! email keeping its link is no candidate for that email's Outreach user: when every active user
+//! of an email is such a user, the email's Outreach user may stay with an inactive one.
 //!
 //! Another comes with several processor replicas: a user created by a decision whose record the
 //! store then refused (another replica had changed the email group first) cannot be taken back.
@@ -402,10 +404,17 @@ fn judge(
         } else if let [o] = in_outreach.as_slice() {
             let holder = mapped_of.get(&o.id);
             let held_by_one = holder.is_some_and(|h| users.iter().any(|u| &u.id == *h));
-            if !held_by_one && !held_by_diverged(o) {
+            // Users that moved here keeping their link are served by their own Outreach user
+            // and are no candidates for this one.
+            let candidates = users.iter().filter(|u| !diverged(u)).count();
+            if candidates > 0 && !held_by_one && !held_by_diverged(o) {
                 let ids: Vec<&SalesforceId> = users.iter().map(|u| &u.id).collect();
+                let holder = match holder.and_then(|h| by_id.get(*h)) {
+                    Some(h) => format!("{} (active {}, email {:?})", h.id, h.active, h.email),
+                    None => format!("{holder:?}"),
+                };
                 found.push(format!(
-                    "{email}: Outreach user {} is mapped to {holder:?}, not to one of its \
+                    "{email}: Outreach user {} is mapped to {holder}, not to one of its \
                      active Salesforce users {ids:?}",
                     o.id
                 ));
@@ -550,6 +559,32 @@ mod tests {
         assert_eq!(
             judged(std::slice::from_ref(&a), &[o], &[(3, a.id.clone())]),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn users_that_moved_to_an_email_keeping_their_links_do_not_take_its_outreach_user() {
+        // X (inactive) holds p@'s Outreach user; A and B moved to p@ from a@ and b@, linked.
+        let x = sf(1, "p@acme.example", false);
+        let a = sf(2, "p@acme.example", true);
+        let b = sf(3, "p@acme.example", true);
+        let outreach = [
+            shown(5, "p@acme.example", &x),
+            shown(6, "a@acme.example", &a),
+            shown(7, "b@acme.example", &b),
+        ];
+        let mappings = [(5, x.id.clone()), (6, a.id.clone()), (7, b.id.clone())];
+        let truth = [x.clone(), a.clone(), b.clone()];
+        assert_eq!(judged(&truth, &outreach, &mappings), Vec::<String>::new());
+
+        // C, active with p@ and no link of its own, is a candidate the remap left out.
+        let c = sf(4, "p@acme.example", true);
+        let found = judged(&[x, a, b, c], &outreach, &mappings);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("is mapped to 005000000000001AAA")),
+            "{found:?}"
         );
     }
 
