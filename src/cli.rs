@@ -12,6 +12,10 @@ use clap::{Parser, Subcommand};
 
 use crate::scenario::{Scenario, run};
 
+/// The variable naming the configuration file, for every verb that reads one (a container
+/// sets it once for the verb and its health check).
+const CONFIG_ENV: &str = "USERSYNC_CONFIG";
+
 #[derive(Parser)]
 #[command(
     name = "usersync",
@@ -25,6 +29,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Ask a running usersync in this container whether it is alive (its GET /healthz): the
+    /// health check of the container image, needing nothing but this binary.
+    ///
+    /// Asks --address (or USERSYNC_HEALTH_LISTEN: the --health-listen address of a role run
+    /// alone), else the admin server of `usersync run` at admin.listen of the configuration.
+    /// A wildcard address is asked on loopback. Exit 0 when it answers 200, 1 otherwise, with
+    /// a message naming the URL asked.
+    Health {
+        /// host:port of the health listener or admin server to ask.
+        #[arg(long, env = crate::health::HEALTH_LISTEN_ENV, value_name = "HOST:PORT")]
+        address: Option<String>,
+        /// The TOML configuration file (for admin.listen).
+        #[arg(long, short, env = CONFIG_ENV)]
+        config: Option<PathBuf>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout_seconds: u64,
+    },
     /// Run the decision engine offline on a scenario and print the decisions as JSON.
     ///
     /// The scenario holds settings, the Outreach users, the last-known Salesforce users and
@@ -47,8 +69,10 @@ enum Command {
     /// (for example View All Users removed).
     Subscriber {
         /// The TOML configuration file.
-        #[arg(long, short)]
+        #[arg(long, short, env = CONFIG_ENV)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        health: crate::health::HealthListen,
     },
     /// Run the processor: user_change.v1 events in from Kafka, create / link / remap / update
     /// decisions applied to Outreach.
@@ -60,8 +84,10 @@ enum Command {
     /// recorded and offsets are committed.
     Processor {
         /// The TOML configuration file.
-        #[arg(long, short)]
+        #[arg(long, short, env = CONFIG_ENV)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        health: crate::health::HealthListen,
     },
     /// Run every role in one process: the subscriber, the processor and the admin server.
     ///
@@ -69,8 +95,10 @@ enum Command {
     /// listens on [admin] listen. Stops on SIGINT or SIGTERM, each role as it does alone.
     Run {
         /// The TOML configuration file.
-        #[arg(long, short)]
+        #[arg(long, short, env = CONFIG_ENV)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        health: crate::health::HealthListen,
     },
     /// Show the pipeline on embedded defaults: Kafka's in-process mock cluster, both
     /// simulators on loopback, SQLite in a temporary folder.
@@ -78,10 +106,26 @@ enum Command {
     /// Seeds Outreach user 1 mapped to Salesforce user X, creates Y with X's email,
     /// deactivates X, and prints each decision as it happens, the final mapping and the admin
     /// address; then runs until Ctrl-C.
+    ///
+    /// With --salesforce-sim and --outreach-sim it tells the same story to a pipeline that runs
+    /// elsewhere instead (the compose file's demo profile): it writes through the simulators'
+    /// control APIs, follows the decisions through the admin API (--admin-url), and exits 0
+    /// when Outreach user 1 was remapped to Y, 1 otherwise.
     Demo {
         /// Exit after the final mapping: 0 if Outreach user 1 was remapped to Y, 1 otherwise.
         #[arg(long)]
         once: bool,
+        /// The running Salesforce simulator's base URL (drive a pipeline running elsewhere).
+        #[arg(long, value_name = "URL", requires = "outreach_sim")]
+        salesforce_sim: Option<String>,
+        /// The running Outreach simulator's base URL.
+        #[arg(long, value_name = "URL", requires = "salesforce_sim")]
+        outreach_sim: Option<String>,
+        /// How long to wait for the simulators and the admin server to answer.
+        #[arg(long, default_value_t = 180)]
+        wait_seconds: u64,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Show both connections of a running usersync: state, reason, who is authorized, and
     /// what to do when a side is disconnected (docs/operations.md).
@@ -382,26 +426,65 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 crate::admin::client::mappings_find(&admin.api(), &filters).await
             }
         },
-        Command::Subscriber { config } => {
-            let config = crate::config::Config::load(config.as_deref())?;
-            crate::salesforce::role::run(&config, shutdown_signal()).await
+        Command::Health {
+            address,
+            config,
+            timeout_seconds,
+        } => {
+            let address = crate::health::target(address.as_deref(), || {
+                Ok(crate::config::Config::load(config.as_deref())?.admin.listen)
+            })?;
+            let line =
+                crate::health::check(address, std::time::Duration::from_secs(timeout_seconds))
+                    .await?;
+            println!("{line}");
+            Ok(())
         }
-        Command::Processor { config } => {
+        Command::Subscriber { config, health } => {
             let config = crate::config::Config::load(config.as_deref())?;
-            crate::processor::role::run(&config, shutdown_signal()).await
+            let shutdown = shutdown_signal();
+            health.serve(shutdown.clone()).await?;
+            crate::salesforce::role::run(&config, shutdown).await
         }
-        Command::Run { config } => {
+        Command::Processor { config, health } => {
             let config = crate::config::Config::load(config.as_deref())?;
-            crate::run::run(&config, shutdown_signal()).await
+            let shutdown = shutdown_signal();
+            health.serve(shutdown.clone()).await?;
+            crate::processor::role::run(&config, shutdown).await
         }
-        Command::Demo { once } => {
-            if crate::demo::run(once, shutdown_signal()).await? {
+        Command::Run { config, health } => {
+            let config = crate::config::Config::load(config.as_deref())?;
+            let shutdown = shutdown_signal();
+            health.serve(shutdown.clone()).await?;
+            crate::run::run(&config, shutdown).await
+        }
+        Command::Demo {
+            once,
+            salesforce_sim,
+            outreach_sim,
+            wait_seconds,
+            admin,
+        } => {
+            let remapped = match (salesforce_sim, outreach_sim) {
+                (Some(salesforce_sim), Some(outreach_sim)) => {
+                    crate::demo::drive(crate::demo::Remote {
+                        salesforce_sim,
+                        outreach_sim,
+                        admin: admin.api(),
+                        admin_url: admin.admin_url.clone(),
+                        wait: std::time::Duration::from_secs(wait_seconds),
+                    })
+                    .await?
+                }
+                _ => crate::demo::run(once, shutdown_signal()).await?,
+            };
+            if remapped {
                 Ok(())
             } else {
                 anyhow::bail!("the remap did not happen (see the decisions above)")
             }
         }
-        Command::Sim(sim) => sim.run().await,
+        Command::Sim(sim) => sim.run(shutdown_signal()).await,
     }
 }
 

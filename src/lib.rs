@@ -25,6 +25,7 @@ pub mod connection;
 pub mod demo;
 pub mod engine;
 pub mod event;
+pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod outreach;

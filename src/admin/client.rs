@@ -42,6 +42,13 @@ impl AdminApi {
         }
     }
 
+    /// `GET path` (under the base URL, with the query): the JSON answer, or an error saying
+    /// `what` failed and why.
+    pub async fn get(&self, path: &str, what: &str) -> anyhow::Result<Value> {
+        self.send(self.request(reqwest::Method::GET, path), what)
+            .await
+    }
+
     /// Sends it; the JSON answer, or the API's own error message naming what is wrong.
     async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
         let response = request

@@ -51,6 +51,17 @@ pub struct OutreachArgs {
     /// Minimum seconds between two token mints for the same user and client (0 = off).
     #[arg(long, default_value_t = outreach::DEFAULT_MINT_THROTTLE_SECS)]
     pub mint_throttle_secs: u64,
+    /// The URL clients reach the simulator at, when not the listen address (a container's
+    /// service name, e.g. http://outreach-sim:8710): its links are built on it.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// A refresh token to accept from the start for the default authorizing user with scope
+    /// users.all, so that clients configured before the simulator starts can sign in
+    /// (a compose file gives the same value to both sides).
+    #[arg(long, value_name = "TOKEN")]
+    pub refresh_token: Option<String>,
+    #[command(flatten)]
+    pub health: crate::health::HealthListen,
 }
 
 impl From<OutreachArgs> for SimConfig {
@@ -64,8 +75,24 @@ impl From<OutreachArgs> for SimConfig {
             rate_limit_window: Duration::from_secs(args.rate_limit_window_secs),
             access_token_ttl: Duration::from_secs(args.access_token_ttl_secs),
             mint_throttle: Duration::from_secs(args.mint_throttle_secs),
+            public_url: args.public_url,
             ..SimConfig::default()
         }
+    }
+}
+
+impl OutreachArgs {
+    /// Starts the simulator as configured, accepting `--refresh-token` when given.
+    pub async fn start(self) -> anyhow::Result<OutreachSim> {
+        let refresh_token = self.refresh_token.clone().filter(|t| !t.is_empty());
+        let listen = self.listen;
+        let sim = OutreachSim::start(self.into())
+            .await
+            .with_context(|| format!("cannot start the Outreach simulator on {listen}"))?;
+        if let Some(token) = refresh_token {
+            sim.accept_refresh_token(&token, &["users.all"]);
+        }
+        Ok(sim)
     }
 }
 
@@ -109,6 +136,13 @@ pub struct SalesforceArgs {
     /// The connected app's run-as user for the client credentials flow (added like --user).
     #[arg(long, value_name = "USERNAME")]
     pub run_as: Option<String>,
+    /// The URL clients reach the HTTP port at, when not the listen address (a container's
+    /// service name, e.g. http://salesforce-sim:8720): the login host, the JWT audience and
+    /// the instance URL it answers with are built on it.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    #[command(flatten)]
+    pub health: crate::health::HealthListen,
 }
 
 /// The event bus's retention, in seconds.
@@ -141,6 +175,7 @@ impl SalesforceArgs {
             keepalive: Duration::from_secs(self.keepalive_secs),
             zero_credit_timeout: Duration::from_secs(self.zero_credit_timeout_secs),
         };
+        config.public_url.clone_from(&self.public_url);
         Ok(config)
     }
 
@@ -159,23 +194,25 @@ impl SalesforceArgs {
 }
 
 impl SimCommand {
-    /// Starts the simulator, prints its URLs, and serves until Ctrl-C.
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// Starts the simulator, prints its URLs, and serves until `shutdown` turns true (SIGINT
+    /// or SIGTERM: a container's stop).
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
         match self {
             SimCommand::Outreach(args) => {
-                let sim = OutreachSim::start(args.into()).await?;
+                let health = args.health.clone();
+                let sim = args.start().await?;
+                health.serve(shutdown.clone()).await?;
                 println!("{}", sim.base_url());
-                tokio::signal::ctrl_c().await?;
-                Ok(())
             }
             SimCommand::Salesforce(args) => {
                 let sim = args.start().await?;
+                args.health.serve(shutdown.clone()).await?;
                 println!("{}", sim.base_url());
                 println!("{}", sim.pubsub_url());
-                tokio::signal::ctrl_c().await?;
-                Ok(())
             }
         }
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        Ok(())
     }
 }
 
@@ -234,6 +271,118 @@ mod tests {
         assert_eq!(config.rate_limit_per_window, 5);
         assert_eq!(config.rate_limit_window, Duration::from_secs(2));
         assert!(config.mint_throttle.is_zero());
+    }
+
+    fn outreach(flags: &[&str]) -> OutreachArgs {
+        let argv = ["x", "outreach"].into_iter().chain(flags.iter().copied());
+        let Harness {
+            sim: SimCommand::Outreach(args),
+        } = Harness::parse_from(argv)
+        else {
+            panic!("not the outreach command")
+        };
+        args
+    }
+
+    #[tokio::test]
+    async fn outreach_links_use_the_public_url_and_the_given_refresh_token_signs_in() {
+        let args = outreach(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--public-url",
+            "http://outreach-sim:8710/",
+            "--refresh-token",
+            "compose-token",
+            "--mint-throttle-secs",
+            "0",
+        ]);
+        let sim = args.start().await.unwrap();
+        assert_eq!(sim.base_url(), "http://outreach-sim:8710");
+        assert_eq!(sim.api_url(), "http://outreach-sim:8710/api/v2");
+        let (client_id, client_secret, _) = sim.app();
+        let token = |refresh_token: &'static str| {
+            reqwest::Client::new()
+                .post(format!("http://{}/oauth/token", sim.local_addr()))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token),
+                    ("client_id", client_id.as_str()),
+                    ("client_secret", client_secret.as_str()),
+                ])
+                .send()
+        };
+        let granted = token("compose-token").await.unwrap();
+        assert_eq!(granted.status(), 200, "the given refresh token is accepted");
+        let body: serde_json::Value = granted.json().await.unwrap();
+        assert!(body["access_token"].is_string(), "{body}");
+        let again = token("compose-token").await.unwrap();
+        assert_eq!(again.status(), 200, "several clients may start from it");
+        let refused = token("another-token").await.unwrap();
+        assert_eq!(refused.status(), 400, "no other token is");
+    }
+
+    #[tokio::test]
+    async fn outreach_without_a_refresh_token_accepts_none() {
+        let sim = outreach(&["--listen", "127.0.0.1:0"])
+            .start()
+            .await
+            .unwrap();
+        assert!(sim.base_url().starts_with("http://127.0.0.1:"));
+        let (client_id, client_secret, _) = sim.app();
+        let refused = reqwest::Client::new()
+            .post(format!("{}/oauth/token", sim.base_url()))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", ""),
+                ("client_id", client_id.as_str()),
+                ("client_secret", client_secret.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn salesforce_answers_with_the_public_url() {
+        let args = salesforce(&[
+            "--listen",
+            "0.0.0.0:0",
+            "--pubsub-listen",
+            "0.0.0.0:0",
+            "--public-url",
+            "http://salesforce-sim:8720",
+            "--run-as",
+            "robot@x.test",
+        ]);
+        let sim = args.start().await.unwrap();
+        assert_eq!(sim.base_url(), "http://salesforce-sim:8720");
+        assert_eq!(sim.my_domain_url(), "http://salesforce-sim:8720/my-domain");
+        assert!(
+            sim.pubsub_url().starts_with("http://127.0.0.1:"),
+            "a wildcard Pub/Sub address is given on loopback: {}",
+            sim.pubsub_url()
+        );
+        let port = sim.local_addr().port();
+        let granted: serde_json::Value = reqwest::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{port}/my-domain/services/oauth2/token"
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", sim.consumer_key().as_str()),
+                ("client_secret", sim.consumer_secret().as_str()),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            granted["instance_url"], "http://salesforce-sim:8720/my-domain",
+            "{granted}"
+        );
     }
 
     const PUBLIC_KEY: &str = concat!(

@@ -175,6 +175,23 @@ impl Credentials {
         }
     }
 
+    /// Accepts `refresh_token`, chosen by the caller, as a refresh token of `grant` from
+    /// `now` (valid for [`REFRESH_TOKEN_TTL`], evicted like any other). Not a mint: it neither
+    /// counts against nor starts the throttle. For a simulator whose clients are configured
+    /// before it starts (a compose file names the token for both sides).
+    pub fn accept_refresh_token(&mut self, refresh_token: &str, grant: Grant, now: DateTime<Utc>) {
+        self.sequence += 1;
+        self.refresh.insert(
+            refresh_token.to_owned(),
+            RefreshToken {
+                grant: grant.clone(),
+                expires_at: now + REFRESH_TOKEN_TTL,
+                sequence: self.sequence,
+            },
+        );
+        self.evict_refresh_tokens(&grant);
+    }
+
     /// Issues a single-use authorization code bound to `redirect_uri`.
     pub fn issue_code(&mut self, grant: Grant, redirect_uri: &str, now: DateTime<Utc>) -> String {
         let code = random_token();

@@ -110,6 +110,10 @@ pub struct SimConfig {
     pub webhook_timeout: Duration,
     /// The pause before a delivery that failed on the network is tried again (Outreach: ~1 s).
     pub webhook_retry_interval: Duration,
+    /// The URL clients reach the simulator at, when it is not the listen address (a container
+    /// behind its service name); `links` in its answers are built on it. `None`:
+    /// `http://<listen>`, loopback for a wildcard address.
+    pub public_url: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -125,6 +129,7 @@ impl Default for SimConfig {
             mint_throttle: Duration::from_secs(DEFAULT_MINT_THROTTLE_SECS),
             webhook_timeout: Duration::from_secs(5),
             webhook_retry_interval: Duration::from_secs(1),
+            public_url: None,
         }
     }
 }
@@ -297,6 +302,17 @@ impl OutreachSim {
             refresh_token: minted.refresh_token,
             expires_in: minted.expires_in,
         }
+    }
+
+    /// Makes `refresh_token` (chosen by the caller) a valid refresh token of the default
+    /// authorizing user for `scopes`, as if issued now (14 days, evicted like any other; not a
+    /// mint, so the throttle does not see it).
+    pub fn accept_refresh_token(&self, refresh_token: &str, scopes: &[&str]) {
+        let grant = self.grant(scopes);
+        self.shared
+            .lock()
+            .credentials
+            .accept_refresh_token(refresh_token, grant, Utc::now());
     }
 
     /// The registered OAuth application: client id, secret and redirect URI.

@@ -62,6 +62,10 @@ impl Shared {
         } else {
             local_addr
         };
+        let base_url = match &config.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{host}"),
+        };
         let state = SimState {
             directory: Directory::new(),
             credentials: Credentials::new(delta(config.access_token_ttl)),
@@ -76,7 +80,7 @@ impl Shared {
         Shared {
             config,
             local_addr,
-            base_url: format!("http://{host}"),
+            base_url,
             requests: RequestLog::default(),
             deliveries,
             state: Mutex::new(state),

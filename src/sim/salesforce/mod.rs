@@ -99,6 +99,11 @@ pub struct SfSimConfig {
     pub pubsub_listen: SocketAddr,
     /// Keepalive and zero-credit timeouts of a subscription.
     pub stream_timing: pubsub::StreamTiming,
+    /// The URL clients reach the HTTP port at, when it is not the listen address (a container
+    /// behind its service name): the login host, the JWT audience and every URL the simulator
+    /// answers with (`instance_url`, identity URLs) are built on it. `None`: `http://<listen>`,
+    /// loopback for a wildcard address.
+    pub public_url: Option<String>,
 }
 
 impl SfSimConfig {
@@ -113,6 +118,7 @@ impl SfSimConfig {
             admin_approved_only: false,
             pubsub_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             stream_timing: pubsub::StreamTiming::default(),
+            public_url: None,
         }
     }
 }
@@ -149,6 +155,15 @@ impl SimState {
             .into_iter()
             .map(|change| self.bus.publish(change, now))
             .collect()
+    }
+}
+
+/// Where a client on this machine reaches a listener: loopback for a wildcard address.
+fn reachable(address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], address.port()))
+    } else {
+        address
     }
 }
 
@@ -233,7 +248,10 @@ impl SalesforceSim {
         }
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
-        let base_url = format!("http://{local_addr}");
+        let base_url = match &config.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", reachable(local_addr)),
+        };
         let mut oauth = OAuthState::new(
             with_checksum(&config.org_id),
             config.consumer_key,
@@ -316,9 +334,10 @@ impl SalesforceSim {
         self.local_addr
     }
 
-    /// The Pub/Sub API endpoint, plaintext: `http://127.0.0.1:PORT`.
+    /// The Pub/Sub API endpoint, plaintext: `http://127.0.0.1:PORT` (loopback when listening
+    /// on every interface).
     pub fn pubsub_url(&self) -> String {
-        format!("http://{}", self.pubsub_addr)
+        format!("http://{}", reachable(self.pubsub_addr))
     }
 
     /// Fault: every open Subscribe stream ends with this error.

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The container test's machinery (tests/containers.rs; docs/deploy.md, "Compose"): podman and
+# podman-compose, base images made without a registry, the project's image from a binary built
+# on the host, and the compose stack with the test's stand-ins for Kafka and PostgreSQL.
+#
+#   scripts/containers.sh install          # podman, runc, debootstrap, podman-compose 1.6.0,
+#                                          # /etc/containers/containers.conf, tansu (as root)
+#   scripts/containers.sh images           # base images, stand-ins, the project's image
+#   scripts/containers.sh compose ARGS…    # podman-compose on docker-compose.yml + the override
+#
+# Settings (environment, all optional):
+#   USERSYNC_BINARY              the binary for the image (default target/debug/usersync)
+#   USERSYNC_IMAGE               the project's image tag (default localhost/usersync:test)
+#   USERSYNC_CONTAINERS_PROJECT  the compose project name (default usersync-test)
+#   USERSYNC_CONTAINERS_ENV      the env file for compose (default target/containers/test.env,
+#                                made with random secrets when missing)
+#
+# Why the image is built from a host binary: the test machines reach no image registry, so the
+# Dockerfile's build stage (FROM rust:…) has no base image, and compiling the crate again inside
+# a container would double the test's time; the Dockerfile's `prebuilt` target takes the binary
+# cargo already built for the tests, and the builder skips the unused build stage.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+work=target/containers
+image="${USERSYNC_IMAGE:-localhost/usersync:test}"
+project="${USERSYNC_CONTAINERS_PROJECT:-usersync-test}"
+env_file="${USERSYNC_CONTAINERS_ENV:-$work/test.env}"
+compose_version=1.6.0
+debian_image=docker.io/library/debian:bookworm-slim
+tansu_image=localhost/usersync-test-tansu:latest
+postgres_image=localhost/usersync-test-postgres:latest
+
+log() { echo "containers.sh: $*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+# Seconds since the script started, for the step timings.
+elapsed() { echo "$((SECONDS))s"; }
+
+# podman-compose 1.6.0: the one on PATH when it is that version, else a virtual environment
+# under target/ (never the system's Python packages).
+compose_bin() {
+    if command -v podman-compose >/dev/null 2>&1 &&
+        podman-compose --version 2>/dev/null | grep -q "podman-compose version $compose_version"; then
+        echo podman-compose
+    elif [[ -x "$work/venv/bin/podman-compose" ]]; then
+        echo "$work/venv/bin/podman-compose"
+    else
+        return 1
+    fi
+}
+
+install() {
+    local packages=()
+    for tool in podman runc debootstrap; do
+        command -v "$tool" >/dev/null 2>&1 || packages+=("$tool")
+    done
+    if ! compose_bin >/dev/null && ! python3 -m venv --help >/dev/null 2>&1; then
+        packages+=(python3-venv)
+    fi
+    if ((${#packages[@]})); then
+        [[ "$(id -u)" -eq 0 ]] || die "installing ${packages[*]} needs root: sudo apt-get install -y ${packages[*]}"
+        log "installing ${packages[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >&2
+    fi
+    if ! compose_bin >/dev/null; then
+        log "installing podman-compose $compose_version into $work/venv"
+        mkdir -p "$work"
+        python3 -m venv "$work/venv"
+        "$work/venv/bin/pip" install --quiet "podman-compose==$compose_version"
+    fi
+    # crun refuses these machines' hybrid cgroup layout and podman's default ulimits exceed the
+    # sandbox's hard limits: runc, cgroupfs and lower ulimits make podman work here.
+    if [[ ! -f /etc/containers/containers.conf ]]; then
+        [[ "$(id -u)" -eq 0 ]] || die "writing /etc/containers/containers.conf needs root"
+        log "writing /etc/containers/containers.conf (runc, cgroupfs, ulimits)"
+        mkdir -p /etc/containers
+        cat >/etc/containers/containers.conf <<'EOF'
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+EOF
+    fi
+    if ! command -v tansu >/dev/null 2>&1; then
+        log "tansu is missing: installing it (cargo install tansu --locked --features libsql, ~12 minutes)"
+        cargo install tansu --locked --features libsql
+    fi
+    log "tools ready ($(elapsed))"
+}
+
+# Debian bookworm from Debian's packages, tagged with the official name the Dockerfile uses. The
+# root file system is cached as a tarball under target/, so a warm run only imports it (or
+# nothing, when podman still has the image).
+base_image() {
+    if podman image exists "$debian_image"; then
+        return
+    fi
+    local tarball="$work/debian-bookworm-rootfs.tar"
+    if [[ ! -s "$tarball" ]]; then
+        log "debootstrap bookworm (minbase; about a minute)"
+        local rootfs="$work/rootfs-bookworm"
+        rm -rf "$rootfs"
+        mkdir -p "$work"
+        debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 ||
+            die "debootstrap failed; its log: $work/debootstrap.log"
+        tar -C "$rootfs" --exclude='./var/cache/apt/archives/*.deb' --exclude='./var/lib/apt/lists/*' \
+            -cf "$tarball.partial" .
+        mv "$tarball.partial" "$tarball"
+        rm -rf "$rootfs"
+    fi
+    log "importing $tarball as $debian_image"
+    podman import --quiet "$tarball" "$debian_image" >/dev/null
+}
+
+# A build context holding only the given files (hard links when possible).
+context_with() {
+    local dir="$1"
+    shift
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    for file in "$@"; do
+        ln "$file" "$dir/" 2>/dev/null || cp "$file" "$dir/"
+    done
+}
+
+images() {
+    local binary="${USERSYNC_BINARY:-target/debug/usersync}"
+    [[ -x "$binary" ]] || die "no binary at $binary: build it first (cargo build)"
+    command -v tansu >/dev/null 2>&1 || die "tansu is missing: scripts/containers.sh install"
+    base_image
+    log "base image ready ($(elapsed))"
+
+    context_with "$work/context-tansu" "$(command -v tansu)"
+    podman build --quiet --format docker -t "$tansu_image" \
+        -f tests/containers/tansu.Containerfile "$work/context-tansu" >/dev/null
+    context_with "$work/context-postgres" tests/containers/postgres-entrypoint.sh
+    podman build --quiet --format docker -t "$postgres_image" \
+        -f tests/containers/postgres.Containerfile "$work/context-postgres" >/dev/null
+    log "stand-ins ready: $tansu_image, $postgres_image ($(elapsed))"
+
+    # --format docker keeps the HEALTHCHECK (the OCI format has no field for it).
+    context_with "$work/context-usersync" "$binary"
+    podman build --quiet --format docker --target prebuilt -t "$image" \
+        -f Dockerfile "$work/context-usersync" >/dev/null
+    log "$image ready from $binary ($(elapsed))"
+}
+
+# An env file with fresh secrets, for a run that has none.
+ensure_env_file() {
+    [[ -f "$env_file" ]] && return
+    mkdir -p "$(dirname "$env_file")"
+    cat >"$env_file" <<EOF
+POSTGRES_PASSWORD=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+USERSYNC_ADMIN_TOKEN=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+USERSYNC_IMAGE=$image
+USERSYNC_ADMIN_PORT=18700
+EOF
+}
+
+compose() {
+    local bin
+    bin="$(compose_bin)" || die "podman-compose $compose_version is missing: scripts/containers.sh install"
+    ensure_env_file
+    exec "$bin" --project-name "$project" --env-file "$env_file" \
+        -f docker-compose.yml -f tests/containers/compose.override.yml "$@"
+}
+
+case "${1:-}" in
+install) install ;;
+images) images ;;
+compose)
+    shift
+    compose "$@"
+    ;;
+*)
+    echo "usage: scripts/containers.sh install | images | compose ARGS…" >&2
+    exit 2
+    ;;
+esac
