@@ -35,6 +35,7 @@ FROM docker.io/library/debian:bookworm-slim AS runtime-base
 # and libc are already there) and the CA bundle for HTTPS to Salesforce, Outreach and Kafka.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --create-home --home-dir /var/lib/usersync \
         --shell /usr/sbin/nologin usersync

@@ -7,6 +7,8 @@
 #                                          # /etc/containers/containers.conf, tansu (as root)
 #   scripts/containers.sh images           # base images, stand-ins, the project's image
 #   scripts/containers.sh compose ARGS…    # podman-compose on docker-compose.yml + the override
+#   scripts/containers.sh release-image    # the Dockerfile's default target, compiled in its
+#                                          # build stage (not part of the test; slow)
 #
 # Settings (environment, all optional):
 #   USERSYNC_BINARY              the binary for the image (default target/debug/usersync)
@@ -150,6 +152,46 @@ images() {
     log "$image ready from $binary ($(elapsed))"
 }
 
+# The Dockerfile as users build it (the build stage compiles, release), to check that path and
+# measure the image. The build stage's base is a stand-in made from the host's toolchain. Its
+# `cargo build` reaches the Rust package registry through this machine's TLS proxy, so the
+# machine's CA bundle is mounted into the build steps — only there, never into an image.
+release_image() {
+    local version
+    version="$(rustc --version | awk '{print $2}')"
+    local rust_image="docker.io/library/rust:$version-bookworm"
+    local release_tag="${USERSYNC_RELEASE_IMAGE:-localhost/usersync:release}"
+    base_image
+    if ! podman image exists "$rust_image"; then
+        local toolchain
+        toolchain="$(rustc --print sysroot)"
+        log "making $rust_image from $toolchain"
+        rm -rf "$work/context-rust"
+        mkdir -p "$work/context-rust"
+        cp -al "$toolchain" "$work/context-rust/toolchain" 2>/dev/null ||
+            cp -a "$toolchain" "$work/context-rust/toolchain"
+        rm -rf "$work/context-rust/toolchain/share/doc"
+        podman build --quiet --format docker -t "$rust_image" \
+            -f tests/containers/rust.Containerfile "$work/context-rust" >/dev/null
+        rm -rf "$work/context-rust"
+        log "$rust_image ready ($(elapsed))"
+    fi
+    local mounts=()
+    if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+        mounts=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+    fi
+    # The bundle goes into the build stage's steps only (a `-v` reaches every RUN of the
+    # build, and the runtime stage's apt must write its own bundle): the build stage first,
+    # with it; then the whole Dockerfile, which finds that stage in the layer cache.
+    podman build --format docker "${mounts[@]}" --build-arg "RUST_VERSION=$version" \
+        --target build -f Dockerfile . >&2
+    podman build --format docker --build-arg "RUST_VERSION=$version" \
+        -t "$release_tag" -f Dockerfile . >&2
+    log "$release_tag built ($(elapsed)); its layers:"
+    podman history --format '{{.Size}}\t{{.CreatedBy}}' "$release_tag" | cut -c1-120 >&2
+    podman image inspect --format '{{.Size}}' "$release_tag"
+}
+
 # An env file with fresh secrets, for a run that has none.
 ensure_env_file() {
     [[ -f "$env_file" ]] && return
@@ -173,12 +215,13 @@ compose() {
 case "${1:-}" in
 install) install ;;
 images) images ;;
+release-image) release_image ;;
 compose)
     shift
     compose "$@"
     ;;
 *)
-    echo "usage: scripts/containers.sh install | images | compose ARGS…" >&2
+    echo "usage: scripts/containers.sh install | images | compose ARGS… | release-image" >&2
     exit 2
     ;;
 esac

@@ -121,7 +121,8 @@ enum Command {
         /// The running Outreach simulator's base URL.
         #[arg(long, value_name = "URL", requires = "salesforce_sim")]
         outreach_sim: Option<String>,
-        /// How long to wait for the simulators and the admin server to answer.
+        /// How long to wait for the simulators and the admin server to answer, and then for
+        /// the first decision.
         #[arg(long, default_value_t = 180)]
         wait_seconds: u64,
         #[command(flatten)]

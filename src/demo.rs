@@ -161,6 +161,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         &mut stage,
         &x_id,
         |d| d.salesforce_user_id.as_ref() == Some(&x_id),
+        STEP,
         one,
     )
     .await;
@@ -269,12 +270,13 @@ async fn print_decisions(mut decisions: broadcast::Receiver<DecisionRecord>) {
     }
 }
 
-/// Waits up to [`STEP`] for a decision matching `wanted`, printing every decision on the way.
+/// Waits up to `within` for a decision matching `wanted`, printing every decision on the way.
 async fn wait_for(
     stage: &mut impl Stage,
+    within: Duration,
     wanted: impl Fn(&DecisionRecord) -> bool,
 ) -> Option<DecisionRecord> {
-    let deadline = tokio::time::Instant::now() + STEP;
+    let deadline = tokio::time::Instant::now() + within;
     while let Some(decision) = stage.next_decision(deadline).await {
         print_decision(&decision);
         if wanted(&decision) {
@@ -311,16 +313,18 @@ trait Stage: Send {
     async fn mappings(&self) -> anyhow::Result<Vec<Mapping>>;
 }
 
-/// The story once X is known: waits for the decision `x_settled` describes, then Y is created
-/// with X's email (a conflict), X is deactivated (the remap), the final mapping is printed.
-/// Whether Outreach user `one` ended mapped to Y.
+/// The story once X is known: waits up to `first` for the decision `x_settled` describes (the
+/// pipeline may still be starting), then Y is created with X's email (a conflict), X is
+/// deactivated (the remap), the final mapping is printed. Whether Outreach user `one` ended
+/// mapped to Y.
 async fn tell(
     stage: &mut impl Stage,
     x_id: &SalesforceId,
     x_settled: impl Fn(&DecisionRecord) -> bool,
+    first: Duration,
     one: OutreachUserId,
 ) -> anyhow::Result<bool> {
-    wait_for(stage, x_settled).await;
+    wait_for(stage, first, x_settled).await;
     println!("\nSalesforce: a new user Y is created with the same email, {EMAIL}.");
     let y_id = stage
         .create_salesforce_user(
@@ -329,10 +333,13 @@ async fn tell(
             "Y",
         )
         .await?;
-    wait_for(stage, |d| d.salesforce_user_id.as_ref() == Some(&y_id)).await;
+    wait_for(stage, STEP, |d| {
+        d.salesforce_user_id.as_ref() == Some(&y_id)
+    })
+    .await;
     println!("\nSalesforce: X is marked inactive.");
     stage.deactivate(x_id).await?;
-    let remap = wait_for(stage, |d| {
+    let remap = wait_for(stage, STEP, |d| {
         d.action == Action::Remap && d.salesforce_user_id.as_ref() == Some(&y_id)
     })
     .await;
@@ -421,7 +428,8 @@ pub struct Remote {
     pub admin: AdminApi,
     /// The admin server's URL, for the messages.
     pub admin_url: String,
-    /// How long to wait for the simulators and the admin server to answer at start.
+    /// How long to wait for the simulators and the admin server to answer at start, and then
+    /// for the first decision (the roles may still be connecting).
     pub wait: Duration,
 }
 
@@ -482,7 +490,7 @@ pub async fn drive(remote: Remote) -> anyhow::Result<bool> {
     let linked = |d: &DecisionRecord| {
         d.action == Action::Link && d.salesforce_user_id.as_ref() == Some(&x_id)
     };
-    let remapped = tell(&mut stage, &x_id, linked, one).await;
+    let remapped = tell(&mut stage, &x_id, linked, remote.wait.max(STEP), one).await;
     print_admin(&remote.admin_url);
     remapped
 }

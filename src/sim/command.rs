@@ -299,7 +299,7 @@ mod tests {
         let sim = args.start().await.unwrap();
         assert_eq!(sim.base_url(), "http://outreach-sim:8710");
         assert_eq!(sim.api_url(), "http://outreach-sim:8710/api/v2");
-        let (client_id, client_secret, _) = sim.app();
+        let (client_id, client_secret, redirect_uri) = sim.app();
         let token = |refresh_token: &'static str| {
             reqwest::Client::new()
                 .post(format!("http://{}/oauth/token", sim.local_addr()))
@@ -308,6 +308,7 @@ mod tests {
                     ("refresh_token", refresh_token),
                     ("client_id", client_id.as_str()),
                     ("client_secret", client_secret.as_str()),
+                    ("redirect_uri", redirect_uri.as_str()),
                 ])
                 .send()
         };
@@ -319,6 +320,8 @@ mod tests {
         assert_eq!(again.status(), 200, "several clients may start from it");
         let refused = token("another-token").await.unwrap();
         assert_eq!(refused.status(), 400, "no other token is");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_grant", "{body}");
     }
 
     #[tokio::test]
@@ -328,19 +331,22 @@ mod tests {
             .await
             .unwrap();
         assert!(sim.base_url().starts_with("http://127.0.0.1:"));
-        let (client_id, client_secret, _) = sim.app();
+        let (client_id, client_secret, redirect_uri) = sim.app();
         let refused = reqwest::Client::new()
             .post(format!("{}/oauth/token", sim.base_url()))
             .form(&[
                 ("grant_type", "refresh_token"),
-                ("refresh_token", ""),
+                ("refresh_token", "usersync-demo-refresh-token"),
                 ("client_id", client_id.as_str()),
                 ("client_secret", client_secret.as_str()),
+                ("redirect_uri", redirect_uri.as_str()),
             ])
             .send()
             .await
             .unwrap();
         assert_eq!(refused.status(), 400);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_grant", "{body}");
     }
 
     #[tokio::test]
