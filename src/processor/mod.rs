@@ -257,15 +257,18 @@ impl Processor {
         dead_letters: Arc<ChangePublisher>,
     ) -> Result<Processor, ProcessorError> {
         let (revoked_tx, revoked) = mpsc::unbounded_channel();
-        let consumer: StreamConsumer<GroupContext> = consumer_config(kafka, &settings)
-            .create_with_context(GroupContext {
+        let consumer: StreamConsumer<GroupContext> = crate::kafka::client::create_with_context(
+            kafka,
+            &consumer_config(kafka, &settings),
+            GroupContext {
                 revoked: revoked_tx,
-            })
-            .map_err(|source| ProcessorError::Consumer {
-                group_id: settings.group_id.clone(),
-                brokers: kafka.brokers.clone(),
-                source: Box::new(source),
-            })?;
+            },
+        )
+        .map_err(|source| ProcessorError::Consumer {
+            group_id: settings.group_id.clone(),
+            brokers: kafka.brokers.clone(),
+            source: Box::new(source),
+        })?;
         consumer
             .subscribe(&[&kafka.topic])
             .map_err(|source| ProcessorError::Kafka {
@@ -881,7 +884,7 @@ impl Processor {
 /// The consumer's settings: offsets stored by the processor after each event and committed in
 /// the background, reading from the earliest record when the group has no offset.
 fn consumer_config(kafka: &KafkaConfig, settings: &ProcessorSettings) -> rdkafka::ClientConfig {
-    let mut client = crate::kafka::topics::base_client_config(kafka);
+    let mut client = crate::kafka::client::base_config(kafka);
     client
         .set("group.id", &settings.group_id)
         .set(
