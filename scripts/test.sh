@@ -24,6 +24,17 @@ source scripts/tansu.sh
 # They run whatever happens; none may change the exit status of the run.
 trap 'tansu_secure_stop || true; tansu_stop || true; pg_stop || true' EXIT
 
+step "the C libraries librdkafka links (TLS, SASL, OAUTHBEARER's token fetch)"
+# docs/kafka.md: system OpenSSL and libcurl, found through pkg-config.
+if ! pkg-config --exists openssl libcurl 2>/dev/null; then
+    if [[ "$(id -u)" -ne 0 ]]; then
+        echo "test.sh: installing needs root; run: sudo apt-get install -y libssl-dev libcurl4-openssl-dev pkg-config" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev libcurl4-openssl-dev pkg-config >&2
+fi
+
 step "PostgreSQL for the store tests"
 pg_start
 
