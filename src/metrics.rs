@@ -43,6 +43,15 @@ pub enum Outcome {
     retry,
 }
 
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::applied,
+        Outcome::duplicate,
+        Outcome::dead_letter,
+        Outcome::retry,
+    ];
+}
+
 /// Where a published event came from.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -223,6 +232,14 @@ impl Metrics {
             "Records on the partition not yet processed by this processor (librdkafka's count)",
             consumer_lag.clone(),
         );
+        // Every outcome and kind is on the page from the start, at 0: Prometheus' increase()
+        // sees the first dead letter only if the series existed before it.
+        for outcome in Outcome::ALL {
+            let _ = processor_events.get_or_create(&OutcomeLabel { outcome });
+        }
+        for kind in [Published::change, Published::snapshot] {
+            let _ = events_published.get_or_create(&PublishedLabel { kind });
+        }
         let reconnects = Family::default();
         registry.register(
             "reconnects",
@@ -501,6 +518,21 @@ mod tests {
             "{page}"
         );
         assert!(page.ends_with("# EOF\n"), "{page}");
+    }
+
+    #[test]
+    fn every_outcome_and_kind_is_on_the_page_from_the_start_at_zero() {
+        let page = Metrics::new().render(&Connections::new());
+        for series in [
+            "usersync_processor_events_total{outcome=\"applied\"}",
+            "usersync_processor_events_total{outcome=\"duplicate\"}",
+            "usersync_processor_events_total{outcome=\"dead_letter\"}",
+            "usersync_processor_events_total{outcome=\"retry\"}",
+            "usersync_subscriber_events_published_total{kind=\"change\"}",
+            "usersync_subscriber_events_published_total{kind=\"snapshot\"}",
+        ] {
+            assert_eq!(sample(&page, series), Some(0.0), "{series} in\n{page}");
+        }
     }
 
     #[test]
