@@ -143,8 +143,7 @@ fn series_in(expr: &str) -> BTreeSet<String> {
             i = skip_to(i + 1, ')');
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i]))
-            {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -215,7 +214,10 @@ fn dashboard_expressions() -> Vec<(String, String)> {
     for panel in dashboard["panels"].as_array().expect("panels") {
         panels(panel, &mut found);
     }
-    for variable in dashboard["templating"]["list"].as_array().expect("templating") {
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
         let query = match &variable["query"] {
             serde_json::Value::Object(query) => query["query"].as_str().unwrap_or_default(),
             serde_json::Value::String(query) => query.as_str(),
