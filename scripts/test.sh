@@ -56,6 +56,10 @@ if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2
 fi
 
+step "kubectl, kubernetes-validate and promtool for the deploy/ checks"
+# tests/deploy.rs runs scripts/deploy-check.sh; --install fetches what is missing.
+scripts/deploy-check.sh --install
+
 step "formatting"
 cargo fmt --all -- --check
 

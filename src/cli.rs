@@ -62,6 +62,10 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Serve /healthz, /readyz and /metrics on this host:port (no API, no token), for an
+        /// orchestrator's probes and Prometheus; by default nothing is served.
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Run every role in one process: the subscriber, the processor and the admin server.
     ///
@@ -386,9 +390,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let config = crate::config::Config::load(config.as_deref())?;
             crate::salesforce::role::run(&config, shutdown_signal()).await
         }
-        Command::Processor { config } => {
+        Command::Processor { config, listen } => {
             let config = crate::config::Config::load(config.as_deref())?;
-            crate::processor::role::run(&config, shutdown_signal()).await
+            crate::processor::role::run(&config, listen, shutdown_signal()).await
         }
         Command::Run { config } => {
             let config = crate::config::Config::load(config.as_deref())?;
