@@ -15,9 +15,9 @@
 ARG RUST_VERSION=1.95.0
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
-# rdkafka builds librdkafka from source; with TLS it links the system OpenSSL.
+# rdkafka builds librdkafka from source, linked to the system's OpenSSL and libcurl.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake libssl-dev pkg-config \
+ && apt-get install -y --no-install-recommends cmake libssl-dev libcurl4-openssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -31,10 +31,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -m 0755 target/release/usersync /usr/local/bin/usersync
 
 FROM docker.io/library/debian:bookworm-slim AS runtime-base
-# What the binary links beyond the slim image (ldd: libssl3 once Kafka TLS is on; zlib, libgcc
-# and libc are already there) and the CA bundle for HTTPS to Salesforce, Outreach and Kafka.
+# What the binary links beyond the slim image (ldd: librdkafka's libssl3 for TLS and libcurl4
+# for OAUTHBEARER's token fetch; zlib, libgcc and libc are already there) and the CA bundle
+# for HTTPS to Salesforce, Outreach and Kafka.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 libcurl4 \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 10001 --user-group --create-home --home-dir /var/lib/usersync \

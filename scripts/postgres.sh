@@ -2,13 +2,17 @@
 # A throwaway PostgreSQL for tests. Source this file, then:
 #
 #   pg_start   # install the server if missing, start a fresh cluster under target/pg/,
-#              # export USERSYNC_TEST_DATABASE_URL
+#              # export USERSYNC_TEST_DATABASE_URL, and USERSYNC_TEST_DATABASE_CA /
+#              # USERSYNC_TEST_DATABASE_OTHER_CA for the TLS tests
 #   cargo test --test store
 #   pg_stop    # stop the cluster and delete it
 #
 # Why a script and not a container: CI and developers run on the same kind of machine, which
 # reaches Debian's packages but no image registry, and a cluster in target/ is gone with
-# `cargo clean`. The cluster trusts every local connection and listens on loopback only.
+# `cargo clean`. The cluster trusts every local connection and listens on loopback only. It
+# speaks TLS (`ssl=on`) with a server certificate for localhost that a certificate authority
+# made for this run signed (scripts/certs.sh), so `sslmode=verify-full` is tested for real;
+# plain connections still work, as most tests use them.
 #
 # Settings (environment, all optional):
 #   USERSYNC_PG_PORT   TCP port on 127.0.0.1 (default 55432); pick another to run two at once
@@ -18,6 +22,8 @@
 # on standard error when something fails.
 
 _usersync_pg_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/certs.sh
+source "$_usersync_pg_repo/scripts/certs.sh"
 
 _pg_log() { echo "postgres.sh: $*" >&2; }
 
@@ -107,10 +113,19 @@ pg_start() {
         --encoding=UTF8 --locale=C.UTF-8 >"$_pg_dir/initdb.log" 2>&1 \
         || { cat "$_pg_dir/initdb.log" >&2; _pg_log "initdb failed"; return 1; }
 
-    _pg_log "starting on 127.0.0.1:$_pg_port"
+    make_test_certs "$_pg_dir/tls" || return 1
+    # The server reads its key as the cluster's owner, and refuses a key others can read.
+    cp "$_pg_dir/tls/server.pem" "$_pg_dir/tls/server-key.pem" "$_pg_data/" || return 1
+    chmod 600 "$_pg_data/server-key.pem"
+    if [[ "$(id -u)" -eq 0 ]]; then
+        chown postgres: "$_pg_data/server.pem" "$_pg_data/server-key.pem" || return 1
+    fi
+
+    _pg_log "starting on 127.0.0.1:$_pg_port (TLS on)"
     _pg_as_owner "$bindir/pg_ctl" -D "$_pg_data" -l "$_pg_logfile" -w -t 60 \
         -o "-c listen_addresses=127.0.0.1 -p $_pg_port -k $_pg_socket -c fsync=off \
-            -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+            -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+            -c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server-key.pem" \
         start >/dev/null \
         || { cat "$_pg_logfile" >&2; _pg_log "pg_ctl start failed"; return 1; }
 
@@ -129,7 +144,9 @@ pg_start() {
         || { _pg_log "createdb usersync_test failed"; return 1; }
 
     export USERSYNC_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$_pg_port/usersync_test"
-    _pg_log "ready: USERSYNC_TEST_DATABASE_URL=$USERSYNC_TEST_DATABASE_URL"
+    export USERSYNC_TEST_DATABASE_CA="$_pg_dir/tls/ca.pem"
+    export USERSYNC_TEST_DATABASE_OTHER_CA="$_pg_dir/tls/other-ca.pem"
+    _pg_log "ready: USERSYNC_TEST_DATABASE_URL=$USERSYNC_TEST_DATABASE_URL (CA $USERSYNC_TEST_DATABASE_CA)"
 }
 
 pg_stop() {
@@ -137,6 +154,6 @@ pg_stop() {
     local bindir
     bindir="$(_pg_bindir)" || { rm -rf "$_pg_dir"; unset USERSYNC_TEST_DATABASE_URL; return 0; }
     _pg_remove_cluster "$bindir"
-    unset USERSYNC_TEST_DATABASE_URL
+    unset USERSYNC_TEST_DATABASE_URL USERSYNC_TEST_DATABASE_CA USERSYNC_TEST_DATABASE_OTHER_CA
     _pg_log "stopped and removed $_pg_dir"
 }

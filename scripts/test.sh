@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one.
 #
-# It installs and starts what the tests need (a throwaway PostgreSQL under target/pg, a tansu
-# Kafka-protocol broker under target/tansu for the end-to-end tests, Debian's Chromium and
+# It installs and starts what the tests need (a throwaway PostgreSQL under target/pg speaking
+# TLS, a tansu Kafka-protocol broker under target/tansu for the end-to-end tests and a second
+# one behind TLS and SASL under target/tansu-secure, Debian's Chromium and
 # ChromeDriver for the admin page's browser test), checks
 # formatting and lints, runs every test (unit, property, integration, end to end), and stops
 # what it started, whatever happens. Under CI (CI set), a test whose component is missing
@@ -20,14 +21,28 @@ step() { printf '\n== %s\n' "$*" >&2; }
 source scripts/postgres.sh
 # shellcheck source=scripts/tansu.sh
 source scripts/tansu.sh
-# Both run whatever happens; neither may change the exit status of the run.
-trap 'tansu_stop || true; pg_stop || true' EXIT
+# They run whatever happens; none may change the exit status of the run.
+trap 'tansu_secure_stop || true; tansu_stop || true; pg_stop || true' EXIT
+
+step "the C libraries librdkafka links (TLS, SASL, OAUTHBEARER's token fetch)"
+# docs/kafka.md: system OpenSSL and libcurl, found through pkg-config.
+if ! pkg-config --exists openssl libcurl 2>/dev/null; then
+    if [[ "$(id -u)" -ne 0 ]]; then
+        echo "test.sh: installing needs root; run: sudo apt-get install -y libssl-dev libcurl4-openssl-dev pkg-config" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev libcurl4-openssl-dev pkg-config >&2
+fi
 
 step "PostgreSQL for the store tests"
 pg_start
 
 step "tansu (Kafka-protocol broker) for the end-to-end tests"
 tansu_start
+
+step "a second tansu behind TLS (stunnel4) with SASL SCRAM-SHA-512"
+tansu_secure_start
 
 step "Chromium and ChromeDriver for the browser test"
 # tests/browser.rs drives Debian's headless Chromium through its chromedriver (the test
@@ -41,6 +56,14 @@ if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2
 fi
 
+step "podman, podman-compose and debootstrap for the container test"
+# tests/containers.rs builds the image and brings up the compose stack (docs/deploy.md).
+scripts/containers.sh install
+
+step "kubectl, kubernetes-validate and promtool for the deploy/ checks"
+# tests/deploy.rs runs scripts/deploy-check.sh; --install fetches what is missing.
+scripts/deploy-check.sh --install
+
 step "formatting"
 cargo fmt --all -- --check
 
@@ -49,6 +72,14 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "tests"
 cargo test --locked
+
+step "end to end again, on the broker behind TLS and SASL"
+# The whole suite once more, every role and the test's own clients reaching Kafka as
+# SASL_SSL clients do (docs/kafka.md).
+USERSYNC_TEST_KAFKA_BROKERS="$USERSYNC_TEST_KAFKA_SECURE_BROKERS" \
+    USERSYNC_TEST_KAFKA_PROPERTIES="$USERSYNC_TEST_KAFKA_SECURE_PROPERTIES" \
+    USERSYNC_TEST_KAFKA_LOG="$USERSYNC_TEST_KAFKA_SECURE_LOG" \
+    cargo test --locked --test e2e
 
 step "benchmarks compile"
 cargo bench --locked --no-run

@@ -503,12 +503,32 @@ impl KafkaConfig {
             .map(|(k, v)| (k.replace('_', "."), v.as_str()))
     }
 
-    /// Whether a librdkafka setting's value must never be shown.
+    /// Whether a librdkafka setting's value must never be shown: every password, secret, key
+    /// and passphrase (`sasl.password`, `ssl.key.password`, `ssl.key.pem`,
+    /// `sasl.oauthbearer.client.secret`, …) and `sasl.oauthbearer.config`, which may carry a
+    /// token. Erring on the side of masking costs only a `***` in a dump.
     pub fn is_sensitive(key: &str) -> bool {
-        let key = key.to_ascii_lowercase();
-        ["password", "secret", "key"]
+        let key = key.to_ascii_lowercase().replace('_', ".");
+        ["password", "secret", "key", "passphrase", "credential"]
             .iter()
             .any(|word| key.contains(word))
+            || key.contains("oauthbearer.config")
+    }
+
+    /// `text` with the value of every sensitive setting replaced by `***`: librdkafka's error
+    /// messages may quote a value they refused.
+    pub fn mask_secrets(&self, text: &str) -> String {
+        let mut secrets: Vec<&str> = self
+            .properties
+            .iter()
+            .filter(|(k, v)| Self::is_sensitive(k) && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+            .collect();
+        // The longest first, so a secret that contains another is masked whole.
+        secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        secrets
+            .into_iter()
+            .fold(text.to_owned(), |text, secret| text.replace(secret, "***"))
     }
 
     fn masked_properties(&self) -> BTreeMap<&str, &str> {
@@ -1138,6 +1158,53 @@ mod tests {
         let shown = crate::store::redact_password(url);
         assert!(!shown.contains("pa55word"), "{shown}");
         assert!(shown.contains("sslmode=disable"), "{shown}");
+    }
+
+    #[test]
+    fn every_secret_librdkafka_setting_is_masked_in_dumps_and_in_its_error_text() {
+        let secret = [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.key.pem",
+            "ssl.keystore.password",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+            "sasl.oauthbearer.assertion.private.key.passphrase",
+            "sasl_oauthbearer_config",
+        ];
+        let plain = [
+            "security.protocol",
+            "sasl.mechanism",
+            "sasl.username",
+            "ssl.ca.location",
+            "ssl.certificate.location",
+            "sasl.oauthbearer.token.endpoint.url",
+        ];
+        for key in secret {
+            assert!(KafkaConfig::is_sensitive(key), "{key} is shown");
+        }
+        for key in plain {
+            assert!(!KafkaConfig::is_sensitive(key), "{key} is masked");
+        }
+        let mut kafka = KafkaConfig::default();
+        for (i, key) in secret.iter().enumerate() {
+            kafka
+                .properties
+                .insert((*key).into(), format!("s3cr3t-{i}-value"));
+        }
+        kafka
+            .properties
+            .insert("sasl.username".into(), "alice".into());
+        let shown = format!("{kafka:?} {}", toml::to_string(&kafka).unwrap());
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("alice"), "{shown}");
+        let text = kafka.mask_secrets(
+            "Invalid value \"s3cr3t-0-value\" for sasl.password; s3cr3t-5-value refused for alice",
+        );
+        assert_eq!(
+            text,
+            "Invalid value \"***\" for sasl.password; *** refused for alice"
+        );
     }
 
     #[test]

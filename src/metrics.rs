@@ -4,14 +4,21 @@
 //! ([`global`]) so the part that does the work bumps its counter in one line, without every
 //! constructor carrying a handle. What is a state rather than a count (each connection's state)
 //! is read when the page is scraped, from the board that already holds it; the consumer lag
-//! comes from librdkafka's own statistics ([`Metrics::record_lag`]).
+//! comes from librdkafka's own statistics ([`Metrics::record_lag`]). What is an age (how long
+//! Salesforce has been silent, how old the newest change read is) is kept as the moment it
+//! refers to and turned into seconds when the page is scraped; it is left out of the page until
+//! that moment is first known, so a process that reads no stream shows no such series.
 //!
 //! Names follow Prometheus' conventions: `usersync_` first, counters end in `_total` (added by
 //! the encoder), units in the name (`_seconds`). The text is OpenMetrics, which Prometheus
 //! reads. `docs/operations.md` lists every series and what it is for.
 
-use std::sync::LazyLock;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{LazyLock, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -36,6 +43,15 @@ pub enum Outcome {
     retry,
 }
 
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::applied,
+        Outcome::duplicate,
+        Outcome::dead_letter,
+        Outcome::retry,
+    ];
+}
+
 /// Where a published event came from.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -44,6 +60,51 @@ pub enum Published {
     change,
     /// A full read of every user (initial load, resync).
     snapshot,
+}
+
+/// Which connection was opened again.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Link {
+    /// The subscriber's stream (Pub/Sub or CometD).
+    salesforce,
+    /// The processor's Outreach client.
+    outreach,
+    /// A Kafka client's connection to a broker.
+    kafka,
+}
+
+/// Why a connection was opened again: a closed set, so the label never carries a provider's
+/// text.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Reconnect {
+    /// The server ended the stream without an error.
+    stream_closed,
+    /// Nothing arrived, not even a keepalive, for the idle timeout.
+    idle,
+    /// Network trouble, an outage or throttling, or a failure after the stream (Kafka, the
+    /// store, a REST read) that resuming from the checkpoint gets past.
+    transient,
+    /// The provider refused the session's token: a new one first.
+    token_refused,
+    /// CometD forgot the client (`403::Unknown client`): a new handshake.
+    session_lost,
+    /// The replay id to resume after is no longer held: the stream starts at the newest
+    /// position (after a resync, by the replay policy).
+    replay_unusable,
+    /// An admin asked: a reconnect, a resync or a replay.
+    admin,
+    /// The subscriber took the lease again after standing by.
+    lease,
+    /// librdkafka lost a broker connection and opens it again by itself.
+    broker_disconnect,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconnectLabel {
+    side: Link,
+    reason: Reconnect,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +151,11 @@ pub struct Metrics {
     rate_limit_waits: Counter,
     rate_limit_wait_seconds: Counter<f64, AtomicU64>,
     consumer_lag: Family<PartitionLabel, Gauge>,
+    reconnects: Family<ReconnectLabel, Counter>,
+    /// When the subscriber last heard from Salesforce (a change event or a keepalive).
+    salesforce_heard: Mutex<Option<Instant>>,
+    /// The commit time of the last change event the subscriber read.
+    salesforce_commit: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// The states a connection can be in, each exported as its own series (1 for the current one).
@@ -166,6 +232,20 @@ impl Metrics {
             "Records on the partition not yet processed by this processor (librdkafka's count)",
             consumer_lag.clone(),
         );
+        // Every outcome and kind is on the page from the start, at 0: Prometheus' increase()
+        // sees the first dead letter only if the series existed before it.
+        for outcome in Outcome::ALL {
+            let _ = processor_events.get_or_create(&OutcomeLabel { outcome });
+        }
+        for kind in [Published::change, Published::snapshot] {
+            let _ = events_published.get_or_create(&PublishedLabel { kind });
+        }
+        let reconnects = Family::default();
+        registry.register(
+            "reconnects",
+            "Connections opened again after they ended, by side and why",
+            reconnects.clone(),
+        );
         Metrics {
             registry,
             events_published,
@@ -177,6 +257,9 @@ impl Metrics {
             rate_limit_waits,
             rate_limit_wait_seconds,
             consumer_lag,
+            reconnects,
+            salesforce_heard: Mutex::new(None),
+            salesforce_commit: Mutex::new(None),
         }
     }
 
@@ -231,6 +314,41 @@ impl Metrics {
         }
     }
 
+    /// `side` was opened again, for `reason`.
+    pub fn reconnect(&self, side: Link, reason: Reconnect) {
+        self.reconnects(side, reason, 1);
+    }
+
+    /// `side` was opened again `times` times, for `reason` (librdkafka reports its reconnects
+    /// in batches).
+    pub fn reconnects(&self, side: Link, reason: Reconnect, times: u64) {
+        self.reconnects
+            .get_or_create(&ReconnectLabel { side, reason })
+            .inc_by(times);
+    }
+
+    /// The subscriber heard from Salesforce just now: a change event, or a keepalive (an empty
+    /// Pub/Sub batch, a CometD long-poll that ended quietly).
+    pub fn salesforce_heard(&self) {
+        self.salesforce_heard_at(Instant::now());
+    }
+
+    fn salesforce_heard_at(&self, at: Instant) {
+        *self
+            .salesforce_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    /// The subscriber read a change event committed at `at`. The last one read counts, not the
+    /// newest: while a replay reads old changes the lag shows how far behind it still is.
+    pub fn salesforce_commit(&self, at: DateTime<Utc>) {
+        *self
+            .salesforce_commit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
     /// The page Prometheus scrapes, with each connection's state as it is now. The states
     /// are written into a registry of this scrape alone, so two boards in one process (tests)
     /// never see each other's.
@@ -276,6 +394,35 @@ impl Metrics {
                 gauge.set(epoch);
             }
         }
+        let heard = *self
+            .salesforce_heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(heard) = heard {
+            let gauge = Gauge::<f64, AtomicU64>::default();
+            now.register(
+                "salesforce_silence_seconds",
+                "Seconds since the subscriber last heard from Salesforce: a change event or a \
+                 keepalive",
+                gauge.clone(),
+            );
+            gauge.set(heard.elapsed().as_secs_f64());
+        }
+        let commit = *self
+            .salesforce_commit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(commit) = commit {
+            let gauge = Gauge::<f64, AtomicU64>::default();
+            now.register(
+                "salesforce_lag_seconds",
+                "Seconds between now and the commit time of the last Salesforce change event \
+                 the subscriber read (it grows while the org makes no change)",
+                gauge.clone(),
+            );
+            let behind = (Utc::now() - commit).num_milliseconds().max(0);
+            gauge.set(behind as f64 / 1000.0);
+        }
         use prometheus_client::encoding::text;
         let mut page = String::new();
         text::encode_registry(&mut page, &self.registry)
@@ -283,6 +430,27 @@ impl Metrics {
             .and_then(|()| text::encode_eof(&mut page))
             .expect("writing to a String cannot fail");
         page
+    }
+}
+
+/// librdkafka's running count of disconnects per broker, turned into the disconnects since its
+/// previous report: what one client adds to the reconnect counter at each statistics report.
+#[derive(Debug, Default)]
+pub struct BrokerDisconnects {
+    seen: Mutex<BTreeMap<String, i64>>,
+}
+
+impl BrokerDisconnects {
+    /// Takes one report's `(broker, disconnects so far)` and returns how many are new. A broker
+    /// seen for the first time counts from zero (librdkafka counts from the client's start).
+    pub fn since_last(&self, brokers: impl IntoIterator<Item = (String, i64)>) -> u64 {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut new = 0;
+        for (broker, total) in brokers {
+            let before = seen.insert(broker, total).unwrap_or(0);
+            new += u64::try_from(total - before).unwrap_or(0);
+        }
+        new
     }
 }
 
@@ -353,6 +521,21 @@ mod tests {
     }
 
     #[test]
+    fn every_outcome_and_kind_is_on_the_page_from_the_start_at_zero() {
+        let page = Metrics::new().render(&Connections::new());
+        for series in [
+            "usersync_processor_events_total{outcome=\"applied\"}",
+            "usersync_processor_events_total{outcome=\"duplicate\"}",
+            "usersync_processor_events_total{outcome=\"dead_letter\"}",
+            "usersync_processor_events_total{outcome=\"retry\"}",
+            "usersync_subscriber_events_published_total{kind=\"change\"}",
+            "usersync_subscriber_events_published_total{kind=\"snapshot\"}",
+        ] {
+            assert_eq!(sample(&page, series), Some(0.0), "{series} in\n{page}");
+        }
+    }
+
+    #[test]
     fn the_page_says_whether_this_subscriber_streams() {
         let metrics = Metrics::new();
         let connections = Connections::new();
@@ -382,6 +565,82 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(sample(&page, "usersync_subscriber_lease_epoch"), Some(4.0));
+    }
+
+    #[test]
+    fn salesforce_ages_appear_once_known_and_count_seconds_at_the_scrape() {
+        let metrics = Metrics::new();
+        let page = metrics.render(&Connections::new());
+        for series in [
+            "usersync_salesforce_silence_seconds",
+            "usersync_salesforce_lag_seconds",
+        ] {
+            assert!(!page.contains(series), "nothing heard yet: {page}");
+        }
+        metrics.salesforce_heard_at(Instant::now() - std::time::Duration::from_secs(30));
+        metrics.salesforce_commit(Utc::now() - chrono::Duration::seconds(90));
+        let page = metrics.render(&Connections::new());
+        let silence = sample(&page, "usersync_salesforce_silence_seconds").unwrap();
+        assert!((30.0..31.0).contains(&silence), "{silence} in\n{page}");
+        let lag = sample(&page, "usersync_salesforce_lag_seconds").unwrap();
+        assert!((90.0..91.0).contains(&lag), "{lag} in\n{page}");
+
+        metrics.salesforce_heard();
+        // A commit time ahead of this machine's clock is no lag.
+        metrics.salesforce_commit(Utc::now() + chrono::Duration::seconds(5));
+        let page = metrics.render(&Connections::new());
+        let silence = sample(&page, "usersync_salesforce_silence_seconds").unwrap();
+        assert!(silence < 1.0, "{silence}");
+        assert_eq!(sample(&page, "usersync_salesforce_lag_seconds"), Some(0.0));
+    }
+
+    #[test]
+    fn reconnects_are_counted_by_side_and_reason() {
+        let metrics = Metrics::new();
+        metrics.reconnect(Link::salesforce, Reconnect::idle);
+        metrics.reconnect(Link::salesforce, Reconnect::idle);
+        metrics.reconnect(Link::salesforce, Reconnect::token_refused);
+        metrics.reconnect(Link::outreach, Reconnect::admin);
+        metrics.reconnects(Link::kafka, Reconnect::broker_disconnect, 3);
+        let page = metrics.render(&Connections::new());
+        for (series, value) in [
+            ("{side=\"salesforce\",reason=\"idle\"}", Some(2.0)),
+            ("{side=\"salesforce\",reason=\"token_refused\"}", Some(1.0)),
+            ("{side=\"outreach\",reason=\"admin\"}", Some(1.0)),
+            ("{side=\"kafka\",reason=\"broker_disconnect\"}", Some(3.0)),
+            ("{side=\"outreach\",reason=\"idle\"}", None),
+        ] {
+            let series = format!("usersync_reconnects_total{series}");
+            assert_eq!(sample(&page, &series), value, "{series} in\n{page}");
+        }
+        assert!(
+            page.contains("# TYPE usersync_reconnects counter"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn broker_disconnects_count_what_is_new_since_the_last_report() {
+        let tally = BrokerDisconnects::default();
+        assert_eq!(
+            tally.since_last([("a".to_owned(), 0), ("b".to_owned(), 2)]),
+            2
+        );
+        assert_eq!(
+            tally.since_last([("a".to_owned(), 1), ("b".to_owned(), 2)]),
+            1
+        );
+        assert_eq!(
+            tally.since_last([("a".to_owned(), 1), ("b".to_owned(), 2)]),
+            0
+        );
+        assert_eq!(tally.since_last([("c".to_owned(), 4)]), 4, "a new broker");
+        assert_eq!(
+            tally.since_last([("a".to_owned(), 0)]),
+            0,
+            "a total that went back adds nothing"
+        );
+        assert_eq!(tally.since_last([("a".to_owned(), 2)]), 2);
     }
 
     #[test]

@@ -45,6 +45,48 @@ const WAIT: Duration = Duration::from_secs(90);
 const RUN_AS: &str = "integration@acme.example";
 const EMAIL: &str = "abc@def.com";
 
+/// librdkafka settings for the test broker, `key=value` pairs separated by `;`: the TLS and
+/// SASL settings when `scripts/test.sh` runs the suite again on its secure broker.
+const PROPERTIES_VAR: &str = "USERSYNC_TEST_KAFKA_PROPERTIES";
+
+fn broker_properties() -> Vec<(String, String)> {
+    parse_properties(
+        PROPERTIES_VAR,
+        &std::env::var(PROPERTIES_VAR).unwrap_or_default(),
+    )
+}
+
+/// `key=value;key=value` from variable `var`.
+fn parse_properties(var: &str, text: &str) -> Vec<(String, String)> {
+    text.split(';')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{var}: {pair:?} is not key=value"));
+            (key.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect()
+}
+
+/// The environment variable that hands librdkafka setting `key` to a role (docs/settings.md).
+fn property_variable(key: &str) -> String {
+    format!(
+        "USERSYNC_KAFKA__PROPERTIES__{}",
+        key.to_uppercase().replace('.', "_")
+    )
+}
+
+/// A client of the test's own (not usersync's) for the test broker.
+fn test_client(brokers: &str) -> rdkafka::ClientConfig {
+    let mut client = rdkafka::ClientConfig::new();
+    for (key, value) in broker_properties() {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", brokers);
+    client
+}
+
 fn brokers() -> Option<String> {
     match std::env::var(BROKERS_VAR) {
         Ok(brokers) if !brokers.is_empty() => Some(brokers),
@@ -207,6 +249,11 @@ impl World {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(
+            broker_properties()
+                .into_iter()
+                .map(|(key, value)| (property_variable(&key), value)),
+        )
         .collect();
         World {
             _salesforce: salesforce,
@@ -593,6 +640,92 @@ async fn the_seed_example_on_a_broker_y_created_first() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seed_example_on_a_broker_x_deactivated_first() {
     seed_scenario(false).await;
+}
+
+/// The secure test broker (TLS with SASL SCRAM, `tansu_secure_start` in scripts/tansu.sh).
+struct SecureBroker {
+    brokers: String,
+    /// The librdkafka settings that reach it.
+    properties: Vec<(String, String)>,
+    /// An authority that did not sign its certificate.
+    other_ca: String,
+}
+
+/// The secure broker's settings; under CI it must be there.
+fn secure_broker() -> Option<SecureBroker> {
+    let read = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+    const PROPERTIES: &str = "USERSYNC_TEST_KAFKA_SECURE_PROPERTIES";
+    let vars = (
+        read("USERSYNC_TEST_KAFKA_SECURE_BROKERS"),
+        read(PROPERTIES),
+        read("USERSYNC_TEST_KAFKA_OTHER_CA"),
+    );
+    match vars {
+        (Some(brokers), Some(properties), Some(other_ca)) => Some(SecureBroker {
+            brokers,
+            properties: parse_properties(PROPERTIES, &properties),
+            other_ca,
+        }),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "the secure test broker is not set up (USERSYNC_TEST_KAFKA_SECURE_*), but CI is: \
+             scripts/test.sh starts it"
+        ),
+        _ => None,
+    }
+}
+
+/// Kafka over TLS with a certificate authority that did not sign the broker's certificate:
+/// each role stops at start, naming the broker and the certificate problem, instead of waiting
+/// on a broker it will never trust.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_certificate_authority_stops_the_start_naming_the_broker() {
+    let Some(brokers) = brokers() else { return };
+    let Some(SecureBroker {
+        brokers: secure,
+        properties,
+        other_ca,
+    }) = secure_broker()
+    else {
+        return;
+    };
+    let mut world = World::start(&brokers).await;
+    world.set("USERSYNC_KAFKA__BROKERS", &secure);
+    for (key, value) in &properties {
+        let value = if key == "ssl.ca.location" {
+            other_ca.as_str()
+        } else {
+            value
+        };
+        world.set(&property_variable(key), value);
+    }
+    let password = properties
+        .iter()
+        .find(|(k, _)| k == "sasl.password")
+        .map(|(_, v)| v.clone())
+        .expect("the secure broker asks for a SASL password");
+    for role in ["subscriber", "processor"] {
+        let mut process = world.role(role);
+        let deadline = std::time::Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = process.exited() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{role} still runs with an authority that did not sign the broker's \
+                 certificate:\n{}",
+                process.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let log = process.log();
+        assert!(!status.success(), "{role} exited with {status}:\n{log}");
+        assert!(
+            log.contains(&secure) && log.contains("certificate verify failed"),
+            "{role}'s error names neither the broker {secure} nor the certificate problem:\n{log}"
+        );
+        assert!(!log.contains(&password), "{role} logged the SASL password");
+    }
 }
 
 /// Users with their own emails: each must end with exactly one Outreach user mapped to it.
@@ -1199,8 +1332,7 @@ struct TopicReader {
 
 impl TopicReader {
     fn new(brokers: &str, topic: &str, partitions: i32) -> TopicReader {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let consumer: BaseConsumer = test_client(brokers)
             .set("group.id", "usersync-e2e-reader")
             .set("enable.auto.commit", "false")
             .create()
@@ -1267,8 +1399,7 @@ impl TopicReader {
     /// What `group` has committed on each partition (0 where it has committed nothing yet).
     /// `None` while the broker does not answer.
     fn committed(&self, group: &str) -> Option<Vec<i64>> {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: BaseConsumer = test_client(&self.brokers)
             .set("group.id", group)
             .create()
             .unwrap();

@@ -2553,3 +2553,90 @@ async fn postgres_openers_wait_on_the_migration_lock() {
         .unwrap();
     observer.close().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------------
+
+/// The test server's certificate authority and an unrelated one (`scripts/postgres.sh` makes
+/// both); under CI both must be there, as the server always speaks TLS.
+fn database_certificate_authorities() -> Option<(String, String)> {
+    let read = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+    match (
+        read("USERSYNC_TEST_DATABASE_CA"),
+        read("USERSYNC_TEST_DATABASE_OTHER_CA"),
+    ) {
+        (Some(ca), Some(other)) => Some((ca, other)),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "USERSYNC_TEST_DATABASE_CA and USERSYNC_TEST_DATABASE_OTHER_CA are not set, but CI \
+             is: scripts/postgres.sh sets them with the server it starts"
+        ),
+        _ => None,
+    }
+}
+
+/// The test server's URL with `localhost` as the host (the name its certificate carries) and
+/// the given TLS parameters.
+fn tls_url(url: &str, params: &[(&str, &str)]) -> String {
+    let mut url = url::Url::parse(url).expect("the test database URL parses");
+    url.set_host(Some("localhost")).unwrap();
+    for (key, value) in params {
+        url.query_pairs_mut().append_pair(key, value);
+    }
+    url.to_string()
+}
+
+/// `sslmode=verify-full` with the authority that signed the server's certificate opens the
+/// store over TLS; with another authority the open fails naming the certificate problem, and
+/// `sslmode=require` encrypts without checking whom it talks to.
+#[tokio::test]
+async fn postgres_over_tls_checks_the_server_certificate() {
+    let Some(url) = database_url() else { return };
+    let Some((ca, other_ca)) = database_certificate_authorities() else {
+        return;
+    };
+    let schema = format!("store_tls_{:016x}", rand::random::<u64>());
+    for params in [
+        vec![("sslmode", "verify-full"), ("sslrootcert", ca.as_str())],
+        vec![("sslmode", "verify-ca"), ("sslrootcert", ca.as_str())],
+        vec![("sslmode", "require")],
+    ] {
+        let url = tls_url(&url, &params);
+        let store = PostgresStore::connect(&url, Some(&schema))
+            .await
+            .unwrap_or_else(|e| panic!("open {url}: {e}"));
+        assert!(store.mappings(&MappingFilter::default()).await.is_ok());
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        let encrypted: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert!(encrypted, "{params:?}: the session is not encrypted");
+        conn.close().await.ok();
+    }
+
+    let wrong = tls_url(
+        &url,
+        &[
+            ("sslmode", "verify-full"),
+            ("sslrootcert", other_ca.as_str()),
+        ],
+    );
+    let error = match usersync::store::open(&wrong).await {
+        Ok(_) => panic!("a server certificate from another authority was accepted"),
+        // As the binary prints it: each error of the chain, outermost first.
+        Err(e) => format!("{:#}", anyhow::Error::new(e)),
+    };
+    assert!(
+        error.contains("localhost") && error.to_lowercase().contains("certificate"),
+        "the error names neither the server nor the certificate problem: {error}"
+    );
+
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+}

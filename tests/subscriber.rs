@@ -696,6 +696,18 @@ async fn a_transient_outage_resumes_from_the_checkpoint_without_loss_or_duplicat
     let all = events(&rig, 4).await;
     let stats = running.stop().await;
     assert!(stats.resubscribes >= 1);
+    // The process's metrics show the outage and the stream heard since (other tests of this
+    // binary only add to them).
+    let page = usersync::metrics::global().render(&Connections::new());
+    let series = |name: &str| usersync::metrics::sample(&page, name);
+    assert!(
+        series("usersync_reconnects_total{side=\"salesforce\",reason=\"transient\"}") >= Some(1.0),
+        "{page}"
+    );
+    let silence = series("usersync_salesforce_silence_seconds").expect("heard from");
+    assert!(silence < WAIT.as_secs_f64(), "{page}");
+    let lag = series("usersync_salesforce_lag_seconds").expect("a change was read");
+    assert!(lag < WAIT.as_secs_f64(), "{page}");
     let ids: std::collections::BTreeSet<&str> = all.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(
         ids.len(),

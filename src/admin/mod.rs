@@ -106,6 +106,30 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// The operator's routes alone — `/healthz`, `/readyz` and `/metrics`, no API, so no token —
+/// for a role run by itself (`usersync processor --listen …`): what an orchestrator's probes
+/// and Prometheus read.
+pub fn probes(store: Arc<dyn Store>, connections: Connections) -> Router {
+    #[derive(Clone)]
+    struct Probed {
+        store: Arc<dyn Store>,
+        connections: Connections,
+    }
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(probed): State<Probed>| async move { store_ready(&*probed.store).await }),
+        )
+        .route(
+            "/metrics",
+            get(
+                |State(probed): State<Probed>| async move { metrics_response(&probed.connections) },
+            ),
+        )
+        .with_state(Probed { store, connections })
+}
+
 /// Serves `router` on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -164,7 +188,12 @@ fn store_failed(error: crate::store::StoreError) -> ApiError {
 }
 
 async fn ready(State(state): State<AdminState>) -> Result<&'static str, ApiError> {
-    state.store.settings().await.map_err(store_failed)?;
+    store_ready(&*state.store).await
+}
+
+/// Ready when the store answers.
+async fn store_ready(store: &dyn Store) -> Result<&'static str, ApiError> {
+    store.settings().await.map_err(store_failed)?;
     Ok("ready")
 }
 
@@ -177,7 +206,11 @@ async fn page() -> axum::response::Html<&'static str> {
 
 /// Prometheus' page: the process's counters and each connection's state now.
 async fn metrics_page(State(state): State<AdminState>) -> Response {
-    let page = crate::metrics::global().render(&state.connections);
+    metrics_response(&state.connections)
+}
+
+fn metrics_response(connections: &Connections) -> Response {
+    let page = crate::metrics::global().render(connections);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -397,6 +430,37 @@ mod tests {
             Some(1.0),
             "{page}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_probes_alone_answer_health_readiness_and_metrics_and_no_api() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let connections = Connections::new();
+        connections.connected(crate::connection::Side::Outreach, None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(serve(listener, probes(store, connections), shutdown));
+        let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+        assert_eq!(health.status(), 200);
+        let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
+        assert_eq!(ready.text().await.unwrap(), "ready");
+        let page = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::metrics::sample(
+                &page,
+                "usersync_connection_state{side=\"outreach\",state=\"connected\"}"
+            ),
+            Some(1.0),
+            "the board given is the one shown: {page}"
+        );
+        let api = reqwest::get(format!("{url}/api/v1/status")).await.unwrap();
+        assert_eq!(api.status(), 404);
     }
 
     #[tokio::test]

@@ -9,12 +9,15 @@
 //!   a [`PendingDelivery`] to await later, so sends are pipelined; dead letters are awaited.
 //! - [`frontier`]: [`DeliveryFrontier`], the pure rule that turns out-of-order confirmations
 //!   into the newest position the checkpoint may take.
+//! - [`client`]: what every client shares: the operator's TLS and SASL settings, errors that
+//!   never show a secret, and a first contact that names the brokers' complaint.
 //! - [`topics`]: the topics are checked, and created when allowed, before anything is sent.
 //! - [`transactional`]: with `kafka.transactional_id`, each batch and its checkpoint are one
 //!   Kafka transaction, and the checkpoint is read back with `read_committed`.
 //!
 //! `docs/kafka.md` describes the records and guarantees for people running usersync.
 
+pub mod client;
 pub mod frontier;
 pub mod producer;
 pub mod topics;

@@ -25,6 +25,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use super::client;
 use super::topics::{self, AdminTopicCreator, TopicCreator, TopicError, TopicSpec};
 use crate::config::KafkaConfig;
 use crate::event::{SCHEMA, UserChange};
@@ -149,12 +150,12 @@ impl ChangePublisher {
     /// Creates the producer. It connects lazily; [`ChangePublisher::ensure_topics`] is the
     /// first call that needs the brokers.
     pub fn new(config: &KafkaConfig) -> Result<Self, PublishError> {
-        let producer = producer_config(config)
-            .create()
-            .map_err(|source| PublishError::Client {
+        let producer = client::create(config, &producer_config(config)).map_err(|source| {
+            PublishError::Client {
                 brokers: config.brokers.clone(),
                 source: Box::new(source),
-            })?;
+            }
+        })?;
         Ok(Self {
             producer,
             config: config.clone(),
@@ -245,7 +246,7 @@ impl ChangePublisher {
 /// The producer settings both modes share. Fixed settings come last so no extra property can
 /// weaken them.
 pub(super) fn producer_config(config: &KafkaConfig) -> ClientConfig {
-    let mut client = topics::base_client_config(config);
+    let mut client = client::base_config(config);
     client
         .set("partitioner", "murmur2_random")
         .set("allow.auto.create.topics", "false")

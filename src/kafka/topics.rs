@@ -12,11 +12,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
+use super::client::{self, ReachError};
 use crate::config::KafkaConfig;
 
 /// One topic usersync needs, and how to create it.
@@ -78,12 +78,12 @@ pub struct AdminTopicCreator {
 
 impl AdminTopicCreator {
     pub fn new(config: &KafkaConfig) -> Result<Self, TopicError> {
-        let admin = base_client_config(config)
-            .create()
-            .map_err(|source| TopicError::Client {
+        let admin = client::create(config, &client::base_config(config)).map_err(|source| {
+            TopicError::Client {
                 brokers: config.brokers.clone(),
                 source: Box::new(source),
-            })?;
+            }
+        })?;
         Ok(Self {
             admin,
             timeout: config.message_timeout(),
@@ -120,6 +120,8 @@ impl TopicCreator for AdminTopicCreator {
 /// Why the topics are not ready.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
+    #[error(transparent)]
+    Unreachable(#[from] ReachError),
     #[error("cannot create a Kafka client for brokers {brokers}: {source}")]
     Client {
         brokers: String,
@@ -170,14 +172,16 @@ pub fn partition_count<C: ClientContext>(
     }
 }
 
-/// Makes sure every topic in `specs` exists: checks each through `client`'s metadata, and
-/// creates a missing one with `creator` when `config.create_topics` allows.
+/// Makes sure every topic in `specs` exists: first that the brokers answer at all (naming
+/// their complaint when not), then each topic through `client`'s metadata, creating a missing
+/// one with `creator` when `config.create_topics` allows.
 pub async fn ensure<C: ClientContext>(
     client: &Client<C>,
     creator: &impl TopicCreator,
     config: &KafkaConfig,
     specs: &[TopicSpec],
 ) -> Result<(), TopicError> {
+    client::reach(config).await?;
     let timeout = config.message_timeout();
     for spec in specs {
         let found = partition_count(client, &spec.name, timeout).map_err(|source| {
@@ -227,16 +231,6 @@ pub async fn ensure<C: ClientContext>(
     Ok(())
 }
 
-/// Options shared by every client usersync makes: the brokers and the extra properties.
-pub(crate) fn base_client_config(config: &KafkaConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    for (key, value) in config.client_properties() {
-        client.set(key, value);
-    }
-    client.set("bootstrap.servers", &config.brokers);
-    client
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,16 +257,5 @@ mod tests {
         assert_eq!(checkpoints.name, "usersync.subscriber-checkpoints");
         assert_eq!(checkpoints.partitions, 1);
         assert_eq!(checkpoints.settings, [("cleanup.policy", "compact")]);
-    }
-
-    #[test]
-    fn extra_properties_cannot_displace_the_brokers() {
-        let mut config = KafkaConfig::default();
-        config
-            .properties
-            .insert("security_protocol".into(), "SSL".into());
-        let client = base_client_config(&config);
-        assert_eq!(client.get("security.protocol"), Some("SSL"));
-        assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9092"));
     }
 }

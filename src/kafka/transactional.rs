@@ -22,6 +22,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::client::{self, ReachError};
 use super::producer::{self, Delivered, PublishError, change_headers};
 use super::topics::{self, AdminTopicCreator, TopicCreator, TopicError, TopicSpec};
 use crate::config::KafkaConfig;
@@ -43,6 +44,8 @@ pub struct Checkpoint {
 /// Why a transaction or a checkpoint read failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransactionError {
+    #[error(transparent)]
+    Unreachable(#[from] ReachError),
     #[error("kafka.transactional_id is not set; transactional mode needs one")]
     NoTransactionalId,
     #[error("cannot create the transactional Kafka producer for brokers {brokers}: {source}")]
@@ -141,10 +144,11 @@ impl TransactionalPublisher {
             .transactional_id
             .clone()
             .ok_or(TransactionError::NoTransactionalId)?;
+        client::reach(config).await?;
         let mut client = producer::producer_config(config);
         client.set("transactional.id", &transactional_id);
         let producer: FutureProducer =
-            client.create().map_err(|source| TransactionError::Client {
+            client::create(config, &client).map_err(|source| TransactionError::Client {
                 brokers: config.brokers.clone(),
                 source: Box::new(source),
             })?;
@@ -339,9 +343,8 @@ fn read_checkpoint_blocking(
         brokers: config.brokers.clone(),
         source: Box::new(source),
     };
-    let consumer: BaseConsumer = checkpoint_reader_config(config)
-        .create()
-        .map_err(read_error)?;
+    let consumer: BaseConsumer =
+        client::create(config, &checkpoint_reader_config(config)).map_err(read_error)?;
     let deadline = Instant::now() + timeout;
 
     let Some(partitions) =
@@ -399,7 +402,7 @@ fn read_checkpoint_blocking(
 /// The checkpoint reader's consumer: it sees only committed transactions, reports the end of
 /// each partition, and never commits offsets (it reads from the beginning every time).
 fn checkpoint_reader_config(config: &KafkaConfig) -> rdkafka::ClientConfig {
-    let mut client = topics::base_client_config(config);
+    let mut client = client::base_config(config);
     client
         .set("group.id", "usersync-checkpoint-reader")
         .set("enable.auto.commit", "false")

@@ -571,6 +571,10 @@ impl OutreachClient {
                         cause = %body.summary(),
                         "Outreach refused the access token; refreshing once"
                     );
+                    crate::metrics::global().reconnect(
+                        crate::metrics::Link::outreach,
+                        crate::metrics::Reconnect::token_refused,
+                    );
                     inner.keeper.refresh_after_rejection(&token, tally).await?;
                     inner.counters.retry();
                 }

@@ -155,13 +155,32 @@ pub struct ProcessorStats {
 /// forgets events it was holding for them (their new owner reads them again).
 pub struct GroupContext {
     revoked: mpsc::UnboundedSender<Vec<i32>>,
+    /// The broker disconnects librdkafka reported so far, for the reconnect counter.
+    disconnects: metrics::BrokerDisconnects,
 }
 
 impl ClientContext for GroupContext {
     /// librdkafka's statistics (every [`LAG_REFRESH`]): the lag of each partition this consumer
     /// fetches, for `/metrics`. Partition -1 is librdkafka's placeholder for unassigned
-    /// records, and -1 lag means not known yet; both are left out.
+    /// records, and -1 lag means not known yet; both are left out. Also the broker connections
+    /// lost since the last report, each reopened by librdkafka. Only brokers known by id count:
+    /// an entry of node -1 (a bootstrap address, or librdkafka's logical group coordinator)
+    /// stands for a connection already counted under its broker, or for none the client keeps.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        let disconnects = self.disconnects.since_last(
+            statistics
+                .brokers
+                .values()
+                .filter(|broker| broker.nodeid >= 0)
+                .filter_map(|broker| Some((broker.name.clone(), broker.disconnects?))),
+        );
+        if disconnects > 0 {
+            metrics::global().reconnects(
+                metrics::Link::kafka,
+                metrics::Reconnect::broker_disconnect,
+                disconnects,
+            );
+        }
         let lags = statistics.topics.into_iter().flat_map(|(name, topic)| {
             topic
                 .partitions
@@ -257,15 +276,19 @@ impl Processor {
         dead_letters: Arc<ChangePublisher>,
     ) -> Result<Processor, ProcessorError> {
         let (revoked_tx, revoked) = mpsc::unbounded_channel();
-        let consumer: StreamConsumer<GroupContext> = consumer_config(kafka, &settings)
-            .create_with_context(GroupContext {
+        let consumer: StreamConsumer<GroupContext> = crate::kafka::client::create_with_context(
+            kafka,
+            &consumer_config(kafka, &settings),
+            GroupContext {
                 revoked: revoked_tx,
-            })
-            .map_err(|source| ProcessorError::Consumer {
-                group_id: settings.group_id.clone(),
-                brokers: kafka.brokers.clone(),
-                source: Box::new(source),
-            })?;
+                disconnects: metrics::BrokerDisconnects::default(),
+            },
+        )
+        .map_err(|source| ProcessorError::Consumer {
+            group_id: settings.group_id.clone(),
+            brokers: kafka.brokers.clone(),
+            source: Box::new(source),
+        })?;
         consumer
             .subscribe(&[&kafka.topic])
             .map_err(|source| ProcessorError::Kafka {
@@ -352,6 +375,7 @@ impl Processor {
                 () = tokio::time::sleep(wait) => {}
                 Ok(()) = self.reconnects.changed() => {
                     self.reconnects.borrow_and_update();
+                    metrics::global().reconnect(metrics::Link::outreach, metrics::Reconnect::admin);
                     self.take_stored_authorization().await;
                 }
                 _ = shutdown.changed() => return self.finish(),
@@ -373,6 +397,7 @@ impl Processor {
                     // An admin reconnected Outreach: read the index again (the connection test
                     // of the processor) and try every held event now rather than at its time.
                     self.reconnects.borrow_and_update();
+                    metrics::global().reconnect(metrics::Link::outreach, metrics::Reconnect::admin);
                     tracing::info!("reconnect requested: reading the Outreach index and retrying held events");
                     self.take_stored_authorization().await;
                     if let Err(error) = self.reconcile().await {
@@ -881,7 +906,7 @@ impl Processor {
 /// The consumer's settings: offsets stored by the processor after each event and committed in
 /// the background, reading from the earliest record when the group has no offset.
 fn consumer_config(kafka: &KafkaConfig, settings: &ProcessorSettings) -> rdkafka::ClientConfig {
-    let mut client = crate::kafka::topics::base_client_config(kafka);
+    let mut client = crate::kafka::client::base_config(kafka);
     client
         .set("group.id", &settings.group_id)
         .set(

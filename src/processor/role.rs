@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::{Processor, ProcessorSettings};
 use crate::config::{Config, OutreachConfig};
+use crate::connection::Connections;
 use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
 use crate::kafka::ChangePublisher;
 use crate::outreach::token_file::TokenFile;
@@ -129,11 +130,51 @@ pub async fn build_with(
     )?)
 }
 
-/// Runs the processor until `shutdown` turns true.
-pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let mut processor = build(config).await?;
-    processor.run(shutdown).await?;
-    Ok(())
+/// Runs the processor until `shutdown` turns true. With `listen`, also serves `/healthz`,
+/// `/readyz` and `/metrics` there (no API) from the start until the processor has stopped, so
+/// an orchestrator's probes and Prometheus see a replica that runs alone.
+pub async fn run(
+    config: &Config,
+    listen: Option<std::net::SocketAddr>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let outreach = outreach_client(&config.outreach)?;
+    let store = crate::store::open(&config.store.url)
+        .await
+        .context("opening the store")?;
+    let connections = Connections::new();
+    let (stop_probes, probes_stopped) = watch::channel(false);
+    let probes = match listen {
+        None => None,
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening for probes and metrics on {listen}"))?;
+            tracing::info!(address = %listen, "serving /healthz, /readyz and /metrics");
+            let router = crate::admin::probes(store.clone(), connections.clone());
+            Some(tokio::spawn(crate::admin::serve(
+                listener,
+                router,
+                probes_stopped,
+            )))
+        }
+    };
+    let ran = async {
+        let mut processor = build_with(config, store, outreach)
+            .await?
+            .with_connections(connections);
+        processor.run(shutdown).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = stop_probes.send(true);
+    if let Some(probes) = probes {
+        probes
+            .await
+            .context("the probe server panicked")?
+            .context("serving probes and metrics")?;
+    }
+    ran
 }
 
 #[cfg(test)]

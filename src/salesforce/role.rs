@@ -35,6 +35,7 @@ use crate::connection::{
     Verdict,
 };
 use crate::kafka::{ChangePublisher, TransactionalPublisher};
+use crate::metrics::{Link, Reconnect};
 
 /// The credentials to sign in with: the configured ones, with what a reconnect stored laid
 /// over them (a new secret, another username, a key given as PEM, a refresh token).
@@ -177,6 +178,8 @@ async fn supervise(
         connections.subscriber(lease::unleased(config.subscriber.instance()));
     }
     let mut held: Option<Held> = None;
+    // Why the next attempt signs in again; `None` for the first.
+    let mut again: Option<Reconnect> = None;
     loop {
         // Only the instance holding the lease streams; the others stand by here.
         if let Some(leasing) = &leasing
@@ -195,6 +198,9 @@ async fn supervise(
                 Some(taken) => held = Some(taken),
                 None => return Ok(()),
             }
+        }
+        if let Some(reason) = again.take() {
+            crate::metrics::global().reconnect(Link::salesforce, reason);
         }
         // Requests from before this attempt are answered by it; one made while it runs (or
         // while it stops) reconnects at once.
@@ -252,6 +258,7 @@ async fn supervise(
             // for now means something else by the time the lease comes back; it is asked again
             // of the active instance.
             tracing::warn!("the subscriber lost its lease: it stopped publishing and stands by");
+            again = Some(Reconnect::lease);
             full_read = attempted;
             drop(held.take());
             let unanswered = replays.has_changed().unwrap_or(false);
@@ -279,6 +286,7 @@ async fn supervise(
                 );
                 replay = Some(ReplayRequest::new(from));
             }
+            again = Some(Reconnect::admin);
             continue;
         }
         if resyncs.has_changed().unwrap_or(false) && result.is_ok() {
@@ -287,6 +295,7 @@ async fn supervise(
             resyncs.borrow_and_update();
             tracing::info!("resync asked by an admin: reading every Salesforce user again");
             full_read = Some("an admin asked for a resync");
+            again = Some(Reconnect::admin);
             continue;
         }
         if reconnects.has_changed().unwrap_or(false) && result.is_ok() {
@@ -297,6 +306,7 @@ async fn supervise(
                 full_read = Some("salesforce.full_read_on_reconnect");
             }
             delays = retry_delays(sf);
+            again = Some(Reconnect::admin);
             continue;
         }
         let disconnected = match result {
@@ -309,6 +319,7 @@ async fn supervise(
                 Verdict::Unaffected => return Err(error),
                 Verdict::Degraded => {
                     connections.degraded(Side::Salesforce, format!("{error:#}"));
+                    again = Some(Reconnect::transient);
                     // A full read that failed half-way is tried again with the stream.
                     full_read = attempted;
                     let delay = delays
@@ -337,6 +348,7 @@ async fn supervise(
                 changed = reconnects.changed() => if changed.is_err() { return Ok(()) },
                 _ = shutdown.wait_for(|s| *s) => return Ok(()),
             }
+            again = Some(Reconnect::admin);
             if sf.full_read_on_reconnect {
                 tracing::info!("reconnecting to Salesforce; reading every user again first");
                 full_read = Some("salesforce.full_read_on_reconnect");

@@ -68,6 +68,7 @@ use serde_json::{Value, json};
 use super::message::{CometdParseError, Message, Refusal, parse_messages};
 use super::payload::{CdcEvent, WriterSchema, envelope, to_cdc_event};
 use super::{REPLAY_FROM_TIP, USER_CHANGE_CHANNEL};
+use crate::metrics::Reconnect;
 use crate::salesforce::auth::{DisconnectReason, SalesforceAuthError, SalesforceSession};
 use crate::salesforce::replay::ReplayPolicy;
 pub use crate::salesforce::rest::CredentialsTokenSource;
@@ -278,6 +279,11 @@ impl CometdError {
             | CometdError::Schema { .. } => Some(DisconnectReason::Other),
         }
     }
+}
+
+/// The client sets up a new session or subscription by itself: counted as a reconnect.
+fn reconnecting(reason: Reconnect) {
+    crate::metrics::global().reconnect(crate::metrics::Link::salesforce, reason);
 }
 
 /// What one step of the loop came to.
@@ -623,12 +629,14 @@ impl<T: TokenSource> CometdClient<T> {
     fn recover(&mut self, operation: &'static str, refusal: Refusal) -> Result<Step, CometdError> {
         match refusal {
             Refusal::AuthenticationInvalid { error } => {
+                reconnecting(Reconnect::token_refused);
                 self.token_refused = true;
                 self.client_id = None;
                 self.subscribed = false;
                 Ok(Step::Recover(format!("{operation}: {error}")))
             }
             Refusal::UnknownClient { error } => {
+                reconnecting(Reconnect::session_lost);
                 self.stats.rehandshakes += 1;
                 self.client_id = None;
                 self.subscribed = false;
@@ -649,6 +657,7 @@ impl<T: TokenSource> CometdClient<T> {
                     return Err(CometdError::ReplayRejected(rejected));
                 }
                 tracing::warn!(%channel, replay_id = sent, policy = policy.as_str(), "CometD: replay id refused; resubscribing from the tip");
+                reconnecting(Reconnect::replay_unusable);
                 self.replay.insert(channel, REPLAY_FROM_TIP);
                 self.subscribed = false;
                 let why = format!("{operation}: replay id {sent} refused");

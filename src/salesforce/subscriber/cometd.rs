@@ -187,6 +187,10 @@ impl CometdSubscriber {
             }
             self.pipeline.reset_frontier();
             self.pipeline.stats.resubscribes += 1;
+            crate::metrics::global().reconnect(
+                crate::metrics::Link::salesforce,
+                crate::metrics::Reconnect::transient,
+            );
             let delay = backoff.next().unwrap_or(self.settings.backoff_max);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -220,6 +224,8 @@ impl CometdSubscriber {
             *backoff = retry_delays(&self.settings);
             match polled {
                 Poll::Events(batch) => {
+                    // Events, or a long-poll that ended quietly: CometD's keepalive.
+                    crate::metrics::global().salesforce_heard();
                     for delivered in batch {
                         self.handle(client, delivered).await?;
                     }

@@ -422,6 +422,7 @@ impl Pipeline {
             Err(reason) => return self.dead_letter(refused, &reason).await,
         };
         self.saw_commit((event.header.commit_number, event.header.commit_timestamp));
+        crate::metrics::global().salesforce_commit(event.header.commit_timestamp);
         // A read this event asks for is made after its commit: its snapshots are placed there.
         let read_here = ReadPosition {
             commit_number: Some(event.header.commit_number),

@@ -10,6 +10,7 @@ use super::{
     SubscriberStats, retry_delays,
 };
 use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
+use crate::metrics::Reconnect;
 use crate::salesforce::auth::SalesforceSession;
 use crate::salesforce::normalize::Replay;
 use crate::salesforce::pubsub::{
@@ -122,16 +123,18 @@ impl Subscriber {
                     })?;
                 return drained;
             }
-            let end = match (end, drained) {
+            // A failure of this side of the stream (Kafka, the store, a REST read) resumes like a
+            // closed stream, but is counted as what it is.
+            let (end, failed_here) = match (end, drained) {
                 (Err(stop), _) | (_, Err(stop)) if stop.ends_the_run() => return Err(stop),
                 (Err(SubscriberError::PubSub(PubSubError::Call { failure, .. })), _) => {
-                    StreamEnd::Failed(failure)
+                    (StreamEnd::Failed(failure), false)
                 }
                 (Err(error), _) | (Ok(_), Err(error)) => {
                     tracing::warn!(%error, "the subscriber resumes from its checkpoint");
-                    StreamEnd::Closed
+                    (StreamEnd::Closed, true)
                 }
-                (Ok(end), Ok(())) => end,
+                (Ok(end), Ok(())) => (end, false),
             };
             self.pipeline.reset_frontier();
             self.pipeline.stats.resubscribes += 1;
@@ -141,6 +144,9 @@ impl Subscriber {
                 StreamEnd::Closed | StreamEnd::Idle(_) => Recovery::Resume { after: delay },
             };
             tracing::info!(%end, ?step, "Pub/Sub stream ended");
+            if let Some(reason) = reconnect_reason(&end, &step, failed_here) {
+                crate::metrics::global().reconnect(crate::metrics::Link::salesforce, reason);
+            }
             // Nothing ever confirmed: the initial load starts over; pinned but no position yet:
             // the users changed since the pin are read again; a replay asked for and not yet
             // checkpointed starts there again.
@@ -261,6 +267,7 @@ impl Subscriber {
     }
 
     async fn batch(&mut self, batch: Batch) -> Result<(), SubscriberError> {
+        crate::metrics::global().salesforce_heard();
         if batch.events.is_empty() {
             self.pipeline.keepalive(batch.latest_replay_id);
             return Ok(());
@@ -298,6 +305,22 @@ impl Subscriber {
     }
 }
 
+/// Why the stream is opened again after `end`, for the reconnect counter; `None` when it is
+/// not (the run stops).
+fn reconnect_reason(end: &StreamEnd, step: &Recovery, failed_here: bool) -> Option<Reconnect> {
+    Some(match step {
+        Recovery::Stop { .. } => return None,
+        Recovery::Reauthenticate => Reconnect::token_refused,
+        Recovery::StartOver { .. } => Reconnect::replay_unusable,
+        Recovery::Resume { .. } => match end {
+            _ if failed_here => Reconnect::transient,
+            StreamEnd::Closed => Reconnect::stream_closed,
+            StreamEnd::Idle(_) => Reconnect::idle,
+            StreamEnd::Failed(_) => Reconnect::transient,
+        },
+    })
+}
+
 /// Where the next stream starts.
 #[derive(Debug, Clone)]
 enum Start {
@@ -318,5 +341,73 @@ impl Start {
                 resync: Resync::All("initial load"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::salesforce::pubsub::{FailureKind, PubSubFailure};
+    use crate::salesforce::replay::ReplayPolicy;
+
+    fn failed(kind: FailureKind) -> StreamEnd {
+        StreamEnd::Failed(PubSubFailure {
+            kind,
+            status: tonic::Code::Unavailable,
+            error_code: None,
+            message: "from the server".into(),
+        })
+    }
+
+    fn reason(end: StreamEnd, failed_here: bool) -> Option<Reconnect> {
+        let step = match &end {
+            StreamEnd::Failed(failure) => {
+                recovery(failure, ReplayPolicy::Resync, Duration::from_secs(1))
+            }
+            _ => Recovery::Resume {
+                after: Duration::from_secs(1),
+            },
+        };
+        reconnect_reason(&end, &step, failed_here)
+    }
+
+    #[test]
+    fn each_way_a_stream_ends_is_counted_under_its_own_reason() {
+        assert_eq!(
+            reason(StreamEnd::Closed, false),
+            Some(Reconnect::stream_closed)
+        );
+        assert_eq!(
+            reason(StreamEnd::Idle(Duration::from_secs(300)), false),
+            Some(Reconnect::idle)
+        );
+        assert_eq!(
+            reason(StreamEnd::Closed, true),
+            Some(Reconnect::transient),
+            "a failure after the stream resumes like a close but is no close"
+        );
+        assert_eq!(
+            reason(failed(FailureKind::Transient), false),
+            Some(Reconnect::transient)
+        );
+        assert_eq!(
+            reason(failed(FailureKind::Throttled), false),
+            Some(Reconnect::transient)
+        );
+        assert_eq!(
+            reason(failed(FailureKind::Unauthenticated), false),
+            Some(Reconnect::token_refused)
+        );
+        assert_eq!(
+            reason(failed(FailureKind::ReplayUnusable), false),
+            Some(Reconnect::replay_unusable)
+        );
+        assert_eq!(
+            reason(failed(FailureKind::PermissionDenied), false),
+            None,
+            "the run stops: nothing is opened again"
+        );
     }
 }
