@@ -74,12 +74,16 @@ step "tests"
 cargo test --locked
 
 step "end to end again, on the broker behind TLS and SASL"
-# The whole suite once more, every role and the test's own clients reaching Kafka as
-# SASL_SSL clients do (docs/kafka.md).
+# The suite once more, every role and the test's own clients reaching Kafka as SASL_SSL
+# clients do (docs/kafka.md). The two long random runs with kill -9 are left to the plain pass:
+# they test the rules and the recovery, not the transport, and on a second tansu 0.6 in one
+# run they wedged its storage (docs/kafka.md, "Testing").
 USERSYNC_TEST_KAFKA_BROKERS="$USERSYNC_TEST_KAFKA_SECURE_BROKERS" \
     USERSYNC_TEST_KAFKA_PROPERTIES="$USERSYNC_TEST_KAFKA_SECURE_PROPERTIES" \
     USERSYNC_TEST_KAFKA_LOG="$USERSYNC_TEST_KAFKA_SECURE_LOG" \
-    cargo test --locked --test e2e
+    cargo test --locked --test e2e -- \
+    --skip random_changes_with_moves_gaps_and_kills_end_where_the_records_say \
+    --skip a_thousand_random_changes_end_where_usersync_decide_says
 
 step "benchmarks compile"
 cargo bench --locked --no-run
