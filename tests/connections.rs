@@ -1,7 +1,7 @@
 //! Connection drills on the whole process (`usersync run` in process): a side disconnects for
 //! real, users change while it is down, an admin reconnects through the admin API, and every
 //! change arrives — while the other side goes on. The status API must say why, and whose
-//! authorization broke, in the words of `connections.md`. Each drill ends by comparing the
+//! authorization broke, in the words of docs/operations.md. Each drill ends by comparing the
 //! Outreach users and the mappings with what `usersync decide` computes from every change
 //! published ([`Parts::assert_matches_decide`]): every change applied, none twice.
 

@@ -26,7 +26,7 @@ use usersync::kafka::{
 
 const SHORT: Duration = Duration::from_secs(10);
 
-/// The design example of `events.md`.
+/// The example of docs/event-schema.md.
 const EXAMPLE: &str = r#"{
   "schema": "user_change.v1",
   "event_id": "sf:00D5g000004ZbcdEAC:0055f00000GBZR4AAP:0006ad3c-55f1-2bd0-1c2a-7d1e3f9a0b42:1",

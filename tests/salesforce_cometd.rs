@@ -1,6 +1,6 @@
 //! The CometD (Streaming API) client against the Salesforce simulator, over real sockets.
 //!
-//! Each failure a public CometD client is known to have had (reference §8) has a test here
+//! Each failure a public CometD client is known to have had (docs/subscriber.md) has a test here
 //! named after what must happen instead, with the issue in its doc comment. The simulator
 //! holds a quiet connect for a fraction of a second instead of 110 s, so a poll with nothing
 //! to deliver returns quickly; no test measures time.

@@ -1,9 +1,9 @@
 //! The Pub/Sub client against the Salesforce simulator's gRPC service, over real sockets: user
 //! changes arrive as Avro events that the product decodes and normalizes, flow control keeps
 //! an "infinite" subscription going past 100 events, keepalives carry the stream head, and
-//! each failure of reference §2.8 arrives classified as the subscriber needs it.
+//! each Pub/Sub failure arrives classified as the subscriber needs it.
 //!
-//! Regression tests name the public-client bug they guard against (reference §8).
+//! Regression tests name the public-client bug they guard against.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

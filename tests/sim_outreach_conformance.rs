@@ -2,7 +2,7 @@
 //!
 //! Every test starts its own simulator in-process and talks raw HTTP with `reqwest` — never
 //! through product code — so these tests pin the wire format itself: media types, document
-//! shapes, status codes, headers and error bodies, as `shared/reference/outreach.md`
+//! shapes, status codes, headers and error bodies, as docs/simulators.md
 //! describes them.
 
 use std::collections::BTreeSet;

@@ -1,6 +1,6 @@
 //! The test-connection checklist, run by itself: once at start and after every reconnect, as
-//! `connections.md` asks, so the admin sees each step's result without pressing "Test
-//! connection".
+//! docs/operations.md ("Test connection") asks, so the admin sees each step's result without
+//! pressing "Test connection".
 //!
 //! The roles sign in on their own; this only watches the board. It waits until the side has
 //! settled (it left `connecting`, or [`SETTLE`] passed), runs the side's checklist, and keeps

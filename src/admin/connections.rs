@@ -1,4 +1,4 @@
-//! The connection routes of `admin.md`: `GET /api/v1/status` and, per side,
+//! The connection routes of docs/operations.md: `GET /api/v1/status` and, per side,
 //! `POST /api/v1/connections/{side}/reconnect`, `…/disconnect` and `…/test`.
 //!
 //! They talk to the [`Connections`](crate::connection::Connections) board: a reconnect asks the
@@ -138,8 +138,9 @@ pub(super) async fn test(
     Ok(Json(json!({ "checklist": checklist })))
 }
 
-/// The checklist of `connections.md` for `side`, with this process's configuration and stored
-/// authorization; logged step by step and kept on the board (status, feed, page).
+/// The checklist of docs/operations.md ("Test connection") for `side`, with this process's
+/// configuration and stored authorization; logged step by step and kept on the board (status,
+/// feed, page).
 pub(super) async fn run_checklist(state: &AdminState, side: Side) -> Result<Checklist, ApiError> {
     let untestable = |what: &str| ApiError {
         status: StatusCode::CONFLICT,

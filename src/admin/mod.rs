@@ -1,10 +1,10 @@
 //! The admin HTTP server: what an operator or admin reads and changes while usersync runs.
 //!
-//! `admin.md`'s surface: health, readiness and `/metrics` for the operator; under `/api/v1`
-//! (behind the admin token, `auth`) mapping lookup, the decision log, the settings
-//! (`settings`), the connections' status with reconnect, disconnect and test
-//! (`connections`), a resync and a replay from elsewhere with the log of both (`replay`), and
-//! the live feed (`feed`). Without a token it binds to loopback only.
+//! The admin surface of docs/operations.md ("The admin API and its token"): health, readiness and
+//! `/metrics` for the operator; under `/api/v1` (behind the admin token, `auth`) mapping lookup,
+//! the decision log, the settings (`settings`), the connections' status with reconnect, disconnect
+//! and test (`connections`), a resync and a replay from elsewhere with the log of both (`replay`),
+//! and the live feed (`feed`). Without a token it binds to loopback only.
 //! Errors are JSON `{"error": {"code", "message"}}`, and a parameter that does not parse is
 //! named.
 

@@ -2,7 +2,7 @@
 //! read by status, metrics and the live feed.
 //!
 //! The roles report what happened (a sign-in with its identity, a call that worked, a failure)
-//! and the board turns it into the state of `connections.md`. A transition is logged once;
+//! and the board turns it into the state of docs/operations.md. A transition is logged once;
 //! a failing call that leaves the state and reason as they were is not logged again here (the
 //! role logs its own retries at debug), so an outage is one warning and one recovery line, not
 //! a line per attempt.

@@ -1,5 +1,5 @@
-//! "Test connection": the checklist of `connections.md`, step by step, each passed or failed
-//! with the reason and the provider's error as it came.
+//! "Test connection": the checklist of docs/operations.md ("Test connection"), step by step, each
+//! passed or failed with the reason and the provider's error as it came.
 //!
 //! The steps themselves make calls and live with each side's wiring
 //! (`salesforce::checklist::test_connection`, `processor::checklist::test_outreach`); this is

@@ -1,5 +1,5 @@
 //! The connections to Salesforce and Outreach as an admin sees them: connected, degraded or
-//! disconnected, why, and what to do about it (`shared/design/connections.md`).
+//! disconnected, why, and what to do about it (docs/operations.md).
 //!
 //! Real integrations get disconnected: the authorizing user's permissions change, their
 //! credentials change, they leave the company, or somebody disconnects by hand. Each protocol

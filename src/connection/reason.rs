@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Side;
 
-/// The reasons of `connections.md`.
+/// The reasons of docs/operations.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DisconnectReason {

@@ -4,7 +4,7 @@
 //! `error_description` pairs, REST error arrays, Pub/Sub `error-code` trailers, Outreach's
 //! JSON:API errors). Here each of those errors gets one [`Verdict`], so the roles and the
 //! admin surface speak of both sides the same way. The `tests` module is the table of
-//! `connections.md`: one row per upstream signal, each fed through the real parser with the
+//! docs/operations.md: one row per upstream signal, each fed through the real parser with the
 //! exact body the reference records, and the verdict it must give.
 //!
 //! A 401 on an API call is not a row of its own: the clients refresh the token once and retry
@@ -168,7 +168,7 @@ mod tests {
 
     const D: fn(DisconnectReason) -> Verdict = Verdict::Disconnected;
 
-    /// Salesforce's token endpoint (reference §6.6): HTTP 400 unless noted.
+    /// Salesforce's token endpoint (docs/operations.md): HTTP 400 unless noted.
     #[test]
     fn salesforce_token_endpoint_refusals() {
         let rows: &[(u16, &str, Verdict)] = &[
@@ -255,7 +255,7 @@ mod tests {
         }
     }
 
-    /// Salesforce REST errors (reference §6.7).
+    /// Salesforce REST errors (docs/operations.md).
     #[test]
     fn salesforce_rest_refusals() {
         let rows: &[(u16, &str, Verdict)] = &[
@@ -305,7 +305,7 @@ mod tests {
         }
     }
 
-    /// Pub/Sub API statuses and `error-code` trailers (reference §2.8).
+    /// Pub/Sub API statuses and `error-code` trailers (docs/operations.md).
     #[test]
     fn pubsub_failures() {
         let trailer = |code: tonic::Code, suffix: Option<&str>| {
@@ -379,7 +379,7 @@ mod tests {
         assert_eq!(cannot.verdict(), D(PermissionsChanged));
     }
 
-    /// Outreach API and token-endpoint errors (reference §1.8, §3.4, §3.5).
+    /// Outreach API and token-endpoint errors (docs/operations.md).
     #[test]
     fn outreach_refusals() {
         let api: &[(u16, &str, Verdict)] = &[

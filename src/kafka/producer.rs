@@ -30,7 +30,7 @@ use super::topics::{self, AdminTopicCreator, TopicCreator, TopicError, TopicSpec
 use crate::config::KafkaConfig;
 use crate::event::{SCHEMA, UserChange};
 
-/// Header names of an event record (`events.md`).
+/// Header names of an event record (docs/event-schema.md, "Kafka record").
 pub const HEADER_SCHEMA: &str = "schema";
 pub const HEADER_EVENT_ID: &str = "event_id";
 pub const HEADER_SOURCE: &str = "source";

@@ -412,7 +412,7 @@ fn checkpoint_reader_config(config: &KafkaConfig) -> rdkafka::ClientConfig {
     client
 }
 
-/// Bytes as lower-case hex in JSON, the form `events.md` gives replay ids.
+/// Bytes as lower-case hex in JSON, the form docs/event-schema.md gives replay ids.
 mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 

@@ -22,7 +22,7 @@
 //!
 //! # A partial payload never becomes a partial event
 //!
-//! `events.md` says an Outreach event's `user` holds `email`, `first_name`, `last_name`,
+//! docs/webhooks.md says an Outreach event's `user` holds `email`, `first_name`, `last_name`,
 //! `username` and `locked`, and that `user` is always the full state after the change, never a
 //! partial update. A `user.updated` that only locked a user carries `{"locked": true,
 //! "updatedAt": …}` and no email, so on its own it can be neither keyed (the Kafka key is the

@@ -1,5 +1,5 @@
-//! Outreach's "test connection": the checklist of `connections.md` run with the processor's own
-//! Outreach client, step by step (`connection::checklist`).
+//! Outreach's "test connection": the checklist of docs/operations.md ("Test connection") run with
+//! the processor's own Outreach client, step by step (`connection::checklist`).
 
 use crate::config::OutreachConfig;
 use crate::outreach::OutreachClient;

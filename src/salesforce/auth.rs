@@ -1,12 +1,12 @@
 //! OAuth for Salesforce: getting a session, reading who it belongs to, and saying why it failed.
 //!
-//! usersync supports three ways in (`shared/design/connections.md`): the JWT bearer flow
-//! (consumer key, private key, username; changing the username switches the authorizing user),
-//! the client credentials flow (which only works on the org's My Domain host), and a refresh
-//! token stored by the web authorization-code flow. All three end at the same token endpoint
-//! and give the same [`SalesforceSession`]: the access token, the instance URL every later call
-//! goes to, and the org and user ids read from the identity URL — the org id is the `tenantid`
-//! every Pub/Sub call needs.
+//! usersync supports three ways in (docs/subscriber.md, "Pointing it at a real org"): the JWT
+//! bearer flow (consumer key, private key, username; changing the username switches the
+//! authorizing user), the client credentials flow (which only works on the org's My Domain host),
+//! and a refresh token stored by the web authorization-code flow. All three end at the same token
+//! endpoint and give the same [`SalesforceSession`]: the access token, the instance URL every
+//! later call goes to, and the org and user ids read from the identity URL — the org id is the
+//! `tenantid` every Pub/Sub call needs.
 //!
 //! When the token endpoint refuses, the integration stops until an admin acts, and the admin
 //! needs to know *what* to do. Salesforce says it only through a pair of strings
@@ -280,7 +280,8 @@ const fn rule(
 const WRONG_DOMAIN_HINT: &str = "the client credentials flow works only on the org's My Domain host (https://<MyDomain>.my.salesforce.com), not on login.salesforce.com or test.salesforce.com: fix the configured URL";
 const NO_RUN_AS_HINT: &str = "the connected app has no run-as user for the client credentials flow: assign one in its policies";
 
-/// The classification table, first match wins (reference §6.6, connections.md).
+/// The classification table, first match wins (docs/operations.md, "Disconnection reasons and what
+/// to do").
 pub static TOKEN_ERRORS: &[TokenErrorRule] = &[
     rule(
         "invalid_grant",

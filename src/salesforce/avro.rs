@@ -1,5 +1,5 @@
 //! Decoding one Pub/Sub change event payload: a raw Avro datum (no container header, no magic
-//! byte) written with the schema named by the event's `schema_id` (reference §3.1).
+//! byte) written with the schema named by the event's `schema_id` (docs/subscriber.md).
 //!
 //! Why a [`ChangeEventSchema`] and not just an `apache_avro::Schema`: the bitmaps in the
 //! header index the positions of the *writer* schema (§3.4), so the schema, its top-level field
@@ -741,7 +741,7 @@ pub(crate) mod test_support {
         })
     }
 
-    /// The documented CREATE example (reference §4.4), as a full body.
+    /// The documented CREATE example (docs/subscriber.md), as a full body.
     pub(crate) fn create_body() -> Json {
         json!({
             "Username": "olga.brown@example.com.prod",

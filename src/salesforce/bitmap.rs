@@ -2,7 +2,7 @@
 //! `diffFields`.
 //!
 //! On the Pub/Sub API these arrive as bitmaps over the positions of the event's **writer
-//! schema** (reference §3.4), not as names:
+//! schema** (docs/subscriber.md), not as names:
 //!
 //! - `"0x…"`: a hex number; bit i (least significant = 0) names top-level field i. Bit 0 is
 //!   `ChangeEventHeader` itself and names no field.

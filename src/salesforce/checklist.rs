@@ -1,5 +1,6 @@
-//! Salesforce's "test connection": the checklist of `connections.md` run against the org with
-//! the credentials the subscriber would use, step by step (`connection::checklist`).
+//! Salesforce's "test connection": the checklist of docs/operations.md ("Test connection") run
+//! against the org with the credentials the subscriber would use, step by step
+//! (`connection::checklist`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! From one decoded change event to normalized `user_change.v1` events (design/events.md).
+//! From one decoded change event to normalized `user_change.v1` events (docs/event-schema.md).
 //!
 //! Pure functions: the caller hands in the decoded event, where it came from ([`Delivery`]) and
 //! the last-known state of the users it names, and gets back a [`Normalized`] outcome. Nothing

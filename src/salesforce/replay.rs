@@ -2,7 +2,7 @@
 //!
 //! The subscriber keeps one [`ReplayCheckpoint`](crate::store::ReplayCheckpoint) per topic:
 //! the replay id of the newest position whose events (and every earlier one's) Kafka
-//! confirmed. [`recovery`] turns a stream's end into the next step, following reference §7:
+//! confirmed. [`recovery`] turns a stream's end into the next step, following docs/subscriber.md:
 //!
 //! - transient failures (UNAVAILABLE, INTERNAL, RST_STREAM, a dead stream) → back off, then
 //!   resume *after the checkpoint* — never LATEST, which would skip the backlog;

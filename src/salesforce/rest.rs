@@ -2,7 +2,7 @@
 //! change stream cannot.
 //!
 //! Change Data Capture tells usersync what changed, but three situations leave it with less
-//! than the facts (reference §6.9, §7), and each is answered by a SOQL query here:
+//! than the facts (docs/subscriber.md), and each is answered by a SOQL query here:
 //!
 //! - **first start**: nothing has been seen yet, so every user is read ([`SalesforceRest::all_users`],
 //!   or page by page with [`SalesforceRest::user_pages`]);

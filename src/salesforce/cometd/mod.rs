@@ -1,5 +1,5 @@
 //! The Streaming API (CometD / Bayeux long-polling) path of the subscriber: the fallback for
-//! orgs where the Pub/Sub API cannot be used (reference §5).
+//! orgs where the Pub/Sub API cannot be used (docs/subscriber.md).
 //!
 //! CometD is the legacy transport and the one where the public clients went wrong most often
 //! (§8), so this module is shaped around those failures rather than around the protocol's

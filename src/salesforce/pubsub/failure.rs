@@ -73,7 +73,7 @@ impl fmt::Display for PubSubFailure {
     }
 }
 
-/// Trailer suffixes (after `sfdc.platform.eventbus.grpc.`) and their kinds, reference §2.8.
+/// Trailer suffixes (after `sfdc.platform.eventbus.grpc.`) and their kinds, docs/subscriber.md
 pub const TRAILER_KINDS: &[(&str, FailureKind)] = &[
     (
         "subscription.fetch.replayid.corrupted",

@@ -4,7 +4,7 @@
 //!    else, as infrastructure in front of the service would.
 //! 2. **Gateway**: the `Authorization: Bearer` token must decode as a JWT, else 401 with the
 //!    gateway's bare body `{"error":"Invalid JWT token.","description":"The JWT token could
-//!    not be decoded."}` (reference §3.5); a missing header is treated the same way.
+//!    not be decoded."}` (docs/simulators.md); a missing header is treated the same way.
 //! 3. **Token**: a decodable token that is unknown, revoked or expired gets a 401 with a
 //!    JSON:API body `{"errors":[{"id":"unauthorized","title":"Unauthorized","detail":…}]}`.
 //!    Outreach does not document this body; its shape and wording are an inference.
@@ -282,7 +282,7 @@ fn fault_response(shared: &Shared, fault: Fault, now: DateTime<Utc>) -> Response
         }
         Fault::Status(503) => {
             // Outreach's maintenance answer carries an ISO-8601 instant in Retry-After
-            // (reference §4.2), not a number of seconds.
+            // (docs/simulators.md), not a number of seconds.
             let retry_at = (now + TimeDelta::seconds(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
             let mut response = json_api(
                 StatusCode::SERVICE_UNAVAILABLE,

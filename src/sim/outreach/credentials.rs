@@ -1,6 +1,6 @@
 //! OAuth credentials: authorization codes, access tokens and refresh tokens, pure state.
 //!
-//! The rules follow reference §3 and are kept apart from HTTP so they can be tested with a
+//! The rules follow docs/simulators.md and are kept apart from HTTP so they can be tested with a
 //! chosen clock:
 //!
 //! - every credential belongs to a [`Grant`]: the authorizing Outreach user (the *subject*),
@@ -13,7 +13,7 @@
 //!   use and live 10 minutes (an inference, Doorkeeper's default);
 //! - every refresh mints a new refresh token; older ones stay valid until their own expiry
 //!   (14 days) or until more than 100 exist for the same (subject, client), when the oldest
-//!   are evicted (reference §3.3, an inference from the documented cap);
+//!   are evicted (docs/simulators.md, an inference from the documented cap);
 //! - one mint (code exchange or refresh) per (subject, client) per `mint_throttle`; the next
 //!   one within it is throttled. Credentials issued directly by a test through the handle
 //!   are not mints: they neither count against nor start the throttle;

@@ -1,7 +1,7 @@
 //! JSON:API documents as Outreach writes and reads them, built from `serde_json` values.
 //!
 //! The simulator renders and parses the wire format itself (never through the product's
-//! types), following reference §1.3, §1.8 and §2:
+//! types), following docs/simulators.md:
 //!
 //! - a user is `{"type":"user","id":<integer>,"attributes":{…},"relationships":{…},
 //!   "links":{"self":…}}`; timestamps are UTC with milliseconds and a `Z`;

@@ -2,7 +2,7 @@
 //!
 //! Test equipment for usersync's Outreach client: it speaks Outreach's wire format (JSON:API
 //! with integer ids, the documented error documents, OAuth à la Doorkeeper, per-user rate
-//! limits with their headers) as described in `shared/reference/outreach.md`, and lets a test
+//! limits with their headers) as described in docs/simulators.md, and lets a test
 //! seed users, issue credentials, inspect requests and inject faults. It is an independent
 //! implementation — it never uses the product's `crate::outreach` types — so a bug in the
 //! product's serialization cannot hide by being shared with its test equipment. Where the

@@ -1,6 +1,6 @@
 //! The OAuth 2.0 endpoints: `POST /oauth/token` and `GET /oauth/authorize`.
 //!
-//! Outreach's token endpoint behaves like the Ruby Doorkeeper server (reference §3.2, §3.4):
+//! Outreach's token endpoint behaves like the Ruby Doorkeeper server (docs/simulators.md):
 //! the token response is `{"access_token","token_type":"bearer","expires_in","refresh_token",
 //! "scope","created_at"}` and errors follow RFC 6749 §5.2 (`{"error","error_description"}`).
 //! The simulator registers exactly one client (`client_id`, `client_secret`, `redirect_uri`

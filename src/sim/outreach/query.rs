@@ -5,7 +5,7 @@
 //! 400 naming it, instead of being silently ignored, so a client never passes a test by
 //! relying on behaviour the simulator only pretends to have.
 //!
-//! Supported (as documented for Outreach, reference §1.4–§1.6):
+//! Supported (as documented for Outreach, docs/simulators.md):
 //! - `filter[<attr>]` on the filterable user attributes `id`, `email`, `username`,
 //!   `firstName`, `lastName`, `locked`, `createdAt`, `updatedAt`, `currentSignInAt`, with
 //!   the value forms `a`, `a,b,c`, `a..b`, `a..inf`, `neginf..b`, `__null__`, `__notnull__`.

@@ -1,7 +1,7 @@
 //! The per-user request budget: a fixed window per token subject, pure arithmetic.
 //!
 //! Outreach limits each *user* (the authorizing user behind the token, whichever app or token
-//! is used) to 10,000 requests per hour (reference §4.1). The simulator models a fixed
+//! is used) to 10,000 requests per hour (docs/simulators.md). The simulator models a fixed
 //! window that opens with the subject's first request and lasts `window`; a request after
 //! the window's end opens a new one with a full budget. Anchoring at first use (rather than
 //! at clock hours) is an inference that keeps tests with short windows deterministic.

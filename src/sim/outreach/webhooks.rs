@@ -1,6 +1,6 @@
 //! Webhooks: the `/api/v2/webhooks` resource and the deliveries a user change causes, pure.
 //!
-//! Following reference §1.9 and the `webhook` resource of Outreach's schema:
+//! Following docs/simulators.md and the `webhook` resource of Outreach's schema:
 //!
 //! - a webhook has `url`, `resource`, `action` (either may be `*`), an optional write-only
 //!   `secret`, `payloadVersion` (1 or 2) and `active`; ids are integers like users';

@@ -1,5 +1,6 @@
 //! The Streaming API endpoint: Bayeux long-polling over HTTP POST on the My Domain host
-//! (reference §5), reading the same retained event bus as the Pub/Sub service.
+//! (docs/simulators.md, "The Salesforce simulator"), reading the same retained event bus as the
+//! Pub/Sub service.
 //!
 //! `POST /my-domain/cometd/{version}` takes a JSON array of messages and answers one. What it
 //! enforces, each rule one a real client has tripped over:

@@ -4,9 +4,9 @@
 //! (`FirstName`, `City`, not `Name.FirstName`); dates are epoch milliseconds. Every write goes
 //! through [`Directory`], which applies it and returns the [`ChangeRecord`] Salesforce would
 //! publish for it — one per transaction and record, or one *merged* record naming several
-//! users when one transaction made the same change to each (reference §3.2 `recordIds`). The
-//! event bus encodes a `ChangeRecord` for Pub/Sub (Avro, bitmaps) or CometD (JSON, names), so
-//! both transports carry exactly the same facts.
+//! users when one transaction made the same change to each (docs/simulators.md, "The Salesforce
+//! simulator"). The event bus encodes a `ChangeRecord` for Pub/Sub (Avro, bitmaps) or CometD
+//! (JSON, names), so both transports carry exactly the same facts.
 //!
 //! Rules kept from the real service (§3.3, §4.2): users are never deleted, only deactivated
 //! (an UPDATE of `IsActive`); an UPDATE reports the changed fields plus `LastModifiedDate`,

@@ -3,8 +3,8 @@
 //! Every surface the subscriber uses, each in its own module, all over one shared state:
 //!
 //! - [`oauth`]: the token endpoint (JWT bearer with signature checks, client credentials,
-//!   refresh token) with the real error bodies of `shared/reference/salesforce.md` §6, and
-//!   userinfo;
+//!   refresh token) with the real error bodies of docs/simulators.md ("The Salesforce simulator"),
+//!   and userinfo;
 //! - [`directory`]: the org's User records; every write produces the change records
 //!   Salesforce would publish, which [`eventbus`] retains with replay ids, encoded by [`cdc`]
 //!   with the writer schemas of [`schema`];

@@ -4,8 +4,8 @@
 //! It decides every answer of the token and userinfo endpoints from the request alone, so the
 //! rules can be read (and tested) without HTTP. The handlers below only parse and render.
 //!
-//! Answers follow `shared/reference/salesforce.md` §6. Where the reference is silent, the
-//! choices are:
+//! Answers follow docs/simulators.md ("The Salesforce simulator", OAuth). Where the reference is
+//! silent, the choices are:
 //! - an unknown JWT `sub` gets `invalid_grant` / `authentication failure` (the generic "who is
 //!   this" refusal);
 //! - an expired or not-yet-valid assertion, like a bad signature or a malformed JWT, gets

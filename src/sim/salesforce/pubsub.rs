@@ -1,6 +1,6 @@
 //! The Pub/Sub API (gRPC service `eventbus.v1.PubSub`) over the simulated org's event bus.
 //!
-//! What it does, as the real service documents it (reference §2):
+//! What it does, as the real service documents it (docs/simulators.md, "The Salesforce simulator"):
 //!
 //! - every call must carry `accesstoken`, `instanceurl` and `tenantid` metadata naming a live
 //!   session, the org's My Domain URL and the org id; otherwise `UNAUTHENTICATED` with the

@@ -1,11 +1,11 @@
 //! The REST data API of the simulated org: SOQL queries over User, query locators, one record
 //! by id, and the list of API versions.
 //!
-//! The subscriber reads users over REST three ways (reference §6.9, §7): the whole directory
-//! at the first start, the users a `GAP_*` event names (`WHERE Id IN (…)`), and everyone
-//! changed since a moment when replay is impossible (`WHERE LastModifiedDate >= …`). Those
-//! are the shapes served here, and they are served with the real service's wire details,
-//! because that is where clients break:
+//! The subscriber reads users over REST three ways (docs/simulators.md, "The Salesforce
+//! simulator"): the whole directory at the first start, the users a `GAP_*` event names (`WHERE Id
+//! IN (…)`), and everyone changed since a moment when replay is impossible (`WHERE
+//! LastModifiedDate >= …`). Those are the shapes served here, and they are served with the real
+//! service's wire details, because that is where clients break:
 //!
 //! - results come in pages (2,000 records by default, `Sforce-Query-Options: batchSize=N`
 //!   asks for 200 to 2,000) and the client must follow `nextRecordsUrl`, relative to the

@@ -1,10 +1,11 @@
 //! The simulated org's `UserChangeEvent` writer schemas.
 //!
-//! Salesforce publishes no authoritative Avro schema for `UserChangeEvent` (reference §10.4), so
-//! the simulator builds one from what is known (§3.1, §3.2, §4.3): the `ChangeEventHeader`
-//! record first, then one field per User field in a fixed order, every body field a
-//! `["null", T]` union with a null default, `Name` and `Address` as compound records, dates
-//! as `long` epoch milliseconds, preferences as string arrays.
+//! Salesforce publishes no authoritative Avro schema for `UserChangeEvent` (docs/simulators.md,
+//! "The Salesforce simulator"), so the simulator builds one from what is known (the change event
+//! header and body of the documented examples): the `ChangeEventHeader` record first, then one
+//! field per User field in a fixed order, every body field a `["null", T]` union with a null
+//! default, `Name` and `Address` as compound records, dates as `long` epoch milliseconds,
+//! preferences as string arrays.
 //!
 //! The schema can change mid-stream, as a real org's does when an admin adds a field: each
 //! [`SchemaVersion`] has its own id, a fingerprint of its JSON (22 base64url characters, the
