@@ -569,7 +569,7 @@ impl Pipeline {
         });
         let subscriber = tokio::spawn({
             let config = config.clone();
-            async move { usersync::salesforce::role::run(&config, stopped).await }
+            async move { usersync::salesforce::role::run(&config, &Default::default(), stopped).await }
         });
         Ok(Pipeline {
             salesforce,

@@ -86,11 +86,8 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short, env = CONFIG_ENV)]
         config: Option<PathBuf>,
-        /// Serve /healthz, /readyz and /metrics on this host:port (no API, no token), for an
-        /// orchestrator's probes, Prometheus and `usersync health`; by default nothing is
-        /// served. The same variable as the other verbs' --health-listen.
-        #[arg(long, alias = "health-listen", env = crate::health::HEALTH_LISTEN_ENV, value_name = "HOST:PORT")]
-        listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        health: crate::health::HealthListen,
     },
     /// Run every role in one process: the subscriber, the processor and the admin server.
     ///
@@ -446,19 +443,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Subscriber { config, health } => {
             let config = crate::config::Config::load(config.as_deref())?;
-            let shutdown = shutdown_signal();
-            health.serve(shutdown.clone()).await?;
-            crate::salesforce::role::run(&config, shutdown).await
+            crate::salesforce::role::run(&config, &health, shutdown_signal()).await
         }
-        Command::Processor { config, listen } => {
+        Command::Processor { config, health } => {
             let config = crate::config::Config::load(config.as_deref())?;
-            crate::processor::role::run(&config, listen, shutdown_signal()).await
+            crate::processor::role::run(&config, &health, shutdown_signal()).await
         }
         Command::Run { config, health } => {
             let config = crate::config::Config::load(config.as_deref())?;
-            let shutdown = shutdown_signal();
-            health.serve(shutdown.clone()).await?;
-            crate::run::run(&config, shutdown).await
+            crate::run::run(&config, &health, shutdown_signal()).await
         }
         Command::Demo {
             once,

@@ -130,7 +130,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         });
         let stopped = stopped.clone();
         async move {
-            crate::admin::serve(admin, router, stopped)
+            crate::health::serve(admin, router, stopped)
                 .await
                 .map_err(anyhow::Error::from)
         }

@@ -1,5 +1,5 @@
-//! Liveness for containers: `usersync health` and the health listener of the long-running
-//! verbs.
+//! Liveness for containers: `usersync health`, and the health listener every long-running
+//! verb can serve.
 //!
 //! `usersync health` asks a running usersync in the same container whether it is alive, so an
 //! image's health check needs nothing but the binary (no curl). It sends `GET /healthz` to
@@ -13,16 +13,26 @@
 //! the URL asked.
 //!
 //! The health listener: `usersync subscriber|processor|run|sim … --health-listen HOST:PORT`
-//! (or `USERSYNC_HEALTH_LISTEN`) also serves `GET /healthz` there while the process runs. A
-//! role run alone has no admin server, so this is what its container's health check asks.
-//! Because the verb and `usersync health` read the same variable, one setting in a container's
-//! environment serves both.
+//! (or `USERSYNC_HEALTH_LISTEN`) serves the operator's routes ([`Probes`]) there while the
+//! process runs — no API, no token. A role run alone has no admin server, so this is what its
+//! container's health check, an orchestrator's probes and Prometheus ask. Because the verb and
+//! `usersync health` read the same variable, one setting in a container's environment serves
+//! both. The admin server serves the same routes beside its API.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::connection::Connections;
+use crate::store::Store;
 
 /// The variable of `--health-listen` and of `usersync health --address`.
 pub const HEALTH_LISTEN_ENV: &str = "USERSYNC_HEALTH_LISTEN";
@@ -30,23 +40,24 @@ pub const HEALTH_LISTEN_ENV: &str = "USERSYNC_HEALTH_LISTEN";
 /// `--health-listen`, shared by every long-running verb.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct HealthListen {
-    /// Also serve GET /healthz on this address while running, for a container's health check
-    /// (`usersync health` reads the same variable). Unset: no health listener.
+    /// Serve GET /healthz (and, where the verb has them, /readyz and /metrics) on this address
+    /// while running: no API, no token; for a container's health check (`usersync health`
+    /// reads the same variable), an orchestrator's probes and Prometheus. Unset: nothing.
     #[arg(long, env = HEALTH_LISTEN_ENV, value_name = "HOST:PORT")]
     pub health_listen: Option<String>,
 }
 
 impl HealthListen {
-    /// Binds the listener (when one is asked for) and serves `/healthz` until `shutdown`
-    /// turns true. Fails, naming the address, when it cannot listen there.
-    pub async fn serve(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// Binds the listener, when one is asked for, and serves `probes` there until the
+    /// returned server is stopped. Fails, naming the address, when it cannot listen there.
+    pub async fn start(&self, probes: Probes) -> anyhow::Result<HealthServer> {
         let Some(listen) = self
             .health_listen
             .as_deref()
             .map(str::trim)
             .filter(|l| !l.is_empty())
         else {
-            return Ok(());
+            return Ok(HealthServer(None));
         };
         let address: SocketAddr = listen.parse().map_err(|e| {
             anyhow::anyhow!(
@@ -58,22 +69,118 @@ impl HealthListen {
             .with_context(|| {
                 format!("cannot listen on --health-listen ({HEALTH_LISTEN_ENV}) {address}")
             })?;
-        tracing::info!(%address, "health listener serving /healthz");
-        tokio::spawn(async move {
-            if let Err(error) = serve(listener, shutdown).await {
-                tracing::error!(%error, "the health listener stopped");
-            }
-        });
-        Ok(())
+        tracing::info!(%address, routes = ?probes.paths(), "health listener serving");
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, probes.router(), stopped));
+        Ok(HealthServer(Some((stop, task))))
     }
 }
 
-/// Serves `GET /healthz` (200 `ok`) on `listener` until `shutdown` turns true.
+/// A running health listener (or none). Stopped by the verb after its role has stopped, so
+/// the probes answer while the role drains.
+#[must_use = "a health server runs until it is stopped"]
+pub struct HealthServer(Option<(watch::Sender<bool>, JoinHandle<std::io::Result<()>>)>);
+
+impl HealthServer {
+    /// Stops serving and waits for the listener to close.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let Some((stop, task)) = self.0 else {
+            return Ok(());
+        };
+        let _ = stop.send(true);
+        task.await
+            .context("the health listener panicked")?
+            .context("serving the health listener")
+    }
+}
+
+/// The operator's routes: `/healthz` always (the process answers); `/readyz` when there is a
+/// store to ask (ready when it answers); `/metrics` when there is a role's connection board
+/// (the process's counters and each connection's state, as OpenMetrics text).
+#[derive(Clone, Default)]
+pub struct Probes {
+    store: Option<Arc<dyn Store>>,
+    connections: Option<Connections>,
+}
+
+impl Probes {
+    /// `/healthz` alone (the simulators).
+    pub fn alive() -> Probes {
+        Probes::default()
+    }
+
+    /// Adds `/readyz`, asking `store`.
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Probes {
+        self.store = Some(store);
+        self
+    }
+
+    /// Adds `/metrics`, with the state of `connections`.
+    pub fn with_metrics(mut self, connections: Connections) -> Probes {
+        self.connections = Some(connections);
+        self
+    }
+
+    /// The paths served.
+    pub fn paths(&self) -> Vec<&'static str> {
+        let mut paths = vec!["/healthz"];
+        if self.store.is_some() {
+            paths.push("/readyz");
+        }
+        if self.connections.is_some() {
+            paths.push("/metrics");
+        }
+        paths
+    }
+
+    /// The routes, ready to serve or to merge into the admin server's.
+    pub fn router(self) -> axum::Router {
+        let mut router = axum::Router::new().route("/healthz", get(|| async { "ok" }));
+        if let Some(store) = self.store {
+            router = router.route("/readyz", get(move || ready(store.clone())));
+        }
+        if let Some(connections) = self.connections {
+            router = router.route(
+                "/metrics",
+                get(move || async move { metrics(&connections) }),
+            );
+        }
+        router
+    }
+}
+
+/// Ready when the store answers; 503 with the store's error otherwise.
+async fn ready(store: Arc<dyn Store>) -> Response {
+    match store.settings().await {
+        Ok(_) => "ready".into_response(),
+        Err(error) => {
+            let body = serde_json::json!({
+                "error": {"code": "store_unavailable", "message": error.to_string()}
+            });
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
+}
+
+/// Prometheus' page: the process's counters and each connection's state now.
+fn metrics(connections: &Connections) -> Response {
+    let page = crate::metrics::global().render(connections);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        page,
+    )
+        .into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    router: axum::Router,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
@@ -203,7 +310,7 @@ mod tests {
         let (stop, shutdown) = watch::channel(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(listener, shutdown));
+        let server = tokio::spawn(serve(listener, Probes::alive().router(), shutdown));
         let line = check(address, Duration::from_secs(5)).await.unwrap();
         assert_eq!(
             line,
@@ -246,9 +353,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_verb_flag_binds_or_names_the_address() {
-        let (_stop, shutdown) = watch::channel(false);
         HealthListen::default()
-            .serve(shutdown.clone())
+            .start(Probes::alive())
+            .await
+            .unwrap()
+            .stop()
             .await
             .unwrap();
         let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -256,7 +365,7 @@ mod tests {
         let busy = HealthListen {
             health_listen: Some(address.to_string()),
         };
-        let error = format!("{:#}", busy.serve(shutdown.clone()).await.unwrap_err());
+        let error = format!("{:#}", busy.start(Probes::alive()).await.err().unwrap());
         assert!(
             error.starts_with(&format!(
                 "cannot listen on --health-listen (USERSYNC_HEALTH_LISTEN) {address}"
@@ -267,7 +376,64 @@ mod tests {
         let free = HealthListen {
             health_listen: Some(address.to_string()),
         };
-        free.serve(shutdown).await.unwrap();
+        let server = free.start(Probes::alive()).await.unwrap();
         check(address, Duration::from_secs(5)).await.unwrap();
+        server.stop().await.unwrap();
+        assert!(check(address, Duration::from_secs(5)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_role_s_probes_answer_health_readiness_and_metrics_and_no_api() {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let connections = Connections::new();
+        connections.connected(crate::connection::Side::Outreach, None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (_stop, shutdown) = watch::channel(false);
+        let probes = Probes::alive().with_store(store).with_metrics(connections);
+        assert_eq!(probes.paths(), ["/healthz", "/readyz", "/metrics"]);
+        tokio::spawn(serve(listener, probes.router(), shutdown));
+        let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+        assert_eq!(health.status(), 200);
+        let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
+        assert_eq!(ready.text().await.unwrap(), "ready");
+        let page = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::metrics::sample(
+                &page,
+                "usersync_connection_state{side=\"outreach\",state=\"connected\"}"
+            ),
+            Some(1.0),
+            "{page}"
+        );
+        for api in ["/api/v1/status", "/api/v1/settings", "/"] {
+            let response = reqwest::get(format!("{url}{api}")).await.unwrap();
+            assert_eq!(response.status(), 404, "{api}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_simulators_probes_answer_only_health() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (_stop, shutdown) = watch::channel(false);
+        assert_eq!(Probes::alive().paths(), ["/healthz"]);
+        tokio::spawn(serve(listener, Probes::alive().router(), shutdown));
+        assert_eq!(
+            reqwest::get(format!("{url}/healthz"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        for absent in ["/readyz", "/metrics"] {
+            let response = reqwest::get(format!("{url}{absent}")).await.unwrap();
+            assert_eq!(response.status(), 404, "{absent}");
+        }
     }
 }

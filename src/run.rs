@@ -20,11 +20,36 @@ use anyhow::Context;
 
 use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
 use crate::connection::{Connections, Side};
+use crate::health::{HealthListen, Probes};
 
-/// Runs every role until `shutdown` turns true or one of them fails.
-pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let (stop, stopped) = watch::channel(false);
+/// Runs every role until `shutdown` turns true or one of them fails. With a health listener,
+/// also serves `/healthz`, `/readyz` and `/metrics` there (no API) until every role stopped.
+pub async fn run(
+    config: &Config,
+    health: &HealthListen,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let store = crate::store::open(&config.store.url).await?;
+    let connections = Connections::new();
+    let probes = health
+        .start(
+            Probes::alive()
+                .with_store(store.clone())
+                .with_metrics(connections.clone()),
+        )
+        .await?;
+    let ran = run_roles(config, store, connections, shutdown).await;
+    probes.stop().await?;
+    ran
+}
+
+async fn run_roles(
+    config: &Config,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    connections: Connections,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = watch::channel(false);
     let authorizations = StoredAuthorizations::from_config(store.clone(), &config.secrets)?;
     let stored_outreach = authorizations
         .load::<OutreachAuthorization>(Side::Outreach)
@@ -33,7 +58,6 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
         .map(|stored| (authorizations.clone(), stored));
     let outreach = crate::processor::role::outreach_client_with(&config.outreach, stored_outreach)?;
     let webhooks = webhook_routes(config, &outreach).await?;
-    let connections = Connections::new();
     let outreach_for_checks = outreach.clone();
     let mut processor = crate::processor::role::build_with(config, store.clone(), outreach)
         .await?
@@ -89,7 +113,7 @@ pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow
         }
         let stopped = stopped.clone();
         roles.spawn("admin server", async move {
-            crate::admin::serve(admin, router, stopped)
+            crate::health::serve(admin, router, stopped)
                 .await
                 .map_err(anyhow::Error::from)
         });

@@ -29,7 +29,11 @@ async fn healthy_server() -> (SocketAddr, watch::Sender<bool>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, shutdown) = watch::channel(false);
-    tokio::spawn(usersync::health::serve(listener, shutdown));
+    tokio::spawn(usersync::health::serve(
+        listener,
+        usersync::health::Probes::alive().router(),
+        shutdown,
+    ));
     (address, stop)
 }
 

@@ -230,7 +230,7 @@ mod tests {
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let _keep = _stop;
-            super::super::serve(listener, super::super::router(state), shutdown).await
+            crate::health::serve(listener, super::super::router(state), shutdown).await
         });
         (url, decisions, connections, actions)
     }

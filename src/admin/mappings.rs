@@ -246,9 +246,10 @@ mod tests {
 
     use serde_json::json;
 
-    use crate::admin::{AdminState, bind, router, serve};
+    use crate::admin::{AdminState, bind, router};
     use crate::connection::Connections;
     use crate::engine::state::SalesforceUser;
+    use crate::health::serve;
     use crate::outreach::{OutreachUser, OutreachUserId};
     use crate::salesforce::id::SalesforceId;
     use crate::store::{DecisionQuery, Store};

@@ -29,7 +29,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::watch;
 
 use crate::connection::Connections;
 use crate::connection::authorization::StoredAuthorizations;
@@ -96,51 +95,16 @@ pub fn router(state: AdminState) -> Router {
             state.token.clone(),
             auth::require_token,
         ));
+    let probes = crate::health::Probes::alive()
+        .with_store(state.store.clone())
+        .with_metrics(state.connections.clone())
+        .router();
     Router::new()
         .route("/", get(page))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics_page))
         .route("/oauth/{side}/callback", get(authorize::callback))
         .merge(api)
         .with_state(state)
-}
-
-/// The operator's routes alone — `/healthz`, `/readyz` and `/metrics`, no API, so no token —
-/// for a role run by itself (`usersync processor --listen …`): what an orchestrator's probes
-/// and Prometheus read.
-pub fn probes(store: Arc<dyn Store>, connections: Connections) -> Router {
-    #[derive(Clone)]
-    struct Probed {
-        store: Arc<dyn Store>,
-        connections: Connections,
-    }
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(probed): State<Probed>| async move { store_ready(&*probed.store).await }),
-        )
-        .route(
-            "/metrics",
-            get(
-                |State(probed): State<Probed>| async move { metrics_response(&probed.connections) },
-            ),
-        )
-        .with_state(Probed { store, connections })
-}
-
-/// Serves `router` on `listener` until `shutdown` turns true.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
+        .merge(probes)
 }
 
 /// Binds the admin address; a non-loopback one only when the API has a token (`with_token`).
@@ -187,38 +151,11 @@ fn store_failed(error: crate::store::StoreError) -> ApiError {
     }
 }
 
-async fn ready(State(state): State<AdminState>) -> Result<&'static str, ApiError> {
-    store_ready(&*state.store).await
-}
-
-/// Ready when the store answers.
-async fn store_ready(store: &dyn Store) -> Result<&'static str, ApiError> {
-    store.settings().await.map_err(store_failed)?;
-    Ok("ready")
-}
-
 /// The admin page (`page.html`, in the binary): plain HTML, CSS and a little JavaScript over
 /// this API, laid out like Outreach's CRM page. It needs no token itself; it asks for one when
 /// the API answers 401.
 async fn page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("page.html"))
-}
-
-/// Prometheus' page: the process's counters and each connection's state now.
-async fn metrics_page(State(state): State<AdminState>) -> Response {
-    metrics_response(&state.connections)
-}
-
-fn metrics_response(connections: &Connections) -> Response {
-    let page = crate::metrics::global().render(connections);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        page,
-    )
-        .into_response()
 }
 
 /// `POST /api/v1/resync`: the subscriber reads every Salesforce user again and publishes each
@@ -342,6 +279,7 @@ async fn decisions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::watch;
 
     async fn serve_test() -> (String, watch::Sender<bool>) {
         serve_with_token(None).await
@@ -365,7 +303,7 @@ mod tests {
             pending: Default::default(),
             actions: Default::default(),
         };
-        tokio::spawn(serve(listener, router(state), shutdown));
+        tokio::spawn(crate::health::serve(listener, router(state), shutdown));
         (url, stop)
     }
 
@@ -430,37 +368,6 @@ mod tests {
             Some(1.0),
             "{page}"
         );
-    }
-
-    #[tokio::test]
-    async fn the_probes_alone_answer_health_readiness_and_metrics_and_no_api() {
-        let store = crate::store::open("sqlite::memory:").await.unwrap();
-        let connections = Connections::new();
-        connections.connected(crate::connection::Side::Outreach, None);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (_stop, shutdown) = watch::channel(false);
-        tokio::spawn(serve(listener, probes(store, connections), shutdown));
-        let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
-        assert_eq!(health.status(), 200);
-        let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
-        assert_eq!(ready.text().await.unwrap(), "ready");
-        let page = reqwest::get(format!("{url}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert_eq!(
-            crate::metrics::sample(
-                &page,
-                "usersync_connection_state{side=\"outreach\",state=\"connected\"}"
-            ),
-            Some(1.0),
-            "the board given is the one shown: {page}"
-        );
-        let api = reqwest::get(format!("{url}/api/v1/status")).await.unwrap();
-        assert_eq!(api.status(), 404);
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use super::{Processor, ProcessorSettings};
 use crate::config::{Config, OutreachConfig};
 use crate::connection::Connections;
 use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
+use crate::health::{HealthListen, Probes};
 use crate::kafka::ChangePublisher;
 use crate::outreach::token_file::TokenFile;
 use crate::outreach::{ClientConfig, MemoryTokenStore, OAuthTokens, OutreachClient, TokenStore};
@@ -130,12 +131,12 @@ pub async fn build_with(
     )?)
 }
 
-/// Runs the processor until `shutdown` turns true. With `listen`, also serves `/healthz`,
-/// `/readyz` and `/metrics` there (no API) from the start until the processor has stopped, so
-/// an orchestrator's probes and Prometheus see a replica that runs alone.
+/// Runs the processor until `shutdown` turns true. With a health listener, also serves
+/// `/healthz`, `/readyz` and `/metrics` there (no API) from the start until the processor has
+/// stopped, so an orchestrator's probes and Prometheus see a replica that runs alone.
 pub async fn run(
     config: &Config,
-    listen: Option<std::net::SocketAddr>,
+    health: &HealthListen,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let outreach = outreach_client(&config.outreach)?;
@@ -143,22 +144,13 @@ pub async fn run(
         .await
         .context("opening the store")?;
     let connections = Connections::new();
-    let (stop_probes, probes_stopped) = watch::channel(false);
-    let probes = match listen {
-        None => None,
-        Some(listen) => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("listening for probes and metrics on {listen}"))?;
-            tracing::info!(address = %listen, "serving /healthz, /readyz and /metrics");
-            let router = crate::admin::probes(store.clone(), connections.clone());
-            Some(tokio::spawn(crate::admin::serve(
-                listener,
-                router,
-                probes_stopped,
-            )))
-        }
-    };
+    let probes = health
+        .start(
+            Probes::alive()
+                .with_store(store.clone())
+                .with_metrics(connections.clone()),
+        )
+        .await?;
     let ran = async {
         let mut processor = build_with(config, store, outreach)
             .await?
@@ -167,13 +159,7 @@ pub async fn run(
         anyhow::Ok(())
     }
     .await;
-    let _ = stop_probes.send(true);
-    if let Some(probes) = probes {
-        probes
-            .await
-            .context("the probe server panicked")?
-            .context("serving probes and metrics")?;
-    }
+    probes.stop().await?;
     ran
 }
 

@@ -34,6 +34,7 @@ use crate::connection::{
     AuthorizedIdentity, ConnectionFailure, ConnectionState, Connections, DisconnectReason, Side,
     Verdict,
 };
+use crate::health::{HealthListen, Probes};
 use crate::kafka::{ChangePublisher, TransactionalPublisher};
 use crate::metrics::{Link, Reconnect};
 
@@ -138,9 +139,20 @@ fn settings_for(
 }
 
 /// Runs the subscriber alone until `shutdown` turns true; a failure only an admin can fix
-/// ends it with the reason.
-pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    supervise(config, &Connections::new(), None, false, shutdown).await
+/// ends it with the reason. With a health listener, also serves `/healthz` and `/metrics`
+/// there until the subscriber has stopped.
+pub async fn run(
+    config: &Config,
+    health: &HealthListen,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let connections = Connections::new();
+    let probes = health
+        .start(Probes::alive().with_metrics(connections.clone()))
+        .await?;
+    let ran = supervise(config, &connections, None, false, shutdown).await;
+    probes.stop().await?;
+    ran
 }
 
 /// Runs the subscriber until `shutdown` turns true, reporting the Salesforce connection on

@@ -12,6 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::health::{HealthListen, Probes};
+
 use super::outreach::{self, OutreachSim, SimConfig};
 use super::salesforce::{self, SalesforceSim, SfSimConfig, pubsub::StreamTiming};
 
@@ -61,7 +63,7 @@ pub struct OutreachArgs {
     #[arg(long, value_name = "TOKEN")]
     pub refresh_token: Option<String>,
     #[command(flatten)]
-    pub health: crate::health::HealthListen,
+    pub health: HealthListen,
 }
 
 impl From<OutreachArgs> for SimConfig {
@@ -142,7 +144,7 @@ pub struct SalesforceArgs {
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
     #[command(flatten)]
-    pub health: crate::health::HealthListen,
+    pub health: HealthListen,
 }
 
 /// The event bus's retention, in seconds.
@@ -201,18 +203,20 @@ impl SimCommand {
             SimCommand::Outreach(args) => {
                 let health = args.health.clone();
                 let sim = args.start().await?;
-                health.serve(shutdown.clone()).await?;
+                let probes = health.start(Probes::alive()).await?;
                 println!("{}", sim.base_url());
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                probes.stop().await
             }
             SimCommand::Salesforce(args) => {
                 let sim = args.start().await?;
-                args.health.serve(shutdown.clone()).await?;
+                let probes = args.health.start(Probes::alive()).await?;
                 println!("{}", sim.base_url());
                 println!("{}", sim.pubsub_url());
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                probes.stop().await
             }
         }
-        let _ = shutdown.wait_for(|stop| *stop).await;
-        Ok(())
     }
 }
 

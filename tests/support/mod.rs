@@ -111,7 +111,7 @@ impl Parts {
         let (stop, shutdown) = watch::channel(false);
         let handle = tokio::spawn({
             let config = self.config.clone();
-            async move { usersync::run::run(&config, shutdown).await }
+            async move { usersync::run::run(&config, &Default::default(), shutdown).await }
         });
         until("the admin server answers", || async {
             self.http
