@@ -15,7 +15,7 @@
 #   USERSYNC_IMAGE               the project's image tag (default localhost/usersync:test)
 #   USERSYNC_CONTAINERS_PROJECT  the compose project name (default usersync-test)
 #   USERSYNC_CONTAINERS_ENV      the env file for compose (default target/containers/test.env,
-#                                made with random secrets when missing)
+#                                made when missing; it holds no secret)
 #
 # Why the image is built from a host binary: the test machines reach no image registry, so the
 # Dockerfile's build stage (FROM rust:…) has no base image, and compiling the crate again inside
@@ -192,13 +192,12 @@ release_image() {
     podman image inspect --format '{{.Size}}' "$release_tag"
 }
 
-# An env file with fresh secrets, for a run that has none.
+# An env file for a run that has none: the image and the host port. No secret: the compose
+# file's `secrets` service makes them.
 ensure_env_file() {
     [[ -f "$env_file" ]] && return
     mkdir -p "$(dirname "$env_file")"
     cat >"$env_file" <<EOF
-POSTGRES_PASSWORD=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
-USERSYNC_ADMIN_TOKEN=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
 USERSYNC_IMAGE=$image
 USERSYNC_ADMIN_PORT=18700
 EOF

@@ -8,6 +8,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use clap::{Parser, Subcommand};
 
 use crate::scenario::{Scenario, run};
@@ -280,11 +282,32 @@ struct AdminArgs {
     /// the command line, where the process list shows it.
     #[arg(long, env = "USERSYNC_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// A file holding the admin token (a mounted container secret), instead of --admin-token.
+    #[arg(
+        long,
+        env = "USERSYNC_ADMIN_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "admin_token"
+    )]
+    admin_token_file: Option<PathBuf>,
 }
 
 impl AdminArgs {
-    fn api(&self) -> crate::admin::client::AdminApi {
-        crate::admin::client::AdminApi::new(&self.admin_url, self.admin_token.clone())
+    fn api(&self) -> anyhow::Result<crate::admin::client::AdminApi> {
+        let token = match &self.admin_token_file {
+            None => self.admin_token.clone(),
+            Some(file) => {
+                let text = std::fs::read_to_string(file).with_context(|| {
+                    format!(
+                        "reading the admin token from {} (--admin-token-file, \
+                         USERSYNC_ADMIN_TOKEN_FILE)",
+                        file.display()
+                    )
+                })?;
+                Some(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+        };
+        Ok(crate::admin::client::AdminApi::new(&self.admin_url, token))
     }
 }
 
@@ -348,7 +371,7 @@ fn init_tracing() {
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Decide { scenario } => decide(scenario).await,
-        Command::Status { admin } => crate::admin::client::status(&admin.api()).await,
+        Command::Status { admin } => crate::admin::client::status(&admin.api()?).await,
         Command::Reconnect {
             side,
             refresh_token,
@@ -390,24 +413,24 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     })
                 }
             };
-            crate::admin::client::reconnect(&admin.api(), side, authorization).await
+            crate::admin::client::reconnect(&admin.api()?, side, authorization).await
         }
         Command::TestConnection { side, admin } => {
-            crate::admin::client::test_connection(&admin.api(), side).await
+            crate::admin::client::test_connection(&admin.api()?, side).await
         }
         Command::Disconnect { side, admin } => {
-            crate::admin::client::disconnect(&admin.api(), side).await
+            crate::admin::client::disconnect(&admin.api()?, side).await
         }
-        Command::Tail { json, admin } => crate::admin::client::tail(&admin.api(), json).await,
+        Command::Tail { json, admin } => crate::admin::client::tail(&admin.api()?, json).await,
         Command::Settings { verb, admin } => match verb {
-            SettingsVerb::Get => crate::admin::client::settings_get(&admin.api()).await,
+            SettingsVerb::Get => crate::admin::client::settings_get(&admin.api()?).await,
             SettingsVerb::Set { changes } => {
-                crate::admin::client::settings_set(&admin.api(), &changes).await
+                crate::admin::client::settings_set(&admin.api()?, &changes).await
             }
         },
-        Command::Resync { admin } => crate::admin::client::resync(&admin.api()).await,
+        Command::Resync { admin } => crate::admin::client::resync(&admin.api()?).await,
         Command::Replay { from, yes, admin } => {
-            crate::admin::client::replay(&admin.api(), &from, |plan| confirm_replay(plan, yes))
+            crate::admin::client::replay(&admin.api()?, &from, |plan| confirm_replay(plan, yes))
                 .await
         }
         Command::Mappings { verb, admin } => match verb {
@@ -424,7 +447,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .into_iter()
                 .filter_map(|(name, value)| value.map(|v| (name, v)))
                 .collect();
-                crate::admin::client::mappings_find(&admin.api(), &filters).await
+                crate::admin::client::mappings_find(&admin.api()?, &filters).await
             }
         },
         Command::Health {
@@ -465,7 +488,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     crate::demo::drive(crate::demo::Remote {
                         salesforce_sim,
                         outreach_sim,
-                        admin: admin.api(),
+                        admin: admin.api()?,
                         admin_url: admin.admin_url.clone(),
                         wait: std::time::Duration::from_secs(wait_seconds),
                     })

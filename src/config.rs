@@ -764,15 +764,23 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        let from_files = values_from_files(&env)?;
+        let read_from_files: Vec<String> = from_files.iter().map(|f| f.variable.clone()).collect();
         let env = env
-            .filter(|key| {
+            .filter(move |key| {
                 // The filter sees the key with the prefix stripped but its case kept.
                 let first = key.as_str().split("__").next().unwrap_or_default();
                 SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
+                    && !read_from_files
+                        .iter()
+                        .any(|v| v.eq_ignore_ascii_case(key.as_str()))
             })
             .split("__");
+        figment = figment.merge(env);
+        for file in from_files {
+            figment = figment.merge((file.key, file.value));
+        }
         let config: Config = figment
-            .merge(env)
             .extract()
             .map_err(|e| ConfigError::Parse(describe(e)))?;
         config.validate()?;
@@ -855,6 +863,78 @@ impl Config {
         }
         self.kafka.validate()
     }
+}
+
+/// A text setting read from a file: `USERSYNC_<KEY>_FILE` names the file holding `<KEY>`'s
+/// value, as container secrets are mounted (docs/settings.md, "Values from files").
+struct FileValue {
+    /// The variable, prefix stripped (`ADMIN__TOKEN_FILE`).
+    variable: String,
+    /// The key it sets (`admin.token`).
+    key: String,
+    value: String,
+}
+
+/// The settings `env` asks to read from files. A variable ending in `_FILE` does so when the
+/// part before names a text setting and the whole does not name a setting of its own
+/// (`outreach.token_file` is one). Setting both the key (not empty) and its file is refused, as is a file
+/// that cannot be read; one trailing line break is dropped.
+fn values_from_files(env: &Env) -> Result<Vec<FileValue>, ConfigError> {
+    let defaults = Figment::from(Serialized::defaults(Config::default()));
+    let pairs: Vec<(String, String)> = env
+        .iter()
+        .map(|(key, value)| (key.as_str().to_lowercase(), value))
+        .collect();
+    let mut found = Vec::new();
+    for (variable, path) in &pairs {
+        let Some(stem) = variable.strip_suffix("_file") else {
+            continue;
+        };
+        let key = stem.replace("__", ".");
+        let whole = variable.replace("__", ".");
+        let first = key.split('.').next().unwrap_or_default();
+        if !SECTIONS.contains(&first) || defaults.find_value(&whole).is_ok() {
+            continue;
+        }
+        let named = |v: &str| format!("{ENV_PREFIX}{}", v.to_uppercase());
+        match defaults.find_value(&key) {
+            Ok(figment::value::Value::String(..)) => {}
+            Ok(_) => {
+                return Err(ConfigError::Parse(format!(
+                    "{}: only a text setting can be read from a file, and {key} is not one",
+                    named(variable)
+                )));
+            }
+            Err(_) => continue,
+        }
+        if pairs
+            .iter()
+            .any(|(other, value)| other == stem && !value.is_empty())
+        {
+            return Err(ConfigError::Parse(format!(
+                "both {} and {} are set; set one",
+                named(stem),
+                named(variable)
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Parse(format!(
+                "{} names {path:?}, which cannot be read: {e}",
+                named(variable)
+            ))
+        })?;
+        let value = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text)
+            .to_owned();
+        found.push(FileValue {
+            variable: variable.clone(),
+            key,
+            value,
+        });
+    }
+    Ok(found)
 }
 
 /// Flattens figment's error chain into one line per problem, naming the exact environment
@@ -1016,6 +1096,69 @@ mod tests {
             let config = load_in(jail, None).unwrap();
             assert_eq!(config, Config::default());
             assert_eq!(config.store.url, "sqlite://usersync.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_text_setting_can_come_from_a_file_named_by_its_file_variable() {
+        Jail::expect_with(|jail| {
+            jail.create_file("store-url", "postgres://app:pa55word@db/usersync\n")?;
+            jail.create_file("admin-token", "t0ken-from-a-mounted-secret")?;
+            let dir = jail.directory().to_owned();
+            jail.set_env("USERSYNC_STORE__URL_FILE", dir.join("store-url").display());
+            jail.set_env(
+                "USERSYNC_ADMIN__TOKEN_FILE",
+                dir.join("admin-token").display(),
+            );
+            // A key that ends in _file is a key, not a file of another key.
+            jail.set_env(
+                "USERSYNC_OUTREACH__TOKEN_FILE",
+                "/var/lib/usersync/tokens.json",
+            );
+            let config = load_in(jail, None).unwrap();
+            assert_eq!(config.store.url, "postgres://app:pa55word@db/usersync");
+            assert_eq!(config.admin.token.expose(), "t0ken-from-a-mounted-secret");
+            assert_eq!(config.outreach.token_file, "/var/lib/usersync/tokens.json");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_file_variable_is_refused_with_its_key_or_a_missing_file_or_a_number() {
+        Jail::expect_with(|jail| {
+            jail.create_file("token", "t")?;
+            let token = jail.directory().join("token");
+            jail.set_env("USERSYNC_ADMIN__TOKEN_FILE", token.display());
+            jail.set_env("USERSYNC_ADMIN__TOKEN", "t");
+            let error = load_in(jail, None).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                "configuration: both USERSYNC_ADMIN__TOKEN and USERSYNC_ADMIN__TOKEN_FILE are \
+                 set; set one"
+            );
+            jail.set_env("USERSYNC_ADMIN__TOKEN", "");
+            jail.set_env("USERSYNC_ADMIN__TOKEN_FILE", "/nonexistent/usersync-token");
+            let error = load_in(jail, None).unwrap_err().to_string();
+            assert!(
+                error.starts_with(
+                    "configuration: USERSYNC_ADMIN__TOKEN_FILE names \"/nonexistent/usersync-token\", \
+                     which cannot be read"
+                ),
+                "{error}"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("port", "30")?;
+            let port = jail.directory().join("port");
+            jail.set_env("USERSYNC_OUTREACH__TIMEOUT_SECONDS_FILE", port.display());
+            let error = load_in(jail, None).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                "configuration: USERSYNC_OUTREACH__TIMEOUT_SECONDS_FILE: only a text setting can \
+                 be read from a file, and outreach.timeout_seconds is not one"
+            );
             Ok(())
         });
     }

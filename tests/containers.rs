@@ -123,22 +123,18 @@ impl Stack {
             .local_addr()
             .unwrap()
             .port();
-        let secret = || hex::encode(rand::random::<[u8; 18]>());
-        let token = secret();
+        // No secret in the env file: the compose file's `secrets` service makes them, as for a
+        // user who runs the one command.
         let env_file = dir.join("ctest.env");
         std::fs::write(
             &env_file,
-            format!(
-                "POSTGRES_PASSWORD={}\nUSERSYNC_ADMIN_TOKEN={token}\nUSERSYNC_IMAGE={IMAGE}\n\
-                 USERSYNC_ADMIN_PORT={port}\n",
-                secret()
-            ),
+            format!("USERSYNC_IMAGE={IMAGE}\nUSERSYNC_ADMIN_PORT={port}\n"),
         )
         .unwrap();
         Stack {
             env_file,
             admin_url: format!("http://127.0.0.1:{port}"),
-            token,
+            token: String::new(),
             // No kept connections: `down` and `up` replace the server behind the port.
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
@@ -219,6 +215,24 @@ impl Stack {
                 }
             }
         }
+    }
+
+    /// The admin token the `secrets` service made, as an operator reads it (`exec admin cat
+    /// …`), after checking that only the admin's user can read it.
+    fn read_admin_token(&self) -> String {
+        let admin = self.containers("admin").remove(0);
+        let file = "/run/usersync/secrets/admin-token";
+        let mode = podman(&["exec", &admin, "stat", "--format", "%a %u", file]);
+        assert_eq!(text(&mode.stdout).trim(), "400 10001", "{mode:?}");
+        let cat = podman(&["exec", &admin, "cat", file]);
+        assert!(cat.status.success(), "{cat:?}");
+        let token = text(&cat.stdout);
+        assert!(
+            token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+            "a random token of 48 hex digits, not {} characters",
+            token.len()
+        );
+        token
     }
 
     /// `GET path` on the admin API, with the token.
@@ -391,7 +405,7 @@ fn the_compose_stack_tells_the_story_keeps_its_state_and_stops_cleanly() {
         return;
     }
     let mut clock = Clock::new();
-    let stack = Stack::new();
+    let mut stack = Stack::new();
 
     let images = stack.script(&["images"]);
     assert!(
@@ -423,6 +437,9 @@ fn the_compose_stack_tells_the_story_keeps_its_state_and_stops_cleanly() {
         2,
         "deploy.replicas of the processor"
     );
+    let secrets = stack.containers("secrets").remove(0);
+    assert_eq!(wait_exit(&secrets, Duration::from_secs(10)), 0, "{secrets}");
+    stack.token = stack.read_admin_token();
     clock.lap("up: Kafka and PostgreSQL healthy, then the simulators and roles healthy");
 
     // Both replicas hold partitions of the one group before the story starts, as the
@@ -469,7 +486,7 @@ fn the_compose_stack_tells_the_story_keeps_its_state_and_stops_cleanly() {
     stop.extend(roles);
     stack.compose(&stop);
     stack.compose(&["down", "-t", "30"]);
-    for volume in ["postgres-data", "kafka-data"] {
+    for volume in ["postgres-data", "kafka-data", "secrets"] {
         let name = format!("{PROJECT}_{volume}");
         assert!(
             podman(&["volume", "exists", &name]).status.success(),
@@ -481,6 +498,11 @@ fn the_compose_stack_tells_the_story_keeps_its_state_and_stops_cleanly() {
     stack.wait_healthy(&infrastructure, Duration::from_secs(120));
     stack.compose(&up);
     stack.wait_healthy(&roles, Duration::from_secs(120));
+    assert_eq!(
+        stack.read_admin_token(),
+        stack.token,
+        "the secrets survived down and up"
+    );
     assert_eq!(
         stack.mapped_to(1).as_deref(),
         Some(y.as_str()),

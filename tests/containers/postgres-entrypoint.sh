@@ -1,9 +1,13 @@
 #!/bin/sh
 # Starts PostgreSQL in the foreground; on a first start (an empty PGDATA) it creates the cluster
-# with POSTGRES_USER (default postgres) as superuser, password POSTGRES_PASSWORD (required),
-# password authentication over TCP, and the database POSTGRES_DB (default: the user's name).
+# with POSTGRES_USER (default postgres) as superuser, password POSTGRES_PASSWORD or the content
+# of the file POSTGRES_PASSWORD_FILE (one is required), password authentication over TCP, and
+# the database POSTGRES_DB (default: the user's name).
 set -eu
-: "${POSTGRES_PASSWORD:?the PostgreSQL stand-in needs POSTGRES_PASSWORD}"
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+fi
+: "${POSTGRES_PASSWORD:?the PostgreSQL stand-in needs POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE}"
 user="${POSTGRES_USER:-postgres}"
 db="${POSTGRES_DB:-$user}"
 
