@@ -63,6 +63,15 @@ fn to(method: &str, path: &str) -> axum::http::request::Builder {
         .header(header::HOST, LISTEN)
 }
 
+/// `GET path` naming the server `host`, as a rebound page or a probe would.
+fn asked_as(host: &str, path: &str) -> Request<Body> {
+    Request::builder()
+        .uri(path)
+        .header(header::HOST, host)
+        .body(Body::empty())
+        .unwrap()
+}
+
 async fn send(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
@@ -201,12 +210,7 @@ async fn a_rebound_host_name_is_refused_and_the_servers_own_names_are_not() {
         "localhost:9999",
         "127.0.0.1",
     ] {
-        let request = Request::builder()
-            .uri("/api/v1/settings")
-            .header(header::HOST, host)
-            .body(Body::empty())
-            .unwrap();
-        let (status, body) = send(&router, request).await;
+        let (status, body) = send(&router, asked_as(host, "/api/v1/settings")).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{host}: {body}");
         assert_eq!(body["error"]["code"], "host_refused");
         assert!(message(&body).contains(host), "{body}");
@@ -217,12 +221,8 @@ async fn a_rebound_host_name_is_refused_and_the_servers_own_names_are_not() {
         "LOCALHOST:8700",
         "[::1]:8700",
     ] {
-        let request = Request::builder()
-            .uri("/api/v1/settings")
-            .header(header::HOST, host)
-            .body(Body::empty())
-            .unwrap();
-        assert_eq!(send(&router, request).await.0, StatusCode::OK, "{host}");
+        let (status, _) = send(&router, asked_as(host, "/api/v1/settings")).await;
+        assert_eq!(status, StatusCode::OK, "{host}");
     }
     // The page and the callbacks are guarded too; the probes are not (docs/security.md).
     for (path, expected) in [
@@ -232,13 +232,8 @@ async fn a_rebound_host_name_is_refused_and_the_servers_own_names_are_not() {
         ("/readyz", StatusCode::OK),
         ("/metrics", StatusCode::OK),
     ] {
-        let request = Request::builder()
-            .uri(path)
-            .header(header::HOST, "10.1.2.3:8700")
-            .body(Body::empty())
-            .unwrap();
-        let response = router.clone().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), expected, "{path}");
+        let (status, _) = send(&router, asked_as("10.1.2.3:8700", path)).await;
+        assert_eq!(status, expected, "{path}");
     }
 }
 
@@ -497,13 +492,10 @@ async fn an_authorization_callback_needs_the_browser_that_started_it() {
     config.admin.public_url = "https://usersync.acme.example".into();
     let (router, _) = admin_with(None, Some(config)).await;
     let started = router
-        .oneshot(
-            Request::builder()
-                .uri("/api/v1/connections/salesforce/authorize")
-                .header(header::HOST, "usersync.acme.example")
-                .body(Body::empty())
-                .unwrap(),
-        )
+        .oneshot(asked_as(
+            "usersync.acme.example",
+            "/api/v1/connections/salesforce/authorize",
+        ))
         .await
         .unwrap();
     assert_eq!(started.status(), StatusCode::OK);
