@@ -18,7 +18,10 @@
 //!   it holds even where a browser (or a privacy extension) leaves `Origin` out.
 //!
 //! The probes (`/healthz`, `/readyz`, `/metrics`) are outside this guard: an orchestrator and
-//! Prometheus ask them by pod IP, they change nothing and return no secret.
+//! Prometheus ask them by pod IP, they change nothing and return no secret. The OAuth callbacks
+//! (`/oauth/…`) pass the `Host` check but not the `Origin` one: the browser arrives there from
+//! the provider's pages, whatever a browser then says in `Origin`, and what guards them is the
+//! `state` and the cookie that binds it to the browser (`super::authorize`).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -192,7 +195,8 @@ fn refusal(addresses: &AdminAddresses, request: &Request) -> Option<ApiError> {
         }
         Some(_) => {}
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    let from_a_provider = request.uri().path().starts_with(OAUTH_CALLBACKS);
+    if let Some(origin) = headers.get(header::ORIGIN).filter(|_| !from_a_provider) {
         let origin = String::from_utf8_lossy(origin.as_bytes());
         if !addresses.allows_origin(&origin) {
             return Some(forbidden(
@@ -209,6 +213,9 @@ fn refusal(addresses: &AdminAddresses, request: &Request) -> Option<ApiError> {
     }
     None
 }
+
+/// Where the providers send the browser back to (`/oauth/{side}/callback`).
+const OAUTH_CALLBACKS: &str = "/oauth/";
 
 fn forbidden(code: &'static str, message: String) -> ApiError {
     ApiError {

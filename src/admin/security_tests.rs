@@ -459,7 +459,7 @@ async fn an_authorization_callback_needs_the_browser_that_started_it() {
     // to redeem.
     let callback = format!("/oauth/salesforce/callback?state={state}&error=access_denied");
     let back = |cookie: Option<&str>| {
-        let mut request = to("GET", &callback);
+        let mut request = to("GET", &callback).header(header::ORIGIN, "null");
         if let Some(cookie) = cookie {
             request = request.header(header::COOKIE, cookie);
         }
@@ -482,6 +482,8 @@ async fn an_authorization_callback_needs_the_browser_that_started_it() {
             "{stranger:?}: {page:?}"
         );
     }
+    // However the browser came back (a redirect chain may make it say `Origin: null`), the
+    // right cookie gets it past the binding.
     let page = back(Some(&format!("theme=dark; {cookie}"))).await;
     assert_eq!(
         page["reason"], "Salesforce refused: access_denied: ",
