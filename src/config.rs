@@ -126,8 +126,14 @@ pub struct AdminConfig {
     /// The bearer token every `/api` call must carry; empty: no token, loopback only.
     pub token: Secret,
     /// The address browsers reach the admin server at (`https://usersync.acme.example`), for
-    /// the callback URLs of the browser authorization flows; empty: `http://<listen>`.
+    /// the callback URLs of the browser authorization flows; empty: `http://<listen>`. Its host
+    /// is one the admin server answers to.
     pub public_url: String,
+    /// More names clients reach the admin server by, each `host` or `host:port` as they send it
+    /// in `Host` (a Service name, another container's view): a request naming anything else is
+    /// refused (docs/security.md). A list, or in the environment one comma-separated text.
+    #[serde(deserialize_with = "deserialize_host_list")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -136,8 +142,40 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:8700".into(),
             token: Secret::default(),
             public_url: String::new(),
+            allowed_hosts: Vec::new(),
         }
     }
+}
+
+/// Reads `admin.allowed_hosts`: a list, or one text of comma-separated names (what an
+/// environment variable holds).
+fn deserialize_host_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct HostsVisitor;
+    impl<'de> serde::de::Visitor<'de> for HostsVisitor {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of host or host:port names, or one text of them comma-separated")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+            Ok(text
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut hosts = Vec::new();
+            while let Some(host) = seq.next_element::<String>()? {
+                hosts.push(host);
+            }
+            Ok(hosts)
+        }
+    }
+    d.deserialize_any(HostsVisitor)
 }
 
 /// How the processor consumes events and keeps the Outreach user index.
@@ -853,6 +891,9 @@ impl Config {
                 self.admin.public_url
             )));
         }
+        for entry in &self.admin.allowed_hosts {
+            crate::admin::guard::allowed_host(entry).map_err(ConfigError::Parse)?;
+        }
         if !self.outreach.webhook_url.is_empty()
             && let Err(e) = url::Url::parse(&self.outreach.webhook_url)
         {
@@ -1086,6 +1127,45 @@ mod tests {
             jail.set_env("USERSYNC_RUN__SHUTDOWN_TIMEOUT_SECONDS", "7");
             let config = load_in(jail, None).unwrap();
             assert_eq!(config.run.shutdown_timeout_seconds, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn allowed_hosts_come_as_a_list_or_one_comma_separated_variable_and_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "usersync.toml",
+                r#"
+                [admin]
+                allowed_hosts = ["usersync-admin:8700", "usersync.internal"]
+                "#,
+            )?;
+            let config = load_in(jail, Some("usersync.toml")).unwrap();
+            assert_eq!(
+                config.admin.allowed_hosts,
+                ["usersync-admin:8700", "usersync.internal"]
+            );
+            jail.set_env(
+                "USERSYNC_ADMIN__ALLOWED_HOSTS",
+                "admin:8700, localhost:18700",
+            );
+            let config = load_in(jail, Some("usersync.toml")).unwrap();
+            assert_eq!(
+                config.admin.allowed_hosts,
+                ["admin:8700", "localhost:18700"]
+            );
+            jail.set_env("USERSYNC_ADMIN__ALLOWED_HOSTS", "[admin:8700, \"[::1]:9\"]");
+            let config = load_in(jail, Some("usersync.toml")).unwrap();
+            assert_eq!(config.admin.allowed_hosts, ["admin:8700", "[::1]:9"]);
+            jail.set_env("USERSYNC_ADMIN__ALLOWED_HOSTS", "admin:8700,https://x");
+            let err = load_in(jail, Some("usersync.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("admin.allowed_hosts") && err.contains("\"https://x\""),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -114,7 +114,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         let stopped = stopped.clone();
         async move { crate::salesforce::role::run_with(&config, &connections, None, stopped).await }
     });
-    let admin = crate::admin::bind("127.0.0.1:0".parse()?, false).await?;
+    let admin = crate::admin::bind("127.0.0.1:0".parse()?, &Default::default()).await?;
     let admin_url = format!("http://{}", admin.local_addr()?);
     roles.spawn("admin server", {
         let router = crate::admin::router(crate::admin::AdminState {
@@ -127,10 +127,11 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
             token: None,
             pending: Default::default(),
             actions: Default::default(),
+            addresses: crate::admin::AdminAddresses::loopback(admin.local_addr()?),
         });
         let stopped = stopped.clone();
         async move {
-            crate::health::serve(admin, router, stopped)
+            crate::admin::serve(admin, router, stopped)
                 .await
                 .map_err(anyhow::Error::from)
         }

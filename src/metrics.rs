@@ -152,6 +152,7 @@ pub struct Metrics {
     rate_limit_wait_seconds: Counter<f64, AtomicU64>,
     consumer_lag: Family<PartitionLabel, Gauge>,
     reconnects: Family<ReconnectLabel, Counter>,
+    admin_auth_failures: Counter,
     /// When the subscriber last heard from Salesforce (a change event or a keepalive).
     salesforce_heard: Mutex<Option<Instant>>,
     /// The commit time of the last change event the subscriber read.
@@ -246,6 +247,12 @@ impl Metrics {
             "Connections opened again after they ended, by side and why",
             reconnects.clone(),
         );
+        let admin_auth_failures = Counter::default();
+        registry.register(
+            "admin_auth_failures",
+            "Admin API calls refused because the admin token they carried was wrong",
+            admin_auth_failures.clone(),
+        );
         Metrics {
             registry,
             events_published,
@@ -258,6 +265,7 @@ impl Metrics {
             rate_limit_wait_seconds,
             consumer_lag,
             reconnects,
+            admin_auth_failures,
             salesforce_heard: Mutex::new(None),
             salesforce_commit: Mutex::new(None),
         }
@@ -325,6 +333,11 @@ impl Metrics {
         self.reconnects
             .get_or_create(&ReconnectLabel { side, reason })
             .inc_by(times);
+    }
+
+    /// An admin API call carried a wrong admin token.
+    pub fn admin_auth_failure(&self) {
+        self.admin_auth_failures.inc();
     }
 
     /// The subscriber heard from Salesforce just now: a change event, or a keepalive (an empty

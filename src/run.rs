@@ -69,12 +69,22 @@ async fn run_roles(
             let listen = listen
                 .parse()
                 .map_err(|e| anyhow::anyhow!("admin.listen {listen:?} is not host:port: {e}"))?;
-            Some(crate::admin::bind(listen, !config.admin.token.expose().is_empty()).await?)
+            Some(crate::admin::bind(listen, &config.admin.token).await?)
         }
     };
-    if let Some(admin) = &admin {
-        tracing::info!(address = %admin.local_addr()?, "admin server listening");
-    }
+    let addresses = match &admin {
+        Some(admin) => {
+            let local = admin.local_addr()?;
+            tracing::info!(address = %local, "admin server listening");
+            crate::admin::AdminAddresses::new(
+                local,
+                &config.admin.public_url,
+                &config.admin.allowed_hosts,
+            )
+            .map_err(anyhow::Error::msg)?
+        }
+        None => Default::default(),
+    };
     let decisions = processor.decision_feed();
     let mut roles = Roles::default();
     roles.spawn("processor", {
@@ -101,6 +111,7 @@ async fn run_roles(
         token: Some(config.admin.token.clone()).filter(|t| !t.expose().is_empty()),
         pending: Default::default(),
         actions: Default::default(),
+        addresses,
     };
     roles.spawn(
         "connection checks",
@@ -113,7 +124,7 @@ async fn run_roles(
         }
         let stopped = stopped.clone();
         roles.spawn("admin server", async move {
-            crate::health::serve(admin, router, stopped)
+            crate::admin::serve(admin, router, stopped)
                 .await
                 .map_err(anyhow::Error::from)
         });

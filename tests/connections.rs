@@ -854,20 +854,26 @@ async fn the_checklist_runs_at_start_and_after_every_reconnect() {
 }
 
 /// Follows one browser authorization by hand, as a browser would: the admin API's authorize
-/// URL, the provider's redirect (its consent page approves at once), then usersync's callback.
+/// URL (its answer sets the cookie that binds the flow to this browser), the provider's
+/// redirect (its consent page approves at once), then usersync's callback with the cookie.
 /// Returns the callback URL the provider sent the browser to and where usersync sent it next.
 async fn authorize_in_the_browser(parts: &Parts, side: &str) -> (String, String) {
-    let (status, body) = parts
-        .admin(
-            Method::GET,
-            &format!("/api/v1/connections/{side}/authorize"),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
         .build()
         .unwrap();
+    let mut start = browser.get(format!(
+        "{}/api/v1/connections/{side}/authorize",
+        parts.admin_url
+    ));
+    let token = parts.config.admin.token.expose();
+    if !token.is_empty() {
+        start = start.bearer_auth(token);
+    }
+    let started = start.send().await.unwrap();
+    assert_eq!(started.status(), 200);
+    let body: serde_json::Value = started.json().await.unwrap();
     let consent = browser
         .get(body["authorize_url"].as_str().unwrap())
         .send()

@@ -1,55 +1,170 @@
 //! The admin token: every `/api` call carries `Authorization: Bearer <admin.token>`.
 //!
 //! Without a token configured the server binds to loopback only ([`super::bind`]) and lets
-//! every call through: whoever can reach a loopback port already runs on the machine. With a
-//! token, any address may be bound and a call without the right token is answered 401 before
-//! any handler runs. The comparison takes the same time wherever the tokens first differ
-//! (`subtle`), so timing tells a guesser nothing. A browser cannot set a header on a WebSocket,
-//! so the live feed also takes the token as `?access_token=` (RFC 6750 §2.3); no request line
-//! is logged by usersync, so it does not end up in a log.
+//! every call through: whoever can reach a loopback port already runs on the machine (the
+//! guard, `super::guard`, keeps the operator's browser from being used to reach it). With a
+//! token, a call without the right one is answered 401 before any handler runs; beyond
+//! loopback the token must be at least [`super::MIN_TOKEN_CHARS`] long.
+//!
+//! Guessing is made slow and visible (docs/security.md, "Admin server"):
+//! - the tokens are compared as SHA-256 digests in constant time (`subtle`), so neither where
+//!   they first differ nor their lengths show in the time taken;
+//! - each wrong token is counted on `/metrics` (`usersync_admin_auth_failures_total`);
+//! - a client (by IP address) that sent a wrong token recently waits before its next call is
+//!   looked at — [`delay_after`] its recent failures, at most [`MAX_DELAY`] — whatever that
+//!   call carries, so a guesser cannot tell a right guess by a quick answer. The wait is a
+//!   sleep of that request's own task: other clients, and the processor, are not held up.
+//!
+//! A browser cannot set a header on a WebSocket, so the live feed also takes the token as
+//! `?access_token=` (RFC 6750 §2.3); no request line is logged by usersync, so it does not
+//! end up in a log.
 
-use axum::extract::{Request, State};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::time::Instant;
 
 use super::ApiError;
 use crate::config::Secret;
 
+/// The wait after the first recent failure; it doubles with each further one.
+pub const FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The longest wait, however many failures.
+pub const MAX_DELAY: Duration = Duration::from_secs(5);
+/// A client's failures are forgotten this long after its last one.
+pub const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
+/// How many clients' failures are remembered; past it, the stalest are forgotten first.
+const MAX_CLIENTS: usize = 4096;
+
+/// How long a client with `failures` recent wrong tokens waits before its next call is
+/// looked at.
+pub fn delay_after(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let doublings = (failures - 1).min(16);
+    FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
+}
+
+/// The admin token and the recent wrong ones, shared by every request of one server.
+#[derive(Clone)]
+pub(super) struct TokenGate {
+    token: Option<Secret>,
+    failures: Arc<FailureBook>,
+}
+
+impl TokenGate {
+    pub(super) fn new(token: Option<Secret>) -> TokenGate {
+        TokenGate {
+            token: token.filter(|t| !t.expose().is_empty()),
+            failures: Arc::default(),
+        }
+    }
+}
+
+/// Recent wrong tokens by client address (`None`: a request that came without one, such as a
+/// test's).
+#[derive(Default)]
+struct FailureBook {
+    clients: Mutex<HashMap<Option<IpAddr>, Failures>>,
+}
+
+#[derive(Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+impl FailureBook {
+    /// How long `client` waits now.
+    fn wait_for(&self, client: Option<IpAddr>, now: Instant) -> Duration {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        match clients.get(&client) {
+            Some(f) if now.duration_since(f.last) < FORGET_AFTER => delay_after(f.count),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// `client` sent a wrong token at `now`.
+    fn failed(&self, client: Option<IpAddr>, now: Instant) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&client) {
+            clients.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
+            if clients.len() >= MAX_CLIENTS
+                && let Some(stalest) = clients.iter().min_by_key(|(_, f)| f.last).map(|(c, _)| *c)
+            {
+                clients.remove(&stalest);
+            }
+        }
+        let entry = clients.entry(client).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        if now.duration_since(entry.last) >= FORGET_AFTER {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = now;
+    }
+}
+
+/// Whether `given` is `expected`: their SHA-256 digests compared in constant time.
+fn same_token(given: &str, expected: &Secret) -> bool {
+    let given = Sha256::digest(given.as_bytes());
+    let expected = Sha256::digest(expected.expose().as_bytes());
+    bool::from(given.ct_eq(&expected))
+}
+
 /// Lets the request through when no token is configured or when it carries the right one.
 pub(super) async fn require_token(
-    State(token): State<Option<Secret>>,
+    State(gate): State<TokenGate>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(expected) = token.filter(|t| !t.expose().is_empty()) else {
+    let Some(expected) = &gate.token else {
         return next.run(request).await;
     };
-    let given = bearer(request.headers()).or_else(|| feed_query_token(&request));
-    match given {
-        Some(given) if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) => {
-            next.run(request).await
-        }
-        given => {
-            let message = if given.is_some() {
-                "the admin token given is not this server's admin.token"
-            } else {
-                "this call needs the admin token: send Authorization: Bearer <admin.token>"
-            };
-            let mut response = ApiError {
-                status: StatusCode::UNAUTHORIZED,
-                code: "unauthorized",
-                message: message.into(),
-            }
-            .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                "Bearer".parse().expect("a valid header"),
-            );
-            response
-        }
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip());
+    let wait = gate.failures.wait_for(client, Instant::now());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
+    let given = bearer(request.headers()).or_else(|| feed_query_token(&request));
+    let message = match given {
+        Some(given) if same_token(&given, expected) => return next.run(request).await,
+        Some(_) => {
+            gate.failures.failed(client, Instant::now());
+            crate::metrics::global().admin_auth_failure();
+            tracing::warn!(
+                client = %client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+                "an admin API call carried a wrong admin token"
+            );
+            "the admin token given is not this server's admin.token"
+        }
+        None => "this call needs the admin token: send Authorization: Bearer <admin.token>",
+    };
+    let mut response = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "unauthorized",
+        message: message.into(),
+    }
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        "Bearer".parse().expect("a valid header"),
+    );
+    response
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -68,4 +183,60 @@ fn feed_query_token(request: &Request) -> Option<String> {
     url::form_urlencoded::parse(request.uri().query()?.as_bytes())
         .find(|(name, _)| name == "access_token")
         .map(|(_, value)| value.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_doubles_with_each_failure_up_to_its_bound() {
+        assert_eq!(delay_after(0), Duration::ZERO);
+        assert_eq!(delay_after(1), Duration::from_millis(100));
+        assert_eq!(delay_after(2), Duration::from_millis(200));
+        assert_eq!(delay_after(4), Duration::from_millis(800));
+        assert_eq!(delay_after(6), Duration::from_millis(3200));
+        assert_eq!(delay_after(7), MAX_DELAY);
+        assert_eq!(delay_after(u32::MAX), MAX_DELAY);
+    }
+
+    #[test]
+    fn failures_slow_their_own_client_only_and_are_forgotten() {
+        let book = FailureBook::default();
+        let now = Instant::now();
+        let guesser = Some(IpAddr::from([192, 0, 2, 7]));
+        let admin = Some(IpAddr::from([192, 0, 2, 8]));
+        book.failed(guesser, now);
+        book.failed(guesser, now);
+        book.failed(guesser, now);
+        assert_eq!(book.wait_for(guesser, now), Duration::from_millis(400));
+        assert_eq!(book.wait_for(admin, now), Duration::ZERO);
+        assert_eq!(book.wait_for(guesser, now + FORGET_AFTER), Duration::ZERO);
+        book.failed(guesser, now + FORGET_AFTER);
+        assert_eq!(
+            book.wait_for(guesser, now + FORGET_AFTER),
+            FIRST_DELAY,
+            "counted afresh"
+        );
+    }
+
+    #[test]
+    fn the_book_of_failures_stays_bounded() {
+        let book = FailureBook::default();
+        let now = Instant::now();
+        for n in 0..(MAX_CLIENTS as u32 + 10) {
+            book.failed(Some(IpAddr::from(n.to_be_bytes())), now);
+        }
+        let remembered = book.clients.lock().unwrap().len();
+        assert_eq!(remembered, MAX_CLIENTS);
+    }
+
+    #[test]
+    fn tokens_are_compared_whole() {
+        let expected = Secret::new("0123456789abcdef0123456789abcdef");
+        assert!(same_token("0123456789abcdef0123456789abcdef", &expected));
+        assert!(!same_token("0123456789abcdef0123456789abcde", &expected));
+        assert!(!same_token("0123456789abcdef0123456789abcdefX", &expected));
+        assert!(!same_token("", &expected));
+    }
 }

@@ -14,8 +14,17 @@
 //!   is sent back to the page: `/?authorized=<side>`, or `/?authorization_failed=<side>&reason=…`
 //!   with the reason in words (the page writes it as text).
 //!
+//! The `state` is also bound to the browser that started the flow (docs/security.md, "Admin
+//! server"): the start answers with a cookie `usersync_authorize_<side>` (HttpOnly,
+//! `SameSite=Lax` so the provider's redirect back brings it, `Path` the callback's, `Secure`
+//! when `admin.public_url` is https) holding a random value kept with the state. A callback
+//! whose cookie does not hold it is refused, and the state stays for the browser that has it:
+//! a callback URL seen elsewhere (a log, a shoulder, a link sent to the operator) cannot be
+//! completed by another browser, nor a stranger's code be planted in the operator's.
+//!
 //! The callback URLs are `<admin.public_url>/oauth/{side}/callback` (Outreach:
-//! `outreach.redirect_uri` when set, since every Outreach token request sends it).
+//! `outreach.redirect_uri` when set, since every Outreach token request sends it). The page
+//! must be opened at the same host the callback goes to, or the cookie is not there.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,10 +32,12 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use cookie::{Cookie, SameSite};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use super::{AdminState, ApiError};
 use crate::config::{Config, SalesforceAuthFlow};
@@ -53,6 +64,8 @@ pub struct Pending {
     /// The PKCE verifier (Salesforce) of the request.
     pub verifier: String,
     pub redirect_uri: String,
+    /// The value of the cookie the starting browser got: the callback must bring it.
+    pub browser: String,
     started: Instant,
 }
 
@@ -65,6 +78,12 @@ pub enum StateRefused {
     Unknown,
     #[error("the state was issued for the other side: start again from the page")]
     OtherSide,
+    #[error(
+        "this browser did not start the authorization (its usersync cookie is missing or from \
+         another attempt): start again from the admin page, opened at the address the callback \
+         goes to"
+    )]
+    OtherBrowser,
 }
 
 /// The authorizations started and not yet back, by `state`.
@@ -74,13 +93,15 @@ pub struct PendingAuthorizations {
 }
 
 impl PendingAuthorizations {
-    /// Starts one for `side`: its `state`, and the pending entry with the PKCE verifier.
+    /// Starts one for `side`: its `state`, and the pending entry with the PKCE verifier and
+    /// the browser's cookie value.
     pub fn start(&self, side: Side, redirect_uri: String, now: Instant) -> (String, Pending) {
         let state = pkce::random_token();
         let pending = Pending {
             side,
             verifier: pkce::random_token(),
             redirect_uri,
+            browser: pkce::random_token(),
             started: now,
         };
         let mut all = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -89,23 +110,29 @@ impl PendingAuthorizations {
         (state, pending)
     }
 
-    /// Takes the one `state` names, once; it must be for `side` and not expired.
+    /// Takes the one `state` names, once; it must be for `side`, not expired, and come back
+    /// in the browser that started it (`browser`: its cookie's value). A callback from another
+    /// browser leaves the state to the one that has the cookie.
     pub fn take(
         &self,
         state: Option<&str>,
         side: Side,
+        browser: Option<&str>,
         now: Instant,
     ) -> Result<Pending, StateRefused> {
         let state = state
             .filter(|s| !s.is_empty())
             .ok_or(StateRefused::Missing)?;
-        let pending = self
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(state)
-            .ok_or(StateRefused::Unknown)?;
-        if now.duration_since(pending.started) >= PENDING_LIFETIME {
+        let mut all = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = all.get(state).ok_or(StateRefused::Unknown)?;
+        let same_browser =
+            browser.is_some_and(|b| bool::from(b.as_bytes().ct_eq(pending.browser.as_bytes())));
+        let fresh = now.duration_since(pending.started) < PENDING_LIFETIME;
+        if fresh && pending.side == side && !same_browser {
+            return Err(StateRefused::OtherBrowser);
+        }
+        let pending = all.remove(state).ok_or(StateRefused::Unknown)?;
+        if !fresh {
             return Err(StateRefused::Unknown);
         }
         if pending.side != side {
@@ -174,11 +201,55 @@ fn authorize_url(
     }
 }
 
+/// The name of the cookie that binds `side`'s pending authorization to the browser.
+fn cookie_name(side: Side) -> String {
+    format!("usersync_authorize_{side}")
+}
+
+/// The cookie's `Path`: the callback's own, so no other request of the site carries it.
+fn cookie_path(side: Side, redirect_uri: &str) -> String {
+    url::Url::parse(redirect_uri)
+        .map(|url| url.path().to_owned())
+        .unwrap_or_else(|_| format!("/oauth/{side}/callback"))
+}
+
+/// The cookie a start sets: the browser's value of `pending`, for the callback only.
+fn browser_cookie(side: Side, pending: &Pending, secure: bool) -> Cookie<'static> {
+    Cookie::build((cookie_name(side), pending.browser.clone()))
+        .path(cookie_path(side, &pending.redirect_uri))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(secure)
+        .max_age(cookie::time::Duration::seconds(
+            PENDING_LIFETIME.as_secs() as i64
+        ))
+        .build()
+}
+
+/// The value of `side`'s cookie among the request's cookies.
+fn browser_of(headers: &HeaderMap, side: Side) -> Option<String> {
+    let name = cookie_name(side);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| Cookie::split_parse(value.to_owned()))
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == name)
+        .map(|cookie| cookie.value().to_owned())
+}
+
+/// Whether the browser reaches the callback over https (`admin.public_url`), so the cookie
+/// must never travel without TLS.
+fn secure_cookie(config: &Config) -> bool {
+    url::Url::parse(&config.admin.public_url).is_ok_and(|url| url.scheme() == "https")
+}
+
 /// `GET /api/v1/connections/{side}/authorize`.
 pub(super) async fn start(
     State(state): State<AdminState>,
     Path(side): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let side = super::connections::side_of(&side)?;
     let config = state.config.as_ref().ok_or_else(|| ApiError {
         status: StatusCode::CONFLICT,
@@ -201,9 +272,12 @@ pub(super) async fn start(
         message,
     })?;
     tracing::info!(%side, redirect_uri = %pending.redirect_uri, "browser authorization started");
-    Ok(Json(
-        json!({ "authorize_url": url, "redirect_uri": pending.redirect_uri }),
-    ))
+    let cookie = browser_cookie(side, &pending, secure_cookie(config));
+    Ok((
+        [(header::SET_COOKIE, cookie.to_string())],
+        Json(json!({ "authorize_url": url, "redirect_uri": pending.redirect_uri })),
+    )
+        .into_response())
 }
 
 /// What the provider puts on the callback.
@@ -219,12 +293,14 @@ pub(super) struct Callback {
 pub(super) async fn callback(
     State(state): State<AdminState>,
     Path(side): Path<String>,
+    headers: HeaderMap,
     Query(callback): Query<Callback>,
 ) -> Response {
     let Ok(side) = side.parse::<Side>() else {
         return (StatusCode::NOT_FOUND, "no such side").into_response();
     };
-    match complete(&state, side, callback).await {
+    let browser = browser_of(&headers, side);
+    match complete(&state, side, browser.as_deref(), callback).await {
         Ok(()) => {
             tracing::info!(%side, "browser authorization stored; reconnecting");
             Redirect::to(&format!("/?authorized={side}")).into_response()
@@ -240,11 +316,17 @@ pub(super) async fn callback(
     }
 }
 
-/// Checks the state, redeems the code, stores the refresh token, asks for the reconnect.
-async fn complete(state: &AdminState, side: Side, callback: Callback) -> Result<(), String> {
+/// Checks the state and the browser, redeems the code, stores the refresh token, asks for the
+/// reconnect.
+async fn complete(
+    state: &AdminState,
+    side: Side,
+    browser: Option<&str>,
+    callback: Callback,
+) -> Result<(), String> {
     let pending = state
         .pending
-        .take(callback.state.as_deref(), side, Instant::now())
+        .take(callback.state.as_deref(), side, browser, Instant::now())
         .map_err(|e| e.to_string())?;
     if let Some(error) = callback.error {
         let description = callback.error_description.unwrap_or_default();
@@ -323,37 +405,97 @@ mod tests {
         let pending = PendingAuthorizations::default();
         let now = Instant::now();
         let (state, started) = pending.start(Side::Salesforce, "http://cb".into(), now);
+        let browser = Some(started.browser.as_str());
         assert_eq!(started.side, Side::Salesforce);
         assert_ne!(state, started.verifier);
+        assert_ne!(state, started.browser);
         assert_eq!(
-            pending.take(Some(&state), Side::Salesforce, now),
-            Ok(started)
+            pending.take(Some(&state), Side::Salesforce, browser, now),
+            Ok(started.clone())
         );
         assert_eq!(
-            pending.take(Some(&state), Side::Salesforce, now),
+            pending.take(Some(&state), Side::Salesforce, browser, now),
             Err(StateRefused::Unknown),
             "single use"
         );
         assert_eq!(
-            pending.take(None, Side::Salesforce, now),
+            pending.take(None, Side::Salesforce, browser, now),
             Err(StateRefused::Missing)
         );
         assert_eq!(
-            pending.take(Some("forged"), Side::Salesforce, now),
+            pending.take(Some("forged"), Side::Salesforce, browser, now),
             Err(StateRefused::Unknown)
         );
 
-        let (other, _) = pending.start(Side::Outreach, "http://cb".into(), now);
+        let (other, p) = pending.start(Side::Outreach, "http://cb".into(), now);
         assert_eq!(
-            pending.take(Some(&other), Side::Salesforce, now),
+            pending.take(Some(&other), Side::Salesforce, Some(&p.browser), now),
             Err(StateRefused::OtherSide)
         );
-        let (late, _) = pending.start(Side::Outreach, "http://cb".into(), now);
+        let (late, p) = pending.start(Side::Outreach, "http://cb".into(), now);
         assert_eq!(
-            pending.take(Some(&late), Side::Outreach, now + PENDING_LIFETIME),
+            pending.take(
+                Some(&late),
+                Side::Outreach,
+                Some(&p.browser),
+                now + PENDING_LIFETIME
+            ),
             Err(StateRefused::Unknown),
             "expired"
         );
+    }
+
+    #[test]
+    fn a_state_is_taken_only_in_the_browser_that_started_it() {
+        let pending = PendingAuthorizations::default();
+        let now = Instant::now();
+        let (state, started) = pending.start(Side::Outreach, "http://cb".into(), now);
+        for stranger in [None, Some(""), Some("another-browser")] {
+            assert_eq!(
+                pending.take(Some(&state), Side::Outreach, stranger, now),
+                Err(StateRefused::OtherBrowser),
+                "{stranger:?}"
+            );
+        }
+        assert_eq!(
+            pending.take(Some(&state), Side::Outreach, Some(&started.browser), now),
+            Ok(started),
+            "a stranger's attempt leaves the state to the browser that has the cookie"
+        );
+    }
+
+    #[test]
+    fn the_browser_cookie_is_http_only_lax_on_the_callback_path() {
+        let pending = PendingAuthorizations::default();
+        let (_, started) = pending.start(
+            Side::Salesforce,
+            "https://usersync.acme.example/oauth/salesforce/callback".into(),
+            Instant::now(),
+        );
+        let cookie = browser_cookie(Side::Salesforce, &started, true);
+        assert_eq!(cookie.name(), "usersync_authorize_salesforce");
+        assert_eq!(cookie.value(), started.browser);
+        assert_eq!(cookie.path(), Some("/oauth/salesforce/callback"));
+        assert_eq!(cookie.http_only(), Some(true));
+        assert_eq!(cookie.same_site(), Some(SameSite::Lax));
+        assert_eq!(cookie.secure(), Some(true));
+        assert_eq!(cookie.max_age(), Some(cookie::time::Duration::seconds(600)));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            format!("other=1; usersync_authorize_salesforce={}", started.browser)
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            browser_of(&headers, Side::Salesforce).as_deref(),
+            Some(started.browser.as_str())
+        );
+        assert_eq!(browser_of(&headers, Side::Outreach), None);
+        let mut config = Config::default();
+        assert!(!secure_cookie(&config));
+        config.admin.public_url = "https://usersync.acme.example".into();
+        assert!(secure_cookie(&config));
     }
 
     #[test]

@@ -33,9 +33,15 @@ impl AdminApi {
         }
     }
 
-    /// A request to `path` (under the base URL), carrying the token.
+    /// A request to `path` (under the base URL), carrying the token. A call that changes
+    /// something says `Content-Type: application/json` even without a body: the admin server
+    /// refuses it otherwise (docs/security.md, "Admin server").
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.url));
+        let changes = !method.is_safe();
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if changes {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
+        }
         match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,

@@ -212,6 +212,9 @@ mod tests {
         let (decisions, _) = broadcast::channel(FEED_BACKLOG);
         let connections = Connections::new();
         let actions = AdminActionFeed::default();
+        let listener = super::super::bind("127.0.0.1:0".parse().unwrap(), &Default::default())
+            .await
+            .unwrap();
         let state = AdminState {
             store,
             connections: connections.clone(),
@@ -222,15 +225,13 @@ mod tests {
             token: None,
             pending: Default::default(),
             actions: actions.clone(),
+            addresses: super::super::AdminAddresses::loopback(listener.local_addr().unwrap()),
         };
-        let listener = super::super::bind("127.0.0.1:0".parse().unwrap(), false)
-            .await
-            .unwrap();
         let url = format!("ws://{}/api/v1/feed", listener.local_addr().unwrap());
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let _keep = _stop;
-            crate::health::serve(listener, super::super::router(state), shutdown).await
+            super::super::serve(listener, super::super::router(state), shutdown).await
         });
         (url, decisions, connections, actions)
     }
@@ -272,6 +273,43 @@ mod tests {
             DisconnectReason::Manual.code()
         );
         socket.close(None).await.unwrap();
+    }
+
+    /// A page of another site may open a WebSocket to loopback (the same-origin rule does not
+    /// hold the handshake back); the browser names that page in `Origin`, and the upgrade is
+    /// refused before any message is sent. The server's own page, and the CLI (no `Origin`),
+    /// are let in.
+    #[tokio::test]
+    async fn an_upgrade_from_a_page_of_another_origin_is_refused() {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let (url, _decisions, _connections) = serve().await;
+        let with_origin = |origin: &str| {
+            let mut request = url.as_str().into_client_request().unwrap();
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+            request
+        };
+        for foreign in ["http://evil.example", "http://localhost:1"] {
+            match tokio_tungstenite::connect_async(with_origin(foreign)).await {
+                Err(tungstenite::Error::Http(response)) => {
+                    assert_eq!(response.status(), 403, "{foreign}");
+                    let body = String::from_utf8(response.body().clone().unwrap()).unwrap();
+                    assert!(
+                        body.contains("origin_refused") && body.contains(foreign),
+                        "{body}"
+                    );
+                }
+                other => panic!("{foreign}: the upgrade was not refused: {other:?}"),
+            }
+        }
+        let own = url.replace("ws://", "http://").replace("/api/v1/feed", "");
+        let (mut socket, _) = tokio_tungstenite::connect_async(with_origin(&own))
+            .await
+            .unwrap();
+        assert_eq!(next_json(&mut socket).await["type"], "connection");
+        let (mut cli, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        assert_eq!(next_json(&mut cli).await["type"], "connection");
     }
 
     #[tokio::test]

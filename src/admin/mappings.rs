@@ -246,10 +246,9 @@ mod tests {
 
     use serde_json::json;
 
-    use crate::admin::{AdminState, bind, router};
+    use crate::admin::{AdminAddresses, AdminState, bind, router, serve};
     use crate::connection::Connections;
     use crate::engine::state::SalesforceUser;
-    use crate::health::serve;
     use crate::outreach::{OutreachUser, OutreachUserId};
     use crate::salesforce::id::SalesforceId;
     use crate::store::{DecisionQuery, Store};
@@ -292,7 +291,9 @@ mod tests {
             }])
             .await
             .unwrap();
-        let listener = bind("127.0.0.1:0".parse().unwrap(), false).await.unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), &Default::default())
+            .await
+            .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let state = AdminState {
@@ -305,6 +306,7 @@ mod tests {
             token: None,
             pending: Default::default(),
             actions: Default::default(),
+            addresses: AdminAddresses::loopback(listener.local_addr().unwrap()),
         };
         tokio::spawn(serve(listener, router(state), shutdown));
         (url, store, stop)
@@ -349,12 +351,14 @@ mod tests {
 
         let unmapped = http
             .delete(format!("{url}/api/v1/mappings/1"))
+            .header("content-type", "application/json")
             .send()
             .await
             .unwrap();
         assert_eq!(unmapped.status(), 200);
         let again = http
             .delete(format!("{url}/api/v1/mappings/1"))
+            .header("content-type", "application/json")
             .send()
             .await
             .unwrap();

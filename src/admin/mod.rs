@@ -4,9 +4,14 @@
 //! `/metrics` for the operator; under `/api/v1` (behind the admin token, `auth`) mapping lookup,
 //! the decision log, the settings (`settings`), the connections' status with reconnect, disconnect
 //! and test (`connections`), a resync and a replay from elsewhere with the log of both (`replay`),
-//! and the live feed (`feed`). Without a token it binds to loopback only.
-//! Errors are JSON `{"error": {"code", "message"}}`, and a parameter that does not parse is
-//! named.
+//! and the live feed (`feed`). Without a token it binds to loopback only; beyond loopback the
+//! token must be at least [`MIN_TOKEN_CHARS`] long.
+//!
+//! Everything but the probes sits behind the guard (`guard`): a request must name this server
+//! in `Host`, come from its own page when a browser sends `Origin`, and change state only as
+//! JSON; every answer carries the security headers (`headers`). docs/security.md ("Admin
+//! server") has the threat model. Errors are JSON `{"error": {"code", "message"}}`, and a
+//! parameter that does not parse is named.
 
 mod auth;
 mod authorize;
@@ -15,8 +20,12 @@ pub mod client;
 mod conflicts;
 mod connections;
 pub mod feed;
+pub mod guard;
+mod headers;
 mod mappings;
 mod replay;
+#[cfg(test)]
+mod security_tests;
 mod settings;
 
 use std::net::SocketAddr;
@@ -29,6 +38,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::connection::Connections;
 use crate::connection::authorization::StoredAuthorizations;
@@ -37,6 +47,11 @@ use crate::outreach::OutreachUserId;
 use crate::salesforce::id::SalesforceId;
 use crate::store::{DecisionQuery, MappingFilter, Store};
 pub use authorize::PendingAuthorizations;
+pub use guard::AdminAddresses;
+
+/// The shortest admin token accepted when the server listens beyond loopback: 32 characters
+/// (`openssl rand -hex 24` makes 48), far beyond guessing even at full speed; docs/security.md.
+pub const MIN_TOKEN_CHARS: usize = 32;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -60,6 +75,9 @@ pub struct AdminState {
     pub pending: PendingAuthorizations,
     /// Admin actions (replay, resync) as they are recorded, for the live feed.
     pub actions: feed::AdminActionFeed,
+    /// The names this server answers to (`Host`, `Origin`): built from the bound address,
+    /// `admin.public_url` and `admin.allowed_hosts`.
+    pub addresses: AdminAddresses,
 }
 
 /// The routes of the admin server. Other parts (the webhook receiver) merge theirs into it.
@@ -92,27 +110,63 @@ pub fn router(state: AdminState) -> Router {
             get(authorize::start),
         )
         .route_layer(axum::middleware::from_fn_with_state(
-            state.token.clone(),
+            auth::TokenGate::new(state.token.clone()),
             auth::require_token,
         ));
+    let guarded = Router::new()
+        .route("/", get(page))
+        .route("/page.js", get(page_script))
+        .route("/page.css", get(page_style))
+        .route("/oauth/{side}/callback", get(authorize::callback))
+        .merge(api)
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(state.addresses.clone()),
+            guard::same_site_only,
+        ));
+    // The probes answer whatever `Host` they are asked by (a pod IP): they change nothing and
+    // return no secret.
     let probes = crate::health::Probes::alive()
         .with_store(state.store.clone())
         .with_metrics(state.connections.clone())
         .router();
-    Router::new()
-        .route("/", get(page))
-        .route("/oauth/{side}/callback", get(authorize::callback))
-        .merge(api)
-        .with_state(state)
-        .merge(probes)
+    guarded.with_state(state).merge(probes)
 }
 
-/// Binds the admin address; a non-loopback one only when the API has a token (`with_token`).
-pub async fn bind(listen: SocketAddr, with_token: bool) -> anyhow::Result<tokio::net::TcpListener> {
-    if !listen.ip().is_loopback() && !with_token {
+/// Serves `router` on `listener` until `shutdown` turns true. Each request knows its client's
+/// address (the token check slows a client that sent wrong tokens, not the others).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await
+}
+
+/// Binds the admin address; a non-loopback one only when the API has a `token` (empty: none)
+/// of at least [`MIN_TOKEN_CHARS`] characters.
+pub async fn bind(
+    listen: SocketAddr,
+    token: &crate::config::Secret,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let length = token.expose().chars().count();
+    if !listen.ip().is_loopback() && length == 0 {
         anyhow::bail!(
             "admin.listen {listen} is not a loopback address; without an admin token \
              (admin.token, USERSYNC_ADMIN__TOKEN) the admin server listens on loopback only"
+        );
+    }
+    if !listen.ip().is_loopback() && length < MIN_TOKEN_CHARS {
+        anyhow::bail!(
+            "the admin token (admin.token, USERSYNC_ADMIN__TOKEN) has {length} characters; \
+             listening beyond loopback (admin.listen {listen}) it needs at least \
+             {MIN_TOKEN_CHARS}: make one with `openssl rand -hex 24`"
         );
     }
     tokio::net::TcpListener::bind(listen)
@@ -151,11 +205,38 @@ fn store_failed(error: crate::store::StoreError) -> ApiError {
     }
 }
 
-/// The admin page (`page.html`, in the binary): plain HTML, CSS and a little JavaScript over
-/// this API, laid out like Outreach's CRM page. It needs no token itself; it asks for one when
-/// the API answers 401.
-async fn page() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("page.html"))
+/// The admin page (`page.html`, `page.js`, `page.css`, in the binary): plain HTML, CSS and a
+/// little JavaScript over this API, laid out like Outreach's CRM page. It needs no token
+/// itself; it asks for one when the API answers 401. Its script and style are files of their
+/// own, so its policy (`headers::PAGE_POLICY`) allows no inline script or style at all.
+async fn page() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            headers::PAGE_POLICY,
+        )],
+        axum::response::Html(include_str!("page.html")),
+    )
+        .into_response()
+}
+
+async fn page_script() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("page.js"),
+    )
+        .into_response()
+}
+
+async fn page_style() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("page.css"),
+    )
+        .into_response()
 }
 
 /// `POST /api/v1/resync`: the subscriber reads every Salesforce user again and publishes each
@@ -279,7 +360,6 @@ async fn decisions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::watch;
 
     async fn serve_test() -> (String, watch::Sender<bool>) {
         serve_with_token(None).await
@@ -287,10 +367,10 @@ mod tests {
 
     async fn serve_with_token(token: Option<&str>) -> (String, watch::Sender<bool>) {
         let store = crate::store::open("sqlite::memory:").await.unwrap();
-        let listener = bind("127.0.0.1:0".parse().unwrap(), token.is_some())
-            .await
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let token = crate::config::Secret::new(token.unwrap_or(""));
+        let listener = bind("127.0.0.1:0".parse().unwrap(), &token).await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let url = format!("http://{local}");
         let (stop, shutdown) = watch::channel(false);
         let state = AdminState {
             store,
@@ -299,11 +379,12 @@ mod tests {
             decisions: None,
             config: None,
             outreach: None,
-            token: token.map(crate::config::Secret::new),
+            token: Some(token).filter(|t| !t.expose().is_empty()),
             pending: Default::default(),
             actions: Default::default(),
+            addresses: AdminAddresses::loopback(local),
         };
-        tokio::spawn(crate::health::serve(listener, router(state), shutdown));
+        tokio::spawn(serve(listener, router(state), shutdown));
         (url, stop)
     }
 
@@ -405,6 +486,7 @@ mod tests {
 
         let disconnected = http
             .post(format!("{url}/api/v1/connections/outreach/disconnect"))
+            .header("content-type", "application/json")
             .send()
             .await
             .unwrap();
@@ -415,6 +497,7 @@ mod tests {
 
         let reconnecting = http
             .post(format!("{url}/api/v1/connections/outreach/reconnect"))
+            .header("content-type", "application/json")
             .send()
             .await
             .unwrap();
@@ -425,6 +508,7 @@ mod tests {
 
         let unknown = http
             .post(format!("{url}/api/v1/connections/hubspot/reconnect"))
+            .header("content-type", "application/json")
             .send()
             .await
             .unwrap();
@@ -533,8 +617,31 @@ mod tests {
 
     #[tokio::test]
     async fn a_public_address_is_refused_without_a_token() {
-        let error = bind("0.0.0.0:0".parse().unwrap(), false).await.unwrap_err();
+        let none = crate::config::Secret::default();
+        let error = bind("0.0.0.0:0".parse().unwrap(), &none).await.unwrap_err();
         assert!(error.to_string().contains("loopback"), "{error}");
-        assert!(bind("0.0.0.0:0".parse().unwrap(), true).await.is_ok());
+        let long = crate::config::Secret::new("0123456789abcdef0123456789abcdef");
+        assert!(bind("0.0.0.0:0".parse().unwrap(), &long).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_short_token_is_refused_beyond_loopback_only() {
+        let short = crate::config::Secret::new("s3cret-admin-token-of-31-chars!");
+        assert_eq!(short.expose().len(), MIN_TOKEN_CHARS - 1);
+        let error = bind("0.0.0.0:0".parse().unwrap(), &short)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("31 characters")
+                && error.contains("at least 32")
+                && error.contains("admin.token"),
+            "{error}"
+        );
+        assert!(
+            !error.contains(short.expose()),
+            "the token is never shown: {error}"
+        );
+        assert!(bind("127.0.0.1:0".parse().unwrap(), &short).await.is_ok());
     }
 }

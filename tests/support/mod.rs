@@ -158,11 +158,17 @@ impl Parts {
         self.outreach.users().iter().any(|u| u.email == email)
     }
 
-    /// A request to the admin API, with the admin token when the configuration has one.
+    /// A request to the admin API, with the admin token when the configuration has one; a
+    /// call that changes something says it is JSON, as the CLI and the page do (the admin
+    /// server refuses it otherwise).
     fn admin_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self
+        let changes = !method.is_safe();
+        let mut request = self
             .http
             .request(method, format!("{}{path}", self.admin_url));
+        if changes {
+            request = request.header("content-type", "application/json");
+        }
         let token = self.config.admin.token.expose();
         if token.is_empty() {
             request
