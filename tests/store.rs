@@ -2640,3 +2640,45 @@ async fn postgres_over_tls_checks_the_server_certificate() {
         .unwrap();
     conn.close().await.ok();
 }
+
+/// A PostgreSQL that cannot be reached at first — here a proxy in front of the test server
+/// that cuts its first connections, as a database container still starting does, or a name
+/// not yet in the network's DNS — is waited for: the open succeeds once the server answers.
+#[tokio::test]
+async fn a_postgres_that_cuts_the_first_connections_is_waited_for() {
+    let Some(url) = database_url() else { return };
+    let parsed = url::Url::parse(&url).expect("the test database URL parses");
+    let server = format!(
+        "{}:{}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap_or(5432)
+    );
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut proxied = parsed.clone();
+    proxied
+        .set_port(Some(proxy.local_addr().unwrap().port()))
+        .unwrap();
+    let cut = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = cut.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = proxy.accept().await.unwrap();
+            // The first three connections are closed before a byte is read.
+            if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
+                drop(client);
+                continue;
+            }
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    let schema = format!("store_late_{:016x}", rand::random::<u64>());
+    let store = PostgresStore::connect(proxied.as_str(), Some(&schema))
+        .await
+        .expect("the open waits until the server answers");
+    assert!(cut.load(std::sync::atomic::Ordering::SeqCst) > 3);
+    store.settings().await.expect("the store answers");
+}

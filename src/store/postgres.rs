@@ -11,6 +11,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use backon::Retryable;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -52,7 +53,10 @@ impl PostgresStore {
                     ),
                 ));
             }
-            let mut conn = PgConnection::connect_with(&options)
+            let mut conn = (|| PgConnection::connect_with(&options))
+                .retry(starting_up())
+                .when(unreachable)
+                .notify(waiting(&shown))
                 .await
                 .context(|| format!("connect to {shown}"))?;
             create_schema(&mut conn, schema)
@@ -67,8 +71,10 @@ impl PostgresStore {
                 Box::pin(async move { conn.execute(statement.as_str()).await.map(drop) })
             });
         }
-        let pool = pool
-            .connect_with(options)
+        let pool = (|| pool.clone().connect_with(options.clone()))
+            .retry(starting_up())
+            .when(unreachable)
+            .notify(waiting(&shown))
             .await
             .context(|| format!("connect to {shown}"))?;
         // sqlx's migrator serializes openers itself: it holds a session advisory lock, keyed on
@@ -733,4 +739,32 @@ impl Statements for PostgresSession {
         .await?;
         Ok(done.rows_affected() == 1)
     }
+}
+/// How long a start waits for a PostgreSQL it cannot reach: about a minute, the time a
+/// database container started beside usersync needs to come up and its name to resolve.
+/// sqlx itself retries a refused connection until its acquire timeout (30 s); a name that does
+/// not resolve yet, or a connection reset, it reports at once.
+fn starting_up() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(Duration::from_secs(60)))
+        .without_max_times()
+}
+
+/// Logs each wait for an unreachable PostgreSQL (`shown`: its URL without the password).
+fn waiting(shown: &str) -> impl Fn(&sqlx::Error, Duration) + '_ {
+    move |error, wait| {
+        tracing::warn!(
+            store = %shown,
+            %error,
+            ?wait,
+            "PostgreSQL cannot be reached yet; trying again"
+        );
+    }
+}
+
+/// Errors of a server that is not there yet: the network's, not the server's answers.
+fn unreachable(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
 }
