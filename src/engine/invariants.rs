@@ -401,6 +401,7 @@ fn webhook(user: &OutreachUser, action: UserAction) -> UserChange {
         action,
         id: user.id,
         updated_at,
+        delivered_at: Some(updated_at),
         attributes: UserAttributesSent {
             email: Some(user.email.clone()),
             username: Some(user.username.clone()),

@@ -207,6 +207,9 @@ pub struct UserDelivery {
     pub before: Option<UserAttributesSent>,
     /// Every attribute name in `data.attributes` and `beforeUpdate.attributes`, sorted.
     pub changed: Vec<String>,
+    /// `meta.deliveredAt`: when Outreach sent it. Inside the signed body, so the receiver can
+    /// tell a fresh delivery from a replayed one.
+    pub delivered_at: Option<DateTime<Utc>>,
 }
 
 /// The envelope, with resources left loose so each member can be checked and named.
@@ -232,6 +235,9 @@ struct Resource {
 struct Meta {
     #[serde(rename = "eventName")]
     event_name: String,
+    /// `deliveredAt` among the rest, read by [`timestamp`] so a bad one is named.
+    #[serde(flatten)]
+    rest: Map<String, Value>,
 }
 
 /// Reads one delivery body.
@@ -250,6 +256,7 @@ pub fn parse_delivery(body: &[u8]) -> Result<Delivery, PayloadError> {
         before_update,
     } = envelope;
     let event_name = meta.event_name;
+    let delivered_at = timestamp(&meta.rest, "meta", "deliveredAt")?;
     let Some((resource, action)) = event_name.split_once('.') else {
         return Err(PayloadError::new(
             "meta.eventName",
@@ -323,6 +330,7 @@ pub fn parse_delivery(body: &[u8]) -> Result<Delivery, PayloadError> {
         attributes: sent,
         before,
         changed: changed.into_iter().collect(),
+        delivered_at,
     })))
 }
 

@@ -7,6 +7,7 @@
 //! | signature ([`verify_signature`]) | missing, not hex, wrong | 401, a warning | dropped: it may not come from Outreach |
 //! | parse ([`parse_delivery`]) | another resource or action | 200 `ignored` | dropped |
 //! | parse | broken payload | 400 naming the member | dead-lettered with the reason |
+//! | freshness ([`check_fresh`]) | `meta.deliveredAt` absent, or more than 5 minutes from now | 400 | dead-lettered with the reason |
 //! | complete (read the user, when the payload is partial) | the read fails | 503 | dead-lettered |
 //! | build and validate the event | the event would be invalid | 400 naming the field | dead-lettered |
 //! | [`WebhookSink::accept`] | not accepted | 503 | dead-lettered when the sink still can |
@@ -19,6 +20,12 @@
 //! so it is never silently lost. Only a timeout or a dropped connection makes Outreach send
 //! again (up to 4 attempts, about a second apart, 5 s each), and the stable event id makes
 //! those copies harmless.
+//!
+//! A copy sent by someone else is not: whoever captured a signed delivery could post it again
+//! later and set the user back to what it said. The signature covers the body, and the body
+//! carries `meta.deliveredAt`, so a delivery sent more than [`REPLAY_WINDOW`] ago (or dated
+//! that far ahead) is refused — dead-lettered, never applied — and so is one without that
+//! time. Outreach's own copies come within seconds, well inside the window.
 //!
 //! Once the signature is good, the rest runs in its own task, awaited by the request: if
 //! Outreach gives up on a slow answer and closes the connection, the delivery is still
@@ -56,6 +63,41 @@ pub const PATH: &str = "/webhooks/outreach";
 
 /// The largest body accepted; a user delivery is a few kilobytes.
 pub const MAX_BODY: usize = 1 << 20;
+
+/// How far `meta.deliveredAt` may be from the receiver's clock, either way.
+pub const REPLAY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// Whether a delivery sent at `delivered_at` may be taken at `now`; the reason when not.
+pub fn check_fresh(
+    delivered_at: Option<chrono::DateTime<Utc>>,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), String> {
+    let Some(sent) = delivered_at else {
+        return Err(
+            "meta.deliveredAt is absent: without the signed time of sending, a replayed \
+             delivery cannot be told from a fresh one"
+                .into(),
+        );
+    };
+    let minutes = REPLAY_WINDOW.num_minutes();
+    if now - sent > REPLAY_WINDOW {
+        return Err(format!(
+            "meta.deliveredAt {} is more than {minutes} minutes before this receiver's clock \
+             ({}): a replayed or held-up delivery is not applied",
+            sent.to_rfc3339(),
+            now.to_rfc3339()
+        ));
+    }
+    if sent - now > REPLAY_WINDOW {
+        return Err(format!(
+            "meta.deliveredAt {} is more than {minutes} minutes after this receiver's clock \
+             ({}): check the clocks",
+            sent.to_rfc3339(),
+            now.to_rfc3339()
+        ));
+    }
+    Ok(())
+}
 
 /// The `source` header of a dead letter from this receiver.
 pub const DEAD_LETTER_SOURCE: &str = "outreach";
@@ -318,6 +360,16 @@ impl WebhookReceiver {
         };
         let key = delivery.event_id();
         let event_name = delivery.event_name.clone();
+        if let Err(reason) = check_fresh(delivery.delivered_at, observed_at) {
+            tracing::warn!(
+                event_name,
+                %reason,
+                "refused an Outreach webhook delivery: not sent within the replay window"
+            );
+            return self
+                .refuse(&key, body, Some(&event_name), reason, Kind::Refused)
+                .await;
+        }
         let current = match self.complete(&delivery).await {
             Ok(current) => current,
             Err(reason) => {
@@ -541,15 +593,58 @@ mod tests {
         headers
     }
 
+    /// A signed-able delivery locking user `id`, sent now.
     fn locked(id: i64) -> Bytes {
-        Bytes::from(
-            json!({
-                "data": {"type": "user", "id": id.to_string(),
-                         "attributes": {"locked": true, "updatedAt": "2025-02-03T04:05:06.789Z"}},
-                "meta": {"eventName": "user.updated", "deliveredAt": "2025-02-03T04:05:07.000Z"}
-            })
-            .to_string(),
-        )
+        locked_sent(id, Some(Utc::now()))
+    }
+
+    fn locked_sent(id: i64, delivered_at: Option<chrono::DateTime<Utc>>) -> Bytes {
+        let mut body = json!({
+            "data": {"type": "user", "id": id.to_string(),
+                     "attributes": {"locked": true, "updatedAt": "2025-02-03T04:05:06.789Z"}},
+            "meta": {"eventName": "user.updated"}
+        });
+        if let Some(sent) = delivered_at {
+            body["meta"]["deliveredAt"] = json!(sent.to_rfc3339());
+        }
+        Bytes::from(body.to_string())
+    }
+
+    #[test]
+    fn a_delivery_is_fresh_within_five_minutes_of_the_clock_either_way() {
+        let now = Utc::now();
+        let minutes = |m: i64| Some(now + chrono::TimeDelta::minutes(m));
+        assert_eq!(check_fresh(minutes(0), now), Ok(()));
+        assert_eq!(check_fresh(minutes(-5), now), Ok(()));
+        assert_eq!(check_fresh(minutes(5), now), Ok(()));
+        let old = check_fresh(minutes(-6), now).unwrap_err();
+        assert!(old.contains("more than 5 minutes before"), "{old}");
+        let ahead = check_fresh(minutes(6), now).unwrap_err();
+        assert!(ahead.contains("more than 5 minutes after"), "{ahead}");
+        let absent = check_fresh(None, now).unwrap_err();
+        assert!(absent.starts_with("meta.deliveredAt is absent"), "{absent}");
+    }
+
+    #[tokio::test]
+    async fn a_replayed_or_undated_delivery_is_dead_lettered_not_published() {
+        let hour_ago = Utc::now() - chrono::TimeDelta::hours(1);
+        for body in [locked_sent(42, Some(hour_ago)), locked_sent(42, None)] {
+            let sink = Arc::new(Recorder::default());
+            let directory = Arc::new(Directory::default());
+            let receiver =
+                WebhookReceiver::new(Secret::new(SECRET), sink.clone(), directory).unwrap();
+            let outcome = receiver.handle(&signed(&body), body.clone()).await;
+            assert_eq!(outcome.status(), StatusCode::BAD_REQUEST, "{outcome:?}");
+            let answer = outcome.body().to_string();
+            assert!(answer.contains("meta.deliveredAt"), "{answer}");
+            assert!(
+                sink.accepted.lock().unwrap().is_empty(),
+                "nothing published"
+            );
+            let refused = sink.refused.lock().unwrap().clone();
+            assert_eq!(refused.len(), 1, "dead-lettered with the reason");
+            assert_eq!(refused[0].1, body.to_vec(), "the raw body");
+        }
     }
 
     #[test]
