@@ -16,6 +16,7 @@
 //!   wire formats.
 //! - [`proto`]: the Salesforce Pub/Sub API's generated gRPC types.
 //! - [`config`]: the configuration file and its environment overrides.
+//! - [`private_file`]: files only their owner may read (store, token file, vault key).
 
 pub mod admin;
 pub mod apply;
@@ -29,6 +30,7 @@ pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod outreach;
+pub mod private_file;
 pub mod processor;
 pub mod proto;
 pub mod run;

@@ -46,7 +46,7 @@ impl TokenFile {
         match std::fs::symlink_metadata(&self.path) {
             Ok(metadata) => {
                 self.refuse_symlink(&metadata)?;
-                self.tighten(&metadata)?;
+                self.tighten()?;
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(self.error("read", error)),
@@ -120,25 +120,16 @@ impl TokenFile {
     }
 
     /// Makes a token file that others may read owner-only, with a warning.
-    #[cfg(unix)]
-    fn tighten(&self, metadata: &std::fs::Metadata) -> Result<(), TokenStoreError> {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 == 0 {
-            return Ok(());
-        }
-        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600))
+    fn tighten(&self) -> Result<(), TokenStoreError> {
+        let was = crate::private_file::tighten(&self.path)
             .map_err(|e| self.error("restrict the permissions of", e))?;
-        tracing::warn!(
-            path = %self.path.display(),
-            was = format!("{mode:o}"),
-            "the Outreach token file was readable by others; it is now 0600"
-        );
-        Ok(())
-    }
-
-    #[cfg(not(unix))]
-    fn tighten(&self, _: &std::fs::Metadata) -> Result<(), TokenStoreError> {
+        if let Some(was) = was {
+            tracing::warn!(
+                path = %self.path.display(),
+                was = format!("{was:o}"),
+                "the Outreach token file was readable by others; it is now 0600"
+            );
+        }
         Ok(())
     }
 
