@@ -12,6 +12,12 @@
 //!
 //! Nothing here prints a secret: [`SecretKey`]'s `Debug` and every error name the key only by
 //! its [`fingerprint`](SecretKey::fingerprint).
+//!
+//! The key is kept as little as possible (docs/security.md): a key file a group or everyone else
+//! may read is refused, as ssh refuses such a private key, since whoever can read it can open
+//! every stored credential. The key's bytes, the text they were read from and every opened
+//! credential are wiped from memory when dropped (`zeroize`); the cipher's own copy of the key
+//! is wiped by `chacha20poly1305` itself when the cipher is dropped, after each seal or open.
 
 use std::fmt;
 use std::path::Path;
@@ -20,6 +26,7 @@ use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::Side;
 
@@ -45,6 +52,12 @@ pub enum VaultError {
     #[error("cannot read the secret key file {path}: {problem}")]
     KeyFile { path: String, problem: String },
     #[error(
+        "the secret key file {path} has mode {mode:04o}: a group or everyone else may read it, \
+         and whoever reads it can open every stored credential; make it its owner's only \
+         (chmod 600 {path}) and start again"
+    )]
+    KeyFileExposed { path: String, mode: u32 },
+    #[error(
         "the stored {side} credentials cannot be opened with key {fingerprint} (another key \
          sealed them, or they were altered); reconnect to store them again"
     )]
@@ -53,9 +66,17 @@ pub enum VaultError {
     Format { side: Side },
 }
 
-/// The 256-bit key credentials are sealed with.
+/// The 256-bit key credentials are sealed with; wiped from memory when dropped.
 #[derive(Clone)]
 pub struct SecretKey([u8; 32]);
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for SecretKey {}
 
 impl SecretKey {
     /// Reads base64 text (surrounding whitespace ignored); `source_name` names where it came
@@ -65,29 +86,47 @@ impl SecretKey {
             source_name: source_name.to_owned(),
             problem,
         };
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|e| bad(e.to_string()))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|b: Vec<u8>| bad(format!("{} bytes", b.len())))?;
-        Ok(SecretKey(key))
+        let bytes = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| bad(e.to_string()))?,
+        );
+        let mut key = SecretKey([0; 32]);
+        if bytes.len() != key.0.len() {
+            return Err(bad(format!("{} bytes", bytes.len())));
+        }
+        key.0.copy_from_slice(&bytes);
+        Ok(key)
     }
 
     /// The key from `USERSYNC_SECRET_KEY` (`env`), else from `key_file` (empty: none); `None`
     /// when neither is set.
+    /// A key file a group or everyone else may read is refused ([`VaultError::KeyFileExposed`]).
     pub fn find(env: Option<String>, key_file: &str) -> Result<Option<SecretKey>, VaultError> {
-        if let Some(text) = env.filter(|t| !t.trim().is_empty()) {
-            return SecretKey::from_base64(&text, SECRET_KEY_VAR).map(Some);
+        let env = env.map(Zeroizing::new);
+        if let Some(text) = env.as_deref().filter(|t| !t.trim().is_empty()) {
+            return SecretKey::from_base64(text, SECRET_KEY_VAR).map(Some);
         }
         if key_file.is_empty() {
             return Ok(None);
         }
-        let text =
-            std::fs::read_to_string(Path::new(key_file)).map_err(|e| VaultError::KeyFile {
+        let unreadable = |e: std::io::Error| VaultError::KeyFile {
+            path: key_file.to_owned(),
+            problem: e.to_string(),
+        };
+        // The mode of what the path leads to: a key mounted through a symlink (a Kubernetes
+        // secret volume) is judged by the file that holds it.
+        let metadata = std::fs::metadata(Path::new(key_file)).map_err(unreadable)?;
+        if let Some(mode) = crate::private_file::mode(&metadata)
+            && mode & crate::private_file::OTHERS != 0
+        {
+            return Err(VaultError::KeyFileExposed {
                 path: key_file.to_owned(),
-                problem: e.to_string(),
-            })?;
+                mode,
+            });
+        }
+        let text =
+            Zeroizing::new(std::fs::read_to_string(Path::new(key_file)).map_err(unreadable)?);
         SecretKey::from_base64(&text, key_file).map(Some)
     }
 
@@ -236,7 +275,7 @@ mod tests {
         assert!(from_env.is_some(), "the variable wins over the file");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("key");
-        std::fs::write(&file, format!("{KEY}\n")).unwrap();
+        write_private(&file, &format!("{KEY}\n"));
         let from_file = SecretKey::find(None, file.to_str().unwrap())
             .unwrap()
             .unwrap();
@@ -252,6 +291,64 @@ mod tests {
             missing.to_string().contains("/nonexistent/key"),
             "{missing}"
         );
+    }
+
+    /// Writes a key file only its owner may read, as the documentation tells operators to.
+    fn write_private(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_may_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vault.key");
+        let path = file.to_str().unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            write_private(&file, KEY);
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let refused = SecretKey::find(None, path).unwrap_err();
+            assert_eq!(
+                refused,
+                VaultError::KeyFileExposed {
+                    path: path.to_owned(),
+                    mode
+                }
+            );
+            let message = refused.to_string();
+            assert!(
+                message.contains(path)
+                    && message.contains(&format!("{mode:04o}"))
+                    && message.contains(&format!("chmod 600 {path}")),
+                "{message}"
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(SecretKey::find(None, path).unwrap().is_some(), "{mode:o}");
+        }
+        // Through a symlink, the mode of the file it leads to counts.
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(SecretKey::find(None, link.to_str().unwrap()).is_ok());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            SecretKey::find(None, link.to_str().unwrap()),
+            Err(VaultError::KeyFileExposed { mode: 0o644, .. })
+        ));
+    }
+
+    #[test]
+    fn the_key_is_wiped_from_memory_when_dropped() {
+        fn wiped_on_drop<T: ZeroizeOnDrop>() {}
+        wiped_on_drop::<SecretKey>();
+        wiped_on_drop::<XChaCha20Poly1305>();
     }
 
     #[test]
