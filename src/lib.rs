@@ -16,6 +16,8 @@
 //!   wire formats.
 //! - [`proto`]: the Salesforce Pub/Sub API's generated gRPC types.
 //! - [`config`]: the configuration file and its environment overrides.
+//! - [`endpoint`]: the guards on every exchange with a provider: same origin, no plain HTTP
+//!   off this machine, capped answers.
 //! - [`private_file`]: files only their owner may read (store, token file, vault key).
 
 pub mod admin;
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod demo;
+pub mod endpoint;
 pub mod engine;
 pub mod event;
 pub mod health;
