@@ -327,6 +327,12 @@ mod tests {
         }
     }
 
+    async fn outreach_of(
+        stored: &StoredAuthorizations,
+    ) -> Result<Option<OutreachAuthorization>, AuthorizationError> {
+        stored.load(Side::Outreach).await
+    }
+
     /// A store whose rows the test can also write around the trait, as someone with access to
     /// the database could.
     async fn sqlite() -> (crate::store::SqliteStore, Arc<dyn Store>) {
@@ -356,13 +362,7 @@ mod tests {
         first.save(Side::Outreach, &token("rt-3")).await.unwrap();
         let row = store.authorization("outreach").await.unwrap().unwrap();
         assert_eq!(row.generation, 3);
-        assert_eq!(
-            second
-                .load::<OutreachAuthorization>(Side::Outreach)
-                .await
-                .unwrap(),
-            Some(token("rt-3"))
-        );
+        assert_eq!(outreach_of(&second).await.unwrap(), Some(token("rt-3")));
         // A writer that read generation 1 cannot overwrite generation 3.
         let stale = vault().seal(Side::Outreach, 2, b"{}");
         assert!(
@@ -374,8 +374,14 @@ mod tests {
         assert_eq!(store.authorization("outreach").await.unwrap().unwrap(), row);
     }
 
-    #[tokio::test]
-    async fn an_earlier_blob_copied_back_over_the_current_one_is_refused() {
+    /// A store holding a spent refresh token at generation 1 and the current one at 2, the
+    /// authorizations that saved them, and the row of the spent one.
+    async fn spent_then_current() -> (
+        crate::store::SqliteStore,
+        Arc<dyn Store>,
+        StoredAuthorizations,
+        crate::store::SealedAuthorization,
+    ) {
         let (sqlite, store) = sqlite().await;
         let stored = StoredAuthorizations::new(store.clone(), Some(vault()));
         stored.save(Side::Outreach, &token("spent")).await.unwrap();
@@ -384,14 +390,17 @@ mod tests {
             .save(Side::Outreach, &token("current"))
             .await
             .unwrap();
+        (sqlite, store, stored, earlier)
+    }
+
+    #[tokio::test]
+    async fn an_earlier_blob_copied_back_over_the_current_one_is_refused() {
+        let (sqlite, store, _, earlier) = spent_then_current().await;
 
         // Only the blob is put back: the row stays at generation 2.
         put_row(&sqlite, &earlier.sealed, 2).await;
         let fresh = StoredAuthorizations::new(store.clone(), Some(vault()));
-        let refused = fresh
-            .load::<OutreachAuthorization>(Side::Outreach)
-            .await
-            .unwrap_err();
+        let refused = outreach_of(&fresh).await.unwrap_err();
         assert!(
             matches!(refused, AuthorizationError::Vault(VaultError::Open { .. })),
             "{refused}"
@@ -400,27 +409,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_whole_row_put_back_while_the_process_runs_is_refused() {
-        let (sqlite, store) = sqlite().await;
-        let stored = StoredAuthorizations::new(store.clone(), Some(vault()));
-        stored.save(Side::Outreach, &token("spent")).await.unwrap();
-        let earlier = store.authorization("outreach").await.unwrap().unwrap();
-        stored
-            .save(Side::Outreach, &token("current"))
-            .await
-            .unwrap();
-        assert_eq!(
-            stored
-                .load::<OutreachAuthorization>(Side::Outreach)
-                .await
-                .unwrap(),
-            Some(token("current"))
-        );
+        let (sqlite, _, stored, earlier) = spent_then_current().await;
+        assert_eq!(outreach_of(&stored).await.unwrap(), Some(token("current")));
 
         put_row(&sqlite, &earlier.sealed, earlier.generation).await;
-        let refused = stored
-            .load::<OutreachAuthorization>(Side::Outreach)
-            .await
-            .unwrap_err();
+        let refused = outreach_of(&stored).await.unwrap_err();
         assert!(
             matches!(
                 refused,
@@ -450,10 +443,7 @@ mod tests {
         );
         let stored = StoredAuthorizations::new(store.clone(), Some(vault()));
         assert_eq!(
-            stored
-                .load::<OutreachAuthorization>(Side::Outreach)
-                .await
-                .unwrap(),
+            outreach_of(&stored).await.unwrap(),
             Some(token("rt-legacy"))
         );
         let row = store.authorization("outreach").await.unwrap().unwrap();
@@ -461,20 +451,14 @@ mod tests {
         assert_ne!(row.sealed, legacy);
         let fresh = StoredAuthorizations::new(store.clone(), Some(vault()));
         assert_eq!(
-            fresh
-                .load::<OutreachAuthorization>(Side::Outreach)
-                .await
-                .unwrap(),
+            outreach_of(&fresh).await.unwrap(),
             Some(token("rt-legacy")),
             "and opens bound to its row"
         );
 
         // The old blob put back over the bound one no longer opens.
         put_row(&sqlite, &legacy, 1).await;
-        let refused = fresh
-            .load::<OutreachAuthorization>(Side::Outreach)
-            .await
-            .unwrap_err();
+        let refused = outreach_of(&fresh).await.unwrap_err();
         assert!(
             matches!(
                 refused,

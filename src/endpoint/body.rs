@@ -131,10 +131,7 @@ mod tests {
                     Body::from_stream(stream::iter(chunks))
                 }),
             );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        address
+        crate::endpoint::test_support::serve(app).await
     }
 
     async fn fetch(address: SocketAddr, path: &str, cap: usize) -> Result<Bytes, BodyError> {

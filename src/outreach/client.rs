@@ -826,6 +826,7 @@ fn decode<T: DeserializeOwned>(body: &[u8], operation: &Operation) -> Result<T, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::test_support::oversized;
     use crate::outreach::auth::MemoryTokenStore;
 
     fn config() -> ClientConfig {
@@ -915,15 +916,6 @@ mod tests {
         );
     }
 
-    /// Serves `size` bytes at every path of a loopback port.
-    async fn oversized(size: usize) -> std::net::SocketAddr {
-        let app = axum::Router::new().fallback(move || async move { vec![b' '; size] });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        address
-    }
-
     fn local_config(address: std::net::SocketAddr) -> ClientConfig {
         let mut config = config();
         config.api_url = format!("http://{address}/api/v2").parse().unwrap();
@@ -934,7 +926,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_api_answer_over_the_cap_is_refused_naming_the_endpoint() {
-        let address = oversized(API_PAGE_CAP + 1).await;
+        let address = oversized(StatusCode::OK, API_PAGE_CAP + 1).await;
         let refused = client(local_config(address))
             .unwrap()
             .get_user(OutreachUserId(7))
@@ -952,7 +944,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_answer_over_the_cap_is_refused_naming_the_endpoint() {
         use crate::endpoint::body::OAUTH_ANSWER_CAP;
-        let address = oversized(OAUTH_ANSWER_CAP + 1).await;
+        let address = oversized(StatusCode::OK, OAUTH_ANSWER_CAP + 1).await;
         let refused = OutreachClient::from_authorization_code(
             local_config(address),
             "code",

@@ -718,11 +718,9 @@ mod tests {
     #[tokio::test]
     async fn a_token_answer_over_the_cap_is_refused_naming_the_endpoint() {
         // A refusal, so that the revocation reads its body too.
-        let app = axum::Router::new()
-            .fallback(|| async { (StatusCode::BAD_REQUEST, vec![b' '; OAUTH_ANSWER_CAP + 1]) });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let address =
+            crate::endpoint::test_support::oversized(StatusCode::BAD_REQUEST, OAUTH_ANSWER_CAP + 1)
+                .await;
         let host = format!("http://{address}");
         let refused = obtain_token(
             &reqwest::Client::new(),

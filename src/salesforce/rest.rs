@@ -1385,16 +1385,9 @@ mod tests {
         }
     }
 
-    /// Serves `app` on a loopback port.
-    async fn serve(app: axum::Router) -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        address
-    }
-
     #[tokio::test]
     async fn the_bearer_token_never_follows_a_next_page_to_another_host() {
+        use crate::endpoint::test_support::serve;
         use axum::routing::get;
         let seen = Arc::new(Mutex::new(Vec::<String>::new()));
         let recorder = seen.clone();
@@ -1439,7 +1432,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_over_the_cap_is_refused_naming_the_endpoint() {
         let instance =
-            serve(axum::Router::new().fallback(|| async { vec![b' '; API_PAGE_CAP + 1] })).await;
+            crate::endpoint::test_support::oversized(StatusCode::OK, API_PAGE_CAP + 1).await;
         let rest =
             SalesforceRest::new(&format!("http://{instance}"), Arc::new(FixedToken)).unwrap();
         let refused = rest.versions().await.unwrap_err();

@@ -912,10 +912,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_over_the_cap_is_refused_naming_the_endpoint() {
-        let app = axum::Router::new().fallback(|| async { vec![b' '; STREAM_BATCH_CAP + 1] });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let address =
+            crate::endpoint::test_support::oversized(StatusCode::OK, STREAM_BATCH_CAP + 1).await;
         let instance = format!("http://{address}");
         let mut client = CometdClient::new(
             CometdConfig::new("62.0", ReplayPolicy::Resync),
