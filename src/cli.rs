@@ -337,6 +337,10 @@ struct InputError {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // Before anything decodes Avro: apache-avro keeps the first cap it is given.
+    if let Err(problem) = crate::salesforce::avro::cap_allocations() {
+        tracing::warn!(%problem, "Avro allocations are not capped as usersync intends");
+    }
     let outcome = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(dispatch(cli.command)));

@@ -8,6 +8,11 @@
 //! silently), and the sync settings are validated with the rules of `decisions.md`; every error
 //! names the key, where it came from, or the rule it broke.
 //!
+//! A plain `http://` endpoint for Salesforce, Outreach or their OAuth hosts would carry bearer
+//! tokens and client secrets in the clear, so one is refused at load unless its host is this
+//! machine (a local simulator) or `allow_insecure_endpoints` is true, and then each is logged as
+//! a warning (docs/security.md).
+//!
 //! `docs/settings.md` lists every key with its default and variable.
 
 use std::collections::BTreeMap;
@@ -21,8 +26,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::engine::settings::{SettingsError, SyncSettings};
 
-/// The sections the environment may set.
-const SECTIONS: [&str; 10] = [
+/// The top-level keys the environment may set: every section, and the one key outside them.
+const SECTIONS: [&str; 11] = [
+    "allow_insecure_endpoints",
     "sync",
     "store",
     "outreach",
@@ -42,6 +48,9 @@ pub const ENV_PREFIX: &str = "USERSYNC_";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Accept plain `http://` endpoints on other hosts than this machine (a test service on a
+    /// private network), each logged as a warning at load.
+    pub allow_insecure_endpoints: bool,
     pub sync: SyncSettings,
     pub store: StoreConfig,
     pub outreach: OutreachConfig,
@@ -822,7 +831,39 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Parse(describe(e)))?;
         config.validate()?;
+        for (key, url) in config.insecure_endpoints() {
+            tracing::warn!(
+                key,
+                url = %url,
+                "plain HTTP endpoint on another host, allowed by allow_insecure_endpoints: the \
+                 bearer tokens and client secrets sent to it cross the network in the clear"
+            );
+        }
         Ok(config)
+    }
+
+    /// The endpoints of Salesforce, Outreach and their OAuth hosts that are plain `http://` to
+    /// a host other than this machine, by key. Ones that do not parse are left to the checks
+    /// of their own section.
+    pub fn insecure_endpoints(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("outreach.api_url", self.outreach.api_url.as_str()),
+            ("outreach.token_url", self.outreach.token_url.as_str()),
+            ("salesforce.login_url", self.salesforce.login_url.as_str()),
+            (
+                "salesforce.my_domain_url",
+                self.salesforce.my_domain_url.as_str(),
+            ),
+            (
+                "salesforce.pubsub_endpoint",
+                self.salesforce.pubsub_endpoint.as_str(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, value)| {
+            url::Url::parse(value).is_ok_and(|url| crate::endpoint::origin::is_insecure(&url))
+        })
+        .collect()
     }
 
     /// Checks every rule the configuration must meet.
@@ -900,6 +941,16 @@ impl Config {
             return Err(ConfigError::Parse(format!(
                 "outreach.webhook_url {:?} is not a URL: {e}",
                 self.outreach.webhook_url
+            )));
+        }
+        if !self.allow_insecure_endpoints
+            && let Some((key, url)) = self.insecure_endpoints().into_iter().next()
+        {
+            return Err(ConfigError::Parse(format!(
+                "{key} {url:?} is plain HTTP to another host than this machine: bearer tokens \
+                 and client secrets would cross the network in the clear. Use https://, or, for a \
+                 test service you trust, set allow_insecure_endpoints = true \
+                 ({ENV_PREFIX}ALLOW_INSECURE_ENDPOINTS=true)"
             )));
         }
         self.kafka.validate()
@@ -1337,6 +1388,113 @@ mod tests {
             jail.set_env("USERSYNC_OUTREACH__BACKOFF_MIN_MS", "90000");
             let text = load_in(jail, None).unwrap_err().to_string();
             assert!(text.contains("outreach.backoff_min_ms"), "{text}");
+            Ok(())
+        });
+    }
+
+    /// What `f` returns, and what it logged.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned();
+        (result, text)
+    }
+
+    #[test]
+    fn plain_http_to_another_host_is_refused_unless_allowed() {
+        for (variable, value, key) in [
+            (
+                "USERSYNC_OUTREACH__API_URL",
+                "http://outreach-sim:8710/api/v2",
+                "outreach.api_url",
+            ),
+            (
+                "USERSYNC_OUTREACH__TOKEN_URL",
+                "http://outreach-sim:8710/oauth/token",
+                "outreach.token_url",
+            ),
+            (
+                "USERSYNC_SALESFORCE__LOGIN_URL",
+                "http://salesforce-sim:8720",
+                "salesforce.login_url",
+            ),
+            (
+                "USERSYNC_SALESFORCE__MY_DOMAIN_URL",
+                "http://10.1.2.3/my-domain",
+                "salesforce.my_domain_url",
+            ),
+            (
+                "USERSYNC_SALESFORCE__PUBSUB_ENDPOINT",
+                "http://salesforce-sim:8721",
+                "salesforce.pubsub_endpoint",
+            ),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(variable, value);
+                let text = load_in(jail, None).unwrap_err().to_string();
+                assert!(
+                    text.contains(key)
+                        && text.contains(value)
+                        && text.contains("USERSYNC_ALLOW_INSECURE_ENDPOINTS=true"),
+                    "{text}"
+                );
+                jail.set_env("USERSYNC_ALLOW_INSECURE_ENDPOINTS", "true");
+                let (config, logs) = logged(|| load_in(jail, None).unwrap());
+                assert!(
+                    logs.contains("WARN") && logs.contains(key) && logs.contains(value),
+                    "{logs}"
+                );
+                assert!(config.allow_insecure_endpoints);
+                assert_eq!(config.insecure_endpoints(), [(key, value)]);
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn plain_http_on_this_machine_and_https_anywhere_are_accepted() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USERSYNC_OUTREACH__API_URL", "http://127.0.0.1:8710/api/v2");
+            jail.set_env(
+                "USERSYNC_OUTREACH__TOKEN_URL",
+                "http://localhost:8710/oauth/token",
+            );
+            jail.set_env("USERSYNC_SALESFORCE__LOGIN_URL", "http://[::1]:8720");
+            jail.set_env(
+                "USERSYNC_SALESFORCE__MY_DOMAIN_URL",
+                "https://acme.my.salesforce.com",
+            );
+            let config = load_in(jail, None).unwrap();
+            assert!(!config.allow_insecure_endpoints);
+            assert!(config.insecure_endpoints().is_empty());
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "usersync.toml",
+                "allow_insecure_endpoints = true\n[outreach]\napi_url = \"http://sim:1/api\"\n",
+            )?;
+            let config = load_in(jail, Some("usersync.toml")).unwrap();
+            assert_eq!(
+                config.insecure_endpoints(),
+                [("outreach.api_url", "http://sim:1/api")]
+            );
             Ok(())
         });
     }

@@ -16,6 +16,9 @@
 //!   wire formats.
 //! - [`proto`]: the Salesforce Pub/Sub API's generated gRPC types.
 //! - [`config`]: the configuration file and its environment overrides.
+//! - [`endpoint`]: the guards on every exchange with a provider: same origin, no plain HTTP
+//!   off this machine, capped answers.
+//! - [`private_file`]: files only their owner may read (store, token file, vault key).
 
 pub mod admin;
 pub mod apply;
@@ -23,12 +26,14 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod demo;
+pub mod endpoint;
 pub mod engine;
 pub mod event;
 pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod outreach;
+pub mod private_file;
 pub mod processor;
 pub mod proto;
 pub mod run;

@@ -317,7 +317,12 @@ async fn salesforce_credentials_changed_then_reconnect_with_the_new_secret() {
     let store = usersync::store::open(&parts.config.store.url)
         .await
         .unwrap();
-    let sealed = store.authorization("salesforce").await.unwrap().unwrap();
+    let sealed = store
+        .authorization("salesforce")
+        .await
+        .unwrap()
+        .unwrap()
+        .sealed;
     assert!(
         !sealed
             .windows(new_secret.len())

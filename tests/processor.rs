@@ -26,7 +26,7 @@ use usersync::salesforce::snapshot::{ReadPosition, snapshot};
 use usersync::sim::outreach::{OutreachSim, SimConfig, SimUser};
 use usersync::store::{
     AdminAction, AppliedEvent, DecisionPage, DecisionQuery, Lease, LeaseAnswer, LeaseClaim,
-    MappingFilter, ReplayCheckpoint, Store, StoreError,
+    MappingFilter, ReplayCheckpoint, SealedAuthorization, Store, StoreError,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -643,7 +643,7 @@ impl Store for AnotherReplicaFirst {
     async fn save_settings(&self, settings: &SyncSettings) -> Result<(), StoreError> {
         self.inner.save_settings(settings).await
     }
-    async fn authorization(&self, side: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn authorization(&self, side: &str) -> Result<Option<SealedAuthorization>, StoreError> {
         self.inner.authorization(side).await
     }
     async fn save_authorization(
@@ -651,9 +651,10 @@ impl Store for AnotherReplicaFirst {
         side: &str,
         sealed: &[u8],
         key_fingerprint: &str,
-    ) -> Result<(), StoreError> {
+        generation: i64,
+    ) -> Result<bool, StoreError> {
         self.inner
-            .save_authorization(side, sealed, key_fingerprint)
+            .save_authorization(side, sealed, key_fingerprint, generation)
             .await
     }
     async fn append_admin_action(&self, action: &AdminAction) -> Result<i64, StoreError> {

@@ -31,7 +31,8 @@ use usersync::outreach::user::{OutreachUser, OutreachUserId};
 use usersync::salesforce::id::SalesforceId;
 use usersync::store::{
     AdminAction, AdminActionKind, AppliedEvent, DecisionQuery, Lease, LeaseAnswer, MappingFilter,
-    MappingWrite, PostgresStore, ReplayCheckpoint, SqliteStore, Store, StoreError,
+    MappingWrite, PostgresStore, ReplayCheckpoint, SealedAuthorization, SqliteStore, Store,
+    StoreError,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1406,22 +1407,44 @@ async fn settings_round_trip(h: &Harness) {
 
 async fn authorizations_round_trip_and_are_replaced(h: &Harness) {
     assert_eq!(h.store.authorization("salesforce").await.unwrap(), None);
-    h.store
-        .save_authorization("salesforce", &[1, 2, 3, 0, 255], "00aa11bb22cc33dd")
-        .await
-        .unwrap();
-    h.store
-        .save_authorization("salesforce", &[9, 9], "44ee55ff66aa77bb")
-        .await
-        .unwrap();
+    assert!(
+        h.store
+            .save_authorization("salesforce", &[1, 2, 3, 0, 255], "00aa11bb22cc33dd", 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        h.store
+            .save_authorization("salesforce", &[9, 9], "44ee55ff66aa77bb", 2)
+            .await
+            .unwrap()
+    );
+    let current = SealedAuthorization {
+        sealed: vec![9, 9],
+        generation: 2,
+    };
     assert_eq!(
         h.store.authorization("salesforce").await.unwrap(),
-        Some(vec![9, 9])
+        Some(current.clone())
+    );
+    // A writer that read generation 1, and one that skips a generation, write nothing.
+    for generation in [2, 4] {
+        assert!(
+            !h.store
+                .save_authorization("salesforce", &[7], "44ee55ff66aa77bb", generation)
+                .await
+                .unwrap(),
+            "generation {generation}"
+        );
+    }
+    assert_eq!(
+        h.store.authorization("salesforce").await.unwrap(),
+        Some(current)
     );
     assert_eq!(h.store.authorization("outreach").await.unwrap(), None);
     let refused = h
         .store
-        .save_authorization("hubspot", &[1], "00")
+        .save_authorization("hubspot", &[1], "00", 1)
         .await
         .unwrap_err()
         .to_string();

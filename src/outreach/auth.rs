@@ -31,7 +31,8 @@ use super::error::{Operation, OutreachError, classify_token_failure};
 use super::jsonapi::ErrorBody;
 use super::rate_limit::WaitAllowance;
 use super::stats::{Counters, Tally};
-use super::transport::{Failure, RetryPolicy, retry_after};
+use super::transport::{Failure, RetryPolicy, read_failure, retry_after};
+use crate::endpoint::body::{OAUTH_ANSWER_CAP, read_capped};
 
 /// A token is refreshed before use once it is this close to its expiry, so it does not expire
 /// in flight.
@@ -198,8 +199,10 @@ async fn token_request(
         .map_err(Failure::Network)?;
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response.bytes().await.map_err(Failure::Network)?;
     let operation = grant.operation();
+    let body = read_capped(response, OAUTH_ANSWER_CAP)
+        .await
+        .map_err(|error| read_failure(error, &operation))?;
     if status.is_success() {
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             Failure::Final(OutreachError::Decode {

@@ -17,6 +17,9 @@
 //! never be duplicated, and the processor looks the email up before any second create; the
 //! alternative (not retrying) would turn every transient 502 into a failed event.
 //!
+//! The bearer token goes only to the configured API origin, whatever a page links to, and every
+//! answer is read up to [`API_PAGE_CAP`] bytes (`endpoint`, docs/security.md).
+//!
 //! Each operation reports how many HTTP requests it cost ([`Reply::requests`]) because the
 //! budget is counted in requests and the engine's tests assert on it.
 
@@ -44,11 +47,12 @@ use super::rate_limit::{
     RESET_MARGIN, RateLimitHeaders, RateLimiter, WaitAllowance, WaitTooLong, until,
 };
 use super::stats::{ClientStats, Counters, Tally};
-use super::transport::{Failure, RetryPolicy, retry_after};
+use super::transport::{Failure, RetryPolicy, read_failure, retry_after};
 use super::user::{OutreachUser, OutreachUserId, UserAttributes};
 use super::webhooks::registration::{
     NewWebhook, Registration, Webhook, WebhookResource, find_registered,
 };
+use crate::endpoint::body::{API_PAGE_CAP, read_capped};
 
 /// The largest `page[size]` Outreach serves.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -509,16 +513,15 @@ impl OutreachClient {
         Ok(UserPage { users, next })
     }
 
-    /// The bearer token goes only to the configured API origin, whatever a response links to.
+    /// The bearer token goes only to the configured API origin, whatever a response links to
+    /// (`endpoint::origin`).
     fn check_same_origin(&self, url: &Url, operation: &Operation) -> Result<Url, OutreachError> {
-        if url.origin() == self.inner.config.api_url.origin() {
-            Ok(url.clone())
-        } else {
-            Err(OutreachError::Decode {
+        crate::endpoint::origin::check_same_origin(&self.inner.config.api_url, url)
+            .map(|()| url.clone())
+            .map_err(|foreign| OutreachError::Decode {
                 operation: operation.clone(),
-                detail: format!("refusing to follow a link to another origin: {url}"),
+                detail: foreign.to_string(),
             })
-        }
     }
 
     /// The policy loop of the module doc: token, 429 waits and the 401 refresh here; pacing and
@@ -627,7 +630,9 @@ impl OutreachClient {
             remaining = budget.remaining,
             "Outreach request"
         );
-        let body = response.bytes().await.map_err(Failure::Network)?;
+        let body = read_capped(response, API_PAGE_CAP)
+            .await
+            .map_err(|error| read_failure(error, operation))?;
         if status.is_success() {
             return Ok(body);
         }
@@ -821,6 +826,7 @@ fn decode<T: DeserializeOwned>(body: &[u8], operation: &Operation) -> Result<T, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::test_support::oversized;
     use crate::outreach::auth::MemoryTokenStore;
 
     fn config() -> ClientConfig {
@@ -907,6 +913,51 @@ mod tests {
             client
                 .check_same_origin(&good, &Operation::ListUsers)
                 .is_ok()
+        );
+    }
+
+    fn local_config(address: std::net::SocketAddr) -> ClientConfig {
+        let mut config = config();
+        config.api_url = format!("http://{address}/api/v2").parse().unwrap();
+        config.token_url = format!("http://{address}/oauth/token").parse().unwrap();
+        config.max_retries = 0;
+        config
+    }
+
+    #[tokio::test]
+    async fn an_api_answer_over_the_cap_is_refused_naming_the_endpoint() {
+        let address = oversized(StatusCode::OK, API_PAGE_CAP + 1).await;
+        let refused = client(local_config(address))
+            .unwrap()
+            .get_user(OutreachUserId(7))
+            .await
+            .unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            matches!(refused, OutreachError::Decode { .. })
+                && message.contains(&format!("http://{address}/api/v2/users/7"))
+                && message.contains(&format!("larger than {API_PAGE_CAP} bytes")),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_answer_over_the_cap_is_refused_naming_the_endpoint() {
+        use crate::endpoint::body::OAUTH_ANSWER_CAP;
+        let address = oversized(StatusCode::OK, OAUTH_ANSWER_CAP + 1).await;
+        let refused = OutreachClient::from_authorization_code(
+            local_config(address),
+            "code",
+            Arc::new(MemoryTokenStore::new()),
+        )
+        .await
+        .unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            matches!(refused, OutreachError::Decode { .. })
+                && message.contains(&format!("http://{address}/oauth/token"))
+                && message.contains(&format!("larger than {OAUTH_ANSWER_CAP} bytes")),
+            "{message}"
         );
     }
 

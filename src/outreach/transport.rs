@@ -23,6 +23,7 @@ use super::error::{Operation, OutreachError, classify};
 use super::jsonapi::ErrorBody;
 use super::rate_limit::{RETRY_AFTER_HEADER, parse_retry_after};
 use super::stats::Counters;
+use crate::endpoint::body::BodyError;
 
 /// How a single attempt failed.
 #[derive(Debug)]
@@ -158,6 +159,18 @@ impl RetryPolicy {
                 );
             })
             .await
+    }
+}
+
+/// A body that could not be read: a network failure is transient, one over its cap is final
+/// (the same request would bring the same answer).
+pub(crate) fn read_failure(error: BodyError, operation: &Operation) -> Failure {
+    match error {
+        BodyError::Network { source, .. } => Failure::Network(source),
+        too_large @ BodyError::TooLarge { .. } => Failure::Final(OutreachError::Decode {
+            operation: operation.clone(),
+            detail: too_large.to_string(),
+        }),
     }
 }
 

@@ -28,6 +28,7 @@ use reqwest::header::ACCEPT;
 use serde::{Deserialize, Serialize};
 
 use super::id::{SalesforceId, SalesforceIdError};
+use crate::endpoint::body::{BodyError, OAUTH_ANSWER_CAP, read_capped_text};
 
 /// How far ahead of now a JWT assertion expires. Salesforce tolerates about three minutes of
 /// clock skew, so a short lifetime is enough and limits the damage of a leaked assertion.
@@ -517,10 +518,7 @@ async fn token_call(
         .await
         .map_err(|source| SalesforceAuthError::Network { operation, source })?;
     let status = response.status();
-    let body = response
-        .text()
-        .await
-        .map_err(|source| SalesforceAuthError::Network { operation, source })?;
+    let body = read_answer(response, operation).await?;
     if !status.is_success() {
         return Err(token_failure(operation, status, &body));
     }
@@ -578,12 +576,32 @@ pub async fn revoke(
     if status.is_success() {
         return Ok(());
     }
-    let body = response.text().await.map_err(network)?;
+    let body = match read_capped_text(response, OAUTH_ANSWER_CAP).await {
+        Ok(body) => excerpt(&body),
+        Err(BodyError::Network { source, .. }) => return Err(network(source)),
+        Err(too_large @ BodyError::TooLarge { .. }) => too_large.to_string(),
+    };
     Err(RevokeError::Refused {
         kind,
         status: status.as_u16(),
-        body: excerpt(&body),
+        body,
     })
+}
+
+/// The body of an OAuth answer, read up to [`OAUTH_ANSWER_CAP`] bytes (`endpoint::body`).
+async fn read_answer(
+    response: reqwest::Response,
+    operation: AuthOperation,
+) -> Result<String, SalesforceAuthError> {
+    read_capped_text(response, OAUTH_ANSWER_CAP)
+        .await
+        .map_err(|error| match error {
+            BodyError::Network { source, .. } => SalesforceAuthError::Network { operation, source },
+            too_large @ BodyError::TooLarge { .. } => SalesforceAuthError::Decode {
+                operation,
+                detail: too_large.to_string(),
+            },
+        })
 }
 
 /// A refusal from the token endpoint, classified when it carries an OAuth error body.
@@ -658,10 +676,7 @@ pub async fn userinfo(
         .await
         .map_err(|source| SalesforceAuthError::Network { operation, source })?;
     let status = response.status();
-    let body = response
-        .text()
-        .await
-        .map_err(|source| SalesforceAuthError::Network { operation, source })?;
+    let body = read_answer(response, operation).await?;
     if status == StatusCode::UNAUTHORIZED {
         return Err(SalesforceAuthError::Unauthorized { operation });
     }
@@ -698,6 +713,42 @@ mod tests {
             SalesforceAuthError::Token { reason, hint, .. } => (reason, hint),
             other => panic!("not a token error: {other}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_token_answer_over_the_cap_is_refused_naming_the_endpoint() {
+        // A refusal, so that the revocation reads its body too.
+        let address =
+            crate::endpoint::test_support::oversized(StatusCode::BAD_REQUEST, OAUTH_ANSWER_CAP + 1)
+                .await;
+        let host = format!("http://{address}");
+        let refused = obtain_token(
+            &reqwest::Client::new(),
+            &SalesforceCredentials::ClientCredentials {
+                my_domain_url: host.clone(),
+                client_id: "3MVG9id".into(),
+                client_secret: Secret::new("s"),
+            },
+        )
+        .await
+        .unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            matches!(refused, SalesforceAuthError::Decode { .. })
+                && message.contains(&format!("{host}/services/oauth2/token"))
+                && message.contains(&format!("larger than {OAUTH_ANSWER_CAP} bytes")),
+            "{message}"
+        );
+        let refused = revoke(
+            &reqwest::Client::new(),
+            &host,
+            "access token",
+            &Secret::new("t"),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains("larger than"), "{refused}");
     }
 
     #[test]

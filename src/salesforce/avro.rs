@@ -18,6 +18,8 @@
 //!
 //! Bytes from the network never panic this code: every failure is a [`DecodeError`] naming the
 //! schema id and what went wrong, so the caller can dead-letter one event and go on (pozil#50).
+//! Nor can they exhaust memory: apache-avro allocates what a length read from the payload asks
+//! for, and [`AVRO_ALLOCATION_CAP`] bounds that to what a real User change event can need.
 //!
 //! Choices where the reference is silent:
 //!
@@ -258,6 +260,36 @@ pub enum DecodeErrorKind {
     },
 }
 
+/// The largest event Salesforce publishes: 1 MB (docs/security.md).
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// The most apache-avro may allocate at once while decoding a payload, set process-wide by
+/// [`cap_allocations`]. Every length in a payload is backed by its bytes: a string or bytes
+/// field of `n` bytes takes `n` bytes of the payload, and an array or map item at least one (a
+/// User change event has no array or map of nulls), so no length in a payload of
+/// [`MAX_EVENT_BYTES`] exceeds that many. apache-avro checks a string's length against the cap
+/// as it is, and an array's or map's item count times the size of a decoded item, of which a
+/// map entry (`(String, Value)`) is the larger. A cap of one event's bytes times that size is
+/// therefore never reached by a real event; a forged length (the varint `2^62`) is refused
+/// before anything is allocated, instead of apache-avro's default of 512 MiB per allocation.
+pub const AVRO_ALLOCATION_CAP: usize = MAX_EVENT_BYTES * std::mem::size_of::<(String, Value)>();
+
+// Well below apache-avro's own default of 512 MiB, whatever the size of a decoded item.
+const _: () = assert!(AVRO_ALLOCATION_CAP <= 256 * 1024 * 1024);
+
+/// Sets apache-avro's allocation cap to [`AVRO_ALLOCATION_CAP`]. apache-avro keeps the first
+/// value it is given for the life of the process (it takes its default at the first decode), so
+/// this runs at start-up and before every decode; an error says another value came first.
+pub fn cap_allocations() -> Result<(), String> {
+    match apache_avro::util::max_allocation_bytes(AVRO_ALLOCATION_CAP) {
+        AVRO_ALLOCATION_CAP => Ok(()),
+        other => Err(format!(
+            "apache-avro's allocation cap was fixed at {other} bytes before usersync could set \
+             it to {AVRO_ALLOCATION_CAP}"
+        )),
+    }
+}
+
 impl ChangeEventSchema {
     /// Parses a writer schema (the JSON from `GetSchema`) and computes its field layout.
     pub fn parse(schema_id: &str, json: &str) -> Result<Self, SchemaError> {
@@ -323,6 +355,8 @@ impl ChangeEventSchema {
 
     /// Decodes one payload written with this schema.
     pub fn decode(&self, payload: &[u8]) -> Result<ChangeEvent, DecodeError> {
+        // Already set at start-up; this makes sure of it wherever decoding happens first.
+        let _ = cap_allocations();
         let fail = |kind| DecodeError {
             schema_id: self.schema_id.clone(),
             kind,
@@ -783,6 +817,27 @@ mod tests {
     fn decode(json: &Json) -> ChangeEvent {
         let schema = user_schema();
         schema.decode(&encode(schema.schema(), json)).unwrap()
+    }
+
+    #[test]
+    fn a_forged_length_past_the_allocation_cap_is_refused_before_allocating() {
+        // The header's first field, `entityName`, a string claiming one byte over the cap:
+        // its length as a zigzag varint, and nothing after it.
+        let mut payload = Vec::new();
+        let mut zigzag = (AVRO_ALLOCATION_CAP as u64 + 1) << 1;
+        while zigzag >= 0x80 {
+            payload.push((zigzag as u8 & 0x7f) | 0x80);
+            zigzag >>= 7;
+        }
+        payload.push(zigzag as u8);
+        let err = user_schema().decode(&payload).unwrap_err();
+        assert!(matches!(err.kind, DecodeErrorKind::Avro { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("maximum allowed: {AVRO_ALLOCATION_CAP}")),
+            "{err}"
+        );
+        assert_eq!(cap_allocations(), Ok(()));
     }
 
     fn s(v: &str) -> FieldValue {

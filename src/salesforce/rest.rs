@@ -23,7 +23,9 @@
 //! thousands of users, so [`SalesforceRest::query_pages`] is a stream that holds one page at a
 //! time; the collecting methods are for results known to be small. The URL is joined to the
 //! instance URL as text, never resolved as a relative reference, because an instance URL may
-//! carry a path.
+//! carry a path. A `nextRecordsUrl` that leads to another origin than the instance URL's is
+//! refused, not followed: the request carries the bearer token (`endpoint::origin`). Every
+//! answer is read up to [`API_PAGE_CAP`] bytes (`endpoint::body`).
 //!
 //! A re-read by id is a `GET` whose SOQL sits in the query string, and URLs have a length
 //! limit on the way (Salesforce documents 16,384 bytes; proxies may allow less). Ids are
@@ -69,6 +71,8 @@ use super::auth::{
     obtain_token,
 };
 use super::id::SalesforceId;
+use crate::endpoint::body::{API_PAGE_CAP, BodyError, read_capped_text};
+use crate::endpoint::origin::check_same_origin;
 use crate::engine::state::SalesforceUser;
 
 /// The API version used unless another is chosen (Winter '25).
@@ -657,6 +661,8 @@ pub struct SalesforceRest {
     http: reqwest::Client,
     /// Scheme, host and any path, without a trailing slash.
     instance_url: String,
+    /// The same, parsed: whose origin alone gets the bearer token.
+    instance: url::Url,
     /// `v62.0`.
     version: String,
     tokens: Arc<dyn TokenSource>,
@@ -703,6 +709,7 @@ impl SalesforceRest {
         Ok(SalesforceRest {
             http,
             instance_url: instance_url.trim_end_matches('/').to_owned(),
+            instance: parsed,
             version: DEFAULT_API_VERSION.to_owned(),
             tokens,
             retry: RestRetry::default(),
@@ -878,13 +885,20 @@ impl SalesforceRest {
         format!("{}/services/data/{}/query", self.instance_url, self.version)
     }
 
-    /// `nextRecordsUrl` (a path under the instance URL) as a URL.
-    fn absolute(&self, path: &str) -> String {
-        if path.starts_with("https://") || path.starts_with("http://") {
-            path.to_owned()
-        } else {
-            format!("{}/{}", self.instance_url, path.trim_start_matches('/'))
-        }
+    /// `nextRecordsUrl` (a path under the instance URL, or a whole URL) as a URL, only on the
+    /// instance URL's origin: the next request carries the bearer token.
+    fn next_page_url(&self, link: &str) -> Result<String, String> {
+        let url = match url::Url::parse(link) {
+            Ok(absolute) => absolute,
+            Err(url::ParseError::RelativeUrlWithoutBase) => {
+                let joined = format!("{}/{}", self.instance_url, link.trim_start_matches('/'));
+                url::Url::parse(&joined)
+                    .map_err(|e| format!("nextRecordsUrl {link:?} does not make a URL: {e}"))?
+            }
+            Err(e) => return Err(format!("nextRecordsUrl {link:?} is not a URL: {e}")),
+        };
+        check_same_origin(&self.instance, &url).map_err(|e| format!("nextRecordsUrl: {e}"))?;
+        Ok(url.into())
     }
 
     /// The pages of `soql`, each record converted by `convert`.
@@ -919,7 +933,7 @@ impl SalesforceRest {
                 };
                 let next = match (body.done, body.next_records_url) {
                     (true, _) => Next::Done,
-                    (false, Some(path)) => Next::Url(self.absolute(&path)),
+                    (false, Some(link)) => Next::Url(self.next_page_url(&link).map_err(decode)?),
                     (false, None) => {
                         return Err(decode(
                             "done is false but there is no nextRecordsUrl".to_owned(),
@@ -1053,7 +1067,17 @@ impl SalesforceRest {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(usage);
         }
-        let body = response.text().await.map_err(Failure::Network)?;
+        let body = read_capped_text(response, API_PAGE_CAP)
+            .await
+            .map_err(|error| match error {
+                BodyError::Network { source, .. } => Failure::Network(source),
+                too_large @ BodyError::TooLarge { .. } => {
+                    Failure::Final(SalesforceRestError::Decode {
+                        operation: operation.clone(),
+                        detail: too_large.to_string(),
+                    })
+                }
+            })?;
         if status.is_success() {
             Ok(Reply::Success(body))
         } else if status == StatusCode::UNAUTHORIZED {
@@ -1318,8 +1342,105 @@ mod tests {
                 .is_err()
         );
         assert_eq!(
-            rest.absolute("/services/data/v62.0/query/01gX-2000"),
-            "https://acme.my.salesforce.com/services/data/v62.0/query/01gX-2000"
+            rest.next_page_url("/services/data/v62.0/query/01gX-2000"),
+            Ok("https://acme.my.salesforce.com/services/data/v62.0/query/01gX-2000".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_next_page_on_another_origin_is_refused() {
+        let rest = client("https://acme.my.salesforce.com");
+        assert_eq!(
+            rest.next_page_url("https://acme.my.salesforce.com/services/data/v62.0/query/01g-2"),
+            Ok("https://acme.my.salesforce.com/services/data/v62.0/query/01g-2".to_owned())
+        );
+        // A protocol-relative link stays a path under the instance.
+        assert_eq!(
+            rest.next_page_url("//evil.example/q"),
+            Ok("https://acme.my.salesforce.com/evil.example/q".to_owned())
+        );
+        for foreign in [
+            "https://evil.example/services/data/v62.0/query/01g-2",
+            "http://acme.my.salesforce.com/services/data/v62.0/query/01g-2",
+            "https://acme.my.salesforce.com:8443/services/data/v62.0/query/01g-2",
+        ] {
+            let refused = rest.next_page_url(foreign).unwrap_err();
+            assert!(
+                refused.contains("another origin") && refused.contains(foreign),
+                "{refused}"
+            );
+        }
+    }
+
+    /// Hands out one fixed token.
+    struct FixedToken;
+
+    #[async_trait]
+    impl TokenSource for FixedToken {
+        async fn access_token(&self) -> Result<Secret, SalesforceAuthError> {
+            Ok(Secret::new("bearer-of-acme"))
+        }
+        async fn renew(&self, rejected: &Secret) -> Result<Secret, SalesforceAuthError> {
+            Ok(rejected.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bearer_token_never_follows_a_next_page_to_another_host() {
+        use crate::endpoint::test_support::serve;
+        use axum::routing::get;
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let recorder = seen.clone();
+        let elsewhere = serve(axum::Router::new().fallback(
+            move |headers: axum::http::HeaderMap| async move {
+                recorder.lock().unwrap().push(format!("{headers:?}"));
+                axum::Json(json!({"totalSize": 1, "done": true, "records": []}))
+            },
+        ))
+        .await;
+        let instance = serve(axum::Router::new().route(
+            "/services/data/v62.0/query",
+            get(move || async move {
+                axum::Json(json!({
+                    "totalSize": 2,
+                    "done": false,
+                    "nextRecordsUrl": format!("http://{elsewhere}/services/data/v62.0/query/01g-1"),
+                    "records": [],
+                }))
+            }),
+        ))
+        .await;
+        let rest = SalesforceRest::new(&format!("http://{instance}"), Arc::new(FixedToken))
+            .unwrap()
+            .with_retry(RestRetry {
+                max_retries: 0,
+                ..RestRetry::default()
+            });
+        let refused = rest.query_all("SELECT Id FROM User").await.unwrap_err();
+        assert!(
+            matches!(&refused, SalesforceRestError::Decode { detail, .. }
+                if detail.contains("another origin") && detail.contains(&elsewhere.to_string())),
+            "{refused}"
+        );
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "the other host got a request: {:?}",
+            seen.lock().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_cap_is_refused_naming_the_endpoint() {
+        let instance =
+            crate::endpoint::test_support::oversized(StatusCode::OK, API_PAGE_CAP + 1).await;
+        let rest =
+            SalesforceRest::new(&format!("http://{instance}"), Arc::new(FixedToken)).unwrap();
+        let refused = rest.versions().await.unwrap_err();
+        assert!(
+            matches!(&refused, SalesforceRestError::Decode { detail, .. }
+                if detail.contains(&format!("http://{instance}/services/data/"))
+                    && detail.contains(&format!("larger than {API_PAGE_CAP} bytes"))),
+            "{refused}"
         );
     }
 

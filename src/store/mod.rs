@@ -126,16 +126,19 @@ pub trait Store: Send + Sync {
     async fn settings(&self) -> Result<Option<SyncSettings>, StoreError>;
     async fn save_settings(&self, settings: &SyncSettings) -> Result<(), StoreError>;
 
-    /// The sealed authorization a reconnect stored for `side` (`salesforce`, `outreach`); the
-    /// store never sees it in the clear (`connection::vault`).
-    async fn authorization(&self, side: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Stores (or replaces) the side's sealed authorization and the fingerprint of its key.
+    /// The sealed authorization a reconnect stored for `side` (`salesforce`, `outreach`), with
+    /// its generation; the store never sees it in the clear (`connection::vault`).
+    async fn authorization(&self, side: &str) -> Result<Option<SealedAuthorization>, StoreError>;
+    /// Stores the side's sealed authorization, sealed at `generation`, and the fingerprint of
+    /// its key — only if the stored one is at `generation - 1` (or none is stored). `false`,
+    /// with nothing written, when another writer stored a newer one first.
     async fn save_authorization(
         &self,
         side: &str,
         sealed: &[u8],
         key_fingerprint: &str,
-    ) -> Result<(), StoreError>;
+        generation: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Appends what an admin asked of the running process (a replay, a resync) to the
     /// admin-action log; returns its sequence number. The log is only ever appended to.
@@ -222,6 +225,14 @@ pub struct AppliedEvent {
     /// Applied in order.
     pub mapping_changes: Vec<MappingWrite>,
     pub decisions: Vec<DecisionRecord>,
+}
+
+/// A side's authorization as the store holds it: sealed, and bound to `generation`, which
+/// rises by one at every seal (0: sealed before generations existed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedAuthorization {
+    pub sealed: Vec<u8>,
+    pub generation: i64,
 }
 
 /// One change to the mapping table. A remap is `Remove` then `Put`, in that order.

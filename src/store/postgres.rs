@@ -312,8 +312,8 @@ impl Statements for PostgresSession {
             .await
     }
 
-    async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<Vec<u8>>> {
-        sqlx::query_scalar("SELECT sealed FROM authorizations WHERE side = $1")
+    async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<(Vec<u8>, i64)>> {
+        sqlx::query_as("SELECT sealed, generation FROM authorizations WHERE side = $1")
             .bind(side)
             .fetch_optional(self.conn())
             .await
@@ -643,21 +643,25 @@ impl Statements for PostgresSession {
         side: &str,
         sealed: &[u8],
         key_fingerprint: &str,
+        generation: i64,
         updated_at: DateTime<Utc>,
-    ) -> sqlx::Result<()> {
+    ) -> sqlx::Result<bool> {
         sqlx::query(
-            "INSERT INTO authorizations (side, sealed, key_fingerprint, updated_at) \
-             VALUES ($1, $2, $3, $4) \
+            "INSERT INTO authorizations (side, sealed, key_fingerprint, generation, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (side) DO UPDATE SET sealed = excluded.sealed, \
-                 key_fingerprint = excluded.key_fingerprint, updated_at = excluded.updated_at",
+                 key_fingerprint = excluded.key_fingerprint, generation = excluded.generation, \
+                 updated_at = excluded.updated_at \
+             WHERE authorizations.generation = excluded.generation - 1",
         )
         .bind(side)
         .bind(sealed)
         .bind(key_fingerprint)
+        .bind(generation)
         .bind(updated_at)
         .execute(self.conn())
         .await
-        .map(drop)
+        .map(|done| done.rows_affected() == 1)
     }
 
     async fn append_admin_action(

@@ -21,7 +21,7 @@ use super::statements::{Access, Backend, Statements};
 use super::{
     AdminAction, AppliedEvent, Context, DecisionPage, DecisionQuery, Lease, LeaseAnswer,
     LeaseClaim, MAX_ADMIN_ACTIONS, MAX_DECISION_PAGE, MappingFilter, MappingWrite,
-    ReplayCheckpoint, Store, StoreError,
+    ReplayCheckpoint, SealedAuthorization, Store, StoreError,
 };
 use crate::engine::decision::DecisionRecord;
 use crate::engine::settings::SyncSettings;
@@ -265,10 +265,11 @@ impl<B: Backend> Store for B {
             .context(operation)
     }
 
-    async fn authorization(&self, side: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn authorization(&self, side: &str) -> Result<Option<SealedAuthorization>, StoreError> {
         let operation = || format!("read the stored {side} authorization");
         let mut session = self.session(Access::Single).await.context(operation)?;
-        session.authorization(side).await.context(operation)
+        let row = session.authorization(side).await.context(operation)?;
+        Ok(row.map(|(sealed, generation)| SealedAuthorization { sealed, generation }))
     }
 
     async fn save_authorization(
@@ -276,11 +277,12 @@ impl<B: Backend> Store for B {
         side: &str,
         sealed: &[u8],
         key_fingerprint: &str,
-    ) -> Result<(), StoreError> {
+        generation: i64,
+    ) -> Result<bool, StoreError> {
         let operation = || format!("save the {side} authorization");
         let mut session = self.session(Access::Single).await.context(operation)?;
         session
-            .save_authorization(side, sealed, key_fingerprint, Utc::now())
+            .save_authorization(side, sealed, key_fingerprint, generation, Utc::now())
             .await
             .context(operation)
     }

@@ -7,6 +7,9 @@
 //! one JSON array parameter, unpacked with `json_each`, so every statement here is static SQL.
 //! Timestamps are stored as RFC 3339 text in UTC.
 //!
+//! The file holds names and emails, so it and its `-wal` and `-shm` files are its owner's only
+//! (mode 0600; [`keep_private`] says how, docs/security.md why).
+//!
 //! Opening a file is serialized across processes by an exclusive lock on a file beside it
 //! ([`MigrationLock`]), held from the first connection to the end of the migrations. sqlx's
 //! migrator takes no lock on SQLite, and roles started together would otherwise each find a
@@ -88,6 +91,7 @@ impl SqliteStore {
                     StoreError::url(url, format!("cannot create {}: {e}", folder.display()))
                 })?;
             }
+            keep_private(database, url)?;
             lock = Some(MigrationLock::acquire(database, MIGRATION_WAIT).await?);
             SqlitePoolOptions::new()
                 .max_connections(4)
@@ -113,6 +117,42 @@ impl SqliteStore {
     }
 }
 
+/// Keeps the database and its companion files readable by their owner only: they hold names
+/// and emails (docs/security.md). A missing database is created here with mode 0600, before
+/// SQLite opens it (SQLite would create it with the umask's mode, usually 0644); the `-wal` and
+/// `-shm` files SQLite creates later take the database's mode. An existing file others may read
+/// (created by an older release) is tightened to 0600 with a warning rather than refused: the
+/// file is usersync's own, and refusing would only make every upgrade fail until an operator ran
+/// the same `chmod`. One that cannot be tightened (another user owns it) is an error naming it.
+fn keep_private(database: &Path, url: &str) -> Result<(), StoreError> {
+    let failed = |path: &Path, what: &str, error: std::io::Error| {
+        StoreError::url(
+            url,
+            format!(
+                "cannot {what} {}: {error} (usersync keeps its store readable by its owner \
+                 only: run it as the file's owner, or chmod 600 the file)",
+                path.display()
+            ),
+        )
+    };
+    crate::private_file::create_if_missing(database).map_err(|e| failed(database, "create", e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        let was = crate::private_file::tighten(&path)
+            .map_err(|e| failed(&path, "restrict the permissions of", e))?;
+        if let Some(was) = was {
+            tracing::warn!(
+                path = %path.display(),
+                was = format!("{was:o}"),
+                "the store's file was readable by others; it is now 0600"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// An exclusive lock on `<database>-migrations.lock`, taken before the first connection to the
 /// database and released once its migrations have run, so that processes opening one file
 /// migrate it one after the other. The lock is the operating system's (`flock` on Unix): it
@@ -131,9 +171,9 @@ impl MigrationLock {
             path: path.display().to_string(),
             problem,
         };
+        crate::private_file::create_if_missing(&path)
+            .map_err(|e| failed(format!("cannot create it: {e}")))?;
         let file = File::options()
-            .create(true)
-            .truncate(false)
             .write(true)
             .open(&path)
             .map_err(|e| failed(format!("cannot open it: {e}")))?;
@@ -363,8 +403,8 @@ impl Statements for SqliteSession {
             .await
     }
 
-    async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<Vec<u8>>> {
-        sqlx::query_scalar("SELECT sealed FROM authorizations WHERE side = ?1")
+    async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<(Vec<u8>, i64)>> {
+        sqlx::query_as("SELECT sealed, generation FROM authorizations WHERE side = ?1")
             .bind(side)
             .fetch_optional(self.conn())
             .await
@@ -695,21 +735,25 @@ impl Statements for SqliteSession {
         side: &str,
         sealed: &[u8],
         key_fingerprint: &str,
+        generation: i64,
         updated_at: DateTime<Utc>,
-    ) -> sqlx::Result<()> {
+    ) -> sqlx::Result<bool> {
         sqlx::query(
-            "INSERT INTO authorizations (side, sealed, key_fingerprint, updated_at) \
-             VALUES (?1, ?2, ?3, ?4) \
+            "INSERT INTO authorizations (side, sealed, key_fingerprint, generation, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (side) DO UPDATE SET sealed = excluded.sealed, \
-                 key_fingerprint = excluded.key_fingerprint, updated_at = excluded.updated_at",
+                 key_fingerprint = excluded.key_fingerprint, generation = excluded.generation, \
+                 updated_at = excluded.updated_at \
+             WHERE authorizations.generation = excluded.generation - 1",
         )
         .bind(side)
         .bind(sealed)
         .bind(key_fingerprint)
+        .bind(generation)
         .bind(updated_at)
         .execute(self.conn())
         .await
-        .map(drop)
+        .map(|done| done.rows_affected() == 1)
     }
 
     async fn append_admin_action(
@@ -799,6 +843,63 @@ impl Statements for SqliteSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The file and its companions, by suffix.
+    #[cfg(unix)]
+    fn files_of(database: &Path) -> Vec<(String, u32)> {
+        ["", "-wal", "-shm", "-migrations.lock"]
+            .into_iter()
+            .map(|suffix| {
+                let mut name = database.as_os_str().to_owned();
+                name.push(suffix);
+                (suffix.to_owned(), mode(Path::new(&name)))
+            })
+            .collect()
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_new_store_and_its_companion_files_are_the_owners_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("state").join("usersync.db");
+        let store = SqliteStore::open(&format!("sqlite://{}", database.display()))
+            .await
+            .unwrap();
+        // A write, so that the WAL and its index exist.
+        sqlx::query("CREATE TABLE probe (x INTEGER)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        for (suffix, mode) in files_of(&database) {
+            assert_eq!(mode, 0o600, "usersync.db{suffix} is {mode:o}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn an_existing_store_others_may_read_is_tightened_at_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("usersync.db");
+        let url = format!("sqlite://{}", database.display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        store.pool().close().await;
+        let wal = dir.path().join("usersync.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        for path in [&database, &wal] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let store = SqliteStore::open(&url).await.unwrap();
+        assert_eq!(mode(&database), 0o600);
+        assert_eq!(mode(&wal), 0o600);
+        store.pool().close().await;
+    }
 
     #[tokio::test]
     async fn a_held_migration_lock_is_waited_for_then_reported_by_path() {

@@ -86,8 +86,8 @@ pub(crate) trait Statements {
     ) -> sqlx::Result<Vec<DecisionRow>>;
     /// The settings JSON document, as text.
     async fn settings_document(&mut self) -> sqlx::Result<Option<String>>;
-    /// The sealed authorization of a side.
-    async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<Vec<u8>>>;
+    /// The sealed authorization of a side and its generation.
+    async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<(Vec<u8>, i64)>>;
     /// The newest `limit` admin actions, newest first.
     async fn admin_actions_newest(&mut self, limit: i64) -> sqlx::Result<Vec<AdminActionRow>>;
     async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>>;
@@ -170,13 +170,16 @@ pub(crate) trait Statements {
         action: &str,
         detail: &str,
     ) -> sqlx::Result<i64>;
+    /// Inserts the side's authorization, or replaces it if the stored one is at
+    /// `generation - 1`; false (nothing written) when it is not.
     async fn save_authorization(
         &mut self,
         side: &str,
         sealed: &[u8],
         key_fingerprint: &str,
+        generation: i64,
         updated_at: DateTime<Utc>,
-    ) -> sqlx::Result<()>;
+    ) -> sqlx::Result<bool>;
     /// Inserts or replaces the subscriber's last-known state of one user of one org (its
     /// `applied` is not stored), unless the stored row has a position and `position` is older
     /// than it: with commit numbers on both sides those decide, a position with one is newer

@@ -90,9 +90,22 @@ impl Parts {
 
         config.admin.listen = admin.clone();
         config.store.url = format!("sqlite://{}", dir.path().join("usersync.db").display());
-        // A key for the credentials a reconnect stores (32 bytes, base64).
+        // A key for the credentials a reconnect stores (32 bytes, base64), its owner's only:
+        // usersync refuses a key file others may read.
         let key_file = dir.path().join("secret.key");
-        std::fs::write(&key_file, "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\n").unwrap();
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key_file)
+                .and_then(|mut file| {
+                    file.write_all(b"q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\n")
+                })
+                .unwrap();
+        }
         config.secrets.key_file = key_file.display().to_string();
         Parts {
             mock,

@@ -53,6 +53,10 @@
 //! - **One bad event does not stop the stream** (pozil#50): it is delivered as
 //!   [`Delivered::Unreadable`] with its replay id, to be dead-lettered and acknowledged.
 //!
+//! Every answer is read up to a cap (`endpoint::body`): [`STREAM_BATCH_CAP`] for the Bayeux
+//! exchanges, [`EVENT_SCHEMA_CAP`] for a schema; a larger one is refused as
+//! [`CometdError::TooLarge`] or a schema error.
+//!
 //! Secrets: the access token is sent only in the `Authorization` header; no message, error or
 //! log line here contains it.
 
@@ -68,6 +72,9 @@ use serde_json::{Value, json};
 use super::message::{CometdParseError, Message, Refusal, parse_messages};
 use super::payload::{CdcEvent, WriterSchema, envelope, to_cdc_event};
 use super::{REPLAY_FROM_TIP, USER_CHANGE_CHANNEL};
+use crate::endpoint::body::{
+    BodyError, EVENT_SCHEMA_CAP, STREAM_BATCH_CAP, read_capped, read_capped_text,
+};
 use crate::metrics::Reconnect;
 use crate::salesforce::auth::{DisconnectReason, SalesforceAuthError, SalesforceSession};
 use crate::salesforce::replay::ReplayPolicy;
@@ -221,6 +228,12 @@ pub enum CometdError {
         status: u16,
         body: String,
     },
+    /// An answer over its cap (`endpoint::body`): the same request would bring it again.
+    #[error("CometD {operation}: {detail}")]
+    TooLarge {
+        operation: &'static str,
+        detail: String,
+    },
     #[error("CometD {operation}: unreadable response: {source}")]
     Parse {
         operation: &'static str,
@@ -274,6 +287,7 @@ impl CometdError {
             CometdError::Denied { .. } => Some(DisconnectReason::PermissionsChanged),
             CometdError::RecoveryExhausted { .. } => Some(DisconnectReason::CredentialsChanged),
             CometdError::Refused { .. }
+            | CometdError::TooLarge { .. }
             | CometdError::ReplayRejected(_)
             | CometdError::ReplayUnsupported
             | CometdError::Schema { .. } => Some(DisconnectReason::Other),
@@ -736,10 +750,15 @@ impl<T: TokenSource> CometdClient<T> {
                 .await
                 .map_err(|source| CometdError::Network { operation, source })?;
             let status = response.status();
-            let text = response
-                .text()
+            let text = read_capped_text(response, EVENT_SCHEMA_CAP)
                 .await
-                .map_err(|source| CometdError::Network { operation, source })?;
+                .map_err(|error| match error {
+                    BodyError::Network { source, .. } => CometdError::Network { operation, source },
+                    too_large @ BodyError::TooLarge { .. } => CometdError::Schema {
+                        schema_id: schema_id.to_owned(),
+                        detail: too_large.to_string(),
+                    },
+                })?;
             match status {
                 StatusCode::OK => break text,
                 StatusCode::UNAUTHORIZED if !renewed => {
@@ -808,10 +827,15 @@ impl<T: TokenSource> CometdClient<T> {
             .await
             .map_err(|source| CometdError::Network { operation, source })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
+        let bytes = read_capped(response, STREAM_BATCH_CAP)
             .await
-            .map_err(|source| CometdError::Network { operation, source })?;
+            .map_err(|error| match error {
+                BodyError::Network { source, .. } => CometdError::Network { operation, source },
+                too_large @ BodyError::TooLarge { .. } => CometdError::TooLarge {
+                    operation,
+                    detail: too_large.to_string(),
+                },
+            })?;
         if status != StatusCode::OK {
             return Err(CometdError::Status {
                 operation,
@@ -861,5 +885,50 @@ fn excerpt(body: &str) -> String {
     match body.char_indices().nth(200) {
         Some((end, _)) => format!("{}...", &body[..end]),
         None => body.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::salesforce::auth::Secret;
+    use crate::salesforce::id::SalesforceId;
+
+    /// One session on a local server.
+    struct LocalSession(String);
+
+    #[async_trait::async_trait]
+    impl TokenSource for LocalSession {
+        async fn session(&self, _: bool) -> Result<SalesforceSession, SalesforceAuthError> {
+            Ok(SalesforceSession {
+                access_token: Secret::new("bearer-of-acme"),
+                instance_url: self.0.clone(),
+                identity_url: format!("{}/id/00D000000000001/005000000000001", self.0),
+                org_id: SalesforceId::parse("00D000000000001").unwrap(),
+                user_id: SalesforceId::parse("005000000000001").unwrap(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_cap_is_refused_naming_the_endpoint() {
+        let address =
+            crate::endpoint::test_support::oversized(StatusCode::OK, STREAM_BATCH_CAP + 1).await;
+        let instance = format!("http://{address}");
+        let mut client = CometdClient::new(
+            CometdConfig::new("62.0", ReplayPolicy::Resync),
+            LocalSession(instance.clone()),
+            REPLAY_FROM_TIP,
+        )
+        .unwrap();
+        let refused = client.open().await.unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            matches!(refused, CometdError::TooLarge { .. })
+                && message.contains(&format!("{instance}/cometd/62.0"))
+                && message.contains(&format!("larger than {STREAM_BATCH_CAP} bytes")),
+            "{message}"
+        );
+        assert_eq!(refused.disconnect_reason(), Some(DisconnectReason::Other));
     }
 }

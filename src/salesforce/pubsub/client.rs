@@ -38,8 +38,9 @@ use crate::proto::eventbus::{
 };
 use crate::salesforce::auth::SalesforceSession;
 
-/// Responses up to this size are decoded (tonic's default is 4 MB; one event may be 1 MB).
-pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+/// Responses up to this size are decoded, a larger one is refused by tonic (its default is
+/// 4 MB; one event may be 1 MB): the cap of an answer carrying events, `endpoint::body`.
+pub const MAX_DECODING_MESSAGE_SIZE: usize = crate::endpoint::body::STREAM_BATCH_CAP;
 
 /// How the channel is set up.
 #[derive(Debug, Clone)]
