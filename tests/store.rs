@@ -296,6 +296,7 @@ fn decision(event_id: &str, action: Action, reason: Reason, email: &str) -> Deci
         previous_salesforce_user_id: Some(sf_id(1)),
         message: format!("{action} because {reason}"),
         outreach_calls: 2,
+        actor: None,
     }
 }
 

@@ -47,7 +47,10 @@ async fn admin_with(
         decisions: None,
         config: config.map(Arc::new),
         outreach: None,
-        token: token.map(crate::config::Secret::new),
+        tokens: token
+            .map(|token| AdminToken::new("admin", Role::Admin, token))
+            .into_iter()
+            .collect(),
         pending: Default::default(),
         actions: Default::default(),
         addresses,
