@@ -154,7 +154,8 @@ impl Default for AdminConfig {
 }
 
 /// One `[[admin.tokens]]` entry. The name and role are checked, and the token is read from
-/// `token_file`, when the configuration is loaded (`crate::admin::tokens`).
+/// `token_file`, when the configuration is validated and again when the admin server starts
+/// (`crate::admin::tokens::configured`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminTokenConfig {
@@ -167,36 +168,6 @@ pub struct AdminTokenConfig {
     /// A file holding the token (a mounted container secret), read at load; one trailing line
     /// break is dropped.
     pub token_file: String,
-}
-
-impl AdminConfig {
-    /// Reads the token of every entry that names a `token_file`. An entry setting both, or a
-    /// file that cannot be read, is refused naming the entry (never the token).
-    fn read_token_files(&mut self) -> Result<(), ConfigError> {
-        for (index, entry) in self.tokens.iter_mut().enumerate() {
-            if entry.token_file.is_empty() {
-                continue;
-            }
-            let which = crate::admin::tokens::entry_label(index, &entry.name);
-            if !entry.token.expose().is_empty() {
-                return Err(ConfigError::Parse(format!(
-                    "{which} sets both token and token_file; set one"
-                )));
-            }
-            let text = std::fs::read_to_string(&entry.token_file).map_err(|e| {
-                ConfigError::Parse(format!(
-                    "{which}: token_file {:?} cannot be read: {e}",
-                    entry.token_file
-                ))
-            })?;
-            let token = text
-                .strip_suffix("\r\n")
-                .or_else(|| text.strip_suffix('\n'))
-                .unwrap_or(&text);
-            entry.token = Secret::new(token);
-        }
-        Ok(())
-    }
 }
 
 /// Reads `admin.allowed_hosts`: a list, or one text of comma-separated names (what an
@@ -918,10 +889,9 @@ impl Config {
         for file in from_files {
             figment = figment.merge((file.key, file.value));
         }
-        let mut config: Config = figment
+        let config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Parse(describe(e)))?;
-        config.admin.read_token_files()?;
         config.validate()?;
         Ok(config)
     }
@@ -995,6 +965,7 @@ impl Config {
         for entry in &self.admin.allowed_hosts {
             crate::admin::guard::allowed_host(entry).map_err(ConfigError::Parse)?;
         }
+        // Reads the token files too, so a missing one stops the load, naming its entry.
         crate::admin::tokens::configured(&self.admin).map_err(ConfigError::Parse)?;
         self.store.validate()?;
         if !self.outreach.webhook_url.is_empty()

@@ -3,6 +3,9 @@
 //! `admin` with the role `admin` (the one shared token from before named tokens, still taken
 //! as it was).
 //!
+//! An entry's token is given as `token` or read from the file `token_file` names (a mounted
+//! container secret; one trailing line break dropped) — the one place here that does I/O.
+//!
 //! Checked when the configuration is loaded, every error naming the entry (never a token):
 //! names are unique, 1 to [`MAX_NAME_CHARS`] letters, digits, `-`, `_` or `.`, and not
 //! [`LOCAL_ACTOR`] (the actor of a server without tokens); roles are `viewer` or `admin`;
@@ -15,7 +18,7 @@ use std::net::SocketAddr;
 
 use super::MIN_TOKEN_CHARS;
 use super::actor::{LOCAL_ACTOR, Role};
-use crate::config::{AdminConfig, Secret};
+use crate::config::{AdminConfig, AdminTokenConfig, Secret};
 
 /// The longest token name: it is shown in every line of the trail.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -66,7 +69,8 @@ pub fn entry_label(index: usize, name: &str) -> String {
     }
 }
 
-/// The tokens `admin` configures, checked; empty when none is (loopback only).
+/// The tokens `admin` configures, checked, each `token_file` read; empty when none is
+/// (loopback only).
 pub fn configured(admin: &AdminConfig) -> Result<Vec<AdminToken>, String> {
     let mut tokens = Vec::new();
     if !admin.token.expose().is_empty() {
@@ -86,11 +90,7 @@ pub fn configured(admin: &AdminConfig) -> Result<Vec<AdminToken>, String> {
                 entry.role
             )
         })?;
-        if entry.token.expose().is_empty() {
-            return Err(format!(
-                "{which} has no token: set token, or token_file to a file holding it"
-            ));
-        }
+        let token = token_of(entry).map_err(|problem| format!("{which}{problem}"))?;
         if let Some(same) = tokens.iter().find(|t| t.name == entry.name) {
             let hint = if same.name == SHARED_TOKEN_NAME {
                 " (admin.token goes by that name)"
@@ -102,7 +102,7 @@ pub fn configured(admin: &AdminConfig) -> Result<Vec<AdminToken>, String> {
                 entry.name, same.source
             ));
         }
-        if let Some(same) = tokens.iter().find(|t| t.token == entry.token) {
+        if let Some(same) = tokens.iter().find(|t| t.token == token) {
             return Err(format!(
                 "{which} has the same token as {}: each token needs its own, or the trail \
                  cannot tell who acted",
@@ -112,11 +112,42 @@ pub fn configured(admin: &AdminConfig) -> Result<Vec<AdminToken>, String> {
         tokens.push(AdminToken {
             name: entry.name.clone(),
             role,
-            token: entry.token.clone(),
+            token,
             source: which,
         });
     }
     Ok(tokens)
+}
+
+/// An entry's token: `token`, or the content of `token_file` without one trailing line break.
+/// The error follows the entry's label (it starts with `:` or a space) and never holds the
+/// token.
+fn token_of(entry: &AdminTokenConfig) -> Result<Secret, String> {
+    let token = if entry.token_file.is_empty() {
+        entry.token.clone()
+    } else {
+        if !entry.token.expose().is_empty() {
+            return Err(" sets both token and token_file; set one".into());
+        }
+        let text = std::fs::read_to_string(&entry.token_file)
+            .map_err(|e| format!(": token_file {:?} cannot be read: {e}", entry.token_file))?;
+        let token = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text);
+        Secret::new(token)
+    };
+    if token.expose().is_empty() {
+        let whence = if entry.token_file.is_empty() {
+            String::new()
+        } else {
+            format!(" (token_file {:?} is empty)", entry.token_file)
+        };
+        return Err(format!(
+            " has no token{whence}: set token, or token_file to a file holding it"
+        ));
+    }
+    Ok(token)
 }
 
 /// A name is 1 to [`MAX_NAME_CHARS`] letters, digits, `-`, `_`, `.`, and not the local actor's.
@@ -175,7 +206,6 @@ pub fn refuse_beyond_loopback(listen: SocketAddr, tokens: &[AdminToken]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AdminTokenConfig;
 
     const LONG_A: &str = "0123456789abcdef0123456789abcdef-a";
     const LONG_B: &str = "0123456789abcdef0123456789abcdef-b";
@@ -272,6 +302,25 @@ mod tests {
         let error = configured(&with(LONG_A, vec![entry("ops", "viewer", LONG_A)])).unwrap_err();
         assert!(
             error.contains("the same token as admin.token, USERSYNC_ADMIN__TOKEN"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_token_file_is_read_without_its_line_break_and_an_empty_one_is_named() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), format!("{LONG_A}\r\n")).unwrap();
+        let from_file = AdminTokenConfig {
+            token_file: file.path().display().to_string(),
+            ..entry("ops", "admin", "")
+        };
+        let tokens = configured(&with("", vec![from_file.clone()])).unwrap();
+        assert_eq!(tokens[0].token.expose(), LONG_A);
+        std::fs::write(file.path(), "\n").unwrap();
+        let error = configured(&with("", vec![from_file])).unwrap_err();
+        assert!(
+            error.starts_with("admin.tokens entry 1 (\"ops\") has no token (token_file ")
+                && error.contains("is empty)"),
             "{error}"
         );
     }
