@@ -6,67 +6,46 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
+use super::security_tests::{LISTEN, admin_with_tokens, send};
 use super::*;
-use crate::connection::authorization::StoredAuthorizations;
-use crate::connection::vault::{SecretKey, Vault};
 use crate::connection::{ConnectionState, Side};
 use crate::engine::state::SalesforceUser;
 use crate::outreach::OutreachUser;
 
-const LISTEN: &str = "127.0.0.1:8700";
 const OPS: &str = "0123456789abcdef0123456789abcdef-ops";
 const DASHBOARD: &str = "0123456789abcdef0123456789abcdef-dashboard";
 const X: &str = "005000000000001AAA";
 
-/// A router with the tokens `ops` (admin) and `dashboard` (viewer), or none; a secret key (so
-/// a reconnect may store what it is given) and two users to map.
+/// The router of the security tests with `tokens`, a feed of decisions, and two users to map.
 async fn admin(tokens: Vec<AdminToken>) -> (Router, AdminState) {
-    let store = crate::store::open("sqlite::memory:").await.unwrap();
-    store
-        .put_salesforce_users(&[SalesforceUser {
-            id: SalesforceId::parse(X).unwrap(),
-            email: Some("ann@acme.example".into()),
-            username: None,
-            first_name: None,
-            last_name: None,
-            title: None,
-            is_active: true,
-            created_date: None,
-            last_modified_date: None,
-            applied: None,
-        }])
-        .await
-        .unwrap();
-    store
-        .put_outreach_users(&[OutreachUser {
-            id: OutreachUserId(7),
-            email: "ann@acme.example".into(),
-            username: None,
-            first_name: None,
-            last_name: None,
-            title: None,
-            locked: false,
-            custom: Default::default(),
-            updated_at: None,
-        }])
-        .await
-        .unwrap();
-    let key =
-        SecretKey::from_base64("q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=", "test").unwrap();
-    let state = AdminState {
-        store: store.clone(),
-        connections: Connections::new(),
-        authorizations: Some(StoredAuthorizations::new(store, Some(Vault::new(key)))),
-        decisions: Some(tokio::sync::broadcast::channel(16).0),
-        config: None,
-        outreach: None,
-        tokens: tokens.into(),
-        pending: Default::default(),
-        actions: Default::default(),
-        addresses: AdminAddresses::loopback(LISTEN.parse().unwrap()),
+    let (_, mut state) = admin_with_tokens(tokens, None).await;
+    state.decisions = Some(tokio::sync::broadcast::channel(16).0);
+    let ann = SalesforceUser {
+        id: SalesforceId::parse(X).unwrap(),
+        email: Some("ann@acme.example".into()),
+        username: None,
+        first_name: None,
+        last_name: None,
+        title: None,
+        is_active: true,
+        created_date: None,
+        last_modified_date: None,
+        applied: None,
     };
+    state.store.put_salesforce_users(&[ann]).await.unwrap();
+    let outreach = OutreachUser {
+        id: OutreachUserId(7),
+        email: "ann@acme.example".into(),
+        username: None,
+        first_name: None,
+        last_name: None,
+        title: None,
+        locked: false,
+        custom: Default::default(),
+        updated_at: None,
+    };
+    state.store.put_outreach_users(&[outreach]).await.unwrap();
     (router(state.clone()), state)
 }
 
@@ -91,18 +70,6 @@ fn call(method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> R
     }
     let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
     request.body(body).unwrap()
-}
-
-async fn send(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
-    let response = router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 /// The state changes of the API, each with a body it would take.
