@@ -204,6 +204,7 @@ fn record(
         previous_salesforce_user_id: decision.previous_salesforce_user_id.clone(),
         message: decision.message.clone(),
         outreach_calls,
+        actor: None,
     }
 }
 
@@ -237,5 +238,6 @@ fn refused_create_record(
         message,
         // The refused POST plus the lookup.
         outreach_calls: 1 + found.requests,
+        actor: None,
     }
 }

@@ -130,10 +130,15 @@ impl Default for RunConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// `host:port` of the admin server (API, page, metrics, webhooks); a non-loopback address
-    /// needs `token`. Empty: no admin server.
+    /// needs a token. Empty: no admin server.
     pub listen: String,
-    /// The bearer token every `/api` call must carry; empty: no token, loopback only.
+    /// One bearer token with the role `admin`, named `admin` in the actor trail (the setting
+    /// from before named tokens, kept as it was); empty: none.
     pub token: Secret,
+    /// Named tokens, each with a role (`[[admin.tokens]]`, docs/security.md): who carried a
+    /// call is what the actor trail records. No token at all here or in `token`: no token
+    /// asked, loopback only.
+    pub tokens: Vec<AdminTokenConfig>,
     /// The address browsers reach the admin server at (`https://usersync.acme.example`), for
     /// the callback URLs of the browser authorization flows; empty: `http://<listen>`. Its host
     /// is one the admin server answers to.
@@ -150,10 +155,28 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: "127.0.0.1:8700".into(),
             token: Secret::default(),
+            tokens: Vec::new(),
             public_url: String::new(),
             allowed_hosts: Vec::new(),
         }
     }
+}
+
+/// One `[[admin.tokens]]` entry. The name and role are checked, and the token is read from
+/// `token_file`, when the configuration is validated and again when the admin server starts
+/// (`crate::admin::tokens::configured`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    /// Who carries it, as the actor trail shows it: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// `viewer` (reads) or `admin` (reads and changes).
+    pub role: String,
+    /// The token itself; or leave it empty and name a file in `token_file`.
+    pub token: Secret,
+    /// A file holding the token (a mounted container secret), read at load; one trailing line
+    /// break is dropped.
+    pub token_file: String,
 }
 
 /// Reads `admin.allowed_hosts`: a list, or one text of comma-separated names (what an
@@ -224,13 +247,29 @@ impl Default for ProcessorConfig {
 pub struct StoreConfig {
     /// `sqlite://path` (the embedded default, created if missing) or `postgres://…`.
     pub url: String,
+    /// How many days the decision log and the applied-event log keep a row before the
+    /// processor prunes it; 0: forever. At least [`MIN_RETENTION_DAYS`] (docs/store.md,
+    /// "Retention").
+    pub retention_days: u32,
 }
+
+/// The shortest `store.retention_days` but 0: the longest redelivery window usersync promises
+/// to recognize. The event topic is created without a retention of its own, so it keeps
+/// records for Kafka's default of 7 days; a consumer group whose offsets expired or were reset
+/// reads all of them again, and only the applied-event log tells those events were applied.
+/// Salesforce's 72-hour retention (a replay from earliest) lies within it. docs/store.md.
+pub const MIN_RETENTION_DAYS: u32 = 7;
+
+/// The longest `store.retention_days`: a hundred years is forever for a log, and the bound
+/// keeps the cutoff a date.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
 
 impl fmt::Debug for StoreConfig {
     /// Prints the URL with any password masked.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreConfig")
             .field("url", &crate::store::redact_password(&self.url))
+            .field("retention_days", &self.retention_days)
             .finish()
     }
 }
@@ -239,7 +278,39 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://usersync.db".into(),
+            retention_days: 90,
         }
+    }
+}
+
+impl StoreConfig {
+    /// How long the decision and applied-event logs keep a row; `None`: forever.
+    pub fn retention(&self) -> Option<Duration> {
+        (self.retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(self.retention_days) * 86_400))
+    }
+
+    /// Refuses a retention shorter than the longest redelivery window, saying why.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let days = self.retention_days;
+        if days != 0 && days < MIN_RETENTION_DAYS {
+            return Err(ConfigError::Parse(format!(
+                "store.retention_days ({days}) is shorter than the longest redelivery window \
+                 usersync recognizes, {MIN_RETENTION_DAYS} days: the event topic keeps records \
+                 that long under Kafka's default retention, a consumer group whose offsets \
+                 expired or were reset reads them all again, and only the applied-event log \
+                 tells those events were applied already (Salesforce's 72-hour replay window \
+                 lies within it). Set at least {MIN_RETENTION_DAYS}, or 0 to keep forever \
+                 (docs/store.md, \"Retention\")"
+            )));
+        }
+        if days > MAX_RETENTION_DAYS {
+            return Err(ConfigError::Parse(format!(
+                "store.retention_days ({days}) must be at most {MAX_RETENTION_DAYS}; 0 keeps \
+                 forever"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -935,6 +1006,9 @@ impl Config {
         for entry in &self.admin.allowed_hosts {
             crate::admin::guard::allowed_host(entry).map_err(ConfigError::Parse)?;
         }
+        // Reads the token files too, so a missing one stops the load, naming its entry.
+        crate::admin::tokens::configured(&self.admin).map_err(ConfigError::Parse)?;
+        self.store.validate()?;
         if !self.outreach.webhook_url.is_empty()
             && let Err(e) = url::Url::parse(&self.outreach.webhook_url)
         {
@@ -1217,6 +1291,168 @@ mod tests {
                 err.contains("admin.allowed_hosts") && err.contains("\"https://x\""),
                 "{err}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn named_admin_tokens_come_from_the_file_each_token_from_its_own_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("ops-token", "0123456789abcdef0123456789abcdef-ops\n")?;
+            let ops = jail.directory().join("ops-token");
+            jail.create_file(
+                "usersync.toml",
+                &format!(
+                    r#"
+                    [admin]
+                    token = "0123456789abcdef0123456789abcdef-shared"
+                    [[admin.tokens]]
+                    name = "ops"
+                    role = "admin"
+                    token_file = "{}"
+                    [[admin.tokens]]
+                    name = "dashboard"
+                    role = "viewer"
+                    token = "0123456789abcdef0123456789abcdef-view"
+                    "#,
+                    ops.display()
+                ),
+            )?;
+            let config = load_in(jail, Some("usersync.toml")).unwrap();
+            let tokens = crate::admin::tokens::configured(&config.admin).unwrap();
+            let named: Vec<(&str, &str, &str)> = tokens
+                .iter()
+                .map(|t| (t.name.as_str(), t.role.as_str(), t.token.expose()))
+                .collect();
+            assert_eq!(
+                named,
+                [
+                    ("admin", "admin", "0123456789abcdef0123456789abcdef-shared"),
+                    ("ops", "admin", "0123456789abcdef0123456789abcdef-ops"),
+                    (
+                        "dashboard",
+                        "viewer",
+                        "0123456789abcdef0123456789abcdef-view"
+                    ),
+                ]
+            );
+            let shown = format!("{config:?} {}", toml::to_string(&config).unwrap());
+            assert!(!shown.contains("0123456789abcdef"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn named_admin_tokens_come_from_the_environment_as_inline_tables() {
+        Jail::expect_with(|jail| {
+            jail.create_file("ci-token", "fedcba9876543210fedcba9876543210-ci")?;
+            let ci = jail.directory().join("ci-token");
+            jail.set_env(
+                "USERSYNC_ADMIN__TOKENS",
+                format!(
+                    "[{{name=ci, role=viewer, token_file=\"{}\"}}, {{name=ops, role=admin, \
+                     token=\"0123456789abcdef0123456789abcdef-ops\"}}]",
+                    ci.display()
+                ),
+            );
+            let config = load_in(jail, None).unwrap();
+            let tokens = crate::admin::tokens::configured(&config.admin).unwrap();
+            let named: Vec<(&str, &str)> = tokens
+                .iter()
+                .map(|t| (t.name.as_str(), t.token.expose()))
+                .collect();
+            assert_eq!(
+                named,
+                [
+                    ("ci", "fedcba9876543210fedcba9876543210-ci"),
+                    ("ops", "0123456789abcdef0123456789abcdef-ops")
+                ]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_refused_admin_token_entry_is_named_at_load() {
+        let refused = |toml: &str| {
+            let mut error = String::new();
+            Jail::expect_with(|jail| {
+                jail.create_file("usersync.toml", toml)?;
+                error = load_in(jail, Some("usersync.toml"))
+                    .unwrap_err()
+                    .to_string();
+                Ok(())
+            });
+            error
+        };
+        let error =
+            refused("[[admin.tokens]]\nname = \"ci\"\nrole = \"auditor\"\ntoken = \"t0ken-ci\"\n");
+        assert!(
+            error.contains("admin.tokens entry 1 (\"ci\"): role \"auditor\""),
+            "{error}"
+        );
+        let error = refused(
+            "[[admin.tokens]]\nname = \"ci\"\nrole = \"viewer\"\ntoken = \"t0ken-ci\"\n\
+             token_file = \"/run/secrets/ci\"\n",
+        );
+        assert!(
+            error.contains("admin.tokens entry 1 (\"ci\") sets both token and token_file"),
+            "{error}"
+        );
+        assert!(!error.contains("t0ken-ci"), "{error}");
+        let error = refused(
+            "[[admin.tokens]]\nname = \"ci\"\nrole = \"viewer\"\n\
+             token_file = \"/nonexistent/usersync-ci\"\n",
+        );
+        assert!(
+            error.contains(
+                "admin.tokens entry 1 (\"ci\"): token_file \"/nonexistent/usersync-ci\" cannot \
+                 be read"
+            ),
+            "{error}"
+        );
+        let error = refused(
+            "[[admin.tokens]]\nname = \"ci\"\nrole = \"viewer\"\ntoken = \"same-t0ken\"\n\
+             [[admin.tokens]]\nname = \"ops\"\nrole = \"admin\"\ntoken = \"same-t0ken\"\n",
+        );
+        assert!(
+            error.contains(
+                "admin.tokens entry 2 (\"ops\") has the same token as admin.tokens entry 1"
+            ) && !error.contains("same-t0ken"),
+            "{error}"
+        );
+        let error =
+            refused("[[admin.tokens]]\nname = \"ci\"\nrole = \"viewer\"\nscope = \"all\"\n");
+        assert!(error.contains("scope"), "{error}");
+    }
+
+    #[test]
+    fn the_retention_keeps_at_least_the_longest_redelivery_window_or_forever() {
+        Jail::expect_with(|jail| {
+            assert_eq!(load_in(jail, None).unwrap().store.retention_days, 90);
+            assert_eq!(
+                StoreConfig::default().retention(),
+                Some(Duration::from_secs(90 * 86_400))
+            );
+            jail.set_env("USERSYNC_STORE__RETENTION_DAYS", "0");
+            let config = load_in(jail, None).unwrap();
+            assert_eq!(config.store.retention(), None, "0 keeps forever");
+            jail.set_env("USERSYNC_STORE__RETENTION_DAYS", "7");
+            assert_eq!(load_in(jail, None).unwrap().store.retention_days, 7);
+            jail.set_env("USERSYNC_STORE__RETENTION_DAYS", "3");
+            let error = load_in(jail, None).unwrap_err().to_string();
+            assert!(
+                error.contains(
+                    "store.retention_days (3) is shorter than the longest redelivery \
+                                window usersync recognizes, 7 days"
+                ) && error.contains("Kafka's default retention")
+                    && error.contains("72-hour")
+                    && error.contains("0 to keep forever"),
+                "{error}"
+            );
+            jail.set_env("USERSYNC_STORE__RETENTION_DAYS", "40000");
+            let error = load_in(jail, None).unwrap_err().to_string();
+            assert!(error.contains("at most 36500"), "{error}");
             Ok(())
         });
     }

@@ -114,7 +114,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         let stopped = stopped.clone();
         async move { crate::salesforce::role::run_with(&config, &connections, None, stopped).await }
     });
-    let admin = crate::admin::bind("127.0.0.1:0".parse()?, &Default::default()).await?;
+    let admin = crate::admin::bind("127.0.0.1:0".parse()?, &[]).await?;
     let admin_url = format!("http://{}", admin.local_addr()?);
     roles.spawn("admin server", {
         let router = crate::admin::router(crate::admin::AdminState {
@@ -124,7 +124,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
             decisions: Some(decisions),
             config: Some(Arc::new(config.clone())),
             outreach: None,
-            token: None,
+            tokens: Default::default(),
             pending: Default::default(),
             actions: Default::default(),
             addresses: crate::admin::AdminAddresses::loopback(admin.local_addr()?),

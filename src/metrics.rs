@@ -101,6 +101,21 @@ pub enum Reconnect {
     broker_disconnect,
 }
 
+/// A table the retention prunes (docs/store.md, "Retention").
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PrunedTable {
+    /// The decision log.
+    decisions,
+    /// The applied-event log.
+    applied_events,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrunedLabel {
+    table: PrunedTable,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReconnectLabel {
     side: Link,
@@ -153,6 +168,7 @@ pub struct Metrics {
     consumer_lag: Family<PartitionLabel, Gauge>,
     reconnects: Family<ReconnectLabel, Counter>,
     admin_auth_failures: Counter,
+    pruned_rows: Family<PrunedLabel, Counter>,
     /// When the subscriber last heard from Salesforce (a change event or a keepalive).
     salesforce_heard: Mutex<Option<Instant>>,
     /// The commit time of the last change event the subscriber read.
@@ -253,6 +269,15 @@ impl Metrics {
             "Admin API calls refused because the admin token they carried was wrong",
             admin_auth_failures.clone(),
         );
+        let pruned_rows = Family::default();
+        registry.register(
+            "store_pruned_rows",
+            "Rows the retention deleted from the decision and applied-event logs, by table",
+            pruned_rows.clone(),
+        );
+        for table in [PrunedTable::decisions, PrunedTable::applied_events] {
+            let _ = pruned_rows.get_or_create(&PrunedLabel { table });
+        }
         Metrics {
             registry,
             events_published,
@@ -266,6 +291,7 @@ impl Metrics {
             consumer_lag,
             reconnects,
             admin_auth_failures,
+            pruned_rows,
             salesforce_heard: Mutex::new(None),
             salesforce_commit: Mutex::new(None),
         }
@@ -338,6 +364,13 @@ impl Metrics {
     /// An admin API call carried a wrong admin token.
     pub fn admin_auth_failure(&self) {
         self.admin_auth_failures.inc();
+    }
+
+    /// The retention deleted `rows` rows of `table`.
+    pub fn pruned(&self, table: PrunedTable, rows: u64) {
+        self.pruned_rows
+            .get_or_create(&PrunedLabel { table })
+            .inc_by(rows);
     }
 
     /// The subscriber heard from Salesforce just now: a change event, or a keepalive (an empty
@@ -488,6 +521,8 @@ mod tests {
         metrics.outreach_request();
         metrics.rate_limit_wait(std::time::Duration::from_millis(1500));
         metrics.record_lag([("usersync.user-changes.v1".to_owned(), 2, 7)]);
+        metrics.pruned(PrunedTable::decisions, 40);
+        metrics.pruned(PrunedTable::applied_events, 12);
         let connections = Connections::new();
         connections.disconnected(
             Side::Salesforce,
@@ -505,6 +540,14 @@ mod tests {
             ("usersync_processor_record_conflicts_total", 1.0),
             ("usersync_decisions_total{action=\"remap\"}", 1.0),
             ("usersync_outreach_requests_total", 1.0),
+            (
+                "usersync_store_pruned_rows_total{table=\"decisions\"}",
+                40.0,
+            ),
+            (
+                "usersync_store_pruned_rows_total{table=\"applied_events\"}",
+                12.0,
+            ),
             ("usersync_outreach_rate_limit_waits_total", 1.0),
             ("usersync_outreach_rate_limit_wait_seconds_total", 1.5),
             (
@@ -543,6 +586,8 @@ mod tests {
             "usersync_processor_events_total{outcome=\"retry\"}",
             "usersync_subscriber_events_published_total{kind=\"change\"}",
             "usersync_subscriber_events_published_total{kind=\"snapshot\"}",
+            "usersync_store_pruned_rows_total{table=\"decisions\"}",
+            "usersync_store_pruned_rows_total{table=\"applied_events\"}",
         ] {
             assert_eq!(sample(&page, series), Some(0.0), "{series} in\n{page}");
         }

@@ -63,13 +63,14 @@ async fn run_roles(
         .await?
         .with_connections(connections.clone())
         .with_authorizations(authorizations.clone());
+    let tokens = crate::admin::tokens::configured(&config.admin).map_err(anyhow::Error::msg)?;
     let admin = match config.admin.listen.trim() {
         "" => None,
         listen => {
             let listen = listen
                 .parse()
                 .map_err(|e| anyhow::anyhow!("admin.listen {listen:?} is not host:port: {e}"))?;
-            Some(crate::admin::bind(listen, &config.admin.token).await?)
+            Some(crate::admin::bind(listen, &tokens).await?)
         }
     };
     let addresses = match &admin {
@@ -108,7 +109,7 @@ async fn run_roles(
         decisions: Some(decisions),
         config: Some(std::sync::Arc::new(config.clone())),
         outreach: Some(outreach_for_checks),
-        token: Some(config.admin.token.clone()).filter(|t| !t.expose().is_empty()),
+        tokens: tokens.into(),
         pending: Default::default(),
         actions: Default::default(),
         addresses,

@@ -433,10 +433,14 @@ async fn an_admin_reconnects_changes_settings_and_watches_a_remap_in_the_browser
             && plan.contains("Not read: Changes made between the checkpoint"),
         "{plan}"
     );
-    assert!(
-        admin_actions(&parts).await.is_empty(),
-        "a plan changes nothing"
-    );
+    let replays = || async {
+        admin_actions(&parts)
+            .await
+            .into_iter()
+            .filter(|a| a["action"] == "replay")
+            .collect::<Vec<_>>()
+    };
+    assert!(replays().await.is_empty(), "a plan changes nothing");
     click(&page, "#replay-confirm").await;
     until_text(&page, "the replay is requested", "#replay-message", |t| {
         t == "Replay requested: the Salesforce stream starts again from latest."
@@ -446,12 +450,40 @@ async fn an_admin_reconnects_changes_settings_and_watches_a_remap_in_the_browser
         &page,
         "the replay is on the feed",
         "#feed li[data-admin-action=\"replay\"]",
-        |t| t == "admin replay from latest",
+        |t| t == "admin replay from latest by admin",
     )
     .await;
-    let actions = admin_actions(&parts).await;
+    let actions = replays().await;
     assert_eq!(actions.len(), 1, "{actions:?}");
     assert_eq!(actions[0]["detail"]["from"], "latest");
+    assert_eq!(actions[0]["actor"], "admin");
+    // The admin-action list of the page names who did each, the settings save and the
+    // reconnect made on the page before the replay too.
+    let listed = until_text(
+        &page,
+        "the replay is in the admin-action list",
+        "#admin-actions",
+        |t| t.contains("replay from latest"),
+    )
+    .await;
+    for what in ["replay from latest", "settings", "reconnect salesforce"] {
+        assert!(listed.contains(what), "{what} in {listed}");
+    }
+    let by: Vec<String> = {
+        let mut by = Vec::new();
+        for cell in page
+            .find_all(Locator::Css("#admin-actions td.actor"))
+            .await
+            .unwrap()
+        {
+            by.push(cell.text().await.unwrap());
+        }
+        by
+    };
+    assert!(
+        !by.is_empty() && by.iter().all(|name| name == "admin"),
+        "{by:?}"
+    );
 
     let screenshot = page.screenshot().await.unwrap();
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");

@@ -980,16 +980,166 @@ async fn salesforce_authorized_again_in_the_browser_as_another_user_loses_nothin
 }
 
 /// Outreach's tokens are revoked; the admin authorizes Outreach again in the browser (the
-/// authorization-code flow with state): the change held in Kafka meanwhile is applied.
+/// authorization-code flow with state): the change held in Kafka meanwhile is applied. The
+/// reconnect the callback asked for is recorded as the act of the token that started the flow.
 #[tokio::test(flavor = "multi_thread")]
 async fn outreach_authorized_again_in_the_browser_loses_nothing() {
-    let parts = Parts::new().await;
+    let mut parts = Parts::new().await;
+    parts.config.admin.token = usersync::config::Secret::new("browser-flow-admin-token");
     let running = parts.start_live().await;
     outreach_revoked_with_a_change_waiting(&parts).await;
     let (_, page) = authorize_in_the_browser(&parts, "outreach").await;
     assert_eq!(page, "/?authorized=outreach");
     resumed(&parts, "outreach", "during@acme.example", 2).await;
+    let actions = admin_actions(&parts).await;
+    assert_eq!(actions[0]["action"], "reconnect", "{actions:?}");
+    assert_eq!(
+        actions[0]["detail"],
+        json!({"side": "outreach", "new_authorization": true, "browser": true})
+    );
+    assert_eq!(
+        actions[0]["actor"], "admin",
+        "admin.token goes by the name admin"
+    );
     parts.assert_matches_decide().await;
+    running.stop().await;
+}
+
+/// Named tokens of `[[admin.tokens]]`, as `usersync run` reads them: the viewer's token reads
+/// the status and the log but its disconnect is refused, naming the role it needs, and
+/// changes nothing; the admin's disconnect and reconnect go through, and the log, the live
+/// feed and the CLI's tail name who asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn named_tokens_let_a_viewer_read_and_record_who_changed_what() {
+    use std::process::Command;
+
+    const OPS: &str = "ops-token-0123456789abcdef0123456789";
+    const DASHBOARD: &str = "dashboard-token-0123456789abcdef0123";
+    let mut parts = Parts::new().await;
+    let ops_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ops_file.path(), format!("{OPS}\n")).unwrap();
+    parts.config.admin.tokens = vec![
+        usersync::config::AdminTokenConfig {
+            name: "ops".into(),
+            role: "admin".into(),
+            token: Default::default(),
+            token_file: ops_file.path().display().to_string(),
+        },
+        usersync::config::AdminTokenConfig {
+            name: "dashboard".into(),
+            role: "viewer".into(),
+            token: usersync::config::Secret::new(DASHBOARD),
+            token_file: String::new(),
+        },
+    ];
+    let running = parts.start_live().await;
+    let usersync = |token: &str, args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_usersync"))
+            .args(args)
+            .env("USERSYNC_ADMIN_URL", &parts.admin_url)
+            .env("USERSYNC_ADMIN_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = usersync(DASHBOARD, &["status"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = usersync(DASHBOARD, &["disconnect", "outreach"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("403")
+            && err.contains("needs a token with the role admin")
+            && err.contains("\"dashboard\" has the role viewer"),
+        "{err}"
+    );
+    assert_eq!(parts.connection("outreach").await["state"], "connected");
+
+    // The tail of the live feed, as the viewer follows it.
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_usersync"))
+        .arg("tail")
+        .env("USERSYNC_ADMIN_URL", &parts.admin_url)
+        .env("USERSYNC_ADMIN_TOKEN", DASHBOARD)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tail.stdout.take().unwrap()));
+    let reader = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                seen.lock().unwrap().push(line);
+            }
+        }
+    });
+    let tail_has = |wanted: &'static [&'static str]| {
+        let seen = seen.clone();
+        move || {
+            let lines = seen.lock().unwrap().clone();
+            async move { wanted.iter().all(|w| lines.iter().any(|l| l.contains(w))) }
+        }
+    };
+    until(
+        "the tail follows the feed",
+        tail_has(&["connection salesforce: ", "connection outreach: "]),
+    )
+    .await;
+
+    let (code, out, err) = usersync(OPS, &["disconnect", "outreach"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = usersync(OPS, &["reconnect", "outreach"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    until(
+        "the tail shows who disconnected and reconnected",
+        tail_has(&[
+            " admin    disconnect outreach by ops (admin action ",
+            " admin    reconnect outreach by ops (admin action ",
+        ]),
+    )
+    .await;
+    until("Outreach is connected again", || {
+        state_is(&parts, "outreach", "connected")
+    })
+    .await;
+
+    let response = parts
+        .http
+        .get(format!("{}/api/v1/admin-actions", parts.admin_url))
+        .bearer_auth(DASHBOARD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let logged: Vec<(&str, &str, &str)> = body["admin_actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap(),
+                a["detail"]["side"].as_str().unwrap(),
+                a["actor"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            ("reconnect", "outreach", "ops"),
+            ("disconnect", "outreach", "ops")
+        ],
+        "the viewer's refused disconnect left no trail"
+    );
+    drop(tail);
+    reader.abort();
     running.stop().await;
 }
 
@@ -1260,10 +1410,23 @@ async fn a_replay_from_earliest_publishes_retained_changes_again_and_applies_non
             .contains("reconnect it first"),
         "{body}"
     );
+    // Refusals are not recorded; the disconnect is, with who asked (no token: `local`).
+    let logged: Vec<(String, String)> = admin_actions(&parts)
+        .await
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap().to_owned(),
+                a["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     assert_eq!(
-        admin_actions(&parts).await.len(),
-        1,
-        "refusals are not recorded"
+        logged,
+        [
+            ("disconnect".to_owned(), "local".to_owned()),
+            ("replay".to_owned(), "local".to_owned())
+        ]
     );
     running.stop().await;
 }

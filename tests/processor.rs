@@ -26,7 +26,7 @@ use usersync::salesforce::snapshot::{ReadPosition, snapshot};
 use usersync::sim::outreach::{OutreachSim, SimConfig, SimUser};
 use usersync::store::{
     AdminAction, AppliedEvent, DecisionPage, DecisionQuery, Lease, LeaseAnswer, LeaseClaim,
-    MappingFilter, ReplayCheckpoint, SealedAuthorization, Store, StoreError,
+    MappingFilter, Pruned, ReplayCheckpoint, SealedAuthorization, Store, StoreError,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -643,6 +643,13 @@ impl Store for AnotherReplicaFirst {
     async fn save_settings(&self, settings: &SyncSettings) -> Result<(), StoreError> {
         self.inner.save_settings(settings).await
     }
+    async fn save_settings_recorded(
+        &self,
+        settings: &SyncSettings,
+        action: &AdminAction,
+    ) -> Result<i64, StoreError> {
+        self.inner.save_settings_recorded(settings, action).await
+    }
     async fn authorization(&self, side: &str) -> Result<Option<SealedAuthorization>, StoreError> {
         self.inner.authorization(side).await
     }
@@ -662,6 +669,13 @@ impl Store for AnotherReplicaFirst {
     }
     async fn admin_actions(&self, limit: u32) -> Result<Vec<(i64, AdminAction)>, StoreError> {
         self.inner.admin_actions(limit).await
+    }
+    async fn prune_before(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        batch: u32,
+    ) -> Result<Pruned, StoreError> {
+        self.inner.prune_before(before, batch).await
     }
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError> {
         self.inner.checkpoint(topic).await

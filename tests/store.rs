@@ -31,7 +31,7 @@ use usersync::outreach::user::{OutreachUser, OutreachUserId};
 use usersync::salesforce::id::SalesforceId;
 use usersync::store::{
     AdminAction, AdminActionKind, AppliedEvent, DecisionQuery, Lease, LeaseAnswer, MappingFilter,
-    MappingWrite, PostgresStore, ReplayCheckpoint, SealedAuthorization, SqliteStore, Store,
+    MappingWrite, PostgresStore, Pruned, ReplayCheckpoint, SealedAuthorization, SqliteStore, Store,
     StoreError,
 };
 
@@ -177,6 +177,9 @@ store_suite!(
     settings_round_trip,
     checkpoints_round_trip,
     admin_actions_are_appended_and_listed_newest_first,
+    decisions_keep_who_made_them_by_hand,
+    a_settings_save_by_an_admin_is_recorded_with_it_or_not_at_all,
+    pruning_deletes_only_what_is_older_in_batches,
     authorizations_round_trip_and_are_replaced,
     corrupt_stored_values_are_reported,
     last_known_users_round_trip,
@@ -297,6 +300,7 @@ fn decision(event_id: &str, action: Action, reason: Reason, email: &str) -> Deci
         previous_salesforce_user_id: Some(sf_id(1)),
         message: format!("{action} because {reason}"),
         outreach_calls: 2,
+        actor: None,
     }
 }
 
@@ -1504,11 +1508,13 @@ async fn admin_actions_are_appended_and_listed_newest_first(h: &Harness) {
             "transport": "pubsub",
             "checkpoint_before": {"replay_id": "00ff", "commit_timestamp": "2025-08-01T09:00:00Z"},
         }),
+        actor: Some("ops".into()),
     };
     let resync = AdminAction {
         at: at("2025-08-01T10:05:00Z"),
         action: AdminActionKind::Resync,
         detail: serde_json::json!({"checkpoint_before": null}),
+        actor: Some("local".into()),
     };
     let first = h.store.append_admin_action(&replay).await.unwrap();
     let second = h.store.append_admin_action(&resync).await.unwrap();
@@ -1535,6 +1541,30 @@ async fn admin_actions_are_appended_and_listed_newest_first(h: &Harness) {
     );
     assert_eq!(h.count("admin_actions").await, 3);
 
+    // Every kind reads back, with its actor; a row from before the actor was kept has none.
+    let mut kinds = Vec::new();
+    for kind in AdminActionKind::ALL {
+        let action = AdminAction {
+            at: at("2025-08-01T11:00:00Z"),
+            action: kind,
+            detail: serde_json::json!({"side": "outreach"}),
+            actor: Some("dashboard.ops-2".into()),
+        };
+        let sequence = h.store.append_admin_action(&action).await.unwrap();
+        kinds.push((sequence, action));
+    }
+    h.execute(
+        "INSERT INTO admin_actions (at, action, detail) \
+         VALUES ('2025-08-01T12:00:00+00:00', 'resync', '{\"checkpoint_before\": null}')",
+    )
+    .await
+    .unwrap();
+    let listed = h.store.admin_actions(10).await.unwrap();
+    assert_eq!(listed[0].1.action, AdminActionKind::Resync);
+    assert_eq!(listed[0].1.actor, None, "an older row names no actor");
+    kinds.reverse();
+    assert_eq!(listed[1..=AdminActionKind::ALL.len()], kinds[..]);
+
     h.execute(
         "INSERT INTO admin_actions (at, action, detail) \
          VALUES ('2025-08-02T00:00:00Z', 'reboot', '{}')",
@@ -1549,6 +1579,165 @@ async fn admin_actions_are_appended_and_listed_newest_first(h: &Harness) {
     assert!(
         matches!(&err, StoreError::Corrupt { table: "admin_actions", column: "action", value, .. } if value == "reboot"),
         "{err:?}"
+    );
+}
+
+async fn decisions_keep_who_made_them_by_hand(h: &Harness) {
+    let by_hand = DecisionRecord {
+        actor: Some("ops".into()),
+        ..decision(
+            "admin:1",
+            Action::Unlink,
+            Reason::ManualUnlink,
+            "a@example.com",
+        )
+    };
+    let by_the_engine = decision(
+        "ev-2",
+        Action::Update,
+        Reason::MappedUserChanged,
+        "b@example.com",
+    );
+    for (event_id, record) in [("admin:1", &by_hand), ("ev-2", &by_the_engine)] {
+        let applied = AppliedEvent {
+            decisions: vec![record.clone()],
+            ..event(event_id)
+        };
+        h.store.record(&applied).await.unwrap();
+    }
+    assert_eq!(
+        all_decisions(h.store.as_ref()).await,
+        [by_the_engine, by_hand]
+    );
+}
+
+async fn a_settings_save_by_an_admin_is_recorded_with_it_or_not_at_all(h: &Harness) {
+    let mut settings = SyncSettings::default();
+    settings.user_mapping.inbound_update = false;
+    let action = AdminAction {
+        at: at("2025-08-01T10:00:00Z"),
+        action: AdminActionKind::Settings,
+        detail: serde_json::json!({"before": SyncSettings::default(), "after": &settings}),
+        actor: Some("ops".into()),
+    };
+    let sequence = h
+        .store
+        .save_settings_recorded(&settings, &action)
+        .await
+        .unwrap();
+    assert_eq!(h.store.settings().await.unwrap(), Some(settings.clone()));
+    assert_eq!(
+        h.store.admin_actions(10).await.unwrap(),
+        [(sequence, action.clone())]
+    );
+
+    // A record that cannot be written takes the save back with it.
+    h.execute("DROP TABLE admin_actions").await.unwrap();
+    let mut other = settings.clone();
+    other.user_mapping.inbound_update = true;
+    let refused = h
+        .store
+        .save_settings_recorded(&other, &action)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("record the admin action settings"),
+        "{refused}"
+    );
+    assert_eq!(h.store.settings().await.unwrap(), Some(settings));
+}
+
+async fn pruning_deletes_only_what_is_older_in_batches(h: &Harness) {
+    let cutoff = at("2025-03-01T00:00:00Z");
+    // Five decisions before the cutoff, one at it, two after; their events are applied now.
+    let mut kept = Vec::new();
+    for (n, when) in [
+        "2025-01-01T00:00:00Z",
+        "2025-01-02T00:00:00.5Z",
+        "2025-02-03T00:00:00.123456Z",
+        "2025-02-28T23:59:59.999Z",
+        "2025-02-28T23:59:59Z",
+        "2025-03-01T00:00:00Z",
+        "2025-03-01T00:00:00.000001Z",
+        "2025-06-01T00:00:00Z",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let record = DecisionRecord {
+            at: at(when),
+            ..decision(
+                &format!("ev-{n}"),
+                Action::Skip,
+                Reason::UpToDate,
+                "a@example.com",
+            )
+        };
+        if at(when) >= cutoff {
+            kept.push(record.clone());
+        }
+        let applied = AppliedEvent {
+            decisions: vec![record],
+            ..event(&format!("ev-{n}"))
+        };
+        h.store.record(&applied).await.unwrap();
+    }
+    // Five events applied before the cutoff (written as the store writes times), one at it.
+    for (n, when) in [
+        "2025-01-01T00:00:00+00:00",
+        "2025-01-15T12:30:00.25+00:00",
+        "2025-02-01T00:00:00+00:00",
+        "2025-02-20T00:00:00+00:00",
+        "2025-02-28T23:59:59.999999+00:00",
+        "2025-03-01T00:00:00+00:00",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        h.execute(&format!(
+            "INSERT INTO applied_events (event_id, applied_at) VALUES ('old-{n}', '{when}')"
+        ))
+        .await
+        .unwrap();
+    }
+    let action = AdminAction {
+        at: at("2025-01-01T00:00:00Z"),
+        action: AdminActionKind::Resync,
+        detail: serde_json::json!({}),
+        actor: Some("ops".into()),
+    };
+    h.store.append_admin_action(&action).await.unwrap();
+
+    let pruned = h.store.prune_before(cutoff, 2).await.unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            decisions: 5,
+            applied_events: 5
+        },
+        "batches of two until none is left"
+    );
+    kept.reverse();
+    assert_eq!(all_decisions(h.store.as_ref()).await, kept, "newest first");
+    for n in 0..5 {
+        assert!(!h.store.is_applied(&format!("old-{n}")).await.unwrap());
+    }
+    assert!(
+        h.store.is_applied("old-5").await.unwrap(),
+        "at the cutoff: kept"
+    );
+    for n in 0..8 {
+        assert!(
+            h.store.is_applied(&format!("ev-{n}")).await.unwrap(),
+            "applied now: kept"
+        );
+    }
+    assert_eq!(h.count("admin_actions").await, 1, "the admin actions stay");
+    assert_eq!(
+        h.store.prune_before(cutoff, 2).await.unwrap(),
+        Pruned::default(),
+        "nothing older is left"
     );
 }
 

@@ -1,14 +1,19 @@
-//! The admin token: every `/api` call carries `Authorization: Bearer <admin.token>`.
+//! The admin tokens: every `/api` call carries `Authorization: Bearer <token>`, one of the
+//! named tokens of `[[admin.tokens]]` or `admin.token` (`super::tokens`).
 //!
 //! Without a token configured the server binds to loopback only ([`super::bind`]) and lets
-//! every call through: whoever can reach a loopback port already runs on the machine (the
-//! guard, `super::guard`, keeps the operator's browser from being used to reach it). With a
-//! token, a call without the right one is answered 401 before any handler runs; beyond
-//! loopback the token must be at least [`super::MIN_TOKEN_CHARS`] long.
+//! every call through as the actor `local`: whoever can reach a loopback port already runs on
+//! the machine (the guard, `super::guard`, keeps the operator's browser from being used to
+//! reach it). With tokens, a call without one of them is answered 401 before any handler runs;
+//! beyond loopback each must be at least [`super::MIN_TOKEN_CHARS`] long. A call with a
+//! token is made by that token's [`Actor`], put on the request for the handlers to record; a
+//! `viewer` making a call that needs `admin` ([`role_needed`]) is answered 403 `forbidden`,
+//! naming the role needed, before any handler runs.
 //!
 //! Guessing is made slow and visible (docs/security.md, "Admin server"):
-//! - the tokens are compared as SHA-256 digests in constant time (`subtle`), so neither where
-//!   they first differ nor their lengths show in the time taken;
+//! - the token given is compared with every configured one as SHA-256 digests in constant
+//!   time (`subtle`), all of them each time, so neither where they first differ, nor their
+//!   lengths, nor which one matched shows in the time taken;
 //! - each wrong token is counted on `/metrics` (`usersync_admin_auth_failures_total`);
 //! - a client (by IP address) that sent a wrong token recently waits before its next call is
 //!   looked at — [`delay_after`] its recent failures, at most [`MAX_DELAY`] — whatever that
@@ -33,7 +38,8 @@ use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 use super::ApiError;
-use crate::config::Secret;
+use super::actor::{Actor, Role, role_needed};
+use super::tokens::AdminToken;
 
 /// The wait after the first recent failure; it doubles with each further one.
 pub const FIRST_DELAY: Duration = Duration::from_millis(100);
@@ -54,19 +60,52 @@ pub fn delay_after(failures: u32) -> Duration {
     FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
 }
 
-/// The admin token and the recent wrong ones, shared by every request of one server.
+/// The tokens a server accepts and the recent wrong ones, shared by every request of one
+/// server.
 #[derive(Clone)]
 pub(super) struct TokenGate {
-    token: Option<Secret>,
+    /// Empty: no token asked, every call is the local actor's.
+    tokens: Arc<[KnownToken]>,
     failures: Arc<FailureBook>,
 }
 
+/// A configured token as the gate keeps it: its digest, and whose it is.
+struct KnownToken {
+    digest: [u8; 32],
+    actor: Actor,
+}
+
 impl TokenGate {
-    pub(super) fn new(token: Option<Secret>) -> TokenGate {
+    pub(super) fn new(tokens: &[AdminToken]) -> TokenGate {
+        let tokens = tokens
+            .iter()
+            .filter(|t| !t.token.expose().is_empty())
+            .map(|t| KnownToken {
+                digest: Sha256::digest(t.token.expose().as_bytes()).into(),
+                actor: Actor {
+                    name: t.name.clone(),
+                    role: t.role,
+                },
+            })
+            .collect();
         TokenGate {
-            token: token.filter(|t| !t.expose().is_empty()),
+            tokens,
             failures: Arc::default(),
         }
+    }
+
+    /// Whose token `given` is: compared with every configured token, each in constant time,
+    /// none skipped once one matched.
+    fn actor_of(&self, given: &str) -> Option<&Actor> {
+        let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let mut found = None;
+        for known in self.tokens.iter() {
+            let same = bool::from(given.as_slice().ct_eq(known.digest.as_slice()));
+            if same {
+                found = Some(&known.actor);
+            }
+        }
+        found
     }
 }
 
@@ -116,22 +155,17 @@ impl FailureBook {
     }
 }
 
-/// Whether `given` is `expected`: their SHA-256 digests compared in constant time.
-fn same_token(given: &str, expected: &Secret) -> bool {
-    let given = Sha256::digest(given.as_bytes());
-    let expected = Sha256::digest(expected.expose().as_bytes());
-    bool::from(given.ct_eq(&expected))
-}
-
-/// Lets the request through when no token is configured or when it carries the right one.
+/// Lets the request through, as its [`Actor`], when no token is configured or when it carries
+/// one of them with a role that may make the call.
 pub(super) async fn require_token(
     State(gate): State<TokenGate>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(expected) = &gate.token else {
+    if gate.tokens.is_empty() {
+        request.extensions_mut().insert(Actor::local());
         return next.run(request).await;
-    };
+    }
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -141,18 +175,25 @@ pub(super) async fn require_token(
         tokio::time::sleep(wait).await;
     }
     let given = bearer(request.headers()).or_else(|| feed_query_token(&request));
-    let message = match given {
-        Some(given) if same_token(&given, expected) => return next.run(request).await,
-        Some(_) => {
+    let message = match given.as_deref().map(|given| gate.actor_of(given)) {
+        Some(Some(actor)) => {
+            let needed = role_needed(request.method(), request.uri().path());
+            if !actor.role.allows(needed) {
+                return forbidden(actor, needed, request.method(), request.uri().path());
+            }
+            request.extensions_mut().insert(actor.clone());
+            return next.run(request).await;
+        }
+        Some(None) => {
             gate.failures.failed(client, Instant::now());
             crate::metrics::global().admin_auth_failure();
             tracing::warn!(
                 client = %client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
                 "an admin API call carried a wrong admin token"
             );
-            "the admin token given is not this server's admin.token"
+            "the admin token given is not one of this server's (admin.token, admin.tokens)"
         }
-        None => "this call needs the admin token: send Authorization: Bearer <admin.token>",
+        None => "this call needs an admin token: send Authorization: Bearer <token>",
     };
     let mut response = ApiError {
         status: StatusCode::UNAUTHORIZED,
@@ -165,6 +206,21 @@ pub(super) async fn require_token(
         "Bearer".parse().expect("a valid header"),
     );
     response
+}
+
+/// 403 for a token whose role may not make the call, naming the role it needs.
+fn forbidden(actor: &Actor, needed: Role, method: &axum::http::Method, path: &str) -> Response {
+    tracing::info!(actor = %actor.name, role = %actor.role, %method, path, "an admin API call refused: its token's role may not make it");
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        code: "forbidden",
+        message: format!(
+            "{method} {path} needs a token with the role {needed}; the token {:?} has the role \
+             {} (a viewer reads, an admin also changes)",
+            actor.name, actor.role
+        ),
+    }
+    .into_response()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -232,11 +288,22 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_compared_whole() {
-        let expected = Secret::new("0123456789abcdef0123456789abcdef");
-        assert!(same_token("0123456789abcdef0123456789abcdef", &expected));
-        assert!(!same_token("0123456789abcdef0123456789abcde", &expected));
-        assert!(!same_token("0123456789abcdef0123456789abcdefX", &expected));
-        assert!(!same_token("", &expected));
+    fn tokens_are_compared_whole_and_name_their_actor() {
+        let gate = TokenGate::new(&[
+            AdminToken::new("ops", Role::Admin, "0123456789abcdef0123456789abcdef"),
+            AdminToken::new("ci", Role::Viewer, "fedcba9876543210fedcba9876543210"),
+        ]);
+        let actor = |given: &str| gate.actor_of(given).map(|a| (a.name.as_str(), a.role));
+        assert_eq!(
+            actor("0123456789abcdef0123456789abcdef"),
+            Some(("ops", Role::Admin))
+        );
+        assert_eq!(
+            actor("fedcba9876543210fedcba9876543210"),
+            Some(("ci", Role::Viewer))
+        );
+        assert_eq!(actor("0123456789abcdef0123456789abcde"), None);
+        assert_eq!(actor("0123456789abcdef0123456789abcdefX"), None);
+        assert_eq!(actor(""), None);
     }
 }

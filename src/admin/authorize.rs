@@ -9,7 +9,8 @@
 //!   the authorization-code flow with `state` (Outreach documents no PKCE) at the authorize
 //!   endpoint beside `outreach.token_url`, with the scopes the processor uses.
 //! - `GET /oauth/{side}/callback?code&state` (no admin token: the browser arrives from the
-//!   provider; `state` is the proof). A `state` is single use, lives [`PENDING_LIFETIME`], and
+//!   provider; `state` is the proof). The reconnect it asks for is recorded as an admin action
+//!   of whoever started the flow (the start's token needs the role `admin`). A `state` is single use, lives [`PENDING_LIFETIME`], and
 //!   belongs to one side; anything else is refused before the code is looked at. The browser
 //!   is sent back to the page: `/?authorized=<side>`, or `/?authorization_failed=<side>&reason=…`
 //!   with the reason in words (the page writes it as text).
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use cookie::{Cookie, SameSite};
@@ -39,11 +40,14 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use super::actor::Actor;
 use super::{AdminState, ApiError};
 use crate::config::{Config, SalesforceAuthFlow};
 use crate::connection::Side;
 use crate::connection::authorization::{OutreachAuthorization, SalesforceAuthorization};
 use crate::connection::pkce;
+use crate::store::{AdminAction, AdminActionKind};
+use chrono::Utc;
 
 /// How long a started authorization may take to come back.
 pub const PENDING_LIFETIME: Duration = Duration::from_secs(10 * 60);
@@ -66,6 +70,8 @@ pub struct Pending {
     pub redirect_uri: String,
     /// The value of the cookie the starting browser got: the callback must bring it.
     pub browser: String,
+    /// Who started it: the reconnect its callback asks for is recorded as theirs.
+    pub actor: String,
     started: Instant,
 }
 
@@ -93,15 +99,22 @@ pub struct PendingAuthorizations {
 }
 
 impl PendingAuthorizations {
-    /// Starts one for `side`: its `state`, and the pending entry with the PKCE verifier and
-    /// the browser's cookie value.
-    pub fn start(&self, side: Side, redirect_uri: String, now: Instant) -> (String, Pending) {
+    /// Starts one for `side`, by `actor`: its `state`, and the pending entry with the PKCE
+    /// verifier and the browser's cookie value.
+    pub fn start(
+        &self,
+        side: Side,
+        redirect_uri: String,
+        actor: &str,
+        now: Instant,
+    ) -> (String, Pending) {
         let state = pkce::random_token();
         let pending = Pending {
             side,
             verifier: pkce::random_token(),
             redirect_uri,
             browser: pkce::random_token(),
+            actor: actor.to_owned(),
             started: now,
         };
         let mut all = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -248,6 +261,7 @@ fn secure_cookie(config: &Config) -> bool {
 /// `GET /api/v1/connections/{side}/authorize`.
 pub(super) async fn start(
     State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(side): Path<String>,
 ) -> Result<Response, ApiError> {
     let side = super::connections::side_of(&side)?;
@@ -263,15 +277,18 @@ pub(super) async fn start(
             message: "the new authorization could not be stored: no secret key".into(),
         });
     }
-    let (key, pending) = state
-        .pending
-        .start(side, callback_url(config, side), Instant::now());
+    let (key, pending) = state.pending.start(
+        side,
+        callback_url(config, side),
+        &actor.name,
+        Instant::now(),
+    );
     let url = authorize_url(config, side, &key, &pending).map_err(|message| ApiError {
         status: StatusCode::CONFLICT,
         code: "not_configured",
         message,
     })?;
-    tracing::info!(%side, redirect_uri = %pending.redirect_uri, "browser authorization started");
+    tracing::info!(%side, redirect_uri = %pending.redirect_uri, actor = %actor.name, "browser authorization started");
     let cookie = browser_cookie(side, &pending, secure_cookie(config));
     Ok((
         [(header::SET_COOKIE, cookie.to_string())],
@@ -391,8 +408,23 @@ async fn complete(
         }
     };
     saved.map_err(|e| format!("storing the new authorization: {e}"))?;
+    let action = AdminAction {
+        at: Utc::now(),
+        action: AdminActionKind::Reconnect,
+        detail: json!({ "side": side, "new_authorization": true, "browser": true }),
+        actor: Some(pending.actor.clone()),
+    };
+    let sequence = state
+        .store
+        .append_admin_action(&action)
+        .await
+        .map_err(|e| {
+            format!("the new authorization is stored, but the reconnect could not be recorded: {e}")
+        })?;
+    state.actions.announce(sequence, action);
     state.connections.connecting(side);
     state.connections.request_reconnect(side);
+    tracing::info!(%side, sequence, actor = %pending.actor, "reconnect with a browser authorization recorded");
     Ok(())
 }
 
@@ -404,7 +436,7 @@ mod tests {
     fn a_state_is_taken_once_for_its_side_within_its_lifetime() {
         let pending = PendingAuthorizations::default();
         let now = Instant::now();
-        let (state, started) = pending.start(Side::Salesforce, "http://cb".into(), now);
+        let (state, started) = pending.start(Side::Salesforce, "http://cb".into(), "ops", now);
         let browser = Some(started.browser.as_str());
         assert_eq!(started.side, Side::Salesforce);
         assert_ne!(state, started.verifier);
@@ -427,12 +459,12 @@ mod tests {
             Err(StateRefused::Unknown)
         );
 
-        let (other, p) = pending.start(Side::Outreach, "http://cb".into(), now);
+        let (other, p) = pending.start(Side::Outreach, "http://cb".into(), "ops", now);
         assert_eq!(
             pending.take(Some(&other), Side::Salesforce, Some(&p.browser), now),
             Err(StateRefused::OtherSide)
         );
-        let (late, p) = pending.start(Side::Outreach, "http://cb".into(), now);
+        let (late, p) = pending.start(Side::Outreach, "http://cb".into(), "ops", now);
         assert_eq!(
             pending.take(
                 Some(&late),
@@ -449,7 +481,7 @@ mod tests {
     fn a_state_is_taken_only_in_the_browser_that_started_it() {
         let pending = PendingAuthorizations::default();
         let now = Instant::now();
-        let (state, started) = pending.start(Side::Outreach, "http://cb".into(), now);
+        let (state, started) = pending.start(Side::Outreach, "http://cb".into(), "ops", now);
         for stranger in [None, Some(""), Some("another-browser")] {
             assert_eq!(
                 pending.take(Some(&state), Side::Outreach, stranger, now),
@@ -470,6 +502,7 @@ mod tests {
         let (_, started) = pending.start(
             Side::Salesforce,
             "https://usersync.acme.example/oauth/salesforce/callback".into(),
+            "ops",
             Instant::now(),
         );
         let cookie = browser_cookie(Side::Salesforce, &started, true);
@@ -510,6 +543,7 @@ mod tests {
         let (state, p) = pending.start(
             Side::Salesforce,
             callback_url(&config, Side::Salesforce),
+            "ops",
             now,
         );
         let url = url::Url::parse(&authorize_url(&config, Side::Salesforce, &state, &p).unwrap())
@@ -529,7 +563,12 @@ mod tests {
         assert_eq!(query["code_challenge"], pkce::challenge(&p.verifier));
         assert_eq!(query["code_challenge_method"], "S256");
 
-        let (state, p) = pending.start(Side::Outreach, callback_url(&config, Side::Outreach), now);
+        let (state, p) = pending.start(
+            Side::Outreach,
+            callback_url(&config, Side::Outreach),
+            "ops",
+            now,
+        );
         let url =
             url::Url::parse(&authorize_url(&config, Side::Outreach, &state, &p).unwrap()).unwrap();
         assert_eq!(

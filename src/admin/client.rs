@@ -184,11 +184,12 @@ pub fn feed_line(message: &Value) -> String {
         Some("decision") => {
             let d = &message["decision"];
             format!(
-                "{} {:<8} {} — {}",
+                "{} {:<8} {} — {}{}",
                 d["at"].as_str().unwrap_or(""),
                 d["action"].as_str().unwrap_or("?"),
                 d["email"].as_str().unwrap_or("(no email)"),
-                d["message"].as_str().unwrap_or("")
+                d["message"].as_str().unwrap_or(""),
+                by(&d["actor"])
             )
         }
         Some("connection") => match connection_of(&message["connection"]) {
@@ -201,14 +202,28 @@ pub fn feed_line(message: &Value) -> String {
                 Some(from) => format!(" from {from}"),
                 None => String::new(),
             };
+            let side = match a["detail"]["side"].as_str() {
+                Some(side) => format!(" {side}"),
+                None => String::new(),
+            };
             format!(
-                "{} admin    {}{from} (admin action {})",
+                "{} admin    {}{side}{from}{} (admin action {})",
                 a["at"].as_str().unwrap_or(""),
                 a["action"].as_str().unwrap_or("?"),
+                by(&a["actor"]),
                 a["sequence"]
             )
         }
         _ => message.to_string(),
+    }
+}
+
+/// ` by <name>` when a feed message names who acted; nothing for the processor's decisions
+/// and for actions recorded before the actor was kept.
+fn by(actor: &Value) -> String {
+    match actor.as_str() {
+        Some(name) => format!(" by {name}"),
+        None => String::new(),
     }
 }
 
@@ -423,11 +438,51 @@ mod tests {
                 "at": "2025-03-04T05:06:07Z",
                 "action": "replay",
                 "detail": {"from": "earliest", "checkpoint_before": null},
+                "actor": "ops",
             },
         });
         assert_eq!(
             feed_line(&message),
-            "2025-03-04T05:06:07Z admin    replay from earliest (admin action 3)"
+            "2025-03-04T05:06:07Z admin    replay from earliest by ops (admin action 3)"
+        );
+        let older = serde_json::json!({
+            "type": "admin_action",
+            "admin_action": {
+                "sequence": 1,
+                "at": "2025-03-04T05:06:07Z",
+                "action": "disconnect",
+                "detail": {"side": "outreach"},
+                "actor": null,
+            },
+        });
+        assert_eq!(
+            feed_line(&older),
+            "2025-03-04T05:06:07Z admin    disconnect outreach (admin action 1)"
+        );
+    }
+
+    #[test]
+    fn a_decision_made_by_hand_on_the_feed_names_who_made_it() {
+        let decision = |actor: Value| {
+            serde_json::json!({
+                "type": "decision",
+                "decision": {
+                    "at": "2025-03-04T05:06:07Z",
+                    "action": "unlink",
+                    "email": "ann@acme.example",
+                    "message": "An admin unmapped Outreach user 7.",
+                    "actor": actor,
+                },
+            })
+        };
+        assert_eq!(
+            feed_line(&decision(Value::from("ops"))),
+            "2025-03-04T05:06:07Z unlink   ann@acme.example — An admin unmapped Outreach user 7. \
+             by ops"
+        );
+        assert_eq!(
+            feed_line(&decision(Value::Null)),
+            "2025-03-04T05:06:07Z unlink   ann@acme.example — An admin unmapped Outreach user 7."
         );
     }
 }

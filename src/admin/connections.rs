@@ -9,21 +9,27 @@
 //! subscriber ends its stream, the processor applies nothing. Both keep the checkpoint and the
 //! mappings, so a later reconnect resumes where the side stopped. The answer is the side's
 //! connection as it is right after the request; the change itself follows on the board (and
-//! the live feed) when the role acts.
+//! the live feed) when the role acts. A reconnect and a disconnect are recorded as admin
+//! actions, with the side and who asked, before they are carried out (a store that cannot
+//! record them refuses them, 503); a test changes nothing and is only logged.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::actor::Actor;
+use super::feed::admin_action_json;
+use super::replay::record;
 use super::{AdminState, ApiError};
 use crate::connection::authorization::{
     AuthorizationError, OutreachAuthorization, SalesforceAuthorization,
 };
 use crate::connection::vault::VaultError;
 use crate::connection::{Checklist, Side};
+use crate::store::AdminActionKind;
 
 pub(super) fn side_of(raw: &str) -> Result<Side, ApiError> {
     raw.parse::<Side>().map_err(|message| ApiError {
@@ -48,25 +54,39 @@ pub(super) async fn status(State(state): State<AdminState>) -> Json<Value> {
 /// `connection::authorization`): it is sealed and stored first, and the sign-in uses it.
 pub(super) async fn reconnect(
     State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(side): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let side = side_of(&side)?;
     let mut stored_with_key = None;
-    if !body.iter().all(u8::is_ascii_whitespace) {
+    let new_authorization = !body.iter().all(u8::is_ascii_whitespace);
+    // What the body carries is read whole before anything is recorded or stored: a body that
+    // does not parse is refused and leaves no trail.
+    let parsed = if new_authorization {
         let authorizations = state
             .authorizations
             .as_ref()
             .ok_or_else(|| no_key(VaultError::NoKey))?;
-        let saved = match side {
-            Side::Salesforce => {
-                let new: SalesforceAuthorization = parse(&body)?;
-                authorizations.save(side, &new).await
-            }
-            Side::Outreach => {
-                let new: OutreachAuthorization = parse(&body)?;
-                authorizations.save(side, &new).await
-            }
+        let new = match side {
+            Side::Salesforce => NewAuthorization::Salesforce(parse(&body)?),
+            Side::Outreach => NewAuthorization::Outreach(parse(&body)?),
+        };
+        Some((authorizations, new))
+    } else {
+        None
+    };
+    let (sequence, action) = record(
+        &state,
+        &actor,
+        AdminActionKind::Reconnect,
+        json!({ "side": side, "new_authorization": new_authorization }),
+    )
+    .await?;
+    if let Some((authorizations, new)) = parsed {
+        let saved = match &new {
+            NewAuthorization::Salesforce(new) => authorizations.save(side, new).await,
+            NewAuthorization::Outreach(new) => authorizations.save(side, new).await,
         };
         match saved {
             Ok(()) => stored_with_key = authorizations.key_fingerprint(),
@@ -82,14 +102,21 @@ pub(super) async fn reconnect(
     }
     state.connections.connecting(side);
     state.connections.request_reconnect(side);
-    tracing::info!(%side, new_authorization = stored_with_key.is_some(), "reconnect requested by an admin");
+    tracing::info!(%side, new_authorization, sequence, actor = %actor.name, "reconnect requested by an admin");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
             "connection": state.connections.get(side),
             "stored_with_key": stored_with_key,
+            "admin_action": admin_action_json(sequence, &action),
         })),
     ))
+}
+
+/// The authorization a reconnect's body brings, read before it is stored.
+enum NewAuthorization {
+    Salesforce(SalesforceAuthorization),
+    Outreach(OutreachAuthorization),
 }
 
 /// A reconnect body, read strictly: the error names the field (never its value, which may be
@@ -129,11 +156,15 @@ fn no_key(error: VaultError) -> ApiError {
 
 /// Runs the side's checklist now, keeps it on the side's connection, and answers with every
 /// step.
+/// Test connection changes nothing but what the board shows of the last check, so it is not
+/// an admin action; its log line names who asked.
 pub(super) async fn test(
     State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(side): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let side = side_of(&side)?;
+    tracing::info!(%side, actor = %actor.name, "test connection asked by an admin");
     let checklist = run_checklist(&state, side).await?;
     Ok(Json(json!({ "checklist": checklist })))
 }
@@ -193,13 +224,26 @@ pub(super) async fn stored_salesforce(
     }
 }
 
+/// Recorded as an admin action, with who asked, before the side is stopped.
 pub(super) async fn disconnect(
     State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(side): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let side = side_of(&side)?;
+    let (sequence, action) = record(
+        &state,
+        &actor,
+        AdminActionKind::Disconnect,
+        json!({ "side": side }),
+    )
+    .await?;
     state.connections.disconnect_manually(side);
-    Ok(Json(json!({"connection": state.connections.get(side)})))
+    tracing::info!(%side, sequence, actor = %actor.name, "disconnect asked by an admin");
+    Ok(Json(json!({
+        "connection": state.connections.get(side),
+        "admin_action": admin_action_json(sequence, &action),
+    })))
 }
 
 #[cfg(test)]

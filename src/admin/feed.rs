@@ -3,8 +3,9 @@
 //!
 //! Messages: `{"type": "decision", "decision": {…}}` (the decision record, as the decision log
 //! shows it), `{"type": "connection", "connection": {…}}` (as `GET /api/v1/status` shows it) and
-//! `{"type": "admin_action", "admin_action": {…}}` (a replay or resync an admin asked for, as
-//! `GET /api/v1/admin-actions` lists it).
+//! `{"type": "admin_action", "admin_action": {…}}` (a replay, resync, settings save, reconnect
+//! or disconnect an admin asked for, as `GET /api/v1/admin-actions` lists it). A decision made
+//! by hand and every admin action carry their `actor`, the name of the admin token that asked.
 //! On connect the client first gets both connections' current state, so a page or `usersync
 //! tail` starts from the truth rather than from the next change.
 //!
@@ -59,6 +60,7 @@ pub(super) fn admin_action_json(sequence: i64, action: &AdminAction) -> Value {
         "at": action.at,
         "action": action.action,
         "detail": action.detail,
+        "actor": action.actor,
     })
 }
 
@@ -194,6 +196,7 @@ mod tests {
                 "x".repeat(400)
             ),
             outreach_calls: 1,
+            actor: None,
         }
     }
 
@@ -212,7 +215,7 @@ mod tests {
         let (decisions, _) = broadcast::channel(FEED_BACKLOG);
         let connections = Connections::new();
         let actions = AdminActionFeed::default();
-        let listener = super::super::bind("127.0.0.1:0".parse().unwrap(), &Default::default())
+        let listener = super::super::bind("127.0.0.1:0".parse().unwrap(), &[])
             .await
             .unwrap();
         let state = AdminState {
@@ -222,7 +225,7 @@ mod tests {
             decisions: Some(decisions.clone()),
             config: None,
             outreach: None,
-            token: None,
+            tokens: Default::default(),
             pending: Default::default(),
             actions: actions.clone(),
             addresses: super::super::AdminAddresses::loopback(listener.local_addr().unwrap()),
@@ -313,7 +316,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_admin_action_reaches_the_feed_with_its_sequence_and_detail() {
+    async fn an_admin_action_reaches_the_feed_with_its_sequence_detail_and_actor() {
         let (url, _decisions, _connections, actions) = serve_with_actions().await;
         let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
         next_json(&mut socket).await;
@@ -324,6 +327,7 @@ mod tests {
                 at: chrono::Utc::now(),
                 action: crate::store::AdminActionKind::Replay,
                 detail: json!({"from": "latest"}),
+                actor: Some("ops".into()),
             },
         );
         let message = next_json(&mut socket).await;
@@ -331,6 +335,7 @@ mod tests {
         assert_eq!(message["admin_action"]["sequence"], 7);
         assert_eq!(message["admin_action"]["action"], "replay");
         assert_eq!(message["admin_action"]["detail"]["from"], "latest");
+        assert_eq!(message["admin_action"]["actor"], "ops");
     }
 
     #[tokio::test]

@@ -2,20 +2,22 @@
 //! unmaps by hand, the way a conflict is settled when no rule can (`decisions.md`).
 //!
 //! Each is written like a processed event: one store transaction holds the mapping change and
-//! its decision record (`link` or `remap` with `manual_link`, `unlink` with `manual_unlink`), so
-//! the decision log says who changed what, and the live feed shows it. Nothing is sent to
+//! its decision record (`link` or `remap` with `manual_link`, `unlink` with `manual_unlink`)
+//! with its `actor`, the name of the admin token that asked, so the decision log says who
+//! changed what, and the live feed shows it. Nothing is sent to
 //! Outreach here: the next change of that email group brings the Outreach user in line (names,
 //! the id mirror). Both users must be known to the store; a Salesforce user already mapped to
 //! another Outreach user is refused (409) until that mapping is removed, so one click never
 //! silently takes a user from another.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::actor::Actor;
 use super::{AdminState, ApiError, bad_request, store_failed};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
 use crate::engine::state::{Mapping, StateScope, SyncState};
@@ -64,6 +66,7 @@ fn refused(error: StoreError) -> ApiError {
 
 pub(super) async fn map(
     State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(&body);
@@ -135,6 +138,7 @@ pub(super) async fn map(
             previous_salesforce_user_id: previous,
             message,
             outreach_calls: 0,
+            actor: Some(actor.name.clone()),
         };
         match record_by_hand(&state, &read, changes, record, attempt).await? {
             Recorded::Yes => return Ok((StatusCode::CREATED, Json(json!({ "mapping": mapping })))),
@@ -145,6 +149,7 @@ pub(super) async fn map(
 
 pub(super) async fn unmap(
     State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let outreach_user_id = super::outreach_user_id(&raw)?;
@@ -179,6 +184,7 @@ pub(super) async fn unmap(
                 held.salesforce_user_id
             ),
             outreach_calls: 0,
+            actor: Some(actor.name.clone()),
         };
         let changes = vec![MappingWrite::Remove(outreach_user_id)];
         match record_by_hand(&state, &read, changes, record, attempt).await? {
@@ -232,7 +238,12 @@ async fn record_by_hand(
         }
         Err(error) => return Err(refused(error)),
     }
-    tracing::info!(action = %record.action, message = %record.message, "mapping changed by an admin");
+    tracing::info!(
+        action = %record.action,
+        actor = record.actor.as_deref().unwrap_or_default(),
+        message = %record.message,
+        "mapping changed by an admin"
+    );
     crate::metrics::global().decision(record.action);
     if let Some(feed) = &state.decisions {
         let _ = feed.send(record);
@@ -291,9 +302,7 @@ mod tests {
             }])
             .await
             .unwrap();
-        let listener = bind("127.0.0.1:0".parse().unwrap(), &Default::default())
-            .await
-            .unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), &[]).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let state = AdminState {
@@ -303,7 +312,7 @@ mod tests {
             decisions: None,
             config: None,
             outreach: None,
-            token: None,
+            tokens: Default::default(),
             pending: Default::default(),
             actions: Default::default(),
             addresses: AdminAddresses::loopback(listener.local_addr().unwrap()),

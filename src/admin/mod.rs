@@ -1,11 +1,13 @@
 //! The admin HTTP server: what an operator or admin reads and changes while usersync runs.
 //!
 //! The admin surface of docs/operations.md ("The admin API and its token"): health, readiness and
-//! `/metrics` for the operator; under `/api/v1` (behind the admin token, `auth`) mapping lookup,
-//! the decision log, the settings (`settings`), the connections' status with reconnect, disconnect
-//! and test (`connections`), a resync and a replay from elsewhere with the log of both (`replay`),
-//! and the live feed (`feed`). Without a token it binds to loopback only; beyond loopback the
-//! token must be at least [`MIN_TOKEN_CHARS`] long.
+//! `/metrics` for the operator; under `/api/v1` (behind the admin tokens, `auth`, `tokens`)
+//! mapping lookup, the decision log, the settings (`settings`), the connections' status with
+//! reconnect, disconnect and test (`connections`), a resync and a replay from elsewhere with
+//! the log of admin actions (`replay`), and the live feed (`feed`). Without a token it binds to
+//! loopback only; beyond loopback every token must be at least [`MIN_TOKEN_CHARS`] long. Each
+//! call is made by an actor (`actor`): the name of its token, whose role says whether it may
+//! change anything; what it changes is recorded with that name.
 //!
 //! Everything but the probes sits behind the guard (`guard`): a request must name this server
 //! in `Host`, come from its own page when a browser sends `Origin`, and change state only as
@@ -13,6 +15,9 @@
 //! server") has the threat model. Errors are JSON `{"error": {"code", "message"}}`, and a
 //! parameter that does not parse is named.
 
+pub mod actor;
+#[cfg(test)]
+mod actor_tests;
 mod auth;
 mod authorize;
 pub mod checks;
@@ -27,11 +32,12 @@ mod replay;
 #[cfg(test)]
 mod security_tests;
 mod settings;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -46,8 +52,10 @@ use crate::engine::decision::Action;
 use crate::outreach::OutreachUserId;
 use crate::salesforce::id::SalesforceId;
 use crate::store::{DecisionQuery, MappingFilter, Store};
+pub use actor::{Actor, Role};
 pub use authorize::PendingAuthorizations;
 pub use guard::AdminAddresses;
+pub use tokens::AdminToken;
 
 /// The shortest admin token accepted when the server listens beyond loopback: 32 characters
 /// (`openssl rand -hex 24` makes 48), far beyond guessing even at full speed; docs/security.md.
@@ -69,8 +77,10 @@ pub struct AdminState {
     /// (`None`: that side cannot be tested from this process).
     pub config: Option<Arc<crate::config::Config>>,
     pub outreach: Option<crate::outreach::OutreachClient>,
-    /// `admin.token`: every `/api` call must carry it (`None`: loopback only, no token asked).
-    pub token: Option<crate::config::Secret>,
+    /// The tokens every `/api` call must carry one of (`admin.token`, `[[admin.tokens]]`,
+    /// checked by [`tokens::configured`]); empty: loopback only, no token asked, every call
+    /// is the actor `local`.
+    pub tokens: Arc<[AdminToken]>,
     /// Browser authorizations started and not back yet.
     pub pending: PendingAuthorizations,
     /// Admin actions (replay, resync) as they are recorded, for the live feed.
@@ -110,7 +120,7 @@ pub fn router(state: AdminState) -> Router {
             get(authorize::start),
         )
         .route_layer(axum::middleware::from_fn_with_state(
-            auth::TokenGate::new(state.token.clone()),
+            auth::TokenGate::new(&state.tokens),
             auth::require_token,
         ));
     let guarded = Router::new()
@@ -149,26 +159,13 @@ pub async fn serve(
     .await
 }
 
-/// Binds the admin address; a non-loopback one only when the API has a `token` (empty: none)
-/// of at least [`MIN_TOKEN_CHARS`] characters.
+/// Binds the admin address; a non-loopback one only when the API has tokens, each of at
+/// least [`MIN_TOKEN_CHARS`] characters ([`tokens::refuse_beyond_loopback`]).
 pub async fn bind(
     listen: SocketAddr,
-    token: &crate::config::Secret,
+    tokens: &[AdminToken],
 ) -> anyhow::Result<tokio::net::TcpListener> {
-    let length = token.expose().chars().count();
-    if !listen.ip().is_loopback() && length == 0 {
-        anyhow::bail!(
-            "admin.listen {listen} is not a loopback address; without an admin token \
-             (admin.token, USERSYNC_ADMIN__TOKEN) the admin server listens on loopback only"
-        );
-    }
-    if !listen.ip().is_loopback() && length < MIN_TOKEN_CHARS {
-        anyhow::bail!(
-            "the admin token (admin.token, USERSYNC_ADMIN__TOKEN) has {length} characters; \
-             listening beyond loopback (admin.listen {listen}) it needs at least \
-             {MIN_TOKEN_CHARS}: make one with `openssl rand -hex 24`"
-        );
-    }
+    tokens::refuse_beyond_loopback(listen, tokens).map_err(anyhow::Error::msg)?;
     tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on admin.listen {listen}: {e}"))
@@ -242,14 +239,22 @@ async fn page_style() -> Response {
 /// `POST /api/v1/resync`: the subscriber reads every Salesforce user again and publishes each
 /// as a snapshot; the stream goes on after it from a position pinned before the read. Only a
 /// running Salesforce side can: 409 otherwise, saying what to do first. Recorded as an admin
-/// action before it is asked for.
-async fn resync(State(state): State<AdminState>) -> Result<Response, ApiError> {
+/// action, with who asked, before it is asked for.
+async fn resync(
+    State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Response, ApiError> {
     replay::salesforce_running(&state)?;
     let detail = replay::resync_detail(&state).await?;
-    let (sequence, action) =
-        replay::record(&state, crate::store::AdminActionKind::Resync, detail).await?;
+    let (sequence, action) = replay::record(
+        &state,
+        &actor,
+        crate::store::AdminActionKind::Resync,
+        detail,
+    )
+    .await?;
     state.connections.request_resync();
-    tracing::info!(sequence, "an admin asked for a full Salesforce resync");
+    tracing::info!(sequence, actor = %actor.name, "an admin asked for a full Salesforce resync");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -366,9 +371,16 @@ mod tests {
     }
 
     async fn serve_with_token(token: Option<&str>) -> (String, watch::Sender<bool>) {
+        let tokens: Vec<AdminToken> = token
+            .map(|token| AdminToken::new("admin", Role::Admin, token))
+            .into_iter()
+            .collect();
+        serve_with_tokens(tokens).await
+    }
+
+    async fn serve_with_tokens(tokens: Vec<AdminToken>) -> (String, watch::Sender<bool>) {
         let store = crate::store::open("sqlite::memory:").await.unwrap();
-        let token = crate::config::Secret::new(token.unwrap_or(""));
-        let listener = bind("127.0.0.1:0".parse().unwrap(), &token).await.unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), &tokens).await.unwrap();
         let local = listener.local_addr().unwrap();
         let url = format!("http://{local}");
         let (stop, shutdown) = watch::channel(false);
@@ -379,7 +391,7 @@ mod tests {
             decisions: None,
             config: None,
             outreach: None,
-            token: Some(token).filter(|t| !t.expose().is_empty()),
+            tokens: tokens.into(),
             pending: Default::default(),
             actions: Default::default(),
             addresses: AdminAddresses::loopback(local),
@@ -617,18 +629,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_public_address_is_refused_without_a_token() {
-        let none = crate::config::Secret::default();
-        let error = bind("0.0.0.0:0".parse().unwrap(), &none).await.unwrap_err();
+        let error = bind("0.0.0.0:0".parse().unwrap(), &[]).await.unwrap_err();
         assert!(error.to_string().contains("loopback"), "{error}");
-        let long = crate::config::Secret::new("0123456789abcdef0123456789abcdef");
-        assert!(bind("0.0.0.0:0".parse().unwrap(), &long).await.is_ok());
+        let long = AdminToken::new("admin", Role::Admin, "0123456789abcdef0123456789abcdef");
+        assert!(bind("0.0.0.0:0".parse().unwrap(), &[long]).await.is_ok());
     }
 
     #[tokio::test]
     async fn a_short_token_is_refused_beyond_loopback_only() {
-        let short = crate::config::Secret::new("s3cret-admin-token-of-31-chars!");
-        assert_eq!(short.expose().len(), MIN_TOKEN_CHARS - 1);
-        let error = bind("0.0.0.0:0".parse().unwrap(), &short)
+        let config = crate::config::AdminConfig {
+            token: crate::config::Secret::new("s3cret-admin-token-of-31-chars!"),
+            ..Default::default()
+        };
+        let tokens = tokens::configured(&config).unwrap();
+        let short = tokens[0].token.expose().to_owned();
+        assert_eq!(short.len(), MIN_TOKEN_CHARS - 1);
+        let error = bind("0.0.0.0:0".parse().unwrap(), &tokens)
             .await
             .unwrap_err()
             .to_string();
@@ -638,10 +654,7 @@ mod tests {
                 && error.contains("admin.token"),
             "{error}"
         );
-        assert!(
-            !error.contains(short.expose()),
-            "the token is never shown: {error}"
-        );
-        assert!(bind("127.0.0.1:0".parse().unwrap(), &short).await.is_ok());
+        assert!(!error.contains(&short), "the token is never shown: {error}");
+        assert!(bind("127.0.0.1:0".parse().unwrap(), &tokens).await.is_ok());
     }
 }

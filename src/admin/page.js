@@ -188,10 +188,21 @@ form.onsubmit = async (event) => {
 // Each side's connection as the feed last showed it.
 const lastSeen = {};
 
+// " by <name>" for what an admin did by hand (the name of the token that asked); nothing for
+// the processor's decisions.
+const by = (actor) => actor ? " by " + actor : "";
+
+// An admin action in words: what, on which side or from where.
+function adminActionWords(a) {
+  const side = a.detail && a.detail.side ? " " + a.detail.side : "";
+  const from = a.detail && a.detail.from ? " from " + a.detail.from : "";
+  return `${a.action}${side}${from}`;
+}
+
 function feedLine(message) {
   if (message.type === "decision") {
     const d = message.decision;
-    const line = el("li", `${d.action} ${d.email || ""} — ${d.message}`);
+    const line = el("li", `${d.action} ${d.email || ""} — ${d.message}${by(d.actor)}`);
     line.dataset.action = d.action;
     return line;
   }
@@ -209,9 +220,9 @@ function feedLine(message) {
   }
   if (message.type === "admin_action") {
     const a = message.admin_action;
-    const from = a.detail && a.detail.from ? " from " + a.detail.from : "";
-    const line = el("li", `admin ${a.action}${from}`);
+    const line = el("li", `admin ${adminActionWords(a)}${by(a.actor)}`);
     line.dataset.adminAction = a.action;
+    showAdminAction(a, true);
     return line;
   }
   return el("li", JSON.stringify(message));
@@ -236,6 +247,26 @@ function follow() {
     feedSocket = null;
     setTimeout(follow, 2000);
   };
+}
+
+// The admin-action log: when, what, and by whom, newest first.
+function showAdminAction(a, newest) {
+  const rows = document.getElementById("admin-actions");
+  const empty = rows.querySelector("tr.empty");
+  if (empty) empty.remove();
+  const row = el("tr");
+  row.dataset.sequence = a.sequence;
+  row.append(el("td", new Date(a.at).toLocaleString()), el("td", adminActionWords(a)), el("td", a.actor || "", "actor"));
+  if (newest) rows.prepend(row); else rows.append(row);
+}
+
+async function loadAdminActions() {
+  const answer = await api("GET", "/api/v1/admin-actions?limit=20");
+  if (!answer.ok) return;
+  const rows = document.getElementById("admin-actions");
+  rows.replaceChildren();
+  if (answer.json.admin_actions.length === 0) rows.append(el("tr", "No admin actions yet.", "empty"));
+  for (const a of answer.json.admin_actions) showAdminAction(a, false);
 }
 
 async function loadConflicts() {
@@ -293,6 +324,7 @@ async function start() {
   await refreshStatus();
   await loadSettings();
   await loadConflicts();
+  await loadAdminActions();
   follow();
 }
 start();

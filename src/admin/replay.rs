@@ -1,6 +1,7 @@
 //! `POST /api/v1/replay`: an admin moves the subscriber's replay position — to `earliest`
 //! (every change Salesforce still holds), `latest` (the newest position) or after a replay id —
-//! and `GET /api/v1/admin-actions`, the log of what admins asked of the running process.
+//! and `GET /api/v1/admin-actions`, the log of what admins asked of the running process
+//! (replays, resyncs, settings saves, reconnects, disconnects), each with who asked.
 //!
 //! A replay is asked twice: without `"confirm": true` the answer is the plan (where the stream
 //! is now, what will be read again, what will not be read) and nothing changes; with it, the
@@ -19,13 +20,14 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::actor::Actor;
 use super::feed::admin_action_json;
 use super::{AdminState, ApiError, bad_request, store_failed};
 use crate::config::Config;
@@ -142,18 +144,26 @@ async fn checkpoint_now(
         .map_err(store_failed)
 }
 
-/// Appends the action to the log, then shows it on the live feed; its sequence number. A
-/// store that cannot record it refuses the action (503): nothing happens unrecorded.
-pub(super) async fn record(
-    state: &AdminState,
-    action: AdminActionKind,
-    detail: Value,
-) -> Result<(i64, AdminAction), ApiError> {
-    let action = AdminAction {
+/// The admin action `actor` asks for now.
+pub(super) fn action_by(actor: &Actor, action: AdminActionKind, detail: Value) -> AdminAction {
+    AdminAction {
         at: Utc::now(),
         action,
         detail,
-    };
+        actor: Some(actor.name.clone()),
+    }
+}
+
+/// Appends the action, with who asked, to the log, then shows it on the live feed; its
+/// sequence number. A store that cannot record it refuses the action (503): nothing happens
+/// unrecorded.
+pub(super) async fn record(
+    state: &AdminState,
+    actor: &Actor,
+    action: AdminActionKind,
+    detail: Value,
+) -> Result<(i64, AdminAction), ApiError> {
+    let action = action_by(actor, action, detail);
     let sequence = state
         .store
         .append_admin_action(&action)
@@ -176,6 +186,7 @@ pub(super) async fn resync_detail(state: &AdminState) -> Result<Value, ApiError>
 
 pub(super) async fn replay(
     State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let asked = parse(&body)?;
@@ -212,9 +223,9 @@ pub(super) async fn replay(
         "transport": sf.transport,
         "checkpoint_before": plan.checkpoint,
     });
-    let (sequence, action) = record(&state, AdminActionKind::Replay, detail).await?;
+    let (sequence, action) = record(&state, &actor, AdminActionKind::Replay, detail).await?;
     state.connections.request_replay(from);
-    tracing::info!(from = %plan.from, sequence, "an admin asked the subscriber to replay");
+    tracing::info!(from = %plan.from, sequence, actor = %actor.name, "an admin asked the subscriber to replay");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

@@ -15,7 +15,7 @@ use crate::connection::authorization::StoredAuthorizations;
 use crate::connection::vault::{SecretKey, Vault};
 
 /// The port the router believes it listens on (`admin.listen` 127.0.0.1:8700).
-const LISTEN: &str = "127.0.0.1:8700";
+pub(super) const LISTEN: &str = "127.0.0.1:8700";
 
 /// A router with a secret key (so a reconnect could store what it is given) and, when asked,
 /// an admin token.
@@ -26,6 +26,19 @@ async fn admin(token: Option<&str>) -> (Router, AdminState) {
 /// The same, with a configuration (what the browser authorization flows need).
 async fn admin_with(
     token: Option<&str>,
+    config: Option<crate::config::Config>,
+) -> (Router, AdminState) {
+    let tokens = token
+        .map(|token| AdminToken::new("admin", Role::Admin, token))
+        .into_iter()
+        .collect();
+    admin_with_tokens(tokens, config).await
+}
+
+/// A router with a secret key, `tokens` (none: loopback only) and, when given, a
+/// configuration.
+pub(super) async fn admin_with_tokens(
+    tokens: Vec<AdminToken>,
     config: Option<crate::config::Config>,
 ) -> (Router, AdminState) {
     let store = crate::store::open("sqlite::memory:").await.unwrap();
@@ -47,7 +60,7 @@ async fn admin_with(
         decisions: None,
         config: config.map(Arc::new),
         outreach: None,
-        token: token.map(crate::config::Secret::new),
+        tokens: tokens.into(),
         pending: Default::default(),
         actions: Default::default(),
         addresses,
@@ -72,7 +85,7 @@ fn asked_as(host: &str, path: &str) -> Request<Body> {
         .unwrap()
 }
 
-async fn send(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
+pub(super) async fn send(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)

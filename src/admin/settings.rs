@@ -6,16 +6,22 @@
 //! naming the field (422 `invalid_settings`), settings that break a rule are refused with the
 //! rule as the code (422 `remap_requires_inbound_create`, …) and a message in the page's words;
 //! either way the settings in force stay. The processor reads them for each event, so a save
-//! applies from the next event on.
+//! applies from the next event on. A save is recorded as an admin action (`settings`, with the
+//! settings before and after and who saved them) in the transaction that saves it, and shown
+//! on the live feed.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use super::actor::Actor;
+use super::feed::admin_action_json;
+use super::replay::action_by;
 use super::{AdminState, ApiError, store_failed};
 use crate::engine::settings::SyncSettings;
+use crate::store::AdminActionKind;
 
 /// What is in force: saved by an admin, else from the configuration.
 pub(super) async fn in_force(state: &AdminState) -> Result<SyncSettings, ApiError> {
@@ -35,6 +41,7 @@ pub(super) async fn get(State(state): State<AdminState>) -> Result<Json<Value>, 
 
 pub(super) async fn put(
     State(state): State<AdminState>,
+    Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let settings = parse(&body)?;
@@ -43,13 +50,23 @@ pub(super) async fn put(
         code: e.rule(),
         message: format!("not saved, the settings in force stay: {e}"),
     })?;
-    state
+    let before = in_force(&state).await?;
+    let action = action_by(
+        &actor,
+        AdminActionKind::Settings,
+        json!({ "before": before, "after": settings }),
+    );
+    let sequence = state
         .store
-        .save_settings(&settings)
+        .save_settings_recorded(&settings, &action)
         .await
         .map_err(store_failed)?;
-    tracing::info!(settings = ?settings, "sync settings saved by an admin");
-    Ok(Json(json!({ "settings": settings })))
+    state.actions.announce(sequence, action.clone());
+    tracing::info!(settings = ?settings, sequence, actor = %actor.name, "sync settings saved by an admin");
+    Ok(Json(json!({
+        "settings": settings,
+        "admin_action": admin_action_json(sequence, &action),
+    })))
 }
 
 /// The body as settings; omitted keys take their defaults, unknown keys are refused by name.

@@ -302,6 +302,11 @@ pub struct DecisionRecord {
     pub message: String,
     /// HTTP requests made to Outreach to apply it (retries and token refreshes included).
     pub outreach_calls: u32,
+    /// Who made it by hand: the name of the admin token that carried the call (`local` on a
+    /// server without tokens). `None` for the engine's decisions, and for those recorded
+    /// before the actor was kept; then it is left out of the JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 #[cfg(test)]

@@ -132,6 +132,7 @@ fn to_record(
         previous_salesforce_user_id: decision.previous_salesforce_user_id.clone(),
         message: decision.message.clone(),
         outreach_calls: calls,
+        actor: None,
     }
 }
 

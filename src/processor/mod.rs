@@ -32,6 +32,7 @@ pub mod checklist;
 pub mod index;
 pub mod offsets;
 mod replies;
+pub mod retention;
 pub mod role;
 
 use std::collections::BTreeMap;
@@ -81,6 +82,9 @@ pub struct ProcessorSettings {
     pub session_timeout: Duration,
     /// The settings used until an admin saves others in the store.
     pub sync: SyncSettings,
+    /// How long the decision and applied-event logs keep a row (`store.retention_days`);
+    /// `None`: forever. The processor prunes them while it runs ([`retention`]).
+    pub retention: Option<Duration>,
 }
 
 impl Default for ProcessorSettings {
@@ -93,6 +97,7 @@ impl Default for ProcessorSettings {
             shutdown_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(45),
             sync: SyncSettings::default(),
+            retention: Some(Duration::from_secs(90 * 86_400)),
         }
     }
 }
@@ -362,8 +367,26 @@ impl Processor {
     }
 
     /// Loads the Outreach user index, then processes events until `shutdown` turns true; then
-    /// commits what was processed.
-    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
+    /// commits what was processed. Meanwhile, with a retention, a task of its own prunes the
+    /// decision and applied-event logs, so pruning never holds up an event.
+    pub async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
+        let pruning = self.settings.retention.map(|keep| {
+            tokio::spawn(retention::follow(
+                self.store.clone(),
+                keep,
+                shutdown.clone(),
+            ))
+        });
+        let ran = self.process(shutdown).await;
+        if let Some(pruning) = pruning {
+            // A batch cut off here is a statement that did not happen: nothing half-done.
+            pruning.abort();
+        }
+        ran
+    }
+
+    /// The event loop of [`run`](Self::run).
+    async fn process(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
         // Decisions need the index: without it every create would be a guess. Until Outreach
         // answers (rate limit, outage, a connection an admin must renew), wait and try again.
         let mut attempt = 0;
@@ -967,6 +990,7 @@ mod tests {
             previous_salesforce_user_id: None,
             message: String::new(),
             outreach_calls: 0,
+            actor: None,
         }
     }
 

@@ -31,6 +31,7 @@ pub fn settings(config: &Config) -> ProcessorSettings {
         shutdown_timeout: Duration::from_secs(processor.shutdown_timeout_seconds),
         session_timeout: Duration::from_millis(processor.session_timeout_ms),
         sync: config.sync.clone(),
+        retention: config.store.retention(),
     }
 }
 

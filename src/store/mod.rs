@@ -124,7 +124,17 @@ pub trait Store: Send + Sync {
     async fn decisions(&self, query: &DecisionQuery) -> Result<DecisionPage, StoreError>;
 
     async fn settings(&self) -> Result<Option<SyncSettings>, StoreError>;
+    /// Saves the settings with no trail: for tools and tests. The admin API saves with
+    /// [`save_settings_recorded`](Store::save_settings_recorded).
     async fn save_settings(&self, settings: &SyncSettings) -> Result<(), StoreError>;
+    /// Saves the settings and appends `action` (an admin's [`AdminActionKind::Settings`],
+    /// with its actor) to the admin-action log, in one transaction: a save is never without
+    /// its record, nor a record without its save. Returns the action's sequence number.
+    async fn save_settings_recorded(
+        &self,
+        settings: &SyncSettings,
+        action: &AdminAction,
+    ) -> Result<i64, StoreError>;
 
     /// The sealed authorization a reconnect stored for `side` (`salesforce`, `outreach`), with
     /// its generation; the store never sees it in the clear (`connection::vault`).
@@ -140,13 +150,20 @@ pub trait Store: Send + Sync {
         generation: i64,
     ) -> Result<bool, StoreError>;
 
-    /// Appends what an admin asked of the running process (a replay, a resync) to the
-    /// admin-action log; returns its sequence number. The log is only ever appended to.
+    /// Appends what an admin asked of the running process (a replay, a resync, a reconnect, a
+    /// disconnect), with who asked, to the admin-action log; returns its sequence number. The
+    /// log is only ever appended to.
     async fn append_admin_action(&self, action: &AdminAction) -> Result<i64, StoreError>;
 
     /// The newest `limit` admin actions (at most [`MAX_ADMIN_ACTIONS`]), newest first, each
     /// with its sequence number.
     async fn admin_actions(&self, limit: u32) -> Result<Vec<(i64, AdminAction)>, StoreError>;
+
+    /// Deletes the decisions recorded and the applied events applied before `before`, in
+    /// batches of at most `batch` rows, each batch its own short statement, until none is
+    /// left; returns how many of each went. Pruning is the retention of docs/store.md
+    /// ("Retention"); several processes may prune at once without waiting on each other.
+    async fn prune_before(&self, before: DateTime<Utc>, batch: u32) -> Result<Pruned, StoreError>;
 
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError>;
     /// Inserts or overwrites the checkpoint of `checkpoint.topic`.
@@ -283,14 +300,26 @@ pub struct DecisionPage {
     pub next_after: Option<i64>,
 }
 
+/// How many rows one [`Store::prune_before`] deleted, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub decisions: u64,
+    pub applied_events: u64,
+}
+
 /// Something an admin asked of the running process, kept in the admin-action log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AdminAction {
     pub at: DateTime<Utc>,
     pub action: AdminActionKind,
     /// What the action was about, as JSON: for a replay, where from and the checkpoint before
-    /// it; for a resync, the checkpoint before it.
+    /// it; for a resync, the checkpoint before it; for a settings save, the settings before
+    /// and after; for a reconnect or disconnect, the side (and whether a reconnect brought a
+    /// new authorization).
     pub detail: serde_json::Value,
+    /// Who asked: the name of the admin token the call carried (`local` on a server without
+    /// tokens). `None` only for actions recorded before the actor was kept.
+    pub actor: Option<String>,
 }
 
 /// What kind of admin action.
@@ -301,22 +330,38 @@ pub enum AdminActionKind {
     Replay,
     /// Every Salesforce user was read again (`POST /api/v1/resync`).
     Resync,
+    /// The sync settings were saved (`PUT /api/v1/settings`).
+    Settings,
+    /// A side was asked to sign in again, maybe with a new authorization
+    /// (`POST /api/v1/connections/{side}/reconnect`, or a browser authorization's callback).
+    Reconnect,
+    /// A side was stopped by hand (`POST /api/v1/connections/{side}/disconnect`).
+    Disconnect,
 }
 
 impl AdminActionKind {
+    pub const ALL: [AdminActionKind; 5] = [
+        AdminActionKind::Replay,
+        AdminActionKind::Resync,
+        AdminActionKind::Settings,
+        AdminActionKind::Reconnect,
+        AdminActionKind::Disconnect,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AdminActionKind::Replay => "replay",
             AdminActionKind::Resync => "resync",
+            AdminActionKind::Settings => "settings",
+            AdminActionKind::Reconnect => "reconnect",
+            AdminActionKind::Disconnect => "disconnect",
         }
     }
 
     pub fn parse(code: &str) -> Option<AdminActionKind> {
-        match code {
-            "replay" => Some(AdminActionKind::Replay),
-            "resync" => Some(AdminActionKind::Resync),
-            _ => None,
-        }
+        AdminActionKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == code)
     }
 }
 

@@ -180,7 +180,8 @@ const SUBSCRIBER_USER_COLUMNS: &str = "user_id, email, username, first_name, las
      is_active, created_date, last_modified_date";
 
 const DECISION_COLUMNS: &str = "sequence, event_id, at, action, reason, email, \
-     outreach_user_id, salesforce_user_id, previous_salesforce_user_id, message, outreach_calls";
+     outreach_user_id, salesforce_user_id, previous_salesforce_user_id, message, outreach_calls, \
+     actor";
 
 #[async_trait::async_trait]
 impl Statements for PostgresSession {
@@ -321,7 +322,7 @@ impl Statements for PostgresSession {
 
     async fn admin_actions_newest(&mut self, limit: i64) -> sqlx::Result<Vec<AdminActionRow>> {
         sqlx::query_as(
-            "SELECT sequence, at, action, detail::text AS detail FROM admin_actions \
+            "SELECT sequence, at, action, detail::text AS detail, actor FROM admin_actions \
              ORDER BY sequence DESC LIMIT $1",
         )
         .bind(limit)
@@ -598,8 +599,9 @@ impl Statements for PostgresSession {
     async fn append_decision(&mut self, record: &DecisionRecord) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO decisions (event_id, at, action, reason, email, outreach_user_id, \
-                 salesforce_user_id, previous_salesforce_user_id, message, outreach_calls) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 salesforce_user_id, previous_salesforce_user_id, message, outreach_calls, \
+                 actor) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&record.event_id)
         .bind(record.at)
@@ -616,6 +618,7 @@ impl Statements for PostgresSession {
         )
         .bind(&record.message)
         .bind(i64::from(record.outreach_calls))
+        .bind(&record.actor)
         .execute(self.conn())
         .await
         .map(drop)
@@ -669,16 +672,50 @@ impl Statements for PostgresSession {
         at: DateTime<Utc>,
         action: &str,
         detail: &str,
+        actor: Option<&str>,
     ) -> sqlx::Result<i64> {
         sqlx::query_scalar(
-            "INSERT INTO admin_actions (at, action, detail) VALUES ($1, $2, $3::jsonb) \
-             RETURNING sequence",
+            "INSERT INTO admin_actions (at, action, detail, actor) \
+             VALUES ($1, $2, $3::jsonb, $4) RETURNING sequence",
         )
         .bind(at)
         .bind(action)
         .bind(detail)
+        .bind(actor)
         .fetch_one(self.conn())
         .await
+    }
+
+    async fn delete_decisions_before(
+        &mut self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM decisions WHERE sequence IN \
+                 (SELECT sequence FROM decisions WHERE at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_applied_events_before(
+        &mut self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM applied_events WHERE event_id IN \
+                 (SELECT event_id FROM applied_events WHERE applied_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()> {

@@ -20,7 +20,7 @@ use sqlx::error::ErrorKind;
 use super::statements::{Access, Backend, Statements};
 use super::{
     AdminAction, AppliedEvent, Context, DecisionPage, DecisionQuery, Lease, LeaseAnswer,
-    LeaseClaim, MAX_ADMIN_ACTIONS, MAX_DECISION_PAGE, MappingFilter, MappingWrite,
+    LeaseClaim, MAX_ADMIN_ACTIONS, MAX_DECISION_PAGE, MappingFilter, MappingWrite, Pruned,
     ReplayCheckpoint, SealedAuthorization, Store, StoreError,
 };
 use crate::engine::decision::DecisionRecord;
@@ -265,6 +265,23 @@ impl<B: Backend> Store for B {
             .context(operation)
     }
 
+    async fn save_settings_recorded(
+        &self,
+        settings: &SyncSettings,
+        action: &AdminAction,
+    ) -> Result<i64, StoreError> {
+        let operation = || "save the settings and record who saved them".to_string();
+        let document = serde_json::to_string(settings).expect("settings serialize to JSON");
+        let mut session = self.session(Access::Write).await.context(operation)?;
+        session
+            .save_settings_document(&document, action.at)
+            .await
+            .context(operation)?;
+        let sequence = append_admin_action(&mut session, action).await?;
+        B::commit(session).await.context(operation)?;
+        Ok(sequence)
+    }
+
     async fn authorization(&self, side: &str) -> Result<Option<SealedAuthorization>, StoreError> {
         let operation = || format!("read the stored {side} authorization");
         let mut session = self.session(Access::Single).await.context(operation)?;
@@ -289,12 +306,8 @@ impl<B: Backend> Store for B {
 
     async fn append_admin_action(&self, action: &AdminAction) -> Result<i64, StoreError> {
         let operation = || format!("record the admin action {}", action.action);
-        let detail = action.detail.to_string();
         let mut session = self.session(Access::Single).await.context(operation)?;
-        session
-            .append_admin_action(action.at, action.action.as_str(), &detail)
-            .await
-            .context(operation)
+        append_admin_action(&mut session, action).await
     }
 
     async fn admin_actions(&self, limit: u32) -> Result<Vec<(i64, AdminAction)>, StoreError> {
@@ -308,6 +321,36 @@ impl<B: Backend> Store for B {
         rows.into_iter()
             .map(<(i64, AdminAction)>::try_from)
             .collect()
+    }
+
+    async fn prune_before(&self, before: DateTime<Utc>, batch: u32) -> Result<Pruned, StoreError> {
+        let limit = i64::from(batch.max(1));
+        let mut pruned = Pruned::default();
+        loop {
+            let operation = || format!("prune the decisions recorded before {before}");
+            let mut session = self.session(Access::Single).await.context(operation)?;
+            let gone = session
+                .delete_decisions_before(before, limit)
+                .await
+                .context(operation)?;
+            pruned.decisions += gone;
+            if gone < limit as u64 {
+                break;
+            }
+        }
+        loop {
+            let operation = || format!("prune the events applied before {before}");
+            let mut session = self.session(Access::Single).await.context(operation)?;
+            let gone = session
+                .delete_applied_events_before(before, limit)
+                .await
+                .context(operation)?;
+            pruned.applied_events += gone;
+            if gone < limit as u64 {
+                break;
+            }
+        }
+        Ok(pruned)
     }
 
     async fn checkpoint(&self, topic: &str) -> Result<Option<ReplayCheckpoint>, StoreError> {
@@ -780,6 +823,23 @@ async fn put_mapping<S: Statements + Send>(
         }
         Err(e) => Err(e).context(operation),
     }
+}
+
+/// Appends one admin action, its detail as JSON text, with its actor; its sequence number.
+async fn append_admin_action<S: Statements + Send>(
+    session: &mut S,
+    action: &AdminAction,
+) -> Result<i64, StoreError> {
+    let detail = action.detail.to_string();
+    session
+        .append_admin_action(
+            action.at,
+            action.action.as_str(),
+            &detail,
+            action.actor.as_deref(),
+        )
+        .await
+        .context(|| format!("record the admin action {}", action.action))
 }
 
 /// The versioned part of an email group.

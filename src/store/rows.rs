@@ -211,6 +211,7 @@ pub(crate) struct DecisionRow {
     pub previous_salesforce_user_id: Option<String>,
     pub message: String,
     pub outreach_calls: i64,
+    pub actor: Option<String>,
 }
 
 impl TryFrom<DecisionRow> for (i64, DecisionRecord) {
@@ -253,6 +254,7 @@ impl TryFrom<DecisionRow> for (i64, DecisionRecord) {
             )?,
             message: row.message,
             outreach_calls,
+            actor: row.actor,
         };
         Ok((row.sequence, record))
     }
@@ -265,6 +267,7 @@ pub(crate) struct AdminActionRow {
     pub action: String,
     /// The JSON document, as text.
     pub detail: String,
+    pub actor: Option<String>,
 }
 
 impl TryFrom<AdminActionRow> for (i64, AdminAction) {
@@ -281,7 +284,7 @@ impl TryFrom<AdminActionRow> for (i64, AdminAction) {
             corrupt(
                 "action",
                 &row.action,
-                "not an admin action (replay, resync)".into(),
+                "not an admin action (replay, resync, settings, reconnect, disconnect)".into(),
             )
         })?;
         let detail = serde_json::from_str(&row.detail)
@@ -292,6 +295,7 @@ impl TryFrom<AdminActionRow> for (i64, AdminAction) {
                 at: row.at,
                 action,
                 detail,
+                actor: row.actor,
             },
         ))
     }

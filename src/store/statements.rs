@@ -163,13 +163,28 @@ pub(crate) trait Statements {
         updated_at: DateTime<Utc>,
     ) -> sqlx::Result<()>;
     async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()>;
-    /// Appends an admin action (its detail as JSON text); its sequence number.
+    /// Appends an admin action (its detail as JSON text) with its actor; its sequence number.
     async fn append_admin_action(
         &mut self,
         at: DateTime<Utc>,
         action: &str,
         detail: &str,
+        actor: Option<&str>,
     ) -> sqlx::Result<i64>;
+    /// Deletes up to `limit` decisions recorded before `before` (one statement, so the rows it
+    /// locks are few and held briefly); how many went. On PostgreSQL rows another pruner
+    /// holds are skipped, not waited for.
+    async fn delete_decisions_before(
+        &mut self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<u64>;
+    /// The same for the applied-event log, by `applied_at`.
+    async fn delete_applied_events_before(
+        &mut self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> sqlx::Result<u64>;
     /// Inserts the side's authorization, or replaces it if the stored one is at
     /// `generation - 1`; false (nothing written) when it is not.
     async fn save_authorization(

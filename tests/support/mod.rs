@@ -171,9 +171,10 @@ impl Parts {
         self.outreach.users().iter().any(|u| u.email == email)
     }
 
-    /// A request to the admin API, with the admin token when the configuration has one; a
-    /// call that changes something says it is JSON, as the CLI and the page do (the admin
-    /// server refuses it otherwise).
+    /// A request to the admin API, with an admin token when the configuration has one
+    /// (`admin.token`, else the first `[[admin.tokens]]` entry with the role `admin`); a call
+    /// that changes something says it is JSON, as the CLI and the page do (the admin server
+    /// refuses it otherwise).
     fn admin_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let changes = !method.is_safe();
         let mut request = self
@@ -182,11 +183,13 @@ impl Parts {
         if changes {
             request = request.header("content-type", "application/json");
         }
-        let token = self.config.admin.token.expose();
-        if token.is_empty() {
-            request
-        } else {
-            request.bearer_auth(token)
+        let tokens = usersync::admin::tokens::configured(&self.config.admin).unwrap();
+        match tokens
+            .iter()
+            .find(|t| t.role == usersync::admin::Role::Admin)
+        {
+            Some(admin) => request.bearer_auth(admin.token.expose()),
+            None => request,
         }
     }
 
