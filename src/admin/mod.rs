@@ -4,8 +4,9 @@
 //! `/metrics` for the operator; under `/api/v1` (behind the admin token, `auth`) mapping lookup,
 //! the decision log, the settings (`settings`), the connections' status with reconnect, disconnect
 //! and test (`connections`), a resync and a replay from elsewhere with the log of both (`replay`),
-//! and the live feed (`feed`). Without a token it binds to loopback only; beyond loopback the
-//! token must be at least [`MIN_TOKEN_CHARS`] long.
+//! and the live feed (`feed`); beside them the API's OpenAPI document (`openapi`, no token).
+//! Without a token it binds to loopback only; beyond loopback the token must be at least
+//! [`MIN_TOKEN_CHARS`] long.
 //!
 //! Everything but the probes sits behind the guard (`guard`): a request must name this server
 //! in `Host`, come from its own page when a browser sends `Origin`, and change state only as
@@ -23,6 +24,7 @@ pub mod feed;
 pub mod guard;
 mod headers;
 mod mappings;
+pub mod openapi;
 mod replay;
 #[cfg(test)]
 mod security_tests;
@@ -118,6 +120,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/page.js", get(page_script))
         .route("/page.css", get(page_style))
         .route("/oauth/{side}/callback", get(authorize::callback))
+        .route("/api/v1/openapi.yaml", get(openapi::document))
         .merge(api)
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(state.addresses.clone()),
@@ -358,14 +361,14 @@ async fn decisions(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     async fn serve_test() -> (String, watch::Sender<bool>) {
         serve_with_token(None).await
     }
 
-    async fn serve_with_token(token: Option<&str>) -> (String, watch::Sender<bool>) {
+    pub(crate) async fn serve_with_token(token: Option<&str>) -> (String, watch::Sender<bool>) {
         let store = crate::store::open("sqlite::memory:").await.unwrap();
         let token = crate::config::Secret::new(token.unwrap_or(""));
         let listener = bind("127.0.0.1:0".parse().unwrap(), &token).await.unwrap();
