@@ -22,6 +22,7 @@
 #   USERSYNC_API_CONTRACT_EXAMPLES=200 scripts/api-contract.sh   # more cases per operation
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root="$PWD"
 
 schemathesis_version=4.32.5
 venv=target/schemathesis
@@ -95,8 +96,9 @@ fi
 say "usersync demo serves its admin API at $url"
 
 contract_checks=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
+# Run from $work: schemathesis keeps its cache (.schemathesis/) in the working directory.
 schemathesis_run() {
-    "$venv/bin/schemathesis" run "$url/api/v1/openapi.yaml" \
+    (cd "$work" && "$root/$venv/bin/schemathesis" run "$url/api/v1/openapi.yaml" \
         --wait-for-schema 30 \
         --max-examples "$examples" \
         --request-timeout 30 \
@@ -104,7 +106,7 @@ schemathesis_run() {
         --exclude-path-regex '^/oauth/' \
         --header 'Content-Type: application/json' \
         --suppress-health-check too_slow \
-        "$@"
+        "$@")
 }
 
 status=0
@@ -115,7 +117,7 @@ schemathesis_run --checks "$contract_checks" \
     --header "Authorization: Bearer $token" || status=1
 
 say "without the admin token"
-PYTHONPATH="scripts${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=api_contract_hooks \
+PYTHONPATH="$root/scripts${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=api_contract_hooks \
     schemathesis_run --checks "$contract_checks,state_changing_calls_need_the_token" || status=1
 
 if ! kill -0 "$server" 2>/dev/null; then
