@@ -5,7 +5,8 @@
 # TLS, a tansu Kafka-protocol broker under target/tansu for the end-to-end tests and a second
 # one behind TLS and SASL under target/tansu-secure, Debian's Chromium and
 # ChromeDriver for the admin page's browser test), checks
-# formatting and lints, runs every test (unit, property, integration, end to end), and stops
+# formatting and lints, runs every test (unit, property, integration, end to end) and the admin
+# API's contract test (scripts/api-contract.sh), and stops
 # what it started, whatever happens. Under CI (CI set), a test whose component is missing
 # fails instead of skipping.
 #
@@ -72,6 +73,12 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "tests"
 cargo test --locked
+
+step "the admin API against docs/openapi.yaml (schemathesis)"
+# Installs schemathesis into target/schemathesis (python3-venv from Debian when missing; without
+# root it fails, naming the package) and runs it against `usersync demo`, with the admin token
+# and without (docs/security.md, "API contract").
+scripts/api-contract.sh
 
 step "end to end again, on the broker behind TLS and SASL"
 # The suite once more, every role and the test's own clients reaching Kafka as SASL_SSL

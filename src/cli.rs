@@ -113,6 +113,9 @@ enum Command {
     /// elsewhere instead (the compose file's demo profile): it writes through the simulators'
     /// control APIs, follows the decisions through the admin API (--admin-url), and exits 0
     /// when Outreach user 1 was remapped to Y, 1 otherwise.
+    ///
+    /// In one process, --admin-token (or --admin-token-file) is the token its own admin server
+    /// asks for, as admin.token does for `usersync run`; without one it asks for none.
     Demo {
         /// Exit after the final mapping: 0 if Outreach user 1 was remapped to Y, 1 otherwise.
         #[arg(long)]
@@ -294,7 +297,15 @@ struct AdminArgs {
 
 impl AdminArgs {
     fn api(&self) -> anyhow::Result<crate::admin::client::AdminApi> {
-        let token = match &self.admin_token_file {
+        Ok(crate::admin::client::AdminApi::new(
+            &self.admin_url,
+            self.token()?,
+        ))
+    }
+
+    /// The token given, from --admin-token or the file --admin-token-file names.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        Ok(match &self.admin_token_file {
             None => self.admin_token.clone(),
             Some(file) => {
                 let text = std::fs::read_to_string(file).with_context(|| {
@@ -306,8 +317,7 @@ impl AdminArgs {
                 })?;
                 Some(text.trim_end_matches(['\r', '\n']).to_owned())
             }
-        };
-        Ok(crate::admin::client::AdminApi::new(&self.admin_url, token))
+        })
     }
 }
 
@@ -498,7 +508,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     })
                     .await?
                 }
-                _ => crate::demo::run(once, shutdown_signal()).await?,
+                _ => crate::demo::run(once, admin.token()?, shutdown_signal()).await?,
             };
             if remapped {
                 Ok(())

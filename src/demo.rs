@@ -43,8 +43,13 @@ const INTEGRATION_USER: &str = "integration@demo.example";
 const STEP: Duration = Duration::from_secs(60);
 
 /// Runs the demo until `shutdown` turns true (or, with `once`, until the story ends). Returns
-/// whether Outreach user 1 ended mapped to Y.
-pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<bool> {
+/// whether Outreach user 1 ended mapped to Y. With `admin_token` (not empty), the demo's admin
+/// server asks every API call for it, as a configured `admin.token` does.
+pub async fn run(
+    once: bool,
+    admin_token: Option<String>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir().context("creating the demo's temporary folder")?;
     let parts = Parts::start(&dir).await?;
     let Parts {
@@ -114,7 +119,18 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
         let stopped = stopped.clone();
         async move { crate::salesforce::role::run_with(&config, &connections, None, stopped).await }
     });
-    let admin = crate::admin::bind("127.0.0.1:0".parse()?, &[]).await?;
+    let tokens: Vec<crate::admin::tokens::AdminToken> = admin_token
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            crate::admin::tokens::AdminToken::new(
+                crate::admin::tokens::SHARED_TOKEN_NAME,
+                crate::admin::actor::Role::Admin,
+                &t,
+            )
+        })
+        .into_iter()
+        .collect();
+    let admin = crate::admin::bind("127.0.0.1:0".parse()?, &tokens).await?;
     let admin_url = format!("http://{}", admin.local_addr()?);
     roles.spawn("admin server", {
         let router = crate::admin::router(crate::admin::AdminState {
@@ -124,7 +140,7 @@ pub async fn run(once: bool, mut shutdown: watch::Receiver<bool>) -> anyhow::Res
             decisions: Some(decisions),
             config: Some(Arc::new(config.clone())),
             outreach: None,
-            tokens: Default::default(),
+            tokens: tokens.into(),
             pending: Default::default(),
             actions: Default::default(),
             addresses: crate::admin::AdminAddresses::loopback(admin.local_addr()?),

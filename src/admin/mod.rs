@@ -7,7 +7,8 @@
 //! the log of admin actions (`replay`), and the live feed (`feed`). Without a token it binds to
 //! loopback only; beyond loopback every token must be at least [`MIN_TOKEN_CHARS`] long. Each
 //! call is made by an actor (`actor`): the name of its token, whose role says whether it may
-//! change anything; what it changes is recorded with that name.
+//! change anything; what it changes is recorded with that name. Beside them the API's OpenAPI
+//! document (`openapi`, no token).
 //!
 //! Everything but the probes sits behind the guard (`guard`): a request must name this server
 //! in `Host`, come from its own page when a browser sends `Origin`, and change state only as
@@ -28,6 +29,7 @@ pub mod feed;
 pub mod guard;
 mod headers;
 mod mappings;
+pub mod openapi;
 mod replay;
 #[cfg(test)]
 mod security_tests;
@@ -128,6 +130,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/page.js", get(page_script))
         .route("/page.css", get(page_style))
         .route("/oauth/{side}/callback", get(authorize::callback))
+        .route("/api/v1/openapi.yaml", get(openapi::document))
         .merge(api)
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(state.addresses.clone()),
@@ -363,14 +366,14 @@ async fn decisions(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     async fn serve_test() -> (String, watch::Sender<bool>) {
         serve_with_token(None).await
     }
 
-    async fn serve_with_token(token: Option<&str>) -> (String, watch::Sender<bool>) {
+    pub(crate) async fn serve_with_token(token: Option<&str>) -> (String, watch::Sender<bool>) {
         let tokens: Vec<AdminToken> = token
             .map(|token| AdminToken::new("admin", Role::Admin, token))
             .into_iter()
