@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use sqlx::error::ErrorKind;
 
-use super::statements::{Access, Backend, Statements};
+use super::statements::{Access, Backend, PrunedLog, Statements};
 use super::{
     AdminAction, AppliedEvent, Context, DecisionPage, DecisionQuery, Lease, LeaseAnswer,
     LeaseClaim, MAX_ADMIN_ACTIONS, MAX_DECISION_PAGE, MappingFilter, MappingWrite, Pruned,
@@ -326,28 +326,29 @@ impl<B: Backend> Store for B {
     async fn prune_before(&self, before: DateTime<Utc>, batch: u32) -> Result<Pruned, StoreError> {
         let limit = i64::from(batch.max(1));
         let mut pruned = Pruned::default();
-        loop {
-            let operation = || format!("prune the decisions recorded before {before}");
-            let mut session = self.session(Access::Single).await.context(operation)?;
-            let gone = session
-                .delete_decisions_before(before, limit)
-                .await
-                .context(operation)?;
-            pruned.decisions += gone;
-            if gone < limit as u64 {
-                break;
-            }
-        }
-        loop {
-            let operation = || format!("prune the events applied before {before}");
-            let mut session = self.session(Access::Single).await.context(operation)?;
-            let gone = session
-                .delete_applied_events_before(before, limit)
-                .await
-                .context(operation)?;
-            pruned.applied_events += gone;
-            if gone < limit as u64 {
-                break;
+        for (log, what, count) in [
+            (
+                PrunedLog::Decisions,
+                "decisions recorded",
+                &mut pruned.decisions,
+            ),
+            (
+                PrunedLog::AppliedEvents,
+                "events applied",
+                &mut pruned.applied_events,
+            ),
+        ] {
+            let operation = || format!("prune the {what} before {before}");
+            loop {
+                let mut session = self.session(Access::Single).await.context(operation)?;
+                let gone = session
+                    .delete_older(log, before, limit)
+                    .await
+                    .context(operation)?;
+                *count += gone;
+                if gone < limit as u64 {
+                    break;
+                }
             }
         }
         Ok(pruned)

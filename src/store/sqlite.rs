@@ -34,7 +34,7 @@ use super::rows::{
     AdminActionRow, CheckpointRow, DecisionRow, LeaseRow, MappingRow, OutreachUserRow,
     SalesforceUserRow, SubscriberUserRow,
 };
-use super::statements::{Access, Backend, Statements};
+use super::statements::{Access, Backend, PrunedLog, Statements};
 use super::{Context, LeaseClaim, ReplayCheckpoint, StoreError};
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
@@ -778,35 +778,22 @@ impl Statements for SqliteSession {
         .await
     }
 
-    async fn delete_decisions_before(
+    async fn delete_older(
         &mut self,
+        log: PrunedLog,
         before: DateTime<Utc>,
         limit: i64,
     ) -> sqlx::Result<u64> {
-        let done = sqlx::query(
-            "DELETE FROM decisions WHERE sequence IN \
-                 (SELECT sequence FROM decisions WHERE at < ?1 LIMIT ?2)",
-        )
-        .bind(before)
-        .bind(limit)
-        .execute(self.conn())
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn delete_applied_events_before(
-        &mut self,
-        before: DateTime<Utc>,
-        limit: i64,
-    ) -> sqlx::Result<u64> {
-        let done = sqlx::query(
-            "DELETE FROM applied_events WHERE event_id IN \
-                 (SELECT event_id FROM applied_events WHERE applied_at < ?1 LIMIT ?2)",
-        )
-        .bind(before)
-        .bind(limit)
-        .execute(self.conn())
-        .await?;
+        let (table, key, time) = log.columns();
+        let statement = format!(
+            "DELETE FROM {table} WHERE {key} IN \
+             (SELECT {key} FROM {table} WHERE {time} < ?1 LIMIT ?2)"
+        );
+        let done = sqlx::query(&statement)
+            .bind(before)
+            .bind(limit)
+            .execute(self.conn())
+            .await?;
         Ok(done.rows_affected())
     }
 

@@ -171,17 +171,12 @@ pub(crate) trait Statements {
         detail: &str,
         actor: Option<&str>,
     ) -> sqlx::Result<i64>;
-    /// Deletes up to `limit` decisions recorded before `before` (one statement, so the rows it
+    /// Deletes up to `limit` rows of `log` older than `before` (one statement, so the rows it
     /// locks are few and held briefly); how many went. On PostgreSQL rows another pruner
     /// holds are skipped, not waited for.
-    async fn delete_decisions_before(
+    async fn delete_older(
         &mut self,
-        before: DateTime<Utc>,
-        limit: i64,
-    ) -> sqlx::Result<u64>;
-    /// The same for the applied-event log, by `applied_at`.
-    async fn delete_applied_events_before(
-        &mut self,
+        log: PrunedLog,
         before: DateTime<Utc>,
         limit: i64,
     ) -> sqlx::Result<u64>;
@@ -208,4 +203,21 @@ pub(crate) trait Statements {
         position: Option<&Position>,
         updated_at: DateTime<Utc>,
     ) -> sqlx::Result<bool>;
+}
+
+/// A log the retention prunes: its table, its key and the column that dates a row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PrunedLog {
+    Decisions,
+    AppliedEvents,
+}
+
+impl PrunedLog {
+    /// `(table, key, time)`.
+    pub(crate) fn columns(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            PrunedLog::Decisions => ("decisions", "sequence", "at"),
+            PrunedLog::AppliedEvents => ("applied_events", "event_id", "applied_at"),
+        }
+    }
 }
