@@ -905,18 +905,26 @@ async fn a_gap_re_read_in_the_same_second_as_a_change_reaches_outreach() {
         last_name_in_outreach().await.as_deref() == Some("Green")
     })
     .await;
+    // The processor records an event after its Outreach call, so the store may lag Outreach by
+    // a moment: wait for the record of the re-read (a snapshot carries the time it was read).
+    let sf_id = SalesforceId::parse(&id).unwrap();
+    let stored = || async {
+        world
+            .store
+            .salesforce_user(&sf_id)
+            .await
+            .unwrap()
+            .expect("the user is in the store")
+    };
+    until(&world, "the store records the re-read as applied", || async {
+        stored()
+            .await
+            .applied
+            .is_some_and(|applied| applied.read_at.is_some())
+    })
+    .await;
     // The UPDATE was applied before the re-read, not skipped: the re-read won on its position.
-    let user = world
-        .store
-        .salesforce_user(&SalesforceId::parse(&id).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    let applied = user.applied.expect("the re-read is applied");
-    assert!(
-        applied.read_at.is_some(),
-        "a snapshot is the newest applied"
-    );
+    let user = stored().await;
     assert_eq!(
         user.last_modified_date,
         Some(second),
