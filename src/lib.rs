@@ -16,6 +16,7 @@
 //!   wire formats.
 //! - [`proto`]: the Salesforce Pub/Sub API's generated gRPC types.
 //! - [`config`]: the configuration file and its environment overrides.
+//! - [`response_body`]: how every provider client reads a response body: bounded.
 
 pub mod admin;
 pub mod apply;
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod outreach;
 pub mod processor;
 pub mod proto;
+pub mod response_body;
 pub mod run;
 pub mod salesforce;
 pub mod scenario;

@@ -44,7 +44,7 @@ use super::rate_limit::{
     RESET_MARGIN, RateLimitHeaders, RateLimiter, WaitAllowance, WaitTooLong, until,
 };
 use super::stats::{ClientStats, Counters, Tally};
-use super::transport::{Failure, RetryPolicy, retry_after};
+use super::transport::{Failure, RetryPolicy, read_body, retry_after};
 use super::user::{OutreachUser, OutreachUserId, UserAttributes};
 use super::webhooks::registration::{
     NewWebhook, Registration, Webhook, WebhookResource, find_registered,
@@ -627,7 +627,7 @@ impl OutreachClient {
             remaining = budget.remaining,
             "Outreach request"
         );
-        let body = response.bytes().await.map_err(Failure::Network)?;
+        let body = read_body(response, operation).await?;
         if status.is_success() {
             return Ok(body);
         }

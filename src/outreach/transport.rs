@@ -16,6 +16,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
@@ -23,6 +24,7 @@ use super::error::{Operation, OutreachError, classify};
 use super::jsonapi::ErrorBody;
 use super::rate_limit::{RETRY_AFTER_HEADER, parse_retry_after};
 use super::stats::Counters;
+use crate::response_body::BodyError;
 
 /// How a single attempt failed.
 #[derive(Debug)]
@@ -159,6 +161,23 @@ impl RetryPolicy {
             })
             .await
     }
+}
+
+/// The body of a response, bounded ([`crate::response_body`]): a body too long to keep is
+/// final, a connection lost while it arrives is a network failure like any other.
+pub(crate) async fn read_body(
+    response: reqwest::Response,
+    operation: &Operation,
+) -> Result<Bytes, Failure> {
+    crate::response_body::read(response)
+        .await
+        .map_err(|error| match error {
+            BodyError::Network(source) => Failure::Network(source),
+            too_large @ BodyError::TooLarge { .. } => Failure::Final(OutreachError::Decode {
+                operation: operation.clone(),
+                detail: too_large.to_string(),
+            }),
+        })
 }
 
 /// `Retry-After` of a response, relative to now.
