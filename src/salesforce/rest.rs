@@ -70,6 +70,7 @@ use super::auth::{
 };
 use super::id::SalesforceId;
 use crate::engine::state::SalesforceUser;
+use crate::response_body::BodyError;
 
 /// The API version used unless another is chosen (Winter '25).
 pub const DEFAULT_API_VERSION: &str = "v62.0";
@@ -651,6 +652,67 @@ pub fn user_from_record(record: &Record) -> Result<SalesforceUser, String> {
     })
 }
 
+/// Reads the body of `GET …/sobjects/User/{id}`: the user, who must be the one asked for.
+/// Pure.
+pub fn read_user(body: &str, asked: &SalesforceId) -> Result<SalesforceUser, String> {
+    let record: Record = serde_json::from_str(body).map_err(|error| error.to_string())?;
+    let user = user_from_record(&record)?;
+    if user.id != *asked {
+        return Err(format!("asked for user {asked}, got user {}", user.id));
+    }
+    Ok(user)
+}
+
+/// Reads page `number` of a query result from its body: the records converted by `convert`,
+/// and the absolute URL of the next page unless this one is the last. Pure.
+pub fn read_query_page<T>(
+    body: &str,
+    number: u32,
+    instance_url: &str,
+    convert: fn(Record) -> Result<T, String>,
+) -> Result<(QueryPage<T>, Option<String>), String> {
+    let body: QueryResponse = serde_json::from_str(body).map_err(|error| error.to_string())?;
+    let next = match (body.done, body.next_records_url) {
+        (true, _) => None,
+        (false, Some(path)) => Some(next_page_url(instance_url, &path)?),
+        (false, None) => return Err("done is false but there is no nextRecordsUrl".to_owned()),
+    };
+    let records = body
+        .records
+        .into_iter()
+        .map(convert)
+        .collect::<Result<Vec<T>, String>>()?;
+    let page = QueryPage {
+        number,
+        total_size: body.total_size,
+        done: next.is_none(),
+        records,
+    };
+    Ok((page, next))
+}
+
+/// `nextRecordsUrl` as an absolute URL. Salesforce sends a path under the instance URL, joined
+/// as text because the instance URL may carry a path; an absolute URL is taken as it is. Either
+/// way it must stay on the instance's origin: the access token is sent there.
+pub fn next_page_url(instance_url: &str, next: &str) -> Result<String, String> {
+    let url = if next.starts_with("https://") || next.starts_with("http://") {
+        next.to_owned()
+    } else {
+        format!(
+            "{}/{}",
+            instance_url.trim_end_matches('/'),
+            next.trim_start_matches('/')
+        )
+    };
+    let origin = |url: &str| url::Url::parse(url).ok().map(|url| url.origin());
+    match (origin(instance_url), origin(&url)) {
+        (Some(instance), Some(found)) if instance == found && found.is_tuple() => Ok(url),
+        _ => Err(format!(
+            "nextRecordsUrl {next:?} does not lead to the instance {instance_url}; not followed"
+        )),
+    }
+}
+
 /// The Salesforce REST client for User records. Cheap to share behind an `Arc`; every method
 /// takes `&self`.
 pub struct SalesforceRest {
@@ -855,8 +917,8 @@ impl SalesforceRest {
             self.version,
             USER_FIELDS.join(",")
         );
-        match self.get_json::<Record>(&operation, &url, None).await {
-            Ok(record) => user_from_record(&record)
+        match self.get_text(&operation, &url, None).await {
+            Ok(body) => read_user(&body, id)
                 .map(Some)
                 .map_err(|detail| SalesforceRestError::Decode { operation, detail }),
             Err(SalesforceRestError::Refused { status: 404, .. }) => Ok(None),
@@ -878,16 +940,8 @@ impl SalesforceRest {
         format!("{}/services/data/{}/query", self.instance_url, self.version)
     }
 
-    /// `nextRecordsUrl` (a path under the instance URL) as a URL.
-    fn absolute(&self, path: &str) -> String {
-        if path.starts_with("https://") || path.starts_with("http://") {
-            path.to_owned()
-        } else {
-            format!("{}/{}", self.instance_url, path.trim_start_matches('/'))
-        }
-    }
-
-    /// The pages of `soql`, each record converted by `convert`.
+    /// The pages of `soql`, each record converted by `convert`. A `nextRecordsUrl` seen before
+    /// ends the stream with an error instead of paging forever.
     fn pages<T: Send + 'static>(
         &self,
         soql: String,
@@ -899,57 +953,65 @@ impl SalesforceRest {
             Done,
         }
         let soql: Arc<str> = soql.into();
-        stream::try_unfold((Next::First, 0_u32), move |(next, number)| {
-            let soql = soql.clone();
-            async move {
-                let number = number + 1;
-                let operation = RestOperation::Query {
-                    page: number,
-                    soql: soql.to_string(),
-                };
-                let (url, query) = match next {
-                    Next::Done => return Ok(None),
-                    Next::First => (self.query_url(), Some(&*soql)),
-                    Next::Url(url) => (url, None),
-                };
-                let body: QueryResponse = self.get_json(&operation, &url, query).await?;
-                let decode = |detail: String| SalesforceRestError::Decode {
-                    operation: operation.clone(),
-                    detail,
-                };
-                let next = match (body.done, body.next_records_url) {
-                    (true, _) => Next::Done,
-                    (false, Some(path)) => Next::Url(self.absolute(&path)),
-                    (false, None) => {
-                        return Err(decode(
-                            "done is false but there is no nextRecordsUrl".to_owned(),
-                        ));
-                    }
-                };
-                let records = body
-                    .records
-                    .into_iter()
-                    .map(convert)
-                    .collect::<Result<Vec<T>, String>>()
-                    .map_err(decode)?;
-                let page = QueryPage {
-                    number,
-                    total_size: body.total_size,
-                    done: matches!(next, Next::Done),
-                    records,
-                };
-                Ok(Some((page, (next, number))))
-            }
-        })
+        let visited = std::collections::HashSet::<String>::new();
+        stream::try_unfold(
+            (Next::First, 0_u32, visited),
+            move |(next, number, mut visited)| {
+                let soql = soql.clone();
+                async move {
+                    let (url, query) = match next {
+                        Next::Done => return Ok(None),
+                        Next::First => (self.query_url(), Some(&*soql)),
+                        Next::Url(url) => (url, None),
+                    };
+                    let operation = RestOperation::Query {
+                        page: number.saturating_add(1),
+                        soql: soql.to_string(),
+                    };
+                    let decode = |detail: String| SalesforceRestError::Decode {
+                        operation: operation.clone(),
+                        detail,
+                    };
+                    let number = number.checked_add(1).ok_or_else(|| {
+                        decode("the result has more pages than can be counted".into())
+                    })?;
+                    let body: String = self.get_text(&operation, &url, query).await?;
+                    let (page, next_url) =
+                        read_query_page(&body, number, &self.instance_url, convert)
+                            .map_err(decode)?;
+                    let next = match next_url {
+                        None => Next::Done,
+                        Some(next_url) if !visited.insert(next_url.clone()) => {
+                            return Err(decode(format!(
+                                "nextRecordsUrl {next_url} was already read: the result loops"
+                            )));
+                        }
+                        Some(next_url) => Next::Url(next_url),
+                    };
+                    Ok(Some((page, (next, number, visited))))
+                }
+            },
+        )
     }
 
-    /// A `GET` whose success is JSON: the token, one renewal after a 401, the retries.
+    /// A `GET` whose success is JSON.
     async fn get_json<T: DeserializeOwned>(
         &self,
         operation: &RestOperation,
         url: &str,
         soql: Option<&str>,
     ) -> Result<T, SalesforceRestError> {
+        let body = self.get_text(operation, url, soql).await?;
+        decode_json(operation, &body)
+    }
+
+    /// A `GET`'s successful body: the token, one renewal after a 401, the retries.
+    async fn get_text(
+        &self,
+        operation: &RestOperation,
+        url: &str,
+        soql: Option<&str>,
+    ) -> Result<String, SalesforceRestError> {
         let token_error = |source| SalesforceRestError::Token {
             operation: operation.clone(),
             source,
@@ -963,7 +1025,7 @@ impl SalesforceRest {
                     refused
                 } else {
                     match self.send(operation, url, soql, &renewed).await? {
-                        Reply::Success(body) => return decode_json(operation, &body),
+                        Reply::Success(body) => return Ok(body),
                         Reply::Unauthorized(refused) => refused,
                     }
                 };
@@ -975,7 +1037,7 @@ impl SalesforceRest {
                 });
             }
         };
-        decode_json(operation, &body)
+        Ok(body)
     }
 
     /// One request with `token`, retried while it fails transiently.
@@ -1053,7 +1115,18 @@ impl SalesforceRest {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(usage);
         }
-        let body = response.text().await.map_err(Failure::Network)?;
+        let body =
+            crate::response_body::read_text(response)
+                .await
+                .map_err(|error| match error {
+                    BodyError::Network(source) => Failure::Network(source),
+                    too_large @ BodyError::TooLarge { .. } => {
+                        Failure::Final(SalesforceRestError::Decode {
+                            operation: operation.clone(),
+                            detail: too_large.to_string(),
+                        })
+                    }
+                })?;
         if status.is_success() {
             Ok(Reply::Success(body))
         } else if status == StatusCode::UNAUTHORIZED {
@@ -1280,6 +1353,130 @@ mod tests {
     }
 
     #[test]
+    fn a_next_page_stays_on_the_instance() {
+        let instance = "https://acme.my.salesforce.com";
+        assert_eq!(
+            next_page_url(
+                instance,
+                "/services/data/v62.0/query/01gD0000002HU6KIAW-2000"
+            ),
+            Ok(
+                "https://acme.my.salesforce.com/services/data/v62.0/query/01gD0000002HU6KIAW-2000"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            next_page_url("https://acme.example/sf/", "query/x-2000"),
+            Ok("https://acme.example/sf/query/x-2000".to_owned()),
+            "an instance path is kept"
+        );
+        assert!(next_page_url(instance, "https://acme.my.salesforce.com/q/x-2000").is_ok());
+        assert_eq!(
+            next_page_url(instance, "//evil.example/q").unwrap(),
+            "https://acme.my.salesforce.com/evil.example/q"
+        );
+        for elsewhere in [
+            "https://evil.example/services/data/v62.0/query/x-2000",
+            "http://acme.my.salesforce.com/q/x-2000",
+            "https://acme.my.salesforce.com:8443/q/x-2000",
+        ] {
+            let error = next_page_url(instance, elsewhere).unwrap_err();
+            assert!(error.contains("not followed"), "{elsewhere}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_query_page_names_its_next_page_or_is_the_last() {
+        let instance = "https://acme.my.salesforce.com";
+        let body = json!({"totalSize": 3, "done": false,
+            "nextRecordsUrl": "/services/data/v62.0/query/01g-1",
+            "records": [{"attributes": {"type": "User"}, "Id": "005000000000001",
+                         "IsActive": true}]})
+        .to_string();
+        let (page, next) = read_query_page(&body, 1, instance, |r| user_from_record(&r)).unwrap();
+        assert_eq!(page.records.len(), 1);
+        assert!(!page.done);
+        assert_eq!(page.total_size, 3);
+        assert_eq!(
+            next.as_deref(),
+            Some("https://acme.my.salesforce.com/services/data/v62.0/query/01g-1")
+        );
+        let last = json!({"totalSize": 3, "done": true, "records": []}).to_string();
+        let (page, next) = read_query_page(&last, 2, instance, Ok).unwrap();
+        assert!(page.done && next.is_none());
+        for (bad, why) in [
+            (
+                json!({"totalSize": 1, "done": false, "records": []}),
+                "no nextRecordsUrl",
+            ),
+            (
+                json!({"totalSize": -1, "done": true, "records": []}),
+                "invalid value",
+            ),
+            (
+                json!({"totalSize": 1, "done": false, "nextRecordsUrl": "https://evil.example/q",
+                    "records": []}),
+                "not followed",
+            ),
+        ] {
+            let error = read_query_page(&bad.to_string(), 1, instance, Ok).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_user_read_must_be_the_user_asked_for() {
+        let asked = SalesforceId::parse("005000000000001").unwrap();
+        let body = |id: &str| json!({"Id": id, "IsActive": true}).to_string();
+        assert_eq!(
+            read_user(&body("005000000000001AAA"), &asked).unwrap().id,
+            asked
+        );
+        let error = read_user(&body("005000000000002AAA"), &asked).unwrap_err();
+        assert!(
+            error.contains("asked for user 005000000000001AAA"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_result_whose_next_page_loops_back_ends_in_an_error() {
+        use axum::routing::get;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let served = Arc::new(AtomicU32::new(0));
+        let page = {
+            let served = served.clone();
+            move || {
+                let served = served.clone();
+                async move {
+                    served.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(json!({"totalSize": 5, "done": false,
+                        "nextRecordsUrl": "/services/data/v62.0/query/01g-again",
+                        "records": []}))
+                }
+            }
+        };
+        let app = axum::Router::new()
+            .route("/services/data/v62.0/query", get(page.clone()))
+            .route("/services/data/v62.0/query/01g-again", get(page));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let error = client(&format!("http://{address}"))
+            .query_all("SELECT Id FROM User")
+            .await
+            .unwrap_err();
+
+        assert!(error.to_string().contains("the result loops"), "{error}");
+        assert_eq!(
+            served.load(Ordering::SeqCst),
+            2,
+            "the first page and the loop"
+        );
+    }
+
+    #[test]
     fn api_usage_header_is_read() {
         assert_eq!(
             ApiUsage::parse("api-usage=25/15000"),
@@ -1318,8 +1515,8 @@ mod tests {
                 .is_err()
         );
         assert_eq!(
-            rest.absolute("/services/data/v62.0/query/01gX-2000"),
-            "https://acme.my.salesforce.com/services/data/v62.0/query/01gX-2000"
+            next_page_url(rest.instance_url(), "/services/data/v62.0/query/01gX-2000"),
+            Ok("https://acme.my.salesforce.com/services/data/v62.0/query/01gX-2000".to_owned())
         );
     }
 
