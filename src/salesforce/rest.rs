@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use futures::{Stream, TryStreamExt, stream};
 use reqwest::StatusCode;
 use reqwest::header::ACCEPT;
@@ -571,6 +571,17 @@ pub enum UserQuery {
 }
 
 impl UserQuery {
+    /// Users modified at or after `since` minus `margin`. `since` comes from a change event's
+    /// commit timestamp, which may be anywhere in chrono's calendar: a margin reaching before
+    /// its start stops there instead of overflowing.
+    pub fn modified_since(since: DateTime<Utc>, margin: Duration) -> UserQuery {
+        let from = TimeDelta::from_std(margin)
+            .ok()
+            .and_then(|margin| since.checked_sub_signed(margin))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        UserQuery::ModifiedSince(from)
+    }
+
     /// The SOQL statement.
     pub fn soql(&self) -> String {
         let select = format!("SELECT {} FROM User", USER_FIELDS.join(", "));
@@ -1350,6 +1361,25 @@ mod tests {
         };
         assert!(op.to_string().chars().count() < 160);
         assert!(op.to_string().ends_with('…'));
+    }
+
+    #[test]
+    fn a_resync_margin_stops_at_the_start_of_the_calendar() {
+        let margin = Duration::from_secs(300);
+        let since: DateTime<Utc> = "2026-01-01T00:05:00Z".parse().unwrap();
+        assert_eq!(
+            UserQuery::modified_since(since, margin),
+            UserQuery::ModifiedSince("2026-01-01T00:00:00Z".parse().unwrap())
+        );
+        let first = DateTime::<Utc>::MIN_UTC;
+        assert_eq!(
+            UserQuery::modified_since(first, margin),
+            UserQuery::ModifiedSince(first)
+        );
+        assert_eq!(
+            UserQuery::modified_since(since, Duration::MAX),
+            UserQuery::ModifiedSince(first)
+        );
     }
 
     #[test]

@@ -69,6 +69,7 @@ use super::message::{CometdParseError, Message, Refusal, parse_messages};
 use super::payload::{CdcEvent, WriterSchema, envelope, to_cdc_event};
 use super::{REPLAY_FROM_TIP, USER_CHANGE_CHANNEL};
 use crate::metrics::Reconnect;
+use crate::response_body::BodyError;
 use crate::salesforce::auth::{DisconnectReason, SalesforceAuthError, SalesforceSession};
 use crate::salesforce::replay::ReplayPolicy;
 pub use crate::salesforce::rest::CredentialsTokenSource;
@@ -257,6 +258,12 @@ pub enum CometdError {
     RecoveryExhausted { attempts: u32, last: String },
     #[error("writer schema {schema_id}: {detail}")]
     Schema { schema_id: String, detail: String },
+    /// A body past [`crate::response_body::MAX_RESPONSE_BODY`]: not read.
+    #[error("CometD {operation}: {detail}")]
+    TooLarge {
+        operation: &'static str,
+        detail: String,
+    },
 }
 
 impl CometdError {
@@ -267,6 +274,7 @@ impl CometdError {
             CometdError::Network { .. }
             | CometdError::Parse { .. }
             | CometdError::NoReply { .. }
+            | CometdError::TooLarge { .. }
             | CometdError::Throttled { .. } => None,
             CometdError::Status { status, .. } => {
                 (*status != 429 && *status < 500).then_some(DisconnectReason::Other)
@@ -736,10 +744,7 @@ impl<T: TokenSource> CometdClient<T> {
                 .await
                 .map_err(|source| CometdError::Network { operation, source })?;
             let status = response.status();
-            let text = response
-                .text()
-                .await
-                .map_err(|source| CometdError::Network { operation, source })?;
+            let text = String::from_utf8_lossy(&read_body(response, operation).await?).into_owned();
             match status {
                 StatusCode::OK => break text,
                 StatusCode::UNAUTHORIZED if !renewed => {
@@ -808,10 +813,7 @@ impl<T: TokenSource> CometdClient<T> {
             .await
             .map_err(|source| CometdError::Network { operation, source })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| CometdError::Network { operation, source })?;
+        let bytes = read_body(response, operation).await?;
         if status != StatusCode::OK {
             return Err(CometdError::Status {
                 operation,
@@ -823,10 +825,13 @@ impl<T: TokenSource> CometdClient<T> {
     }
 
     fn note_advice(&mut self, reply: &Message) {
-        if let Some(timeout) = reply.advice.as_ref().and_then(|a| a.timeout)
-            && let Ok(ms) = u64::try_from(timeout)
+        if let Some(hold) = reply
+            .advice
+            .as_ref()
+            .and_then(|a| a.timeout)
+            .and_then(advised_hold)
         {
-            self.hold = Duration::from_millis(ms);
+            self.hold = hold;
         }
     }
 
@@ -834,6 +839,19 @@ impl<T: TokenSource> CometdClient<T> {
         self.next_id += 1;
         self.next_id.to_string()
     }
+}
+
+/// The longest hold an `advice.timeout` can set: ten minutes, five times what Salesforce
+/// advises (110 s). A connect's HTTP timeout is the hold plus the network delay, so a larger
+/// advice would leave a dead connection unnoticed for as long (docs/security.md, "Provider
+/// input").
+pub const MAX_ADVISED_HOLD: Duration = Duration::from_secs(600);
+
+/// The hold an `advice.timeout` (milliseconds) sets: at most [`MAX_ADVISED_HOLD`]; a negative
+/// one is ignored.
+pub fn advised_hold(timeout_ms: i64) -> Option<Duration> {
+    let ms = u64::try_from(timeout_ms).ok()?;
+    Some(Duration::from_millis(ms).min(MAX_ADVISED_HOLD))
 }
 
 /// The reply on `channel` in a response.
@@ -846,6 +864,22 @@ fn meta_reply<'m>(
         .iter()
         .find(|m| m.channel == channel)
         .ok_or(CometdError::NoReply { operation, channel })
+}
+
+/// A response body, bounded ([`crate::response_body`]).
+async fn read_body(
+    response: reqwest::Response,
+    operation: &'static str,
+) -> Result<bytes::Bytes, CometdError> {
+    crate::response_body::read(response)
+        .await
+        .map_err(|error| match error {
+            BodyError::Network(source) => CometdError::Network { operation, source },
+            too_large @ BodyError::TooLarge { .. } => CometdError::TooLarge {
+                operation,
+                detail: too_large.to_string(),
+            },
+        })
 }
 
 /// A path segment made safe: anything but letters, digits, `.`, `-`, `_` is dropped.
@@ -861,5 +895,20 @@ fn excerpt(body: &str) -> String {
     match body.char_indices().nth(200) {
         Some((end, _)) => format!("{}...", &body[..end]),
         None => body.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_advised_hold_is_at_most_the_bound_and_never_negative() {
+        assert_eq!(advised_hold(110_000), Some(Duration::from_secs(110)));
+        assert_eq!(advised_hold(0), Some(Duration::ZERO));
+        assert_eq!(advised_hold(600_001), Some(MAX_ADVISED_HOLD));
+        assert_eq!(advised_hold(i64::MAX), Some(MAX_ADVISED_HOLD));
+        assert_eq!(advised_hold(-1), None);
+        assert_eq!(advised_hold(i64::MIN), None);
     }
 }
