@@ -648,7 +648,7 @@ pub async fn revoke(
 }
 
 /// A refusal from the token endpoint, classified when it carries an OAuth error body.
-pub(crate) fn token_failure(
+pub fn token_failure(
     operation: AuthOperation,
     status: StatusCode,
     body: &str,

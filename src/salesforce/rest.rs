@@ -423,11 +423,7 @@ fn first_error(body: &str) -> (String, String) {
 }
 
 /// The final error for a refusal that is neither 401 nor 5xx.
-pub(crate) fn refusal(
-    operation: RestOperation,
-    status: StatusCode,
-    body: &str,
-) -> SalesforceRestError {
+pub fn refusal(operation: RestOperation, status: StatusCode, body: &str) -> SalesforceRestError {
     let (code, message) = first_error(body);
     let permission = code.starts_with("INSUFFICIENT_ACCESS")
         || code == "API_DISABLED_FOR_ORG"
