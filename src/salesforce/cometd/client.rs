@@ -695,11 +695,11 @@ impl<T: TokenSource> CometdClient<T> {
         let envelope = match envelope(message) {
             Ok(envelope) => envelope,
             Err(error) => {
-                let replay_id = message
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("event")?.get("replayId")?.as_i64());
-                return Ok(unreadable(replay_id, None, error.to_string()));
+                return Ok(unreadable(
+                    unreadable_replay_id(message),
+                    None,
+                    error.to_string(),
+                ));
             }
         };
         let (replay_id, schema_id) = (envelope.replay_id, envelope.schema_id.to_owned());
@@ -866,6 +866,17 @@ fn meta_reply<'m>(
         .ok_or(CometdError::NoReply { operation, channel })
 }
 
+/// The replay id of a data message whose envelope could not be read, if it has a usable one. A
+/// negative id is a subscribe preset (-1 the tip, -2 the earliest), not a position: the event
+/// is handled as one without a replay id, so it can never become the checkpoint.
+fn unreadable_replay_id(message: &Message) -> Option<i64> {
+    message
+        .data
+        .as_ref()
+        .and_then(|d| d.get("event")?.get("replayId")?.as_i64())
+        .filter(|id| *id >= 0)
+}
+
 /// A response body, bounded ([`crate::response_body`]).
 async fn read_body(
     response: reqwest::Response,
@@ -901,6 +912,29 @@ fn excerpt(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_event_with_a_preset_for_a_replay_id_has_none() {
+        let message = |replay_id: Value| {
+            let body = json!([{"channel": USER_CHANGE_CHANNEL,
+                "data": {"schema": "s", "event": {"replayId": replay_id}}}]);
+            parse_messages(body.to_string().as_bytes())
+                .unwrap()
+                .remove(0)
+        };
+        assert_eq!(
+            unreadable_replay_id(&message(json!(18_098_301))),
+            Some(18_098_301)
+        );
+        assert_eq!(unreadable_replay_id(&message(json!(0))), Some(0));
+        for preset in [json!(-1), json!(-2), json!(i64::MIN), json!("7")] {
+            assert_eq!(
+                unreadable_replay_id(&message(preset.clone())),
+                None,
+                "{preset}"
+            );
+        }
+    }
 
     #[test]
     fn an_advised_hold_is_at_most_the_bound_and_never_negative() {
