@@ -916,12 +916,16 @@ async fn a_gap_re_read_in_the_same_second_as_a_change_reaches_outreach() {
             .unwrap()
             .expect("the user is in the store")
     };
-    until(&world, "the store records the re-read as applied", || async {
-        stored()
-            .await
-            .applied
-            .is_some_and(|applied| applied.read_at.is_some())
-    })
+    until(
+        &world,
+        "the store records the re-read as applied",
+        || async {
+            stored()
+                .await
+                .applied
+                .is_some_and(|applied| applied.read_at.is_some())
+        },
+    )
     .await;
     // The UPDATE was applied before the re-read, not skipped: the re-read won on its position.
     let user = stored().await;

@@ -1,11 +1,15 @@
 //! What the fuzz targets share: the fixed writer schema, the delivery facts, the checks on a
-//! normalized outcome, and seed inputs made by the Salesforce simulator.
+//! normalized outcome, and seed inputs made by the Salesforce simulator; [`providers`] holds
+//! what the targets of provider answers (tokens, REST and JSON:API bodies, rate-limit headers,
+//! webhook deliveries) share.
 //!
 //! Seeds are not committed (the corpus directories are git-ignored). A target writes its seeds
 //! when it starts, before libFuzzer reads its corpus, if `USERSYNC_FUZZ_SEEDS` names a
 //! directory: `scripts/test.sh` points it at the target's corpus directory. They are valid
 //! messages the simulator encodes with the product's own schema, so the fuzzer starts from
 //! inputs that reach the normalizer instead of having to discover the encoding first.
+
+pub mod providers;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -414,24 +414,7 @@ impl OutreachClient {
     ) -> Result<Reply<OutreachUser>, OutreachError> {
         let tally = Tally::new(&self.inner.counters);
         let body = self.execute(&request, &tally).await?;
-        let operation = &request.operation;
-        let document: Document<UserResource> = decode(&body, operation)?;
-        let resource = document.data.ok_or_else(|| OutreachError::Decode {
-            operation: operation.clone(),
-            detail: "response has no data".to_owned(),
-        })?;
-        let user = resource.into_user().map_err(|e| OutreachError::Decode {
-            operation: operation.clone(),
-            detail: e.to_string(),
-        })?;
-        if let Some(expected) = expected
-            && user.id != expected
-        {
-            return Err(OutreachError::Decode {
-                operation: operation.clone(),
-                detail: format!("asked for user {expected}, got user {}", user.id),
-            });
-        }
+        let user = read_single_user(&body, expected, &request.operation)?;
         Ok(Reply {
             value: user,
             requests: tally.requests(),
@@ -489,39 +472,13 @@ impl OutreachClient {
             operation: operation.clone(),
         };
         let body = self.execute(&request, tally).await?;
-        let document: Document<Vec<UserResource>> = decode(&body, operation)?;
-        let users = document
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(UserResource::into_user)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| OutreachError::Decode {
-                operation: operation.clone(),
-                detail: e.to_string(),
-            })?;
-        let next = match document.links.and_then(|l| l.next) {
-            Some(next) => {
-                let url = request.url.join(&next).map_err(|e| OutreachError::Decode {
-                    operation: operation.clone(),
-                    detail: format!("links.next {next:?} is not a URL: {e}"),
-                })?;
-                Some(self.check_same_origin(&url, operation)?)
-            }
-            None => None,
-        };
-        Ok(UserPage { users, next })
+        read_user_page(&body, &request.url, &self.inner.config.api_url, operation)
     }
 
     /// The bearer token goes only to the configured API origin, whatever a response links to
     /// (`endpoint::origin`).
     fn check_same_origin(&self, url: &Url, operation: &Operation) -> Result<Url, OutreachError> {
-        crate::endpoint::origin::check_same_origin(&self.inner.config.api_url, url)
-            .map(|()| url.clone())
-            .map_err(|foreign| OutreachError::Decode {
-                operation: operation.clone(),
-                detail: foreign.to_string(),
-            })
+        same_origin(url, &self.inner.config.api_url, operation)
     }
 
     /// The policy loop of the module doc: token, 429 waits and the 401 refresh here; pacing and
@@ -808,6 +765,76 @@ fn build_http(config: &ClientConfig) -> Result<reqwest::Client, OutreachError> {
         .user_agent(concat!("usersync/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| fail(format!("building the HTTP client: {e}")))
+}
+
+/// Reads the answer to a request about one user: the user, who must be `expected` when the
+/// request named one. Pure.
+pub fn read_single_user(
+    body: &[u8],
+    expected: Option<OutreachUserId>,
+    operation: &Operation,
+) -> Result<OutreachUser, OutreachError> {
+    let fail = |detail: String| OutreachError::Decode {
+        operation: operation.clone(),
+        detail,
+    };
+    let document: Document<UserResource> = decode(body, operation)?;
+    let resource = document
+        .data
+        .ok_or_else(|| fail("response has no data".to_owned()))?;
+    let user = resource.into_user().map_err(|e| fail(e.to_string()))?;
+    if let Some(expected) = expected
+        && user.id != expected
+    {
+        return Err(fail(format!(
+            "asked for user {expected}, got user {}",
+            user.id
+        )));
+    }
+    Ok(user)
+}
+
+/// Reads a page of users fetched from `url`: its users, and the next page (`links.next`
+/// resolved against `url`), which must be on `api_url`'s origin, the only place the bearer
+/// token goes. Pure.
+pub fn read_user_page(
+    body: &[u8],
+    url: &Url,
+    api_url: &Url,
+    operation: &Operation,
+) -> Result<UserPage, OutreachError> {
+    let document: Document<Vec<UserResource>> = decode(body, operation)?;
+    let users = document
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(UserResource::into_user)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| OutreachError::Decode {
+            operation: operation.clone(),
+            detail: e.to_string(),
+        })?;
+    let next = match document.links.and_then(|l| l.next) {
+        Some(next) => {
+            let next_url = url.join(&next).map_err(|e| OutreachError::Decode {
+                operation: operation.clone(),
+                detail: format!("links.next {next:?} is not a URL: {e}"),
+            })?;
+            Some(same_origin(&next_url, api_url, operation)?)
+        }
+        None => None,
+    };
+    Ok(UserPage { users, next })
+}
+
+/// `url`, if it is on `api_url`'s origin ([`crate::endpoint::origin`]).
+fn same_origin(url: &Url, api_url: &Url, operation: &Operation) -> Result<Url, OutreachError> {
+    crate::endpoint::origin::check_same_origin(api_url, url)
+        .map(|()| url.clone())
+        .map_err(|foreign| OutreachError::Decode {
+            operation: operation.clone(),
+            detail: foreign.to_string(),
+        })
 }
 
 fn json_body(document: &serde_json::Value) -> Bytes {

@@ -283,28 +283,33 @@ impl ErrorBody {
     }
 
     /// A one-line summary for error messages: every JSON:API message joined, or the bare
-    /// error with its description.
+    /// error with its description. Never empty: a blank part gives way to the next, and a body
+    /// with nothing to say is "unspecified error".
     pub fn summary(&self) -> String {
+        const UNSPECIFIED: &str = "unspecified error";
+        let filled = |text: Option<&String>| text.filter(|t| !t.trim().is_empty()).cloned();
         match self {
             ErrorBody::JsonApi(entries) if !entries.is_empty() => entries
                 .iter()
                 .map(|e| {
-                    e.message
-                        .clone()
-                        .or_else(|| e.code.clone())
-                        .unwrap_or_else(|| "unspecified error".to_owned())
+                    filled(e.message.as_ref())
+                        .or_else(|| filled(e.code.as_ref()))
+                        .unwrap_or_else(|| UNSPECIFIED.to_owned())
                 })
                 .collect::<Vec<_>>()
                 .join("; "),
             ErrorBody::JsonApi(_) => "empty errors array".to_owned(),
-            ErrorBody::Bare {
-                error,
-                description: Some(d),
-            } => format!("{error} {d}"),
-            ErrorBody::Bare {
-                error,
-                description: None,
-            } => error.clone(),
+            ErrorBody::Bare { error, description } => {
+                let parts: Vec<String> = [filled(Some(error)), filled(description.as_ref())]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if parts.is_empty() {
+                    UNSPECIFIED.to_owned()
+                } else {
+                    parts.join(" ")
+                }
+            }
             ErrorBody::Other(text) if text.is_empty() => "empty body".to_owned(),
             ErrorBody::Other(text) => text.clone(),
         }
@@ -536,6 +541,29 @@ mod tests {
         );
         assert_eq!(oauth.code(), Some("invalid_grant"));
         assert!(oauth.summary().contains("authorization grant"));
+    }
+
+    #[test]
+    fn a_blank_error_body_still_has_a_summary() {
+        for body in [
+            r#"{"error":""}"#,
+            r#"{"error":" ","description":""}"#,
+            r#"{"errors":[{"detail":"","id":" "}]}"#,
+        ] {
+            assert_eq!(
+                ErrorBody::parse(body.as_bytes()).summary(),
+                "unspecified error",
+                "{body}"
+            );
+        }
+        assert_eq!(
+            ErrorBody::parse(br#"{"error":"","description":"try later"}"#).summary(),
+            "try later"
+        );
+        assert_eq!(
+            ErrorBody::parse(br#"{"errors":[{"detail":"","id":"validationError"}]}"#).summary(),
+            "validationError"
+        );
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! `X-RateLimit-Remaining` has been seen as `"9999, 19988"` (the first number is the hourly user
 //! budget), and `X-RateLimit-Reset` is epoch seconds per the connectors that use it, though small
 //! values are read as "seconds from now" in case a deployment sends a delta.
+//!
+//! Parsing is also bounded, because every 429 and 5xx passes through it and no header may crash
+//! the process or park a worker for years (docs/security.md, "Provider input"): a `Retry-After`
+//! or a reset further ahead than [`MAX_SERVER_WAIT`] is read as that far, counts are clamped to
+//! `0..=u32::MAX`.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +41,11 @@ pub const RESET_MARGIN: Duration = Duration::from_secs(1);
 
 /// Reset values below this are not plausible epoch seconds (2001-09-09) and are read as a delta.
 const EPOCH_THRESHOLD: i64 = 1_000_000_000;
+
+/// The furthest ahead a response can push a wait: one hour, Outreach's rate-limit window. A
+/// longer `Retry-After`, or a reset further away, is read as this much: the window has renewed
+/// by then, and a maintenance window that has not ended answers again with a new wait.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
 
 /// What one response said about the budget. Any header may be missing or unreadable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,33 +86,54 @@ pub fn parse_count(value: &str) -> Option<u32> {
     Some(n.max(0.0).min(f64::from(u32::MAX)) as u32)
 }
 
-/// `X-RateLimit-Reset`: epoch seconds, or (for implausibly small values) seconds from `now`.
+/// `X-RateLimit-Reset`: epoch seconds, or (for implausibly small values) seconds from `now`. A
+/// reset more than [`MAX_SERVER_WAIT`] after `now` is read as `now + MAX_SERVER_WAIT`.
 pub fn parse_reset(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let secs = value.split(',').next()?.trim().parse::<i64>().ok()?;
-    if secs >= EPOCH_THRESHOLD {
-        DateTime::from_timestamp(secs, 0)
-    } else if secs >= 0 {
-        now.checked_add_signed(TimeDelta::seconds(secs))
-    } else {
-        None
+    if secs < 0 {
+        return None;
     }
+    let reset = if secs >= EPOCH_THRESHOLD {
+        DateTime::from_timestamp(secs, 0)
+    } else {
+        // Below EPOCH_THRESHOLD: `TimeDelta::seconds` cannot overflow.
+        now.checked_add_signed(TimeDelta::seconds(secs))
+    };
+    // Past the end of chrono's calendar is as far as the bound allows.
+    let latest = latest_reset(now);
+    Some(reset.map_or(latest, |reset| reset.min(latest)))
+}
+
+/// `now + MAX_SERVER_WAIT`, or `now` at the very end of chrono's calendar.
+fn latest_reset(now: DateTime<Utc>) -> DateTime<Utc> {
+    TimeDelta::from_std(MAX_SERVER_WAIT)
+        .ok()
+        .and_then(|bound| now.checked_add_signed(bound))
+        .unwrap_or(now)
 }
 
 /// `Retry-After`: delta seconds, an HTTP date, or an ISO-8601 instant (Outreach's maintenance
-/// 503 sends one; a zone-less instant is read as UTC). Instants in the past give zero.
+/// 503 sends one; a zone-less instant is read as UTC). Instants in the past give zero; a wait
+/// longer than [`MAX_SERVER_WAIT`] (`1e30`, a date centuries ahead) gives [`MAX_SERVER_WAIT`].
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         // Outreach documents Retry-After as an alias of the reset, which may be an instant:
         // a number this large is epoch seconds, not a delay of decades.
         if secs >= EPOCH_THRESHOLD as u64 {
-            let instant = DateTime::from_timestamp(secs as i64, 0)?;
-            return Some(until(now, instant));
+            let instant = i64::try_from(secs)
+                .ok()
+                .and_then(|secs| DateTime::from_timestamp(secs, 0));
+            return Some(instant.map_or(MAX_SERVER_WAIT, |instant| until(now, instant)));
         }
-        return Some(Duration::from_secs(secs));
+        return Some(bounded(Duration::from_secs(secs)));
     }
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        // Bounded before converting: `Duration::from_secs_f64` panics past `u64::MAX` seconds.
+        if !(secs.is_finite() && secs >= 0.0) {
+            return None;
+        }
+        return Duration::try_from_secs_f64(secs.min(MAX_SERVER_WAIT.as_secs_f64())).ok();
     }
     let instant = DateTime::parse_from_rfc2822(value)
         .or_else(|_| DateTime::parse_from_rfc3339(value))
@@ -117,9 +148,14 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     Some(until(now, instant))
 }
 
-/// The time from `now` to `instant`, zero if it has passed.
+/// `wait`, at most [`MAX_SERVER_WAIT`].
+fn bounded(wait: Duration) -> Duration {
+    wait.min(MAX_SERVER_WAIT)
+}
+
+/// The time from `now` to `instant`: zero if it has passed, at most [`MAX_SERVER_WAIT`].
 pub fn until(now: DateTime<Utc>, instant: DateTime<Utc>) -> Duration {
-    (instant - now).to_std().unwrap_or(Duration::ZERO)
+    bounded((instant - now).to_std().unwrap_or(Duration::ZERO))
 }
 
 /// What to do before sending a request.
@@ -404,6 +440,63 @@ mod tests {
         );
         assert_eq!(parse_retry_after("later", now), None);
         assert_eq!(parse_retry_after("-4", now), None);
+    }
+
+    #[test]
+    fn a_retry_after_of_any_size_is_at_most_the_bound() {
+        let now = at(NOW);
+        for huge in [
+            "1e30",
+            "1.8e19",
+            "18446744073709551615",
+            "9223372036854775807",
+            "999999999",
+            "99999999999999",
+            "3601",
+            "3600.5",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "9999-12-31T23:59:59Z",
+            "9999-12-31T23:59:59",
+        ] {
+            assert_eq!(
+                parse_retry_after(huge, now),
+                Some(MAX_SERVER_WAIT),
+                "{huge}"
+            );
+        }
+        assert_eq!(parse_retry_after("3600", now), Some(MAX_SERVER_WAIT));
+        for nothing in ["NaN", "inf", "-inf", "-1e30", "1e400"] {
+            assert_eq!(parse_retry_after(nothing, now), None, "{nothing}");
+        }
+        assert!(parse_retry_after("-0", now).is_none_or(|wait| wait == Duration::ZERO));
+        assert!(parse_retry_after("-0.0", now).is_none_or(|wait| wait == Duration::ZERO));
+    }
+
+    #[test]
+    fn a_reset_is_at_most_the_bound_ahead() {
+        let now = at(NOW);
+        let latest = now + TimeDelta::from_std(MAX_SERVER_WAIT).unwrap();
+        for far in [
+            "999999999",
+            "9223372036854775807",
+            "99999999999999",
+            "4102444800",
+        ] {
+            assert_eq!(parse_reset(far, now), Some(latest), "{far}");
+        }
+        assert_eq!(parse_reset("1700003599", now), Some(at(NOW + 3599)));
+        // At the very end of the calendar, "now" is as far as anything goes.
+        assert_eq!(
+            parse_reset("9223372036854775807", DateTime::<Utc>::MAX_UTC),
+            Some(DateTime::<Utc>::MAX_UTC)
+        );
+    }
+
+    #[test]
+    fn a_wait_until_a_far_reset_is_at_most_the_bound() {
+        let now = at(NOW);
+        assert_eq!(until(now, DateTime::<Utc>::MAX_UTC), MAX_SERVER_WAIT);
+        assert_eq!(until(now, at(NOW - 10)), Duration::ZERO);
     }
 
     #[test]

@@ -244,9 +244,14 @@ struct Meta {
 pub fn parse_delivery(body: &[u8]) -> Result<Delivery, PayloadError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let envelope: Envelope = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // A member whose key is empty prints as an empty path: name the document instead.
         let path = e.path().to_string();
         PayloadError::new(
-            if path == "." { "(document)" } else { &path },
+            if path == "." || path.is_empty() {
+                "(document)"
+            } else {
+                &path
+            },
             e.inner().to_string(),
         )
     })?;
@@ -827,6 +832,13 @@ mod tests {
             parse(destroyed).unwrap(),
             Delivery::Ignored { .. }
         ));
+    }
+
+    #[test]
+    fn a_broken_document_under_an_empty_key_is_named_as_the_document() {
+        let error = parse_delivery(br#"{"":{data":1}}"#).unwrap_err();
+        assert_eq!(error.field, "(document)");
+        assert!(!error.problem.is_empty());
     }
 
     /// Each broken payload and the member its error must name.

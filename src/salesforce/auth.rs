@@ -522,21 +522,64 @@ async fn token_call(
     if !status.is_success() {
         return Err(token_failure(operation, status, &body));
     }
+    parse_token_response(&body, host)
+        .map_err(|detail| SalesforceAuthError::Decode { operation, detail })
+}
+
+/// Reads a successful token response from the token endpoint of `host`: the session, and the
+/// refresh token if a non-empty one came. The access token will be sent to `instance_url`, so
+/// that must be an http(s) URL with a host, no credentials, query or fragment, and https when
+/// `host` is (docs/security.md, "Provider input"). `issued_at` and `signature` are not read:
+/// nothing depends on them. Pure; an error names the member and never repeats a token.
+pub fn parse_token_response(
+    body: &str,
+    host: &str,
+) -> Result<(SalesforceSession, Option<Secret>), String> {
     let token: TokenResponse =
-        serde_json::from_str(&body).map_err(|error| SalesforceAuthError::Decode {
-            operation,
-            detail: format!("token response: {error}"),
-        })?;
-    let (org_id, user_id) = ids_from_identity_url(&token.id)
-        .map_err(|detail| SalesforceAuthError::Decode { operation, detail })?;
+        serde_json::from_str(body).map_err(|error| format!("token response: {error}"))?;
+    if token.access_token.trim().is_empty() {
+        return Err("token response: access_token is empty".to_owned());
+    }
+    let instance_url = checked_instance_url(&token.instance_url, host)?;
+    let (org_id, user_id) = ids_from_identity_url(&token.id)?;
     let session = SalesforceSession {
         access_token: Secret(token.access_token),
-        instance_url: token.instance_url.trim_end_matches('/').to_owned(),
+        instance_url,
         identity_url: token.id,
         org_id,
         user_id,
     };
-    Ok((session, token.refresh_token.map(Secret)))
+    let refresh = token
+        .refresh_token
+        .filter(|refresh| !refresh.trim().is_empty())
+        .map(Secret);
+    Ok((session, refresh))
+}
+
+/// `instance_url` without its trailing slash, if it is where an access token may go.
+fn checked_instance_url(instance_url: &str, host: &str) -> Result<String, String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "token response: instance_url {instance_url:?} {why}"
+        ))
+    };
+    let Ok(parsed) = url::Url::parse(instance_url) else {
+        return refuse("is not a URL");
+    };
+    if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none_or(str::is_empty) {
+        return refuse("is not an http(s) URL with a host");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return refuse("carries credentials");
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return refuse("carries a query or a fragment");
+    }
+    let host_is_https = url::Url::parse(host).is_ok_and(|host| host.scheme() == "https");
+    if host_is_https && parsed.scheme() != "https" {
+        return refuse("is not https although the token endpoint is");
+    }
+    Ok(instance_url.trim_end_matches('/').to_owned())
 }
 
 /// A revocation that did not happen (`kind` names the token: `access token`, `refresh
@@ -605,7 +648,7 @@ async fn read_answer(
 }
 
 /// A refusal from the token endpoint, classified when it carries an OAuth error body.
-pub(crate) fn token_failure(
+pub fn token_failure(
     operation: AuthOperation,
     status: StatusCode,
     body: &str,
@@ -687,13 +730,19 @@ pub async fn userinfo(
             body: excerpt(&body),
         });
     }
-    let decode = |detail: String| SalesforceAuthError::Decode { operation, detail };
+    parse_userinfo(&body).map_err(|detail| SalesforceAuthError::Decode { operation, detail })
+}
+
+/// Reads a userinfo body. Pure.
+pub fn parse_userinfo(body: &str) -> Result<Identity, String> {
     let info: UserinfoBody =
-        serde_json::from_str(&body).map_err(|error| decode(format!("userinfo: {error}")))?;
-    let id = |raw: &str| SalesforceId::parse(raw).map_err(|e| decode(e.to_string()));
+        serde_json::from_str(body).map_err(|error| format!("userinfo: {error}"))?;
+    let id = |field: &str, raw: &str| {
+        SalesforceId::parse(raw).map_err(|e| format!("userinfo: {field}: {e}"))
+    };
     Ok(Identity {
-        user_id: id(&info.user_id)?,
-        organization_id: id(&info.organization_id)?,
+        user_id: id("user_id", &info.user_id)?,
+        organization_id: id("organization_id", &info.organization_id)?,
         preferred_username: info.preferred_username,
         active: info.active,
     })
@@ -872,6 +921,105 @@ mod tests {
         assert_eq!(gateway.disconnect_reason(), None);
         let not_found = token_failure(op, StatusCode::NOT_FOUND, "nope");
         assert_eq!(not_found.disconnect_reason(), Some(DisconnectReason::Other));
+    }
+
+    const ORG: &str = "00D5e000000AbcdEAC";
+    const USER: &str = "0055e000001XyzQAAS";
+
+    fn token_body(instance_url: &str, extra: &str) -> String {
+        format!(
+            r#"{{"access_token":"00D!secret-access","instance_url":"{instance_url}","id":"https://login.salesforce.com/id/{ORG}/{USER}","token_type":"Bearer"{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn a_token_response_gives_the_session_whatever_its_issued_at() {
+        for issued_at in [
+            r#","issued_at":"1278448832702""#,
+            r#","issued_at":"99999999999999999999999999""#,
+            r#","issued_at":-1"#,
+            r#","issued_at":1e308"#,
+            r#","issued_at":null,"signature":"not base64""#,
+            "",
+        ] {
+            let (session, refresh) = parse_token_response(
+                &token_body("https://acme.my.salesforce.com/", issued_at),
+                LOGIN_URL,
+            )
+            .unwrap_or_else(|e| panic!("{issued_at}: {e}"));
+            assert_eq!(session.instance_url, "https://acme.my.salesforce.com");
+            assert_eq!(session.org_id.as_str(), ORG);
+            assert_eq!(session.user_id.as_str(), USER);
+            assert_eq!(session.access_token.expose(), "00D!secret-access");
+            assert_eq!(refresh, None);
+        }
+        let (_, refresh) = parse_token_response(
+            &token_body(
+                "https://acme.my.salesforce.com",
+                r#","refresh_token":"5Aep861""#,
+            ),
+            LOGIN_URL,
+        )
+        .unwrap();
+        assert_eq!(refresh.unwrap().expose(), "5Aep861");
+        let (_, empty) = parse_token_response(
+            &token_body("https://acme.my.salesforce.com", r#","refresh_token":"""#),
+            LOGIN_URL,
+        )
+        .unwrap();
+        assert_eq!(empty, None, "an empty refresh token is none");
+    }
+
+    #[test]
+    fn a_token_response_must_name_an_instance_the_token_may_go_to() {
+        for (instance_url, why) in [
+            ("acme.my.salesforce.com", "is not a URL"),
+            (
+                "ftp://acme.my.salesforce.com",
+                "is not an http(s) URL with a host",
+            ),
+            ("https://user:pw@evil.example", "carries credentials"),
+            (
+                "https://acme.my.salesforce.com?x=1",
+                "carries a query or a fragment",
+            ),
+            (
+                "http://acme.my.salesforce.com",
+                "is not https although the token endpoint is",
+            ),
+        ] {
+            let error = parse_token_response(&token_body(instance_url, ""), LOGIN_URL)
+                .expect_err(instance_url);
+            assert!(error.contains(why), "{instance_url}: {error}");
+            assert!(!error.contains("secret-access"), "{error}");
+        }
+        // A plain-HTTP token endpoint (the simulator on loopback) may name a plain-HTTP instance.
+        let (session, _) = parse_token_response(
+            &token_body("http://127.0.0.1:8080/", ""),
+            "http://127.0.0.1:8080",
+        )
+        .unwrap();
+        assert_eq!(session.instance_url, "http://127.0.0.1:8080");
+        let empty = parse_token_response(
+            &token_body("https://acme.my.salesforce.com", "").replace("00D!secret-access", " "),
+            LOGIN_URL,
+        );
+        assert_eq!(empty.unwrap_err(), "token response: access_token is empty");
+    }
+
+    #[test]
+    fn a_userinfo_body_gives_the_identity_or_names_the_bad_member() {
+        let identity = parse_userinfo(&format!(
+            r#"{{"user_id":"{USER}","organization_id":"{ORG}","preferred_username":"int@acme.example","active":true,"utcOffset":-28800000}}"#
+        ))
+        .unwrap();
+        assert_eq!(identity.user_id.as_str(), USER);
+        assert!(identity.active);
+        let error = parse_userinfo(&format!(
+            r#"{{"user_id":"nope","organization_id":"{ORG}","preferred_username":"u","active":true}}"#
+        ))
+        .unwrap_err();
+        assert!(error.starts_with("userinfo: user_id:"), "{error}");
     }
 
     #[test]

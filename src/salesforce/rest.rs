@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use futures::{Stream, TryStreamExt, stream};
 use reqwest::StatusCode;
 use reqwest::header::ACCEPT;
@@ -426,11 +426,7 @@ fn first_error(body: &str) -> (String, String) {
 }
 
 /// The final error for a refusal that is neither 401 nor 5xx.
-pub(crate) fn refusal(
-    operation: RestOperation,
-    status: StatusCode,
-    body: &str,
-) -> SalesforceRestError {
+pub fn refusal(operation: RestOperation, status: StatusCode, body: &str) -> SalesforceRestError {
     let (code, message) = first_error(body);
     let permission = code.starts_with("INSUFFICIENT_ACCESS")
         || code == "API_DISABLED_FOR_ORG"
@@ -574,6 +570,17 @@ pub enum UserQuery {
 }
 
 impl UserQuery {
+    /// Users modified at or after `since` minus `margin`. `since` comes from a change event's
+    /// commit timestamp, which may be anywhere in chrono's calendar: a margin reaching before
+    /// its start stops there instead of overflowing.
+    pub fn modified_since(since: DateTime<Utc>, margin: Duration) -> UserQuery {
+        let from = TimeDelta::from_std(margin)
+            .ok()
+            .and_then(|margin| since.checked_sub_signed(margin))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        UserQuery::ModifiedSince(from)
+    }
+
     /// The SOQL statement.
     pub fn soql(&self) -> String {
         let select = format!("SELECT {} FROM User", USER_FIELDS.join(", "));
@@ -655,14 +662,74 @@ pub fn user_from_record(record: &Record) -> Result<SalesforceUser, String> {
     })
 }
 
+/// Reads the body of `GET …/sobjects/User/{id}`: the user, who must be the one asked for.
+/// Pure.
+pub fn read_user(body: &str, asked: &SalesforceId) -> Result<SalesforceUser, String> {
+    let record: Record = serde_json::from_str(body).map_err(|error| error.to_string())?;
+    let user = user_from_record(&record)?;
+    if user.id != *asked {
+        return Err(format!("asked for user {asked}, got user {}", user.id));
+    }
+    Ok(user)
+}
+
+/// Reads page `number` of a query result from its body: the records converted by `convert`,
+/// and the absolute URL of the next page unless this one is the last. Pure.
+pub fn read_query_page<T>(
+    body: &str,
+    number: u32,
+    instance_url: &str,
+    convert: fn(Record) -> Result<T, String>,
+) -> Result<(QueryPage<T>, Option<String>), String> {
+    let body: QueryResponse = serde_json::from_str(body).map_err(|error| error.to_string())?;
+    let next = match (body.done, body.next_records_url) {
+        (true, _) => None,
+        (false, Some(path)) => Some(next_page_url(instance_url, &path)?),
+        (false, None) => return Err("done is false but there is no nextRecordsUrl".to_owned()),
+    };
+    let records = body
+        .records
+        .into_iter()
+        .map(convert)
+        .collect::<Result<Vec<T>, String>>()?;
+    let page = QueryPage {
+        number,
+        total_size: body.total_size,
+        done: next.is_none(),
+        records,
+    };
+    Ok((page, next))
+}
+
+/// `nextRecordsUrl` as an absolute URL. Salesforce sends a path under the instance URL, joined
+/// as text because the instance URL may carry a path (a protocol-relative `//host/…` stays a
+/// path); an absolute URL is taken as it is. Either way it must stay on the instance's origin,
+/// the only place the access token goes ([`crate::endpoint::origin`]).
+pub fn next_page_url(instance_url: &str, next: &str) -> Result<String, String> {
+    let joined = if next.starts_with("https://") || next.starts_with("http://") {
+        next.to_owned()
+    } else {
+        format!(
+            "{}/{}",
+            instance_url.trim_end_matches('/'),
+            next.trim_start_matches('/')
+        )
+    };
+    let instance = url::Url::parse(instance_url)
+        .map_err(|error| format!("instance URL {instance_url:?}: {error}"))?;
+    let url = url::Url::parse(&joined)
+        .map_err(|error| format!("nextRecordsUrl {next:?} does not make a URL: {error}"))?;
+    check_same_origin(&instance, &url)
+        .map_err(|foreign| format!("nextRecordsUrl: {foreign}; not followed"))?;
+    Ok(url.into())
+}
+
 /// The Salesforce REST client for User records. Cheap to share behind an `Arc`; every method
 /// takes `&self`.
 pub struct SalesforceRest {
     http: reqwest::Client,
     /// Scheme, host and any path, without a trailing slash.
     instance_url: String,
-    /// The same, parsed: whose origin alone gets the bearer token.
-    instance: url::Url,
     /// `v62.0`.
     version: String,
     tokens: Arc<dyn TokenSource>,
@@ -709,7 +776,6 @@ impl SalesforceRest {
         Ok(SalesforceRest {
             http,
             instance_url: instance_url.trim_end_matches('/').to_owned(),
-            instance: parsed,
             version: DEFAULT_API_VERSION.to_owned(),
             tokens,
             retry: RestRetry::default(),
@@ -862,8 +928,8 @@ impl SalesforceRest {
             self.version,
             USER_FIELDS.join(",")
         );
-        match self.get_json::<Record>(&operation, &url, None).await {
-            Ok(record) => user_from_record(&record)
+        match self.get_text(&operation, &url, None).await {
+            Ok(body) => read_user(&body, id)
                 .map(Some)
                 .map_err(|detail| SalesforceRestError::Decode { operation, detail }),
             Err(SalesforceRestError::Refused { status: 404, .. }) => Ok(None),
@@ -885,23 +951,8 @@ impl SalesforceRest {
         format!("{}/services/data/{}/query", self.instance_url, self.version)
     }
 
-    /// `nextRecordsUrl` (a path under the instance URL, or a whole URL) as a URL, only on the
-    /// instance URL's origin: the next request carries the bearer token.
-    fn next_page_url(&self, link: &str) -> Result<String, String> {
-        let url = match url::Url::parse(link) {
-            Ok(absolute) => absolute,
-            Err(url::ParseError::RelativeUrlWithoutBase) => {
-                let joined = format!("{}/{}", self.instance_url, link.trim_start_matches('/'));
-                url::Url::parse(&joined)
-                    .map_err(|e| format!("nextRecordsUrl {link:?} does not make a URL: {e}"))?
-            }
-            Err(e) => return Err(format!("nextRecordsUrl {link:?} is not a URL: {e}")),
-        };
-        check_same_origin(&self.instance, &url).map_err(|e| format!("nextRecordsUrl: {e}"))?;
-        Ok(url.into())
-    }
-
-    /// The pages of `soql`, each record converted by `convert`.
+    /// The pages of `soql`, each record converted by `convert`. A `nextRecordsUrl` seen before
+    /// ends the stream with an error instead of paging forever.
     fn pages<T: Send + 'static>(
         &self,
         soql: String,
@@ -913,57 +964,65 @@ impl SalesforceRest {
             Done,
         }
         let soql: Arc<str> = soql.into();
-        stream::try_unfold((Next::First, 0_u32), move |(next, number)| {
-            let soql = soql.clone();
-            async move {
-                let number = number + 1;
-                let operation = RestOperation::Query {
-                    page: number,
-                    soql: soql.to_string(),
-                };
-                let (url, query) = match next {
-                    Next::Done => return Ok(None),
-                    Next::First => (self.query_url(), Some(&*soql)),
-                    Next::Url(url) => (url, None),
-                };
-                let body: QueryResponse = self.get_json(&operation, &url, query).await?;
-                let decode = |detail: String| SalesforceRestError::Decode {
-                    operation: operation.clone(),
-                    detail,
-                };
-                let next = match (body.done, body.next_records_url) {
-                    (true, _) => Next::Done,
-                    (false, Some(link)) => Next::Url(self.next_page_url(&link).map_err(decode)?),
-                    (false, None) => {
-                        return Err(decode(
-                            "done is false but there is no nextRecordsUrl".to_owned(),
-                        ));
-                    }
-                };
-                let records = body
-                    .records
-                    .into_iter()
-                    .map(convert)
-                    .collect::<Result<Vec<T>, String>>()
-                    .map_err(decode)?;
-                let page = QueryPage {
-                    number,
-                    total_size: body.total_size,
-                    done: matches!(next, Next::Done),
-                    records,
-                };
-                Ok(Some((page, (next, number))))
-            }
-        })
+        let visited = std::collections::HashSet::<String>::new();
+        stream::try_unfold(
+            (Next::First, 0_u32, visited),
+            move |(next, number, mut visited)| {
+                let soql = soql.clone();
+                async move {
+                    let (url, query) = match next {
+                        Next::Done => return Ok(None),
+                        Next::First => (self.query_url(), Some(&*soql)),
+                        Next::Url(url) => (url, None),
+                    };
+                    let operation = RestOperation::Query {
+                        page: number.saturating_add(1),
+                        soql: soql.to_string(),
+                    };
+                    let decode = |detail: String| SalesforceRestError::Decode {
+                        operation: operation.clone(),
+                        detail,
+                    };
+                    let number = number.checked_add(1).ok_or_else(|| {
+                        decode("the result has more pages than can be counted".into())
+                    })?;
+                    let body: String = self.get_text(&operation, &url, query).await?;
+                    let (page, next_url) =
+                        read_query_page(&body, number, &self.instance_url, convert)
+                            .map_err(decode)?;
+                    let next = match next_url {
+                        None => Next::Done,
+                        Some(next_url) if !visited.insert(next_url.clone()) => {
+                            return Err(decode(format!(
+                                "nextRecordsUrl {next_url} was already read: the result loops"
+                            )));
+                        }
+                        Some(next_url) => Next::Url(next_url),
+                    };
+                    Ok(Some((page, (next, number, visited))))
+                }
+            },
+        )
     }
 
-    /// A `GET` whose success is JSON: the token, one renewal after a 401, the retries.
+    /// A `GET` whose success is JSON.
     async fn get_json<T: DeserializeOwned>(
         &self,
         operation: &RestOperation,
         url: &str,
         soql: Option<&str>,
     ) -> Result<T, SalesforceRestError> {
+        let body = self.get_text(operation, url, soql).await?;
+        decode_json(operation, &body)
+    }
+
+    /// A `GET`'s successful body: the token, one renewal after a 401, the retries.
+    async fn get_text(
+        &self,
+        operation: &RestOperation,
+        url: &str,
+        soql: Option<&str>,
+    ) -> Result<String, SalesforceRestError> {
         let token_error = |source| SalesforceRestError::Token {
             operation: operation.clone(),
             source,
@@ -977,7 +1036,7 @@ impl SalesforceRest {
                     refused
                 } else {
                     match self.send(operation, url, soql, &renewed).await? {
-                        Reply::Success(body) => return decode_json(operation, &body),
+                        Reply::Success(body) => return Ok(body),
                         Reply::Unauthorized(refused) => refused,
                     }
                 };
@@ -989,7 +1048,7 @@ impl SalesforceRest {
                 });
             }
         };
-        decode_json(operation, &body)
+        Ok(body)
     }
 
     /// One request with `token`, retried while it fails transiently.
@@ -1304,6 +1363,149 @@ mod tests {
     }
 
     #[test]
+    fn a_resync_margin_stops_at_the_start_of_the_calendar() {
+        let margin = Duration::from_secs(300);
+        let since: DateTime<Utc> = "2026-01-01T00:05:00Z".parse().unwrap();
+        assert_eq!(
+            UserQuery::modified_since(since, margin),
+            UserQuery::ModifiedSince("2026-01-01T00:00:00Z".parse().unwrap())
+        );
+        let first = DateTime::<Utc>::MIN_UTC;
+        assert_eq!(
+            UserQuery::modified_since(first, margin),
+            UserQuery::ModifiedSince(first)
+        );
+        assert_eq!(
+            UserQuery::modified_since(since, Duration::MAX),
+            UserQuery::ModifiedSince(first)
+        );
+    }
+
+    #[test]
+    fn a_next_page_stays_on_the_instance() {
+        let instance = "https://acme.my.salesforce.com";
+        assert_eq!(
+            next_page_url(
+                instance,
+                "/services/data/v62.0/query/01gD0000002HU6KIAW-2000"
+            ),
+            Ok(
+                "https://acme.my.salesforce.com/services/data/v62.0/query/01gD0000002HU6KIAW-2000"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            next_page_url("https://acme.example/sf/", "query/x-2000"),
+            Ok("https://acme.example/sf/query/x-2000".to_owned()),
+            "an instance path is kept"
+        );
+        assert!(next_page_url(instance, "https://acme.my.salesforce.com/q/x-2000").is_ok());
+        assert_eq!(
+            next_page_url(instance, "//evil.example/q").unwrap(),
+            "https://acme.my.salesforce.com/evil.example/q"
+        );
+        for elsewhere in [
+            "https://evil.example/services/data/v62.0/query/x-2000",
+            "http://acme.my.salesforce.com/q/x-2000",
+            "https://acme.my.salesforce.com:8443/q/x-2000",
+        ] {
+            let error = next_page_url(instance, elsewhere).unwrap_err();
+            assert!(error.contains("not followed"), "{elsewhere}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_query_page_names_its_next_page_or_is_the_last() {
+        let instance = "https://acme.my.salesforce.com";
+        let body = json!({"totalSize": 3, "done": false,
+            "nextRecordsUrl": "/services/data/v62.0/query/01g-1",
+            "records": [{"attributes": {"type": "User"}, "Id": "005000000000001",
+                         "IsActive": true}]})
+        .to_string();
+        let (page, next) = read_query_page(&body, 1, instance, |r| user_from_record(&r)).unwrap();
+        assert_eq!(page.records.len(), 1);
+        assert!(!page.done);
+        assert_eq!(page.total_size, 3);
+        assert_eq!(
+            next.as_deref(),
+            Some("https://acme.my.salesforce.com/services/data/v62.0/query/01g-1")
+        );
+        let last = json!({"totalSize": 3, "done": true, "records": []}).to_string();
+        let (page, next) = read_query_page(&last, 2, instance, Ok).unwrap();
+        assert!(page.done && next.is_none());
+        for (bad, why) in [
+            (
+                json!({"totalSize": 1, "done": false, "records": []}),
+                "no nextRecordsUrl",
+            ),
+            (
+                json!({"totalSize": -1, "done": true, "records": []}),
+                "invalid value",
+            ),
+            (
+                json!({"totalSize": 1, "done": false, "nextRecordsUrl": "https://evil.example/q",
+                    "records": []}),
+                "not followed",
+            ),
+        ] {
+            let error = read_query_page(&bad.to_string(), 1, instance, Ok).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_user_read_must_be_the_user_asked_for() {
+        let asked = SalesforceId::parse("005000000000001").unwrap();
+        let body = |id: &str| json!({"Id": id, "IsActive": true}).to_string();
+        assert_eq!(
+            read_user(&body("005000000000001AAA"), &asked).unwrap().id,
+            asked
+        );
+        let error = read_user(&body("005000000000002AAA"), &asked).unwrap_err();
+        assert!(
+            error.contains("asked for user 005000000000001AAA"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_result_whose_next_page_loops_back_ends_in_an_error() {
+        use axum::routing::get;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let served = Arc::new(AtomicU32::new(0));
+        let page = {
+            let served = served.clone();
+            move || {
+                let served = served.clone();
+                async move {
+                    served.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(json!({"totalSize": 5, "done": false,
+                        "nextRecordsUrl": "/services/data/v62.0/query/01g-again",
+                        "records": []}))
+                }
+            }
+        };
+        let app = axum::Router::new()
+            .route("/services/data/v62.0/query", get(page.clone()))
+            .route("/services/data/v62.0/query/01g-again", get(page));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let error = client(&format!("http://{address}"))
+            .query_all("SELECT Id FROM User")
+            .await
+            .unwrap_err();
+
+        assert!(error.to_string().contains("the result loops"), "{error}");
+        assert_eq!(
+            served.load(Ordering::SeqCst),
+            2,
+            "the first page and the loop"
+        );
+    }
+
+    #[test]
     fn api_usage_header_is_read() {
         assert_eq!(
             ApiUsage::parse("api-usage=25/15000"),
@@ -1342,34 +1544,9 @@ mod tests {
                 .is_err()
         );
         assert_eq!(
-            rest.next_page_url("/services/data/v62.0/query/01gX-2000"),
+            next_page_url(rest.instance_url(), "/services/data/v62.0/query/01gX-2000"),
             Ok("https://acme.my.salesforce.com/services/data/v62.0/query/01gX-2000".to_owned())
         );
-    }
-
-    #[test]
-    fn a_next_page_on_another_origin_is_refused() {
-        let rest = client("https://acme.my.salesforce.com");
-        assert_eq!(
-            rest.next_page_url("https://acme.my.salesforce.com/services/data/v62.0/query/01g-2"),
-            Ok("https://acme.my.salesforce.com/services/data/v62.0/query/01g-2".to_owned())
-        );
-        // A protocol-relative link stays a path under the instance.
-        assert_eq!(
-            rest.next_page_url("//evil.example/q"),
-            Ok("https://acme.my.salesforce.com/evil.example/q".to_owned())
-        );
-        for foreign in [
-            "https://evil.example/services/data/v62.0/query/01g-2",
-            "http://acme.my.salesforce.com/services/data/v62.0/query/01g-2",
-            "https://acme.my.salesforce.com:8443/services/data/v62.0/query/01g-2",
-        ] {
-            let refused = rest.next_page_url(foreign).unwrap_err();
-            assert!(
-                refused.contains("another origin") && refused.contains(foreign),
-                "{refused}"
-            );
-        }
     }
 
     /// Hands out one fixed token.

@@ -665,6 +665,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_past_the_bound_is_refused_before_it_is_read() {
+        let sink = Arc::new(Recorder::default());
+        let reader = Arc::new(Directory::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = receiver(sink.clone(), reader.clone()).router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let post = |body: Vec<u8>| {
+            let headers = signed(&body);
+            reqwest::Client::new()
+                .post(format!("http://{address}{PATH}"))
+                .headers(headers)
+                .body(body)
+                .send()
+        };
+
+        let too_long = post(vec![b' '; MAX_BODY + 1]).await.unwrap();
+
+        assert_eq!(too_long.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(sink.accepted.lock().unwrap().is_empty());
+        assert!(sink.refused.lock().unwrap().is_empty());
+        // At the bound, the body is read (and refused for what it is, not for its size).
+        let at_bound = post(vec![b' '; MAX_BODY]).await.unwrap();
+        assert_eq!(at_bound.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
     async fn a_bad_signature_reaches_neither_the_sink_nor_the_reader() {
         let sink = Arc::new(Recorder::default());
         let reader = Arc::new(Directory::default());

@@ -701,11 +701,11 @@ impl<T: TokenSource> CometdClient<T> {
         let envelope = match envelope(message) {
             Ok(envelope) => envelope,
             Err(error) => {
-                let replay_id = message
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("event")?.get("replayId")?.as_i64());
-                return Ok(unreadable(replay_id, None, error.to_string()));
+                return Ok(unreadable(
+                    unreadable_replay_id(message),
+                    None,
+                    error.to_string(),
+                ));
             }
         };
         let (replay_id, schema_id) = (envelope.replay_id, envelope.schema_id.to_owned());
@@ -847,10 +847,13 @@ impl<T: TokenSource> CometdClient<T> {
     }
 
     fn note_advice(&mut self, reply: &Message) {
-        if let Some(timeout) = reply.advice.as_ref().and_then(|a| a.timeout)
-            && let Ok(ms) = u64::try_from(timeout)
+        if let Some(hold) = reply
+            .advice
+            .as_ref()
+            .and_then(|a| a.timeout)
+            .and_then(advised_hold)
         {
-            self.hold = Duration::from_millis(ms);
+            self.hold = hold;
         }
     }
 
@@ -858,6 +861,19 @@ impl<T: TokenSource> CometdClient<T> {
         self.next_id += 1;
         self.next_id.to_string()
     }
+}
+
+/// The longest hold an `advice.timeout` can set: ten minutes, five times what Salesforce
+/// advises (110 s). A connect's HTTP timeout is the hold plus the network delay, so a larger
+/// advice would leave a dead connection unnoticed for as long (docs/security.md, "Provider
+/// input").
+pub const MAX_ADVISED_HOLD: Duration = Duration::from_secs(600);
+
+/// The hold an `advice.timeout` (milliseconds) sets: at most [`MAX_ADVISED_HOLD`]; a negative
+/// one is ignored.
+pub fn advised_hold(timeout_ms: i64) -> Option<Duration> {
+    let ms = u64::try_from(timeout_ms).ok()?;
+    Some(Duration::from_millis(ms).min(MAX_ADVISED_HOLD))
 }
 
 /// The reply on `channel` in a response.
@@ -870,6 +886,17 @@ fn meta_reply<'m>(
         .iter()
         .find(|m| m.channel == channel)
         .ok_or(CometdError::NoReply { operation, channel })
+}
+
+/// The replay id of a data message whose envelope could not be read, if it has a usable one. A
+/// negative id is a subscribe preset (-1 the tip, -2 the earliest), not a position: the event
+/// is handled as one without a replay id, so it can never become the checkpoint.
+fn unreadable_replay_id(message: &Message) -> Option<i64> {
+    message
+        .data
+        .as_ref()
+        .and_then(|d| d.get("event")?.get("replayId")?.as_i64())
+        .filter(|id| *id >= 0)
 }
 
 /// A path segment made safe: anything but letters, digits, `.`, `-`, `_` is dropped.
@@ -930,5 +957,38 @@ mod tests {
             "{message}"
         );
         assert_eq!(refused.disconnect_reason(), Some(DisconnectReason::Other));
+    }
+
+    #[test]
+    fn an_unreadable_event_with_a_preset_for_a_replay_id_has_none() {
+        let message = |replay_id: Value| {
+            let body = json!([{"channel": USER_CHANGE_CHANNEL,
+                "data": {"schema": "s", "event": {"replayId": replay_id}}}]);
+            parse_messages(body.to_string().as_bytes())
+                .unwrap()
+                .remove(0)
+        };
+        assert_eq!(
+            unreadable_replay_id(&message(json!(18_098_301))),
+            Some(18_098_301)
+        );
+        assert_eq!(unreadable_replay_id(&message(json!(0))), Some(0));
+        for preset in [json!(-1), json!(-2), json!(i64::MIN), json!("7")] {
+            assert_eq!(
+                unreadable_replay_id(&message(preset.clone())),
+                None,
+                "{preset}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_advised_hold_is_at_most_the_bound_and_never_negative() {
+        assert_eq!(advised_hold(110_000), Some(Duration::from_secs(110)));
+        assert_eq!(advised_hold(0), Some(Duration::ZERO));
+        assert_eq!(advised_hold(600_001), Some(MAX_ADVISED_HOLD));
+        assert_eq!(advised_hold(i64::MAX), Some(MAX_ADVISED_HOLD));
+        assert_eq!(advised_hold(-1), None);
+        assert_eq!(advised_hold(i64::MIN), None);
     }
 }

@@ -135,6 +135,15 @@ pub fn envelope(message: &Message) -> Result<Envelope<'_>, PayloadError> {
         Some(other) => return Err(wrong("data.event.replayId", "an integer", other)),
         None => return Err(missing("data.event.replayId")),
     };
+    // -1 and -2 are the subscribe presets (tip, earliest), not positions: acknowledging one
+    // would make the next resubscribe replay the whole retention window.
+    if replay_id < 0 {
+        return Err(wrong(
+            "data.event.replayId",
+            "a position (0 or more; -1 and -2 are subscribe presets)",
+            &Value::from(replay_id),
+        ));
+    }
     let payload = match data.get("payload") {
         Some(Value::Object(payload)) => payload,
         Some(other) => return Err(wrong("data.payload", "an object", other)),
@@ -761,6 +770,11 @@ mod tests {
         assert_eq!(
             err(json!({"schema": "s", "payload": {}, "event": {"replayId": "12"}})).to_string(),
             "data.event.replayId is the string \"12\", expected an integer"
+        );
+        assert_eq!(
+            err(json!({"schema": "s", "payload": {}, "event": {"replayId": -2}})).to_string(),
+            "data.event.replayId is -2, expected a position (0 or more; -1 and -2 are subscribe \
+             presets)"
         );
         assert_eq!(
             err(json!({"schema": "s", "payload": {}, "event": {"replayId": 1}})),

@@ -29,7 +29,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
-use super::credit::Credit;
+use super::credit::{Credit, unsent_after};
 use super::failure::{FailureKind, PubSubFailure, classify};
 use crate::proto::eventbus::pub_sub_client::PubSubClient;
 use crate::proto::eventbus::{
@@ -387,7 +387,7 @@ impl Subscription {
             Err(status) => return Err(StreamEnd::Failed(classify(&status))),
         };
         if let Some(more) = self.credit.on_response(response.pending_num_requested) {
-            self.unsent_credit += more;
+            self.unsent_credit = unsent_after(self.unsent_credit, more);
         }
         // Never awaits after a response was taken off the stream, so dropping this future
         // (a `select!` that picked another branch) cannot lose the response.

@@ -50,6 +50,14 @@ impl Credit {
     }
 }
 
+/// The credit still to send once a top-up of `more` is asked for while `unsent` (asked for
+/// earlier) has not gone out yet. The server's report is the truth and the unsent credit is not
+/// in it, so `more` already covers everything the server lacks: the larger of the two, never
+/// their sum, which would grow without bound while the request stream stays full.
+pub fn unsent_after(unsent: i32, more: i32) -> i32 {
+    unsent.max(more).clamp(0, MAX_CREDIT)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -74,6 +82,21 @@ mod tests {
         // Out-of-range values from a server are clamped, never sent back.
         assert_eq!(credit.on_response(-5), Some(100));
         assert_eq!(credit.on_response(1000), None);
+    }
+
+    #[test]
+    fn credit_that_cannot_be_sent_does_not_pile_up() {
+        let mut credit = Credit::new(50);
+        let mut unsent = 0;
+        for report in (0..1_000).map(|n| n % 40) {
+            if let Some(more) = credit.on_response(report) {
+                unsent = unsent_after(unsent, more);
+            }
+            assert!(unsent <= MAX_CREDIT, "{unsent}");
+        }
+        assert_eq!(unsent, MAX_CREDIT);
+        assert_eq!(unsent_after(30, 20), 30);
+        assert_eq!(unsent_after(i32::MAX, i32::MAX), MAX_CREDIT);
     }
 
     proptest! {

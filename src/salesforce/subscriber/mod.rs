@@ -598,9 +598,7 @@ impl Pipeline {
     ) -> Result<(), SubscriberError> {
         self.stats.resyncs += 1;
         let query = match since {
-            Some(since) => UserQuery::ModifiedSince(
-                since - chrono::Duration::from_std(self.resync_margin).unwrap_or_default(),
-            ),
+            Some(since) => UserQuery::modified_since(since, self.resync_margin),
             None => UserQuery::All,
         };
         let context = format!("resyncing users ({why}) with {}", query.soql());
