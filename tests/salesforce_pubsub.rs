@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
+use usersync::config::SalesforceConfig;
 use usersync::engine::state::SalesforceUser;
 use usersync::event::{ChangeKind, UserChange};
 use usersync::proto::eventbus::pub_sub_client::PubSubClient;
@@ -17,8 +18,8 @@ use usersync::salesforce::auth::{SalesforceCredentials, SalesforceSession, Secre
 use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::normalize::{Delivery, Normalized, Replay, normalize};
 use usersync::salesforce::pubsub::{
-    Batch, FailureKind, PubSubConnection, PubSubError, PubSubSettings, SchemaCache, StartAt,
-    StreamEnd, Subscription,
+    Batch, FailureKind, PubSubConnection, PubSubError, SchemaCache, StartAt, StreamEnd,
+    Subscription,
 };
 use usersync::sim::salesforce::pubsub::{StreamFault, StreamTiming};
 use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
@@ -60,15 +61,15 @@ async fn login(sim: &SalesforceSim) -> SalesforceSession {
         .expect("JWT bearer grant")
 }
 
-fn settings(sim: &SalesforceSim) -> PubSubSettings {
-    PubSubSettings {
-        endpoint: sim.pubsub_url(),
-        ..PubSubSettings::default()
+fn settings(sim: &SalesforceSim) -> SalesforceConfig {
+    SalesforceConfig {
+        pubsub_endpoint: sim.pubsub_url(),
+        ..SalesforceConfig::default()
     }
 }
 
 fn connect(org: &Org) -> PubSubConnection {
-    PubSubConnection::new(settings(&org.sim), &org.session).expect("channel")
+    PubSubConnection::new(&settings(&org.sim), &org.session).expect("channel")
 }
 
 fn writer() -> Writer {
@@ -425,7 +426,7 @@ async fn wrong_tenant_or_instance_headers_are_unauthenticated() {
     let org = org().await;
     let mut wrong_tenant = org.session.clone();
     wrong_tenant.org_id = SalesforceId::parse("00D000000000001").unwrap();
-    let connection = PubSubConnection::new(settings(&org.sim), &wrong_tenant).unwrap();
+    let connection = PubSubConnection::new(&settings(&org.sim), &wrong_tenant).unwrap();
     let refused = connection.topic(TOPIC).await.unwrap_err();
     assert_eq!(
         refused.failure().unwrap().kind,
@@ -434,7 +435,7 @@ async fn wrong_tenant_or_instance_headers_are_unauthenticated() {
 
     let mut wrong_instance = org.session.clone();
     wrong_instance.instance_url = "https://elsewhere.my.salesforce.com".into();
-    let connection = PubSubConnection::new(settings(&org.sim), &wrong_instance).unwrap();
+    let connection = PubSubConnection::new(&settings(&org.sim), &wrong_instance).unwrap();
     let refused = connection.topic(TOPIC).await.unwrap_err();
     assert_eq!(
         refused.failure().unwrap().kind,
@@ -503,7 +504,7 @@ fn rand_n() -> usize {
 async fn a_silent_stream_trips_the_watchdog() {
     let org = org().await;
     let connection = PubSubConnection::new(
-        PubSubSettings {
+        &SalesforceConfig {
             idle_timeout: Duration::from_millis(300),
             ..settings(&org.sim)
         },
