@@ -12,11 +12,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::{broadcast, watch};
 
-use crate::salesforce::replay_from::ReplayFrom;
-
 use super::{
     AuthorizedIdentity, Checklist, Connection, ConnectionFailure, ConnectionState,
-    DisconnectReason, Side, SubscriberLease, Verdict,
+    DisconnectReason, ReplayFrom, Side, SubscriberLease, Verdict,
 };
 
 /// How many transitions a slow watcher of [`Connections::changes`] may fall behind.

@@ -2,19 +2,23 @@
 //! disconnected, why, and what to do about it (docs/operations.md).
 //!
 //! Real integrations get disconnected: the authorizing user's permissions change, their
-//! credentials change, they leave the company, or somebody disconnects by hand. Each protocol
-//! module already says what its own failures mean (`salesforce::auth`, `salesforce::rest`,
-//! `salesforce::pubsub::failure`, `salesforce::cometd`, `outreach::error`); this module gives
-//! both sides one vocabulary on top:
+//! credentials change, they leave the company, or somebody disconnects by hand. This module is
+//! the vocabulary both sides share for that, and only that; it imports no provider adapter.
+//! What each provider's failures mean is the adapter's knowledge, so each adapter says it next
+//! to its errors (`salesforce::auth`, `salesforce::rest`, `salesforce::pubsub`,
+//! `salesforce::cometd`, `salesforce::subscriber`, `outreach::error`) in the words defined here:
 //!
-//! - [`Verdict`] (in `verdict`): what a failure means for the *connection* — nothing (the request
-//!   failed on its own, like a 422), transient trouble (degraded, retrying), or a
-//!   [`DisconnectReason`] only an admin can fix. One table per side maps the real error bodies
-//!   of the reference to verdicts; every row is a unit test with the exact body.
+//! - [`Verdict`] and [`ConnectionFailure`] (in `verdict`): what a failure means for the
+//!   *connection* — nothing (the request failed on its own, like a 422), transient trouble
+//!   (degraded, retrying), or a [`DisconnectReason`] (in `reason`) only an admin can fix.
 //! - [`Connections`] (in `board`): the live state of both sides, shared by the roles that make
 //!   the calls and the admin surface that shows them. A change is logged once, when the state
 //!   or the reason changes, never once per failing call; watchers (status, metrics, the live
-//!   feed) see every transition.
+//!   feed) see every transition. It also carries the admin's requests to the roles: reconnect,
+//!   resync, and replay from a [`ReplayFrom`] (in `replay`).
+//! - [`Checklist`] (in `checklist`): a "test connection" result; the steps run in each adapter
+//!   (`salesforce::checklist`, `outreach::checklist`).
+//! - `vault` and `authorization`: the credentials a reconnect stores, sealed.
 //!
 //! The states are `not_configured`, `connecting`, `connected`, `degraded` and `disconnected`.
 //! A side that is disconnected stops; the other side goes on.
@@ -24,6 +28,7 @@ mod board;
 pub mod checklist;
 pub mod pkce;
 mod reason;
+mod replay;
 pub mod vault;
 mod verdict;
 
@@ -35,6 +40,7 @@ use serde::{Deserialize, Serialize};
 pub use board::Connections;
 pub use checklist::Checklist;
 pub use reason::DisconnectReason;
+pub use replay::ReplayFrom;
 pub use verdict::{ConnectionFailure, Verdict};
 
 /// Which external system a connection is to.

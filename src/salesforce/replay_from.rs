@@ -11,6 +11,11 @@
 //! what will be read again, what will not be read, and when the checkpoint moves: moving it
 //! back re-publishes changes (harmless: the processor skips what it applied), moving it
 //! forward skips changes (not harmless: a resync recovers them).
+//!
+//! [`ReplayFrom`] itself is declared in `connection::replay`, beside the board that carries it
+//! from the admin surface to the subscriber, and re-exported here: the connection model needs
+//! the value, not Salesforce. Its forms per transport ([`ReplayFrom::parse`],
+//! [`ReplayFrom::render`]) know Salesforce's replay ids, so they are written here.
 
 use std::fmt;
 
@@ -22,23 +27,13 @@ use super::replay::ReplayPolicy;
 use crate::config::Transport;
 use crate::store::ReplayCheckpoint;
 
+pub use crate::connection::ReplayFrom;
+
 /// How long Salesforce keeps change events: what `earliest` reaches back to.
 pub const RETENTION_HOURS: i64 = 72;
 
 /// The longest Pub/Sub replay id taken, in bytes; real ones are a few bytes long.
 const MAX_REPLAY_ID_BYTES: usize = 128;
-
-/// Where the stream starts when an admin moves it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplayFrom {
-    /// The oldest change Salesforce still holds.
-    Earliest,
-    /// The newest position: nothing before it is read.
-    Latest,
-    /// After this replay id, in the stored form: Pub/Sub's bytes, or a CometD id as 8
-    /// big-endian bytes.
-    After(Vec<u8>),
-}
 
 /// Why a `from` was refused; the message names the value and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
