@@ -10,6 +10,11 @@
 //! [`classify`] is the single table from an HTTP status and error body to a variant; the client
 //! handles 401, 429 and 5xx itself before a status ever reaches the caller, so those rows only
 //! surface once the client's own remedies (refresh, wait, retry) are used up.
+//!
+//! What each variant means for the Outreach connection (`connection::ConnectionFailure`) is said
+//! here as well, next to the variants, so the connection model needs to know nothing of
+//! Outreach; the tests feed the bodies of docs/operations.md through [`classify`] and
+//! [`classify_token_failure`] and check the verdict of each.
 
 use std::fmt;
 use std::time::Duration;
@@ -18,6 +23,7 @@ use reqwest::StatusCode;
 
 use super::jsonapi::ErrorBody;
 use super::user::OutreachUserId;
+use crate::connection::{ConnectionFailure, DisconnectReason, Verdict};
 
 /// The JSON pointer Outreach sets on a 422 about the email attribute.
 pub const EMAIL_POINTER: &str = "/data/attributes/email";
@@ -235,6 +241,39 @@ impl OutreachError {
             | OutreachError::Network { operation, .. }
             | OutreachError::Decode { operation, .. }
             | OutreachError::Config { operation, .. } => operation,
+        }
+    }
+}
+
+/// What a failure means for the Outreach connection, beside the variants it reads: a missing
+/// scope or a governance refusal is a permission change, a refused token or grant is changed
+/// credentials, what the client retries is transient, and a refusal about one request leaves
+/// the connection alone.
+impl ConnectionFailure for OutreachError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            OutreachError::Scope { .. } | OutreachError::Governance { .. } => {
+                Verdict::Disconnected(DisconnectReason::PermissionsChanged)
+            }
+            // A 401 that outlived one refresh and one retry.
+            OutreachError::Auth { .. } => {
+                Verdict::Disconnected(DisconnectReason::CredentialsChanged)
+            }
+            OutreachError::Token { error, .. } => match error.as_str() {
+                "invalid_grant" | "invalid_client" | "unauthorized_client" => {
+                    Verdict::Disconnected(DisconnectReason::CredentialsChanged)
+                }
+                _ => Verdict::Disconnected(DisconnectReason::Other),
+            },
+            OutreachError::RateLimited { .. }
+            | OutreachError::Server { .. }
+            | OutreachError::Network { .. } => Verdict::Degraded,
+            OutreachError::Validation { .. }
+            | OutreachError::NotFound { .. }
+            | OutreachError::UnsupportedMediaType { .. }
+            | OutreachError::Rejected { .. }
+            | OutreachError::Decode { .. } => Verdict::Unaffected,
+            OutreachError::Config { .. } => Verdict::Disconnected(DisconnectReason::Other),
         }
     }
 }
@@ -511,6 +550,96 @@ mod tests {
             None,
         );
         assert_eq!(down.code(), "server");
+    }
+
+    /// Outreach API and token-endpoint errors (docs/operations.md).
+    #[test]
+    fn outreach_refusals() {
+        use crate::connection::DisconnectReason::*;
+        const D: fn(DisconnectReason) -> Verdict = Verdict::Disconnected;
+        let api: &[(u16, &str, Verdict)] = &[
+            (
+                403,
+                r#"{"errors":[{"id":"unauthorizedOauthScope","title":"Unauthorized OAuth Scope","detail":"Your authorization does not include the required scope 'users.write'."}]}"#,
+                D(PermissionsChanged),
+            ),
+            (
+                403,
+                r#"{"errors":[{"id":"unauthorizedRequest","title":"Unauthorized Request","detail":"You are not authorized to perform that request."}]}"#,
+                D(PermissionsChanged),
+            ),
+            (
+                401,
+                r#"{"error":"Invalid JWT token.","description":"The JWT token could not be decoded."}"#,
+                D(CredentialsChanged),
+            ),
+            (
+                422,
+                r#"{"errors":[{"id":"validationError","title":"Validation Error","detail":"Email has already been taken","source":{"pointer":"/data/attributes/email"}}]}"#,
+                Verdict::Unaffected,
+            ),
+            (
+                404,
+                r#"{"errors":[{"id":"resourceNotFound","title":"Resource Not Found","detail":"Could not find 'user' with ID '9'."}]}"#,
+                Verdict::Unaffected,
+            ),
+            (
+                415,
+                r#"{"errors":[{"id":"unsupportedMediaType","title":"Unsupported Media Type"}]}"#,
+                Verdict::Unaffected,
+            ),
+            (
+                429,
+                r#"{"errors":[{"id":"rateLimitExceeded","title":"Rate Limit Exceeded","detail":"You have exceeded your permitted rate limit of 10,000; please try again at 2017-01-01T00:00:00."}]}"#,
+                Verdict::Degraded,
+            ),
+            (
+                503,
+                r#"{"errors":[{"id":"scheduledServerMaintenance","title":"Scheduled Server Maintenance"}]}"#,
+                Verdict::Degraded,
+            ),
+        ];
+        for (status, body, expected) in api {
+            let error = classify(
+                Operation::ListUsers,
+                StatusCode::from_u16(*status).unwrap(),
+                &ErrorBody::parse(body.as_bytes()),
+                Some(Duration::from_secs(1)),
+            );
+            assert_eq!(error.verdict(), *expected, "{status} {body} ({error})");
+        }
+        let token: &[(u16, &str, Verdict)] = &[
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"The provided authorization grant is invalid, expired, revoked, does not match the redirection URI used in the authorization request, or was issued to another client."}"#,
+                D(CredentialsChanged),
+            ),
+            (
+                401,
+                r#"{"error":"invalid_client","error_description":"Client authentication failed due to unknown client, no client authentication included, or unsupported authentication method."}"#,
+                D(CredentialsChanged),
+            ),
+            (
+                400,
+                r#"{"error":"invalid_request","error_description":"The request is missing a required parameter."}"#,
+                D(Other),
+            ),
+            (
+                429,
+                r#"{"errors":[{"id":"rateLimitExceeded","title":"Rate Limit Exceeded"}]}"#,
+                Verdict::Degraded,
+            ),
+            (500, "Internal Server Error", Verdict::Degraded),
+        ];
+        for (status, body, expected) in token {
+            let error = classify_token_failure(
+                Operation::RefreshToken,
+                StatusCode::from_u16(*status).unwrap(),
+                &ErrorBody::parse(body.as_bytes()),
+                None,
+            );
+            assert_eq!(error.verdict(), *expected, "{status} {body} ({error})");
+        }
     }
 
     #[test]

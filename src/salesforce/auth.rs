@@ -11,8 +11,12 @@
 //! When the token endpoint refuses, the integration stops until an admin acts, and the admin
 //! needs to know *what* to do. Salesforce says it only through a pair of strings
 //! (`error`, `error_description`), so [`classify`] maps them to a [`DisconnectReason`] with one
-//! table, [`TOKEN_ERRORS`], built from the bodies in the reference (§6.6). Every row has a unit
-//! test with the exact body; a body no row knows is `other` and is shown as it came.
+//! table, [`TOKEN_ERRORS`], built from the bodies in the reference (§6.6). That table is the only
+//! place these bodies are given a meaning: [`token_failure`] keeps the row's reason (and hint) on
+//! the error, and the error's verdict for its connection (`connection::ConnectionFailure`,
+//! implemented here beside the error) is that reason. Every row is tested once, with the exact
+//! body, on both the error and its verdict; a body no row knows is `other` and is shown as it
+//! came.
 //!
 //! Secrets (private key, client secret, refresh token, access token) are held in [`Secret`],
 //! whose `Debug` prints a short fingerprint; nothing here formats a secret into a message.
@@ -28,6 +32,7 @@ use reqwest::header::ACCEPT;
 use serde::{Deserialize, Serialize};
 
 use super::id::{SalesforceId, SalesforceIdError};
+use crate::connection::{ConnectionFailure, Verdict};
 use crate::endpoint::body::{BodyError, OAUTH_ANSWER_CAP, read_capped_text};
 
 /// How far ahead of now a JWT assertion expires. Salesforce tolerates about three minutes of
@@ -252,6 +257,14 @@ impl SalesforceAuthError {
             SalesforceAuthError::Decode { .. } => Some(DisconnectReason::Other),
             SalesforceAuthError::InvalidKey { .. } => Some(DisconnectReason::CredentialsChanged),
         }
+    }
+}
+
+/// The verdict is the reason above: a refusal's comes from its row of [`TOKEN_ERRORS`], so the
+/// connection is told exactly what the classification found.
+impl ConnectionFailure for SalesforceAuthError {
+    fn verdict(&self) -> Verdict {
+        Verdict::from_reason(self.disconnect_reason())
     }
 }
 
@@ -800,90 +813,133 @@ mod tests {
         assert!(refused.contains("larger than"), "{refused}");
     }
 
+    /// Salesforce's token endpoint (docs/operations.md): every body the reference records, as
+    /// it comes, with the verdict its connection gets, and the hint when the row carries one.
+    /// An OAuth error body is a [`SalesforceAuthError::Token`] with that hint (and no other);
+    /// anything else keeps its status.
     #[test]
-    fn expired_refresh_token_is_credentials_changed() {
-        let body =
-            r#"{"error":"invalid_grant","error_description":"expired access/refresh token"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::CredentialsChanged);
-    }
-
-    #[test]
-    fn inactive_user_is_user_inactive() {
-        let body = r#"{"error":"invalid_grant","error_description":"inactive user"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::UserInactive);
-    }
-
-    #[test]
-    fn inactive_user_error_code_is_user_inactive() {
-        let body = r#"{"error":"inactive_user","error_description":"inactive user"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::UserInactive);
-    }
-
-    #[test]
-    fn unapproved_consumer_is_not_approved() {
-        let body =
-            r#"{"error":"invalid_grant","error_description":"user hasn't approved this consumer"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::NotApproved);
-    }
-
-    #[test]
-    fn invalid_app_access_is_not_approved() {
-        let body = r#"{"error":"invalid_app_access","error_description":"user is not admin approved to access this app"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::NotApproved);
-    }
-
-    #[test]
-    fn invalid_assertion_is_credentials_changed() {
-        let body = r#"{"error":"invalid_grant","error_description":"invalid assertion"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::CredentialsChanged);
-    }
-
-    #[test]
-    fn authentication_failure_is_credentials_changed() {
-        let body = r#"{"error":"invalid_grant","error_description":"authentication failure"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::CredentialsChanged);
-    }
-
-    #[test]
-    fn audience_is_invalid_is_credentials_changed() {
-        let body = r#"{"error":"invalid_grant","error_description":"audience is invalid"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::CredentialsChanged);
-    }
-
-    #[test]
-    fn audience_validation_failed_is_credentials_changed() {
-        let body = r#"{"error":"invalid_grant","error_description":"Audience validation failed"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::CredentialsChanged);
-    }
-
-    #[test]
-    fn wrong_domain_is_other_with_a_hint() {
-        let body = r#"{"error":"invalid_grant","error_description":"request not supported on this domain"}"#;
-        let (reason, hint) = reason_of(body);
-        assert_eq!(reason, DisconnectReason::Other);
-        assert!(hint.is_some_and(|hint| hint.contains("My Domain")));
-    }
-
-    #[test]
-    fn no_run_as_user_is_other_with_a_hint() {
-        let body =
-            r#"{"error":"invalid_grant","error_description":"no client credentials user enabled"}"#;
-        let (reason, hint) = reason_of(body);
-        assert_eq!(reason, DisconnectReason::Other);
-        assert!(hint.is_some_and(|hint| hint.contains("run-as user")));
-    }
-
-    #[test]
-    fn invalid_client_id_is_credentials_changed() {
-        let body =
-            r#"{"error":"invalid_client_id","error_description":"client identifier invalid"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::CredentialsChanged);
-    }
-
-    #[test]
-    fn invalid_client_is_credentials_changed() {
-        let body = r#"{"error":"invalid_client","error_description":"invalid client credentials"}"#;
-        assert_eq!(reason_of(body).0, DisconnectReason::CredentialsChanged);
+    fn token_endpoint_refusals_and_their_verdicts() {
+        use crate::connection::DisconnectReason::*;
+        const D: fn(DisconnectReason) -> Verdict = Verdict::Disconnected;
+        let rows: &[(u16, &str, Verdict, Option<&str>)] = &[
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"expired access/refresh token"}"#,
+                D(CredentialsChanged),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"invalid assertion"}"#,
+                D(CredentialsChanged),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"authentication failure"}"#,
+                D(CredentialsChanged),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"inactive user"}"#,
+                D(UserInactive),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"inactive_user","error_description":"inactive user"}"#,
+                D(UserInactive),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"user hasn't approved this consumer"}"#,
+                D(NotApproved),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_app_access","error_description":"user is not admin approved to access this app"}"#,
+                D(NotApproved),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_client_id","error_description":"client identifier invalid"}"#,
+                D(CredentialsChanged),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_client","error_description":"invalid client credentials"}"#,
+                D(CredentialsChanged),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"Audience validation failed"}"#,
+                D(CredentialsChanged),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"audience is invalid"}"#,
+                D(CredentialsChanged),
+                None,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"request not supported on this domain"}"#,
+                D(Other),
+                Some("My Domain"),
+            ),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"no client credentials user enabled"}"#,
+                D(Other),
+                Some("run-as user"),
+            ),
+            (
+                400,
+                r#"{"error":"unheard_of","error_description":"something new"}"#,
+                D(Other),
+                None,
+            ),
+            (
+                503,
+                "<html>Service Unavailable</html>",
+                Verdict::Degraded,
+                None,
+            ),
+            (
+                429,
+                "<html>Too Many Requests</html>",
+                Verdict::Degraded,
+                None,
+            ),
+        ];
+        for (status, body, expected, hint_phrase) in rows {
+            let error = token_failure(
+                AuthOperation::ObtainToken { flow: "jwt-bearer" },
+                StatusCode::from_u16(*status).unwrap(),
+                body,
+            );
+            assert_eq!(error.verdict(), *expected, "{status} {body} ({error})");
+            match &error {
+                SalesforceAuthError::Token { hint, .. } => match hint_phrase {
+                    Some(phrase) => assert!(
+                        hint.is_some_and(|hint| hint.contains(phrase)),
+                        "{body}: {hint:?}"
+                    ),
+                    None => assert_eq!(*hint, None, "{body}"),
+                },
+                SalesforceAuthError::Status { .. } => {
+                    assert!(body.starts_with("<html>"), "not a token error: {error}")
+                }
+                other => panic!("{body}: {other}"),
+            }
+        }
     }
 
     #[test]

@@ -71,6 +71,7 @@ use super::auth::{
     obtain_token,
 };
 use super::id::SalesforceId;
+use crate::connection::{ConnectionFailure, Verdict};
 use crate::endpoint::body::{API_PAGE_CAP, BodyError, read_capped_text};
 use crate::endpoint::origin::check_same_origin;
 use crate::engine::state::SalesforceUser;
@@ -395,6 +396,23 @@ impl SalesforceRestError {
             SalesforceRestError::Decode { .. } | SalesforceRestError::Config { .. } => {
                 Some(DisconnectReason::Other)
             }
+        }
+    }
+}
+
+/// What a REST failure means for the Salesforce connection: its
+/// [`SalesforceRestError::disconnect_reason`], except that a refusal about one record or one
+/// query page leaves the connection alone rather than degrading it.
+impl ConnectionFailure for SalesforceRestError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            // About one record or one query page, not about the connection.
+            SalesforceRestError::Refused { code, .. }
+                if matches!(code.as_str(), "NOT_FOUND" | "INVALID_QUERY_LOCATOR") =>
+            {
+                Verdict::Unaffected
+            }
+            other => Verdict::from_reason(other.disconnect_reason()),
         }
     }
 }
@@ -1350,6 +1368,58 @@ mod tests {
         let other = refusal(op, StatusCode::BAD_GATEWAY, "<html>proxy</html>");
         assert_eq!(other.error_code(), None);
         assert!(other.to_string().contains("<html>proxy</html>"));
+    }
+
+    /// Salesforce REST errors (docs/operations.md).
+    #[test]
+    fn salesforce_rest_refusals() {
+        use crate::connection::DisconnectReason::*;
+        const D: fn(DisconnectReason) -> Verdict = Verdict::Disconnected;
+        let rows: &[(u16, &str, Verdict)] = &[
+            (
+                403,
+                r#"[{"message":"Insufficient access rights on cross-reference id","errorCode":"INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY"}]"#,
+                D(PermissionsChanged),
+            ),
+            (
+                403,
+                r#"[{"message":"insufficient access","errorCode":"INSUFFICIENT_ACCESS"}]"#,
+                D(PermissionsChanged),
+            ),
+            (
+                403,
+                r#"[{"message":"The REST API is not enabled for this Organization.","errorCode":"API_DISABLED_FOR_ORG"}]"#,
+                D(PermissionsChanged),
+            ),
+            (
+                403,
+                r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#,
+                Verdict::Degraded,
+            ),
+            (
+                404,
+                r#"[{"message":"The requested resource does not exist","errorCode":"NOT_FOUND"}]"#,
+                Verdict::Unaffected,
+            ),
+            (
+                400,
+                r#"[{"message":"No such column 'Foo__c' on entity 'User'.","errorCode":"INVALID_FIELD"}]"#,
+                D(PermissionsChanged),
+            ),
+            (
+                400,
+                r#"[{"message":"unexpected token: FROM","errorCode":"MALFORMED_QUERY"}]"#,
+                D(Other),
+            ),
+        ];
+        for (status, body, expected) in rows {
+            let error = refusal(
+                RestOperation::ListVersions,
+                StatusCode::from_u16(*status).unwrap(),
+                body,
+            );
+            assert_eq!(error.verdict(), *expected, "{status} {body} ({error})");
+        }
     }
 
     #[test]

@@ -72,6 +72,7 @@ use serde_json::{Value, json};
 use super::message::{CometdParseError, Message, Refusal, parse_messages};
 use super::payload::{CdcEvent, WriterSchema, envelope, to_cdc_event};
 use super::{REPLAY_FROM_TIP, USER_CHANGE_CHANNEL};
+use crate::connection::{ConnectionFailure, Verdict};
 use crate::endpoint::body::{
     BodyError, EVENT_SCHEMA_CAP, STREAM_BATCH_CAP, read_capped, read_capped_text,
 };
@@ -292,6 +293,13 @@ impl CometdError {
             | CometdError::ReplayUnsupported
             | CometdError::Schema { .. } => Some(DisconnectReason::Other),
         }
+    }
+}
+
+/// The verdict is the reason above: a CometD failure either disconnects or is backed off from.
+impl ConnectionFailure for CometdError {
+    fn verdict(&self) -> Verdict {
+        Verdict::from_reason(self.disconnect_reason())
     }
 }
 

@@ -32,6 +32,7 @@ use tonic::{Request, Status, Streaming};
 use super::credit::{Credit, unsent_after};
 use super::failure::{FailureKind, PubSubFailure, classify};
 use crate::config::SalesforceConfig;
+use crate::connection::{ConnectionFailure, DisconnectReason, Verdict};
 use crate::proto::eventbus::pub_sub_client::PubSubClient;
 use crate::proto::eventbus::{
     ConsumerEvent, FetchRequest, FetchResponse, ReplayPreset, SchemaRequest, TopicInfo,
@@ -72,6 +73,23 @@ pub enum PubSubError {
     CannotSubscribe { topic: String },
     #[error("the session's {header} is not a valid gRPC header value")]
     Header { header: &'static str },
+}
+
+/// What a Pub/Sub failure means for the Salesforce connection: a server's refusal as its
+/// classification says (`failure`), a topic the user may not read as a permission change, and
+/// an unusable endpoint or session header as a setup problem only an admin can fix.
+impl ConnectionFailure for PubSubError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            PubSubError::Call { failure, .. } => failure.verdict(),
+            PubSubError::CannotSubscribe { .. } => {
+                Verdict::Disconnected(DisconnectReason::PermissionsChanged)
+            }
+            PubSubError::Endpoint { .. } | PubSubError::Header { .. } => {
+                Verdict::Disconnected(DisconnectReason::Other)
+            }
+        }
+    }
 }
 
 impl PubSubError {
@@ -406,5 +424,21 @@ impl Subscription {
 
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_the_user_cannot_subscribe_to_is_a_permission_change() {
+        let cannot = PubSubError::CannotSubscribe {
+            topic: "/data/UserChangeEvent".into(),
+        };
+        assert_eq!(
+            cannot.verdict(),
+            Verdict::Disconnected(DisconnectReason::PermissionsChanged)
+        );
     }
 }

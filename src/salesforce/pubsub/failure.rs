@@ -17,10 +17,16 @@
 //! | `Throttled` | backoff |
 //! | `Transient` | backoff, then resume from the checkpoint |
 //! | `ClientBug` | stop and report: retrying the same request cannot help |
+//!
+//! What a kind means for the Salesforce connection (`connection::ConnectionFailure`) is said
+//! here too, beside the kinds: a permission, topic or request problem disconnects, a replay id
+//! is the replay policy's business, and the rest degrades until it passes.
 
 use std::fmt;
 
 use tonic::{Code, Status};
+
+use crate::connection::{ConnectionFailure, DisconnectReason, Verdict};
 
 /// What kind of failure a status is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +76,28 @@ impl fmt::Display for PubSubFailure {
             write!(f, " (error-code {code})")?;
         }
         Ok(())
+    }
+}
+
+impl ConnectionFailure for PubSubFailure {
+    fn verdict(&self) -> Verdict {
+        match self.kind {
+            FailureKind::PermissionDenied => {
+                Verdict::Disconnected(DisconnectReason::PermissionsChanged)
+            }
+            // User is not selected for Change Data Capture, or the client sent a request the
+            // service refuses: retrying the same thing cannot help.
+            FailureKind::TopicNotFound | FailureKind::ClientBug => {
+                Verdict::Disconnected(DisconnectReason::Other)
+            }
+            // The replay policy handles it (resync, latest or fail); the session is fine.
+            FailureKind::ReplayUnusable => Verdict::Unaffected,
+            // A new token first; only a refused refresh disconnects.
+            FailureKind::Unauthenticated
+            | FailureKind::DeliveryLimit
+            | FailureKind::Throttled
+            | FailureKind::Transient => Verdict::Degraded,
+        }
     }
 }
 
@@ -144,6 +172,77 @@ mod tests {
         let value = format!("sfdc.platform.eventbus.grpc.{suffix}");
         trailers.insert("error-code", MetadataValue::try_from(value).unwrap());
         Status::with_metadata(code, "from the server rpcId: 1", trailers)
+    }
+
+    /// Pub/Sub API statuses and `error-code` trailers (docs/operations.md).
+    #[test]
+    fn pubsub_failures() {
+        use crate::connection::DisconnectReason::*;
+        const D: fn(DisconnectReason) -> Verdict = Verdict::Disconnected;
+        let trailer = |code: tonic::Code, suffix: Option<&str>| {
+            let mut status = tonic::Status::new(code, "refused rpcId: 5e1f");
+            if let Some(suffix) = suffix {
+                status.metadata_mut().insert(
+                    "error-code",
+                    MetadataValue::try_from(format!("sfdc.platform.eventbus.grpc.{suffix}"))
+                        .unwrap(),
+                );
+            }
+            classify(&status)
+        };
+        let rows: &[(Code, Option<&str>, Verdict)] = &[
+            (
+                Code::PermissionDenied,
+                Some("subscription.topic.cannot.subscribe"),
+                D(PermissionsChanged),
+            ),
+            (Code::PermissionDenied, None, D(PermissionsChanged)),
+            (Code::NotFound, Some("topic.not.found"), D(Other)),
+            (
+                Code::InvalidArgument,
+                Some("subscription.fetch.replayid.corrupted"),
+                Verdict::Unaffected,
+            ),
+            (
+                Code::InvalidArgument,
+                Some("subscription.fetch.replayid.validation.failed"),
+                Verdict::Unaffected,
+            ),
+            (
+                Code::InvalidArgument,
+                Some("subscription.fetch.topic.mismatch"),
+                D(Other),
+            ),
+            (
+                Code::Unauthenticated,
+                Some("service.auth.error"),
+                Verdict::Degraded,
+            ),
+            (
+                Code::Internal,
+                Some("service.unavailable"),
+                Verdict::Degraded,
+            ),
+            (
+                Code::ResourceExhausted,
+                Some("service.protection.triggered"),
+                Verdict::Degraded,
+            ),
+            (
+                Code::Unknown,
+                Some("subscription.limit.exceeded"),
+                Verdict::Degraded,
+            ),
+            (Code::Unavailable, None, Verdict::Degraded),
+        ];
+        for (code, suffix, expected) in rows {
+            let failure = trailer(*code, *suffix);
+            assert_eq!(
+                failure.verdict(),
+                *expected,
+                "{code:?} {suffix:?} ({failure})"
+            );
+        }
     }
 
     #[test]

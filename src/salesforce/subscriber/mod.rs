@@ -48,6 +48,7 @@ use super::rest::{SalesforceRest, SalesforceRestError, UserQuery};
 use super::snapshot::{ReadPosition, snapshot};
 use crate::config::SalesforceConfig;
 use crate::config::Transport;
+use crate::connection::{ConnectionFailure, Verdict};
 use crate::engine::state::SalesforceUser;
 use crate::event::{Position, UserChange};
 use crate::kafka::{
@@ -159,6 +160,26 @@ impl SubscriberError {
             self,
             SubscriberError::Stopped { .. } | SubscriberError::LeaseLost(_)
         )
+    }
+}
+
+/// What a stop means for the Salesforce connection: a Salesforce failure as its own client
+/// says; anything else (Kafka, the store, a stopped stream, a lost lease) is not the connection.
+impl ConnectionFailure for SubscriberError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            SubscriberError::Auth(error) => error.verdict(),
+            SubscriberError::PubSub(error) => error.verdict(),
+            SubscriberError::Cometd(error) => error.verdict(),
+            SubscriberError::Rest { source, .. } => source.verdict(),
+            // Kafka, the store and a stopped stream are not the Salesforce connection.
+            // A lost lease neither: another instance streams.
+            SubscriberError::Stopped { .. }
+            | SubscriberError::Kafka { .. }
+            | SubscriberError::Transaction { .. }
+            | SubscriberError::Store { .. }
+            | SubscriberError::LeaseLost(_) => Verdict::Unaffected,
+        }
     }
 }
 
@@ -1003,4 +1024,17 @@ fn retry_delays(config: &SalesforceConfig) -> backon::ExponentialBackoff {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_outside_salesforce_leave_its_connection_alone() {
+        let stopped = SubscriberError::Stopped {
+            reason: "the transactional producer was fenced".into(),
+        };
+        assert_eq!(stopped.verdict(), Verdict::Unaffected);
+    }
 }
