@@ -252,23 +252,6 @@ impl StoredAuthorizations {
     }
 }
 
-/// Keeps Outreach's newest tokens in the vault: Outreach mints a new refresh token on every
-/// refresh, and the one a reconnect stored must not be the one a restart falls back to.
-#[async_trait::async_trait]
-impl crate::outreach::auth::TokenStore for StoredAuthorizations {
-    async fn save(
-        &self,
-        tokens: &crate::outreach::auth::OAuthTokens,
-    ) -> Result<(), crate::outreach::auth::TokenStoreError> {
-        let authorization = OutreachAuthorization {
-            refresh_token: tokens.refresh_token.clone(),
-        };
-        StoredAuthorizations::save(self, Side::Outreach, &authorization)
-            .await
-            .map_err(|e| crate::outreach::auth::TokenStoreError(e.to_string()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,8 @@ use super::jsonapi::ErrorBody;
 use super::rate_limit::WaitAllowance;
 use super::stats::{Counters, Tally};
 use super::transport::{Failure, RetryPolicy, read_failure, retry_after};
+use crate::connection::Side;
+use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
 use crate::endpoint::body::{OAUTH_ANSWER_CAP, read_capped};
 
 /// A token is refreshed before use once it is this close to its expiry, so it does not expire
@@ -132,6 +134,23 @@ impl TokenStore for MemoryTokenStore {
     async fn save(&self, tokens: &OAuthTokens) -> Result<(), TokenStoreError> {
         self.saved().push(tokens.clone());
         Ok(())
+    }
+}
+
+/// Keeps Outreach's newest tokens in the vault: Outreach mints a new refresh token on every
+/// refresh, and the one a reconnect stored must not be the one a restart falls back to. The
+/// vault (`connection::authorization`) seals either side's authorization without knowing how
+/// a provider rotates its tokens; that Outreach's rotate is this module's knowledge, so the
+/// store is plugged in here.
+#[async_trait]
+impl TokenStore for StoredAuthorizations {
+    async fn save(&self, tokens: &OAuthTokens) -> Result<(), TokenStoreError> {
+        let authorization = OutreachAuthorization {
+            refresh_token: tokens.refresh_token.clone(),
+        };
+        StoredAuthorizations::save(self, Side::Outreach, &authorization)
+            .await
+            .map_err(|e| TokenStoreError(e.to_string()))
     }
 }
 
