@@ -197,7 +197,7 @@ pub(super) async fn run_checklist(state: &AdminState, side: Side) -> Result<Chec
                 .outreach
                 .as_ref()
                 .ok_or_else(|| untestable("no processor"))?;
-            crate::processor::checklist::test_outreach(client, &config.outreach).await
+            crate::outreach::checklist::test_connection(client, &config.outreach).await
         }
     };
     for line in checklist.lines() {

@@ -1,8 +1,8 @@
 //! "Test connection": the checklist of docs/operations.md ("Test connection"), step by step, each
 //! passed or failed with the reason and the provider's error as it came.
 //!
-//! The steps themselves make calls and live with each side's wiring
-//! (`salesforce::checklist::test_connection`, `processor::checklist::test_outreach`); this is
+//! The steps themselves make calls and live with each side's adapter
+//! (`salesforce::checklist::test_connection`, `outreach::checklist::test_connection`); this is
 //! only the result, shared by the admin API, the CLI, the log and the connection it is kept on
 //! (`Connection::last_check`, run by `admin::checks` at start and after every reconnect). A step after a failed one that needs
 //! it is not run: it is reported as skipped, so the admin sees where the chain broke.

@@ -12,12 +12,15 @@
 //! - [`client`]: requests and policy: what each operation sends, and how 401, 429 and 5xx are
 //!   handled around it.
 //! - [`error`]: the typed failures callers act on.
+//! - [`checklist`]: the "test connection" steps, run with the client (as `salesforce::checklist`
+//!   runs Salesforce's).
 //! - [`webhooks`]: what Outreach POSTs when a user changes: the signature, the payloads, the
 //!   HTTP receiver that turns them into `user_change.v1` events, and the webhook's registration.
 //!
 //! The engine sees only [`OutreachClient`], [`OutreachError`] and the user types.
 
 pub mod auth;
+pub mod checklist;
 pub mod client;
 pub mod error;
 pub mod jsonapi;

@@ -28,7 +28,6 @@
 //! the partition goes on.
 
 pub mod changes;
-pub mod checklist;
 pub mod index;
 pub mod offsets;
 mod replies;

@@ -1,19 +1,20 @@
 //! Outreach's "test connection": the checklist of docs/operations.md ("Test connection") run with
 //! the processor's own Outreach client, step by step (`connection::checklist`).
+//!
+//! It lives with the Outreach adapter, beside `salesforce::checklist`, because every step is a
+//! call to Outreach and a reading of Outreach's answer; the connection model keeps only the
+//! result type, and the admin surface picks the side's checklist.
 
+use super::{OutreachClient, OutreachError};
 use crate::config::OutreachConfig;
-use crate::outreach::OutreachClient;
+use crate::connection::Side;
+use crate::connection::checklist::Checklist;
 
 /// Outreach's "test connection", with the client the processor uses (its tokens, refreshed if
 /// needed): the token → `GET /users?page[size]=1` → the webhook, when one is configured, is
 /// registered (Outreach never shows a webhook's secret, so the secret itself cannot be
 /// compared; a delivery with a wrong one is refused with 401 and logged).
-pub async fn test_outreach(
-    client: &OutreachClient,
-    config: &OutreachConfig,
-) -> crate::connection::checklist::Checklist {
-    use crate::connection::Side;
-    use crate::connection::checklist::Checklist;
+pub async fn test_connection(client: &OutreachClient, config: &OutreachConfig) -> Checklist {
     let mut list = Checklist::new(Side::Outreach);
     let first = match url::Url::parse(&format!(
         "{}/users?page%5Bsize%5D=1",
@@ -39,8 +40,7 @@ pub async fn test_outreach(
         Err(error) => {
             let token = matches!(
                 error,
-                crate::outreach::OutreachError::Token { .. }
-                    | crate::outreach::OutreachError::Auth { .. }
+                OutreachError::Token { .. } | OutreachError::Auth { .. }
             );
             if token {
                 list.fail(
