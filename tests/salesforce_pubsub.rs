@@ -3,7 +3,8 @@
 //! an "infinite" subscription going past 100 events, keepalives carry the stream head, and
 //! each Pub/Sub failure arrives classified as the subscriber needs it.
 //!
-//! Regression tests name the public-client bug they guard against.
+//! Regression tests name the public-client failure they guard against (docs/salesforce.md,
+//! "Failures seen in other clients").
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -257,7 +258,7 @@ async fn one_merged_event_fans_out_to_one_event_per_user() {
     assert_ne!(fanned[0].event_id, fanned[1].event_id);
 }
 
-/// pozil#47, #49, #55: subscriptions that stopped after 100 or 200 events.
+/// Credit drift: subscriptions that stopped after 100 or 200 events.
 #[tokio::test]
 async fn flow_control_keeps_a_subscription_going_past_the_credit_cap() {
     let org = org().await;
@@ -287,8 +288,8 @@ async fn flow_control_keeps_a_subscription_going_past_the_credit_cap() {
     );
 }
 
-/// pozil#20/#22: the "latest" position comes from keepalives, and it may be ahead of the last
-/// event (other orgs' traffic).
+/// Presets from CometD: the "latest" position comes from keepalives, and it may be ahead of the
+/// last event (other orgs' traffic; docs/salesforce.md, "Pub/Sub: replay ids").
 #[tokio::test]
 async fn keepalives_carry_the_stream_head_to_save() {
     let org = org_with(StreamTiming {
@@ -317,7 +318,7 @@ async fn keepalives_carry_the_stream_head_to_save() {
     );
 }
 
-/// pub-sub-api#37 and pozil#4: a replay id sent as a decimal string is refused; the bytes
+/// Replay ids re-encoded: a replay id sent as a decimal string is refused; the bytes
 /// must go back as received.
 #[tokio::test]
 async fn a_replay_id_that_is_not_the_received_bytes_is_refused_as_unusable() {
@@ -395,7 +396,8 @@ async fn a_replay_id_past_the_retention_window_is_unusable() {
     assert!(f.error_code.unwrap().ends_with("replayid.corrupted"));
 }
 
-/// pozil#14, #67: UNAUTHENTICATED; a new token on the same channel fixes it.
+/// Authentication refused despite a working login: UNAUTHENTICATED; a new token on the same
+/// channel fixes it.
 #[tokio::test]
 async fn a_revoked_session_ends_the_stream_as_unauthenticated_and_a_new_token_resumes() {
     let org = org().await;
@@ -458,7 +460,7 @@ async fn without_view_all_users_the_topic_cannot_be_subscribed() {
     assert!(!FailureKind::PermissionDenied.is_retryable());
 }
 
-/// pozil/pub-sub-api-java-client#2: CDC not enabled for the entity → topic not found.
+/// Topic not found: CDC not enabled for the entity.
 #[tokio::test]
 async fn an_unknown_topic_is_not_found() {
     let org = org().await;
@@ -470,7 +472,7 @@ async fn an_unknown_topic_is_not_found() {
     assert_eq!(refused.failure().unwrap().kind, FailureKind::TopicNotFound);
 }
 
-/// pozil#52, #69, pub-sub-api#28: INTERNAL service.unavailable and RST_STREAM are transient.
+/// Transient ends: INTERNAL service.unavailable and RST_STREAM are transient.
 #[tokio::test]
 async fn service_outages_end_streams_as_transient() {
     let org = org().await;
@@ -499,7 +501,7 @@ fn rand_n() -> usize {
     rand::random::<u32>() as usize
 }
 
-/// pub-sub-api PR#31 and pozil PR#96: a stream that goes silent is presumed dead.
+/// Silent streams: a stream that goes silent is presumed dead.
 #[tokio::test]
 async fn a_silent_stream_trips_the_watchdog() {
     let org = org().await;
@@ -518,7 +520,8 @@ async fn a_silent_stream_trips_the_watchdog() {
     );
 }
 
-/// pozil#16, #44/#45: a field added mid-stream; each event decodes with its own schema.
+/// Decoding with the wrong schema: a field added mid-stream; each event decodes with its own
+/// schema.
 #[tokio::test]
 async fn events_written_before_and_after_a_schema_change_both_decode() {
     let org = org().await;

@@ -10,7 +10,9 @@
 //!
 //! - [`Verdict`] and [`ConnectionFailure`] (in `verdict`): what a failure means for the
 //!   *connection* — nothing (the request failed on its own, like a 422), transient trouble
-//!   (degraded, retrying), or a [`DisconnectReason`] (in `reason`) only an admin can fix.
+//!   (degraded, retrying), or a [`DisconnectReason`] (in `reason`) only an admin can fix. Each
+//!   adapter maps the real error bodies (docs/salesforce.md, docs/outreach.md) to verdicts, and
+//!   every row is a unit test there with the exact body.
 //! - [`Connections`] (in `board`): the live state of both sides, shared by the roles that make
 //!   the calls and the admin surface that shows them. A change is logged once, when the state
 //!   or the reason changes, never once per failing call; watchers (status, metrics, the live

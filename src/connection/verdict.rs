@@ -6,9 +6,10 @@
 //! classified: `salesforce::auth`, `salesforce::rest`, `salesforce::pubsub`,
 //! `salesforce::cometd`, `salesforce::subscriber` and `outreach::error`. Their tests are the
 //! table of docs/operations.md, one row per upstream signal fed through the real parser with
-//! the exact body the reference records. This module holds only the vocabulary they share, so
-//! the roles and the admin surface speak of both sides the same way without the connection
-//! model depending on any adapter.
+//! the exact body the provider sends (docs/salesforce.md, docs/outreach.md), and the verdict it
+//! must give. This module holds only the vocabulary they share, so the roles and the admin
+//! surface speak of both sides the same way without the connection model depending on any
+//! adapter.
 //!
 //! A 401 on an API call is not a row of its own: the clients refresh the token once and retry
 //! first, so what reaches a verdict is either the retry's answer or the refresh's refusal.

@@ -11,12 +11,12 @@
 //! When the token endpoint refuses, the integration stops until an admin acts, and the admin
 //! needs to know *what* to do. Salesforce says it only through a pair of strings
 //! (`error`, `error_description`), so [`classify`] maps them to a [`DisconnectReason`] with one
-//! table, [`TOKEN_ERRORS`], built from the bodies in the reference (§6.6). That table is the only
-//! place these bodies are given a meaning: [`token_failure`] keeps the row's reason (and hint) on
-//! the error, and the error's verdict for its connection (`connection::ConnectionFailure`,
-//! implemented here beside the error) is that reason. Every row is tested once, with the exact
-//! body, on both the error and its verdict; a body no row knows is `other` and is shown as it
-//! came.
+//! table, [`TOKEN_ERRORS`], built from the bodies listed in docs/salesforce.md
+//! ("OAuth: flows and error bodies"). That table is the only place these bodies are given a
+//! meaning: [`token_failure`] keeps the row's reason (and hint) on the error, and the error's
+//! verdict for its connection (`connection::ConnectionFailure`, implemented here beside the
+//! error) is that reason. Every row is tested once, with the exact body, on both the error and
+//! its verdict; a body no row knows is `other` and is shown as it came.
 //!
 //! Secrets (private key, client secret, refresh token, access token) are held in [`Secret`],
 //! whose `Debug` prints a short fingerprint; nothing here formats a secret into a message.
@@ -813,8 +813,9 @@ mod tests {
         assert!(refused.contains("larger than"), "{refused}");
     }
 
-    /// Salesforce's token endpoint (docs/operations.md): every body the reference records, as
-    /// it comes, with the verdict its connection gets, and the hint when the row carries one.
+    /// Salesforce's token endpoint (docs/operations.md): every body docs/salesforce.md lists
+    /// ("OAuth: flows and error bodies"), as it comes, with the verdict its connection gets, and
+    /// the hint when the row carries one.
     /// An OAuth error body is a [`SalesforceAuthError::Token`] with that hint (and no other);
     /// anything else keeps its status.
     #[test]

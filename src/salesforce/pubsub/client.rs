@@ -1,22 +1,25 @@
 //! The Pub/Sub API client: one gRPC channel, the auth metadata on every call, topic and
 //! schema look-ups, and Subscribe streams with flow control and an inactivity watchdog.
 //!
-//! Choices, and the reference lines behind them:
+//! Choices, and the facts behind them (docs/salesforce.md: the "Pub/Sub" sections, and in
+//! italics the failure from "Failures seen in other clients" each rule guards against):
 //!
-//! - one channel per connection, reused by every call and every new stream (pozil#51), with
-//!   HTTP/2 keepalive pings so a half-open TCP connection is noticed (pozil PR#96) and a
-//!   decode limit well above tonic's 4 MB default (§9);
+//! - one channel per connection, reused by every call and every new stream (*too many
+//!   connections*), with HTTP/2 keepalive pings so a half-open TCP connection is noticed
+//!   (*silent streams*) and a decode limit well above tonic's 4 MB default
+//!   ("Pub/Sub: endpoint and call metadata");
 //! - the three metadata headers on every call, lower-case, from the *current* session: a
 //!   token refreshed after `UNAUTHENTICATED` is used by the next call without rebuilding the
 //!   channel ([`PubSubConnection::set_session`]);
 //! - a [`Subscription`] keeps its request sender alive for as long as it lives (closing it
-//!   ends the subscription server-side, §2.5) and is cancelled by dropping it, so the old
-//!   stream is gone before a new one starts (pozil#52: duplicated deliveries);
+//!   ends the subscription server-side, "Pub/Sub: flow control") and is cancelled by dropping
+//!   it, so the old stream is gone before a new one starts (*duplicated deliveries after
+//!   reconnects*);
 //! - [`Subscription::next`] tops the credit up *before* it returns a batch, and fails with
 //!   [`StreamEnd::Idle`] when nothing at all — not even a keepalive — arrived within the idle
-//!   timeout (300 s by default: the 270 s keepalive plus a margin, §7.7);
-//! - replay ids are kept as the bytes received and sent back byte for byte (pub-sub-api#37,
-//!   pozil#4).
+//!   timeout (300 s by default: the 270 s keepalive plus a margin; *silent streams*);
+//! - replay ids are kept as the bytes received and sent back byte for byte
+//!   ("Pub/Sub: replay ids"; *replay ids re-encoded*).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -359,7 +362,8 @@ fn call(operation: String, status: &Status) -> PubSubError {
 pub struct Batch {
     pub events: Vec<ConsumerEvent>,
     /// The stream position after this response: the last event's replay id, or on an empty
-    /// keepalive a position past other orgs' traffic worth saving (§2.6).
+    /// keepalive a position past other orgs' traffic worth saving (docs/salesforce.md,
+    /// "Pub/Sub: replay ids").
     pub latest_replay_id: Vec<u8>,
     pub pending_num_requested: i32,
 }
