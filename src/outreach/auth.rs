@@ -140,8 +140,8 @@ impl TokenStore for MemoryTokenStore {
 /// Keeps Outreach's newest tokens in the vault: Outreach mints a new refresh token on every
 /// refresh, and the one a reconnect stored must not be the one a restart falls back to. The
 /// vault (`connection::authorization`) seals either side's authorization without knowing how
-/// a provider rotates its tokens; that Outreach's rotate is this module's knowledge, so the
-/// store is plugged in here.
+/// a provider rotates its tokens; that Outreach rotates them on every mint is this module's
+/// knowledge, so the vault is plugged in as a token store here.
 #[async_trait]
 impl TokenStore for StoredAuthorizations {
     async fn save(&self, tokens: &OAuthTokens) -> Result<(), TokenStoreError> {
