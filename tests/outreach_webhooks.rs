@@ -21,7 +21,7 @@ use usersync::outreach::webhooks::{SIGNATURE_HEADER, sign};
 use usersync::outreach::{
     ClientConfig, MemoryTokenStore, OAuthTokens, OutreachClient, UserAttributes,
 };
-use usersync::sim::outreach::{
+use usersync_sim::outreach::{
     NewSimWebhook, OutreachSim, SimConfig, SimDelivery, SimUser, UserChanges,
 };
 

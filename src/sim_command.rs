@@ -12,10 +12,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::health::{HealthListen, Probes};
+use usersync_sim::outreach::{self, OutreachSim, SimConfig};
+use usersync_sim::salesforce::{self, SalesforceSim, SfSimConfig, pubsub::StreamTiming};
 
-use super::outreach::{self, OutreachSim, SimConfig};
-use super::salesforce::{self, SalesforceSim, SfSimConfig, pubsub::StreamTiming};
+use crate::health::{HealthListen, Probes};
 
 /// The simulators that can run standalone.
 #[derive(Debug, Subcommand)]
