@@ -4,6 +4,10 @@
 //! talk to the simulator over the network and drive it through its control API. Once the
 //! simulator listens the command prints its URLs, one a line (the base URL first), then serves
 //! until Ctrl-C.
+//!
+//! The simulators themselves are the `usersync-sim` crate, which knows nothing of the product;
+//! this is the product's side of the verb: the flags, the health listener a container's check
+//! asks, and the calls that start a simulator. Built with the `sim` feature only.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
