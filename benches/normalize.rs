@@ -2,11 +2,12 @@
 //!
 //! # The stream
 //!
-//! 1 000 `UserChangeEvent` payloads, encoded once before any timing by the Salesforce
-//! simulator exactly as its Pub/Sub endpoint sends them (`cdc::to_avro`: a raw Avro datum of the
-//! simulator's writer schema, header bitmaps over the schema's positions). The changes come
-//! from the simulator's `Directory`, so the records, bitmaps, `nulledFields` and merged events
-//! follow its rules (reference §3.2 to §3.4):
+//! 1 000 `UserChangeEvent` payloads, encoded once before any timing by the Salesforce simulator
+//! exactly as its Pub/Sub endpoint sends them (`cdc::to_avro`: a raw Avro datum of the simulator's
+//! writer schema, header bitmaps over the schema's positions). The changes come from the
+//! simulator's `Directory`, so the records, bitmaps, `nulledFields` and merged events follow its
+//! rules (docs/salesforce.md, "Change events: header and bitmaps" and
+//! "Change events: body on Pub/Sub"):
 //!
 //! - 200 CREATEs, every User field of the schema set: a full body, `Name` and `Address` as
 //!   compound records, both preference arrays.

@@ -517,16 +517,16 @@ impl Pipeline {
             .properties
             .extend(args.kafka_properties.iter().cloned());
         config.processor.group_id = format!("usersync-load-{tag}");
-        config.processor.retry_min_ms = 100;
-        config.processor.retry_max_ms = 1_000;
+        config.processor.retry_min = Duration::from_millis(100);
+        config.processor.retry_max = Duration::from_millis(1_000);
 
         // Client credentials: the connected app has no certificate.
         let salesforce = SalesforceSim::start(SfSimConfig::new(""))
             .await
             .context("starting the Salesforce simulator")?;
         connect_salesforce_sim(&mut config.salesforce, &salesforce, INTEGRATION_USER);
-        config.salesforce.backoff_min_ms = 100;
-        config.salesforce.backoff_max_ms = 1_000;
+        config.salesforce.backoff_min = Duration::from_millis(100);
+        config.salesforce.backoff_max = Duration::from_millis(1_000);
 
         // Outreach's hourly budget is not what is measured: lift it far above any run.
         let outreach = OutreachSim::start(SimConfig {
@@ -1010,7 +1010,10 @@ fn bare_producer(kafka: &KafkaConfig) -> anyhow::Result<FutureProducer> {
         .set("partitioner", "murmur2_random")
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("message.timeout.ms", kafka.message_timeout_ms.to_string());
+        .set(
+            "message.timeout.ms",
+            kafka.message_timeout.as_millis().to_string(),
+        );
     client
         .create()
         .with_context(|| format!("creating a Kafka producer on {}", kafka.brokers))

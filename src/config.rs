@@ -26,6 +26,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::engine::settings::{SettingsError, SyncSettings};
 
+pub mod duration;
+
 /// The top-level keys the environment may set: every section, and the one key outside them.
 const SECTIONS: [&str; 11] = [
     "allow_insecure_endpoints",
@@ -77,7 +79,8 @@ pub struct SecretsConfig {
 pub struct SubscriberConfig {
     /// How long the lease of the streaming instance lasts without a renewal (PostgreSQL store):
     /// a standby takes over this long after the active instance stopped renewing.
-    pub lease_seconds: u64,
+    #[serde(rename = "lease_seconds", with = "duration::seconds")]
+    pub lease: Duration,
     /// This instance's name in the lease and the status; empty: `<hostname>-<pid>`.
     pub instance_id: String,
 }
@@ -85,7 +88,7 @@ pub struct SubscriberConfig {
 impl Default for SubscriberConfig {
     fn default() -> Self {
         SubscriberConfig {
-            lease_seconds: 15,
+            lease: Duration::from_secs(15),
             instance_id: String::new(),
         }
     }
@@ -114,13 +117,14 @@ impl SubscriberConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
     /// How long SIGTERM waits for every role together; a role still busy then is abandoned.
-    pub shutdown_timeout_seconds: u64,
+    #[serde(rename = "shutdown_timeout_seconds", with = "duration::seconds")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
-            shutdown_timeout_seconds: 60,
+            shutdown_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -217,26 +221,38 @@ pub struct ProcessorConfig {
     /// The Kafka consumer group; every replica of one deployment uses the same.
     pub group_id: String,
     /// How often the whole Outreach user index is read again (0: only at start).
-    pub reconcile_interval_seconds: u64,
+    #[serde(rename = "reconcile_interval_seconds", with = "duration::seconds")]
+    pub reconcile_interval: Duration,
     /// The first and the longest wait before an event Outreach could not take is tried again.
-    pub retry_min_ms: u64,
-    pub retry_max_ms: u64,
+    #[serde(rename = "retry_min_ms", with = "duration::millis")]
+    pub retry_min: Duration,
+    #[serde(rename = "retry_max_ms", with = "duration::millis")]
+    pub retry_max: Duration,
     /// How long a shutdown may take to finish the event in flight and commit offsets.
-    pub shutdown_timeout_seconds: u64,
+    #[serde(rename = "shutdown_timeout_seconds", with = "duration::seconds")]
+    pub shutdown_timeout: Duration,
     /// How long the group waits for a replica that stopped heartbeating (killed, hung, cut
     /// off) before its partitions go to the others.
-    pub session_timeout_ms: u64,
+    #[serde(rename = "session_timeout_ms", with = "duration::millis")]
+    pub session_timeout: Duration,
+}
+
+impl ProcessorConfig {
+    /// How often the whole Outreach user index is read again; `None`: only at start.
+    pub fn reconcile_every(&self) -> Option<Duration> {
+        Some(self.reconcile_interval).filter(|every| !every.is_zero())
+    }
 }
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
         ProcessorConfig {
             group_id: "usersync-processor".into(),
-            reconcile_interval_seconds: 3600,
-            retry_min_ms: 1_000,
-            retry_max_ms: 60_000,
-            shutdown_timeout_seconds: 30,
-            session_timeout_ms: 45_000,
+            reconcile_interval: Duration::from_secs(3600),
+            retry_min: Duration::from_millis(1_000),
+            retry_max: Duration::from_millis(60_000),
+            shutdown_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_millis(45_000),
         }
     }
 }
@@ -333,15 +349,20 @@ pub struct OutreachConfig {
     pub page_size: u32,
     /// Retries of a 5xx or network failure before giving up.
     pub max_retries: usize,
-    pub backoff_min_ms: u64,
-    pub backoff_max_ms: u64,
+    #[serde(rename = "backoff_min_ms", with = "duration::millis")]
+    pub backoff_min: Duration,
+    #[serde(rename = "backoff_max_ms", with = "duration::millis")]
+    pub backoff_max: Duration,
     /// The longest a request waits for the rate limit before the caller is told to pause.
-    pub max_rate_limit_wait_seconds: u64,
+    #[serde(rename = "max_rate_limit_wait_seconds", with = "duration::seconds")]
+    pub max_rate_limit_wait: Duration,
     /// Requests kept in reserve: pacing starts when the remaining budget reaches this.
     pub rate_limit_reserve: u32,
     /// Outreach mints one token per user and app per minute.
-    pub mint_interval_seconds: u64,
-    pub timeout_seconds: u64,
+    #[serde(rename = "mint_interval_seconds", with = "duration::seconds")]
+    pub mint_interval: Duration,
+    #[serde(rename = "timeout_seconds", with = "duration::seconds")]
+    pub timeout: Duration,
     /// A refresh token to start with (from the authorization-code flow); the processor mints
     /// an access token from it.
     pub refresh_token: Secret,
@@ -362,24 +383,15 @@ impl Default for OutreachConfig {
             webhook_url: String::new(),
             page_size: 1000,
             max_retries: 5,
-            backoff_min_ms: 200,
-            backoff_max_ms: 30_000,
-            max_rate_limit_wait_seconds: 120,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_millis(30_000),
+            max_rate_limit_wait: Duration::from_secs(120),
             rate_limit_reserve: 0,
-            mint_interval_seconds: 60,
-            timeout_seconds: 30,
+            mint_interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
             refresh_token: Secret::default(),
             token_file: String::new(),
         }
-    }
-}
-
-impl OutreachConfig {
-    pub fn backoff_min(&self) -> Duration {
-        Duration::from_millis(self.backoff_min_ms)
-    }
-    pub fn backoff_max(&self) -> Duration {
-        Duration::from_millis(self.backoff_max_ms)
     }
 }
 
@@ -417,18 +429,24 @@ pub struct SalesforceConfig {
     /// What to do when the stored replay id is outside the retention window.
     pub replay_policy: crate::salesforce::replay::ReplayPolicy,
     /// A resync re-reads users modified since the checkpoint's commit time minus this.
-    pub resync_margin_seconds: u64,
+    #[serde(rename = "resync_margin_seconds", with = "duration::seconds")]
+    pub resync_margin: Duration,
     /// After an admin's reconnect, read every user again before the stream resumes (the
     /// "refresh users on reconnect" option).
     pub full_read_on_reconnect: bool,
     /// A stream with nothing at all (not even a keepalive) for this long is resubscribed.
-    pub idle_timeout_seconds: u64,
+    #[serde(rename = "idle_timeout_seconds", with = "duration::seconds")]
+    pub idle_timeout: Duration,
     /// HTTP/2 keepalive ping interval on the gRPC channel.
-    pub keepalive_seconds: u64,
+    #[serde(rename = "keepalive_seconds", with = "duration::seconds")]
+    pub keepalive: Duration,
     /// Retries back off exponentially between these bounds.
-    pub backoff_min_ms: u64,
-    pub backoff_max_ms: u64,
-    pub timeout_seconds: u64,
+    #[serde(rename = "backoff_min_ms", with = "duration::millis")]
+    pub backoff_min: Duration,
+    #[serde(rename = "backoff_max_ms", with = "duration::millis")]
+    pub backoff_max: Duration,
+    #[serde(rename = "timeout_seconds", with = "duration::seconds")]
+    pub timeout: Duration,
 }
 
 /// The OAuth flow the subscriber signs in with.
@@ -464,15 +482,15 @@ impl Default for SalesforceConfig {
             api_version: "v62.0".into(),
             transport: Transport::Pubsub,
             pubsub_endpoint: "https://api.pubsub.salesforce.com:7443".into(),
-            topic: "/data/UserChangeEvent".into(),
+            topic: crate::salesforce::cometd::USER_CHANGE_CHANNEL.into(),
             replay_policy: crate::salesforce::replay::ReplayPolicy::Resync,
-            resync_margin_seconds: 300,
+            resync_margin: Duration::from_secs(300),
             full_read_on_reconnect: false,
-            idle_timeout_seconds: 300,
-            keepalive_seconds: 30,
-            backoff_min_ms: 500,
-            backoff_max_ms: 60_000,
-            timeout_seconds: 30,
+            idle_timeout: Duration::from_secs(300),
+            keepalive: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_millis(60_000),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -498,7 +516,8 @@ pub struct KafkaConfig {
     /// The compacted topic of replay checkpoints, used only in transactional mode.
     pub checkpoint_topic: String,
     /// How long librdkafka tries to deliver one record before reporting it failed.
-    pub message_timeout_ms: u64,
+    #[serde(rename = "message_timeout_ms", with = "duration::millis")]
+    pub message_timeout: Duration,
     /// Extra librdkafka settings (`security.protocol`, `sasl.password`, …). Values may be
     /// secrets: the debug form and serialization mask the sensitive ones.
     #[serde(
@@ -533,7 +552,7 @@ impl Default for KafkaConfig {
             create_topics: true,
             transactional_id: None,
             checkpoint_topic: "usersync.subscriber-checkpoints".into(),
-            message_timeout_ms: 30_000,
+            message_timeout: Duration::from_millis(30_000),
             properties: BTreeMap::new(),
         }
     }
@@ -597,10 +616,11 @@ impl SalesforceConfig {
                 }
             }
         }
-        if self.backoff_min_ms > self.backoff_max_ms {
+        if self.backoff_min > self.backoff_max {
             return bad(format!(
                 "salesforce.backoff_min_ms ({}) must not exceed salesforce.backoff_max_ms ({})",
-                self.backoff_min_ms, self.backoff_max_ms
+                self.backoff_min.as_millis(),
+                self.backoff_max.as_millis()
             ));
         }
         Ok(())
@@ -608,10 +628,6 @@ impl SalesforceConfig {
 }
 
 impl KafkaConfig {
-    pub fn message_timeout(&self) -> Duration {
-        Duration::from_millis(self.message_timeout_ms)
-    }
-
     /// `properties` with librdkafka's names: an environment variable cannot hold a dot, so
     /// `USERSYNC_KAFKA__PROPERTIES__SASL_PASSWORD` arrives as `sasl_password`; no librdkafka
     /// setting has an underscore, so every `_` reads as `.`.
@@ -695,7 +711,7 @@ impl KafkaConfig {
                 self.replication_factor
             ));
         }
-        if self.message_timeout_ms == 0 {
+        if self.message_timeout.is_zero() {
             return fail(
                 "kafka.message_timeout_ms must be positive (0 would retry a record forever)".into(),
             );
@@ -733,7 +749,7 @@ impl fmt::Debug for KafkaConfig {
             .field("create_topics", &self.create_topics)
             .field("transactional_id", &self.transactional_id)
             .field("checkpoint_topic", &self.checkpoint_topic)
-            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("message_timeout", &self.message_timeout)
             .field("properties", &self.masked_properties())
             .finish()
     }
@@ -943,10 +959,11 @@ impl Config {
             rule: source.rule(),
             source,
         })?;
-        if self.outreach.backoff_min_ms > self.outreach.backoff_max_ms {
+        if self.outreach.backoff_min > self.outreach.backoff_max {
             return Err(ConfigError::Parse(format!(
                 "outreach.backoff_min_ms ({}) must not exceed outreach.backoff_max_ms ({})",
-                self.outreach.backoff_min_ms, self.outreach.backoff_max_ms
+                self.outreach.backoff_min.as_millis(),
+                self.outreach.backoff_max.as_millis()
             )));
         }
         for (key, value) in [
@@ -964,27 +981,28 @@ impl Config {
                 "processor.group_id must not be empty".into(),
             ));
         }
-        if self.processor.retry_min_ms > self.processor.retry_max_ms {
+        if self.processor.retry_min > self.processor.retry_max {
             return Err(ConfigError::Parse(format!(
                 "processor.retry_min_ms ({}) must not exceed processor.retry_max_ms ({})",
-                self.processor.retry_min_ms, self.processor.retry_max_ms
+                self.processor.retry_min.as_millis(),
+                self.processor.retry_max.as_millis()
             )));
         }
         // librdkafka's own range for session.timeout.ms.
-        if !(1_000..=3_600_000).contains(&self.processor.session_timeout_ms) {
+        if !(1_000..=3_600_000).contains(&self.processor.session_timeout.as_millis()) {
             return Err(ConfigError::Parse(format!(
                 "processor.session_timeout_ms ({}) must be between 1000 and 3600000",
-                self.processor.session_timeout_ms
+                self.processor.session_timeout.as_millis()
             )));
         }
-        if !(3..=3_600).contains(&self.subscriber.lease_seconds) {
+        if !(3..=3_600).contains(&self.subscriber.lease.as_secs()) {
             return Err(ConfigError::Parse(format!(
                 "subscriber.lease_seconds ({}) must be between 3 and 3600: the active instance \
                  renews it three times per lease",
-                self.subscriber.lease_seconds
+                self.subscriber.lease.as_secs()
             )));
         }
-        if self.run.shutdown_timeout_seconds == 0 {
+        if self.run.shutdown_timeout.is_zero() {
             return Err(ConfigError::Parse(
                 "run.shutdown_timeout_seconds must be at least 1".into(),
             ));
@@ -1133,6 +1151,17 @@ mod tests {
     use crate::engine::settings::Dedupe;
     use figment::Jail;
 
+    #[test]
+    fn a_reconcile_interval_of_zero_means_only_at_start() {
+        let mut processor = ProcessorConfig {
+            reconcile_interval: Duration::from_secs(0),
+            ..ProcessorConfig::default()
+        };
+        assert_eq!(processor.reconcile_every(), None);
+        processor.reconcile_interval = Duration::from_secs(60);
+        assert_eq!(processor.reconcile_every(), Some(Duration::from_secs(60)));
+    }
+
     fn load_in(jail: &Jail, file: Option<&str>) -> Result<Config, ConfigError> {
         let path = file.map(|f| jail.directory().join(f));
         Config::load_from(path.as_deref(), Env::prefixed(ENV_PREFIX))
@@ -1251,7 +1280,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("USERSYNC_RUN__SHUTDOWN_TIMEOUT_SECONDS", "7");
             let config = load_in(jail, None).unwrap();
-            assert_eq!(config.run.shutdown_timeout_seconds, 7);
+            assert_eq!(config.run.shutdown_timeout, Duration::from_secs(7));
             Ok(())
         });
     }
@@ -1908,8 +1937,8 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("USERSYNC_PROCESSOR__SESSION_TIMEOUT_MS", "6000");
             assert_eq!(
-                load_in(jail, None).unwrap().processor.session_timeout_ms,
-                6000
+                load_in(jail, None).unwrap().processor.session_timeout,
+                Duration::from_millis(6000)
             );
             jail.set_env("USERSYNC_PROCESSOR__SESSION_TIMEOUT_MS", "500");
             let text = load_in(jail, None).unwrap_err().to_string();

@@ -192,7 +192,7 @@ pub async fn run(
         printer.abort();
     }
     let _ = stop.send(true);
-    let bound = Duration::from_secs(config.run.shutdown_timeout_seconds);
+    let bound = config.run.shutdown_timeout;
     if let Err(error) = roles.stop_within(bound).await {
         eprintln!("usersync demo: {error:#}");
     }

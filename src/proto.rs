@@ -3,7 +3,8 @@
 //!
 //! The simulator's server is generated from the same file in its own crate (`sim/build.rs`):
 //! the file is the wire format itself, so sharing it shares no product code.
-//! `tests/pubsub_proto.rs` pins every field number and type against the reference.
+//! `tests/pubsub_proto.rs` pins every field number and type against Salesforce's published
+//! proto (docs/salesforce.md, "Pub/Sub: endpoint and call metadata").
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod eventbus {

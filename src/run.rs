@@ -132,7 +132,7 @@ async fn run_roles(
     }
     let failure = roles.first_failure(&mut shutdown).await;
     let _ = stop.send(true);
-    let bound = Duration::from_secs(config.run.shutdown_timeout_seconds);
+    let bound = config.run.shutdown_timeout;
     let stopping = roles.stop_within(bound).await;
     match failure {
         Some(failure) => Err(failure),

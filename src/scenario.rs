@@ -15,12 +15,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{ApplyError, apply_event};
+use crate::config::{OutreachConfig, Secret};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
 use crate::engine::settings::SyncSettings;
 use crate::engine::state::{Mapping, SalesforceUser, SyncState};
 use crate::event::UserChange;
 use crate::outreach::auth::{MemoryTokenStore, OAuthTokens};
-use crate::outreach::client::{ClientConfig, OutreachClient};
+use crate::outreach::client::OutreachClient;
 use crate::outreach::user::{OutreachUser, OutreachUserId};
 use crate::salesforce::id::SalesforceId;
 use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
@@ -343,9 +344,8 @@ pub async fn run(scenario: &Scenario) -> Result<Output, RunError> {
         sim.seed_user(to_sim_user(u));
     }
     let tokens = sim.issue_tokens(&["users.all"]);
-    let config = client_config(&sim)?;
     let client = OutreachClient::new(
-        config,
+        &client_config(&sim),
         OAuthTokens {
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,
@@ -402,19 +402,18 @@ pub async fn run(scenario: &Scenario) -> Result<Output, RunError> {
     })
 }
 
-fn client_config(sim: &OutreachSim) -> Result<ClientConfig, RunError> {
-    let url = |s: String| url::Url::parse(&s).map_err(|e| RunError::Client(e.to_string()));
+fn client_config(sim: &OutreachSim) -> OutreachConfig {
     let defaults = SimConfig::default();
-    let mut config = ClientConfig::new(
-        url(sim.api_url())?,
-        url(sim.token_url())?,
-        defaults.client_id,
-        defaults.client_secret,
-        defaults.redirect_uri,
-    );
-    // The simulator is local and healthy: fail fast instead of backing off for seconds.
-    config.max_retries = 3;
-    config.backoff_min = Duration::from_millis(10);
-    config.backoff_max = Duration::from_millis(200);
-    Ok(config)
+    OutreachConfig {
+        api_url: sim.api_url(),
+        token_url: sim.token_url(),
+        client_id: defaults.client_id,
+        client_secret: Secret::new(defaults.client_secret),
+        redirect_uri: defaults.redirect_uri,
+        // The simulator is local and healthy: fail fast instead of backing off for seconds.
+        max_retries: 3,
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(200),
+        ..OutreachConfig::default()
+    }
 }

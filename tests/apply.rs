@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use usersync::apply::apply_event;
+use usersync::config::{OutreachConfig, Secret};
 use usersync::engine::{Action, Reason, SyncSettings, SyncState};
 use usersync::event::UserChange;
 use usersync::outreach::auth::{MemoryTokenStore, OAuthTokens};
-use usersync::outreach::client::{ClientConfig, OutreachClient};
+use usersync::outreach::client::OutreachClient;
 use usersync::outreach::user::OutreachUserId;
 use usersync::salesforce::id::SalesforceId;
 use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
@@ -17,15 +18,16 @@ use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
 async fn client_for(sim: &OutreachSim) -> OutreachClient {
     let tokens = sim.issue_tokens(&["users.all"]);
     let defaults = SimConfig::default();
-    let config = ClientConfig::new(
-        sim.api_url().parse().unwrap(),
-        sim.token_url().parse().unwrap(),
-        defaults.client_id,
-        defaults.client_secret,
-        defaults.redirect_uri,
-    );
+    let config = OutreachConfig {
+        api_url: sim.api_url(),
+        token_url: sim.token_url(),
+        client_id: defaults.client_id,
+        client_secret: Secret::new(defaults.client_secret),
+        redirect_uri: defaults.redirect_uri,
+        ..OutreachConfig::default()
+    };
     OutreachClient::new(
-        config,
+        &config,
         OAuthTokens {
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,

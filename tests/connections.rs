@@ -595,11 +595,18 @@ async fn test_connection_passes_on_a_healthy_pipeline_and_names_the_step_that_br
         "{step}"
     );
     // Stopped (an admin disconnected it), the stream falls behind: a change after the
-    // checkpoint, then the retention window passes them both.
+    // checkpoint, then the retention window passes them both. The disconnect answers once the
+    // side is marked; the stream stops at its next step and then revokes its session, so the
+    // change is made after that, where no stream can take it.
+    let revoked_before = parts.salesforce.revocations().len();
     let (status, _) = parts
         .admin(Method::POST, "/api/v1/connections/salesforce/disconnect")
         .await;
     assert_eq!(status, 200);
+    until("the stopped stream revokes its session", || async {
+        parts.salesforce.revocations().len() > revoked_before
+    })
+    .await;
     parts.create_salesforce_user_with_email("later", "later@acme.example");
     parts.salesforce.expire_replay_window();
     let step = replay_step().await;

@@ -86,7 +86,7 @@ fn config(mock: &MockCluster<'_, DefaultProducerContext>) -> KafkaConfig {
     KafkaConfig {
         brokers: mock.bootstrap_servers(),
         partitions: 6,
-        message_timeout_ms: 5_000,
+        message_timeout: Duration::from_millis(5_000),
         ..KafkaConfig::default()
     }
 }
@@ -236,7 +236,7 @@ async fn a_refused_creation_names_the_topic_and_the_upstream_error() {
     // refuses it: the real creator's failure must say which topic and why.
     let mock = MockCluster::new(1).unwrap();
     let config = KafkaConfig {
-        message_timeout_ms: 2_000,
+        message_timeout: Duration::from_millis(2_000),
         ..config(&mock)
     };
     let publisher = ChangePublisher::new(&config).unwrap();
@@ -357,7 +357,7 @@ async fn a_dead_letter_keeps_the_raw_bytes_and_the_reason() {
 async fn an_unwritable_dead_letter_is_an_error() {
     let mock = MockCluster::new(1).unwrap();
     let config = KafkaConfig {
-        message_timeout_ms: 500,
+        message_timeout: Duration::from_millis(500),
         ..config(&mock)
     };
     // The topic is never created and producers do not auto-create, so nothing confirms it.
@@ -425,7 +425,7 @@ async fn the_frontier_moves_only_on_real_confirmations() {
     // A record Kafka does not take holds its position back.
     let broken = KafkaConfig {
         topic: "never-created".into(),
-        message_timeout_ms: 500,
+        message_timeout: Duration::from_millis(500),
         ..config.clone()
     };
     let failing = ChangePublisher::new(&broken).unwrap();

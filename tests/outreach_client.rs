@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use usersync::config::{OutreachConfig, Secret};
 use usersync::outreach::{
-    ClientConfig, MemoryTokenStore, OAuthTokens, OutreachClient, OutreachError, OutreachUserId,
-    UserAttributes,
+    MemoryTokenStore, OAuthTokens, OutreachClient, OutreachError, OutreachUserId, UserAttributes,
 };
 use usersync_sim::outreach::{OutreachSim, SimConfig, SimRequest, SimUser};
 
@@ -23,19 +23,19 @@ fn sim_config() -> SimConfig {
     }
 }
 
-fn client_config(sim: &OutreachSim, defaults: &SimConfig) -> ClientConfig {
-    let mut config = ClientConfig::new(
-        sim.api_url().parse().expect("api url"),
-        sim.token_url().parse().expect("token url"),
-        defaults.client_id.clone(),
-        defaults.client_secret.clone(),
-        defaults.redirect_uri.clone(),
-    );
-    config.backoff_min = Duration::from_millis(10);
-    config.backoff_max = Duration::from_millis(200);
-    config.mint_interval = defaults.mint_throttle;
-    config.timeout = Duration::from_secs(10);
-    config
+fn client_config(sim: &OutreachSim, defaults: &SimConfig) -> OutreachConfig {
+    OutreachConfig {
+        api_url: sim.api_url(),
+        token_url: sim.token_url(),
+        client_id: defaults.client_id.clone(),
+        client_secret: Secret::new(defaults.client_secret.clone()),
+        redirect_uri: defaults.redirect_uri.clone(),
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(200),
+        mint_interval: defaults.mint_throttle,
+        timeout: Duration::from_secs(10),
+        ..OutreachConfig::default()
+    }
 }
 
 struct Fixture {
@@ -45,7 +45,7 @@ struct Fixture {
     initial: OAuthTokens,
 }
 
-async fn fixture_with(sim_config: SimConfig, adjust: impl FnOnce(&mut ClientConfig)) -> Fixture {
+async fn fixture_with(sim_config: SimConfig, adjust: impl FnOnce(&mut OutreachConfig)) -> Fixture {
     let sim = OutreachSim::start(sim_config.clone())
         .await
         .expect("simulator starts");
@@ -58,7 +58,7 @@ async fn fixture_with(sim_config: SimConfig, adjust: impl FnOnce(&mut ClientConf
     let mut config = client_config(&sim, &sim_config);
     adjust(&mut config);
     let store = Arc::new(MemoryTokenStore::new());
-    let client = OutreachClient::new(config, initial.clone(), store.clone()).expect("client");
+    let client = OutreachClient::new(&config, initial.clone(), store.clone()).expect("client");
     Fixture {
         sim,
         client,
@@ -437,7 +437,7 @@ async fn an_access_token_past_its_expiry_is_refreshed_before_use() {
     };
     let store = Arc::new(MemoryTokenStore::new());
     let client =
-        OutreachClient::new(client_config(&sim, &config), tokens, store.clone()).expect("client");
+        OutreachClient::new(&client_config(&sim, &config), tokens, store.clone()).expect("client");
 
     let reply = client.get_user(id).await.expect("read");
 
@@ -530,10 +530,13 @@ async fn a_client_can_start_from_an_authorization_code() {
     let code = sim.issue_authorization_code(SCOPES);
     let store = Arc::new(MemoryTokenStore::new());
 
-    let client =
-        OutreachClient::from_authorization_code(client_config(&sim, &config), &code, store.clone())
-            .await
-            .expect("code exchanged");
+    let client = OutreachClient::from_authorization_code(
+        &client_config(&sim, &config),
+        &code,
+        store.clone(),
+    )
+    .await
+    .expect("code exchanged");
 
     assert_eq!(store.saves(), 1);
     assert_eq!(client.tokens().await, store.latest().unwrap());
@@ -543,7 +546,7 @@ async fn a_client_can_start_from_an_authorization_code() {
 
     // A code is single-use.
     let err = OutreachClient::from_authorization_code(
-        client_config(&sim, &config),
+        &client_config(&sim, &config),
         &code,
         Arc::new(MemoryTokenStore::new()),
     )
@@ -569,7 +572,7 @@ async fn an_undecodable_access_token_is_refreshed_once() {
         expires_at: None,
     };
     let client = OutreachClient::new(
-        client_config(&sim, &config),
+        &client_config(&sim, &config),
         tokens,
         Arc::new(MemoryTokenStore::new()),
     )
@@ -588,7 +591,7 @@ async fn a_mint_throttled_by_the_token_endpoint_is_waited_out() {
     let id = seed(&sim, "shared@acme.test");
     let client = |issued: usersync_sim::outreach::SimTokens| {
         OutreachClient::new(
-            client_config(&sim, &config),
+            &client_config(&sim, &config),
             OAuthTokens {
                 access_token: issued.access_token,
                 refresh_token: issued.refresh_token,

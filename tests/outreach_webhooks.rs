@@ -10,6 +10,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use serde_json::{Value, json};
+use usersync::config::OutreachConfig;
 use usersync::config::Secret;
 use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{ChangePublisher, KafkaConfig};
@@ -18,9 +19,7 @@ use usersync::outreach::webhooks::receiver::{
 };
 use usersync::outreach::webhooks::registration::NewWebhook;
 use usersync::outreach::webhooks::{SIGNATURE_HEADER, sign};
-use usersync::outreach::{
-    ClientConfig, MemoryTokenStore, OAuthTokens, OutreachClient, UserAttributes,
-};
+use usersync::outreach::{MemoryTokenStore, OAuthTokens, OutreachClient, UserAttributes};
 use usersync_sim::outreach::{
     NewSimWebhook, OutreachSim, SimConfig, SimDelivery, SimUser, UserChanges,
 };
@@ -61,17 +60,18 @@ struct Fixture {
 async fn client_for(sim: &OutreachSim) -> OutreachClient {
     let defaults = SimConfig::default();
     let issued = sim.issue_tokens(&["users.all", "webhooks.all"]);
-    let mut config = ClientConfig::new(
-        sim.api_url().parse().unwrap(),
-        sim.token_url().parse().unwrap(),
-        defaults.client_id,
-        defaults.client_secret,
-        defaults.redirect_uri,
-    );
+    let mut config = OutreachConfig {
+        api_url: sim.api_url(),
+        token_url: sim.token_url(),
+        client_id: defaults.client_id,
+        client_secret: Secret::new(defaults.client_secret),
+        redirect_uri: defaults.redirect_uri,
+        ..OutreachConfig::default()
+    };
     config.backoff_min = Duration::from_millis(10);
     config.backoff_max = Duration::from_millis(100);
     OutreachClient::new(
-        config,
+        &config,
         OAuthTokens {
             access_token: issued.access_token,
             refresh_token: issued.refresh_token,
@@ -379,7 +379,7 @@ async fn the_kafka_sink_publishes_events_and_dead_letters_refusals() {
     let config = KafkaConfig {
         brokers: mock.bootstrap_servers(),
         partitions: 1,
-        message_timeout_ms: 5_000,
+        message_timeout: Duration::from_millis(5_000),
         ..KafkaConfig::default()
     };
     mock.create_topic(&config.topic, 1, 1).unwrap();

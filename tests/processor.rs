@@ -52,7 +52,7 @@ async fn rig() -> Rig {
     let kafka = KafkaConfig {
         brokers: mock.bootstrap_servers(),
         partitions: 3,
-        message_timeout_ms: 5_000,
+        message_timeout: Duration::from_millis(5_000),
         ..KafkaConfig::default()
     };
     for topic in [&kafka.topic, &kafka.dead_letter_topic] {
@@ -80,12 +80,12 @@ async fn rig() -> Rig {
     config.outreach.client_secret = Secret::new(&defaults.client_secret);
     config.outreach.redirect_uri = defaults.redirect_uri;
     config.outreach.refresh_token = Secret::new(&tokens.refresh_token);
-    config.outreach.max_rate_limit_wait_seconds = 0;
-    config.outreach.backoff_min_ms = 1;
-    config.outreach.backoff_max_ms = 10;
+    config.outreach.max_rate_limit_wait = Duration::from_secs(0);
+    config.outreach.backoff_min = Duration::from_millis(1);
+    config.outreach.backoff_max = Duration::from_millis(10);
     config.outreach.max_retries = 1;
-    config.processor.retry_min_ms = 50;
-    config.processor.retry_max_ms = 500;
+    config.processor.retry_min = Duration::from_millis(50);
+    config.processor.retry_max = Duration::from_millis(500);
     Rig {
         mock,
         kafka,
@@ -188,14 +188,8 @@ fn start(rig: &Rig) -> Running {
 fn start_on(rig: &Rig, store: Arc<dyn Store>) -> Running {
     let client = role::outreach_client(&rig.config.outreach).unwrap();
     let dead_letters = Arc::new(ChangePublisher::new(&rig.kafka).unwrap());
-    let mut processor = Processor::new(
-        &rig.kafka,
-        role::settings(&rig.config),
-        store,
-        client,
-        dead_letters,
-    )
-    .expect("processor");
+    let mut processor =
+        Processor::new(&rig.config, store, client, dead_letters).expect("processor");
     let (stop, shutdown) = watch::channel(false);
     let task = tokio::spawn(async move {
         let outcome = processor.run(shutdown).await;
@@ -398,7 +392,8 @@ async fn events_held_when_a_rebalance_takes_their_partitions_are_applied_where_t
     // The broker waits up to the members' session timeout for them to join a rebalance.
     const SESSION_TIMEOUT_MS: &str = "6000";
     let mut rig = rig().await;
-    rig.config.processor.session_timeout_ms = SESSION_TIMEOUT_MS.parse().unwrap();
+    rig.config.processor.session_timeout =
+        Duration::from_millis(SESSION_TIMEOUT_MS.parse().unwrap());
     seed(&rig).await;
     rig.outreach.reset_requests();
     let running = start(&rig);
@@ -518,7 +513,7 @@ async fn offsets_are_committed_past_processed_events_so_a_restart_reads_nothing_
     let mut rig = rig().await;
     // The mock cluster gives the partitions to the restarted processor only once the stopped
     // one's session has run out.
-    rig.config.processor.session_timeout_ms = 6_000;
+    rig.config.processor.session_timeout = Duration::from_millis(6_000);
     seed(&rig).await;
     let running = start(&rig);
     let first = event(&sf_user(Y, "new@def.com", true, "2025-02-01T00:00:00Z"));

@@ -1,6 +1,7 @@
-//! Pins the wire shape of `proto/pubsub_api.proto` to the vendor's field table (reference
-//! §2.4): every field's number and wire type, and every enum value. A wrong number or type
-//! would break the wire silently, so each field is encoded alone and its key read back.
+//! Pins the wire shape of `proto/pubsub_api.proto` to the field table of Salesforce's published
+//! proto (docs/salesforce.md, "Pub/Sub: endpoint and call metadata"): every field's number and wire
+//! type, and every enum value. A wrong number or type would break the wire silently, so each field
+//! is encoded alone and its key read back.
 
 use prost::Message;
 use usersync::proto::eventbus::*;
@@ -166,8 +167,8 @@ fn enum_values() {
 
 #[test]
 fn method_paths_follow_the_package_and_service() {
-    // The generated client calls these paths; the reference derives them from
-    // package eventbus.v1, service PubSub.
+    // The generated client calls these paths, derived by the usual gRPC rule from package
+    // eventbus.v1, service PubSub (docs/salesforce.md, "Pub/Sub: endpoint and call metadata").
     let generated = include_str!(concat!(env!("OUT_DIR"), "/eventbus.v1.rs"));
     for method in [
         "Subscribe",

@@ -1,9 +1,9 @@
 //! The CometD (Streaming API) client against the Salesforce simulator, over real sockets.
 //!
-//! Each failure a public CometD client is known to have had (docs/subscriber.md) has a test here
-//! named after what must happen instead, with the issue in its doc comment. The simulator
-//! holds a quiet connect for a fraction of a second instead of 110 s, so a poll with nothing
-//! to deliver returns quickly; no test measures time.
+//! Each failure a public CometD client is known to have had (docs/salesforce.md,
+//! "Failures seen in other clients") has a test here named after what must happen instead, with the
+//! failure in its doc comment. The simulator holds a quiet connect for a fraction of a second
+//! instead of 110 s, so a poll with nothing to deliver returns quickly; no test measures time.
 //!
 //! The RSA keys in `tests/fixtures/salesforce_jwt_*.pem` are throwaway test keys (see
 //! `tests/fixtures/salesforce_jwt_keys.md`); they protect nothing.
@@ -359,10 +359,10 @@ async fn both_transports_normalize_to_the_same_user_change_events() {
     );
 }
 
-/// forcedotcom/EMP-Connector#39 and #41: after a 401 re-connect the resubscribe sent an empty
-/// replay map; kdcllc/CometD.NetCore.Salesforce#22: it used the original replay id, not the
-/// latest. Here the token is revoked mid-stream and events are published while the client
-/// is refused.
+/// docs/salesforce.md, "Failures seen in other clients": empty replay map after re-authentication
+/// (after a 401 the resubscribe sent an empty replay map), and resubscribing from the original
+/// position (it used the original replay id, not the latest). Here the token is revoked mid-stream
+/// and events are published while the client is refused.
 #[tokio::test]
 async fn a_revoked_token_reconnects_with_a_new_token_and_the_stored_replay_map() {
     let sim = sim().await;
@@ -399,9 +399,9 @@ async fn a_revoked_token_reconnects_with_a_new_token_and_the_stored_replay_map()
     assert_ne!(subscribes[0].client_id, subscribes[1].client_id);
 }
 
-/// forcedotcom/EMP-Connector #4, #13, #15: the server forgets the client (`403::Unknown
-/// client`, advice `handshake`); kdcllc/CometD.NetCore#8: subscriptions were lost after the
-/// re-handshake; robertmrk/aiocometd#1: no reconnect after the handshake.
+/// docs/salesforce.md, "Failures seen in other clients": unknown client after an hour (the server
+/// forgets the client: `403::Unknown client`, advice `handshake`), and lost subscriptions
+/// (subscriptions were lost after the re-handshake, or no reconnect followed it).
 #[tokio::test]
 async fn an_unknown_client_is_handshaken_again_and_resubscribed() {
     let sim = sim().await;
@@ -436,9 +436,9 @@ async fn an_unknown_client_is_handshaken_again_and_resubscribed() {
     assert_eq!(subscribes[1].replay, Some(first[0].replay_id));
 }
 
-/// kdcllc/CometD.NetCore.Salesforce#22, from the other side: the resume point is the last
-/// *acknowledged* event, so an event delivered but not handled comes again after a
-/// reconnect, and none is skipped.
+/// Resubscribing from the original position (docs/salesforce.md, "Failures seen in other clients"),
+/// from the other side: the resume point is the last *acknowledged* event, so an event delivered
+/// but not handled comes again after a reconnect, and none is skipped.
 #[tokio::test]
 async fn a_delivered_but_unacknowledged_event_is_delivered_again_after_a_reconnect() {
     let sim = sim().await;
@@ -469,9 +469,9 @@ async fn a_delivered_but_unacknowledged_event_is_delivered_again_after_a_reconne
     );
 }
 
-/// forcedotcom/EMP-Connector#14 (`400::The replayId {…} you provided was invalid…`) and
-/// kdcllc/CometD.NetCore.Salesforce#20 (an invalid replay id failed silently): a stored id
-/// past retention is reported, and the policy decides what follows.
+/// docs/salesforce.md, "Failures seen in other clients": invalid replay id, silently (`400::The
+/// replayId {…} you provided was invalid…`, swallowed by one client): a stored id past retention is
+/// reported, and the policy decides what follows.
 #[tokio::test]
 async fn a_replay_id_outside_retention_is_reported_and_handled_per_policy() {
     let sim = sim().await;
@@ -537,7 +537,7 @@ impl TokenSource for DeadToken {
     }
 }
 
-/// forcedotcom/EMP-Connector#40: a reconnect loop that never stopped. A token that stays
+/// docs/salesforce.md, "Failures seen in other clients": endless reconnect loop. A token that stays
 /// refused ends the client with a typed error after a bounded number of attempts.
 #[tokio::test]
 async fn a_token_that_stays_refused_stops_the_client_instead_of_looping() {
@@ -574,7 +574,7 @@ async fn a_token_that_stays_refused_stops_the_client_instead_of_looping() {
     );
 }
 
-/// forcedotcom/EMP-Connector PR#21: a redundant periodic handshake was removed. Quiet polls
+/// docs/salesforce.md, "Failures seen in other clients": periodic re-handshakes. Quiet polls
 /// reconnect on the same session; only the server asks for a new handshake.
 #[tokio::test]
 async fn quiet_polls_reconnect_without_handshaking_again() {
@@ -591,8 +591,9 @@ async fn quiet_polls_reconnect_without_handshaking_again() {
     assert_eq!(sim.cometd_subscribes().len(), 1);
 }
 
-/// Salesforce requires View All Users for `/data/UserChangeEvent` (§4.1): the subscribe is
-/// refused with a 403, and the client stops with the reason an admin must act on.
+/// Salesforce requires View All Users for `/data/UserChangeEvent` (docs/salesforce.md,
+/// "The User object"): the subscribe is refused with a 403, and the client stops with the reason an
+/// admin must act on.
 #[tokio::test]
 async fn a_user_without_view_all_users_is_denied_with_a_permissions_reason() {
     let sim = sim().await;
@@ -609,7 +610,8 @@ async fn a_user_without_view_all_users_is_denied_with_a_permissions_reason() {
     );
 }
 
-/// §5.1: only API version 37.0 and later serve the Streaming API.
+/// Only API version 37.0 and later serve the Streaming API (docs/salesforce.md,
+/// "CometD: messages, replay, timeouts, errors").
 #[tokio::test]
 async fn a_version_before_37_is_refused() {
     let sim = sim().await;
@@ -631,9 +633,9 @@ async fn a_version_before_37_is_refused() {
     }
 }
 
-/// pozil/pub-sub-api-node-client #16 and #44/#45 (decode with the event's own schema, cache by
-/// schema id), on the CometD path: a field added mid-stream gives later events a new schema
-/// id; each event is read with its own.
+/// docs/salesforce.md, "Failures seen in other clients": decoding with the wrong schema (decode
+/// with the event's own schema, cache by schema id), on the CometD path: a field added mid-stream
+/// gives later events a new schema id; each event is read with its own.
 #[tokio::test]
 async fn a_field_added_mid_stream_is_read_with_the_new_schema_and_old_events_with_theirs() {
     let sim = sim().await;
@@ -659,8 +661,9 @@ async fn a_field_added_mid_stream_is_read_with_the_new_schema_and_old_events_wit
     assert_eq!(client.stats().schemas_fetched, 2, "one fetch per schema id");
 }
 
-/// The simulator's side of the protocol, spoken raw: the cookie, long-polling only, unknown
-/// clients and refused tokens, as §5.1 and §5.6 describe them.
+/// The simulator's side of the protocol, spoken raw: the cookie, long-polling only, unknown clients
+/// and refused tokens, as docs/salesforce.md ("CometD: messages, replay, timeouts, errors")
+/// describes them.
 #[tokio::test]
 async fn the_endpoint_speaks_bayeux_as_salesforce_does() {
     let sim = sim().await;
@@ -719,7 +722,8 @@ async fn the_endpoint_speaks_bayeux_as_salesforce_does() {
         .unwrap();
     assert_eq!(reply[0]["successful"], true, "{reply}");
 
-    // EMP-Connector #39/#41: a map without the channel is refused with its own error.
+    // A map without the channel is refused with its own error (docs/salesforce.md,
+    // "Failures seen in other clients": empty replay map after re-authentication).
     let empty_map = json!([{"channel": "/meta/subscribe", "clientId": client_id,
         "subscription": USER_CHANGE_CHANNEL, "ext": {"replay": {}}}]);
     let reply: Value = post(empty_map, token, Some(&cookie))

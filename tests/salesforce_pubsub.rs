@@ -3,12 +3,14 @@
 //! an "infinite" subscription going past 100 events, keepalives carry the stream head, and
 //! each Pub/Sub failure arrives classified as the subscriber needs it.
 //!
-//! Regression tests name the public-client bug they guard against.
+//! Regression tests name the public-client failure they guard against (docs/salesforce.md,
+//! "Failures seen in other clients").
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
+use usersync::config::SalesforceConfig;
 use usersync::engine::state::SalesforceUser;
 use usersync::event::{ChangeKind, UserChange};
 use usersync::proto::eventbus::pub_sub_client::PubSubClient;
@@ -17,8 +19,8 @@ use usersync::salesforce::auth::{SalesforceCredentials, SalesforceSession, Secre
 use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::normalize::{Delivery, Normalized, Replay, normalize};
 use usersync::salesforce::pubsub::{
-    Batch, FailureKind, PubSubConnection, PubSubError, PubSubSettings, SchemaCache, StartAt,
-    StreamEnd, Subscription,
+    Batch, FailureKind, PubSubConnection, PubSubError, SchemaCache, StartAt, StreamEnd,
+    Subscription,
 };
 use usersync_sim::salesforce::pubsub::{StreamFault, StreamTiming};
 use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
@@ -60,15 +62,15 @@ async fn login(sim: &SalesforceSim) -> SalesforceSession {
         .expect("JWT bearer grant")
 }
 
-fn settings(sim: &SalesforceSim) -> PubSubSettings {
-    PubSubSettings {
-        endpoint: sim.pubsub_url(),
-        ..PubSubSettings::default()
+fn settings(sim: &SalesforceSim) -> SalesforceConfig {
+    SalesforceConfig {
+        pubsub_endpoint: sim.pubsub_url(),
+        ..SalesforceConfig::default()
     }
 }
 
 fn connect(org: &Org) -> PubSubConnection {
-    PubSubConnection::new(settings(&org.sim), &org.session).expect("channel")
+    PubSubConnection::new(&settings(&org.sim), &org.session).expect("channel")
 }
 
 fn writer() -> Writer {
@@ -256,7 +258,7 @@ async fn one_merged_event_fans_out_to_one_event_per_user() {
     assert_ne!(fanned[0].event_id, fanned[1].event_id);
 }
 
-/// pozil#47, #49, #55: subscriptions that stopped after 100 or 200 events.
+/// Credit drift: subscriptions that stopped after 100 or 200 events.
 #[tokio::test]
 async fn flow_control_keeps_a_subscription_going_past_the_credit_cap() {
     let org = org().await;
@@ -286,8 +288,8 @@ async fn flow_control_keeps_a_subscription_going_past_the_credit_cap() {
     );
 }
 
-/// pozil#20/#22: the "latest" position comes from keepalives, and it may be ahead of the last
-/// event (other orgs' traffic).
+/// Presets from CometD: the "latest" position comes from keepalives, and it may be ahead of the
+/// last event (other orgs' traffic; docs/salesforce.md, "Pub/Sub: replay ids").
 #[tokio::test]
 async fn keepalives_carry_the_stream_head_to_save() {
     let org = org_with(StreamTiming {
@@ -316,7 +318,7 @@ async fn keepalives_carry_the_stream_head_to_save() {
     );
 }
 
-/// pub-sub-api#37 and pozil#4: a replay id sent as a decimal string is refused; the bytes
+/// Replay ids re-encoded: a replay id sent as a decimal string is refused; the bytes
 /// must go back as received.
 #[tokio::test]
 async fn a_replay_id_that_is_not_the_received_bytes_is_refused_as_unusable() {
@@ -394,7 +396,8 @@ async fn a_replay_id_past_the_retention_window_is_unusable() {
     assert!(f.error_code.unwrap().ends_with("replayid.corrupted"));
 }
 
-/// pozil#14, #67: UNAUTHENTICATED; a new token on the same channel fixes it.
+/// Authentication refused despite a working login: UNAUTHENTICATED; a new token on the same
+/// channel fixes it.
 #[tokio::test]
 async fn a_revoked_session_ends_the_stream_as_unauthenticated_and_a_new_token_resumes() {
     let org = org().await;
@@ -425,7 +428,7 @@ async fn wrong_tenant_or_instance_headers_are_unauthenticated() {
     let org = org().await;
     let mut wrong_tenant = org.session.clone();
     wrong_tenant.org_id = SalesforceId::parse("00D000000000001").unwrap();
-    let connection = PubSubConnection::new(settings(&org.sim), &wrong_tenant).unwrap();
+    let connection = PubSubConnection::new(&settings(&org.sim), &wrong_tenant).unwrap();
     let refused = connection.topic(TOPIC).await.unwrap_err();
     assert_eq!(
         refused.failure().unwrap().kind,
@@ -434,7 +437,7 @@ async fn wrong_tenant_or_instance_headers_are_unauthenticated() {
 
     let mut wrong_instance = org.session.clone();
     wrong_instance.instance_url = "https://elsewhere.my.salesforce.com".into();
-    let connection = PubSubConnection::new(settings(&org.sim), &wrong_instance).unwrap();
+    let connection = PubSubConnection::new(&settings(&org.sim), &wrong_instance).unwrap();
     let refused = connection.topic(TOPIC).await.unwrap_err();
     assert_eq!(
         refused.failure().unwrap().kind,
@@ -457,7 +460,7 @@ async fn without_view_all_users_the_topic_cannot_be_subscribed() {
     assert!(!FailureKind::PermissionDenied.is_retryable());
 }
 
-/// pozil/pub-sub-api-java-client#2: CDC not enabled for the entity → topic not found.
+/// Topic not found: CDC not enabled for the entity.
 #[tokio::test]
 async fn an_unknown_topic_is_not_found() {
     let org = org().await;
@@ -469,7 +472,7 @@ async fn an_unknown_topic_is_not_found() {
     assert_eq!(refused.failure().unwrap().kind, FailureKind::TopicNotFound);
 }
 
-/// pozil#52, #69, pub-sub-api#28: INTERNAL service.unavailable and RST_STREAM are transient.
+/// Transient ends: INTERNAL service.unavailable and RST_STREAM are transient.
 #[tokio::test]
 async fn service_outages_end_streams_as_transient() {
     let org = org().await;
@@ -498,12 +501,12 @@ fn rand_n() -> usize {
     rand::random::<u32>() as usize
 }
 
-/// pub-sub-api PR#31 and pozil PR#96: a stream that goes silent is presumed dead.
+/// Silent streams: a stream that goes silent is presumed dead.
 #[tokio::test]
 async fn a_silent_stream_trips_the_watchdog() {
     let org = org().await;
     let connection = PubSubConnection::new(
-        PubSubSettings {
+        &SalesforceConfig {
             idle_timeout: Duration::from_millis(300),
             ..settings(&org.sim)
         },
@@ -517,7 +520,8 @@ async fn a_silent_stream_trips_the_watchdog() {
     );
 }
 
-/// pozil#16, #44/#45: a field added mid-stream; each event decodes with its own schema.
+/// Decoding with the wrong schema: a field added mid-stream; each event decodes with its own
+/// schema.
 #[tokio::test]
 async fn events_written_before_and_after_a_schema_change_both_decode() {
     let org = org().await;

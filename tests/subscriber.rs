@@ -14,18 +14,17 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::sync::watch;
-use usersync::config::Transport;
+use usersync::config::{SalesforceConfig, Transport};
 use usersync::connection::Connections;
 use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher, read_checkpoint};
 use usersync::salesforce::auth::{SalesforceCredentials, Secret};
 use usersync::salesforce::lease::{self, Fence, LeaseSettings};
-use usersync::salesforce::pubsub::PubSubSettings;
 use usersync::salesforce::replay_from::ReplayFrom;
 use usersync::salesforce::rest::{CredentialsTokenSource, RestRetry, SalesforceRest};
 use usersync::salesforce::subscriber::CometdSubscriber;
 use usersync::salesforce::subscriber::{
-    ReplayRequest, Subscriber, SubscriberError, SubscriberSettings, SubscriberStats,
+    ReplayRequest, StreamStart, Subscriber, SubscriberError, SubscriberStats,
 };
 use usersync::store::Store;
 use usersync_sim::salesforce::pubsub::StreamFault;
@@ -54,7 +53,7 @@ async fn rig() -> Rig {
     let kafka = KafkaConfig {
         brokers: mock.bootstrap_servers(),
         partitions: 3,
-        message_timeout_ms: 5_000,
+        message_timeout: Duration::from_millis(5_000),
         ..KafkaConfig::default()
     };
     for topic in [&kafka.topic, &kafka.dead_letter_topic] {
@@ -154,16 +153,16 @@ async fn launch_with(
             max_delay: Duration::from_millis(5),
         });
     let publisher = Arc::new(ChangePublisher::new(&rig.kafka).expect("producer"));
-    let settings = SubscriberSettings {
+    let config = SalesforceConfig {
         topic: TOPIC.into(),
-        pubsub: PubSubSettings {
-            endpoint: rig.sim.pubsub_url(),
-            ..PubSubSettings::default()
-        },
+        pubsub_endpoint: rig.sim.pubsub_url(),
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
+        ..SalesforceConfig::default()
+    };
+    let start = StreamStart {
         replay_from: replay,
-        ..SubscriberSettings::default()
+        ..StreamStart::default()
     };
     let transactions = match transactional_id {
         Some(id) => {
@@ -182,7 +181,7 @@ async fn launch_with(
     let task = match transport {
         Transport::Pubsub => {
             let mut subscriber =
-                Subscriber::new(settings, tokens, rest, publisher, rig.store.clone())
+                Subscriber::new(&config, start, tokens, rest, publisher, rig.store.clone())
                     .await
                     .expect("subscriber")
                     .with_fence(fence);
@@ -195,17 +194,11 @@ async fn launch_with(
             })
         }
         Transport::Cometd => {
-            let mut subscriber = CometdSubscriber::new(
-                settings,
-                "v62.0",
-                tokens,
-                rest,
-                publisher,
-                rig.store.clone(),
-            )
-            .await
-            .expect("subscriber")
-            .with_fence(fence);
+            let mut subscriber =
+                CometdSubscriber::new(&config, start, tokens, rest, publisher, rig.store.clone())
+                    .await
+                    .expect("subscriber")
+                    .with_fence(fence);
             tokio::spawn(async move {
                 let outcome = subscriber.run(shutdown).await;
                 if let Err(error) = &outcome {

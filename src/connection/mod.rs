@@ -10,7 +10,8 @@
 //! - [`Verdict`] (in `verdict`): what a failure means for the *connection* — nothing (the request
 //!   failed on its own, like a 422), transient trouble (degraded, retrying), or a
 //!   [`DisconnectReason`] only an admin can fix. One table per side maps the real error bodies
-//!   of the reference to verdicts; every row is a unit test with the exact body.
+//!   (docs/salesforce.md, docs/outreach.md) to verdicts; every row is a unit test with the
+//!   exact body.
 //! - [`Connections`] (in `board`): the live state of both sides, shared by the roles that make
 //!   the calls and the admin surface that shows them. A change is logged once, when the state
 //!   or the reason changes, never once per failing call; watchers (status, metrics, the live

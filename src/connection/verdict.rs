@@ -5,7 +5,8 @@
 //! JSON:API errors). Here each of those errors gets one [`Verdict`], so the roles and the
 //! admin surface speak of both sides the same way. The `tests` module is the table of
 //! docs/operations.md: one row per upstream signal, each fed through the real parser with the
-//! exact body the reference records, and the verdict it must give.
+//! exact body the provider sends (docs/salesforce.md, docs/outreach.md), and the verdict it
+//! must give.
 //!
 //! A 401 on an API call is not a row of its own: the clients refresh the token once and retry
 //! first, so what reaches a verdict is either the retry's answer or the refresh's refusal.

@@ -128,7 +128,7 @@ pub async fn reach(config: &KafkaConfig) -> Result<(), ReachError> {
                 source: Box::new(source),
             },
         )?;
-    let timeout = config.message_timeout();
+    let timeout = config.message_timeout;
     let brokers = config.brokers.clone();
     let masked = config.clone();
     tokio::task::spawn_blocking(move || {
@@ -178,7 +178,7 @@ mod tests {
     fn config(brokers: &str, properties: &[(&str, &str)]) -> KafkaConfig {
         KafkaConfig {
             brokers: brokers.into(),
-            message_timeout_ms: 2_000,
+            message_timeout: Duration::from_millis(2_000),
             properties: properties
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -199,7 +199,7 @@ impl ChangePublisher {
             &payload,
             change_headers(change),
             record,
-            self.config.message_timeout(),
+            self.config.message_timeout,
         )
         .await
     }
@@ -213,7 +213,7 @@ impl ChangePublisher {
             letter.raw,
             dead_letter_headers(&letter),
             format!("dead letter {}", letter.key),
-            self.config.message_timeout(),
+            self.config.message_timeout,
         )
         .await?
         .await
@@ -252,7 +252,10 @@ pub(super) fn producer_config(config: &KafkaConfig) -> ClientConfig {
         .set("allow.auto.create.topics", "false")
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("message.timeout.ms", config.message_timeout_ms.to_string());
+        .set(
+            "message.timeout.ms",
+            config.message_timeout.as_millis().to_string(),
+        );
     client
 }
 

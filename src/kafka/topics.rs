@@ -86,7 +86,7 @@ impl AdminTopicCreator {
         })?;
         Ok(Self {
             admin,
-            timeout: config.message_timeout(),
+            timeout: config.message_timeout,
         })
     }
 }
@@ -182,7 +182,7 @@ pub async fn ensure<C: ClientContext>(
     specs: &[TopicSpec],
 ) -> Result<(), TopicError> {
     client::reach(config).await?;
-    let timeout = config.message_timeout();
+    let timeout = config.message_timeout;
     for spec in specs {
         let found = partition_count(client, &spec.name, timeout).map_err(|source| {
             TopicError::Metadata {

@@ -158,7 +158,7 @@ impl TransactionalPublisher {
             transactional_id,
             batch: tokio::sync::Mutex::new(()),
         };
-        let timeout = config.message_timeout();
+        let timeout = config.message_timeout;
         publisher
             .blocking("init_transactions", move |p| p.init_transactions(timeout))
             .await?;
@@ -199,7 +199,7 @@ impl TransactionalPublisher {
         match self.fill(salesforce_topic, events, checkpoint).await {
             Ok(delivered) => Ok(delivered),
             Err(error) => {
-                let timeout = self.config.message_timeout();
+                let timeout = self.config.message_timeout;
                 let abort_failure = self
                     .blocking("abort_transaction", move |p| p.abort_transaction(timeout))
                     .await
@@ -221,7 +221,7 @@ impl TransactionalPublisher {
         events: &[UserChange],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<Vec<Delivered>, TransactionError> {
-        let timeout = self.config.message_timeout();
+        let timeout = self.config.message_timeout;
         let mut pending = Vec::with_capacity(events.len());
         for change in events {
             let record = format!("event {}", change.event_id);

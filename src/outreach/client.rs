@@ -52,6 +52,7 @@ use super::user::{OutreachUser, OutreachUserId, UserAttributes};
 use super::webhooks::registration::{
     NewWebhook, Registration, Webhook, WebhookResource, find_registered,
 };
+use crate::config::OutreachConfig;
 use crate::endpoint::body::{API_PAGE_CAP, read_capped};
 
 /// The largest `page[size]` Outreach serves.
@@ -63,112 +64,74 @@ const MIN_RATE_LIMIT_WAIT: Duration = Duration::from_millis(100);
 /// The wait after a 429 that carries neither `Retry-After` nor `X-RateLimit-Reset`.
 const UNHINTED_RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
 
-/// How the client talks to Outreach.
+/// The `[outreach]` section as the client uses it: the section itself (every default is
+/// declared there, in `crate::config`) and its two URLs, parsed once.
 #[derive(Clone)]
-pub struct ClientConfig {
-    /// The API root, e.g. `https://api.outreach.io/api/v2`.
-    pub api_url: Url,
+struct Settings {
+    section: OutreachConfig,
+    /// The API root, e.g. `https://api.outreach.io/api/v2`: a base URL.
+    api_url: Url,
     /// The token endpoint, e.g. `https://api.outreach.io/oauth/token`.
-    pub token_url: Url,
-    pub client_id: String,
-    pub client_secret: String,
-    pub redirect_uri: String,
-    /// `page[size]` for collections; 1..=1000.
-    pub page_size: u32,
-    /// Retries after a 5xx or network failure.
-    pub max_retries: usize,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    /// The longest an operation waits for the rate limit (429s and pacing together) before
-    /// returning `RateLimited`.
-    pub max_rate_limit_wait: Duration,
-    /// Requests of the budget left unspent: pacing waits for the reset once `remaining` is at
-    /// or below this.
-    pub rate_limit_reserve: u32,
-    /// The shortest time between two token mints (Outreach: 60 s per user and app).
-    pub mint_interval: Duration,
-    /// Per-request timeout.
-    pub timeout: Duration,
+    token_url: Url,
 }
 
-impl ClientConfig {
-    /// A configuration with the documented defaults.
-    pub fn new(
-        api_url: Url,
-        token_url: Url,
-        client_id: impl Into<String>,
-        client_secret: impl Into<String>,
-        redirect_uri: impl Into<String>,
-    ) -> ClientConfig {
-        ClientConfig {
-            api_url,
-            token_url,
-            client_id: client_id.into(),
-            client_secret: client_secret.into(),
-            redirect_uri: redirect_uri.into(),
-            page_size: MAX_PAGE_SIZE,
-            max_retries: 5,
-            backoff_min: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(30),
-            max_rate_limit_wait: Duration::from_secs(120),
-            rate_limit_reserve: 0,
-            mint_interval: Duration::from_secs(60),
-            timeout: Duration::from_secs(30),
-        }
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        if !(1..=MAX_PAGE_SIZE).contains(&self.page_size) {
+impl Settings {
+    /// Parses the URLs and checks what the client relies on; the message names the key.
+    fn of(section: &OutreachConfig) -> Result<Settings, String> {
+        let url = |key: &str, value: &str| {
+            Url::parse(value).map_err(|e| format!("outreach.{key} {value:?} is not a URL: {e}"))
+        };
+        let settings = Settings {
+            api_url: url("api_url", &section.api_url)?,
+            token_url: url("token_url", &section.token_url)?,
+            section: section.clone(),
+        };
+        if !(1..=MAX_PAGE_SIZE).contains(&section.page_size) {
             return Err(format!(
-                "page_size must be between 1 and {MAX_PAGE_SIZE}, got {}",
-                self.page_size
+                "outreach.page_size must be between 1 and {MAX_PAGE_SIZE}, got {}",
+                section.page_size
             ));
         }
-        if self.api_url.cannot_be_a_base() {
-            return Err(format!("api_url {} cannot be a base URL", self.api_url));
+        if settings.api_url.cannot_be_a_base() {
+            return Err(format!(
+                "outreach.api_url {} cannot be a base URL",
+                settings.api_url
+            ));
         }
-        if self.backoff_min > self.backoff_max {
-            return Err("backoff_min exceeds backoff_max".to_owned());
+        if section.backoff_min > section.backoff_max {
+            return Err("outreach.backoff_min_ms exceeds outreach.backoff_max_ms".to_owned());
         }
-        Ok(())
+        Ok(settings)
     }
 
     fn app(&self) -> OAuthApp {
         OAuthApp {
             token_url: self.token_url.clone(),
-            client_id: self.client_id.clone(),
-            client_secret: self.client_secret.clone(),
-            redirect_uri: self.redirect_uri.clone(),
+            client_id: self.section.client_id.clone(),
+            client_secret: self.section.client_secret.expose().to_owned(),
+            redirect_uri: self.section.redirect_uri.clone(),
         }
     }
 
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
-            max_retries: self.max_retries,
-            backoff_min: self.backoff_min,
-            backoff_max: self.backoff_max,
-            max_server_wait: self.max_rate_limit_wait,
+            max_retries: self.section.max_retries,
+            backoff_min: self.section.backoff_min,
+            backoff_max: self.section.backoff_max,
+            max_server_wait: self.section.max_rate_limit_wait,
         }
+    }
+
+    /// Per-request timeout; at least a second, as zero would fail every request.
+    fn timeout(&self) -> Duration {
+        self.section.timeout.max(Duration::from_secs(1))
     }
 }
 
-impl fmt::Debug for ClientConfig {
+impl fmt::Debug for Settings {
+    /// The section's own `Debug` leaves its secrets out.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientConfig")
-            .field("api_url", &self.api_url.as_str())
-            .field("token_url", &self.token_url.as_str())
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"…")
-            .field("redirect_uri", &self.redirect_uri)
-            .field("page_size", &self.page_size)
-            .field("max_retries", &self.max_retries)
-            .field("backoff_min", &self.backoff_min)
-            .field("backoff_max", &self.backoff_max)
-            .field("max_rate_limit_wait", &self.max_rate_limit_wait)
-            .field("rate_limit_reserve", &self.rate_limit_reserve)
-            .field("mint_interval", &self.mint_interval)
-            .field("timeout", &self.timeout)
-            .finish()
+        self.section.fmt(f)
     }
 }
 
@@ -195,7 +158,7 @@ pub struct OutreachClient {
 
 struct Inner {
     http: reqwest::Client,
-    config: ClientConfig,
+    config: Settings,
     keeper: TokenKeeper,
     limiter: RateLimiter,
     counters: Counters,
@@ -212,10 +175,11 @@ struct ApiRequest {
 impl OutreachClient {
     /// A client using `tokens` (persisting every refresh through `store`).
     pub fn new(
-        config: ClientConfig,
+        config: &OutreachConfig,
         tokens: OAuthTokens,
         store: Arc<dyn TokenStore>,
     ) -> Result<Self, OutreachError> {
+        let config = settings(config)?;
         let http = build_http(&config)?;
         Ok(OutreachClient::assemble(
             http,
@@ -229,10 +193,11 @@ impl OutreachClient {
     /// Completes the authorization-code flow: exchanges `code` for tokens, persists them, and
     /// returns a client using them. The exchange counts as a mint for the mint interval.
     pub async fn from_authorization_code(
-        config: ClientConfig,
+        config: &OutreachConfig,
         code: &str,
         store: Arc<dyn TokenStore>,
     ) -> Result<Self, OutreachError> {
+        let config = settings(config)?;
         let http = build_http(&config)?;
         let counters = Counters::default();
         let tokens =
@@ -251,7 +216,7 @@ impl OutreachClient {
 
     fn assemble(
         http: reqwest::Client,
-        config: ClientConfig,
+        config: Settings,
         tokens: OAuthTokens,
         store: Arc<dyn TokenStore>,
         counters: Counters,
@@ -262,12 +227,12 @@ impl OutreachClient {
             tokens,
             store,
             KeeperPolicy {
-                mint_interval: config.mint_interval,
-                max_rate_limit_wait: config.max_rate_limit_wait,
+                mint_interval: config.section.mint_interval,
+                max_rate_limit_wait: config.section.max_rate_limit_wait,
                 retry: config.retry_policy(),
             },
         );
-        let limiter = RateLimiter::new(config.rate_limit_reserve);
+        let limiter = RateLimiter::new(config.section.rate_limit_reserve);
         OutreachClient {
             inner: Arc::new(Inner {
                 http,
@@ -331,7 +296,10 @@ impl OutreachClient {
         let mut url = self.users_url(&[]);
         url.query_pairs_mut()
             .append_pair("filter[email]", email)
-            .append_pair("page[size]", &self.inner.config.page_size.to_string())
+            .append_pair(
+                "page[size]",
+                &self.inner.config.section.page_size.to_string(),
+            )
             .append_pair("count", "false");
         let operation = Operation::FindUsersByEmail {
             email: email.to_owned(),
@@ -401,7 +369,10 @@ impl OutreachClient {
     fn first_page_url(&self) -> Url {
         let mut url = self.users_url(&[]);
         url.query_pairs_mut()
-            .append_pair("page[size]", &self.inner.config.page_size.to_string())
+            .append_pair(
+                "page[size]",
+                &self.inner.config.section.page_size.to_string(),
+            )
             .append_pair("count", "false");
         url
     }
@@ -490,7 +461,7 @@ impl OutreachClient {
     ) -> Result<Bytes, OutreachError> {
         let inner = &*self.inner;
         let operation = &request.operation;
-        let allowance = WaitAllowance::new(inner.config.max_rate_limit_wait);
+        let allowance = WaitAllowance::new(inner.config.section.max_rate_limit_wait);
         let retry = inner.config.retry_policy();
         let mut refreshed = false;
         loop {
@@ -625,7 +596,10 @@ impl OutreachClient {
         let mut first = self.resource_url("webhooks", &[]);
         first
             .query_pairs_mut()
-            .append_pair("page[size]", &self.inner.config.page_size.to_string())
+            .append_pair(
+                "page[size]",
+                &self.inner.config.section.page_size.to_string(),
+            )
             .append_pair("count", "false");
         let mut webhooks: Vec<Webhook> = Vec::new();
         let mut visited = HashSet::new();
@@ -753,15 +727,22 @@ impl fmt::Debug for OutreachClient {
     }
 }
 
-fn build_http(config: &ClientConfig) -> Result<reqwest::Client, OutreachError> {
+/// The client's view of `section`, or a configuration error naming the key.
+fn settings(section: &OutreachConfig) -> Result<Settings, OutreachError> {
+    Settings::of(section).map_err(|detail| OutreachError::Config {
+        operation: Operation::Configure,
+        detail,
+    })
+}
+
+fn build_http(config: &Settings) -> Result<reqwest::Client, OutreachError> {
     let fail = |detail: String| OutreachError::Config {
         operation: Operation::Configure,
         detail,
     };
-    config.validate().map_err(fail)?;
     reqwest::Client::builder()
         .use_rustls_tls()
-        .timeout(config.timeout)
+        .timeout(config.timeout())
         .user_agent(concat!("usersync/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| fail(format!("building the HTTP client: {e}")))
@@ -853,22 +834,24 @@ fn decode<T: DeserializeOwned>(body: &[u8], operation: &Operation) -> Result<T, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
     use crate::endpoint::test_support::oversized;
     use crate::outreach::auth::MemoryTokenStore;
 
-    fn config() -> ClientConfig {
-        ClientConfig::new(
-            "https://api.outreach.io/api/v2".parse().unwrap(),
-            "https://api.outreach.io/oauth/token".parse().unwrap(),
-            "id",
-            "shh-secret",
-            "https://usersync.example/callback",
-        )
+    fn config() -> OutreachConfig {
+        OutreachConfig {
+            api_url: "https://api.outreach.io/api/v2".into(),
+            token_url: "https://api.outreach.io/oauth/token".into(),
+            client_id: "id".into(),
+            client_secret: Secret::new("shh-secret"),
+            redirect_uri: "https://usersync.example/callback".into(),
+            ..OutreachConfig::default()
+        }
     }
 
-    fn client(config: ClientConfig) -> Result<OutreachClient, OutreachError> {
+    fn client(config: OutreachConfig) -> Result<OutreachClient, OutreachError> {
         OutreachClient::new(
-            config,
+            &config,
             OAuthTokens {
                 access_token: "a".into(),
                 refresh_token: "r".into(),
@@ -894,9 +877,9 @@ mod tests {
         assert!(pairs.iter().any(|(k, v)| k == "page[size]" && v == "1000"));
 
         let mut slash = config();
-        slash.api_url = "https://api.outreach.io/api/v2/".parse().unwrap();
+        slash.api_url = "https://api.outreach.io/api/v2/".into();
         let client = OutreachClient::new(
-            slash,
+            &slash,
             OAuthTokens {
                 access_token: "a".into(),
                 refresh_token: "r".into(),
@@ -943,10 +926,10 @@ mod tests {
         );
     }
 
-    fn local_config(address: std::net::SocketAddr) -> ClientConfig {
+    fn local_config(address: std::net::SocketAddr) -> OutreachConfig {
         let mut config = config();
-        config.api_url = format!("http://{address}/api/v2").parse().unwrap();
-        config.token_url = format!("http://{address}/oauth/token").parse().unwrap();
+        config.api_url = format!("http://{address}/api/v2");
+        config.token_url = format!("http://{address}/oauth/token");
         config.max_retries = 0;
         config
     }
@@ -973,7 +956,7 @@ mod tests {
         use crate::endpoint::body::OAUTH_ANSWER_CAP;
         let address = oversized(StatusCode::OK, OAUTH_ANSWER_CAP + 1).await;
         let refused = OutreachClient::from_authorization_code(
-            local_config(address),
+            &local_config(address),
             "code",
             Arc::new(MemoryTokenStore::new()),
         )

@@ -29,7 +29,7 @@ pub mod user;
 pub mod webhooks;
 
 pub use auth::{MemoryTokenStore, OAuthApp, OAuthTokens, TokenStore, TokenStoreError};
-pub use client::{ClientConfig, OutreachClient, Reply, UserPage};
+pub use client::{OutreachClient, Reply, UserPage};
 pub use error::{Operation, OutreachError};
 pub use stats::ClientStats;
 pub use user::{CUSTOM_FIELDS, OutreachUser, OutreachUserId, UserAttributes};

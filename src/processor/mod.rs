@@ -49,6 +49,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::apply::{ApplyError, apply_event};
+use crate::config::{Config, ProcessorConfig};
 use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
 use crate::connection::{ConnectionState, Connections, DisconnectReason, Side};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
@@ -65,42 +66,6 @@ use replies::Replies;
 /// not take: each further decision follows a record the store refused because another replica
 /// changed the same email group first.
 const MAX_DECISIONS: u32 = 5;
-
-/// How the processor behaves.
-#[derive(Debug, Clone)]
-pub struct ProcessorSettings {
-    pub group_id: String,
-    /// The first and the longest wait before an event is tried again.
-    pub retry_min: Duration,
-    pub retry_max: Duration,
-    /// How often the Outreach user index is read again; `None`: only at start.
-    pub reconcile_every: Option<Duration>,
-    /// How long shutdown waits for the event in flight.
-    pub shutdown_timeout: Duration,
-    /// How long the group waits for a replica that stopped heartbeating before its partitions
-    /// go to the others (librdkafka's `session.timeout.ms`).
-    pub session_timeout: Duration,
-    /// The settings used until an admin saves others in the store.
-    pub sync: SyncSettings,
-    /// How long the decision and applied-event logs keep a row (`store.retention_days`);
-    /// `None`: forever. The processor prunes them while it runs ([`retention`]).
-    pub retention: Option<Duration>,
-}
-
-impl Default for ProcessorSettings {
-    fn default() -> Self {
-        ProcessorSettings {
-            group_id: "usersync-processor".into(),
-            retry_min: Duration::from_secs(1),
-            retry_max: Duration::from_secs(60),
-            reconcile_every: Some(Duration::from_secs(3600)),
-            shutdown_timeout: Duration::from_secs(30),
-            session_timeout: Duration::from_secs(45),
-            sync: SyncSettings::default(),
-            retention: Some(Duration::from_secs(90 * 86_400)),
-        }
-    }
-}
 
 /// Why the processor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +222,13 @@ pub struct Processor {
     store: Arc<dyn Store>,
     outreach: OutreachClient,
     dead_letters: Arc<ChangePublisher>,
-    settings: ProcessorSettings,
+    /// The `[processor]` section.
+    settings: ProcessorConfig,
+    /// The sync settings used until an admin saves others in the store.
+    sync: SyncSettings,
+    /// How long the decision and applied-event logs keep a row (`store.retention_days`);
+    /// `None`: forever. The processor prunes them while it runs ([`retention`]).
+    retention: Option<Duration>,
     /// Per partition, the event put back last; a second failure of the same event waits
     /// longer. Cleared when the event is done or the partition is taken away.
     retries: BTreeMap<i32, Retry>,
@@ -274,12 +245,13 @@ pub struct Processor {
 impl Processor {
     /// Joins the consumer group (nothing is read yet).
     pub fn new(
-        kafka: &KafkaConfig,
-        settings: ProcessorSettings,
+        config: &Config,
         store: Arc<dyn Store>,
         outreach: OutreachClient,
         dead_letters: Arc<ChangePublisher>,
     ) -> Result<Processor, ProcessorError> {
+        let kafka = &config.kafka;
+        let settings = config.processor.clone();
         let (revoked_tx, revoked) = mpsc::unbounded_channel();
         let consumer: StreamConsumer<GroupContext> = crate::kafka::client::create_with_context(
             kafka,
@@ -309,6 +281,8 @@ impl Processor {
             outreach,
             dead_letters,
             settings,
+            sync: config.sync.clone(),
+            retention: config.store.retention(),
             retries: BTreeMap::new(),
             decisions,
             reconnects: Connections::new().reconnect_requests(Side::Outreach),
@@ -370,7 +344,7 @@ impl Processor {
     /// commits what was processed. Meanwhile, with a retention, a task of its own prunes the
     /// decision and applied-event logs, so pruning never holds up an event.
     pub async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
-        let pruning = self.settings.retention.map(|keep| {
+        let pruning = self.retention.map(|keep| {
             tokio::spawn(retention::follow(
                 self.store.clone(),
                 keep,
@@ -404,7 +378,7 @@ impl Processor {
                 _ = shutdown.changed() => return self.finish(),
             }
         }
-        let mut reconcile = self.settings.reconcile_every.map(|every| {
+        let mut reconcile = self.settings.reconcile_every().map(|every| {
             let mut timer = tokio::time::interval_at(Instant::now() + every, every);
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             timer
@@ -557,7 +531,7 @@ impl Processor {
             }
         };
         let settings = match self.store.settings().await {
-            Ok(saved) => saved.unwrap_or_else(|| self.settings.sync.clone()),
+            Ok(saved) => saved.unwrap_or_else(|| self.sync.clone()),
             Err(error) => {
                 return Ok(Outcome::Later {
                     wait: None,
@@ -928,7 +902,7 @@ impl Processor {
 
 /// The consumer's settings: offsets stored by the processor after each event and committed in
 /// the background, reading from the earliest record when the group has no offset.
-fn consumer_config(kafka: &KafkaConfig, settings: &ProcessorSettings) -> rdkafka::ClientConfig {
+fn consumer_config(kafka: &KafkaConfig, settings: &ProcessorConfig) -> rdkafka::ClientConfig {
     let mut client = crate::kafka::client::base_config(kafka);
     client
         .set("group.id", &settings.group_id)

@@ -5,35 +5,18 @@
 //! loop is [`super::Processor`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::{Processor, ProcessorSettings};
+use super::Processor;
 use crate::config::{Config, OutreachConfig};
 use crate::connection::Connections;
 use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
 use crate::health::{HealthListen, Probes};
 use crate::kafka::ChangePublisher;
 use crate::outreach::token_file::TokenFile;
-use crate::outreach::{ClientConfig, MemoryTokenStore, OAuthTokens, OutreachClient, TokenStore};
-
-/// The loop's settings from the configuration.
-pub fn settings(config: &Config) -> ProcessorSettings {
-    let processor = &config.processor;
-    ProcessorSettings {
-        group_id: processor.group_id.clone(),
-        retry_min: Duration::from_millis(processor.retry_min_ms),
-        retry_max: Duration::from_millis(processor.retry_max_ms),
-        reconcile_every: Some(Duration::from_secs(processor.reconcile_interval_seconds))
-            .filter(|every| !every.is_zero()),
-        shutdown_timeout: Duration::from_secs(processor.shutdown_timeout_seconds),
-        session_timeout: Duration::from_millis(processor.session_timeout_ms),
-        sync: config.sync.clone(),
-        retention: config.store.retention(),
-    }
-}
+use crate::outreach::{MemoryTokenStore, OAuthTokens, OutreachClient, TokenStore};
 
 /// The Outreach client of the configuration: tokens from `outreach.token_file` when it holds
 /// some, else a first mint from `outreach.refresh_token`.
@@ -48,25 +31,6 @@ pub fn outreach_client_with(
     config: &OutreachConfig,
     stored: Option<(StoredAuthorizations, OutreachAuthorization)>,
 ) -> anyhow::Result<OutreachClient> {
-    let url = |key: &str, value: &str| {
-        url::Url::parse(value).with_context(|| format!("outreach.{key} {value:?} is not a URL"))
-    };
-    let mut client = ClientConfig::new(
-        url("api_url", &config.api_url)?,
-        url("token_url", &config.token_url)?,
-        config.client_id.clone(),
-        config.client_secret.expose(),
-        config.redirect_uri.clone(),
-    );
-    client.page_size = config.page_size;
-    client.max_retries = config.max_retries;
-    client.backoff_min = config.backoff_min();
-    client.backoff_max = config.backoff_max();
-    client.max_rate_limit_wait = Duration::from_secs(config.max_rate_limit_wait_seconds);
-    client.rate_limit_reserve = config.rate_limit_reserve;
-    client.mint_interval = Duration::from_secs(config.mint_interval_seconds);
-    client.timeout = Duration::from_secs(config.timeout_seconds.max(1));
-
     let (saved, store): (Option<OAuthTokens>, Arc<dyn TokenStore>) =
         if let Some((vault, stored)) = stored {
             let tokens = OAuthTokens {
@@ -98,7 +62,7 @@ pub fn outreach_client_with(
              or point outreach.token_file at saved tokens"
         ),
     };
-    OutreachClient::new(client, tokens, store).context("building the Outreach client")
+    OutreachClient::new(config, tokens, store).context("building the Outreach client")
 }
 
 /// The processor of the configuration: the Outreach client, the store, the dead-letter
@@ -123,13 +87,7 @@ pub async fn build_with(
         .ensure_topics()
         .await
         .context("setting up the Kafka topics")?;
-    Ok(Processor::new(
-        &config.kafka,
-        settings(config),
-        store,
-        outreach,
-        dead_letters,
-    )?)
+    Ok(Processor::new(config, store, outreach, dead_letters)?)
 }
 
 /// Runs the processor until `shutdown` turns true. With a health listener, also serves
@@ -176,17 +134,5 @@ mod tests {
             .to_string();
         assert!(error.contains("outreach.refresh_token"), "{error}");
         assert!(error.contains("outreach.token_file"), "{error}");
-    }
-
-    #[test]
-    fn a_reconcile_interval_of_zero_means_only_at_start() {
-        let mut config = Config::default();
-        config.processor.reconcile_interval_seconds = 0;
-        assert_eq!(settings(&config).reconcile_every, None);
-        config.processor.reconcile_interval_seconds = 60;
-        assert_eq!(
-            settings(&config).reconcile_every,
-            Some(Duration::from_secs(60))
-        );
     }
 }

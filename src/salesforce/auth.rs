@@ -11,8 +11,9 @@
 //! When the token endpoint refuses, the integration stops until an admin acts, and the admin
 //! needs to know *what* to do. Salesforce says it only through a pair of strings
 //! (`error`, `error_description`), so [`classify`] maps them to a [`DisconnectReason`] with one
-//! table, [`TOKEN_ERRORS`], built from the bodies in the reference (§6.6). Every row has a unit
-//! test with the exact body; a body no row knows is `other` and is shown as it came.
+//! table, [`TOKEN_ERRORS`], built from the bodies listed in docs/salesforce.md
+//! ("OAuth: flows and error bodies"). Every row has a unit test with the exact body; a body no
+//! row knows is `other` and is shown as it came.
 //!
 //! Secrets (private key, client secret, refresh token, access token) are held in [`Secret`],
 //! whose `Debug` prints a short fingerprint; nothing here formats a secret into a message.

@@ -1,27 +1,31 @@
 //! Decoding one Pub/Sub change event payload: a raw Avro datum (no container header, no magic
-//! byte) written with the schema named by the event's `schema_id` (docs/subscriber.md).
+//! byte) written with the schema named by the event's `schema_id` (docs/salesforce.md,
+//! "Change events: body on Pub/Sub").
 //!
-//! Why a [`ChangeEventSchema`] and not just an `apache_avro::Schema`: the bitmaps in the
-//! header index the positions of the *writer* schema (§3.4), so the schema, its top-level field
-//! names and the sub-field names of its compound fields travel together. They are computed once
-//! when the schema is parsed; the subscriber caches one per schema id. Decoding with any other
-//! schema than the event's own is the pozil#16 bug ("trailing data" after a field was added), so
-//! `decode` checks that the datum used up the buffer exactly and never needed bytes past its
-//! end, and says so when not. (apache-avro alone reads a union index or a string cut off by the
-//! end of the buffer as null, so a payload truncated at a field boundary would otherwise decode
-//! "successfully" with its last fields null.)
+//! Why a [`ChangeEventSchema`] and not just an `apache_avro::Schema`: the bitmaps in the header
+//! index the positions of the *writer* schema (docs/salesforce.md,
+//! "Change events: header and bitmaps"), so the schema, its top-level field names and the sub-field
+//! names of its compound fields travel together. They are computed once when the schema is parsed;
+//! the subscriber caches one per schema id. Decoding with any other schema than the event's own
+//! fails with "trailing data" after a field was added (docs/salesforce.md,
+//! "Failures seen in other clients": decoding with the wrong schema), so `decode` checks that the
+//! datum used up the buffer exactly and never needed bytes past its end, and says so when not.
+//! (apache-avro alone reads a union index or a string cut off by the end of the buffer as null, so
+//! a payload truncated at a field boundary would otherwise decode "successfully" with its last
+//! fields null.)
 //!
-//! The result is deliberately flat and schema-shaped rather than User-shaped: the header is
-//! typed (§3.2), and the body is a map from field name to [`FieldValue`], unions unwrapped and
-//! compound fields flattened to `Name.FirstName`, the same spelling the bitmaps decode to. The
-//! User-specific reading is `normalize.rs`.
+//! The result is deliberately flat and schema-shaped rather than User-shaped: the header is typed
+//! (docs/salesforce.md, "Change events: header and bitmaps"), and the body is a map from field name
+//! to [`FieldValue`], unions unwrapped and compound fields flattened to `Name.FirstName`, the same
+//! spelling the bitmaps decode to. The User-specific reading is `normalize.rs`.
 //!
 //! Bytes from the network never panic this code: every failure is a [`DecodeError`] naming the
-//! schema id and what went wrong, so the caller can dead-letter one event and go on (pozil#50).
-//! Nor can they exhaust memory: apache-avro allocates what a length read from the payload asks
-//! for, and [`AVRO_ALLOCATION_CAP`] bounds that to what a real User change event can need.
+//! schema id and what went wrong, so the caller can dead-letter one event and go on
+//! (docs/salesforce.md, "Failures seen in other clients": one unreadable event stopped the stream).
+//! Nor can they exhaust memory: apache-avro allocates what a length read from the payload asks for,
+//! and [`AVRO_ALLOCATION_CAP`] bounds that to what a real User change event can need.
 //!
-//! Choices where the reference is silent:
+//! Choices where Salesforce is silent (docs/salesforce.md, "What Salesforce leaves open"):
 //!
 //! - Date-times are kept as numbers ([`FieldValue::DateTimeMillis`]): the Avro type is a plain
 //!   `long` of epoch milliseconds, recognised by the schema's `timestamp-millis` logical type
@@ -69,7 +73,8 @@ pub enum SchemaError {
     Shape { schema_id: String, problem: String },
 }
 
-/// `changeType` (§3.5). Values not documented today, such as `SNAPSHOT`, are kept verbatim.
+/// `changeType` (docs/salesforce.md, "Change events: header and bitmaps"). Values not documented
+/// today, such as `SNAPSHOT`, are kept verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ChangeType {
     Create,
@@ -134,7 +139,8 @@ impl fmt::Display for ChangeType {
     }
 }
 
-/// The typed `ChangeEventHeader` (§3.2), bitmaps decoded to names.
+/// The typed `ChangeEventHeader` (docs/salesforce.md, "Change events: header and bitmaps"),
+/// bitmaps decoded to names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeEventHeader {
     pub entity_name: String,
@@ -147,7 +153,8 @@ pub struct ChangeEventHeader {
     pub transaction_key: String,
     pub sequence_number: i64,
     pub commit_timestamp: DateTime<Utc>,
-    /// May exceed 2^53 (pozil#21).
+    /// May exceed 2^53 (docs/salesforce.md, "Failures seen in other clients": large commit
+    /// numbers).
     pub commit_number: i64,
     pub commit_user: Option<String>,
     pub changed_fields: FieldSet,
@@ -775,7 +782,8 @@ pub(crate) mod test_support {
         })
     }
 
-    /// The documented CREATE example (docs/subscriber.md), as a full body.
+    /// Salesforce's documented CREATE example of a User, Olga Brown (docs/salesforce.md,
+    /// "A User change by both transports"), as a full body.
     pub(crate) fn create_body() -> Json {
         json!({
             "Username": "olga.brown@example.com.prod",
@@ -1113,7 +1121,8 @@ mod tests {
 
     #[test]
     fn decoding_with_another_schema_fails_clearly() {
-        // pozil#16: an event written after a field was added, read with the older schema.
+        // An event written after a field was added, read with the older schema
+        // (docs/salesforce.md, "Failures seen in other clients": decoding with the wrong schema).
         let older = user_schema();
         let newer = newer_schema();
         let mut body = create_body();

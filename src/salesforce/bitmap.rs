@@ -1,29 +1,31 @@
 //! Decoding the field lists of a change event header: `changedFields`, `nulledFields` and
 //! `diffFields`.
 //!
-//! On the Pub/Sub API these arrive as bitmaps over the positions of the event's **writer
-//! schema** (docs/subscriber.md), not as names:
+//! On the Pub/Sub API these arrive as bitmaps over the positions of the event's **writer schema**
+//! (docs/salesforce.md, "Change events: header and bitmaps"), not as names:
 //!
 //! - `"0x…"`: a hex number; bit i (least significant = 0) names top-level field i. Bit 0 is
 //!   `ChangeEventHeader` itself and names no field.
 //! - `"<pos>-0x…"`: the same over the fields of the compound field (a nested record such as
 //!   `Name` or `Address`) at top-level position `pos`; a set bit j names `Parent.Child`.
 //!
-//! The bitmap means nothing without the schema that wrote it, so decoding takes a
-//! [`FieldLayout`] built from that schema (see `avro.rs`). The public clients differ in small
-//! ways and several are wrong on inputs Salesforce does send, so the rules here are the tolerant
-//! ones the reference asks for: upper- and lower-case hex, odd digit counts, bits past the end
-//! of the schema ignored (a newer schema may have added fields), arrays holding only nested
-//! entries (`nulledFields` when only sub-fields were nulled), and every element is inspected
-//! (not only the last one, as the Java and Python helpers do).
+//! The bitmap means nothing without the schema that wrote it, so decoding takes a [`FieldLayout`]
+//! built from that schema (see `avro.rs`). The public clients differ in small ways and several are
+//! wrong on inputs Salesforce does send, so the rules here are the tolerant ones Salesforce's own
+//! examples and the clients' failures call for (docs/salesforce.md,
+//! "Change events: header and bitmaps"): upper- and lower-case hex, odd digit counts, bits past the
+//! end of the schema ignored (a newer schema may have added fields), arrays holding only nested
+//! entries (`nulledFields` when only sub-fields were nulled), and every element is inspected (not
+//! only the last one, as some public helpers do).
 //!
-//! What cannot be read is refused with a [`BitmapError`] naming the entry: the caller
-//! dead-letters that one event with the reason and goes on with the stream (pozil#50).
+//! What cannot be read is refused with a [`BitmapError`] naming the entry: the caller dead-letters
+//! that one event with the reason and goes on with the stream (docs/salesforce.md,
+//! "Failures seen in other clients": one unreadable event stopped the stream).
 //!
-//! Choices where the reference leaves it open:
+//! Choices Salesforce leaves open:
 //!
 //! - **No collapsing.** When every sub-field of a compound field is set, the result still lists
-//!   each `Parent.Child` (as the Python and Node clients do; Java collapses to `Parent`). The
+//!   each `Parent.Child` (as most public clients do; one collapses to `Parent`). The
 //!   normalized event promises sub-field names (`Name.FirstName`), and a consumer asking "did
 //!   FirstName change" should not have to know the sub-field count of the schema. A set
 //!   *top-level* bit of a compound field is reported as the parent name; [`FieldSet::touches`]
@@ -334,7 +336,7 @@ mod tests {
 
     #[test]
     fn lower_and_upper_case_hex_agree() {
-        // 0x4E0 = bits 5,6,7,10; the letter digit is where the Node client went wrong.
+        // 0x4E0 = bits 5,6,7,10; the letter digit is where a public client went wrong.
         let upper = decode(&["0x4E0"]).unwrap();
         assert_eq!(upper, ["ShippingAddress", "Phone", "Fax", "Sic"]);
         assert_eq!(decode(&["0x4e0"]).unwrap(), upper);
@@ -352,7 +354,7 @@ mod tests {
 
     #[test]
     fn nested_entries_are_read_wherever_they_sit() {
-        // A nested entry first and the top-level bitmap last: the Java/Python helpers only look
+        // A nested entry first and the top-level bitmap last: some public helpers only look
         // at the last element; this decoder reads every one.
         assert_eq!(
             decode(&["4-0x06", "0x400000"]).unwrap(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::rest::{CredentialsTokenSource, SalesforceRest, TokenSource};
-use super::role::{credentials_with, settings};
+use super::role::credentials_with;
 use crate::config::{Config, Transport};
 use crate::connection::Side;
 use crate::connection::authorization::SalesforceAuthorization;
@@ -41,7 +41,7 @@ pub async fn test_connection(
         }
     };
     let http = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(sf.timeout_seconds.max(1)))
+        .timeout(sf.timeout.max(Duration::from_secs(1)))
         .build()
     {
         Ok(http) => http,
@@ -79,13 +79,10 @@ pub async fn test_connection(
         Err(error) => list.fail("identity", "userinfo refused", error),
     }
     let subscribe = match sf.transport {
-        Transport::Pubsub => {
-            let pubsub = settings(sf).pubsub;
-            match super::pubsub::PubSubConnection::new(pubsub, &session) {
-                Ok(connection) => connection.topic(&sf.topic).await.map(|_| ()),
-                Err(error) => Err(error),
-            }
-        }
+        Transport::Pubsub => match super::pubsub::PubSubConnection::new(sf, &session) {
+            Ok(connection) => connection.topic(&sf.topic).await.map(|_| ()),
+            Err(error) => Err(error),
+        },
         // The CometD handshake is the subscriber's own first step; Pub/Sub is what is checked.
         Transport::Cometd => Ok(()),
     };
@@ -213,7 +210,7 @@ async fn probe(
 ) -> Result<bool, String> {
     match sf.transport {
         Transport::Pubsub => {
-            let connection = super::pubsub::PubSubConnection::new(settings(sf).pubsub, session)
+            let connection = super::pubsub::PubSubConnection::new(sf, session)
                 .map_err(|e| format!("cannot open the Pub/Sub channel to ask: {e}"))?;
             connection
                 .can_resume_after(&sf.topic, replay_id.to_vec(), REPLAY_PROBE)
@@ -251,7 +248,7 @@ pub async fn can_resume_after(
     let sf = &config.salesforce;
     let credentials = credentials_with(sf, stored).map_err(|e| format!("{e:#}"))?;
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(sf.timeout_seconds.max(1)))
+        .timeout(sf.timeout.max(Duration::from_secs(1)))
         .build()
         .map_err(|e| e.to_string())?;
     let tokens = Arc::new(CredentialsTokenSource::new(http, credentials));

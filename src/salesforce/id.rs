@@ -131,7 +131,8 @@ mod tests {
 
     #[test]
     fn fifteen_characters_gain_the_documented_suffix() {
-        // The reference's sample user id and the decisions.md example.
+        // The sample user id of docs/salesforce.md ("A User change by both transports") and the
+        // decisions.md example.
         assert_eq!(
             SalesforceId::parse("0055f00000GBZR4").unwrap().as_str(),
             "0055f00000GBZR4AAP"

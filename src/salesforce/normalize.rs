@@ -4,12 +4,13 @@
 //! the last-known state of the users it names, and gets back a [`Normalized`] outcome. Nothing
 //! here reads the network or the store, so every rule is a unit test.
 //!
-//! The normalized event promises the user's **full** state after the change, never a partial
-//! one. A Pub/Sub UPDATE carries only the changed fields (unchanged ones are null, reference
-//! §3.3), so it is merged into the last-known state: a changed field takes the event's value, a
-//! changed field that is null takes null only when `nulledFields` says it was set to null, and
-//! an unchanged field keeps the last-known value. Where that cannot give a trustworthy state,
-//! the outcome says what the subscriber must read through REST instead of emitting a guess:
+//! The normalized event promises the user's **full** state after the change, never a partial one. A
+//! Pub/Sub UPDATE carries only the changed fields (unchanged ones are null: docs/salesforce.md,
+//! "Change events: body on Pub/Sub"), so it is merged into the last-known state: a changed field
+//! takes the event's value, a changed field that is null takes null only when `nulledFields` says
+//! it was set to null, and an unchanged field keeps the last-known value. Where that cannot give a
+//! trustworthy state, the outcome says what the subscriber must read through REST instead of
+//! emitting a guess:
 //!
 //! - an UPDATE for a user with no last-known state, or one carrying `diffFields` (a long text
 //!   sent as a diff this code does not apply), or a changed field that is null without being
@@ -26,7 +27,8 @@
 //! - A DELETE (which User should never see: users are deactivated, not deleted) keeps the
 //!   last-known state with `is_active` false; with no last-known state every field is null.
 //! - `Name.FirstName` and a flat `FirstName` are both accepted for the person-name parts, so the
-//!   CometD form (names, §5.4) reads the same as the Avro compound field.
+//!   CometD form (names: docs/salesforce.md, "CometD: messages, replay, timeouts, errors") reads
+//!   the same as the Avro compound field.
 //! - A body value of the wrong type for a User field is an error naming the field: the caller
 //!   dead-letters that event with the reason.
 
@@ -47,7 +49,8 @@ use crate::event::{
 /// The object this normalizer reads.
 pub const USER_ENTITY: &str = "User";
 
-/// The record id Salesforce puts on `GAP_OVERFLOW` events (§3.5).
+/// The record id Salesforce puts on `GAP_OVERFLOW` events (docs/salesforce.md,
+/// "Change events: gaps and overflows").
 pub const OVERFLOW_RECORD_ID: &str = "000000000000000AAA";
 
 /// Where an event came from, and its replay id in that transport's form.
@@ -556,7 +559,8 @@ mod tests {
 
     #[test]
     fn the_design_example_update_is_reproduced_from_the_wire() {
-        // Reference §4.4: an admin deactivates Olga and changes her title through the REST API.
+        // docs/salesforce.md, "A User change by both transports": an integration deactivates
+        // Olga and changes her title through the REST API.
         let h = update(&[OLGA], &["Title", "IsActive", "LastModifiedDate"], &[]);
         let body = json!({
             "Title": "Former Account Executive",

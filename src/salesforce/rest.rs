@@ -1,8 +1,9 @@
 //! Reading User records over the Salesforce REST API: the subscriber's way to fill the holes a
 //! change stream cannot.
 //!
-//! Change Data Capture tells usersync what changed, but three situations leave it with less
-//! than the facts (docs/subscriber.md), and each is answered by a SOQL query here:
+//! Change Data Capture tells usersync what changed, but three situations leave it with less than
+//! the facts (docs/subscriber.md; docs/salesforce.md, "Change events: gaps and overflows"), and
+//! each is answered by a SOQL query here:
 //!
 //! - **first start**: nothing has been seen yet, so every user is read ([`SalesforceRest::all_users`],
 //!   or page by page with [`SalesforceRest::user_pages`]);
@@ -399,8 +400,8 @@ impl SalesforceRestError {
     }
 }
 
-/// The first error object of a REST error body (§6.7: a JSON array of
-/// `{message, errorCode, fields}`), or the body itself when it is not one.
+/// The first error object of a REST error body (a JSON array of `{message, errorCode, fields}`:
+/// docs/salesforce.md, "REST: errors, queries, records"), or the body itself when it is not one.
 fn first_error(body: &str) -> (String, String) {
     #[derive(Deserialize)]
     struct Item {

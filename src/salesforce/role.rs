@@ -22,11 +22,10 @@ use tokio::sync::watch;
 
 use super::auth::{SalesforceAuthError, SalesforceCredentials, Secret};
 use super::lease::{self, Fence, Held, LeaseSettings};
-use super::pubsub::PubSubSettings;
 use super::replay_from::ReplayFrom;
 use super::rest::{CredentialsTokenSource, RestRetry, SalesforceRest, TokenSource};
 use super::subscriber::{
-    CometdSubscriber, ReplayRequest, Subscriber, SubscriberError, SubscriberSettings,
+    CometdSubscriber, ReplayRequest, StreamStart, Subscriber, SubscriberError,
 };
 use crate::config::{Config, SalesforceAuthFlow, SalesforceConfig, Transport};
 use crate::connection::authorization::{SalesforceAuthorization, StoredAuthorizations};
@@ -105,36 +104,11 @@ pub fn credentials(config: &SalesforceConfig) -> anyhow::Result<SalesforceCreden
     })
 }
 
-/// The loop's settings from the configuration.
-pub fn settings(config: &SalesforceConfig) -> SubscriberSettings {
-    SubscriberSettings {
-        topic: config.topic.clone(),
-        pubsub: PubSubSettings {
-            endpoint: config.pubsub_endpoint.clone(),
-            keepalive_interval: Duration::from_secs(config.keepalive_seconds.max(1)),
-            idle_timeout: Duration::from_secs(config.idle_timeout_seconds.max(1)),
-            connect_timeout: Duration::from_secs(config.timeout_seconds.max(1)),
-            ..PubSubSettings::default()
-        },
-        replay_policy: config.replay_policy,
-        resync_margin: Duration::from_secs(config.resync_margin_seconds),
-        backoff_min: Duration::from_millis(config.backoff_min_ms),
-        backoff_max: Duration::from_millis(config.backoff_max_ms),
-        flush_timeout: Duration::from_secs(30),
-        full_read_first: None,
-        replay_from: None,
-    }
-}
-
-fn settings_for(
-    sf: &SalesforceConfig,
-    full_read: Option<&'static str>,
-    replay: Option<ReplayRequest>,
-) -> SubscriberSettings {
-    SubscriberSettings {
+/// Where an attempt starts: a full read first, or where an admin asked.
+fn start_for(full_read: Option<&'static str>, replay: Option<ReplayRequest>) -> StreamStart {
+    StreamStart {
         full_read_first: full_read,
         replay_from: replay,
-        ..settings(sf)
     }
 }
 
@@ -334,9 +308,7 @@ async fn supervise(
                     again = Some(Reconnect::transient);
                     // A full read that failed half-way is tried again with the stream.
                     full_read = attempted;
-                    let delay = delays
-                        .next()
-                        .unwrap_or(Duration::from_millis(sf.backoff_max_ms));
+                    let delay = delays.next().unwrap_or(sf.backoff_max);
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         _ = shutdown.wait_for(|s| *s) => return Ok(()),
@@ -378,8 +350,8 @@ async fn supervise(
 fn retry_delays(sf: &SalesforceConfig) -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(sf.backoff_min_ms))
-        .with_max_delay(Duration::from_millis(sf.backoff_max_ms))
+        .with_min_delay(sf.backoff_min)
+        .with_max_delay(sf.backoff_max)
         .with_jitter()
         .without_max_times()
         .build()
@@ -444,7 +416,7 @@ impl Leasing {
             settings: LeaseSettings::for_topic(
                 &config.salesforce.topic,
                 instance,
-                Duration::from_secs(config.subscriber.lease_seconds),
+                config.subscriber.lease,
             ),
         }))
     }
@@ -495,7 +467,7 @@ async fn stream(
         None => None,
     };
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(sf.timeout_seconds.max(1)))
+        .timeout(sf.timeout.max(Duration::from_secs(1)))
         .build()
         .context("building the HTTP client")?;
     let tokens = Arc::new(CredentialsTokenSource::new(
@@ -525,8 +497,8 @@ async fn stream(
     let rest = SalesforceRest::new(&session.instance_url, rest_tokens)?
         .with_api_version(&sf.api_version)?
         .with_retry(RestRetry {
-            min_delay: Duration::from_millis(sf.backoff_min_ms),
-            max_delay: Duration::from_millis(sf.backoff_max_ms),
+            min_delay: sf.backoff_min,
+            max_delay: sf.backoff_max,
             ..RestRetry::default()
         });
     let store = crate::store::open(&config.store.url)
@@ -559,7 +531,8 @@ async fn stream(
     match sf.transport {
         Transport::Pubsub => {
             let mut subscriber = Subscriber::new(
-                settings_for(sf, attempt.full_read, attempt.replay),
+                sf,
+                start_for(attempt.full_read, attempt.replay),
                 tokens,
                 rest,
                 publisher,
@@ -575,8 +548,8 @@ async fn stream(
         }
         Transport::Cometd => {
             let mut subscriber = CometdSubscriber::new(
-                settings_for(sf, attempt.full_read, attempt.replay),
-                &sf.api_version,
+                sf,
+                start_for(attempt.full_read, attempt.replay),
                 tokens,
                 rest,
                 publisher,
@@ -653,21 +626,5 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn settings_follow_the_configuration() {
-        let config = SalesforceConfig {
-            idle_timeout_seconds: 120,
-            replay_policy: crate::salesforce::replay::ReplayPolicy::Fail,
-            ..SalesforceConfig::default()
-        };
-        let settings = settings(&config);
-        assert_eq!(settings.pubsub.idle_timeout, Duration::from_secs(120));
-        assert_eq!(
-            settings.replay_policy,
-            crate::salesforce::replay::ReplayPolicy::Fail
-        );
-        assert_eq!(settings.topic, "/data/UserChangeEvent");
     }
 }

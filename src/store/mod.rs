@@ -14,14 +14,27 @@
 //! a Salesforce user claimed by two Outreach users.
 //!
 //! Two implementations share one trait, [`Store`]: [`SqliteStore`] (a file, the embedded
-//! default) and [`PostgresStore`] (several processor replicas). Each keeps its SQL beside it;
-//! what a multi-statement operation means (which slice of state a decision needs, what
-//! recording an event writes, in which order) is written once, in [`procedures`], over the
-//! small statement vocabulary both backends speak ([`statements`]). [`open`] picks one by URL.
+//! default) and [`PostgresStore`] (several processor replicas). Everything but their
+//! connections is written once, in layers:
+//!
+//! - [`procedures`]: what a multi-statement operation means (which slice of state a decision
+//!   needs, what recording an event writes, in which order), over
+//! - [`statements`]: the small statement vocabulary both databases speak, whose
+//! - [`sql`]: text is written once, with `$n` placeholders in both, and which
+//! - [`session`]: runs and binds once, generically over the database;
+//! - [`dialect`]: the few pieces the two databases spell differently (a list parameter, a
+//!   JSON document, row locks, the lease clock, how a transaction begins), which each backend
+//!   supplies beside its connection, pool and migration code;
+//! - [`rows`]: stored rows turned into domain values.
+//!
+//! [`open`] picks a backend by URL.
 
+mod dialect;
 pub mod postgres;
 mod procedures;
 mod rows;
+mod session;
+mod sql;
 pub mod sqlite;
 mod statements;
 

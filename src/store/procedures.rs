@@ -1,10 +1,10 @@
 //! What each store operation means, written once for every backend.
 //!
-//! A backend supplies SQL ([`Statements`]) and sessions ([`Backend`]); this module decides
-//! which statements an operation runs, in which order, in which kind of session, and what a
-//! failure means to the caller. That keeps the two backends from drifting apart on the parts
-//! that matter most: the slice of state a decision sees (`load_state`) and what recording an
-//! applied event writes (`record`).
+//! A backend supplies sessions ([`Backend`]) that run the statements ([`Statements`]); this
+//! module decides which statements an operation runs, in which order, in which kind of
+//! session, and what a failure means to the caller. That keeps the two backends from drifting
+//! apart on the parts that matter most: the slice of state a decision sees (`load_state`) and
+//! what recording an applied event writes (`record`).
 //!
 //! Both also keep the optimistic check between processor replicas in one place: every part of
 //! the state (an email group, a Salesforce user an event names) has a version; `load_state`
@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use sqlx::error::ErrorKind;
 
+use super::session::Session;
 use super::statements::{Access, Backend, PrunedLog, Statements};
 use super::{
     AdminAction, AppliedEvent, Context, DecisionPage, DecisionQuery, Lease, LeaseAnswer,
@@ -31,14 +32,19 @@ use crate::outreach::user::{OutreachUser, OutreachUserId};
 use crate::salesforce::id::SalesforceId;
 
 #[async_trait::async_trait]
-impl<B: Backend> Store for B {
+impl<B> Store for B
+where
+    B: Backend,
+    Session<B::Dialect>: Statements + Send,
+{
     async fn load_state(&self, scope: &StateScope) -> Result<SyncState, StoreError> {
         let mut session = self
             .session(Access::Read)
             .await
             .context(|| "begin the read of a decision's state".into())?;
         let state = load_state(&mut session, scope).await?;
-        B::commit(session)
+        session
+            .commit()
             .await
             .context(|| "end the read of a decision's state".into())
             .map(|()| state)
@@ -48,7 +54,7 @@ impl<B: Backend> Store for B {
         let operation = || format!("record event {}", applied.event_id);
         let mut session = self.session(Access::Write).await.context(operation)?;
         record(&mut session, applied).await?;
-        B::commit(session).await.context(operation)
+        session.commit().await.context(operation)
     }
 
     async fn salesforce_user(
@@ -84,7 +90,7 @@ impl<B: Backend> Store for B {
                 .await
                 .context(|| format!("store Salesforce user {}", user.id))?;
         }
-        B::commit(session).await.context(operation)
+        session.commit().await.context(operation)
     }
 
     async fn outreach_user(&self, id: OutreachUserId) -> Result<Option<OutreachUser>, StoreError> {
@@ -115,7 +121,7 @@ impl<B: Backend> Store for B {
         let operation = || format!("store {} Outreach users", users.len());
         let mut session = self.session(Access::Write).await.context(operation)?;
         put_outreach_users(&mut session, users, false).await?;
-        B::commit(session).await.context(operation)
+        session.commit().await.context(operation)
     }
 
     async fn keep_superseded_calls(
@@ -141,7 +147,7 @@ impl<B: Backend> Store for B {
                 )
             })?;
         }
-        B::commit(session).await.context(operation)
+        session.commit().await.context(operation)
     }
 
     async fn mappings(&self, filter: &MappingFilter) -> Result<Vec<Mapping>, StoreError> {
@@ -175,7 +181,7 @@ impl<B: Backend> Store for B {
             .await
             .context(operation)?;
         put_mapping(&mut session, mapping).await?;
-        B::commit(session).await.context(operation)
+        session.commit().await.context(operation)
     }
 
     async fn remove_mapping(
@@ -193,7 +199,7 @@ impl<B: Backend> Store for B {
             .await
             .context(operation)?;
         let removed = row.map(Mapping::try_from).transpose()?;
-        B::commit(session).await.context(operation)?;
+        session.commit().await.context(operation)?;
         Ok(removed)
     }
 
@@ -278,7 +284,7 @@ impl<B: Backend> Store for B {
             .await
             .context(operation)?;
         let sequence = append_admin_action(&mut session, action).await?;
-        B::commit(session).await.context(operation)?;
+        session.commit().await.context(operation)?;
         Ok(sequence)
     }
 
@@ -390,7 +396,7 @@ impl<B: Backend> Store for B {
             .save_checkpoint(checkpoint)
             .await
             .context(operation)?;
-        B::commit(session).await.context(operation)
+        session.commit().await.context(operation)
     }
 
     async fn take_lease(
@@ -420,7 +426,7 @@ impl<B: Backend> Store for B {
                 LeaseAnswer::HeldBy(Lease::from(held))
             }
         };
-        B::commit(session).await.context(operation)?;
+        session.commit().await.context(operation)?;
         Ok(answer)
     }
 
@@ -528,7 +534,7 @@ impl<B: Backend> Store for B {
                 );
             }
         }
-        B::commit(session).await.context(operation)
+        session.commit().await.context(operation)
     }
 }
 

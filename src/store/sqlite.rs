@@ -3,9 +3,13 @@
 //! The file runs in WAL mode (readers never wait for the writer), with foreign keys on and a
 //! busy timeout so that a second writer waits instead of failing. Write transactions begin
 //! `IMMEDIATE`: they take the write lock up front, so two writers queue on the busy timeout
-//! rather than one failing when it upgrades from reading to writing. Lists of ids travel as
-//! one JSON array parameter, unpacked with `json_each`, so every statement here is static SQL.
-//! Timestamps are stored as RFC 3339 text in UTC.
+//! rather than one failing when it upgrades from reading to writing. Timestamps are stored as
+//! RFC 3339 text in UTC.
+//!
+//! The statements are written once for both databases (`super::sql`); what SQLite spells its
+//! own way is its [`Dialect`] here: a list of ids travels as one JSON array parameter unpacked
+//! with `json_each` (SQLite has no arrays), JSON documents are plain text, there are no row
+//! locks (a write transaction holds the whole file), and leases run on the process's clock.
 //!
 //! The file holds names and emails, so it and its `-wal` and `-shm` files are its owner's only
 //! (mode 0600; [`keep_private`] says how, docs/security.md why).
@@ -21,25 +25,23 @@
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::pool::PoolConnection;
+use serde::Serialize;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteArgumentValue, SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteQueryResult, SqliteTypeInfo,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Arguments, Encode, Sqlite, Type};
 
-use super::rows::{
-    AdminActionRow, CheckpointRow, DecisionRow, LeaseRow, MappingRow, OutreachUserRow,
-    SalesforceUserRow, SubscriberUserRow,
-};
-use super::statements::{Access, Backend, PrunedLog, Statements};
-use super::{Context, LeaseClaim, ReplayCheckpoint, StoreError};
-use crate::engine::decision::DecisionRecord;
-use crate::engine::state::{Mapping, SalesforceUser};
-use crate::event::Position;
-use crate::outreach::user::OutreachUser;
+use super::dialect::{Dialect, LeaseClock, List};
+use super::sql::Sql;
+use super::statements::Backend;
+use super::{Context, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -206,661 +208,81 @@ impl MigrationLock {
     }
 }
 
-/// One pooled connection, or a transaction on one.
-pub(crate) enum SqliteSession {
-    Single(PoolConnection<Sqlite>),
-    Transaction(Transaction<'static, Sqlite>),
-}
-
-impl SqliteSession {
-    fn conn(&mut self) -> &mut SqliteConnection {
-        match self {
-            SqliteSession::Single(conn) => conn,
-            SqliteSession::Transaction(tx) => tx,
-        }
-    }
-}
-
-#[async_trait::async_trait]
 impl Backend for SqliteStore {
-    type Session = SqliteSession;
+    type Dialect = Sqlite;
 
-    async fn session(&self, access: Access) -> sqlx::Result<SqliteSession> {
-        Ok(match access {
-            Access::Single => SqliteSession::Single(self.pool.acquire().await?),
-            // A deferred transaction reads one snapshot from its first SELECT on.
-            Access::Read => SqliteSession::Transaction(self.pool.begin().await?),
-            Access::Write => {
-                SqliteSession::Transaction(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-            }
-        })
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// Every statement in SQLite's words, rendered at the first one run.
+static SQL: LazyLock<Sql> = LazyLock::new(Sql::render::<Sqlite>);
+
+impl Dialect for Sqlite {
+    /// A deferred transaction reads one snapshot from its first SELECT on.
+    const BEGIN_READ: Option<&'static str> = None;
+    /// The write lock up front: two writers queue on the busy timeout rather than one failing
+    /// when it upgrades from reading to writing.
+    const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
+    /// None: a write transaction holds the whole file.
+    const LOCK_SHARED: &'static str = "";
+    const LOCK_SKIP_LOCKED: &'static str = "";
+
+    fn sql() -> &'static Sql {
+        &SQL
     }
 
-    async fn commit(session: SqliteSession) -> sqlx::Result<()> {
-        match session {
-            SqliteSession::Single(_) => Ok(()),
-            SqliteSession::Transaction(tx) => tx.commit().await,
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn in_list(column: &str, param: &str) -> String {
+        format!("{column} IN (SELECT value FROM json_each({param}))")
+    }
+
+    /// JSON is stored as text (checked by `json_valid` in the schema).
+    fn json_document(param: &str) -> String {
+        param.into()
+    }
+
+    fn json_text(column: &str) -> String {
+        column.into()
+    }
+
+    /// The process's clock: now, and when a lease taken now expires, are both parameters.
+    fn lease_clock(first: usize) -> LeaseClock {
+        LeaseClock {
+            now: format!("${first}"),
+            expiry: format!("${}", first + 1),
+        }
+    }
+
+    fn add_lease_clock(
+        arguments: &mut SqliteArguments<'_>,
+        now: DateTime<Utc>,
+        ttl: Option<Duration>,
+    ) -> Result<(), BoxDynError> {
+        arguments.add(now)?;
+        match ttl {
+            Some(ttl) => arguments
+                .add(now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)),
+            None => Ok(()),
         }
     }
 }
 
-/// A list of values as the JSON array `json_each` unpacks.
-fn json_list<T: serde::Serialize>(values: &[T]) -> String {
-    serde_json::to_string(values).expect("a list of strings or integers serializes")
+/// A list travels as one JSON array, text that `json_each` unpacks: SQLite has no arrays, and
+/// one parameter keeps the statement one text for every length.
+impl<T> Type<Sqlite> for List<'_, T> {
+    fn type_info() -> SqliteTypeInfo {
+        <str as Type<Sqlite>>::type_info()
+    }
 }
 
-/// When a lease taken `now` for `ttl` expires.
-fn expiry(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)
-}
-
-const SALESFORCE_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, \
-     is_active, created_date, last_modified_date, commit_number, commit_timestamp, \
-     sequence_number, snapshot_read_at";
-
-const OUTREACH_USER_COLUMNS: &str = "id, email, username, first_name, last_name, title, locked, \
-     custom1, custom2, custom3, custom4, custom5, updated_at";
-
-const SUBSCRIBER_USER_COLUMNS: &str = "user_id, email, username, first_name, last_name, title, \
-     is_active, created_date, last_modified_date";
-
-const DECISION_COLUMNS: &str = "sequence, event_id, at, action, reason, email, \
-     outreach_user_id, salesforce_user_id, previous_salesforce_user_id, message, outreach_calls, \
-     actor";
-
-#[async_trait::async_trait]
-impl Statements for SqliteSession {
-    async fn salesforce_users_by_id(
-        &mut self,
-        ids: &[String],
-    ) -> sqlx::Result<Vec<SalesforceUserRow>> {
-        let sql = format!(
-            "SELECT {SALESFORCE_USER_COLUMNS} FROM salesforce_users \
-             WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id"
-        );
-        sqlx::query_as(&sql)
-            .bind(json_list(ids))
-            .fetch_all(self.conn())
-            .await
-    }
-
-    async fn salesforce_users_by_email(
-        &mut self,
-        emails: &[String],
-    ) -> sqlx::Result<Vec<SalesforceUserRow>> {
-        let sql = format!(
-            "SELECT {SALESFORCE_USER_COLUMNS} FROM salesforce_users \
-             WHERE email_normalized IN (SELECT value FROM json_each(?1)) ORDER BY id"
-        );
-        sqlx::query_as(&sql)
-            .bind(json_list(emails))
-            .fetch_all(self.conn())
-            .await
-    }
-
-    async fn outreach_users_by_id(&mut self, ids: &[i64]) -> sqlx::Result<Vec<OutreachUserRow>> {
-        let sql = format!(
-            "SELECT {OUTREACH_USER_COLUMNS} FROM outreach_users \
-             WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id"
-        );
-        sqlx::query_as(&sql)
-            .bind(json_list(ids))
-            .fetch_all(self.conn())
-            .await
-    }
-
-    async fn outreach_users_by_email(
-        &mut self,
-        emails: &[String],
-    ) -> sqlx::Result<Vec<OutreachUserRow>> {
-        let sql = format!(
-            "SELECT {OUTREACH_USER_COLUMNS} FROM outreach_users \
-             WHERE email_normalized IN (SELECT value FROM json_each(?1)) ORDER BY id"
-        );
-        sqlx::query_as(&sql)
-            .bind(json_list(emails))
-            .fetch_all(self.conn())
-            .await
-    }
-
-    async fn mappings_touching(
-        &mut self,
-        outreach_user_ids: &[i64],
-        salesforce_user_ids: &[String],
-    ) -> sqlx::Result<Vec<MappingRow>> {
-        sqlx::query_as(
-            "SELECT outreach_user_id, salesforce_user_id, locked_by_usersync FROM mappings \
-             WHERE outreach_user_id IN (SELECT value FROM json_each(?1)) \
-                OR salesforce_user_id IN (SELECT value FROM json_each(?2)) \
-             ORDER BY outreach_user_id",
-        )
-        .bind(json_list(outreach_user_ids))
-        .bind(json_list(salesforce_user_ids))
-        .fetch_all(self.conn())
-        .await
-    }
-
-    async fn mappings_matching(
-        &mut self,
-        email: Option<&str>,
-        salesforce_user_id: Option<&str>,
-        outreach_user_id: Option<i64>,
-    ) -> sqlx::Result<Vec<MappingRow>> {
-        sqlx::query_as(
-            "SELECT m.outreach_user_id, m.salesforce_user_id, m.locked_by_usersync \
-             FROM mappings m \
-             WHERE (?1 IS NULL \
-                    OR EXISTS (SELECT 1 FROM salesforce_users s \
-                               WHERE s.id = m.salesforce_user_id AND s.email_normalized = ?1) \
-                    OR EXISTS (SELECT 1 FROM outreach_users o \
-                               WHERE o.id = m.outreach_user_id AND o.email_normalized = ?1)) \
-               AND (?2 IS NULL OR m.salesforce_user_id = ?2) \
-               AND (?3 IS NULL OR m.outreach_user_id = ?3) \
-             ORDER BY m.outreach_user_id",
-        )
-        .bind(email)
-        .bind(salesforce_user_id)
-        .bind(outreach_user_id)
-        .fetch_all(self.conn())
-        .await
-    }
-
-    async fn applied_among(&mut self, event_ids: &[String]) -> sqlx::Result<Vec<String>> {
-        sqlx::query_scalar(
-            "SELECT event_id FROM applied_events \
-             WHERE event_id IN (SELECT value FROM json_each(?1)) ORDER BY event_id",
-        )
-        .bind(json_list(event_ids))
-        .fetch_all(self.conn())
-        .await
-    }
-
-    async fn decisions_before(
-        &mut self,
-        before: Option<i64>,
-        action: Option<&str>,
-        email: Option<&str>,
-        limit: i64,
-    ) -> sqlx::Result<Vec<DecisionRow>> {
-        let sql = format!(
-            "SELECT {DECISION_COLUMNS} FROM decisions \
-             WHERE (?1 IS NULL OR sequence < ?1) \
-               AND (?2 IS NULL OR action = ?2) \
-               AND (?3 IS NULL OR email = ?3) \
-             ORDER BY sequence DESC LIMIT ?4"
-        );
-        sqlx::query_as(&sql)
-            .bind(before)
-            .bind(action)
-            .bind(email)
-            .bind(limit)
-            .fetch_all(self.conn())
-            .await
-    }
-
-    async fn settings_document(&mut self) -> sqlx::Result<Option<String>> {
-        sqlx::query_scalar("SELECT document FROM settings WHERE id = 1")
-            .fetch_optional(self.conn())
-            .await
-    }
-
-    async fn authorization(&mut self, side: &str) -> sqlx::Result<Option<(Vec<u8>, i64)>> {
-        sqlx::query_as("SELECT sealed, generation FROM authorizations WHERE side = ?1")
-            .bind(side)
-            .fetch_optional(self.conn())
-            .await
-    }
-
-    async fn admin_actions_newest(&mut self, limit: i64) -> sqlx::Result<Vec<AdminActionRow>> {
-        sqlx::query_as(
-            "SELECT sequence, at, action, detail, actor FROM admin_actions \
-             ORDER BY sequence DESC LIMIT ?1",
-        )
-        .bind(limit)
-        .fetch_all(self.conn())
-        .await
-    }
-
-    async fn checkpoint(&mut self, topic: &str) -> sqlx::Result<Option<CheckpointRow>> {
-        sqlx::query_as(
-            "SELECT topic, replay_id, commit_timestamp, updated_at FROM replay_checkpoints \
-             WHERE topic = ?1",
-        )
-        .bind(topic)
-        .fetch_optional(self.conn())
-        .await
-    }
-
-    async fn versions_of(&mut self, parts: &[String]) -> sqlx::Result<Vec<(String, i64)>> {
-        sqlx::query_as(
-            "SELECT part, version FROM state_versions \
-             WHERE part IN (SELECT value FROM json_each(?1)) ORDER BY part",
-        )
-        .bind(json_list(parts))
-        .fetch_all(self.conn())
-        .await
-    }
-
-    async fn subscriber_users_by_id(
-        &mut self,
-        org_id: &str,
-        user_ids: &[String],
-    ) -> sqlx::Result<Vec<SubscriberUserRow>> {
-        let sql = format!(
-            "SELECT {SUBSCRIBER_USER_COLUMNS} FROM subscriber_users \
-             WHERE org_id = ?1 AND user_id IN (SELECT value FROM json_each(?2)) ORDER BY user_id"
-        );
-        sqlx::query_as(&sql)
-            .bind(org_id)
-            .bind(json_list(user_ids))
-            .fetch_all(self.conn())
-            .await
-    }
-
-    async fn lease(&mut self, name: &str, now: DateTime<Utc>) -> sqlx::Result<Option<LeaseRow>> {
-        sqlx::query_as(
-            "SELECT name, holder, epoch, acquired_at, renewed_at, expires_at, ?2 AS read_at \
-             FROM subscriber_leases WHERE name = ?1",
-        )
-        .bind(name)
-        .bind(now)
-        .fetch_optional(self.conn())
-        .await
-    }
-
-    async fn holds_lease(&mut self, claim: &LeaseClaim) -> sqlx::Result<bool> {
-        let held: Option<i64> = sqlx::query_scalar(
-            "SELECT epoch FROM subscriber_leases WHERE name = ?1 AND holder = ?2 AND epoch = ?3",
-        )
-        .bind(&claim.name)
-        .bind(&claim.holder)
-        .bind(claim.epoch)
-        .fetch_optional(self.conn())
-        .await?;
-        Ok(held.is_some())
-    }
-
-    async fn take_lease(
-        &mut self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-        now: DateTime<Utc>,
-    ) -> sqlx::Result<Option<LeaseRow>> {
-        sqlx::query_as(
-            "INSERT INTO subscriber_leases (name, holder, epoch, acquired_at, renewed_at, expires_at) \
-             VALUES (?1, ?2, 1, ?3, ?3, ?4) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-                 epoch = subscriber_leases.epoch + 1, acquired_at = excluded.acquired_at, \
-                 renewed_at = excluded.renewed_at, expires_at = excluded.expires_at \
-             WHERE subscriber_leases.expires_at <= ?3 \
-                OR subscriber_leases.holder = excluded.holder \
-             RETURNING name, holder, epoch, acquired_at, renewed_at, expires_at, ?3 AS read_at",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(now)
-        .bind(expiry(now, ttl))
-        .fetch_optional(self.conn())
-        .await
-    }
-
-    async fn renew_lease(
-        &mut self,
-        claim: &LeaseClaim,
-        ttl: Duration,
-        now: DateTime<Utc>,
-    ) -> sqlx::Result<Option<LeaseRow>> {
-        sqlx::query_as(
-            "UPDATE subscriber_leases SET renewed_at = ?4, expires_at = ?5 \
-             WHERE name = ?1 AND holder = ?2 AND epoch = ?3 \
-             RETURNING name, holder, epoch, acquired_at, renewed_at, expires_at, ?4 AS read_at",
-        )
-        .bind(&claim.name)
-        .bind(&claim.holder)
-        .bind(claim.epoch)
-        .bind(now)
-        .bind(expiry(now, ttl))
-        .fetch_optional(self.conn())
-        .await
-    }
-
-    async fn release_lease(&mut self, claim: &LeaseClaim, now: DateTime<Utc>) -> sqlx::Result<()> {
-        sqlx::query(
-            "UPDATE subscriber_leases SET expires_at = ?4 \
-             WHERE name = ?1 AND holder = ?2 AND epoch = ?3",
-        )
-        .bind(&claim.name)
-        .bind(&claim.holder)
-        .bind(claim.epoch)
-        .bind(now)
-        .execute(self.conn())
-        .await
-        .map(drop)
-    }
-
-    async fn newest_subscriber_commit(
-        &mut self,
-        org_id: &str,
-    ) -> sqlx::Result<Option<(i64, DateTime<Utc>)>> {
-        sqlx::query_as(
-            "SELECT commit_number, commit_timestamp FROM subscriber_users \
-             WHERE org_id = ?1 AND commit_number IS NOT NULL \
-             ORDER BY commit_number DESC LIMIT 1",
-        )
-        .bind(org_id)
-        .fetch_optional(self.conn())
-        .await
-    }
-
-    async fn upsert_salesforce_user(&mut self, user: &SalesforceUser) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO salesforce_users (id, email, email_normalized, username, first_name, \
-                 last_name, title, is_active, created_date, last_modified_date, commit_number, \
-                 commit_timestamp, sequence_number, snapshot_read_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-                 ?14) \
-             ON CONFLICT (id) DO UPDATE SET email = excluded.email, \
-                 email_normalized = excluded.email_normalized, username = excluded.username, \
-                 first_name = excluded.first_name, last_name = excluded.last_name, \
-                 title = excluded.title, is_active = excluded.is_active, \
-                 created_date = excluded.created_date, \
-                 last_modified_date = excluded.last_modified_date, \
-                 commit_number = excluded.commit_number, \
-                 commit_timestamp = excluded.commit_timestamp, \
-                 sequence_number = excluded.sequence_number, \
-                 snapshot_read_at = excluded.snapshot_read_at",
-        )
-        .bind(user.id.as_str())
-        .bind(&user.email)
-        .bind(user.email_normalized())
-        .bind(&user.username)
-        .bind(&user.first_name)
-        .bind(&user.last_name)
-        .bind(&user.title)
-        .bind(user.is_active)
-        .bind(user.created_date)
-        .bind(user.last_modified_date)
-        .bind(user.applied.and_then(|p| p.commit_number))
-        .bind(user.applied.map(|p| p.commit_timestamp))
-        .bind(user.applied.and_then(|p| p.sequence_number))
-        .bind(user.applied.and_then(|p| p.read_at))
-        .execute(self.conn())
-        .await
-        .map(drop)
-    }
-
-    async fn upsert_outreach_user(
-        &mut self,
-        user: &OutreachUser,
-        keep_newer: bool,
-    ) -> sqlx::Result<bool> {
-        let [c1, c2, c3, c4, c5] = &user.custom;
-        // Timestamps compare as text, which is time order here (see upsert_subscriber_user).
-        let done = sqlx::query(
-            "INSERT INTO outreach_users (id, email, email_normalized, username, first_name, \
-                 last_name, title, locked, custom1, custom2, custom3, custom4, custom5, \
-                 updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
-             ON CONFLICT (id) DO UPDATE SET email = excluded.email, \
-                 email_normalized = excluded.email_normalized, username = excluded.username, \
-                 first_name = excluded.first_name, last_name = excluded.last_name, \
-                 title = excluded.title, locked = excluded.locked, \
-                 custom1 = excluded.custom1, custom2 = excluded.custom2, \
-                 custom3 = excluded.custom3, custom4 = excluded.custom4, \
-                 custom5 = excluded.custom5, updated_at = excluded.updated_at \
-             WHERE NOT ?15 OR outreach_users.updated_at IS NULL \
-                OR excluded.updated_at IS NULL \
-                OR excluded.updated_at >= outreach_users.updated_at",
-        )
-        .bind(user.id.0)
-        .bind(&user.email)
-        .bind(user.email_normalized())
-        .bind(&user.username)
-        .bind(&user.first_name)
-        .bind(&user.last_name)
-        .bind(&user.title)
-        .bind(user.locked)
-        .bind(c1)
-        .bind(c2)
-        .bind(c3)
-        .bind(c4)
-        .bind(c5)
-        .bind(user.updated_at)
-        .bind(keep_newer)
-        .execute(self.conn())
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn advance_version(&mut self, part: &str, read: Option<i64>) -> sqlx::Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO state_versions (part, version) VALUES (?1, 1) \
-             ON CONFLICT (part) DO UPDATE SET version = state_versions.version + 1 \
-             WHERE ?2 IS NULL OR state_versions.version = ?2",
-        )
-        .bind(part)
-        .bind(read)
-        .execute(self.conn())
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn upsert_mapping(&mut self, mapping: &Mapping) -> sqlx::Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO mappings (outreach_user_id, salesforce_user_id, locked_by_usersync) \
-             VALUES (?1, ?2, ?3) \
-             ON CONFLICT (outreach_user_id) DO UPDATE \
-                 SET locked_by_usersync = excluded.locked_by_usersync \
-                 WHERE mappings.salesforce_user_id = excluded.salesforce_user_id",
-        )
-        .bind(mapping.outreach_user_id.0)
-        .bind(mapping.salesforce_user_id.as_str())
-        .bind(mapping.locked_by_usersync)
-        .execute(self.conn())
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn delete_mapping(&mut self, outreach_user_id: i64) -> sqlx::Result<Option<MappingRow>> {
-        sqlx::query_as(
-            "DELETE FROM mappings WHERE outreach_user_id = ?1 \
-             RETURNING outreach_user_id, salesforce_user_id, locked_by_usersync",
-        )
-        .bind(outreach_user_id)
-        .fetch_optional(self.conn())
-        .await
-    }
-
-    async fn insert_applied_event(
-        &mut self,
-        event_id: &str,
-        applied_at: DateTime<Utc>,
-    ) -> sqlx::Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO applied_events (event_id, applied_at) VALUES (?1, ?2) \
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(event_id)
-        .bind(applied_at)
-        .execute(self.conn())
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn append_decision(&mut self, record: &DecisionRecord) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO decisions (event_id, at, action, reason, email, outreach_user_id, \
-                 salesforce_user_id, previous_salesforce_user_id, message, outreach_calls, \
-                 actor) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )
-        .bind(&record.event_id)
-        .bind(record.at)
-        .bind(record.action.as_str())
-        .bind(record.reason.as_str())
-        .bind(&record.email)
-        .bind(record.outreach_user_id.map(|id| id.0))
-        .bind(record.salesforce_user_id.as_ref().map(|id| id.as_str()))
-        .bind(
-            record
-                .previous_salesforce_user_id
-                .as_ref()
-                .map(|id| id.as_str()),
-        )
-        .bind(&record.message)
-        .bind(i64::from(record.outreach_calls))
-        .bind(&record.actor)
-        .execute(self.conn())
-        .await
-        .map(drop)
-    }
-
-    async fn save_settings_document(
-        &mut self,
-        document: &str,
-        updated_at: DateTime<Utc>,
-    ) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO settings (id, document, updated_at) VALUES (1, ?1, ?2) \
-             ON CONFLICT (id) DO UPDATE \
-                 SET document = excluded.document, updated_at = excluded.updated_at",
-        )
-        .bind(document)
-        .bind(updated_at)
-        .execute(self.conn())
-        .await
-        .map(drop)
-    }
-
-    async fn save_authorization(
-        &mut self,
-        side: &str,
-        sealed: &[u8],
-        key_fingerprint: &str,
-        generation: i64,
-        updated_at: DateTime<Utc>,
-    ) -> sqlx::Result<bool> {
-        sqlx::query(
-            "INSERT INTO authorizations (side, sealed, key_fingerprint, generation, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (side) DO UPDATE SET sealed = excluded.sealed, \
-                 key_fingerprint = excluded.key_fingerprint, generation = excluded.generation, \
-                 updated_at = excluded.updated_at \
-             WHERE authorizations.generation = excluded.generation - 1",
-        )
-        .bind(side)
-        .bind(sealed)
-        .bind(key_fingerprint)
-        .bind(generation)
-        .bind(updated_at)
-        .execute(self.conn())
-        .await
-        .map(|done| done.rows_affected() == 1)
-    }
-
-    async fn append_admin_action(
-        &mut self,
-        at: DateTime<Utc>,
-        action: &str,
-        detail: &str,
-        actor: Option<&str>,
-    ) -> sqlx::Result<i64> {
-        sqlx::query_scalar(
-            "INSERT INTO admin_actions (at, action, detail, actor) \
-             VALUES (?1, ?2, ?3, ?4) RETURNING sequence",
-        )
-        .bind(at)
-        .bind(action)
-        .bind(detail)
-        .bind(actor)
-        .fetch_one(self.conn())
-        .await
-    }
-
-    async fn delete_older(
-        &mut self,
-        log: PrunedLog,
-        before: DateTime<Utc>,
-        limit: i64,
-    ) -> sqlx::Result<u64> {
-        let (table, key, time) = log.columns();
-        let statement = format!(
-            "DELETE FROM {table} WHERE {key} IN \
-             (SELECT {key} FROM {table} WHERE {time} < ?1 LIMIT ?2)"
-        );
-        let done = sqlx::query(&statement)
-            .bind(before)
-            .bind(limit)
-            .execute(self.conn())
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    async fn save_checkpoint(&mut self, checkpoint: &ReplayCheckpoint) -> sqlx::Result<()> {
-        sqlx::query(
-            "INSERT INTO replay_checkpoints (topic, replay_id, commit_timestamp, updated_at) \
-             VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (topic) DO UPDATE SET replay_id = excluded.replay_id, \
-                 commit_timestamp = excluded.commit_timestamp, updated_at = excluded.updated_at",
-        )
-        .bind(&checkpoint.topic)
-        .bind(&checkpoint.replay_id)
-        .bind(checkpoint.commit_timestamp)
-        .bind(checkpoint.updated_at)
-        .execute(self.conn())
-        .await
-        .map(drop)
-    }
-
-    async fn upsert_subscriber_user(
-        &mut self,
-        org_id: &str,
-        user: &SalesforceUser,
-        position: Option<&Position>,
-        updated_at: DateTime<Utc>,
-    ) -> sqlx::Result<bool> {
-        // Timestamps compare as text: sqlx writes them in UTC with 0, 3, 6 or 9 fraction digits
-        // and a `+00:00` suffix, and '+' sorts below '.' and every digit, so text order is time
-        // order down to the nanosecond.
-        let done = sqlx::query(
-            "INSERT INTO subscriber_users (org_id, user_id, email, username, first_name, \
-                 last_name, title, is_active, created_date, last_modified_date, commit_number, \
-                 commit_timestamp, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
-             ON CONFLICT (org_id, user_id) DO UPDATE SET email = excluded.email, \
-                 username = excluded.username, first_name = excluded.first_name, \
-                 last_name = excluded.last_name, title = excluded.title, \
-                 is_active = excluded.is_active, created_date = excluded.created_date, \
-                 last_modified_date = excluded.last_modified_date, \
-                 commit_number = excluded.commit_number, \
-                 commit_timestamp = excluded.commit_timestamp, updated_at = excluded.updated_at \
-             WHERE excluded.commit_timestamp IS NULL \
-                OR subscriber_users.commit_timestamp IS NULL \
-                OR CASE WHEN excluded.commit_number IS NOT NULL \
-                             AND subscriber_users.commit_number IS NOT NULL \
-                        THEN excluded.commit_number >= subscriber_users.commit_number \
-                        WHEN subscriber_users.commit_number IS NOT NULL THEN FALSE \
-                        WHEN excluded.commit_number IS NOT NULL THEN TRUE \
-                        ELSE excluded.commit_timestamp >= subscriber_users.commit_timestamp \
-                   END",
-        )
-        .bind(org_id)
-        .bind(user.id.as_str())
-        .bind(&user.email)
-        .bind(&user.username)
-        .bind(&user.first_name)
-        .bind(&user.last_name)
-        .bind(&user.title)
-        .bind(user.is_active)
-        .bind(user.created_date)
-        .bind(user.last_modified_date)
-        .bind(position.and_then(|p| p.commit_number))
-        .bind(position.map(|p| p.commit_timestamp))
-        .bind(updated_at)
-        .execute(self.conn())
-        .await?;
-        Ok(done.rows_affected() == 1)
+impl<'q, T: Serialize> Encode<'q, Sqlite> for List<'_, T> {
+    fn encode_by_ref(&self, buf: &mut Vec<SqliteArgumentValue<'q>>) -> Result<IsNull, BoxDynError> {
+        <String as Encode<'q, Sqlite>>::encode(serde_json::to_string(self.0)?, buf)
     }
 }
 

@@ -1,19 +1,25 @@
-//! The statement vocabulary each backend speaks, and how a backend hands out sessions.
+//! The statement vocabulary the store speaks, and how a backend hands out sessions.
 //!
 //! Every [`Store`](super::Store) operation is a short sequence of these statements run in one
-//! [`Session`] — a pooled connection for a single statement, or a transaction. The sequences
+//! session — a pooled connection for a single statement, or a transaction. The sequences
 //! (what `record` writes and in which order, which rows `load_state` gathers) are written once
-//! in [`procedures`](super::procedures); a backend only supplies SQL in its own dialect.
-//! Statements return raw `sqlx` results; the procedures add which operation failed.
+//! in [`procedures`](super::procedures) over this trait; each statement's text is written once
+//! in [`sql`](super::sql) and bound once in [`session`](super::session), with the few pieces
+//! SQLite and PostgreSQL spell differently supplied by each backend's
+//! [`Dialect`](super::dialect::Dialect). Statements return raw `sqlx` results; the procedures
+//! add which operation failed.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::Pool;
 
+use super::dialect::Dialect;
 use super::rows::{
     AdminActionRow, CheckpointRow, DecisionRow, LeaseRow, MappingRow, OutreachUserRow,
     SalesforceUserRow, SubscriberUserRow,
 };
+use super::session::Session;
 use super::{LeaseClaim, ReplayCheckpoint};
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::{Mapping, SalesforceUser};
@@ -31,19 +37,21 @@ pub(crate) enum Access {
     Write,
 }
 
-/// A store backend: a pool that opens sessions. [`Store`](super::Store) is implemented once for
-/// every backend, in [`procedures`](super::procedures).
+/// A store backend: a pool of one dialect's connections. [`Store`](super::Store) is
+/// implemented once for every backend, in [`procedures`](super::procedures).
 #[async_trait::async_trait]
 pub(crate) trait Backend: Send + Sync {
-    type Session: Statements + Send + 'static;
+    type Dialect: Dialect;
 
-    async fn session(&self, access: Access) -> sqlx::Result<Self::Session>;
+    fn pool(&self) -> &Pool<Self::Dialect>;
 
-    /// Commits what the session wrote; a session dropped without this rolls back.
-    async fn commit(session: Self::Session) -> sqlx::Result<()>;
+    /// A session for `access`; [`Session::commit`] ends it.
+    async fn session(&self, access: Access) -> sqlx::Result<Session<Self::Dialect>> {
+        Session::begin(self.pool(), access).await
+    }
 }
 
-/// The SQL one backend runs, on one connection or inside one transaction.
+/// The statements the store runs, on one connection or inside one transaction.
 #[async_trait::async_trait]
 pub(crate) trait Statements {
     // ----- reads -----

@@ -68,8 +68,8 @@ impl Parts {
         let salesforce = SalesforceSim::start(SfSimConfig::new("")).await.unwrap();
         connect_salesforce_sim(&mut config.salesforce, &salesforce, INTEGRATION_USER);
         salesforce.add_callback_url(&format!("http://{admin}/oauth/salesforce/callback"));
-        config.salesforce.backoff_min_ms = 50;
-        config.salesforce.backoff_max_ms = 500;
+        config.salesforce.backoff_min = Duration::from_millis(50);
+        config.salesforce.backoff_max = Duration::from_millis(500);
 
         let outreach = OutreachSim::start(SimConfig {
             mint_throttle: Duration::ZERO,
@@ -84,9 +84,9 @@ impl Parts {
             &["users.all", "webhooks.all"],
         );
         // The simulator does not throttle minting, so the client need not space its mints.
-        config.outreach.mint_interval_seconds = 0;
-        config.processor.retry_min_ms = 50;
-        config.processor.retry_max_ms = 1_000;
+        config.outreach.mint_interval = Duration::from_secs(0);
+        config.processor.retry_min = Duration::from_millis(50);
+        config.processor.retry_max = Duration::from_millis(1_000);
 
         config.admin.listen = admin.clone();
         config.store.url = format!("sqlite://{}", dir.path().join("usersync.db").display());

@@ -16,42 +16,45 @@
 //! }
 //! ```
 //!
-//! What it does for the caller, each rule tied to a failure seen in the public clients (§8):
+//! What it does for the caller, each rule tied to a failure seen in the public clients
+//! (docs/salesforce.md, "Failures seen in other clients", named here in italics) and to the
+//! protocol's rules (docs/salesforce.md, "CometD: messages, replay, timeouts, errors"):
 //!
 //! - **The replay map is the caller's acknowledged position.** It starts from the stored
 //!   checkpoint and moves only on [`CometdClient::acknowledge`], never on delivery, so a
-//!   resubscribe after any failure resumes after the last event the caller *handled*
-//!   (kdcllc/CometD.NetCore.Salesforce#22: not the original id). The map always holds the
-//!   channel: no path sends an empty map (forcedotcom/EMP-Connector#39, #41).
+//!   resubscribe after any failure resumes after the last event the caller *handled*, not
+//!   from the original id (*resubscribing from the original position*). The map always holds
+//!   the channel: no path sends an empty map (*empty replay map after re-authentication*).
 //! - **`401::Authentication invalid`** (on connect, or as a refused handshake's
 //!   `failureReason`): a new session from the [`TokenSource`], a new handshake, a resubscribe
-//!   with the map — the Bayeux session is tied to the token (§5.6).
+//!   with the map — the Bayeux session is tied to the token.
 //! - **`403::Unknown client`** (the server dropped the session: the 40 s reconnect deadline,
-//!   a network drop, EMP-Connector #4/#13/#15): handshake and resubscribe. Subscriptions do
-//!   not survive a handshake (§5.3, kdcllc/CometD.NetCore#8), so a handshake always forces a
-//!   subscribe before the next connect.
-//! - **A rejected replay id** (`400::The replayId {…} you provided was invalid`,
-//!   EMP-Connector#14): never silent (kdcllc/CometD.NetCore.Salesforce#20). The
-//!   [`ReplayPolicy`] decides: `resync` and `latest` resubscribe from the tip (`-1`) and report
-//!   [`Poll::ReplayRejected`] (with `resync_needed` for `resync`), `fail` returns
-//!   [`CometdError::ReplayRejected`].
+//!   a network drop; *unknown client after an hour*): handshake and resubscribe.
+//!   Subscriptions do not survive a handshake (*lost subscriptions*), so a handshake always
+//!   forces a subscribe before the next connect.
+//! - **A rejected replay id** (`400::The replayId {…} you provided was invalid`): never
+//!   silent (*invalid replay id, silently*). The [`ReplayPolicy`] decides: `resync` and
+//!   `latest` resubscribe from the tip (`-1`) and report [`Poll::ReplayRejected`] (with
+//!   `resync_needed` for `resync`), `fail` returns [`CometdError::ReplayRejected`].
 //! - **Recovery is bounded.** Recoveries that do not reach a successful connect are counted;
 //!   past [`CometdConfig::max_recoveries`] the client stops with
-//!   [`CometdError::RecoveryExhausted`] instead of looping (EMP-Connector#40).
-//! - **No periodic re-handshake** (EMP-Connector PR#21): a handshake happens only at the start
-//!   and when the server asks for one.
-//! - **Timeouts** (§5.5): a connect's HTTP timeout is the server's hold (its `advice.timeout`,
+//!   [`CometdError::RecoveryExhausted`] instead of looping (*endless reconnect loop*).
+//! - **No periodic re-handshake** (*periodic re-handshakes*): a handshake happens only at the
+//!   start and when the server asks for one.
+//! - **Timeouts**: a connect's HTTP timeout is the server's hold (its `advice.timeout`,
 //!   110 s by default) plus [`CometdConfig::network_delay`], so a quiet channel is never taken
 //!   for a dead one; the next connect follows each response at once, well inside the 40 s
 //!   reconnect deadline, as long as the caller handles a batch in less than that. If it does
 //!   not, the server forgets the client and the `403` path recovers without loss.
 //! - **Cookies** are kept (reqwest's cookie store): Salesforce routes a session by its
-//!   `BAYEUX_BROWSER` cookie and refuses a connect without it (§5.1).
+//!   `BAYEUX_BROWSER` cookie and refuses a connect without it.
 //! - **Schemas by id.** Each event is converted with its own writer schema, fetched from the
 //!   REST event schema resource (`/services/data/vXX.X/event/eventSchema/{id}`) and cached by
-//!   id only (pozil#16, #44/#45), so a field added mid-stream changes nothing for older events.
-//! - **One bad event does not stop the stream** (pozil#50): it is delivered as
-//!   [`Delivered::Unreadable`] with its replay id, to be dead-lettered and acknowledged.
+//!   id only (docs/salesforce.md, "Pub/Sub: schemas"; *decoding with the wrong schema*), so a
+//!   field added mid-stream changes nothing for older events.
+//! - **One bad event does not stop the stream** (*one unreadable event stopped the stream*):
+//!   it is delivered as [`Delivered::Unreadable`] with its replay id, to be dead-lettered and
+//!   acknowledged.
 //!
 //! Every answer is read up to a cap (`endpoint::body`): [`STREAM_BATCH_CAP`] for the Bayeux
 //! exchanges, [`EVENT_SCHEMA_CAP`] for a schema; a larger one is refused as
@@ -112,14 +115,16 @@ impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
 /// How the client is set up.
 #[derive(Debug, Clone)]
 pub struct CometdConfig {
-    /// The Streaming API version in the URL, `61.0`; 37.0 or later (§5.1).
+    /// The Streaming API version in the URL, `61.0`; 37.0 or later (docs/salesforce.md,
+    /// "CometD: messages, replay, timeouts, errors").
     pub api_version: String,
     /// The channel, normally [`USER_CHANGE_CHANNEL`].
     pub channel: String,
     /// Added to the server's hold time for a connect's HTTP timeout, and the timeout of every
-    /// other request (EMP-Connector's `maxNetworkDelay`, 15 s).
+    /// other request (15 s by default, the network delay public CometD clients allow for).
     pub network_delay: Duration,
-    /// The hold time assumed until the server advises one (§5.5: 110 s).
+    /// The hold time assumed until the server advises one (110 s: docs/salesforce.md,
+    /// "CometD: messages, replay, timeouts, errors").
     pub default_hold: Duration,
     /// What to do when the stored replay id is refused (the subscriber's `replay_policy`).
     pub replay_policy: ReplayPolicy,

@@ -1,25 +1,26 @@
 //! Bayeux messages as Salesforce sends them, and what its error strings mean.
 //!
-//! Every Streaming API response body is a JSON array of messages (§5.2). [`parse_messages`] is
-//! the only door from the network into the client: it is pure, takes bytes, and for any input
-//! returns either the messages or a [`CometdParseError`] saying which message and which field
-//! is wrong — never a panic, so it doubles as the fuzz entry point. Only the shape Bayeux
-//! itself promises is checked here (`channel` is a string, the typed fields have their types);
-//! what a data message carries is [`payload`](super::payload)'s business.
+//! Every Streaming API response body is a JSON array of messages (docs/salesforce.md,
+//! "CometD: messages, replay, timeouts, errors"). [`parse_messages`] is the only door from the
+//! network into the client: it is pure, takes bytes, and for any input returns either the messages
+//! or a [`CometdParseError`] saying which message and which field is wrong — never a panic, so it
+//! doubles as the fuzz entry point. Only the shape Bayeux itself promises is checked here
+//! (`channel` is a string, the typed fields have their types); what a data message carries is
+//! [`payload`](super::payload)'s business.
 //!
-//! Salesforce reports failures as strings of the form `code:args:text` in `error`, and on a
-//! refused handshake also in `ext.sfdc.failureReason` (§5.6; EMP-Connector checks both).
-//! [`Message::refusal`] turns them into a [`Refusal`]: the one place that decides which
-//! failure means "new token", "handshake again", "the replay id is gone" or "stop". Choices
-//! where the reference is silent:
+//! Salesforce reports failures as strings of the form `code:args:text` in `error`, and on a refused
+//! handshake also in `ext.sfdc.failureReason` (docs/salesforce.md,
+//! "CometD: messages, replay, timeouts, errors": both must be read). [`Message::refusal`] turns
+//! them into a [`Refusal`]: the one place that decides which failure means "new token",
+//! "handshake again", "the replay id is gone" or "stop". Choices where Salesforce is silent:
 //!
 //! - A single object instead of an array is accepted as one message (Bayeux allows both).
 //! - `402::Unknown client` (older documentation) reads as `403::Unknown client`, and so does
 //!   any unsuccessful reply whose advice is `reconnect: handshake`.
 //! - `400::The replayId for channel … wasn't found using the provided replay ID map …` is *not*
-//!   a rejected replay id: it means the client sent a map without its channel (the
-//!   EMP-Connector #39/#41 bug), so it is a plain failure, never papered over by a replay
-//!   policy.
+//!   a rejected replay id: it means the client sent a map without its channel (docs/salesforce.md,
+//!   "Failures seen in other clients": empty replay map after re-authentication), so it is a
+//!   plain failure, never papered over by a replay policy.
 
 use serde_json::{Map, Value};
 
@@ -527,7 +528,8 @@ mod tests {
                 error: "401::Authentication invalid".into()
             }
         );
-        // A refused handshake says 403 and hides the 401 in ext.sfdc.failureReason (§5.6).
+        // A refused handshake says 403 and hides the 401 in ext.sfdc.failureReason
+        // (docs/salesforce.md, "CometD: messages, replay, timeouts, errors").
         let denied = refusal(json!({"channel": "/meta/handshake", "successful": false,
             "error": "403::Handshake denied",
             "ext": {"sfdc": {"failureReason": "401::Authentication invalid"}}}));
@@ -551,7 +553,8 @@ mod tests {
                 "advice": {"reconnect": "handshake"}})),
             Refusal::UnknownClient { .. }
         ));
-        // forcedotcom/EMP-Connector#14: the stored id is outside retention.
+        // The stored id is outside retention (docs/salesforce.md,
+        // "Failures seen in other clients": invalid replay id, silently).
         assert_eq!(
             refusal(json!({"channel": "/meta/subscribe", "successful": false,
                 "error": "400::The replayId {18098301} you provided was invalid.  Please provide a valid ID, -2 to replay all events, or -1 to replay only new events."})),
@@ -560,7 +563,8 @@ mod tests {
                 error: "400::The replayId {18098301} you provided was invalid.  Please provide a valid ID, -2 to replay all events, or -1 to replay only new events.".into()
             }
         );
-        // EMP-Connector #39/#41: the map lacked the channel: our bug, not a retention problem.
+        // The map lacked the channel: our bug, not a retention problem (docs/salesforce.md,
+        // "Failures seen in other clients": empty replay map after re-authentication).
         assert!(matches!(
             refusal(json!({"channel": "/meta/subscribe", "successful": false,
                 "error": "400::The replayId for channel {/data/UserChangeEvent} wasn't found using the provided replay ID map {{}}"})),

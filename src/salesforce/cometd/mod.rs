@@ -2,8 +2,8 @@
 //! orgs where the Pub/Sub API cannot be used (docs/subscriber.md).
 //!
 //! CometD is the legacy transport and the one where the public clients went wrong most often
-//! (§8), so this module is shaped around those failures rather than around the protocol's
-//! happy path:
+//! (docs/salesforce.md, "Failures seen in other clients"), so this module is shaped around
+//! those failures rather than around the protocol's happy path:
 //!
 //! - [`message`]: the Bayeux messages of one HTTP response, parsed by a pure function
 //!   ([`message::parse_messages`]) that never panics and names what is wrong (a fuzz entry
@@ -32,16 +32,20 @@ pub use client::{
 pub use message::{Advice, CometdParseError, Message, Reconnect, Refusal, parse_messages};
 pub use payload::{CdcEvent, PayloadError};
 
-/// The channel of User change events; the Pub/Sub topic has the same name (§4.1).
+/// The channel of User change events; the Pub/Sub topic has the same name (docs/salesforce.md,
+/// "The User object").
 pub const USER_CHANGE_CHANNEL: &str = "/data/UserChangeEvent";
 
-/// Replay from the newest event on: only events published after the subscription (§5.3).
+/// Replay from the newest event on: only events published after the subscription
+/// (docs/salesforce.md, "CometD: messages, replay, timeouts, errors").
 pub const REPLAY_FROM_TIP: i64 = -1;
 
-/// Replay every retained event (72 hours for CDC, §5.3).
+/// Replay every retained event (72 hours for CDC; docs/salesforce.md,
+/// "CometD: messages, replay, timeouts, errors").
 pub const REPLAY_FROM_EARLIEST: i64 = -2;
 
-/// The oldest Streaming API version Salesforce still serves (§5.1).
+/// The oldest Streaming API version Salesforce still serves (docs/salesforce.md,
+/// "CometD: messages, replay, timeouts, errors").
 pub const MIN_API_VERSION: f64 = 37.0;
 
 /// Whether Salesforce still resumes the User change channel after `replay_id`

@@ -1,6 +1,7 @@
 //! A CometD CDC data message into the [`ChangeEvent`] the Pub/Sub path decodes.
 //!
-//! The two transports carry the same facts in different clothes (§3.3, §5.4):
+//! The two transports carry the same facts in different clothes (docs/salesforce.md,
+//! "Change events: body on Pub/Sub" and "CometD: messages, replay, timeouts, errors"):
 //!
 //! | | Pub/Sub (Avro) | CometD (JSON) |
 //! |---|---|---|
@@ -22,14 +23,15 @@
 //! field like a null one, so it would cope without the filling; the filling is there so that
 //! the two paths give *equal* `ChangeEvent`s, which is what the tests compare.
 //!
-//! Choices where the reference is silent:
+//! Choices where Salesforce is silent:
 //!
 //! - A field the payload has but the writer schema lacks is kept, converted by its JSON type:
 //!   nothing the server sent is dropped, and such a mismatch cannot stop the stream.
 //! - `commitTimestamp` is accepted as epoch milliseconds (what Salesforce's examples show) or
 //!   as an ISO string.
 //! - Every failure is a [`PayloadError`] naming the field; the client hands the event to the
-//!   caller as unreadable and goes on (pozil#50).
+//!   caller as unreadable and goes on (docs/salesforce.md, "Failures seen in other clients":
+//!   one unreadable event stopped the stream).
 
 use std::collections::BTreeMap;
 
@@ -377,8 +379,9 @@ fn convert(path: &str, value: &Value, kind: &Kind) -> Result<FieldValue, Payload
         }
         Kind::String => match value {
             Value::String(text) => Ok(FieldValue::String(text.clone())),
-            // A long text sent as a unified diff (§3.4): Pub/Sub puts the diff string in the
-            // field itself, so the converted event does too.
+            // A long text sent as a unified diff (docs/salesforce.md,
+            // "Change events: header and bitmaps"): Pub/Sub puts the diff string in the field
+            // itself, so the converted event does too.
             Value::Object(diff)
                 if diff.len() == 1 && diff.get("diff").is_some_and(Value::is_string) =>
             {
@@ -609,7 +612,7 @@ mod tests {
 
     #[test]
     fn the_reference_update_converts_to_the_avro_decoding_of_the_same_change() {
-        // Reference §4.4 (a) and (b): the same change by both transports.
+        // docs/salesforce.md, "A User change by both transports": the same change by both.
         let schema = writer();
         let mut h = cometd_header("UPDATE");
         h["changedFields"] = json!(["Title", "LastModifiedDate", "IsActive"]);

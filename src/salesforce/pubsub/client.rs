@@ -1,22 +1,25 @@
 //! The Pub/Sub API client: one gRPC channel, the auth metadata on every call, topic and
 //! schema look-ups, and Subscribe streams with flow control and an inactivity watchdog.
 //!
-//! Choices, and the reference lines behind them:
+//! Choices, and the facts behind them (docs/salesforce.md: the "Pub/Sub" sections, and in
+//! italics the failure from "Failures seen in other clients" each rule guards against):
 //!
-//! - one channel per connection, reused by every call and every new stream (pozil#51), with
-//!   HTTP/2 keepalive pings so a half-open TCP connection is noticed (pozil PR#96) and a
-//!   decode limit well above tonic's 4 MB default (§9);
+//! - one channel per connection, reused by every call and every new stream (*too many
+//!   connections*), with HTTP/2 keepalive pings so a half-open TCP connection is noticed
+//!   (*silent streams*) and a decode limit well above tonic's 4 MB default
+//!   ("Pub/Sub: endpoint and call metadata");
 //! - the three metadata headers on every call, lower-case, from the *current* session: a
 //!   token refreshed after `UNAUTHENTICATED` is used by the next call without rebuilding the
 //!   channel ([`PubSubConnection::set_session`]);
 //! - a [`Subscription`] keeps its request sender alive for as long as it lives (closing it
-//!   ends the subscription server-side, §2.5) and is cancelled by dropping it, so the old
-//!   stream is gone before a new one starts (pozil#52: duplicated deliveries);
+//!   ends the subscription server-side, "Pub/Sub: flow control") and is cancelled by dropping
+//!   it, so the old stream is gone before a new one starts (*duplicated deliveries after
+//!   reconnects*);
 //! - [`Subscription::next`] tops the credit up *before* it returns a batch, and fails with
 //!   [`StreamEnd::Idle`] when nothing at all — not even a keepalive — arrived within the idle
-//!   timeout (300 s by default: the 270 s keepalive plus a margin, §7.7);
-//! - replay ids are kept as the bytes received and sent back byte for byte (pub-sub-api#37,
-//!   pozil#4).
+//!   timeout (300 s by default: the 270 s keepalive plus a margin; *silent streams*);
+//! - replay ids are kept as the bytes received and sent back byte for byte
+//!   ("Pub/Sub: replay ids"; *replay ids re-encoded*).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -31,6 +34,7 @@ use tonic::{Request, Status, Streaming};
 
 use super::credit::{Credit, unsent_after};
 use super::failure::{FailureKind, PubSubFailure, classify};
+use crate::config::SalesforceConfig;
 use crate::proto::eventbus::pub_sub_client::PubSubClient;
 use crate::proto::eventbus::{
     ConsumerEvent, FetchRequest, FetchResponse, ReplayPreset, SchemaRequest, TopicInfo,
@@ -42,29 +46,15 @@ use crate::salesforce::auth::SalesforceSession;
 /// 4 MB; one event may be 1 MB): the cap of an answer carrying events, `endpoint::body`.
 pub const MAX_DECODING_MESSAGE_SIZE: usize = crate::endpoint::body::STREAM_BATCH_CAP;
 
-/// How the channel is set up.
-#[derive(Debug, Clone)]
-pub struct PubSubSettings {
-    /// `https://api.pubsub.salesforce.com:7443` (or `:443`), or `http://…` for a local server.
-    pub endpoint: String,
-    /// HTTP/2 keepalive ping interval.
-    pub keepalive_interval: Duration,
-    /// A stream with no response at all for this long is treated as dead.
-    pub idle_timeout: Duration,
-    /// Credit is topped up to 100 when the server's pending count falls to this.
-    pub low_water: i32,
-    pub connect_timeout: Duration,
-}
+/// Credit is topped up to 100 when the server's pending count falls to this.
+const LOW_WATER: i32 = 50;
 
-impl Default for PubSubSettings {
-    fn default() -> Self {
-        PubSubSettings {
-            endpoint: "https://api.pubsub.salesforce.com:7443".into(),
-            keepalive_interval: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(300),
-            low_water: 50,
-            connect_timeout: Duration::from_secs(20),
-        }
+/// A configured zero (which would time out at once or ping without pause) as one second.
+fn at_least_a_second(configured: Duration) -> Duration {
+    if configured.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        configured
     }
 }
 
@@ -150,7 +140,8 @@ type Client = PubSubClient<InterceptedService<Channel, AuthMetadata>>;
 pub struct PubSubConnection {
     client: Client,
     headers: Arc<RwLock<CallHeaders>>,
-    settings: PubSubSettings,
+    /// A stream with no response at all for this long is treated as dead.
+    idle_timeout: Duration,
 }
 
 /// Where a subscription starts.
@@ -165,23 +156,29 @@ pub enum StartAt {
 }
 
 impl PubSubConnection {
-    /// Builds the channel (connecting lazily) for `session`.
-    pub fn new(settings: PubSubSettings, session: &SalesforceSession) -> Result<Self, PubSubError> {
+    /// Builds the channel (connecting lazily) for `session`, to `salesforce.pubsub_endpoint`
+    /// with the section's timeouts (`salesforce.timeout_seconds` to connect,
+    /// `keepalive_seconds` between HTTP/2 pings, `idle_timeout_seconds` of silence).
+    pub fn new(
+        config: &SalesforceConfig,
+        session: &SalesforceSession,
+    ) -> Result<Self, PubSubError> {
+        let target = &config.pubsub_endpoint;
         let unusable = |reason: String| PubSubError::Endpoint {
-            endpoint: settings.endpoint.clone(),
+            endpoint: target.clone(),
             reason,
         };
-        let mut endpoint = Endpoint::from_shared(settings.endpoint.clone())
+        let mut endpoint = Endpoint::from_shared(target.clone())
             .map_err(|e| unusable(e.to_string()))?
-            .connect_timeout(settings.connect_timeout)
-            .http2_keep_alive_interval(settings.keepalive_interval)
+            .connect_timeout(at_least_a_second(config.timeout))
+            .http2_keep_alive_interval(at_least_a_second(config.keepalive))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        if settings.endpoint.starts_with("https://") {
+        if target.starts_with("https://") {
             endpoint = endpoint
                 .tls_config(ClientTlsConfig::new().with_webpki_roots())
                 .map_err(|e| unusable(e.to_string()))?;
-        } else if !settings.endpoint.starts_with("http://") {
+        } else if !target.starts_with("http://") {
             return Err(unusable(
                 "the URL must start with https:// (or http:// for a local test server)".into(),
             ));
@@ -193,7 +190,7 @@ impl PubSubConnection {
         Ok(PubSubConnection {
             client,
             headers,
-            settings,
+            idle_timeout: at_least_a_second(config.idle_timeout),
         })
     }
 
@@ -246,7 +243,7 @@ impl PubSubConnection {
         topic: &str,
         start: StartAt,
     ) -> Result<Subscription, PubSubError> {
-        let credit = Credit::new(self.settings.low_water);
+        let credit = Credit::new(LOW_WATER);
         let (preset, replay_id) = match start {
             StartAt::Latest => (ReplayPreset::Latest, Vec::new()),
             StartAt::Earliest => (ReplayPreset::Earliest, Vec::new()),
@@ -277,7 +274,7 @@ impl PubSubConnection {
             responses,
             credit,
             unsent_credit: 0,
-            idle_timeout: self.settings.idle_timeout,
+            idle_timeout: self.idle_timeout,
         })
     }
 }
@@ -347,7 +344,8 @@ fn call(operation: String, status: &Status) -> PubSubError {
 pub struct Batch {
     pub events: Vec<ConsumerEvent>,
     /// The stream position after this response: the last event's replay id, or on an empty
-    /// keepalive a position past other orgs' traffic worth saving (§2.6).
+    /// keepalive a position past other orgs' traffic worth saving (docs/salesforce.md,
+    /// "Pub/Sub: replay ids").
     pub latest_replay_id: Vec<u8>,
     pub pending_num_requested: i32,
 }

@@ -1,12 +1,13 @@
 //! Flow-control bookkeeping for one Subscribe stream.
 //!
 //! The server sends events only against credit (`num_requested`), at most 100 outstanding for
-//! the whole call (§2.5), and closes a stream whose credit stays at zero for 60 s. Public
-//! clients stopped after 100 or 200 events because their own count drifted from the
-//! server's (pozil#47, #49, #55), so [`Credit`] never counts on its own: it takes the server's
+//! the whole call, and closes a stream whose credit stays at zero for 60 s (docs/salesforce.md,
+//! "Pub/Sub: flow control"). Public clients stopped after 100 or 200 events because their own
+//! count drifted from the server's (docs/salesforce.md, "Failures seen in other clients":
+//! credit drift), so [`Credit`] never counts on its own: it takes the server's
 //! `pending_num_requested` from every response as the truth, and asks for more whenever that
 //! falls to the low-water mark — *before* the caller starts on the batch, so slow work never
-//! leaves the stream without credit (forcedotcom/pub-sub-api#28).
+//! leaves the stream without credit (credit starved by slow processing).
 
 /// The most credit a subscription may have outstanding.
 pub const MAX_CREDIT: i32 = 100;

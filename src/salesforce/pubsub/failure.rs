@@ -1,10 +1,11 @@
 //! What a failed Pub/Sub call means, read from its status and `error-code` trailer.
 //!
-//! Any error ends a Subscribe stream (§2.8), and what to do next depends on *why*. The gRPC
-//! status alone is ambiguous (a delivery-limit error and a connection-limit error share
-//! statuses, and which status some codes use is undocumented, §10.2), so [`classify`] goes by
-//! the trailer first and falls back to the status only when the trailer is missing or
-//! unknown — a missing trailer is normal (forcedotcom/pub-sub-api PR#62: handle it).
+//! Any error ends a Subscribe stream (docs/salesforce.md, "Pub/Sub: errors"), and what to do
+//! next depends on *why*. The gRPC status alone is ambiguous (a delivery-limit error and a
+//! connection-limit error share statuses, and which status some codes use is undocumented:
+//! "What Salesforce leaves open"), so [`classify`] goes by the trailer first and falls back to
+//! the status only when the trailer is missing or unknown — a missing trailer is normal
+//! ("Failures seen in other clients": missing error trailer).
 //!
 //! The outcome is a [`FailureKind`] the subscriber turns into an action:
 //!
@@ -73,7 +74,8 @@ impl fmt::Display for PubSubFailure {
     }
 }
 
-/// Trailer suffixes (after `sfdc.platform.eventbus.grpc.`) and their kinds, docs/subscriber.md
+/// Trailer suffixes (after `sfdc.platform.eventbus.grpc.`) and their kinds (docs/salesforce.md,
+/// "Pub/Sub: errors"; what each kind leads to: docs/subscriber.md, "When the stream ends").
 pub const TRAILER_KINDS: &[(&str, FailureKind)] = &[
     (
         "subscription.fetch.replayid.corrupted",

@@ -9,8 +9,6 @@ pub mod credit;
 pub mod failure;
 pub mod schemas;
 
-pub use client::{
-    Batch, PubSubConnection, PubSubError, PubSubSettings, StartAt, StreamEnd, Subscription,
-};
+pub use client::{Batch, PubSubConnection, PubSubError, StartAt, StreamEnd, Subscription};
 pub use failure::{FailureKind, PubSubFailure, classify};
 pub use schemas::SchemaCache;

@@ -1,10 +1,11 @@
 //! Writer schemas by schema id.
 //!
-//! Each event names the schema that wrote it, and only that schema decodes it (pozil#16,
-//! fixed by caching by id only in pozil#44/#45; `/data/ChangeEvents` has no topic schema at
-//! all, pub-sub-api#63). So the cache is keyed by schema id and nothing else, and a schema is
-//! fetched with `GetSchema` the first time an event names it. Parsing also computes the
-//! field layout the bitmaps need, once per schema.
+//! Each event names the schema that wrote it, and only that schema decodes it; a topic has no
+//! one schema for all its events, and `/data/ChangeEvents` none at all (docs/salesforce.md,
+//! "Pub/Sub: schemas"; "Failures seen in other clients": decoding with the wrong schema). So
+//! the cache is keyed by schema id and nothing else, and a schema is fetched with `GetSchema`
+//! the first time an event names it. Parsing also computes the field layout the bitmaps need,
+//! once per schema.
 
 use std::collections::HashMap;
 use std::sync::Arc;

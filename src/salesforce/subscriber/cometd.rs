@@ -23,9 +23,10 @@ use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::{
-    Pipeline, ReceivedChange, Resync, StreamPosition, SubscriberError, SubscriberSettings,
+    FLUSH_TIMEOUT, Pipeline, ReceivedChange, Resync, StreamPosition, StreamStart, SubscriberError,
     retry_delays,
 };
+use crate::config::SalesforceConfig;
 use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
 use crate::salesforce::cometd::{
     CometdClient, CometdConfig, CredentialsTokenSource, Delivered, Poll, REPLAY_FROM_EARLIEST,
@@ -38,7 +39,10 @@ use crate::store::Store;
 
 /// The CometD subscriber.
 pub struct CometdSubscriber {
-    settings: SubscriberSettings,
+    /// The `[salesforce]` section.
+    config: SalesforceConfig,
+    start: StreamStart,
+    /// The Streaming API version in the URL: `62.0` where REST says `v62.0`.
     api_version: String,
     tokens: Arc<CredentialsTokenSource>,
     pipeline: Pipeline,
@@ -86,8 +90,8 @@ fn start_asked(from: &ReplayFrom) -> Result<(i64, Option<Resync>), SubscriberErr
 
 impl CometdSubscriber {
     pub async fn new(
-        settings: SubscriberSettings,
-        api_version: &str,
+        config: &SalesforceConfig,
+        start: StreamStart,
         tokens: Arc<CredentialsTokenSource>,
         rest: SalesforceRest,
         publisher: Arc<ChangePublisher>,
@@ -95,19 +99,19 @@ impl CometdSubscriber {
     ) -> Result<CometdSubscriber, SubscriberError> {
         let session = tokens.session().await?;
         let pipeline = Pipeline::new(
-            &settings.topic,
+            &config.topic,
             session.org_id.clone(),
             rest,
             publisher,
             store,
-            settings.resync_margin,
+            config.resync_margin,
         )
         .for_cometd()
-        .with_replay(settings.replay_from.clone());
+        .with_replay(start.replay_from.clone());
         Ok(CometdSubscriber {
-            settings,
-            // REST paths say `v62.0`; the CometD path says `62.0`.
-            api_version: api_version.trim_start_matches('v').to_owned(),
+            config: config.clone(),
+            start,
+            api_version: config.api_version.trim_start_matches('v').to_owned(),
             tokens,
             pipeline,
         })
@@ -145,8 +149,8 @@ impl CometdSubscriber {
         &mut self,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), SubscriberError> {
-        let mut backoff = retry_delays(&self.settings);
-        let mut full_read = self.settings.full_read_first;
+        let mut backoff = retry_delays(&self.config);
+        let mut full_read = self.start.full_read_first;
         loop {
             let stored = self.pipeline.load_checkpoint().await?;
             let (resume, first_read) = match full_read.take() {
@@ -157,7 +161,7 @@ impl CometdSubscriber {
                     None => start_after(stored.as_ref()),
                 },
             };
-            let config = CometdConfig::new(self.api_version.clone(), self.settings.replay_policy);
+            let config = CometdConfig::new(self.api_version.clone(), self.config.replay_policy);
             let mut client =
                 CometdClient::new(config, self.tokens.clone(), resume).map_err(Box::new)?;
             let outcome = self
@@ -168,7 +172,7 @@ impl CometdSubscriber {
                 let _ = client.disconnect().await;
                 self.pipeline
                     .publisher
-                    .flush(self.settings.flush_timeout)
+                    .flush(FLUSH_TIMEOUT)
                     .map_err(|source| SubscriberError::Kafka {
                         context: "flushing the producer at shutdown".into(),
                         source,
@@ -191,7 +195,7 @@ impl CometdSubscriber {
                 crate::metrics::Link::salesforce,
                 crate::metrics::Reconnect::transient,
             );
-            let delay = backoff.next().unwrap_or(self.settings.backoff_max);
+            let delay = backoff.next().unwrap_or(self.config.backoff_max);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => {}
@@ -221,7 +225,7 @@ impl CometdSubscriber {
                 _ = shutdown.changed() => return Ok(()),
                 polled = client.poll() => polled.map_err(Box::new)?,
             };
-            *backoff = retry_delays(&self.settings);
+            *backoff = retry_delays(&self.config);
             match polled {
                 Poll::Events(batch) => {
                     // Events, or a long-poll that ended quietly: CometD's keepalive.

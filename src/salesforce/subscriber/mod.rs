@@ -42,11 +42,11 @@ use super::avro::ChangeEvent;
 use super::id::SalesforceId;
 use super::lease::{Fence, LeaseLost};
 use super::normalize::{Delivery, Normalized, Replay, normalize};
-use super::pubsub::{PubSubError, PubSubSettings};
-use super::replay::ReplayPolicy;
+use super::pubsub::PubSubError;
 use super::replay_from::ReplayFrom;
 use super::rest::{SalesforceRest, SalesforceRestError, UserQuery};
 use super::snapshot::{ReadPosition, snapshot};
+use crate::config::SalesforceConfig;
 use crate::config::Transport;
 use crate::engine::state::SalesforceUser;
 use crate::event::{Position, UserChange};
@@ -65,18 +65,11 @@ pub struct StreamPosition {
     pub commit_timestamp: Option<DateTime<Utc>>,
 }
 
-/// How the subscriber behaves.
-#[derive(Debug, Clone)]
-pub struct SubscriberSettings {
-    pub topic: String,
-    pub pubsub: PubSubSettings,
-    pub replay_policy: ReplayPolicy,
-    /// A resync reads users modified since the checkpoint's commit time minus this.
-    pub resync_margin: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    /// How long shutdown waits for Kafka to confirm what is in flight.
-    pub flush_timeout: Duration,
+/// Where a stream starts when it is not simply after the checkpoint. What else the subscriber
+/// follows is the `[salesforce]` section (`crate::config::SalesforceConfig`): topic, replay
+/// policy, resync margin, retry bounds.
+#[derive(Debug, Clone, Default)]
+pub struct StreamStart {
     /// Read every user first, whatever the checkpoint says, and say why in the log (an admin
     /// asked for a resync, or a reconnect with `salesforce.full_read_on_reconnect`). The
     /// stream then starts at the newest position, opened before the read: no gap.
@@ -86,21 +79,8 @@ pub struct SubscriberSettings {
     pub replay_from: Option<ReplayRequest>,
 }
 
-impl Default for SubscriberSettings {
-    fn default() -> Self {
-        SubscriberSettings {
-            topic: "/data/UserChangeEvent".into(),
-            pubsub: PubSubSettings::default(),
-            replay_policy: ReplayPolicy::Resync,
-            resync_margin: Duration::from_secs(300),
-            backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(60),
-            flush_timeout: Duration::from_secs(30),
-            full_read_first: None,
-            replay_from: None,
-        }
-    }
-}
+/// How long a stopping subscriber waits for Kafka to confirm what is in flight.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An admin's request to start the stream elsewhere than after the checkpoint
 /// (`POST /api/v1/replay`), shared by the supervisor that took it and the attempts that honour
@@ -365,7 +345,7 @@ impl Pipeline {
             self.saw_commit(commit);
         }
         if let Some(transactions) = &self.transactions {
-            let timeout = transactions.kafka.message_timeout() * 2;
+            let timeout = transactions.kafka.message_timeout * 2;
             let committed =
                 crate::kafka::read_checkpoint(&transactions.kafka, &self.checkpoint_key, timeout)
                     .await
@@ -1015,11 +995,11 @@ impl Resync {
 
 /// Jittered exponential delays between the configured bounds, without end; a stream that
 /// delivers something starts the sequence over.
-fn retry_delays(settings: &SubscriberSettings) -> backon::ExponentialBackoff {
+fn retry_delays(config: &SalesforceConfig) -> backon::ExponentialBackoff {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
-        .with_min_delay(settings.backoff_min)
-        .with_max_delay(settings.backoff_max)
+        .with_min_delay(config.backoff_min)
+        .with_max_delay(config.backoff_max)
         .with_jitter()
         .without_max_times()
         .build()

@@ -6,9 +6,10 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use super::{
-    Pipeline, ReceivedChange, Resync, StreamPosition, SubscriberError, SubscriberSettings,
+    FLUSH_TIMEOUT, Pipeline, ReceivedChange, Resync, StreamPosition, StreamStart, SubscriberError,
     SubscriberStats, retry_delays,
 };
+use crate::config::SalesforceConfig;
 use crate::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher};
 use crate::metrics::Reconnect;
 use crate::salesforce::auth::SalesforceSession;
@@ -24,7 +25,9 @@ use crate::store::Store;
 
 /// The Pub/Sub subscriber.
 pub struct Subscriber {
-    settings: SubscriberSettings,
+    /// The `[salesforce]` section.
+    config: SalesforceConfig,
+    start: StreamStart,
     tokens: Arc<CredentialsTokenSource>,
     session: SalesforceSession,
     connection: PubSubConnection,
@@ -35,25 +38,27 @@ pub struct Subscriber {
 impl Subscriber {
     /// Signs in and builds the channel; nothing is read yet.
     pub async fn new(
-        settings: SubscriberSettings,
+        config: &SalesforceConfig,
+        start: StreamStart,
         tokens: Arc<CredentialsTokenSource>,
         rest: SalesforceRest,
         publisher: Arc<ChangePublisher>,
         store: Arc<dyn Store>,
     ) -> Result<Subscriber, SubscriberError> {
         let session = tokens.session().await?;
-        let connection = PubSubConnection::new(settings.pubsub.clone(), &session)?;
+        let connection = PubSubConnection::new(config, &session)?;
         let pipeline = Pipeline::new(
-            &settings.topic,
+            &config.topic,
             session.org_id.clone(),
             rest,
             publisher,
             store,
-            settings.resync_margin,
+            config.resync_margin,
         )
-        .with_replay(settings.replay_from.clone());
+        .with_replay(start.replay_from.clone());
         Ok(Subscriber {
-            settings,
+            config: config.clone(),
+            start,
             tokens,
             session,
             connection,
@@ -92,15 +97,15 @@ impl Subscriber {
         &mut self,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), SubscriberError> {
-        self.connection.topic(&self.settings.topic).await?;
+        self.connection.topic(&self.config.topic).await?;
         let checkpoint = self.pipeline.load_checkpoint().await?;
-        let mut next = match self.settings.full_read_first {
+        let mut next = match self.start.full_read_first {
             Some(why) => Start::Latest {
                 resync: Resync::All(why),
             },
             None => self.resume(checkpoint.as_ref()),
         };
-        let mut backoff = retry_delays(&self.settings);
+        let mut backoff = retry_delays(&self.config);
         loop {
             let end = match self.open(next.clone()).await {
                 Ok(mut subscription) => {
@@ -116,7 +121,7 @@ impl Subscriber {
             if *shutdown.borrow() {
                 self.pipeline
                     .publisher
-                    .flush(self.settings.flush_timeout)
+                    .flush(FLUSH_TIMEOUT)
                     .map_err(|source| SubscriberError::Kafka {
                         context: "flushing the producer at shutdown".into(),
                         source,
@@ -138,9 +143,9 @@ impl Subscriber {
             };
             self.pipeline.reset_frontier();
             self.pipeline.stats.resubscribes += 1;
-            let delay = backoff.next().unwrap_or(self.settings.backoff_max);
+            let delay = backoff.next().unwrap_or(self.config.backoff_max);
             let step = match &end {
-                StreamEnd::Failed(failure) => recovery(failure, self.settings.replay_policy, delay),
+                StreamEnd::Failed(failure) => recovery(failure, self.config.replay_policy, delay),
                 StreamEnd::Closed | StreamEnd::Idle(_) => Recovery::Resume { after: delay },
             };
             tracing::info!(%end, ?step, "Pub/Sub stream ended");
@@ -218,17 +223,17 @@ impl Subscriber {
         match start {
             Start::After(replay_id) => Ok(self
                 .connection
-                .subscribe(&self.settings.topic, StartAt::After(replay_id))
+                .subscribe(&self.config.topic, StartAt::After(replay_id))
                 .await?),
             Start::Earliest => Ok(self
                 .connection
-                .subscribe(&self.settings.topic, StartAt::Earliest)
+                .subscribe(&self.config.topic, StartAt::Earliest)
                 .await?),
             Start::Latest { resync } => {
                 let pinned_at = Utc::now();
                 let subscription = self
                     .connection
-                    .subscribe(&self.settings.topic, StartAt::Latest)
+                    .subscribe(&self.config.topic, StartAt::Latest)
                     .await?;
                 self.pipeline.read_before_stream(&resync, pinned_at).await?;
                 // The pin is saved as soon as what was read before it is confirmed, rather than
@@ -256,7 +261,7 @@ impl Subscriber {
                 }
                 batch = subscription.next() => match batch {
                     Ok(batch) => {
-                        *backoff = retry_delays(&self.settings);
+                        *backoff = retry_delays(&self.config);
                         self.batch(batch).await?;
                         self.pipeline.save_checkpoint().await?;
                     }
