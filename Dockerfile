@@ -20,6 +20,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake libssl-dev libcurl4-openssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# The whole workspace: the product and `sim/`, the simulators' crate. The binary keeps the
+# default features, simulators included: the compose file's demo profile runs `usersync sim
+# salesforce`, `usersync sim outreach` and `usersync demo` from this image.
 COPY . .
 # The registry and the target folder live in cache mounts, so a rebuild after a source change
 # recompiles only the crate. The binary is copied out in the same step: a cache mount is not

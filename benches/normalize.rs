@@ -62,9 +62,9 @@ use usersync::engine::state::SalesforceUser;
 use usersync::salesforce::avro::ChangeEventSchema;
 use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::normalize::{Delivery, Normalized, Replay, normalize};
-use usersync::sim::salesforce::directory::{ChangeRecord, Directory, Writer};
-use usersync::sim::salesforce::eventbus::replay_bytes;
-use usersync::sim::salesforce::schema::SchemaVersion;
+use usersync_sim::salesforce::directory::{ChangeRecord, Directory, Writer};
+use usersync_sim::salesforce::eventbus::replay_bytes;
+use usersync_sim::salesforce::schema::SchemaVersion;
 
 const ORG15: &str = "00D5g000004Zbcd";
 const ORG18: &str = "00D5g000004ZbcdEAC";
@@ -179,7 +179,7 @@ fn payloads(records: &[ChangeRecord], version: &SchemaVersion) -> Vec<Payload> {
         .iter()
         .enumerate()
         .map(|(i, record)| Payload {
-            avro: usersync::sim::salesforce::cdc::to_avro(record, version),
+            avro: usersync_sim::salesforce::cdc::to_avro(record, version),
             replay_id: replay_bytes(1_104_718 + 7 * i as u64),
         })
         .collect()

@@ -109,8 +109,8 @@ use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{AdminTopicCreator, TopicCreator, TopicSpec};
 use usersync::processor::{Processor, ProcessorError, ProcessorStats};
 use usersync::salesforce::id::SalesforceId;
-use usersync::sim::outreach::{OutreachSim, SimConfig};
-use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
+use usersync_sim::outreach::{OutreachSim, SimConfig};
+use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 
 /// The Salesforce user the subscriber signs in as (client credentials' run-as user).
 const INTEGRATION_USER: &str = "integration@load.example";

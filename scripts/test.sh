@@ -70,6 +70,8 @@ cargo fmt --all -- --check
 
 step "lints"
 cargo clippy --all-targets --locked -- -D warnings
+# The product without its test equipment (no `sim`, `demo`, `decide`; README.md).
+cargo clippy --lib --bins --no-default-features --locked -- -D warnings
 
 step "tests"
 cargo test --locked

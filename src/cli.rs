@@ -12,8 +12,6 @@ use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 
-use crate::scenario::{Scenario, run};
-
 /// The variable naming the configuration file, for every verb that reads one (a container
 /// sets it once for the verb and its health check).
 const CONFIG_ENV: &str = "USERSYNC_CONFIG";
@@ -56,6 +54,7 @@ enum Command {
     /// docs/decisions.md). The real engine and Outreach client run against an in-process
     /// Outreach simulator. Exit 0 with the result on stdout; exit 2 with a message naming the
     /// field (and the event's index) on stderr if the scenario does not parse.
+    #[cfg(feature = "sim")]
     Decide {
         /// The scenario file, or - for standard input.
         scenario: PathBuf,
@@ -116,6 +115,7 @@ enum Command {
     ///
     /// In one process, --admin-token (or --admin-token-file) is the token its own admin server
     /// asks for, as admin.token does for `usersync run`; without one it asks for none.
+    #[cfg(feature = "sim")]
     Demo {
         /// Exit after the final mapping: 0 if Outreach user 1 was remapped to Y, 1 otherwise.
         #[arg(long)]
@@ -228,8 +228,9 @@ enum Command {
         admin: AdminArgs,
     },
     /// Run a simulator of an external service (test equipment).
+    #[cfg(feature = "sim")]
     #[command(subcommand)]
-    Sim(crate::sim::SimCommand),
+    Sim(crate::sim_command::SimCommand),
 }
 
 #[derive(Subcommand)]
@@ -384,6 +385,7 @@ fn init_tracing() {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
+        #[cfg(feature = "sim")]
         Command::Decide { scenario } => decide(scenario).await,
         Command::Status { admin } => crate::admin::client::status(&admin.api()?).await,
         Command::Reconnect {
@@ -490,6 +492,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let config = crate::config::Config::load(config.as_deref())?;
             crate::run::run(&config, &health, shutdown_signal()).await
         }
+        #[cfg(feature = "sim")]
         Command::Demo {
             once,
             salesforce_sim,
@@ -516,6 +519,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("the remap did not happen (see the decisions above)")
             }
         }
+        #[cfg(feature = "sim")]
         Command::Sim(sim) => sim.run(shutdown_signal()).await,
     }
 }
@@ -574,6 +578,7 @@ fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
     rx
 }
 
+#[cfg(feature = "sim")]
 async fn decide(path: PathBuf) -> anyhow::Result<()> {
     let bytes = if path.as_os_str() == "-" {
         let mut buf = Vec::new();
@@ -588,8 +593,9 @@ async fn decide(path: PathBuf) -> anyhow::Result<()> {
             message: format!("cannot read scenario {}: {e}", path.display()),
         })?
     };
-    let scenario = Scenario::parse(&bytes).map_err(|e| InputError { message: e.0 })?;
-    let output = run(&scenario).await?;
+    let scenario =
+        crate::scenario::Scenario::parse(&bytes).map_err(|e| InputError { message: e.0 })?;
+    let output = crate::scenario::run(&scenario).await?;
     println!("{}", serde_json::to_string_pretty(&output)?);
     Ok(())
 }

@@ -33,9 +33,9 @@ use crate::engine::decision::{Action, DecisionRecord};
 use crate::engine::state::{Mapping, SalesforceUser};
 use crate::outreach::OutreachUserId;
 use crate::salesforce::id::SalesforceId;
-use crate::sim::outreach::{OutreachSim, SimConfig, SimUser};
-use crate::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 use crate::store::{MappingFilter, Store};
+use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
+use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 
 const EMAIL: &str = "abc@def.com";
 const INTEGRATION_USER: &str = "integration@demo.example";

@@ -11,9 +11,10 @@
 //! - [`outreach`]: what writes to Outreach: the JSON:API client with its rate limit,
 //!   retries and OAuth.
 //! - [`store`]: durable state (SQLite or PostgreSQL) behind one trait.
-//! - [`scenario`]: `usersync decide`, the engine run offline against the simulator.
-//! - [`sim`]: simulators of the external services, test equipment that speaks the real
-//!   wire formats.
+//! - `scenario`: `usersync decide`, the engine run offline against the Outreach simulator.
+//! - `demo` and `sim_command`: `usersync demo` and `usersync sim`, the glue to the simulators
+//!   of the `usersync-sim` crate (test equipment that speaks the real wire formats). These
+//!   three come with the `sim` feature (a default); without it the binary holds no simulator.
 //! - [`proto`]: the Salesforce Pub/Sub API's generated gRPC types.
 //! - [`config`]: the configuration file and its environment overrides.
 //! - [`endpoint`]: the guards on every exchange with a provider: same origin, no plain HTTP
@@ -25,6 +26,7 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod connection;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod endpoint;
 pub mod engine;
@@ -38,6 +40,8 @@ pub mod processor;
 pub mod proto;
 pub mod run;
 pub mod salesforce;
+#[cfg(feature = "sim")]
 pub mod scenario;
-pub mod sim;
+#[cfg(feature = "sim")]
+pub mod sim_command;
 pub mod store;

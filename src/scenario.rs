@@ -24,7 +24,7 @@ use crate::outreach::auth::{MemoryTokenStore, OAuthTokens};
 use crate::outreach::client::OutreachClient;
 use crate::outreach::user::{OutreachUser, OutreachUserId};
 use crate::salesforce::id::SalesforceId;
-use crate::sim::outreach::{OutreachSim, SimConfig, SimUser};
+use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
 
 /// An Outreach user in a scenario (input and output).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use usersync::outreach::auth::{MemoryTokenStore, OAuthTokens};
 use usersync::outreach::client::OutreachClient;
 use usersync::outreach::user::OutreachUserId;
 use usersync::salesforce::id::SalesforceId;
-use usersync::sim::outreach::{OutreachSim, SimConfig, SimUser};
+use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
 
 async fn client_for(sim: &OutreachSim) -> OutreachClient {
     let tokens = sim.issue_tokens(&["users.all"]);

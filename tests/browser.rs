@@ -21,7 +21,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use support::{INTEGRATION_USER, Parts, WAIT};
-use usersync::sim::salesforce::pubsub::StreamFault;
+use usersync_sim::salesforce::pubsub::StreamFault;
 
 const TOKEN: &str = "browser-admin-token";
 /// The Salesforce admin who authorizes usersync again from the page.

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use reqwest::Method;
 use serde_json::json;
 use support::{INTEGRATION_USER, Parts, until};
-use usersync::sim::salesforce::Writer;
-use usersync::sim::salesforce::pubsub::StreamFault;
+use usersync_sim::salesforce::Writer;
+use usersync_sim::salesforce::pubsub::StreamFault;
 
 async fn state_is(parts: &Parts, side: &str, state: &str) -> bool {
     parts.connection(side).await["state"] == state

@@ -179,8 +179,8 @@ impl World {
             .map(str::to_owned)
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("usersync.db").display()));
         let store = usersync::store::open(&url).await.unwrap();
-        use usersync::sim::outreach as o;
-        use usersync::sim::salesforce as s;
+        use usersync_sim::outreach as o;
+        use usersync_sim::salesforce as s;
         let env: Vec<(String, String)> = [
             ("USERSYNC_KAFKA__BROKERS", brokers.to_owned()),
             ("USERSYNC_KAFKA__TOPIC", format!("usersync.e2e-{tag}.v1")),

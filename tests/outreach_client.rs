@@ -11,7 +11,7 @@ use usersync::config::{OutreachConfig, Secret};
 use usersync::outreach::{
     MemoryTokenStore, OAuthTokens, OutreachClient, OutreachError, OutreachUserId, UserAttributes,
 };
-use usersync::sim::outreach::{OutreachSim, SimConfig, SimRequest, SimUser};
+use usersync_sim::outreach::{OutreachSim, SimConfig, SimRequest, SimUser};
 
 const SCOPES: &[&str] = &["users.read", "users.write"];
 
@@ -589,7 +589,7 @@ async fn a_mint_throttled_by_the_token_endpoint_is_waited_out() {
     let config = sim_config();
     let sim = OutreachSim::start(config.clone()).await.expect("sim");
     let id = seed(&sim, "shared@acme.test");
-    let client = |issued: usersync::sim::outreach::SimTokens| {
+    let client = |issued: usersync_sim::outreach::SimTokens| {
         OutreachClient::new(
             &client_config(&sim, &config),
             OAuthTokens {

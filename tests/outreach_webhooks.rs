@@ -20,7 +20,7 @@ use usersync::outreach::webhooks::receiver::{
 use usersync::outreach::webhooks::registration::NewWebhook;
 use usersync::outreach::webhooks::{SIGNATURE_HEADER, sign};
 use usersync::outreach::{MemoryTokenStore, OAuthTokens, OutreachClient, UserAttributes};
-use usersync::sim::outreach::{
+use usersync_sim::outreach::{
     NewSimWebhook, OutreachSim, SimConfig, SimDelivery, SimUser, UserChanges,
 };
 

@@ -23,11 +23,11 @@ use usersync::outreach::OutreachUserId;
 use usersync::processor::{Processor, ProcessorError, ProcessorStats, role};
 use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::snapshot::{ReadPosition, snapshot};
-use usersync::sim::outreach::{OutreachSim, SimConfig, SimUser};
 use usersync::store::{
     AdminAction, AppliedEvent, DecisionPage, DecisionQuery, Lease, LeaseAnswer, LeaseClaim,
     MappingFilter, Pruned, ReplayCheckpoint, SealedAuthorization, Store, StoreError,
 };
+use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
 
 const WAIT: Duration = Duration::from_secs(30);
 const X: &str = "005000000000001";

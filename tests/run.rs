@@ -8,7 +8,7 @@ mod support;
 
 use support::{Parts, until};
 use usersync::config::Secret;
-use usersync::sim::outreach::SimUser;
+use usersync_sim::outreach::SimUser;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_registers_its_webhook_and_carries_changes_both_ways_then_stops_cleanly() {

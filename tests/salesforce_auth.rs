@@ -9,7 +9,7 @@ use usersync::salesforce::auth::{
     DisconnectReason, SalesforceAuthError, SalesforceCredentials, SalesforceSession, Secret,
     obtain_token, userinfo,
 };
-use usersync::sim::salesforce::{SalesforceSim, SfSimConfig};
+use usersync_sim::salesforce::{SalesforceSim, SfSimConfig};
 
 const PRIVATE_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key.pem");
 const PUBLIC_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key_pub.pem");

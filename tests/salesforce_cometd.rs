@@ -27,7 +27,7 @@ use usersync::salesforce::cometd::{
 use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::normalize::{Delivery, Normalized, Replay, normalize};
 use usersync::salesforce::replay::ReplayPolicy;
-use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
+use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 
 const PRIVATE_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key.pem");
 const PUBLIC_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key_pub.pem");

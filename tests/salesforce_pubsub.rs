@@ -22,8 +22,8 @@ use usersync::salesforce::pubsub::{
     Batch, FailureKind, PubSubConnection, PubSubError, SchemaCache, StartAt, StreamEnd,
     Subscription,
 };
-use usersync::sim::salesforce::pubsub::{StreamFault, StreamTiming};
-use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
+use usersync_sim::salesforce::pubsub::{StreamFault, StreamTiming};
+use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 
 const PRIVATE_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key.pem");
 const PUBLIC_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key_pub.pem");

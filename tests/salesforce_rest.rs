@@ -21,7 +21,7 @@ use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::rest::{
     CredentialsTokenSource, RestRetry, SalesforceRest, SalesforceRestError, TokenSource, UserQuery,
 };
-use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
+use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 
 const PRIVATE_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key.pem");
 const PUBLIC_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key_pub.pem");

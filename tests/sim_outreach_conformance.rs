@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, LOCATION};
 use reqwest::{Method, redirect};
 use serde_json::{Value, json};
-use usersync::sim::outreach::{OutreachSim, SimConfig, SimUser};
+use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
 
 const JSON_API: &str = "application/vnd.api+json";
 

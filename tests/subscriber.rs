@@ -26,9 +26,9 @@ use usersync::salesforce::subscriber::CometdSubscriber;
 use usersync::salesforce::subscriber::{
     ReplayRequest, StreamStart, Subscriber, SubscriberError, SubscriberStats,
 };
-use usersync::sim::salesforce::pubsub::StreamFault;
-use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 use usersync::store::Store;
+use usersync_sim::salesforce::pubsub::StreamFault;
+use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 
 const PRIVATE_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key.pem");
 const PUBLIC_KEY: &str = include_str!("fixtures/salesforce_jwt_test_key_pub.pem");

@@ -23,9 +23,9 @@ use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::normalize::{
     Delivery, Normalized, OVERFLOW_RECORD_ID, Replay, normalize,
 };
-use usersync::sim::salesforce::cdc::{to_avro, to_cometd_payload};
-use usersync::sim::salesforce::directory::ChangeRecord;
-use usersync::sim::salesforce::schema::SchemaVersion;
+use usersync_sim::salesforce::cdc::{to_avro, to_cometd_payload};
+use usersync_sim::salesforce::directory::ChangeRecord;
+use usersync_sim::salesforce::schema::SchemaVersion;
 
 /// The environment variable naming the directory seeds are written to.
 pub const SEEDS_VAR: &str = "USERSYNC_FUZZ_SEEDS";

@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use usersync::config::Config;
 use usersync::demo::{connect_outreach_sim, connect_salesforce_sim};
-use usersync::sim::outreach::{OutreachSim, SimConfig};
-use usersync::sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 use usersync::store::MappingFilter;
+use usersync_sim::outreach::{OutreachSim, SimConfig};
+use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 /// The Salesforce user whose authorization the subscriber uses.

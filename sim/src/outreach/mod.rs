@@ -4,7 +4,7 @@
 //! with integer ids, the documented error documents, OAuth à la Doorkeeper, per-user rate
 //! limits with their headers) as described in docs/simulators.md, and lets a test
 //! seed users, issue credentials, inspect requests and inject faults. It is an independent
-//! implementation — it never uses the product's `crate::outreach` types — so a bug in the
+//! implementation — it never uses the product's `usersync::outreach` types — so a bug in the
 //! product's serialization cannot hide by being shared with its test equipment. Where the
 //! reference marks behaviour as unknown, the module that implements it says what was chosen.
 //!
@@ -142,7 +142,7 @@ pub struct SimTokens {
     pub expires_in: u64,
 }
 
-pub use crate::sim::request_log::SimRequest;
+pub use crate::request_log::SimRequest;
 
 /// A running simulator. Cloning is cheap; every clone controls the same simulator. It
 /// serves until the tokio runtime that started it shuts down.

@@ -1,6 +1,6 @@
 //! The simulator's own model of an Outreach user.
 //!
-//! This is deliberately independent of the product's `crate::outreach` types: the simulator
+//! This is deliberately independent of the product's `usersync::outreach` types: the simulator
 //! is a second implementation of the wire format, so a serialization bug in the product
 //! cannot hide by being mirrored here. Only the attributes usersync relies on are modelled;
 //! the JSON:API rendering lives in `document.rs`.

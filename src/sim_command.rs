@@ -4,6 +4,10 @@
 //! talk to the simulator over the network and drive it through its control API. Once the
 //! simulator listens the command prints its URLs, one a line (the base URL first), then serves
 //! until Ctrl-C.
+//!
+//! The simulators themselves are the `usersync-sim` crate, which knows nothing of the product;
+//! this is the product's side of the verb: the flags, the health listener a container's check
+//! asks, and the calls that start a simulator. Built with the `sim` feature only.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,10 +16,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::health::{HealthListen, Probes};
+use usersync_sim::outreach::{self, OutreachSim, SimConfig};
+use usersync_sim::salesforce::{self, SalesforceSim, SfSimConfig, pubsub::StreamTiming};
 
-use super::outreach::{self, OutreachSim, SimConfig};
-use super::salesforce::{self, SalesforceSim, SfSimConfig, pubsub::StreamTiming};
+use crate::health::{HealthListen, Probes};
 
 /// The simulators that can run standalone.
 #[derive(Debug, Subcommand)]

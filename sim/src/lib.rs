@@ -4,14 +4,12 @@
 //! (media types, document shapes, status codes, headers, error bodies) as documented, keeps
 //! the real service's rules, and takes no shortcut the real service would not take, so that
 //! a client that passes against a simulator has been tested against the behaviour it will
-//! meet in production. Each is an independent implementation of the wire format — never
-//! built from the product's own types — and each offers a handle for in-process tests and a
-//! control API for running it as `usersync sim <service>`. Where the real behaviour is not
-//! documented, the simulator's module says which default it chose.
+//! meet in production. Each is an independent implementation of the wire format — this crate
+//! does not depend on the product's crate at all — and each offers a handle for in-process
+//! tests and a control API for running it as `usersync sim <service>`. Where the real
+//! behaviour is not documented, the simulator's module says which default it chose.
 
-pub mod command;
 pub mod outreach;
+pub mod proto;
 pub mod request_log;
 pub mod salesforce;
-
-pub use command::SimCommand;

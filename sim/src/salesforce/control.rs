@@ -1104,8 +1104,6 @@ mod tests {
             .unwrap()
             .schema
             .clone();
-        // Every decode in this process runs under usersync's cap (`salesforce::avro`).
-        crate::salesforce::avro::cap_allocations().unwrap();
         assert!(
             apache_avro::reader::datum::GenericDatumReader::builder(&schema)
                 .build()

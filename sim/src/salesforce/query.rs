@@ -1226,7 +1226,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::sim::salesforce::directory::{Directory, Writer};
+    use crate::salesforce::directory::{Directory, Writer};
 
     fn columns() -> Vec<(String, ColumnKind)> {
         user_columns(&SchemaVersion::build(&[]))

@@ -123,8 +123,8 @@ impl SfSimConfig {
     }
 }
 
-pub use crate::sim::request_log::SimRequest;
-use crate::sim::request_log::{self, RequestLog};
+pub use crate::request_log::SimRequest;
+use crate::request_log::{self, RequestLog};
 
 /// Everything behind the lock.
 pub(crate) struct SimState {

@@ -19,7 +19,7 @@ use super::directory::Directory;
 use super::faults::Faults;
 use super::rate_limit::RateLimiter;
 use super::webhooks::{UserEvent, Webhooks};
-use crate::sim::request_log::RequestLog;
+use crate::request_log::RequestLog;
 
 /// Everything the simulator remembers.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use apache_avro::Schema;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::sim::outreach::base64url;
+use crate::outreach::base64url;
 
 /// The User fields of the body, in schema order. A compound field lists its sub-fields.
 pub const USER_FIELDS: &[(&str, FieldKind)] = &[

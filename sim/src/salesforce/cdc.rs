@@ -308,8 +308,6 @@ mod tests {
             json!({"IsActive": false, "LastModifiedDate": 1_718_710_245_000_i64}),
         );
         let bytes = to_avro(&change, &version);
-        // Every decode in this process runs under usersync's cap (`salesforce::avro`).
-        crate::salesforce::avro::cap_allocations().unwrap();
         let Avro::Record(fields) = GenericDatumReader::builder(&version.schema)
             .build()
             .unwrap()

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::state::Shared;
 use super::{api, control, oauth};
-use crate::sim::request_log;
+use crate::request_log;
 
 /// JSON:API's media type, required on every API request and used on every API response.
 pub const JSON_API: &str = "application/vnd.api+json";
