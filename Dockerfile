@@ -44,7 +44,7 @@ RUN apt-get update \
  && useradd --uid 10001 --user-group --create-home --home-dir /var/lib/usersync \
         --shell /usr/sbin/nologin usersync
 WORKDIR /var/lib/usersync
-# Logs as JSON lines on standard error (src/cli.rs); RUST_LOG sets the level.
+# Logs as JSON lines on standard error (src/app/cli.rs); RUST_LOG sets the level.
 ENV USERSYNC_LOG_FORMAT=json
 USER 10001:10001
 # The admin server of `usersync run` (give it admin.listen 0.0.0.0:8700 and an admin token).

@@ -30,7 +30,7 @@
 //!
 //! # What is measured
 //!
-//! `usersync::scenario::run` itself — what `usersync decide` runs: the in-process simulator
+//! `usersync::app::scenario::run` itself — what `usersync decide` runs: the in-process simulator
 //! starts, 9 500 Outreach users are seeded, the engine state is built, and all 50 000 events are
 //! decided and applied with the real client over loopback HTTP. Nothing is stubbed: every call
 //! is serialized by the client, sent over TCP, parsed and validated by the simulator, and the
@@ -46,11 +46,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
-use usersync::event::{ChangeKind, Origin, SCHEMA, Source, UserChange, UserState};
-use usersync::salesforce::id::SalesforceId;
-use usersync::scenario::{
+use usersync::app::scenario::{
     self, Output, Scenario, ScenarioMapping, ScenarioOutreachUser, ScenarioSalesforceUser,
 };
+use usersync::model::event::{ChangeKind, Origin, SCHEMA, Source, UserChange, UserState};
+use usersync::model::salesforce_id::SalesforceId;
 
 const ORG: &str = "00D000000000001EAA";
 /// Salesforce users in the state before the events.

@@ -12,10 +12,11 @@ use chrono::{TimeZone, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use usersync::engine::apply::{fold_decision, fold_event};
-use usersync::engine::{Mapping, OutreachCall, SalesforceUser, SyncSettings, SyncState, decide};
-use usersync::event::{ChangeKind, Origin, SCHEMA, Source, UserChange, UserState};
-use usersync::outreach::user::{OutreachUser, OutreachUserId};
-use usersync::salesforce::id::SalesforceId;
+use usersync::engine::{Mapping, OutreachCall, SyncSettings, SyncState, decide};
+use usersync::model::event::{ChangeKind, Origin, SCHEMA, Source, UserChange, UserState};
+use usersync::model::outreach_user::{OutreachUser, OutreachUserId};
+use usersync::model::salesforce_id::SalesforceId;
+use usersync::model::salesforce_user::SalesforceUser;
 
 const USERS: u32 = 10_000;
 const EVENTS: u32 = 10_000;

@@ -58,9 +58,9 @@ use chrono::{DateTime, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 
-use usersync::engine::state::SalesforceUser;
+use usersync::model::salesforce_id::SalesforceId;
+use usersync::model::salesforce_user::SalesforceUser;
 use usersync::salesforce::avro::ChangeEventSchema;
-use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::normalize::{Delivery, Normalized, Replay, normalize};
 use usersync_sim::salesforce::directory::{ChangeRecord, Directory, Writer};
 use usersync_sim::salesforce::eventbus::replay_bytes;

@@ -102,13 +102,13 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use usersync::app::demo::{connect_outreach_sim, connect_salesforce_sim};
 use usersync::config::{Config, KafkaConfig};
-use usersync::demo::{connect_outreach_sim, connect_salesforce_sim};
 use usersync::engine::decision::DecisionRecord;
-use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{AdminTopicCreator, TopicCreator, TopicSpec};
-use usersync::processor::{Processor, ProcessorError, ProcessorStats};
-use usersync::salesforce::id::SalesforceId;
+use usersync::model::event::{ChangeKind, UserChange};
+use usersync::model::salesforce_id::SalesforceId;
+use usersync::roles::processor::{Processor, ProcessorError, ProcessorStats};
 use usersync_sim::outreach::{OutreachSim, SimConfig};
 use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
 
@@ -554,8 +554,8 @@ impl Pipeline {
             )
             .map_err(|e| anyhow::anyhow!("creating the seed user in the simulator: {e}"))?;
 
-        let client = usersync::processor::role::outreach_client(&config.outreach)?;
-        let mut processor = usersync::processor::role::build_with(&config, store, client)
+        let client = usersync::roles::processor::role::outreach_client(&config.outreach)?;
+        let mut processor = usersync::roles::processor::role::build_with(&config, store, client)
             .await
             .context("building the processor")?;
         let recorded = forward_decisions(processor.decisions());
@@ -569,7 +569,9 @@ impl Pipeline {
         });
         let subscriber = tokio::spawn({
             let config = config.clone();
-            async move { usersync::salesforce::role::run(&config, &Default::default(), stopped).await }
+            async move {
+                usersync::roles::subscriber::role::run(&config, &Default::default(), stopped).await
+            }
         });
         Ok(Pipeline {
             salesforce,

@@ -1,47 +1,39 @@
 //! usersync keeps Outreach users mapped to the right Salesforce users.
 //!
-//! The folders tell the architecture, in the order data flows:
+//! The folders tell the architecture. From the bottom up:
 //!
-//! - [`salesforce`]: what reads Salesforce: ids, and the pure half of the CDC subscriber
-//!   (bitmap and Avro decoding, normalization); its I/O comes with its issue.
-//! - [`event`]: the normalized `user_change.v1` event, the contract between the roles.
-//! - [`kafka`]: the subscriber's producer (events, dead letters, transactional batches) and
-//!   the rule that keeps the replay checkpoint behind Kafka's confirmations.
+//! - [`model`]: the shared value types (ids, the Salesforce and Outreach users, the
+//!   `user_change.v1` event); they depend on nothing else here.
 //! - [`engine`]: the pure decision engine: settings, the state a decision sees, the rules.
-//! - [`outreach`]: what writes to Outreach: the JSON:API client with its rate limit,
-//!   retries and OAuth.
-//! - [`store`]: durable state (SQLite or PostgreSQL) behind one trait.
-//! - `scenario`: `usersync decide`, the engine run offline against the Outreach simulator.
-//! - `demo` and `sim_command`: `usersync demo` and `usersync sim`, the glue to the simulators
-//!   of the `usersync-sim` crate (test equipment that speaks the real wire formats). These
-//!   three come with the `sim` feature (a default); without it the binary holds no simulator.
-//! - [`proto`]: the Salesforce Pub/Sub API's generated gRPC types.
-//! - [`config`]: the configuration file and its environment overrides.
-//! - [`endpoint`]: the guards on every exchange with a provider: same origin, no plain HTTP
-//!   off this machine, capped answers.
-//! - [`private_file`]: files only their owner may read (store, token file, vault key).
+//! - [`salesforce`], [`outreach`], [`kafka`], [`store`]: the adapters, each the only door to
+//!   its system, each classifying its own errors for the connection board. `salesforce` reads
+//!   Salesforce (OAuth, Pub/Sub, CometD, REST, Avro and bitmap decoding, normalization);
+//!   `outreach` writes to Outreach (the JSON:API client, rate limits, OAuth, webhook parsing);
+//!   `kafka` produces events, dead letters and transactional batches; `store` keeps durable
+//!   state in SQLite or PostgreSQL. [`proto`] is the Pub/Sub API's generated gRPC client.
+//! - [`connection`]: the connection model every side reports into: states, reasons, the board,
+//!   the sealed authorizations; it imports no adapter.
+//! - [`roles`]: the long-running jobs (subscriber, processor, webhook receiver) that wire the
+//!   adapters, the engine and the store together.
+//! - [`admin`]: the admin server (API, page, feed, metrics) and its client.
+//! - [`app`]: the command line and what it starts; `usersync decide`, `demo` and `sim` come with
+//!   the default `sim` feature (the simulators of the `usersync-sim` crate).
+//! - Beside them: [`config`] (the configuration, each section declared once), [`endpoint`] (the
+//!   guards on every exchange with a provider), [`metrics`] (the Prometheus series),
+//!   [`private_file`] (files only their owner may read).
 
 pub mod admin;
-pub mod apply;
-pub mod cli;
+pub mod app;
 pub mod config;
 pub mod connection;
-#[cfg(feature = "sim")]
-pub mod demo;
 pub mod endpoint;
 pub mod engine;
-pub mod event;
-pub mod health;
 pub mod kafka;
 pub mod metrics;
+pub mod model;
 pub mod outreach;
 pub mod private_file;
-pub mod processor;
 pub mod proto;
-pub mod run;
+pub mod roles;
 pub mod salesforce;
-#[cfg(feature = "sim")]
-pub mod scenario;
-#[cfg(feature = "sim")]
-pub mod sim_command;
 pub mod store;

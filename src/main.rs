@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    usersync::cli::main()
+    usersync::app::cli::main()
 }

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use usersync::apply::apply_event;
 use usersync::config::{OutreachConfig, Secret};
 use usersync::engine::{Action, Reason, SyncSettings, SyncState};
-use usersync::event::UserChange;
+use usersync::model::event::UserChange;
+use usersync::model::outreach_user::OutreachUserId;
+use usersync::model::salesforce_id::SalesforceId;
 use usersync::outreach::auth::{MemoryTokenStore, OAuthTokens};
 use usersync::outreach::client::OutreachClient;
-use usersync::outreach::user::OutreachUserId;
-use usersync::salesforce::id::SalesforceId;
+use usersync::roles::processor::apply::apply_event;
 use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
 
 async fn client_for(sim: &OutreachSim) -> OutreachClient {

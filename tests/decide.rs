@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
+use usersync::app::scenario::{Scenario, run};
 use usersync::engine::{Action, Reason};
-use usersync::scenario::{Scenario, run};
 
 const X: &str = "005000000000001AAA";
 const Y: &str = "005000000000002AAA";
@@ -179,7 +179,7 @@ fn output_shape_follows_the_contract() {
 }
 
 /// Runs a scenario in-process and returns its output.
-fn run_scenario(scenario: &Value) -> usersync::scenario::Output {
+fn run_scenario(scenario: &Value) -> usersync::app::scenario::Output {
     let scenario = Scenario::parse(scenario.to_string().as_bytes()).expect("valid scenario");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -320,7 +320,7 @@ fn a_scenario_that_does_not_parse_exits_2_naming_the_field() {
 
 #[test]
 fn every_example_parses_and_its_events_match_the_schema() {
-    let schema: Value = serde_json::from_str(usersync::event::JSON_SCHEMA).unwrap();
+    let schema: Value = serde_json::from_str(usersync::model::event::JSON_SCHEMA).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut seen = 0;

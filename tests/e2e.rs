@@ -31,13 +31,14 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use support::process::Process;
+use usersync::app::scenario::OutputDecision;
 use usersync::engine::decision::{Action, DecisionRecord};
 use usersync::engine::settings::SyncSettings;
-use usersync::engine::state::{Mapping, SalesforceUser};
-use usersync::event::UserChange;
+use usersync::engine::state::Mapping;
+use usersync::model::event::UserChange;
+use usersync::model::salesforce_id::SalesforceId;
+use usersync::model::salesforce_user::SalesforceUser;
 use usersync::outreach::{OutreachUser, OutreachUserId};
-use usersync::salesforce::id::SalesforceId;
-use usersync::scenario::OutputDecision;
 use usersync::store::{DecisionQuery, MappingFilter, Store};
 
 const BROKERS_VAR: &str = "USERSYNC_TEST_KAFKA_BROKERS";

@@ -29,9 +29,9 @@ async fn healthy_server() -> (SocketAddr, watch::Sender<bool>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, shutdown) = watch::channel(false);
-    tokio::spawn(usersync::health::serve(
+    tokio::spawn(usersync::app::health::serve(
         listener,
-        usersync::health::Probes::alive().router(),
+        usersync::app::health::Probes::alive().router(),
         shutdown,
     ));
     (address, stop)

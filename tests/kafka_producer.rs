@@ -17,12 +17,12 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
-use usersync::event::UserChange;
 use usersync::kafka::topics::partition_count;
 use usersync::kafka::{
     ChangePublisher, Checkpoint, Creation, DeadLetter, DeliveryFrontier, KafkaConfig, TopicCreator,
     TopicSpec, TransactionalPublisher, read_checkpoint,
 };
+use usersync::model::event::UserChange;
 
 const SHORT: Duration = Duration::from_secs(10);
 

@@ -12,14 +12,14 @@ use rdkafka::mocking::MockCluster;
 use serde_json::{Value, json};
 use usersync::config::OutreachConfig;
 use usersync::config::Secret;
-use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{ChangePublisher, KafkaConfig};
-use usersync::outreach::webhooks::receiver::{
-    KafkaSink, PATH, Refusal, SinkError, WebhookReceiver, WebhookSink,
-};
+use usersync::model::event::{ChangeKind, UserChange};
 use usersync::outreach::webhooks::registration::NewWebhook;
 use usersync::outreach::webhooks::{SIGNATURE_HEADER, sign};
 use usersync::outreach::{MemoryTokenStore, OAuthTokens, OutreachClient, UserAttributes};
+use usersync::roles::webhook_receiver::{
+    KafkaSink, PATH, Refusal, SinkError, WebhookReceiver, WebhookSink,
+};
 use usersync_sim::outreach::{
     NewSimWebhook, OutreachSim, SimConfig, SimDelivery, SimUser, UserChanges,
 };

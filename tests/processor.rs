@@ -14,14 +14,15 @@ use tokio::sync::watch;
 use usersync::config::{Config, Secret};
 use usersync::engine::decision::{Action, DecisionRecord, Reason};
 use usersync::engine::settings::SyncSettings;
-use usersync::engine::state::{Mapping, SalesforceUser, StateScope, SyncState};
-use usersync::event::Position;
-use usersync::event::UserChange;
+use usersync::engine::state::{Mapping, StateScope, SyncState};
 use usersync::kafka::{ChangePublisher, KafkaConfig};
+use usersync::model::event::Position;
+use usersync::model::event::UserChange;
+use usersync::model::salesforce_id::SalesforceId;
+use usersync::model::salesforce_user::SalesforceUser;
 use usersync::outreach::OutreachUser;
 use usersync::outreach::OutreachUserId;
-use usersync::processor::{Processor, ProcessorError, ProcessorStats, role};
-use usersync::salesforce::id::SalesforceId;
+use usersync::roles::processor::{Processor, ProcessorError, ProcessorStats, role};
 use usersync::salesforce::snapshot::{ReadPosition, snapshot};
 use usersync::store::{
     AdminAction, AppliedEvent, DecisionPage, DecisionQuery, Lease, LeaseAnswer, LeaseClaim,

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use usersync::engine::state::SalesforceUser;
-use usersync::event::UserChange;
+use usersync::model::event::UserChange;
+use usersync::model::salesforce_id::SalesforceId;
+use usersync::model::salesforce_user::SalesforceUser;
 use usersync::salesforce::auth::{
     DisconnectReason, SalesforceAuthError, SalesforceCredentials, SalesforceSession, Secret,
     obtain_token,
@@ -24,7 +25,6 @@ use usersync::salesforce::cometd::{
     CdcEvent, CometdClient, CometdConfig, CometdError, CredentialsTokenSource, Delivered, Poll,
     REPLAY_FROM_EARLIEST, REPLAY_FROM_TIP, TokenSource, USER_CHANGE_CHANNEL,
 };
-use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::normalize::{Delivery, Normalized, Replay, normalize};
 use usersync::salesforce::replay::ReplayPolicy;
 use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use serde_json::json;
 use usersync::config::SalesforceConfig;
-use usersync::engine::state::SalesforceUser;
-use usersync::event::{ChangeKind, UserChange};
+use usersync::model::event::{ChangeKind, UserChange};
+use usersync::model::salesforce_id::SalesforceId;
+use usersync::model::salesforce_user::SalesforceUser;
 use usersync::proto::eventbus::pub_sub_client::PubSubClient;
 use usersync::proto::eventbus::{FetchRequest, ReplayPreset};
 use usersync::salesforce::auth::{SalesforceCredentials, SalesforceSession, Secret, obtain_token};
-use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::normalize::{Delivery, Normalized, Replay, normalize};
 use usersync::salesforce::pubsub::{
     Batch, FailureKind, PubSubConnection, PubSubError, SchemaCache, StartAt, StreamEnd,

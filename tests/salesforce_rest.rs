@@ -14,10 +14,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde_json::json;
+use usersync::model::salesforce_id::SalesforceId;
 use usersync::salesforce::auth::{
     DisconnectReason, SalesforceAuthError, SalesforceCredentials, Secret,
 };
-use usersync::salesforce::id::SalesforceId;
 use usersync::salesforce::rest::{
     CredentialsTokenSource, RestRetry, SalesforceRest, SalesforceRestError, TokenSource, UserQuery,
 };
@@ -98,7 +98,7 @@ fn data_requests(sim: &SalesforceSim) -> Vec<(String, u16)> {
         .collect()
 }
 
-fn ids_of(users: &[usersync::engine::state::SalesforceUser]) -> BTreeSet<String> {
+fn ids_of(users: &[usersync::model::salesforce_user::SalesforceUser]) -> BTreeSet<String> {
     users.iter().map(|u| u.id.as_str().to_owned()).collect()
 }
 

@@ -25,10 +25,11 @@ use support::postgres::{DATABASE_URL_VAR, FreshDatabase, database_url};
 use support::process::Process;
 use usersync::engine::decision::{Action, DecisionRecord, Reason};
 use usersync::engine::settings::{Dedupe, SyncSettings};
-use usersync::engine::state::{Mapping, SalesforceUser, StateScope, StateVersions, SyncState};
-use usersync::event::Position;
-use usersync::outreach::user::{OutreachUser, OutreachUserId};
-use usersync::salesforce::id::SalesforceId;
+use usersync::engine::state::{Mapping, StateScope, StateVersions, SyncState};
+use usersync::model::event::Position;
+use usersync::model::outreach_user::{OutreachUser, OutreachUserId};
+use usersync::model::salesforce_id::SalesforceId;
+use usersync::model::salesforce_user::SalesforceUser;
 use usersync::store::{
     AdminAction, AdminActionKind, AppliedEvent, DecisionQuery, Lease, LeaseAnswer, MappingFilter,
     MappingWrite, PostgresStore, Pruned, ReplayCheckpoint, SealedAuthorization, SqliteStore, Store,

@@ -16,16 +16,16 @@ use serde_json::json;
 use tokio::sync::watch;
 use usersync::config::{SalesforceConfig, Transport};
 use usersync::connection::Connections;
-use usersync::event::{ChangeKind, UserChange};
 use usersync::kafka::{ChangePublisher, KafkaConfig, TransactionalPublisher, read_checkpoint};
-use usersync::salesforce::auth::{SalesforceCredentials, Secret};
-use usersync::salesforce::lease::{self, Fence, LeaseSettings};
-use usersync::salesforce::replay_from::ReplayFrom;
-use usersync::salesforce::rest::{CredentialsTokenSource, RestRetry, SalesforceRest};
-use usersync::salesforce::subscriber::CometdSubscriber;
-use usersync::salesforce::subscriber::{
+use usersync::model::event::{ChangeKind, UserChange};
+use usersync::roles::subscriber::CometdSubscriber;
+use usersync::roles::subscriber::lease::{self, Fence, LeaseSettings};
+use usersync::roles::subscriber::{
     ReplayRequest, StreamStart, Subscriber, SubscriberError, SubscriberStats,
 };
+use usersync::salesforce::auth::{SalesforceCredentials, Secret};
+use usersync::salesforce::replay_from::ReplayFrom;
+use usersync::salesforce::rest::{CredentialsTokenSource, RestRetry, SalesforceRest};
 use usersync::store::Store;
 use usersync_sim::salesforce::pubsub::StreamFault;
 use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};

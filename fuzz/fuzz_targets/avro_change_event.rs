@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use usersync::salesforce::avro::ChangeEventSchema;
-use usersync::salesforce::id::SalesforceId;
+use usersync::model::salesforce_id::SalesforceId;
 use usersync_fuzz::{
     avro_seeds, normalize_and_check, org_id, pubsub_delivery, write_seeds_if_asked, writer_schema,
 };

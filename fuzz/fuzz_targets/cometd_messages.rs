@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use libfuzzer_sys::fuzz_target;
 use usersync::salesforce::cometd::payload::{WriterSchema, to_cdc_event};
 use usersync::salesforce::cometd::{Refusal, parse_messages};
-use usersync::salesforce::id::SalesforceId;
+use usersync::model::salesforce_id::SalesforceId;
 use usersync::salesforce::normalize::{Delivery, Replay};
 use usersync_fuzz::{
     TOPIC, cometd_seeds, normalize_and_check, observed_at, org_id, write_seeds_if_asked,

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use usersync::event::{ChangeKind, UserChange};
+use usersync::model::event::{ChangeKind, UserChange};
 use usersync::outreach::webhooks::{
     Delivery, SignatureError, UserAction, UserDelivery, parse_delivery, sign, verify_signature,
 };

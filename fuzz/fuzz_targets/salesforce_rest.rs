@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 use libfuzzer_sys::fuzz_target;
 use reqwest::StatusCode;
 use serde_json::Value;
-use usersync::salesforce::id::SalesforceId;
+use usersync::model::salesforce_id::SalesforceId;
 use usersync::salesforce::rest::{
     ApiUsage, RestOperation, SalesforceRestError, read_query_page, read_user, refusal,
     user_from_record,

@@ -17,7 +17,7 @@ use usersync::salesforce::auth::{
     AuthOperation, DisconnectReason, LOGIN_URL, SalesforceAuthError, classify,
     ids_from_identity_url, parse_token_response, parse_userinfo, token_failure,
 };
-use usersync::salesforce::id::SalesforceId;
+use usersync::model::salesforce_id::SalesforceId;
 use usersync_fuzz::providers::{salesforce_token_seeds, split_selector, status_of};
 use usersync_fuzz::write_seeds_if_asked;
 

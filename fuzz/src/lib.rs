@@ -16,10 +16,10 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use usersync::engine::state::SalesforceUser;
-use usersync::event::UserChange;
+use usersync::model::salesforce_user::SalesforceUser;
+use usersync::model::event::UserChange;
 use usersync::salesforce::avro::ChangeEvent;
-use usersync::salesforce::id::SalesforceId;
+use usersync::model::salesforce_id::SalesforceId;
 use usersync::salesforce::normalize::{
     Delivery, Normalized, OVERFLOW_RECORD_ID, Replay, normalize,
 };

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::security_tests::{LISTEN, admin_with_tokens, send};
 use super::*;
 use crate::connection::{ConnectionState, Side};
-use crate::engine::state::SalesforceUser;
+use crate::model::salesforce_user::SalesforceUser;
 use crate::outreach::OutreachUser;
 
 const OPS: &str = "0123456789abcdef0123456789abcdef-ops";

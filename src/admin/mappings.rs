@@ -21,8 +21,8 @@ use super::actor::Actor;
 use super::{AdminState, ApiError, bad_request, store_failed};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
 use crate::engine::state::{Mapping, StateScope, SyncState};
+use crate::model::salesforce_id::SalesforceId;
 use crate::outreach::OutreachUserId;
-use crate::salesforce::id::SalesforceId;
 use crate::store::{AppliedEvent, MappingWrite, StoreError};
 
 #[derive(Deserialize)]
@@ -259,9 +259,9 @@ mod tests {
 
     use crate::admin::{AdminAddresses, AdminState, bind, router, serve};
     use crate::connection::Connections;
-    use crate::engine::state::SalesforceUser;
+    use crate::model::salesforce_id::SalesforceId;
+    use crate::model::salesforce_user::SalesforceUser;
     use crate::outreach::{OutreachUser, OutreachUserId};
-    use crate::salesforce::id::SalesforceId;
     use crate::store::{DecisionQuery, Store};
 
     const X: &str = "005000000000001AAA";

@@ -51,8 +51,8 @@ use tokio::sync::watch;
 use crate::connection::Connections;
 use crate::connection::authorization::StoredAuthorizations;
 use crate::engine::decision::Action;
+use crate::model::salesforce_id::SalesforceId;
 use crate::outreach::OutreachUserId;
-use crate::salesforce::id::SalesforceId;
 use crate::store::{DecisionQuery, MappingFilter, Store};
 pub use actor::{Actor, Role};
 pub use authorize::PendingAuthorizations;
@@ -138,7 +138,7 @@ pub fn router(state: AdminState) -> Router {
         ));
     // The probes answer whatever `Host` they are asked by (a pod IP): they change nothing and
     // return no secret.
-    let probes = crate::health::Probes::alive()
+    let probes = crate::app::health::Probes::alive()
         .with_store(state.store.clone())
         .with_metrics(state.connections.clone())
         .router();
@@ -304,7 +304,7 @@ async fn mappings(
         email: params
             .email
             .filter(|s| !s.is_empty())
-            .map(|e| crate::event::normalize_email(&e)),
+            .map(|e| crate::model::event::normalize_email(&e)),
         salesforce_user_id,
         outreach_user_id,
     };
@@ -349,7 +349,7 @@ async fn decisions(
         email: params
             .email
             .filter(|s| !s.is_empty())
-            .map(|e| crate::event::normalize_email(&e)),
+            .map(|e| crate::model::event::normalize_email(&e)),
         limit: number("limit", params.limit)?.map_or(50, |n| {
             n.clamp(1, i64::from(crate::store::MAX_DECISION_PAGE)) as u32
         }),

@@ -46,7 +46,7 @@ mod tests {
             })
             .collect();
         let store = crate::store::open("sqlite::memory:").await.unwrap();
-        let probes = crate::health::Probes::alive()
+        let probes = crate::app::health::Probes::alive()
             .with_store(store)
             .with_metrics(crate::connection::Connections::new());
         paths.extend(probes.paths().into_iter().map(str::to_owned));

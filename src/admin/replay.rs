@@ -6,7 +6,7 @@
 //! A replay is asked twice: without `"confirm": true` the answer is the plan (where the stream
 //! is now, what will be read again, what will not be read) and nothing changes; with it, the
 //! action is recorded, shown on the live feed, and the subscriber ends its stream and opens it
-//! again from there ([`crate::salesforce::subscriber::ReplayRequest`]). Moving the position
+//! again from there ([`crate::roles::subscriber::ReplayRequest`]). Moving the position
 //! skips or repeats changes, so the plan is what the admin agrees to, and the log keeps when it
 //! happened and where the stream was before.
 //!
@@ -32,8 +32,8 @@ use super::feed::admin_action_json;
 use super::{AdminState, ApiError, bad_request, store_failed};
 use crate::config::Config;
 use crate::connection::{ConnectionState, Connections, LeaseRole, Side};
+use crate::roles::subscriber::checkpoint_key;
 use crate::salesforce::replay_from::{CheckpointView, RETENTION_HOURS, ReplayFrom, plan};
-use crate::salesforce::subscriber::checkpoint_key;
 use crate::store::{AdminAction, AdminActionKind, MAX_ADMIN_ACTIONS};
 
 #[derive(Debug, Deserialize)]

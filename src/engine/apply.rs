@@ -7,7 +7,7 @@
 use crate::engine::decide::Outcome;
 use crate::engine::decision::{Decision, MappingChange, OutreachCall};
 use crate::engine::state::{Mapping, MappingError, SyncState};
-use crate::outreach::user::{OutreachUser, OutreachUserId};
+use crate::model::outreach_user::{OutreachUser, OutreachUserId};
 
 /// Folds one decision after its Outreach call (if any) succeeded. `reply` is the user Outreach
 /// returned for a create or an update. Returns the Outreach user the decision ended up about

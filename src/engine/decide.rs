@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 
 use crate::engine::decision::{Action, Decision, MappingChange, OutreachCall, Reason};
 use crate::engine::settings::SyncSettings;
-use crate::engine::state::{Mapping, SalesforceUser, SyncState};
-use crate::event::{Source, UserChange};
-use crate::outreach::user::{OutreachUser, OutreachUserId, UserAttributes};
-use crate::salesforce::id::SalesforceId;
+use crate::engine::state::{Mapping, SyncState};
+use crate::model::event::{Source, UserChange};
+use crate::model::outreach_user::{OutreachUser, OutreachUserId, UserAttributes};
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
 
 /// What one event leads to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -91,7 +92,7 @@ fn decide_salesforce(settings: &SyncSettings, state: &SyncState, event: &UserCha
     }
 
     let mut user = SalesforceUser::from_event(id.clone(), event);
-    if event.change == crate::event::ChangeKind::Delete {
+    if event.change == crate::model::event::ChangeKind::Delete {
         // Users cannot be deleted in Salesforce: a delete reads as a deactivation, and the
         // all-null body of a delete must not wipe what was known.
         if let Some(prev) = previous {
@@ -907,7 +908,7 @@ mod tests {
     use crate::engine::model::ModelSync;
     use crate::engine::model::events::{change, created, user_id};
     use crate::engine::settings::Dedupe;
-    use crate::outreach::user::OutreachUser;
+    use crate::model::outreach_user::OutreachUser;
 
     const EMAIL: &str = "abc@def.com";
 
@@ -1265,7 +1266,7 @@ mod tests {
         let mut sync = seed();
         sync.apply(&settings, &created(2, EMAIL, true, 10));
         let mut delete = change(1, None, false, 11);
-        delete.change = crate::event::ChangeKind::Delete;
+        delete.change = crate::model::event::ChangeKind::Delete;
         delete.user = Default::default();
         let r = sync.apply(&settings, &delete);
         assert_eq!(r[0].action, Action::Remap);

@@ -9,8 +9,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::outreach::user::{OutreachUserId, UserAttributes};
-use crate::salesforce::id::SalesforceId;
+use crate::model::outreach_user::{OutreachUserId, UserAttributes};
+use crate::model::salesforce_id::SalesforceId;
 
 /// The kind of decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -27,19 +27,20 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{TestCaseError, TestRunner};
 
-use crate::apply::{ApplyError, OutreachWrites, apply_event};
 use crate::engine::decision::{DecisionRecord, OutreachCall};
 use crate::engine::model::ModelOutreach;
 use crate::engine::model::events::{ORG, at, change, user_id};
 use crate::engine::settings::{Dedupe, SyncSettings};
-use crate::engine::state::{Mapping, SalesforceUser, SyncState};
+use crate::engine::state::{Mapping, SyncState};
 use crate::engine::{Action, Reason};
-use crate::event::{ChangeKind, Source, UserChange, UserState, normalize_email};
+use crate::model::event::{ChangeKind, Source, UserChange, UserState, normalize_email};
+use crate::model::outreach_user::{OutreachUser, OutreachUserId, UserAttributes};
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
 use crate::outreach::client::Reply;
 use crate::outreach::error::{EMAIL_POINTER, Operation, OutreachError};
-use crate::outreach::user::{OutreachUser, OutreachUserId, UserAttributes};
 use crate::outreach::webhooks::{UserAction, UserAttributesSent, UserDelivery};
-use crate::salesforce::id::SalesforceId;
+use crate::roles::processor::apply::{ApplyError, OutreachWrites, apply_event};
 use crate::salesforce::snapshot::{ReadPosition, snapshot};
 
 // ----- The history -----
@@ -1520,7 +1521,7 @@ fn the_generator_builds_valid_events_in_history_order() {
     assert_eq!(events.len(), 9);
     for e in events {
         e.validate().unwrap();
-        crate::event::tests::assert_matches_schema(&serde_json::to_value(e).unwrap());
+        crate::model::event::tests::assert_matches_schema(&serde_json::to_value(e).unwrap());
     }
     // Salesforce changes are in commit order, each newer than the one before for its user.
     let salesforce: Vec<&UserChange> = events

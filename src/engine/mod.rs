@@ -20,4 +20,4 @@ mod invariants;
 pub use decide::{Outcome, decide};
 pub use decision::{Action, Decision, DecisionRecord, MappingChange, OutreachCall, Reason};
 pub use settings::{Dedupe, SyncSettings};
-pub use state::{Mapping, SalesforceUser, StateScope, SyncState};
+pub use state::{Mapping, StateScope, SyncState};

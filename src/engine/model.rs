@@ -14,8 +14,8 @@ use crate::engine::decision::{DecisionRecord, OutreachCall};
 use crate::engine::settings::SyncSettings;
 use crate::engine::state::SyncState;
 use crate::engine::{Action, Decision, decide};
-use crate::event::{UserChange, normalize_email};
-use crate::outreach::user::{OutreachUser, OutreachUserId};
+use crate::model::event::{UserChange, normalize_email};
+use crate::model::outreach_user::{OutreachUser, OutreachUserId};
 
 /// Outreach's users, as the model keeps them.
 #[derive(Debug, Clone, Default)]
@@ -140,10 +140,10 @@ fn to_record(
 pub mod events {
     use chrono::{DateTime, TimeZone, Utc};
 
-    use crate::event::{
+    use crate::model::event::{
         ChangeKind, Origin, SCHEMA, Source, UserChange, UserState, normalize_email,
     };
-    use crate::salesforce::id::SalesforceId;
+    use crate::model::salesforce_id::SalesforceId;
 
     pub const ORG: &str = "00D000000000001EAA";
 
@@ -198,7 +198,7 @@ pub mod events {
         let updated = at(seconds);
         UserChange {
             schema: SCHEMA.into(),
-            event_id: crate::event::outreach_event_id(id, &updated.to_rfc3339()),
+            event_id: crate::model::event::outreach_event_id(id, &updated.to_rfc3339()),
             source: Source::Outreach,
             org_id: None,
             user_id: id.to_string(),

@@ -9,54 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Position, UserChange, normalize_email};
-use crate::outreach::user::{OutreachUser, OutreachUserId};
-use crate::salesforce::id::SalesforceId;
-
-/// The last-known state of one Salesforce user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SalesforceUser {
-    pub id: SalesforceId,
-    pub email: Option<String>,
-    pub username: Option<String>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub title: Option<String>,
-    pub is_active: bool,
-    pub created_date: Option<DateTime<Utc>>,
-    pub last_modified_date: Option<DateTime<Utc>>,
-    /// The position of the newest change applied to this user; older events are stale.
-    pub applied: Option<Position>,
-}
-
-impl SalesforceUser {
-    /// The email group of this user, if it has an email.
-    pub fn email_normalized(&self) -> Option<String> {
-        self.email
-            .as_deref()
-            .map(normalize_email)
-            .filter(|e| !e.is_empty())
-    }
-
-    /// The full state a Salesforce event carries, as a last-known user.
-    pub fn from_event(id: SalesforceId, event: &UserChange) -> Self {
-        Self {
-            id,
-            email: event.user.email.clone(),
-            username: event.user.username.clone(),
-            first_name: event.user.first_name.clone(),
-            last_name: event.user.last_name.clone(),
-            title: event.user.title.clone(),
-            is_active: event.is_active(),
-            created_date: event.user.created_date,
-            last_modified_date: event.user.last_modified_date,
-            applied: Some(event.position()),
-        }
-    }
-}
+use crate::model::event::UserChange;
+use crate::model::outreach_user::{OutreachUser, OutreachUserId};
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
 
 /// One link between an Outreach user and a Salesforce user (1:1 on both sides).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +48,7 @@ impl StateScope {
             scope.salesforce_user_ids.push(id);
         }
         if let Ok(id) = event.user_id.parse::<i64>()
-            && event.source == crate::event::Source::Outreach
+            && event.source == crate::model::event::Source::Outreach
         {
             scope.outreach_user_ids.push(OutreachUserId(id));
         }

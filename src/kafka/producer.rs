@@ -28,7 +28,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use super::client;
 use super::topics::{self, AdminTopicCreator, TopicCreator, TopicError, TopicSpec};
 use crate::config::KafkaConfig;
-use crate::event::{SCHEMA, UserChange};
+use crate::model::event::{SCHEMA, UserChange};
 
 /// Header names of an event record (docs/event-schema.md, "Kafka record").
 pub const HEADER_SCHEMA: &str = "schema";
@@ -342,7 +342,7 @@ mod tests {
     use rdkafka::message::Headers;
 
     fn event() -> UserChange {
-        UserChange::from_json(crate::event::tests::DESIGN_EXAMPLE.as_bytes()).unwrap()
+        UserChange::from_json(crate::model::event::tests::DESIGN_EXAMPLE.as_bytes()).unwrap()
     }
 
     fn pairs(headers: &OwnedHeaders) -> Vec<(String, String)> {

@@ -26,7 +26,7 @@ use super::client::{self, ReachError};
 use super::producer::{self, Delivered, PublishError, change_headers};
 use super::topics::{self, AdminTopicCreator, TopicCreator, TopicError, TopicSpec};
 use crate::config::KafkaConfig;
-use crate::event::UserChange;
+use crate::model::event::UserChange;
 
 /// The position after a committed batch, as stored on the checkpoint topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -48,12 +48,12 @@ use super::rate_limit::{
 };
 use super::stats::{ClientStats, Counters, Tally};
 use super::transport::{Failure, RetryPolicy, read_failure, retry_after};
-use super::user::{OutreachUser, OutreachUserId, UserAttributes};
 use super::webhooks::registration::{
     NewWebhook, Registration, Webhook, WebhookResource, find_registered,
 };
 use crate::config::OutreachConfig;
 use crate::endpoint::body::{API_PAGE_CAP, read_capped};
+use crate::model::outreach_user::{OutreachUser, OutreachUserId, UserAttributes};
 
 /// The largest `page[size]` Outreach serves.
 pub const MAX_PAGE_SIZE: u32 = 1000;

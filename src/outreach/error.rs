@@ -22,8 +22,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use super::jsonapi::ErrorBody;
-use super::user::OutreachUserId;
 use crate::connection::{ConnectionFailure, DisconnectReason, Verdict};
+use crate::model::outreach_user::OutreachUserId;
 
 /// The JSON pointer Outreach sets on a 422 about the email attribute.
 pub const EMAIL_POINTER: &str = "/data/attributes/email";

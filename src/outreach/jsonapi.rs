@@ -23,7 +23,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::user::{CUSTOM_FIELDS, OutreachUser, OutreachUserId, UserAttributes};
+use crate::model::outreach_user::{CUSTOM_FIELDS, OutreachUser, OutreachUserId, UserAttributes};
 
 /// The JSON:API `type` of an Outreach user.
 pub const USER_TYPE: &str = "user";

@@ -28,11 +28,12 @@ pub mod rate_limit;
 pub mod stats;
 pub mod token_file;
 mod transport;
-pub mod user;
 pub mod webhooks;
 
+pub use crate::model::outreach_user::{
+    CUSTOM_FIELDS, OutreachUser, OutreachUserId, UserAttributes,
+};
 pub use auth::{MemoryTokenStore, OAuthApp, OAuthTokens, TokenStore, TokenStoreError};
 pub use client::{OutreachClient, Reply, UserPage};
 pub use error::{Operation, OutreachError};
 pub use stats::ClientStats;
-pub use user::{CUSTOM_FIELDS, OutreachUser, OutreachUserId, UserAttributes};

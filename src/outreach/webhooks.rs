@@ -51,7 +51,6 @@
 //! Every refusal names the member that is wrong (`data.attributes.locked: is "yes", not a
 //! boolean`), because a refused delivery goes to the dead-letter topic for a person to read.
 
-pub mod receiver;
 pub mod registration;
 
 use std::collections::BTreeSet;
@@ -64,10 +63,10 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 
 use super::jsonapi::{ResourceId, USER_TYPE};
-use super::user::{OutreachUser, OutreachUserId};
-use crate::event::{
+use crate::model::event::{
     ChangeKind, Origin, SCHEMA, Source, UserChange, UserState, normalize_email, outreach_event_id,
 };
+use crate::model::outreach_user::{OutreachUser, OutreachUserId};
 
 /// The header carrying the hex HMAC-SHA256 of the body.
 pub const SIGNATURE_HEADER: &str = "outreach-webhook-signature";
@@ -731,7 +730,7 @@ mod tests {
         assert_eq!(event.observed_at, now());
         assert_eq!(event.kafka_key(), "jane.doe@acme.test");
         event.validate().unwrap();
-        crate::event::tests::assert_matches_schema(&serde_json::to_value(&event).unwrap());
+        crate::model::event::tests::assert_matches_schema(&serde_json::to_value(&event).unwrap());
     }
 
     #[test]
@@ -756,7 +755,7 @@ mod tests {
         );
         assert_eq!(event.user.email.as_deref(), Some("jane.doe@acme.test"));
         assert_eq!(event.user.first_name.as_deref(), Some("Jane"));
-        crate::event::tests::assert_matches_schema(&serde_json::to_value(&event).unwrap());
+        crate::model::event::tests::assert_matches_schema(&serde_json::to_value(&event).unwrap());
     }
 
     #[test]

@@ -31,9 +31,9 @@ use reqwest::StatusCode;
 use reqwest::header::ACCEPT;
 use serde::{Deserialize, Serialize};
 
-use super::id::{SalesforceId, SalesforceIdError};
 use crate::connection::{ConnectionFailure, Verdict};
 use crate::endpoint::body::{BodyError, OAUTH_ANSWER_CAP, read_capped_text};
+use crate::model::salesforce_id::{SalesforceId, SalesforceIdError};
 
 /// How far ahead of now a JWT assertion expires. Salesforce tolerates about three minutes of
 /// clock skew, so a short lifetime is enough and limits the damage of a leaked assertion.

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::rest::{CredentialsTokenSource, SalesforceRest, TokenSource};
-use super::role::credentials_with;
 use crate::config::{Config, Transport};
 use crate::connection::Side;
 use crate::connection::authorization::SalesforceAuthorization;
+use crate::roles::subscriber::role::credentials_with;
 
 /// Salesforce's "test connection": token → identity → the change stream may be subscribed →
 /// a User query works → where the stream would resume. Makes its own session (the running
@@ -131,7 +131,7 @@ async fn replay_step(
     store: &dyn crate::store::Store,
 ) {
     const STEP: &str = "replay_checkpoint";
-    let key = super::subscriber::checkpoint_key(sf.transport, &sf.topic);
+    let key = crate::roles::subscriber::checkpoint_key(sf.transport, &sf.topic);
     let checkpoint = match store.checkpoint(&key).await {
         Ok(Some(checkpoint)) => checkpoint,
         Ok(None) => {

@@ -39,12 +39,12 @@ use chrono::{DateTime, Utc};
 
 use super::avro::{ChangeEvent, ChangeType, FieldValue};
 use super::bitmap::FieldSet;
-use super::id::{SalesforceId, SalesforceIdError};
-use crate::engine::state::SalesforceUser;
-use crate::event::{
+use crate::model::event::{
     ChangeKind, EventError, Origin, SCHEMA, Source, UserChange, UserState, normalize_email,
     salesforce_event_id,
 };
+use crate::model::salesforce_id::{SalesforceId, SalesforceIdError};
+use crate::model::salesforce_user::SalesforceUser;
 
 /// The object this normalizer reads.
 pub const USER_ENTITY: &str = "User";
@@ -463,7 +463,7 @@ fn instant(event: &ChangeEvent, names: &[&str]) -> Result<Option<DateTime<Utc>>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::tests::{DESIGN_EXAMPLE, assert_matches_schema};
+    use crate::model::event::tests::{DESIGN_EXAMPLE, assert_matches_schema};
     use crate::salesforce::avro::test_support::*;
     use serde_json::{Value as Json, json};
 

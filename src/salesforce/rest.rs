@@ -71,11 +71,11 @@ use super::auth::{
     DisconnectReason, SalesforceAuthError, SalesforceCredentials, SalesforceSession, Secret,
     obtain_token,
 };
-use super::id::SalesforceId;
 use crate::connection::{ConnectionFailure, Verdict};
 use crate::endpoint::body::{API_PAGE_CAP, BodyError, read_capped_text};
 use crate::endpoint::origin::check_same_origin;
-use crate::engine::state::SalesforceUser;
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
 
 /// The API version used unless another is chosen (Winter '25).
 pub const DEFAULT_API_VERSION: &str = "v62.0";

@@ -9,11 +9,11 @@
 
 use chrono::{DateTime, Utc};
 
-use super::id::SalesforceId;
-use crate::engine::state::SalesforceUser;
-use crate::event::{
+use crate::model::event::{
     ChangeKind, Origin, SCHEMA, Source, UserChange, UserState, normalize_email, snapshot_event_id,
 };
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
 
 /// The stream position a REST read was made at: every change up to this commit is in what it
 /// read. For a re-read, the event that asked for it (a `GAP_*` event, an UPDATE that could not
@@ -76,7 +76,7 @@ mod tests {
     use std::cmp::Ordering;
 
     use super::*;
-    use crate::event::{Origin, Position};
+    use crate::model::event::{Origin, Position};
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
@@ -121,7 +121,7 @@ mod tests {
             read_at,
         );
         event.validate().expect("valid user_change.v1");
-        crate::event::tests::assert_matches_schema(&serde_json::to_value(&event).unwrap());
+        crate::model::event::tests::assert_matches_schema(&serde_json::to_value(&event).unwrap());
         assert_eq!(
             event.event_id,
             "sf:00D5g000004ZbcdEAC:0055f00000GBZR4AAP:snapshot:1100662289050:\

@@ -46,10 +46,11 @@ use serde::Serialize;
 
 use crate::engine::decision::{Action, DecisionRecord};
 use crate::engine::settings::SyncSettings;
-use crate::engine::state::{Mapping, SalesforceUser, StateScope, StateVersions, SyncState};
-use crate::event::Position;
-use crate::outreach::user::{OutreachUser, OutreachUserId};
-use crate::salesforce::id::SalesforceId;
+use crate::engine::state::{Mapping, StateScope, StateVersions, SyncState};
+use crate::model::event::Position;
+use crate::model::outreach_user::{OutreachUser, OutreachUserId};
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -26,10 +26,11 @@ use super::{
 };
 use crate::engine::decision::DecisionRecord;
 use crate::engine::settings::SyncSettings;
-use crate::engine::state::{Mapping, SalesforceUser, StateScope, StateVersions, SyncState};
-use crate::event::{Position, normalize_email};
-use crate::outreach::user::{OutreachUser, OutreachUserId};
-use crate::salesforce::id::SalesforceId;
+use crate::engine::state::{Mapping, StateScope, StateVersions, SyncState};
+use crate::model::event::{Position, normalize_email};
+use crate::model::outreach_user::{OutreachUser, OutreachUserId};
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
 
 #[async_trait::async_trait]
 impl<B> Store for B

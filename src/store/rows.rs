@@ -10,10 +10,11 @@ use chrono::{DateTime, Utc};
 
 use super::{AdminAction, AdminActionKind, Lease, ReplayCheckpoint, StoreError};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
-use crate::engine::state::{Mapping, SalesforceUser};
-use crate::event::Position;
-use crate::outreach::user::{OutreachUser, OutreachUserId};
-use crate::salesforce::id::SalesforceId;
+use crate::engine::state::Mapping;
+use crate::model::event::Position;
+use crate::model::outreach_user::{OutreachUser, OutreachUserId};
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
 
 /// Parses a stored Salesforce id, naming where it came from when it does not parse.
 pub(crate) fn salesforce_id(

@@ -27,9 +27,10 @@ use super::rows::{
 use super::statements::{Access, PrunedLog, Statements};
 use super::{LeaseClaim, ReplayCheckpoint};
 use crate::engine::decision::DecisionRecord;
-use crate::engine::state::{Mapping, SalesforceUser};
-use crate::event::Position;
-use crate::outreach::user::OutreachUser;
+use crate::engine::state::Mapping;
+use crate::model::event::Position;
+use crate::model::outreach_user::OutreachUser;
+use crate::model::salesforce_user::SalesforceUser;
 
 /// One pooled connection, or a transaction on one.
 pub(crate) enum Session<DB: Database> {

@@ -22,9 +22,10 @@ use super::rows::{
 use super::session::Session;
 use super::{LeaseClaim, ReplayCheckpoint};
 use crate::engine::decision::DecisionRecord;
-use crate::engine::state::{Mapping, SalesforceUser};
-use crate::event::Position;
-use crate::outreach::user::OutreachUser;
+use crate::engine::state::Mapping;
+use crate::model::event::Position;
+use crate::model::outreach_user::OutreachUser;
+use crate::model::salesforce_user::SalesforceUser;
 
 /// What a session will do, so that the backend can begin the right kind of transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,8 +18,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use usersync::app::demo::{connect_outreach_sim, connect_salesforce_sim};
 use usersync::config::Config;
-use usersync::demo::{connect_outreach_sim, connect_salesforce_sim};
 use usersync::store::MappingFilter;
 use usersync_sim::outreach::{OutreachSim, SimConfig};
 use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
@@ -124,7 +124,7 @@ impl Parts {
         let (stop, shutdown) = watch::channel(false);
         let handle = tokio::spawn({
             let config = self.config.clone();
-            async move { usersync::run::run(&config, &Default::default(), shutdown).await }
+            async move { usersync::app::run::run(&config, &Default::default(), shutdown).await }
         });
         until("the admin server answers", || async {
             self.http

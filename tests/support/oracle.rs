@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 use serde_json::Value;
 use usersync::engine::settings::SyncSettings;
-use usersync::salesforce::id::SalesforceId;
+use usersync::model::salesforce_id::SalesforceId;
 use usersync::store::{MappingFilter, Store};
 
 /// A Salesforce user as the simulator holds it (its flat record).
@@ -192,7 +192,7 @@ fn judge(
     truth: &[TrueUser],
     outreach: &[OutreachUser],
     mappings: &[(i64, SalesforceId)],
-    stored: &BTreeMap<SalesforceId, Option<usersync::engine::state::SalesforceUser>>,
+    stored: &BTreeMap<SalesforceId, Option<usersync::model::salesforce_user::SalesforceUser>>,
     settings: &SyncSettings,
     superseded_creates: &BTreeSet<i64>,
     found: &mut Vec<String>,
@@ -458,11 +458,11 @@ mod tests {
 
     fn known(
         truth: &[TrueUser],
-    ) -> BTreeMap<SalesforceId, Option<usersync::engine::state::SalesforceUser>> {
+    ) -> BTreeMap<SalesforceId, Option<usersync::model::salesforce_user::SalesforceUser>> {
         truth
             .iter()
             .map(|u| {
-                let user = usersync::engine::state::SalesforceUser {
+                let user = usersync::model::salesforce_user::SalesforceUser {
                     id: u.id.clone(),
                     email: u.email.clone(),
                     username: u.username.clone(),

@@ -931,8 +931,8 @@ fn excerpt(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::salesforce_id::SalesforceId;
     use crate::salesforce::auth::Secret;
-    use crate::salesforce::id::SalesforceId;
 
     /// One session on a local server.
     struct LocalSession(String);

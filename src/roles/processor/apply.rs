@@ -17,10 +17,10 @@ use crate::engine::decision::{DecisionRecord, OutreachCall};
 use crate::engine::settings::SyncSettings;
 use crate::engine::state::{MappingError, SyncState};
 use crate::engine::{Decision, decide};
-use crate::event::UserChange;
+use crate::model::event::UserChange;
+use crate::model::outreach_user::{OutreachUser, OutreachUserId, UserAttributes};
 use crate::outreach::client::{OutreachClient, Reply};
 use crate::outreach::error::OutreachError;
-use crate::outreach::user::{OutreachUser, OutreachUserId, UserAttributes};
 
 /// The Outreach writes a decision needs. The client implements it over HTTP; the property
 /// tests implement it over an in-memory model.

@@ -30,9 +30,10 @@ use tokio::sync::{broadcast, watch};
 use crate::admin::client::AdminApi;
 use crate::config::{Config, OutreachConfig, SalesforceAuthFlow, SalesforceConfig, Secret};
 use crate::engine::decision::{Action, DecisionRecord};
-use crate::engine::state::{Mapping, SalesforceUser};
+use crate::engine::state::Mapping;
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
 use crate::outreach::OutreachUserId;
-use crate::salesforce::id::SalesforceId;
 use crate::store::{MappingFilter, Store};
 use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
 use usersync_sim::salesforce::{SalesforceSim, SfSimConfig, Writer};
@@ -73,7 +74,7 @@ pub async fn run(
     one.last_name = Some("Lee".into());
     let one = OutreachUserId(outreach.seed_user(one));
 
-    let client = crate::processor::role::outreach_client(&config.outreach)?;
+    let client = crate::roles::processor::role::outreach_client(&config.outreach)?;
     let index = client
         .list_users()
         .await
@@ -103,12 +104,12 @@ pub async fn run(
 
     let (stop, stopped) = watch::channel(false);
     let connections = crate::connection::Connections::new();
-    let mut processor = crate::processor::role::build_with(&config, store.clone(), client)
+    let mut processor = crate::roles::processor::role::build_with(&config, store.clone(), client)
         .await?
         .with_connections(connections.clone());
     let story = processor.decisions();
     let decisions = processor.decision_feed();
-    let mut roles = crate::run::Roles::default();
+    let mut roles = crate::app::run::Roles::default();
     roles.spawn("processor", {
         let stopped = stopped.clone();
         async move { processor.run(stopped).await.map_err(anyhow::Error::from) }
@@ -117,7 +118,9 @@ pub async fn run(
         let config = config.clone();
         let connections = connections.clone();
         let stopped = stopped.clone();
-        async move { crate::salesforce::role::run_with(&config, &connections, None, stopped).await }
+        async move {
+            crate::roles::subscriber::role::run_with(&config, &connections, None, stopped).await
+        }
     });
     let tokens: Vec<crate::admin::tokens::AdminToken> = admin_token
         .filter(|t| !t.is_empty())

@@ -68,7 +68,10 @@ impl Subscriber {
     }
 
     /// Publishes only while `fence` holds (see [`Pipeline::with_fence`]).
-    pub fn with_fence(self, fence: Option<Arc<crate::salesforce::lease::Fence>>) -> Subscriber {
+    pub fn with_fence(
+        self,
+        fence: Option<Arc<crate::roles::subscriber::lease::Fence>>,
+    ) -> Subscriber {
         Subscriber {
             pipeline: self.pipeline.with_fence(fence),
             ..self

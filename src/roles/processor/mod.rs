@@ -4,7 +4,7 @@
 //! For each record: decode it (an undecodable one goes to the dead-letter topic and its
 //! offset is stored, so a bad record never stops a partition); load the event's email group
 //! from the store in one read transaction; decide and call Outreach
-//! ([`crate::apply::apply_event`]); record the decisions, mappings, Outreach users, the
+//! ([`crate::roles::processor::apply::apply_event`]); record the decisions, mappings, Outreach users, the
 //! Salesforce user's new state and the event id in one store transaction
 //! ([`changes::applied_event`]); only then store the offset ([`offsets::store_processed`]),
 //! which librdkafka commits in the background and, synchronously, at shutdown.
@@ -12,7 +12,7 @@
 //! What that gives, per event:
 //! - A crash before the record re-delivers the event. If its Outreach call had gone through,
 //!   deciding again sees the same state and calls nothing new — except a create, whose second
-//!   attempt Outreach refuses (emails are unique), which [`crate::apply`] turns into a lookup
+//!   attempt Outreach refuses (emails are unique), which [`crate::roles::processor::apply`] turns into a lookup
 //!   and a link: never a second Outreach user.
 //! - A crash after the record but before the commit re-delivers an event whose id is in the
 //!   applied-event log: `skip`, no call.
@@ -27,6 +27,7 @@
 //! refuses for good (a validation error on this user, say) is dead-lettered with the reason and
 //! the partition goes on.
 
+pub mod apply;
 pub mod changes;
 pub mod index;
 pub mod offsets;
@@ -47,17 +48,17 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::apply::{ApplyError, apply_event};
 use crate::config::{Config, ProcessorConfig};
 use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
 use crate::connection::{ConnectionState, Connections, DisconnectReason, Side};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
 use crate::engine::settings::SyncSettings;
 use crate::engine::state::StateScope;
-use crate::event::UserChange;
 use crate::kafka::{ChangePublisher, DeadLetter, KafkaConfig, PublishError};
 use crate::metrics;
+use crate::model::event::UserChange;
 use crate::outreach::client::OutreachClient;
+use crate::roles::processor::apply::{ApplyError, apply_event};
 use crate::store::{Store, StoreError};
 use replies::Replies;
 

@@ -120,7 +120,7 @@ impl CometdSubscriber {
     /// Publishes only while `fence` holds (see [`Pipeline::with_fence`]).
     pub fn with_fence(
         self,
-        fence: Option<Arc<crate::salesforce::lease::Fence>>,
+        fence: Option<Arc<crate::roles::subscriber::lease::Fence>>,
     ) -> CometdSubscriber {
         CometdSubscriber {
             pipeline: self.pipeline.with_fence(fence),

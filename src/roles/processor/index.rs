@@ -5,7 +5,7 @@
 //! reconcile interval, and kept current in between by what the processor itself writes and by
 //! Outreach webhooks (events with `source: outreach`). It can still be behind — a user created
 //! by hand a moment ago — and that is why a create refused for a taken email turns into a
-//! lookup and a link ([`crate::apply`]), never a second create.
+//! lookup and a link ([`crate::roles::processor::apply`]), never a second create.
 
 use crate::outreach::client::OutreachClient;
 use crate::outreach::error::OutreachError;

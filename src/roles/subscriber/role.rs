@@ -3,7 +3,7 @@
 //! Everything here is wiring — reading the key file, building the credentials of the chosen
 //! flow, opening the store, setting up the Kafka topics — so that a misconfiguration is
 //! reported at start, naming the key, before anything is read from Salesforce. The loop
-//! itself is [`super::subscriber::Subscriber`].
+//! itself is [`crate::roles::subscriber::Subscriber`].
 //!
 //! Around it sits the supervision of the Salesforce connection ([`run_with`]): sign in, read
 //! who the authorization belongs to, stream; on a failure decide by its
@@ -20,22 +20,22 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use super::auth::{SalesforceAuthError, SalesforceCredentials, Secret};
-use super::lease::{self, Fence, Held, LeaseSettings};
-use super::replay_from::ReplayFrom;
-use super::rest::{CredentialsTokenSource, RestRetry, SalesforceRest, TokenSource};
-use super::subscriber::{
-    CometdSubscriber, ReplayRequest, StreamStart, Subscriber, SubscriberError,
-};
+use crate::app::health::{HealthListen, Probes};
 use crate::config::{Config, SalesforceAuthFlow, SalesforceConfig, Transport};
 use crate::connection::authorization::{SalesforceAuthorization, StoredAuthorizations};
 use crate::connection::{
     AuthorizedIdentity, ConnectionFailure, ConnectionState, Connections, DisconnectReason, Side,
     Verdict,
 };
-use crate::health::{HealthListen, Probes};
 use crate::kafka::{ChangePublisher, TransactionalPublisher};
 use crate::metrics::{Link, Reconnect};
+use crate::roles::subscriber::lease::{self, Fence, Held, LeaseSettings};
+use crate::roles::subscriber::{
+    CometdSubscriber, ReplayRequest, StreamStart, Subscriber, SubscriberError,
+};
+use crate::salesforce::auth::{SalesforceAuthError, SalesforceCredentials, Secret};
+use crate::salesforce::replay_from::ReplayFrom;
+use crate::salesforce::rest::{CredentialsTokenSource, RestRetry, SalesforceRest, TokenSource};
 
 /// The credentials to sign in with: the configured ones, with what a reconnect stored laid
 /// over them (a new secret, another username, a key given as PEM, a refresh token).
@@ -430,10 +430,10 @@ fn verdict_of(error: &anyhow::Error) -> Verdict {
     if let Some(error) = error.downcast_ref::<SalesforceAuthError>() {
         return error.verdict();
     }
-    if let Some(error) = error.downcast_ref::<super::rest::SalesforceRestError>() {
+    if let Some(error) = error.downcast_ref::<crate::salesforce::rest::SalesforceRestError>() {
         return error.verdict();
     }
-    if let Some(error) = error.downcast_ref::<super::pubsub::PubSubError>() {
+    if let Some(error) = error.downcast_ref::<crate::salesforce::pubsub::PubSubError>() {
         return error.verdict();
     }
     Verdict::Unaffected
@@ -475,7 +475,7 @@ async fn stream(
         credentials_with(sf, stored.as_ref())?,
     ));
     let session = tokens.session().await.context("signing in to Salesforce")?;
-    let identity = super::auth::userinfo(&http, &session)
+    let identity = crate::salesforce::auth::userinfo(&http, &session)
         .await
         .context("reading who the Salesforce authorization belongs to")?;
     tracing::info!(

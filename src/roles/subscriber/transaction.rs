@@ -10,7 +10,7 @@
 //! taken in the middle of one position's events carries no checkpoint.
 
 use super::StreamPosition;
-use crate::event::UserChange;
+use crate::model::event::UserChange;
 
 /// Events read but not yet committed, and the newest position they complete.
 #[derive(Debug)]
@@ -84,8 +84,8 @@ impl PendingTransaction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::state::SalesforceUser;
-    use crate::salesforce::id::SalesforceId;
+    use crate::model::salesforce_id::SalesforceId;
+    use crate::model::salesforce_user::SalesforceUser;
     use crate::salesforce::snapshot::{ReadPosition, snapshot};
 
     fn event(n: u8) -> UserChange {

@@ -15,13 +15,13 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::salesforce::id::SalesforceId;
+use crate::model::salesforce_id::SalesforceId;
 
 /// The value of the `schema` field and header.
 pub const SCHEMA: &str = "user_change.v1";
 
 /// The JSON Schema of the event (`schemas/user_change.v1.json`), the published contract.
-pub const JSON_SCHEMA: &str = include_str!("../schemas/user_change.v1.json");
+pub const JSON_SCHEMA: &str = include_str!("../../schemas/user_change.v1.json");
 
 /// Where the change came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -38,7 +38,7 @@ enum Command {
     /// a message naming the URL asked.
     Health {
         /// host:port of the health listener or admin server to ask.
-        #[arg(long, env = crate::health::HEALTH_LISTEN_ENV, value_name = "HOST:PORT")]
+        #[arg(long, env = crate::app::health::HEALTH_LISTEN_ENV, value_name = "HOST:PORT")]
         address: Option<String>,
         /// The TOML configuration file (for admin.listen).
         #[arg(long, short, env = CONFIG_ENV)]
@@ -73,7 +73,7 @@ enum Command {
         #[arg(long, short, env = CONFIG_ENV)]
         config: Option<PathBuf>,
         #[command(flatten)]
-        health: crate::health::HealthListen,
+        health: crate::app::health::HealthListen,
     },
     /// Run the processor: user_change.v1 events in from Kafka, create / link / remap / update
     /// decisions applied to Outreach.
@@ -88,7 +88,7 @@ enum Command {
         #[arg(long, short, env = CONFIG_ENV)]
         config: Option<PathBuf>,
         #[command(flatten)]
-        health: crate::health::HealthListen,
+        health: crate::app::health::HealthListen,
     },
     /// Run every role in one process: the subscriber, the processor and the admin server.
     ///
@@ -99,7 +99,7 @@ enum Command {
         #[arg(long, short, env = CONFIG_ENV)]
         config: Option<PathBuf>,
         #[command(flatten)]
-        health: crate::health::HealthListen,
+        health: crate::app::health::HealthListen,
     },
     /// Show the pipeline on embedded defaults: Kafka's in-process mock cluster, both
     /// simulators on loopback, SQLite in a temporary folder.
@@ -230,7 +230,7 @@ enum Command {
     /// Run a simulator of an external service (test equipment).
     #[cfg(feature = "sim")]
     #[command(subcommand)]
-    Sim(crate::sim_command::SimCommand),
+    Sim(crate::app::sim_command::SimCommand),
 }
 
 #[derive(Subcommand)]
@@ -471,26 +471,26 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             config,
             timeout_seconds,
         } => {
-            let address = crate::health::target(address.as_deref(), || {
+            let address = crate::app::health::target(address.as_deref(), || {
                 Ok(crate::config::Config::load(config.as_deref())?.admin.listen)
             })?;
             let line =
-                crate::health::check(address, std::time::Duration::from_secs(timeout_seconds))
+                crate::app::health::check(address, std::time::Duration::from_secs(timeout_seconds))
                     .await?;
             println!("{line}");
             Ok(())
         }
         Command::Subscriber { config, health } => {
             let config = crate::config::Config::load(config.as_deref())?;
-            crate::salesforce::role::run(&config, &health, shutdown_signal()).await
+            crate::roles::subscriber::role::run(&config, &health, shutdown_signal()).await
         }
         Command::Processor { config, health } => {
             let config = crate::config::Config::load(config.as_deref())?;
-            crate::processor::role::run(&config, &health, shutdown_signal()).await
+            crate::roles::processor::role::run(&config, &health, shutdown_signal()).await
         }
         Command::Run { config, health } => {
             let config = crate::config::Config::load(config.as_deref())?;
-            crate::run::run(&config, &health, shutdown_signal()).await
+            crate::app::run::run(&config, &health, shutdown_signal()).await
         }
         #[cfg(feature = "sim")]
         Command::Demo {
@@ -502,7 +502,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         } => {
             let remapped = match (salesforce_sim, outreach_sim) {
                 (Some(salesforce_sim), Some(outreach_sim)) => {
-                    crate::demo::drive(crate::demo::Remote {
+                    crate::app::demo::drive(crate::app::demo::Remote {
                         salesforce_sim,
                         outreach_sim,
                         admin: admin.api()?,
@@ -511,7 +511,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     })
                     .await?
                 }
-                _ => crate::demo::run(once, admin.token()?, shutdown_signal()).await?,
+                _ => crate::app::demo::run(once, admin.token()?, shutdown_signal()).await?,
             };
             if remapped {
                 Ok(())
@@ -594,8 +594,8 @@ async fn decide(path: PathBuf) -> anyhow::Result<()> {
         })?
     };
     let scenario =
-        crate::scenario::Scenario::parse(&bytes).map_err(|e| InputError { message: e.0 })?;
-    let output = crate::scenario::run(&scenario).await?;
+        crate::app::scenario::Scenario::parse(&bytes).map_err(|e| InputError { message: e.0 })?;
+    let output = crate::app::scenario::run(&scenario).await?;
     println!("{}", serde_json::to_string_pretty(&output)?);
     Ok(())
 }

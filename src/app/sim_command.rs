@@ -19,7 +19,7 @@ use clap::{Args, Subcommand};
 use usersync_sim::outreach::{self, OutreachSim, SimConfig};
 use usersync_sim::salesforce::{self, SalesforceSim, SfSimConfig, pubsub::StreamTiming};
 
-use crate::health::{HealthListen, Probes};
+use crate::app::health::{HealthListen, Probes};
 
 /// The simulators that can run standalone.
 #[derive(Debug, Subcommand)]

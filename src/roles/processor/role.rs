@@ -10,10 +10,10 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::Processor;
+use crate::app::health::{HealthListen, Probes};
 use crate::config::{Config, OutreachConfig};
 use crate::connection::Connections;
 use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
-use crate::health::{HealthListen, Probes};
 use crate::kafka::ChangePublisher;
 use crate::outreach::token_file::TokenFile;
 use crate::outreach::{MemoryTokenStore, OAuthTokens, OutreachClient, TokenStore};

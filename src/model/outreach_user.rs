@@ -42,7 +42,7 @@ pub struct OutreachUser {
 impl OutreachUser {
     /// The user's email, trimmed and lower-cased: its email group.
     pub fn email_normalized(&self) -> String {
-        crate::event::normalize_email(&self.email)
+        crate::model::event::normalize_email(&self.email)
     }
 }
 

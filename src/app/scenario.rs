@@ -14,16 +14,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::apply::{ApplyError, apply_event};
 use crate::config::{OutreachConfig, Secret};
 use crate::engine::decision::{Action, DecisionRecord, Reason};
 use crate::engine::settings::SyncSettings;
-use crate::engine::state::{Mapping, SalesforceUser, SyncState};
-use crate::event::UserChange;
+use crate::engine::state::{Mapping, SyncState};
+use crate::model::event::UserChange;
+use crate::model::outreach_user::{OutreachUser, OutreachUserId};
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
 use crate::outreach::auth::{MemoryTokenStore, OAuthTokens};
 use crate::outreach::client::OutreachClient;
-use crate::outreach::user::{OutreachUser, OutreachUserId};
-use crate::salesforce::id::SalesforceId;
+use crate::roles::processor::apply::{ApplyError, apply_event};
 use usersync_sim::outreach::{OutreachSim, SimConfig, SimUser};
 
 /// An Outreach user in a scenario (input and output).

@@ -7,16 +7,16 @@
 //! ([`crate::store::Store::keep_superseded_calls`]): the new decision then sees a user the first
 //! one created or changed as Outreach has it, and neither creates it again nor repeats the
 //! change. This wrapper collects those users on their way through, without the engine or
-//! [`crate::apply`] knowing.
+//! [`crate::roles::processor::apply`] knowing.
 
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::apply::OutreachWrites;
+use crate::model::outreach_user::{OutreachUser, OutreachUserId, UserAttributes};
 use crate::outreach::client::Reply;
 use crate::outreach::error::OutreachError;
-use crate::outreach::user::{OutreachUser, OutreachUserId, UserAttributes};
+use crate::roles::processor::apply::OutreachWrites;
 
 /// Passes every write to `outreach` and keeps the users its answers carry.
 pub struct Replies<'a, W: ?Sized> {

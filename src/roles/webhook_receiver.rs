@@ -51,11 +51,11 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Delivery, SIGNATURE_HEADER, parse_delivery, verify_signature};
-use super::{SignatureError, UserDelivery};
 use crate::config::Secret;
-use crate::event::UserChange;
 use crate::kafka::{ChangePublisher, DeadLetter, PublishError};
+use crate::model::event::UserChange;
+use crate::outreach::webhooks::{Delivery, SIGNATURE_HEADER, parse_delivery, verify_signature};
+use crate::outreach::webhooks::{SignatureError, UserDelivery};
 use crate::outreach::{OutreachClient, OutreachError, OutreachUser, OutreachUserId};
 
 /// The path Outreach POSTs to.
@@ -509,9 +509,9 @@ mod tests {
 
     use axum::http::HeaderValue;
 
-    use super::super::sign;
     use super::*;
     use crate::outreach::Operation;
+    use crate::outreach::webhooks::sign;
 
     const SECRET: &str = "whsec-unit";
 

@@ -18,9 +18,9 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use anyhow::Context;
 
+use crate::app::health::{HealthListen, Probes};
 use crate::connection::authorization::{OutreachAuthorization, StoredAuthorizations};
 use crate::connection::{Connections, Side};
-use crate::health::{HealthListen, Probes};
 
 /// Runs every role until `shutdown` turns true or one of them fails. With a health listener,
 /// also serves `/healthz`, `/readyz` and `/metrics` there (no API) until every role stopped.
@@ -56,10 +56,11 @@ async fn run_roles(
         .await
         .context("reading the Outreach authorization a reconnect stored")?
         .map(|stored| (authorizations.clone(), stored));
-    let outreach = crate::processor::role::outreach_client_with(&config.outreach, stored_outreach)?;
+    let outreach =
+        crate::roles::processor::role::outreach_client_with(&config.outreach, stored_outreach)?;
     let webhooks = webhook_routes(config, &outreach).await?;
     let outreach_for_checks = outreach.clone();
-    let mut processor = crate::processor::role::build_with(config, store.clone(), outreach)
+    let mut processor = crate::roles::processor::role::build_with(config, store.clone(), outreach)
         .await?
         .with_connections(connections.clone())
         .with_authorizations(authorizations.clone());
@@ -98,8 +99,13 @@ async fn run_roles(
         let authorizations = authorizations.clone();
         let stopped = stopped.clone();
         async move {
-            crate::salesforce::role::run_with(&config, &connections, Some(&authorizations), stopped)
-                .await
+            crate::roles::subscriber::role::run_with(
+                &config,
+                &connections,
+                Some(&authorizations),
+                stopped,
+            )
+            .await
         }
     });
     let state = crate::admin::AdminState {
@@ -235,8 +241,8 @@ async fn webhook_routes(
 ) -> anyhow::Result<Option<axum::Router>> {
     use std::sync::Arc;
 
-    use crate::outreach::webhooks::receiver::{KafkaSink, WebhookReceiver};
     use crate::outreach::webhooks::registration::NewWebhook;
+    use crate::roles::webhook_receiver::{KafkaSink, WebhookReceiver};
 
     let secret = &config.outreach.webhook_secret;
     if secret.expose().is_empty() {

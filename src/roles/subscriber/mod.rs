@@ -37,24 +37,24 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use super::auth::SalesforceAuthError;
-use super::avro::ChangeEvent;
-use super::id::SalesforceId;
-use super::lease::{Fence, LeaseLost};
-use super::normalize::{Delivery, Normalized, Replay, normalize};
-use super::pubsub::PubSubError;
-use super::replay_from::ReplayFrom;
-use super::rest::{SalesforceRest, SalesforceRestError, UserQuery};
-use super::snapshot::{ReadPosition, snapshot};
 use crate::config::SalesforceConfig;
 use crate::config::Transport;
 use crate::connection::{ConnectionFailure, Verdict};
-use crate::engine::state::SalesforceUser;
-use crate::event::{Position, UserChange};
 use crate::kafka::{
     ChangePublisher, Checkpoint, DeadLetter, DeliveryFrontier, KafkaConfig, PendingDelivery,
     PublishError, RecordId, TransactionError, TransactionalPublisher,
 };
+use crate::model::event::{Position, UserChange};
+use crate::model::salesforce_id::SalesforceId;
+use crate::model::salesforce_user::SalesforceUser;
+use crate::roles::subscriber::lease::{Fence, LeaseLost};
+use crate::salesforce::auth::SalesforceAuthError;
+use crate::salesforce::avro::ChangeEvent;
+use crate::salesforce::normalize::{Delivery, Normalized, Replay, normalize};
+use crate::salesforce::pubsub::PubSubError;
+use crate::salesforce::replay_from::ReplayFrom;
+use crate::salesforce::rest::{SalesforceRest, SalesforceRestError, UserQuery};
+use crate::salesforce::snapshot::{ReadPosition, snapshot};
 use crate::store::{ReplayCheckpoint, Store, StoreError};
 use transaction::{PendingTransaction, Slice};
 
@@ -120,7 +120,7 @@ pub enum SubscriberError {
     #[error("Pub/Sub API: {0}")]
     PubSub(#[from] PubSubError),
     #[error("Streaming API (CometD): {0}")]
-    Cometd(#[from] Box<super::cometd::CometdError>),
+    Cometd(#[from] Box<crate::salesforce::cometd::CometdError>),
     #[error("the stream cannot go on: {reason}")]
     Stopped { reason: String },
     #[error("while {context}: {source}")]
@@ -537,7 +537,9 @@ impl Pipeline {
                 .checkpoint
                 .as_ref()
                 .filter(|c| !c.replay_id.is_empty())
-                .map(|c| super::replay_from::render_replay_id(self.transport, &c.replay_id)),
+                .map(|c| {
+                    crate::salesforce::replay_from::render_replay_id(self.transport, &c.replay_id)
+                }),
             change_type: None,
             transaction_key: None,
         }
@@ -900,7 +902,7 @@ impl Pipeline {
         if let Some(from) = self.replay.as_ref().and_then(ReplayRequest::done) {
             tracing::info!(
                 from = %from.render(self.transport),
-                replay_id = %super::replay_from::render_replay_id(self.transport, &position.replay_id),
+                replay_id = %crate::salesforce::replay_from::render_replay_id(self.transport, &position.replay_id),
                 "the replay an admin asked for has moved the checkpoint"
             );
         }
@@ -958,7 +960,9 @@ fn ids_text(ids: &[SalesforceId]) -> String {
 }
 
 mod cometd;
+pub mod lease;
 mod pubsub;
+pub mod role;
 mod transaction;
 
 pub use cometd::CometdSubscriber;

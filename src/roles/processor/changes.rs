@@ -1,6 +1,6 @@
 //! What applying one event changed, as the store records it.
 //!
-//! The processor loads the slice of state an event needs, lets [`crate::apply::apply_event`]
+//! The processor loads the slice of state an event needs, lets [`crate::roles::processor::apply::apply_event`]
 //! decide and call Outreach against it, and then records the difference in one store
 //! transaction. This module computes that difference — a pure function of the state before,
 //! the state after, the event and its decision records — so the rule "what recording writes"
@@ -13,7 +13,7 @@
 
 use crate::engine::decision::DecisionRecord;
 use crate::engine::state::SyncState;
-use crate::event::UserChange;
+use crate::model::event::UserChange;
 use crate::store::{AppliedEvent, MappingWrite};
 
 /// A decision whose Outreach call was made but whose state changed before it could be
@@ -72,9 +72,10 @@ pub fn applied_event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::state::{Mapping, SalesforceUser};
-    use crate::outreach::user::{OutreachUser, OutreachUserId};
-    use crate::salesforce::id::SalesforceId;
+    use crate::engine::state::Mapping;
+    use crate::model::outreach_user::{OutreachUser, OutreachUserId};
+    use crate::model::salesforce_id::SalesforceId;
+    use crate::model::salesforce_user::SalesforceUser;
 
     fn sf(id: &str, active: bool) -> SalesforceUser {
         SalesforceUser {
