@@ -16,7 +16,8 @@
 //! normalization and idempotent publishing; the processor's consumer group, store reads, the
 //! Outreach call and the store transaction before the offset. So this harness runs the real
 //! roles, through the same public wiring `usersync run` and `usersync demo` use
-//! (`salesforce::role::run`, `processor::role::build_with`), against both simulators on
+//! (`roles::subscriber::role::run`, `roles::processor::role::build_with`), against both simulators
+//! on
 //! loopback at zero added latency and a real Kafka-protocol broker. Everything but the broker
 //! lives in this one process, so the process's CPU time and peak memory cover both roles (and,
 //! unavoidably, both simulators).

@@ -12,7 +12,7 @@
 //!   `kafka` produces events, dead letters and transactional batches; `store` keeps durable
 //!   state in SQLite or PostgreSQL. [`proto`] is the Pub/Sub API's generated gRPC client.
 //! - [`connection`]: the connection model every side reports into: states, reasons, the board,
-//!   the sealed authorizations; it imports no adapter.
+//!   the sealed authorizations; it imports no provider adapter.
 //! - [`roles`]: the long-running jobs (subscriber, processor, webhook receiver) that wire the
 //!   adapters, the engine and the store together.
 //! - [`admin`]: the admin server (API, page, feed, metrics) and its client.

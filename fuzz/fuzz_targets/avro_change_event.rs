@@ -1,8 +1,9 @@
 //! A Pub/Sub change event payload from the network: `ChangeEventSchema::decode` with the
 //! Salesforce simulator's User writer schema, then `normalize` on whatever decodes.
 //!
-//! Neither may panic (pozil#50: one bad event is dead-lettered, the stream goes on). Events
-//! that normalize must be valid and survive the trip through JSON the processor makes.
+//! Neither may panic: one bad event is dead-lettered and the stream goes on (docs/salesforce.md,
+//! "Failures seen in other clients": one unreadable event stopped the stream). Events that
+//! normalize must be valid and survive the trip through JSON the processor makes.
 
 #![no_main]
 

@@ -6,7 +6,7 @@
 //! the vocabulary both sides share for that, and only that; it imports no provider adapter.
 //! What each provider's failures mean is the adapter's knowledge, so each adapter says it next
 //! to its errors (`salesforce::auth`, `salesforce::rest`, `salesforce::pubsub`,
-//! `salesforce::cometd`, `salesforce::subscriber`, `outreach::error`) in the words defined here:
+//! `salesforce::cometd`, `roles::subscriber`, `outreach::error`) in the words defined here:
 //!
 //! - [`Verdict`] and [`ConnectionFailure`] (in `verdict`): what a failure means for the
 //!   *connection* — nothing (the request failed on its own, like a 422), transient trouble

@@ -4,7 +4,7 @@
 //! `error_description` pairs, REST error arrays, Pub/Sub `error-code` trailers, Outreach's
 //! JSON:API errors), so each implements [`ConnectionFailure`] for them next to where they are
 //! classified: `salesforce::auth`, `salesforce::rest`, `salesforce::pubsub`,
-//! `salesforce::cometd`, `salesforce::subscriber` and `outreach::error`. Their tests are the
+//! `salesforce::cometd`, `roles::subscriber` and `outreach::error`. Their tests are the
 //! table of docs/operations.md, one row per upstream signal fed through the real parser with
 //! the exact body the provider sends (docs/salesforce.md, docs/outreach.md), and the verdict it
 //! must give. This module holds only the vocabulary they share, so the roles and the admin

@@ -608,8 +608,10 @@ impl TokenKeeper {
             return usable(response, Operation::RefreshToken).map(drop);
         };
         if let Err(e) = self.store.save(&keep).await {
-            // The new tokens still work in this process; the previous refresh token stays
-            // valid until its own expiry, so a restart can still recover. Say so loudly.
+            // The new tokens still work in this process, but the redeemed refresh token is spent
+            // and the new one is not on disk: a restart before the next successful save has no
+            // refresh token that works (docs/outreach.md, "OAuth and token rotation"). Say so
+            // loudly.
             tracing::error!(error = %e, "newest Outreach refresh token was not persisted");
         }
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());

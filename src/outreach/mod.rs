@@ -1,9 +1,10 @@
-//! The Outreach side: the user model and the REST API v2 client.
+//! The Outreach side: the REST API v2 client (the Outreach user it speaks of is
+//! [`crate::model::outreach_user`]).
 //!
 //! Layers, from the wire up:
 //!
 //! - [`jsonapi`]: wire shapes only: JSON:API documents for users, both error-body shapes, and
-//!   conversion to and from [`user::OutreachUser`].
+//!   conversion to and from [`crate::model::outreach_user::OutreachUser`].
 //! - [`rate_limit`]: the request budget: header parsing, pacing arithmetic, and the shared limiter
 //!   that waits for the reset before the budget runs out.
 //! - [`auth`]: tokens: the OAuth grants, persistence through a [`auth::TokenStore`], the mint

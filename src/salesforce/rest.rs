@@ -1481,7 +1481,12 @@ mod tests {
             "https://acme.my.salesforce.com:8443/q/x-2000",
         ] {
             let error = next_page_url(instance, elsewhere).unwrap_err();
-            assert!(error.contains("not followed"), "{elsewhere}: {error}");
+            assert!(
+                error.contains("not followed")
+                    && error.contains("another origin")
+                    && error.contains(elsewhere),
+                "{elsewhere}: {error}"
+            );
         }
     }
 

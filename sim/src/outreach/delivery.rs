@@ -1,6 +1,7 @@
 //! Sending webhook deliveries in the background, as Outreach does, and recording each one.
 //!
-//! Reference §1.9: a delivery is a POST with a 5 s timeout; a network failure (connection
+//! docs/outreach.md, "Webhooks delivery": a delivery is a POST with a 5 s timeout; a network
+//! failure (connection
 //! refused, reset, timeout) is tried again about a second later, up to 4 attempts in all; any
 //! HTTP answer, 4xx and 5xx included, counts as delivered and is never retried; redirects are
 //! not followed. Each webhook has its own queue and worker, so deliveries to one URL leave in

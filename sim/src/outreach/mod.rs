@@ -6,7 +6,7 @@
 //! seed users, issue credentials, inspect requests and inject faults. It is an independent
 //! implementation — it never uses the product's `usersync::outreach` types — so a bug in the
 //! product's serialization cannot hide by being shared with its test equipment. Where the
-//! reference marks behaviour as unknown, the module that implements it says what was chosen.
+//! docs/outreach.md leaves behaviour open, the module that implements it says what was chosen.
 //!
 //! Layout, one responsibility each:
 //! - [`OutreachSim`] (here): the handle — start, seed, inspect, fault switches;

@@ -17,7 +17,7 @@
 //! changed (so `updatedAt`, and `name` with a first or last name); an update that changes
 //! nothing sends nothing. `resource` and `action` default to `*`, `payloadVersion` to 1,
 //! `active` to true; `url` is required and must be an absolute http(s) URL; the secret is
-//! never rendered back; webhooks with the same URL may coexist (nothing in the reference says
+//! never rendered back; webhooks with the same URL may coexist (nothing in docs/outreach.md says
 //! Outreach refuses them, which is why a client must not register twice). The signature is made
 //! here with `hmac` and `sha2` directly, never with the product's code.
 

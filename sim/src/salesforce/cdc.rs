@@ -1,15 +1,19 @@
 //! Encoding a [`ChangeRecord`] the way each transport delivers it.
 //!
 //! - **Pub/Sub** ([`to_avro`]): one raw Avro datum of the writer schema. Every body field is
-//!   present; fields not sent are null (§3.3). The header's `changedFields`, `nulledFields`
-//!   and `diffFields` are bitmaps over the schema's positions (§3.4): element 0 is a `0x…`
+//!   present; fields not sent are null (docs/salesforce.md, "Change events: body on Pub/Sub"). The
+//! header's `changedFields`, `nulledFields`
+//!   and `diffFields` are bitmaps over the schema's positions (docs/salesforce.md, "Change events:
+//! header and
+//!   bitmaps"): element 0 is a `0x…`
 //!   bitmap of changed top-level fields, and each compound field with changed sub-fields adds
 //!   a `"<pos>-0x…"` entry — the top-level bit of the compound field itself is not set, as in
 //!   the vendor's example `["0x400000", "4-0x06"]`. When only sub-fields changed, element 0 is
 //!   left out, the case the documentation warns about for `nulledFields`.
 //! - **CometD** ([`to_cometd_payload`]): JSON with the header's field lists as names
 //!   (`Name.FirstName` for a sub-field), only the fields sent, compound fields as nested
-//!   objects, dates as ISO-8601 strings (§5.4).
+//!   objects, dates as ISO-8601 strings (docs/salesforce.md, "CometD: messages, replay, timeouts,
+//!   errors").
 
 use std::collections::BTreeMap;
 

@@ -5,22 +5,24 @@
 //! `POST /my-domain/cometd/{version}` takes a JSON array of messages and answers one. What it
 //! enforces, each rule one a real client has tripped over:
 //!
-//! - the version is in the path and at least 37.0, else HTTP 400 (§5.1);
+//! - the version is in the path and at least 37.0, else HTTP 400 (docs/salesforce.md, "CometD:
+//!   messages, replay, timeouts, errors");
 //! - every request carries `Authorization: Bearer <token>` of a live session: a bad one is
 //!   `401::Authentication invalid` (advice `none`) on subscribe and connect, and on the
 //!   handshake `403::Handshake denied` with `ext.sfdc.failureReason` `401::Authentication
-//!   invalid`; no token at all is `401::Request requires authentication` (§5.6);
+//!   invalid`; no token at all is `401::Request requires authentication` (the same section);
 //! - long-polling only (`400::Invalid connection type`); the handshake sets a
 //!   `BAYEUX_BROWSER` cookie that every later message of that client must send back;
 //! - a client id the server does not know (never issued, disconnected, expired by the fault
-//!   switch, or silent for more than the 40 s reconnect deadline, §5.5) is
+//!   switch, or silent for more than the 40 s reconnect deadline, the same section) is
 //!   `403::Unknown client` with advice `handshake`;
 //! - `/meta/subscribe` takes `/data/UserChangeEvent` only, needs View All Users (else
 //!   `403::`), and reads the `replay` extension map: `-1` from the tip, `-2` from the oldest
 //!   retained event, an id resumes after it; an id outside retention or ahead of the stream is
-//!   `400::The replayId {N} you provided was invalid…` (EMP-Connector#14), and a map without
+//!   `400::The replayId {N} you provided was invalid…` (docs/salesforce.md, "Failures seen in other
+//! clients": invalid replay id, silently), and a map without
 //!   the channel is the `…wasn't found using the provided replay ID map…` error of
-//!   EMP-Connector #39/#41;
+//!   the empty replay map after re-authentication in "Failures seen in other clients";
 //! - `/meta/connect` holds until an event is retained after the client's position or the hold
 //!   time passes (110 s by default, settable for tests), and answers the events as data
 //!   messages followed by the connect reply with advice `retry`, interval 0 and the hold time
@@ -30,7 +32,7 @@
 //! `GET /my-domain/services/data/v{version}/event/eventSchema/{schemaId}`, which a CometD
 //! client needs to read an event by its writer schema (the JSON of `data.schema`).
 //!
-//! Choices where the reference is silent: the wording of the errors it does not quote (a
+//! Choices where docs/salesforce.md is silent: the wording of the errors it does not quote (a
 //! channel other than `/data/UserChangeEvent`, the missing permission, the missing cookie);
 //! a held connect also answers when the bus moves for another reason, such as a revoked
 //! token or an expired client being noticed then; a subscribe on a client that already has
@@ -53,9 +55,11 @@ use super::{Shared, SimState, cdc, json_response};
 
 /// The only channel served.
 pub const USER_CHANGE_CHANNEL: &str = "/data/UserChangeEvent";
-/// How long a connect is held when nothing arrives (§5.5).
+/// How long a connect is held when nothing arrives (docs/salesforce.md, "CometD: messages, replay,
+/// timeouts, errors").
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(110);
-/// A client that sends no connect for this long after a response is forgotten (§5.5).
+/// A client that sends no connect for this long after a response is forgotten (the same
+/// section).
 pub const RECONNECT_DEADLINE: Duration = Duration::from_secs(40);
 /// The routing cookie the handshake sets.
 pub const COOKIE_NAME: &str = "BAYEUX_BROWSER";

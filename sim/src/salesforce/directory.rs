@@ -8,7 +8,8 @@
 //! simulator"). The event bus encodes a `ChangeRecord` for Pub/Sub (Avro, bitmaps) or CometD
 //! (JSON, names), so both transports carry exactly the same facts.
 //!
-//! Rules kept from the real service (§3.3, §4.2): users are never deleted, only deactivated
+//! Rules kept from the real service (docs/salesforce.md, "The User object"): users are never
+//! deleted, only deactivated
 //! (an UPDATE of `IsActive`); an UPDATE reports the changed fields plus `LastModifiedDate`,
 //! and a field set to null is in `nulledFields`; a write that changes nothing publishes
 //! nothing.

@@ -1,16 +1,18 @@
 //! The org's retained change event stream, shared by the Pub/Sub and CometD endpoints.
 //!
 //! Each published [`ChangeRecord`] is encoded once with the *current* writer schema and kept
-//! with its replay position until the retention window (72 hours by default, §2.6) passes it.
+//! with its replay position until the retention window (72 hours by default; docs/salesforce.md,
+//! "Pub/Sub: replay ids") passes it.
 //! What a subscriber can ask for follows the real rules:
 //!
-//! - replay ids are opaque 10-byte values (the size seen in the field, pozil#36): the position
+//! - replay ids are opaque 10-byte values (the size seen in the field; docs/salesforce.md,
+//!   "Pub/Sub: replay ids"): the position
 //!   as a big-endian u64 followed by two zero bytes. Positions are not contiguous: the event
 //!   bus interleaves other orgs' traffic, which also moves [`EventBus::latest`] ahead of the
 //!   last event of this org (the "replay tightening" a keepalive reports);
 //! - `CUSTOM` resumes *after* the given id. An id whose next events were purged, one from
 //!   the future, or bytes that are no replay id at all are refused with the trailer codes of
-//!   §2.8 ([`ReplayRefusal`]);
+//!   docs/salesforce.md, "Pub/Sub: errors" ([`ReplayRefusal`]);
 //! - CometD uses the same positions as plain numbers (`-1` newest, `-2` oldest retained).
 
 use std::collections::VecDeque;

@@ -4,13 +4,15 @@
 //! It decides every answer of the token and userinfo endpoints from the request alone, so the
 //! rules can be read (and tested) without HTTP. The handlers below only parse and render.
 //!
-//! Answers follow docs/simulators.md ("The Salesforce simulator", OAuth). Where the reference is
+//! Answers follow docs/simulators.md ("The Salesforce simulator", OAuth). Where docs/salesforce.md
+//! is
 //! silent, the choices are:
 //! - an unknown JWT `sub` gets `invalid_grant` / `authentication failure` (the generic "who is
 //!   this" refusal);
 //! - an expired or not-yet-valid assertion, like a bad signature or a malformed JWT, gets
 //!   `invalid_grant` / `invalid assertion`; `exp` is checked with 3 minutes of leeway;
-//! - `invalid_client` (wrong secret) is HTTP 400, as every row of §6.6 without a note;
+//! - `invalid_client` (wrong secret) is HTTP 400, as every row of docs/salesforce.md, "OAuth: flows
+//!   and error bodies", without a note;
 //! - the client credentials host check comes before the client check, so a right secret sent to
 //!   the login host still gets `request not supported on this domain`;
 //! - a userinfo 401 carries the REST body `[{"message":"Session expired or invalid",

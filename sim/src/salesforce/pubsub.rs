@@ -14,11 +14,12 @@
 //!   nothing happens, an empty response carrying `latest_replay_id` goes out every keepalive
 //!   interval (270 s by default) and moves the stream past other orgs' traffic. When credit
 //!   stays at zero for the zero-credit timeout (60 s by default), the stream is closed with
-//!   `UNAVAILABLE` and no `error-code` trailer, the shape of forcedotcom/pub-sub-api#28;
+//!   `UNAVAILABLE` and no `error-code` trailer, the shape of docs/salesforce.md, "Pub/Sub: errors";
 //! - a replay id that cannot be resumed is `INVALID_ARGUMENT` with the `replayid.corrupted` or
 //!   `replayid.validation.failed` trailer; a session revoked or a permission removed while a
 //!   stream is open ends that stream with `UNAUTHENTICATED` or `PERMISSION_DENIED`;
-//! - a closed request half ends the subscription at once (§2.5).
+//! - a closed request half ends the subscription at once (docs/salesforce.md, "Pub/Sub: flow
+//!   control").
 //!
 //! Fault switches ([`StreamFault`]) end every open stream with a chosen error, as the real
 //! service's transient failures do. Publishing to a change event topic is refused: change

@@ -13,7 +13,8 @@
 //! - a query locator is opaque, lives 15 minutes after its last use, and a user keeps at most
 //!   10 open (older ones are closed); a dead one is `INVALID_QUERY_LOCATOR`;
 //! - dates are rendered `2024-06-18T11:30:45.000+0000`, not RFC 3339;
-//! - errors are a JSON array of `{message, errorCode}` (§6.7): `INVALID_SESSION_ID` (401),
+//! - errors are a JSON array of `{message, errorCode}` (docs/salesforce.md, "REST: errors, queries,
+//!   records"): `INVALID_SESSION_ID` (401),
 //!   `MALFORMED_QUERY`, `INVALID_FIELD`, `INVALID_TYPE`, `INVALID_QUERY_FILTER_OPERATOR`,
 //!   `INVALID_QUERY_LOCATOR` (400), `API_DISABLED_FOR_ORG` (403), `NOT_FOUND` (404);
 //! - every answer to an authenticated call carries `Sforce-Limit-Info: api-usage=N/15000`.

@@ -10,8 +10,8 @@
 //! The schema can change mid-stream, as a real org's does when an admin adds a field: each
 //! [`SchemaVersion`] has its own id, a fingerprint of its JSON (22 base64url characters, the
 //! shape of the ids Salesforce sends), and events keep the id of the version that wrote them.
-//! A client that decodes an old event with the newest schema fails here exactly as pozil#16
-//! describes.
+//! A client that decodes an old event with the newest schema fails here as docs/salesforce.md
+//! describes ("Failures seen in other clients": decoding with the wrong schema).
 
 use apache_avro::Schema;
 use serde_json::{Value, json};
