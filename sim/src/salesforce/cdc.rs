@@ -2,10 +2,8 @@
 //!
 //! - **Pub/Sub** ([`to_avro`]): one raw Avro datum of the writer schema. Every body field is
 //!   present; fields not sent are null (docs/salesforce.md, "Change events: body on Pub/Sub"). The
-//! header's `changedFields`, `nulledFields`
-//!   and `diffFields` are bitmaps over the schema's positions (docs/salesforce.md, "Change events:
-//! header and
-//!   bitmaps"): element 0 is a `0x…`
+//!   header's `changedFields`, `nulledFields` and `diffFields` are bitmaps over the schema's
+//!   positions (docs/salesforce.md, "Change events: header and bitmaps"): element 0 is a `0x…`
 //!   bitmap of changed top-level fields, and each compound field with changed sub-fields adds
 //!   a `"<pos>-0x…"` entry — the top-level bit of the compound field itself is not set, as in
 //!   the vendor's example `["0x400000", "4-0x06"]`. When only sub-fields changed, element 0 is

@@ -19,9 +19,9 @@
 //! - `/meta/subscribe` takes `/data/UserChangeEvent` only, needs View All Users (else
 //!   `403::`), and reads the `replay` extension map: `-1` from the tip, `-2` from the oldest
 //!   retained event, an id resumes after it; an id outside retention or ahead of the stream is
-//!   `400::The replayId {N} you provided was invalid…` (docs/salesforce.md, "Failures seen in other
-//! clients": invalid replay id, silently), and a map without
-//!   the channel is the `…wasn't found using the provided replay ID map…` error of
+//!   `400::The replayId {N} you provided was invalid…` (docs/salesforce.md, "Failures seen in
+//!   other clients": invalid replay id, silently), and a map without the channel is the `…wasn't
+//!   found using the provided replay ID map…` error of
 //!   the empty replay map after re-authentication in "Failures seen in other clients";
 //! - `/meta/connect` holds until an event is retained after the client's position or the hold
 //!   time passes (110 s by default, settable for tests), and answers the events as data

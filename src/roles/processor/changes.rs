@@ -1,6 +1,7 @@
 //! What applying one event changed, as the store records it.
 //!
-//! The processor loads the slice of state an event needs, lets [`crate::roles::processor::apply::apply_event`]
+//! The processor loads the slice of state an event needs, lets
+//! [`crate::roles::processor::apply::apply_event`]
 //! decide and call Outreach against it, and then records the difference in one store
 //! transaction. This module computes that difference — a pure function of the state before,
 //! the state after, the event and its decision records — so the rule "what recording writes"

@@ -4,7 +4,8 @@
 //! For each record: decode it (an undecodable one goes to the dead-letter topic and its
 //! offset is stored, so a bad record never stops a partition); load the event's email group
 //! from the store in one read transaction; decide and call Outreach
-//! ([`crate::roles::processor::apply::apply_event`]); record the decisions, mappings, Outreach users, the
+//! ([`crate::roles::processor::apply::apply_event`]); record the decisions, mappings, Outreach
+//! users, the
 //! Salesforce user's new state and the event id in one store transaction
 //! ([`changes::applied_event`]); only then store the offset ([`offsets::store_processed`]),
 //! which librdkafka commits in the background and, synchronously, at shutdown.
@@ -12,7 +13,8 @@
 //! What that gives, per event:
 //! - A crash before the record re-delivers the event. If its Outreach call had gone through,
 //!   deciding again sees the same state and calls nothing new — except a create, whose second
-//!   attempt Outreach refuses (emails are unique), which [`crate::roles::processor::apply`] turns into a lookup
+//!   attempt Outreach refuses (emails are unique), which [`crate::roles::processor::apply`] turns
+//!   into a lookup
 //!   and a link: never a second Outreach user.
 //! - A crash after the record but before the commit re-delivers an event whose id is in the
 //!   applied-event log: `skip`, no call.
