@@ -104,14 +104,6 @@ pub fn credentials(config: &SalesforceConfig) -> anyhow::Result<SalesforceCreden
     })
 }
 
-/// Where an attempt starts: a full read first, or where an admin asked.
-fn start_for(full_read: Option<&'static str>, replay: Option<ReplayRequest>) -> StreamStart {
-    StreamStart {
-        full_read_first: full_read,
-        replay_from: replay,
-    }
-}
-
 /// Runs the subscriber alone until `shutdown` turns true; a failure only an admin can fix
 /// ends it with the reason. With a health listener, also serves `/healthz` and `/metrics`
 /// there until the subscriber has stopped.
@@ -528,18 +520,16 @@ async fn stream(
             None
         }
     };
+    // Where this attempt starts: a full read first, or where an admin asked.
+    let start = StreamStart {
+        full_read_first: attempt.full_read,
+        replay_from: attempt.replay,
+    };
     match sf.transport {
         Transport::Pubsub => {
-            let mut subscriber = Subscriber::new(
-                sf,
-                start_for(attempt.full_read, attempt.replay),
-                tokens,
-                rest,
-                publisher,
-                store,
-            )
-            .await?
-            .with_fence(attempt.fence);
+            let mut subscriber = Subscriber::new(sf, start, tokens, rest, publisher, store)
+                .await?
+                .with_fence(attempt.fence);
             if let Some(transactional) = transactions {
                 subscriber = subscriber.with_transactions(transactional, config.kafka.clone());
             }
@@ -547,16 +537,9 @@ async fn stream(
             tracing::info!(stats = ?subscriber.stats(), "subscriber stopped");
         }
         Transport::Cometd => {
-            let mut subscriber = CometdSubscriber::new(
-                sf,
-                start_for(attempt.full_read, attempt.replay),
-                tokens,
-                rest,
-                publisher,
-                store,
-            )
-            .await?
-            .with_fence(attempt.fence);
+            let mut subscriber = CometdSubscriber::new(sf, start, tokens, rest, publisher, store)
+                .await?
+                .with_fence(attempt.fence);
             if let Some(transactional) = transactions {
                 subscriber = subscriber.with_transactions(transactional, config.kafka.clone());
             }
